@@ -1,0 +1,11 @@
+"""Hardware cost: profiles, the Backend seam, and the TVM backend (imported lazily: ``import mpsearch``
+never imports TVM; use ``mpsearch.hardware.tvm_backend.TVMBackend``)."""
+
+from mpsearch.hardware.base import Backend, LayerCostTable, Measurement
+from mpsearch.hardware.memory import weight_mode, weight_storage_bytes
+from mpsearch.hardware.profile import HwProfile, MeasureSettings, TuningSettings, load_profile
+
+__all__ = [
+    "Backend", "HwProfile", "LayerCostTable", "MeasureSettings", "Measurement", "TuningSettings", "load_profile",
+    "weight_mode", "weight_storage_bytes",
+]

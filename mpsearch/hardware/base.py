@@ -1,0 +1,112 @@
+"""The hardware seam: a :class:`Backend` prices candidates from a per-layer cost table and measures
+compiled candidates end to end. Nothing here imports TVM."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mpsearch.candidate import Bits, Candidate
+from mpsearch.quant.prepare import PreparedModel
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A timing or the error that prevented it (failures are values, not exceptions)."""
+
+    latency_s: float | None = None
+    std_s: float | None = None
+    error: str | None = None
+    samples: tuple[float, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.latency_s is not None
+
+    @classmethod
+    def from_samples(cls, samples: Sequence[float]) -> Measurement:
+        arr = np.asarray(samples, dtype=float)
+        return cls(float(np.median(arr)), float(arr.std()), None, tuple(float(s) for s in arr))
+
+
+@dataclass
+class LayerCostTable:
+    """Measured kernel latency of every layer at every bit pair, plus the rest of the model.
+
+    Because each layer is one kernel whose code depends only on its own bits (see
+    ``hardware/kernels.py``), a candidate's latency is the sum of its layers' kernels plus
+    ``other_s`` (pooling, reshapes, runtime overhead), fitted from end-to-end measurements.
+    """
+
+    profile: str
+    layers: list[str]
+    pairs: list[Bits]
+    latency_s: dict[str, dict[Bits, float]]
+    weight_bytes: dict[str, dict[Bits, int]]
+    kernel_of: dict[str, dict[Bits, str]] = field(default_factory=dict)  # layer -> pair -> kernel key
+    other_s: float = 0.0
+    untuned: list[str] = field(default_factory=list)
+
+    def predict_latency(self, candidate: Mapping[str, Bits]) -> float:
+        return self.other_s + sum(self.latency_s[name][tuple(bits)] for name, bits in candidate.items())
+
+    def predict_weight_bytes(self, candidate: Mapping[str, Bits]) -> int:
+        return sum(self.weight_bytes[name][tuple(bits)] for name, bits in candidate.items())
+
+    def to_json(self) -> str:
+        def enc(table: Mapping[str, Mapping[Bits, object]]) -> dict:
+            return {n: {f"{w},{a}": v for (w, a), v in row.items()} for n, row in table.items()}
+        return json.dumps({
+            "profile": self.profile, "layers": self.layers, "pairs": [list(p) for p in self.pairs],
+            "latency_s": enc(self.latency_s), "weight_bytes": enc(self.weight_bytes),
+            "kernel_of": enc(self.kernel_of), "other_s": self.other_s, "untuned": self.untuned,
+        }, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> LayerCostTable:
+        d = json.loads(text)
+
+        def dec(table: Mapping[str, Mapping[str, object]]) -> dict:
+            return {n: {tuple(int(b) for b in k.split(",")): v for k, v in row.items()} for n, row in table.items()}
+        return cls(d["profile"], d["layers"], [tuple(p) for p in d["pairs"]], dec(d["latency_s"]),
+                   dec(d["weight_bytes"]), dec(d["kernel_of"]), d["other_s"], d["untuned"])
+
+
+class Backend(ABC):
+    """Builds and measures candidates for one hardware profile.
+
+    Call order: :meth:`cost_table` once per (model, calibration, pair set) — implementations cache it
+    by content, tuning and measuring only kernels they have not seen — then :meth:`predict` any
+    number of times (cheap, pure), and :meth:`measure` / :meth:`run` for the few candidates worth a
+    real end-to-end build. Building and running are separate steps inside :meth:`measure`, so a
+    build failure and a runtime failure come back as distinct errors. Not thread-safe.
+    """
+
+    name: str = "backend"
+
+    @abstractmethod
+    def cost_table(
+        self, prepared: PreparedModel, ranges: Mapping[str, tuple[float, float]], pairs: Sequence[Bits]
+    ) -> LayerCostTable:
+        """Per-layer, per-pair kernel latencies and weight bytes."""
+
+    @abstractmethod
+    def measure(
+        self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]]
+    ) -> Measurement:
+        """Compile ``candidate`` end to end and time one inference (batch 1)."""
+
+    @abstractmethod
+    def run(
+        self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]],
+        inputs: np.ndarray,
+    ) -> np.ndarray:
+        """Compile ``candidate`` for ``inputs``' batch size and return its outputs."""
+
+    def describe(self) -> str:
+        """One line naming the measured device."""
+        return self.name

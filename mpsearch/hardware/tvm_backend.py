@@ -1,0 +1,418 @@
+"""The TVM backend: tune layer kernels with MetaSchedule, measure them, compile and time candidates.
+
+Caches live under ``<cache_dir>/tvm/<profile>-<key>/`` where the key hashes the resolved target,
+the TVM version, the thread count and the measurement settings:
+
+* ``database_workload.json`` / ``database_tuning_record.json`` — MetaSchedule's JSON database
+  (append-only; a truncated last line from a killed run is dropped on open);
+* ``costs.jsonl`` — measured kernel and end-to-end latencies keyed by structural hash.
+
+So a second run with the same model and profile tunes and measures nothing new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mpsearch.candidate import Bits, Candidate
+from mpsearch.errors import ConfigError, HardwareError
+from mpsearch.hardware.base import Backend, LayerCostTable, Measurement
+from mpsearch.hardware.profile import HwProfile
+from mpsearch.quant.prepare import PreparedModel
+
+log = logging.getLogger(__name__)
+
+# TVM is imported lazily (in __init__) so that importing this module's names stays cheap.
+tvm: Any = None
+ms: Any = None
+
+
+def _import_tvm() -> None:
+    global tvm, ms
+    if tvm is None:
+        import tvm as _tvm
+        from tvm.s_tir import meta_schedule as _ms
+
+        tvm, ms = _tvm, _ms
+
+
+def _warm_builder() -> None:
+    """Builder-worker initializer: pay the ~30 s import of the tensor intrinsics once, outside any timeout."""
+    import tvm.s_tir.tensor_intrin  # noqa: F401
+
+
+def resolve_target(profile: HwProfile) -> Any:
+    """The profile's TVM target with ``mcpu: auto`` resolved and ``num-cores`` set from its threads."""
+    _import_tvm()
+    spec = dict(profile.target)
+    if spec.get("mcpu") == "auto":
+        spec["mcpu"] = tvm.target.codegen.llvm_get_system_cpu()
+    if spec["kind"] == "llvm":
+        spec.setdefault("num-cores", profile.resolved_threads())
+    try:
+        return tvm.target.Target(spec)
+    except Exception as e:  # TVM raises its own error types for bad target dicts
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"hardware profile {profile.name!r}: invalid TVM target {spec} ({first})") from None
+
+
+def host_description() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def _hash_mod(mod: Any) -> str:
+    import tvm_ffi
+
+    return format(tvm_ffi.structural_hash(mod) & (2**64 - 1), "016x")
+
+
+class _JsonLines:
+    """Append-only JSON-lines store; each record is written with one ``write`` and fsynced."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records: dict[str, dict[str, Any]] = {}
+        if path.exists():
+            bad = 0
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                    self.records[rec["key"]] = rec
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    bad += 1
+            if bad:
+                log.warning("%s: dropped %d corrupt line(s); they will be re-measured", path, bad)
+                _atomic_write(path, "".join(json.dumps(r) + "\n" for r in self.records.values()))
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.records.get(key)
+
+    def put(self, rec: dict[str, Any]) -> None:
+        self.records[rec["key"]] = rec
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _repair_json_lines(path: Path) -> None:
+    """MetaSchedule's database files are JSON lines; drop lines a killed writer left unfinished."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    good = []
+    for line in lines:
+        try:
+            json.loads(line)
+            good.append(line)
+        except json.JSONDecodeError:
+            continue
+    if len(good) != len(lines):
+        log.warning("%s: dropped %d corrupt line(s) of the tuning database", path, len(lines) - len(good))
+        _atomic_write(path, "".join(line + "\n" for line in good))
+
+
+class TVMBackend(Backend):
+    """Local TVM measurement for a :class:`HwProfile` (device ``local``)."""
+
+    name = "tvm"
+
+    def __init__(self, profile: HwProfile, cache_dir: Path, progress: bool = True) -> None:
+        if profile.device != "local":
+            raise HardwareError(
+                f"profile {profile.name!r}: device {profile.device!r} cannot be measured by this version "
+                "(only 'local' is implemented); use hw_profile=host_cpu"
+            )
+        self.profile = profile
+        threads = profile.resolved_threads()
+        os.environ["TVM_NUM_THREADS"] = str(threads)
+        _import_tvm()
+        self.target = resolve_target(profile)
+        self.dev = tvm.cpu(0)
+        ident = json.dumps([str(self.target), tvm.__version__, threads, profile.measure.__dict__], sort_keys=True)
+        self.key = hashlib.sha256(ident.encode()).hexdigest()[:12]
+        self.dir = Path(cache_dir) / "tvm" / f"{profile.name}-{self.key}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for name in ("database_workload.json", "database_tuning_record.json"):
+            _repair_json_lines(self.dir / name)
+        self.db = ms.database.JSONDatabase(
+            str(self.dir / "database_workload.json"), str(self.dir / "database_tuning_record.json"),
+            allow_missing=True,
+        )
+        self.costs = _JsonLines(self.dir / "costs.jsonl")
+        self.progress = progress
+        self._compiled: dict[str, Any] = {}
+        self.stats = {"tuned_kernels": 0, "measured_kernels": 0, "compiled_models": 0}
+
+    def describe(self) -> str:
+        return f"{host_description()} (TVM {tvm.__version__}, target {self.target.attrs.get('mcpu', '')}, " \
+               f"{self.profile.resolved_threads()} threads)"
+
+    # -- kernels -------------------------------------------------------------------------------
+
+    def _kernel_mod(self, spec: Any) -> Any:
+        from mpsearch.hardware.kernels import make_kernel
+
+        return ms.tir_integration._normalize_mod(make_kernel(spec))
+
+    def _has_record(self, mod: Any) -> bool:
+        return self.db.query_tuning_record(mod, self.target, "main") is not None
+
+    def tune(self, kernels: Mapping[str, tuple[str, Any]]) -> None:
+        """Tune every kernel (``key -> (name, IRModule)``) that has no record in the database yet."""
+        pending = {k: v for k, v in kernels.items() if not self._has_record(v[1])}
+        if not pending:
+            return
+        t = self.profile.tuning
+        threads = self.profile.resolved_threads()
+        names = [f"{name}_{key[:6]}" for key, (name, _) in pending.items()]
+        work_dir = str(self.dir / "work")
+        loggers = ms.logging.get_loggers_from_work_dir(work_dir, names)
+        contexts = [
+            ms.TuneContext(mod=mod, target=self.target, space_generator="post-order-apply",
+                           search_strategy=t.strategy, task_name=name, logger=logger,
+                           rand_state=t.seed + i, num_threads=threads).clone()
+            for i, ((_, mod), name, logger) in enumerate(zip(pending.values(), names, loggers))
+        ]
+        progress = _Progress(len(contexts) * t.trials_per_task, names, self.progress)
+        log.info("tuning %d kernel(s), %d trials each (%s)", len(contexts), t.trials_per_task, t.strategy)
+        start = time.perf_counter()
+        ms.tune_tasks(
+            tasks=contexts, task_weights=[1.0] * len(contexts), work_dir=work_dir,
+            max_trials_global=len(contexts) * t.trials_per_task, max_trials_per_task=t.trials_per_task,
+            num_trials_per_iter=min(t.trials_per_iter, t.trials_per_task),
+            builder=ms.builder.LocalBuilder(max_workers=threads, timeout_sec=t.builder_timeout_s,
+                                            initializer=_warm_builder),
+            runner=ms.runner.LocalRunner(
+                timeout_sec=t.runner_timeout_s,
+                evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=10)),
+            database=self.db,
+            cost_model="xgb" if t.strategy == "evolutionary" else "random",
+            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress.callback()],
+            task_scheduler="round-robin",
+        )
+        progress.close()
+        failed = [(name, progress.errors.get(i, "no valid sample"))
+                  for i, ((_, mod), name) in enumerate(zip(pending.values(), names)) if not self._has_record(mod)]
+        if failed:
+            name, err = failed[0]
+            raise HardwareError(
+                f"tuning produced no valid schedule for {len(failed)} kernel(s), e.g. {name}: {err}; "
+                "see the MetaSchedule logs in " + work_dir
+            )
+        self.stats["tuned_kernels"] += len(pending)
+        log.info("tuned %d kernel(s) in %.0f s", len(pending), time.perf_counter() - start)
+
+    def _random_args(self, func: Any, seed: int = 0) -> list[Any]:
+        rng = np.random.default_rng(seed)
+        args = []
+        for param in func.params:
+            buf = func.buffer_map[param]
+            shape = [int(d) for d in buf.shape]
+            dtype = str(buf.dtype)
+            if dtype.startswith("float"):
+                arr = rng.standard_normal(shape).astype(dtype)
+            else:
+                arr = rng.integers(0, 100, shape).astype(dtype)
+            args.append(tvm.runtime.tensor(arr, self.dev))
+        return args
+
+    def _time(self, lib: Any, func_name: str, args: Sequence[Any]) -> Measurement:
+        m = self.profile.measure
+        f = lib[func_name] if hasattr(lib, "__getitem__") else None
+        for _ in range(m.warmup):
+            if f is not None:
+                f(*args)
+        timer = lib.time_evaluator(func_name, self.dev, number=m.number, repeat=m.repeat,
+                                   min_repeat_ms=m.min_repeat_ms)
+        return Measurement.from_samples(timer(*args).results)
+
+    def measure_kernel(self, key: str, name: str, mod: Any) -> dict[str, Any]:
+        """Build the tuned kernel alone and time it (cached by ``key``)."""
+        cached = self.costs.get(key)
+        if cached is not None:
+            return cached
+        sch = self.db.query_schedule(mod, self.target, workload_name="main")
+        if sch is None:
+            raise HardwareError(f"kernel {name} has no tuned schedule; tune it before measuring")
+        lib = tvm.compile(sch.mod, target=self.target)
+        meas = self._time(lib, "main", self._random_args(sch.mod["main"]))
+        rec = {"key": key, "kind": "kernel", "name": name, "latency_s": meas.latency_s, "std_s": meas.std_s,
+               "samples": list(meas.samples)}
+        self.costs.put(rec)
+        self.stats["measured_kernels"] += 1
+        return rec
+
+    # -- the cost table ------------------------------------------------------------------------
+
+    def cost_table(
+        self, prepared: PreparedModel, ranges: Mapping[str, tuple[float, float]], pairs: Sequence[Bits]
+    ) -> LayerCostTable:
+        from mpsearch.hardware.lowering import lower
+
+        layers = prepared.layer_names
+        kernels: dict[str, tuple[str, Any]] = {}
+        kernel_of: dict[str, dict[Bits, str]] = {n: {} for n in layers}
+        weight_bytes: dict[str, dict[Bits, int]] = {n: {} for n in layers}
+        for pair in pairs:
+            lowered = lower(prepared, Candidate.uniform(layers, *pair), ranges)
+            for name, spec in lowered.kernels.items():
+                mod = self._kernel_mod(spec)
+                key = _hash_mod(mod)
+                kernels.setdefault(key, (f"{name.replace('.', '_')}_w{pair[0]}a{pair[1]}", mod))
+                kernel_of[name][tuple(pair)] = key
+                weight_bytes[name][tuple(pair)] = lowered.layer_param_bytes[name]
+        log.info("%d layers x %d bit pairs -> %d distinct kernels", len(layers), len(pairs), len(kernels))
+        self.tune(kernels)
+        latency: dict[str, dict[Bits, float]] = {n: {} for n in layers}
+        todo = [k for k in kernels if self.costs.get(k) is None]
+        if todo:
+            log.info("measuring %d kernel(s)", len(todo))
+        for key, (name, mod) in _progress(kernels.items(), "measure kernels", self.progress and bool(todo)):
+            self.measure_kernel(key, name, mod)
+        for name in layers:
+            for pair, key in kernel_of[name].items():
+                latency[name][pair] = self.costs.get(key)["latency_s"]
+        table = LayerCostTable(self.profile.name, layers, [tuple(p) for p in pairs], latency, weight_bytes,
+                               kernel_of)
+        # The rest of the model (pooling, reshapes, VM dispatch) is the end-to-end time the kernels do
+        # not explain, fitted on the uniform candidates that were lowered above.
+        residuals = []
+        for pair in pairs:
+            cand = Candidate.uniform(layers, *pair)
+            meas = self.measure(prepared, cand, ranges)
+            if meas.ok:
+                residuals.append(meas.latency_s - table.predict_latency(cand))
+        table.other_s = max(0.0, float(np.median(residuals))) if residuals else 0.0
+        return table
+
+    # -- end to end ----------------------------------------------------------------------------
+
+    def _compile(self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]],
+                 batch: int = 1) -> tuple[Any, Any, str]:
+        from mpsearch.hardware.lowering import lower
+
+        lowered = lower(prepared, candidate, ranges, batch=batch)
+        key = "e2e-" + _hash_mod(lowered.mod)
+        if key in self._compiled:
+            return self._compiled[key], lowered, key
+        if batch == 1:
+            untuned = [n for n, spec in lowered.kernels.items() if not self._has_record(self._kernel_mod(spec))]
+            if untuned:
+                raise HardwareError(f"layer {untuned[0]} has no tuned kernel for its bits; build the cost "
+                                    "table for this bit pair first (never priced at a naive fallback)")
+        exe = ms.relax_integration.compile_relax(self.db, lowered.mod, self.target, None)
+        self.stats["compiled_models"] += 1
+        self._compiled = {key: exe}  # keep one: executables hold compiled code
+        return exe, lowered, key
+
+    def measure(
+        self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]]
+    ) -> Measurement:
+        from mpsearch.hardware.lowering import lower
+
+        key = "e2e-" + _hash_mod(lower(prepared, candidate, ranges).mod)
+        cached = self.costs.get(key)
+        if cached is not None:
+            return Measurement(cached["latency_s"], cached["std_s"], None, tuple(cached["samples"]))
+        try:
+            exe, lowered, key = self._compile(prepared, candidate, ranges)
+        except HardwareError as e:
+            return Measurement(error=str(e))
+        except Exception as e:  # a TVM build failure is a value, not a crash
+            return Measurement(error=f"build failed: {type(e).__name__}: {str(e).strip().splitlines()[-1]}")
+        try:
+            vm = tvm.relax.VirtualMachine(exe, self.dev)
+            x = np.random.default_rng(0).standard_normal(prepared.input_shape).astype("float32")
+            args = [tvm.runtime.tensor(x, self.dev)] + [tvm.runtime.tensor(a, self.dev) for a in lowered.params]
+            vm.set_input("main", *args)
+            for _ in range(self.profile.measure.warmup):
+                vm.invoke_stateful("main")
+            m = self.profile.measure
+            timer = vm.time_evaluator("invoke_stateful", self.dev, number=m.number, repeat=m.repeat,
+                                      min_repeat_ms=m.min_repeat_ms)
+            meas = Measurement.from_samples(timer("main").results)
+        except Exception as e:
+            return Measurement(error=f"run failed: {type(e).__name__}: {str(e).strip().splitlines()[-1]}")
+        self.costs.put({"key": key, "kind": "e2e", "name": candidate.describe(), "latency_s": meas.latency_s,
+                        "std_s": meas.std_s, "samples": list(meas.samples)})
+        return meas
+
+    def run(
+        self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]],
+        inputs: np.ndarray,
+    ) -> np.ndarray:
+        """Outputs of the tuned batch-1 executable, called once per input row."""
+        exe, lowered, _ = self._compile(prepared, candidate, ranges)
+        vm = tvm.relax.VirtualMachine(exe, self.dev)
+        params = [tvm.runtime.tensor(a, self.dev) for a in lowered.params]
+        outs = [vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x[None]), self.dev), *params).numpy()
+                for x in inputs.astype("float32")]
+        return np.concatenate(outs)
+
+
+class _Progress:
+    """tqdm over tuning trials, fed by a MetaSchedule measure callback; remembers each task's first error."""
+
+    def __init__(self, total: int, names: list[str], enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc="tune kernels", unit="trial", disable=not enabled, leave=False)
+        self.names = names
+        self.errors: dict[int, str] = {}
+
+    def callback(self) -> Any:
+        from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+        from tvm.ir.utils import derived_object
+
+        outer = self
+
+        @derived_object
+        class ProgressCallback(PyMeasureCallback):
+            def apply(self, task_scheduler: Any, task_id: int, measure_candidates: Any,
+                      builder_results: Any, runner_results: Any) -> None:
+                for b, r in zip(builder_results, runner_results):
+                    err = b.error_msg or r.error_msg
+                    if err and task_id not in outer.errors:
+                        outer.errors[task_id] = str(err).strip().splitlines()[-1][:200]
+                outer.bar.update(len(builder_results))
+
+        return ProgressCallback()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _progress(items: Any, desc: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    items = list(items)
+    return tqdm(items, desc=desc, disable=not enabled, leave=False)

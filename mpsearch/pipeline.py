@@ -1,0 +1,259 @@
+"""One run: model → calibration → sensitivity → hardware cost → search → real evaluation → report."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mpsearch.candidate import Bits, Candidate
+from mpsearch.config import RunConfig, validate
+from mpsearch.errors import ConfigError, HardwareError, MPSearchError
+from mpsearch.hardware.base import Backend, LayerCostTable
+from mpsearch.hardware.profile import HwProfile, load_profile
+from mpsearch.models.registry import load_state_dict, resolve
+from mpsearch.quant.calibration import calibrate
+from mpsearch.quant.fake import quantize_
+from mpsearch.quant.prepare import PreparedModel, prepare_model
+from mpsearch.report import EvaluatedCandidate, RunSummary, write_report
+from mpsearch.search import (
+    SearchProblem, SearchSettings, bit_pairs, feasible_front, pair_label, run_search, spread,
+)
+from mpsearch.sensitivity import HutchinsonEstimator, cached_estimate, score_table
+
+log = logging.getLogger(__name__)
+
+BackendFactory = Callable[[HwProfile, Path, bool], Backend]
+BASELINES: dict[str, Bits] = {"fp32": (32, 32), "int8": (8, 8)}
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    summary: RunSummary
+    table: LayerCostTable
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        log.info("stage: %s", name)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 3)
+
+
+def build_model(cfg: RunConfig) -> torch.nn.Module:
+    model = resolve(cfg.model.factory, "model")()
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"model factory {cfg.model.factory!r} returned {type(model).__name__}, not an nn.Module")
+    if cfg.model.checkpoint:
+        load_state_dict(model, cfg.model.checkpoint)
+    return model.eval()
+
+
+def load_data(cfg: RunConfig, split: str, limit: int | None) -> Dataset:
+    ds = resolve(cfg.data.factory, "data")(split, limit)
+    if len(ds) == 0:
+        raise ConfigError(f"data split {split!r} from {cfg.data.factory!r} is empty; give it samples")
+    return ds
+
+
+def batches(ds: Dataset, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return list(DataLoader(ds, batch_size=batch_size, shuffle=False))
+
+
+def _digest(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, torch.Tensor):
+            h.update(p.detach().cpu().contiguous().numpy().tobytes())
+        elif isinstance(p, Mapping):
+            for k in sorted(p):
+                h.update(str(k).encode())
+                h.update(_digest(p[k]).encode())
+        else:
+            h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+class AccuracyCache:
+    """Top-1 accuracy of simulated candidates, keyed by model, calibration, data and candidate."""
+
+    def __init__(self, path: Path, context_key: str) -> None:
+        from mpsearch.hardware.tvm_backend import _JsonLines  # pure-Python store, no TVM import
+
+        self.store = _JsonLines(path)
+        self.context = context_key
+
+    def get(self, cand: Candidate) -> float | None:
+        rec = self.store.get(f"{self.context}-{cand.key()}")
+        return None if rec is None else rec["accuracy"]
+
+    def put(self, cand: Candidate, acc: float) -> None:
+        self.store.put({"key": f"{self.context}-{cand.key()}", "accuracy": acc})
+
+
+@torch.no_grad()
+def evaluate_accuracy(prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]],
+                      data: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Top-1 accuracy of the fake-quantized model (the same arithmetic the TVM kernels run)."""
+    model = quantize_(prepared.copy_module(), candidate, ranges).eval()
+    correct = total = 0
+    for x, y in data:
+        correct += int((model(x).argmax(1) == y).sum())
+        total += len(y)
+    return correct / total
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("mpsearch", "torch", "apache-tvm", "optuna", "hydra-core", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def default_backend(profile: HwProfile, cache_dir: Path, progress: bool) -> Backend:
+    from mpsearch.hardware.tvm_backend import TVMBackend
+
+    return TVMBackend(profile, cache_dir, progress=progress)
+
+
+def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> RunOutcome:
+    """Run the whole search for ``cfg`` and write its report; re-running the same config resumes."""
+    validate(cfg)
+    timer = _Timer()
+    torch.manual_seed(cfg.search.seed)
+    overrides: dict[str, Any] = {}
+    if cfg.hw_profile.threads is not None:
+        overrides["threads"] = cfg.hw_profile.threads
+    profile = load_profile(cfg.hw_profile.name)
+    if cfg.hw_profile.trials_per_task is not None:
+        from dataclasses import replace
+
+        profile = replace(profile, tuning=replace(profile.tuning, trials_per_task=cfg.hw_profile.trials_per_task))
+    if overrides:
+        from dataclasses import replace
+
+        profile = replace(profile, **overrides)
+    pairs = bit_pairs(cfg.search.w_bits, cfg.search.a_bits, cfg.search.weight_only)
+    run_dir = Path(cfg.results_dir) / (cfg.run_name or cfg.default_run_name())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(cfg.cache_dir)
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    log.info("run folder: %s", run_dir)
+
+    with timer.stage("load"):
+        model = build_model(cfg)
+        calib = batches(load_data(cfg, "calib", cfg.data.calib_samples), cfg.data.batch_size)
+        test = batches(load_data(cfg, "test", cfg.data.test_samples), cfg.data.batch_size)
+        prepared = prepare_model(model, tuple(cfg.model.input_shape))
+        layers = prepared.layer_names
+    with timer.stage("calibration"):
+        ranges = calibrate(prepared.graph_module, layers, calib, cfg.search.calibration, cfg.search.percentile)
+    with timer.stage("sensitivity"):
+        sens_batches = _first_samples(calib, cfg.search.sensitivity_samples)
+        estimator = HutchinsonEstimator(batch_size=cfg.search.sensitivity_samples, seed=cfg.search.seed)
+        sens = cached_estimate(estimator, prepared.graph_module, layers, sens_batches, cache_dir)
+        score = score_table(prepared.graph_module, sens, ranges, pairs, sens_batches)
+    with timer.stage("hardware cost"):
+        backend = backend_factory(profile, cache_dir, cfg.progress)
+        table_pairs = list(dict.fromkeys([*pairs, *BASELINES.values()]))
+        table = backend.cost_table(prepared, ranges, table_pairs)
+    problem = SearchProblem(layers, pairs, score, table.latency_s, table.weight_bytes, table.other_s)
+    with timer.stage("search"):
+        study = run_search(problem, SearchSettings(cfg.search.sampler, cfg.search.n_trials, cfg.search.seed,
+                                                   cfg.budget.latency_ms, cfg.budget.weight_kib),
+                           run_dir / "study.journal", cfg.progress)
+        front = feasible_front(study, problem)
+        if not front:
+            raise MPSearchError("the search found no candidate within the budgets; relax budget.* or "
+                                "raise search.n_trials")
+        chosen = spread(front, cfg.search.measure_front)
+    log.info("front: %d feasible non-dominated candidates, evaluating %d", len(front), len(chosen))
+
+    context = _digest(prepared.graph_module.state_dict(), ranges, test[0][0], len(test))
+    acc_cache = AccuracyCache(cache_dir / "accuracy.jsonl", context)
+    evaluated: list[EvaluatedCandidate] = []
+    todo = [(f"pareto-{i}", "pareto", t.number, c) for i, (t, c) in enumerate(chosen)]
+    todo += [(label, "baseline", None, Candidate.uniform(layers, *pair)) for label, pair in BASELINES.items()]
+    notes: list[str] = []
+    with timer.stage("evaluation"):
+        for label, kind, trial, cand in todo:
+            acc = acc_cache.get(cand)
+            if acc is None:
+                acc = evaluate_accuracy(prepared, cand, ranges, test)
+                acc_cache.put(cand, acc)
+            meas = backend.measure(prepared, cand, ranges)
+            if not meas.ok:
+                notes.append(f"{label}: not measured ({meas.error})")
+            obj_proxy = sum(score[n][cand[n]] for n in layers) if all(cand[n] in score[n] for n in layers) else float("nan")
+            evaluated.append(EvaluatedCandidate(
+                label=label, candidate=cand, kind=kind, proxy=obj_proxy,
+                predicted_latency_ms=table.predict_latency(cand) * 1e3,
+                measured_latency_ms=meas.latency_s * 1e3 if meas.ok else None,
+                latency_std_ms=meas.std_s * 1e3 if meas.ok else None,
+                weight_bytes=table.predict_weight_bytes(cand), accuracy=acc, trial=trial))
+            log.info("%-9s %-28s acc %.4f  latency %s ms (predicted %.3f)", label, cand.describe(), acc,
+                     f"{meas.latency_s * 1e3:.3f}" if meas.ok else "n/a", table.predict_latency(cand) * 1e3)
+
+    with timer.stage("report"):
+        cand_dir = run_dir / "candidates"
+        cand_dir.mkdir(exist_ok=True)
+        for e in evaluated:
+            (cand_dir / f"{e.label}.json").write_text(e.candidate.to_json() + "\n")
+        (run_dir / "cost_table.json").write_text(table.to_json() + "\n")
+        (run_dir / "sensitivity.json").write_text(sens.to_json() + "\n")
+        layer_latency = pd.DataFrame(
+            {pair_label(p): [table.latency_s[n][p] * 1e3 for n in layers] for p in table.pairs}, index=layers)
+        tuning = profile.tuning
+        notes += [
+            f"Latencies are medians of {profile.measure.repeat} x {profile.measure.number} calls of TVM-compiled "
+            f"code on this machine; kernels tuned with MetaSchedule ({tuning.strategy}, "
+            f"{tuning.trials_per_task} trials per kernel).",
+            f"Predicted latency = sum of per-layer kernel latencies + {table.other_s * 1e3:.3f} ms for the rest "
+            "of the model (pooling, reshape, VM dispatch), fitted on uniform candidates.",
+            f"Search: {cfg.search.sampler}, {cfg.search.n_trials} trials on the Hessian-trace proxy and predicted "
+            f"latency; {len(front)} feasible Pareto candidates, {len(chosen)} evaluated for real.",
+        ]
+        summary = RunSummary(
+            run_dir=run_dir, model=cfg.model.name, hw_profile=profile.name, device=backend.describe(),
+            layers=layers, layer_macs={li.name: li.macs for li in prepared.layers},
+            layer_params={li.name: li.params for li in prepared.layers}, candidates=evaluated,
+            layer_latency_ms=layer_latency, config=cfg.to_dict(), timings_s=timer.timings,
+            versions=_versions(), notes=notes)
+        files = write_report(summary)
+    summary.timings_s = timer.timings
+    log.info("report: %s", files.get("report_md"))
+    return RunOutcome(run_dir, summary, table, files)
+
+
+def _first_samples(data: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    x = torch.cat([b[0] for b in data])[:n]
+    y = torch.cat([b[1] for b in data])[:n]
+    return [(x, y)]
+
+
+__all__ = ["AccuracyCache", "BASELINES", "RunOutcome", "build_model", "evaluate_accuracy", "run",
+           "HardwareError", "np"]

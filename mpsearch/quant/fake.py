@@ -1,0 +1,147 @@
+"""Fake quantization that mirrors, operation for operation, the integer kernels mpsearch compiles.
+
+Weights: per-output-channel symmetric, ``q = round(w / s)`` clipped to ``±(2^(b-1) - 1)``.
+Activations: per-tensor, from a calibrated range; unsigned ``[0, 2^b - 1]`` when the range is
+non-negative (after ReLU), else signed symmetric. ``q = clip(floor(x * inv_scale + 0.5))`` with
+``inv_scale`` rounded to float32 once, which is exactly what the TVM kernels compute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mpsearch.candidate import FLOAT_BITS, Candidate
+from mpsearch.errors import CandidateError
+
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class ActQuant:
+    """Per-tensor activation quantizer."""
+
+    bits: int
+    scale: float
+    signed: bool
+
+    @property
+    def qmin(self) -> int:
+        return -(2 ** (self.bits - 1) - 1) if self.signed else 0
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+
+    @property
+    def inv_scale(self) -> float:
+        return float(np.float32(1.0) / np.float32(self.scale))
+
+    @property
+    def storage_dtype(self) -> str:
+        return "int8" if self.signed else "uint8"
+
+    @classmethod
+    def from_range(cls, lo: float, hi: float, bits: int) -> ActQuant:
+        signed = lo < 0
+        if signed:
+            scale = max(abs(lo), abs(hi)) / (2 ** (bits - 1) - 1)
+        else:
+            scale = hi / (2**bits - 1)
+        return cls(bits, float(np.float32(max(scale, _EPS))), signed)
+
+
+def quantize_act(x: torch.Tensor, q: ActQuant) -> torch.Tensor:
+    """Integer-valued float tensor of activation codes."""
+    return torch.clamp(torch.floor(x * q.inv_scale + 0.5), q.qmin, q.qmax)
+
+
+def fake_quant_act(x: torch.Tensor, q: ActQuant) -> torch.Tensor:
+    return quantize_act(x, q) * np.float32(q.scale)
+
+
+def weight_scale(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per-output-channel symmetric scale, float32, shape ``(out_channels,)``."""
+    qmax = 2 ** (bits - 1) - 1
+    return (w.detach().abs().flatten(1).amax(1) / qmax).clamp_min(_EPS).float()
+
+
+def quantize_weight(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(codes, scale)``: int8 codes of ``w``'s shape and the per-channel scale."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = weight_scale(w, bits)
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    codes = torch.clamp(torch.round(w.detach() / scale.view(shape)), -qmax, qmax)
+    return codes.to(torch.int8), scale
+
+
+def fake_quant_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
+    if bits >= FLOAT_BITS:
+        return w
+    codes, scale = quantize_weight(w, bits)
+    return codes.float() * scale.view((-1,) + (1,) * (w.dim() - 1))
+
+
+def weight_error(w: torch.Tensor, bits: int) -> float:
+    """‖Q_b(W) − W‖², the quantization perturbation of a weight tensor."""
+    return float((fake_quant_weight(w, bits) - w.detach()).pow(2).sum())
+
+
+class QuantLayer(nn.Module):
+    """A conv2d / linear layer with fake-quantized weights and input activations."""
+
+    def __init__(self, layer: nn.Conv2d | nn.Linear, w_bits: int, act: ActQuant | None) -> None:
+        super().__init__()
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            raise CandidateError(f"cannot quantize a {type(layer).__name__}; only Conv2d and Linear")
+        self.layer = layer
+        self.w_bits = w_bits
+        self.act = act
+        self.register_buffer("weight_q", fake_quant_weight(layer.weight.detach(), w_bits).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act is not None:
+            x = fake_quant_act(x, self.act)
+        layer = self.layer
+        if isinstance(layer, nn.Linear):
+            return F.linear(x, self.weight_q, layer.bias)
+        return F.conv2d(x, self.weight_q, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+
+
+def act_quantizers(
+    candidate: Candidate, ranges: Mapping[str, tuple[float, float]]
+) -> dict[str, ActQuant | None]:
+    """Activation quantizer of each layer (``None`` for float activations)."""
+    out: dict[str, ActQuant | None] = {}
+    for name, (_, a_bits) in candidate.items():
+        if a_bits >= FLOAT_BITS:
+            out[name] = None
+            continue
+        if name not in ranges:
+            raise CandidateError(f"layer {name!r} has no calibrated activation range; calibrate first")
+        out[name] = ActQuant.from_range(*ranges[name], a_bits)
+    return out
+
+
+def quantize_(
+    model: nn.Module, candidate: Candidate, ranges: Mapping[str, tuple[float, float]]
+) -> nn.Module:
+    """Replace each layer named in ``candidate`` by its fake-quantized version, in place."""
+    layers = {}
+    for name in candidate:
+        try:
+            layers[name] = model.get_submodule(name)
+        except AttributeError:
+            raise CandidateError(f"unknown layer {name!r} in candidate; check the layer names") from None
+    acts = act_quantizers(candidate, ranges)
+    for name, (w_bits, _) in candidate.items():
+        layer = layers[name]
+        if isinstance(layer, QuantLayer):
+            layer = layer.layer
+        model.set_submodule(name, QuantLayer(layer, w_bits, acts[name]))
+    return model

@@ -1,0 +1,301 @@
+"""The report's input schema and the tables computed from it (compute first; plots and markdown draw these)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mpsearch.candidate import Candidate
+from mpsearch.errors import MPSearchError
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("pareto", "baseline")
+FP32_LABEL = "fp32"
+INT8_LABEL = "int8"
+
+#: Fixed columns of :func:`candidates_frame`, in order; one column per layer follows them.
+FRAME_COLUMNS = (
+    "label",
+    "kind",
+    "trial",
+    "key",
+    "description",
+    "proxy",
+    "predicted_latency_ms",
+    "measured_latency_ms",
+    "latency_std_ms",
+    "prediction_error_pct",
+    "weight_bytes",
+    "weight_kib",
+    "accuracy",
+    "acc_drop_pts",
+    "speedup_vs_fp32",
+    "pareto_measured",
+)
+
+
+class ReportError(MPSearchError):
+    """The run summary handed to the report is inconsistent (duplicate label, unknown kind, ...)."""
+
+
+@dataclass
+class EvaluatedCandidate:
+    """One candidate as evaluated by the pipeline.
+
+    Attributes:
+        label: Unique name, e.g. ``"pareto-3"``, ``"fp32"``, ``"int8"``.
+        candidate: The per-layer bit assignment.
+        kind: ``"pareto"`` or ``"baseline"``.
+        proxy: Predicted loss increase (sensitivity proxy); 0 for fp32.
+        predicted_latency_ms: Cost-table prediction.
+        measured_latency_ms: Measured end-to-end latency, None if not measured.
+        latency_std_ms: Standard deviation of the measurement.
+        weight_bytes: Size of the quantized weights.
+        accuracy: Top-1 accuracy on the test split, in 0..1.
+        trial: Optuna trial number, if any.
+    """
+
+    label: str
+    candidate: Candidate
+    kind: str
+    proxy: float
+    predicted_latency_ms: float | None
+    measured_latency_ms: float | None
+    latency_std_ms: float | None
+    weight_bytes: int
+    accuracy: float | None
+    trial: int | None = None
+
+
+@dataclass
+class RunSummary:
+    """Everything the report shows about one run, as plain data.
+
+    Attributes:
+        run_dir: Directory the report files are written into.
+        model: Model name.
+        hw_profile: Hardware profile name.
+        device: Human description of the measured machine (CPU model, cores).
+        layers: Quantizable layer names in graph order.
+        layer_macs: MACs per layer.
+        layer_params: Parameter count per layer.
+        candidates: Pareto candidates and baselines.
+        layer_latency_ms: Predicted kernel latency, index layer, columns precisions like ``"W8A8"``.
+        config: The composed run config as a plain dict.
+        timings_s: Wall time per stage in seconds.
+        versions: Package versions.
+        notes: Caveats printed verbatim in the report.
+    """
+
+    run_dir: Path
+    model: str
+    hw_profile: str
+    device: str
+    layers: list[str]
+    layer_macs: dict[str, int]
+    layer_params: dict[str, int]
+    candidates: list[EvaluatedCandidate]
+    layer_latency_ms: pd.DataFrame | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _check(summary: RunSummary) -> None:
+    seen: set[str] = set()
+    for ev in summary.candidates:
+        if ev.label in seen:
+            raise ReportError(f"duplicate candidate label {ev.label!r}; labels must be unique")
+        seen.add(ev.label)
+        if ev.kind not in KINDS:
+            raise ReportError(f"candidate {ev.label!r} has kind {ev.kind!r}; use one of {list(KINDS)}")
+    clash = [name for name in summary.layers if name in FRAME_COLUMNS]
+    if clash:
+        raise ReportError(f"layer name {clash[0]!r} clashes with a report column; rename the layer")
+
+
+def _num(value: float | int | None) -> float:
+    return np.nan if value is None else float(value)
+
+
+def non_dominated(accuracy: Sequence[float] | np.ndarray, latency: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Mask of points not dominated on (accuracy max, latency min).
+
+    A point is dominated when another is at least as good on both axes and strictly better on one.
+    Points with a NaN coordinate are never on the front and dominate nothing.
+
+    Args:
+        accuracy: Accuracy per point (higher is better).
+        latency: Latency per point (lower is better).
+
+    Returns:
+        Boolean array, True for non-dominated points.
+    """
+    acc = np.asarray(accuracy, dtype=float)
+    lat = np.asarray(latency, dtype=float)
+    if acc.shape != lat.shape or acc.ndim != 1:
+        raise ReportError(f"accuracy and latency must be 1-D and equally long, got {acc.shape} and {lat.shape}")
+    valid = np.isfinite(acc) & np.isfinite(lat)
+    a, t = acc[valid], lat[valid]
+    # Row i, column j: does point j dominate point i?
+    no_worse = (a[None, :] >= a[:, None]) & (t[None, :] <= t[:, None])
+    better = (a[None, :] > a[:, None]) | (t[None, :] < t[:, None])
+    out = np.zeros(acc.shape, dtype=bool)
+    out[valid] = ~(no_worse & better).any(axis=1)
+    return out
+
+
+def _find(frame: pd.DataFrame, label: str) -> pd.Series | None:
+    rows = frame[frame["label"].str.lower() == label]
+    return None if rows.empty else rows.iloc[0]
+
+
+def _latency_sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    """Sort by measured latency, then predicted; unmeasured rows go last, ordered by prediction."""
+    return frame.sort_values(
+        ["measured_latency_ms", "predicted_latency_ms"], na_position="last", kind="mergesort"
+    )
+
+
+def candidates_frame(summary: RunSummary) -> pd.DataFrame:
+    """One row per candidate: metrics, derived comparisons and one ``"W{w}A{a}"`` column per layer.
+
+    Pareto rows come first, sorted by latency (measured, then predicted), then the baselines in input
+    order. ``acc_drop_pts`` and ``speedup_vs_fp32`` compare with the baseline labelled ``"fp32"`` and
+    are NaN without it; ``pareto_measured`` marks pareto rows non-dominated on (accuracy, measured
+    latency).
+
+    Args:
+        summary: The run summary.
+
+    Returns:
+        The candidates table, columns :data:`FRAME_COLUMNS` then ``summary.layers``.
+    """
+    _check(summary)
+    records = []
+    for ev in summary.candidates:
+        pred, meas = _num(ev.predicted_latency_ms), _num(ev.measured_latency_ms)
+        rec: dict[str, Any] = {
+            "label": ev.label,
+            "kind": ev.kind,
+            "trial": ev.trial,
+            "key": ev.candidate.key(),
+            "description": ev.candidate.describe(),
+            "proxy": float(ev.proxy),
+            "predicted_latency_ms": pred,
+            "measured_latency_ms": meas,
+            "latency_std_ms": _num(ev.latency_std_ms),
+            "prediction_error_pct": 100.0 * (pred - meas) / meas if np.isfinite(meas) and meas > 0 else np.nan,
+            "weight_bytes": int(ev.weight_bytes),
+            "weight_kib": ev.weight_bytes / 1024.0,
+            "accuracy": _num(ev.accuracy),
+        }
+        for name in summary.layers:
+            bits = ev.candidate.get(name)
+            rec[name] = None if bits is None else f"W{bits[0]}A{bits[1]}"
+        records.append(rec)
+
+    layer_cols = list(summary.layers)
+    fixed = [c for c in FRAME_COLUMNS if c not in ("acc_drop_pts", "speedup_vs_fp32", "pareto_measured")]
+    frame = pd.DataFrame.from_records(records, columns=fixed + layer_cols)
+    frame["trial"] = frame["trial"].astype("Int64")
+
+    fp32 = _find(frame, FP32_LABEL)
+    if fp32 is None:
+        logger.warning("no %r baseline; accuracy drop and speedup are left empty", FP32_LABEL)
+        frame["acc_drop_pts"] = np.nan
+        frame["speedup_vs_fp32"] = np.nan
+    else:
+        frame["acc_drop_pts"] = 100.0 * (fp32["accuracy"] - frame["accuracy"])
+        frame["speedup_vs_fp32"] = fp32["measured_latency_ms"] / frame["measured_latency_ms"]
+
+    is_pareto = (frame["kind"] == "pareto").to_numpy()
+    front = np.zeros(len(frame), dtype=bool)
+    front[is_pareto] = non_dominated(
+        frame.loc[is_pareto, "accuracy"].to_numpy(), frame.loc[is_pareto, "measured_latency_ms"].to_numpy()
+    )
+    frame["pareto_measured"] = front
+
+    ordered = pd.concat([_latency_sorted(frame[is_pareto]), frame[~is_pareto]])
+    return ordered[list(FRAME_COLUMNS) + layer_cols].reset_index(drop=True)
+
+
+def bits_frame(summary: RunSummary) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-layer weight and activation bits along the front.
+
+    Args:
+        summary: The run summary.
+
+    Returns:
+        ``(weight_bits, activation_bits)``: index the pareto labels sorted by latency (measured,
+        then predicted), columns the layers in graph order. Integers; float with NaN where a
+        candidate lacks a layer.
+    """
+    _check(summary)
+    evs = [ev for ev in summary.candidates if ev.kind == "pareto"]
+    order = _latency_sorted(
+        pd.DataFrame(
+            {
+                "measured_latency_ms": [_num(ev.measured_latency_ms) for ev in evs],
+                "predicted_latency_ms": [_num(ev.predicted_latency_ms) for ev in evs],
+            }
+        )
+    ).index
+    evs = [evs[i] for i in order]
+    labels = pd.Index([ev.label for ev in evs], name="label")
+    columns = pd.Index(list(summary.layers), name="layer")
+
+    def table(which: int) -> pd.DataFrame:
+        data = [[_num(ev.candidate[n][which]) if n in ev.candidate else np.nan for n in columns] for ev in evs]
+        out = pd.DataFrame(data, index=labels, columns=columns, dtype=float)
+        return out if out.isna().to_numpy().any() else out.astype(int)
+
+    return table(0), table(1)
+
+
+def pareto_points(frame: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
+    """The points ``pareto.png`` draws, computed from :func:`candidates_frame`.
+
+    Uses measured latency when any pareto row has it (with accuracy); otherwise falls back to the
+    cost-table prediction and recomputes the front on it. Rows lacking latency or accuracy are dropped.
+
+    Args:
+        frame: Output of :func:`candidates_frame`.
+
+    Returns:
+        ``(points, measured)``: points has columns label, kind, latency_ms, latency_std_ms,
+        accuracy_pct, on_front; ``measured`` says which latency was used.
+    """
+    pareto = (frame["kind"] == "pareto").to_numpy()
+    has_acc = frame["accuracy"].notna().to_numpy()
+    measured = bool((pareto & has_acc & frame["measured_latency_ms"].notna().to_numpy()).any())
+    lat = frame["measured_latency_ms" if measured else "predicted_latency_ms"].to_numpy(dtype=float)
+    if measured:
+        on_front = frame["pareto_measured"].to_numpy(dtype=bool)
+    else:
+        on_front = np.zeros(len(frame), dtype=bool)
+        on_front[pareto] = non_dominated(frame["accuracy"].to_numpy(dtype=float)[pareto], lat[pareto])
+    points = pd.DataFrame(
+        {
+            "label": frame["label"].to_numpy(),
+            "kind": frame["kind"].to_numpy(),
+            "latency_ms": lat,
+            "latency_std_ms": frame["latency_std_ms"].to_numpy(dtype=float) if measured else np.nan,
+            "accuracy_pct": 100.0 * frame["accuracy"].to_numpy(dtype=float),
+            "on_front": on_front,
+        }
+    )
+    keep = points["latency_ms"].notna() & points["accuracy_pct"].notna()
+    dropped = points.loc[~keep, "label"].tolist()
+    if dropped:
+        which = "measured" if measured else "predicted"
+        logger.warning("not plotted (no %s latency or accuracy): %s", which, dropped)
+    return points[keep].reset_index(drop=True), measured

@@ -1,0 +1,195 @@
+"""The sensitivity seam: per-layer Hessian traces, and the additive score the search minimises."""
+
+from __future__ import annotations
+
+import json
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mpsearch.candidate import FLOAT_BITS, check_bits
+from mpsearch.errors import ConfigError
+from mpsearch.quant.fake import ActQuant, fake_quant_act, weight_error
+
+Batch = tuple[Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    """Second-order sensitivity of one layer.
+
+    Attributes:
+        name: Layer name (a submodule path of the model).
+        weight_trace: Mean Hessian diagonal over the layer's weights, ``tr(H_W) / n_W``.
+        act_trace: Mean Hessian diagonal over the layer's input activations, ``tr(H_X) / n_X``,
+            where ``X`` is the whole input tensor of the batch the estimate used.
+        weight_numel: ``n_W``.
+        act_numel: ``n_X``, elements of the input tensor over that batch.
+    """
+
+    name: str
+    weight_trace: float
+    act_trace: float
+    weight_numel: int
+    act_numel: int
+
+
+@dataclass(frozen=True)
+class SensitivityResult:
+    """Sensitivities of all layers from one estimator run, ordered like the model's layers."""
+
+    estimator: str
+    layers: dict[str, LayerSensitivity] = field(default_factory=dict)
+    iterations: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "estimator": self.estimator,
+            "layers": [asdict(s) for s in self.layers.values()],
+            "iterations": self.iterations,
+            "seconds": self.seconds,
+        })
+
+    @classmethod
+    def from_json(cls, text: str) -> SensitivityResult:
+        """Parse :meth:`to_json` output; raises :class:`ConfigError` on malformed input."""
+        try:
+            data: Any = json.loads(text)
+            layers = {}
+            for item in data["layers"]:
+                s = LayerSensitivity(str(item["name"]), float(item["weight_trace"]),
+                                     float(item["act_trace"]), int(item["weight_numel"]),
+                                     int(item["act_numel"]))
+                layers[s.name] = s
+            return cls(str(data["estimator"]), layers, int(data["iterations"]), float(data["seconds"]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(
+                f"sensitivity result JSON is invalid ({type(e).__name__}: {e}); delete it and recompute"
+            ) from None
+
+
+class SensitivityEstimator(ABC):
+    """Estimates per-layer Hessian traces of the loss w.r.t. weights and input activations.
+
+    Contract:
+        * Call :meth:`estimate` once per (model, data); the model is a prepared, eval-mode module
+          (BatchNorm folded) and ``layers`` are names of its Conv2d / Linear submodules. The result
+          lists the layers in the order given.
+        * The model's parameters and training flag are left as they were.
+        * Given the same model, data and constructor arguments (seed included), the result is the
+          same up to float rounding; :meth:`config_key` returns exactly those arguments.
+        * The estimator caches nothing itself; callers cache results by content through
+          :func:`mpsearch.sensitivity.cache.cached_estimate`, keyed on ``name``, :meth:`config_key`,
+          the model's state dict and the data.
+        * Not thread-safe: an estimate may install temporary hooks on the model.
+    """
+
+    name: str = "abstract"
+
+    @abstractmethod
+    def estimate(
+        self, model: nn.Module, layers: Sequence[str], batches: Sequence[Batch]
+    ) -> SensitivityResult:
+        """Return the sensitivity of each named layer on ``batches`` of ``(inputs, labels)``."""
+
+    def config_key(self) -> dict[str, Any]:
+        """The constructor parameters that determine the result (part of the cache key)."""
+        return {}
+
+
+def _input_error_per_element(
+    model: nn.Module,
+    layers: Sequence[str],
+    ranges: Mapping[str, tuple[float, float]],
+    a_bits: Sequence[int],
+    batches: Sequence[Batch],
+) -> dict[str, dict[int, float]]:
+    """Mean squared activation-quantization error per input element, per layer and bit-width."""
+    sums = {name: {b: 0.0 for b in a_bits} for name in layers}
+    counts = {name: 0 for name in layers}
+    quants = {name: {b: ActQuant.from_range(*ranges[name], b) for b in a_bits} for name in layers}
+    handles = []
+    for name in layers:
+        def hook(_mod: nn.Module, args: tuple[Tensor, ...], name: str = name) -> None:
+            x = args[0].detach().float()
+            counts[name] += x.numel()
+            for b, q in quants[name].items():
+                sums[name][b] += float((fake_quant_act(x, q) - x).pow(2).sum())
+        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            for x, _ in batches:
+                model(x)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    out = {}
+    for name in layers:
+        if counts[name] == 0:
+            raise ConfigError(f"layer {name!r} saw no input; give act_batches at least one non-empty batch")
+        out[name] = {b: sums[name][b] / counts[name] for b in a_bits}
+    return out
+
+
+def score_table(
+    model: nn.Module,
+    sens: SensitivityResult,
+    ranges: Mapping[str, tuple[float, float]],
+    pairs: Sequence[tuple[int, int]],
+    act_batches: Sequence[Batch],
+) -> dict[str, dict[tuple[int, int], float]]:
+    """Additive second-order loss increase of each layer at each (weight, activation) bit pair.
+
+    ``score[layer][(w, a)] = 0.5 * t_W * ‖Q_w(W) − W‖² + 0.5 * t_X * ‖Q_a(X) − X‖²`` (HAWQ-V2/V3),
+    where ``‖Q_a(X) − X‖²`` is the mean squared error per element over ``act_batches`` times
+    ``act_numel``, so both terms estimate the increase of the mean loss on the estimator's batch.
+    Negative trace estimates (non-convex points, noise) are clamped to 0, so scores are ≥ 0;
+    32 bits gives a zero term.
+
+    Args:
+        model: The model the sensitivities were estimated on (weights are read from it).
+        sens: Output of a :class:`SensitivityEstimator`.
+        ranges: Calibrated ``(lo, hi)`` input range of each layer.
+        pairs: The bit pairs to score.
+        act_batches: Data for the activation error, e.g. the calibration batches.
+    """
+    pairs = [check_bits(*p) for p in pairs]
+    layers = list(sens.layers)
+    a_bits = sorted({a for _, a in pairs if a < FLOAT_BITS})
+    missing = [n for n in layers if n not in ranges]
+    if a_bits and missing:
+        raise ConfigError(f"layer {missing[0]!r} has no calibrated activation range; calibrate it first")
+    for name in layers:
+        try:
+            model.get_submodule(name)
+        except AttributeError:
+            raise ConfigError(f"layer {name!r} of the sensitivity result is not in the model; re-estimate") from None
+    act_err = _input_error_per_element(model, layers, ranges, a_bits, act_batches) if a_bits else {}
+    table: dict[str, dict[tuple[int, int], float]] = {}
+    for name in layers:
+        s = sens.layers[name]
+        weight = model.get_submodule(name).weight
+        t_w = max(s.weight_trace, 0.0)
+        t_x = max(s.act_trace, 0.0)
+        w_err = {w: weight_error(weight, w) for w in {w for w, _ in pairs if w < FLOAT_BITS}}
+        row = {}
+        for w, a in pairs:
+            score = 0.0
+            if w < FLOAT_BITS:
+                score += 0.5 * t_w * w_err[w]
+            if a < FLOAT_BITS:
+                score += 0.5 * t_x * act_err[name][a] * s.act_numel
+            if not math.isfinite(score):
+                raise ConfigError(f"layer {name!r} has a non-finite score at W{w}A{a}; re-estimate the traces")
+            row[(w, a)] = score
+        table[name] = row
+    return table

@@ -1,0 +1,89 @@
+"""Content-keyed disk cache of sensitivity results: one JSON file per (estimator, model, data)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from mpsearch.errors import MPSearchError
+from mpsearch.sensitivity.base import Batch, SensitivityEstimator, SensitivityResult
+
+log = logging.getLogger(__name__)
+
+_FORMAT = 1  # bump when the cached JSON or the key recipe changes
+
+
+def _update_tensor(h: hashlib._Hash, t: Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def cache_key(
+    estimator: SensitivityEstimator, model: nn.Module, layers: Sequence[str], batches: Sequence[Batch]
+) -> str:
+    """SHA-256 over what determines an estimate: estimator and its config, layers, weights, data."""
+    h = hashlib.sha256()
+    head = {"format": _FORMAT, "estimator": estimator.name, "config": estimator.config_key(),
+            "layers": list(layers)}
+    h.update(json.dumps(head, sort_keys=True, default=str).encode())
+    state = model.state_dict()
+    for name in sorted(state):
+        h.update(f"\n{name}|".encode())
+        _update_tensor(h, state[name])
+    for i, batch in enumerate(batches):
+        h.update(f"\nbatch{i}|".encode())
+        for t in batch:
+            _update_tensor(h, t)
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cached_estimate(
+    estimator: SensitivityEstimator,
+    model: nn.Module,
+    layers: Sequence[str],
+    batches: Sequence[Batch],
+    cache_dir: Path,
+) -> SensitivityResult:
+    """Return ``estimator.estimate(model, layers, batches)``, from ``cache_dir/sensitivity`` if there.
+
+    A missing, unreadable or malformed cache file is recomputed and overwritten.
+    """
+    layers = list(layers)
+    batches = list(batches)
+    path = Path(cache_dir) / "sensitivity" / f"{cache_key(estimator, model, layers, batches)}.json"
+    if path.exists():
+        try:
+            result = SensitivityResult.from_json(path.read_text(encoding="utf-8"))
+            if result.estimator != estimator.name or list(result.layers) != layers:
+                raise MPSearchError("cached result names other layers or another estimator")
+            log.info("sensitivity cache hit: %s", path)
+            return result
+        except (OSError, UnicodeDecodeError, MPSearchError) as e:
+            log.warning("ignoring bad sensitivity cache file %s (%s); recomputing", path, e)
+    result = estimator.estimate(model, layers, batches)
+    _write_atomic(path, result.to_json())
+    log.info("sensitivity cached: %s", path)
+    return result

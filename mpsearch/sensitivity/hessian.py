@@ -1,0 +1,253 @@
+"""Hutchinson estimator of per-layer Hessian traces (weights and input activations in one HVP)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp, vmap
+from torch.nn import functional as F
+
+from mpsearch.errors import ConfigError
+from mpsearch.quant.prepare import QUANTIZABLE
+from mpsearch.sensitivity.base import Batch, LayerSensitivity, SensitivityEstimator, SensitivityResult
+
+log = logging.getLogger(__name__)
+
+_W = "w:"
+_X = "x:"
+
+
+class _RunningMean:
+    """Welford mean and variance of a stream of scalars."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean = 0.0
+        self._m2 = 0.0
+
+    def add(self, value: float) -> None:
+        self.n += 1
+        d = value - self.mean
+        self.mean += d / self.n
+        self._m2 += d * (value - self.mean)
+
+    def rel_stderr(self) -> float:
+        if self.n < 2:
+            return math.inf
+        se = math.sqrt(self._m2 / (self.n - 1) / self.n)
+        if self.mean == 0.0:
+            return 0.0 if se == 0.0 else math.inf
+        return se / abs(self.mean)
+
+
+def _check_layers(model: nn.Module, layers: Sequence[str]) -> list[str]:
+    layers = list(layers)
+    if not layers:
+        raise ConfigError("no layers to estimate; pass the prepared model's layer names")
+    if len(set(layers)) != len(layers):
+        raise ConfigError("layer names repeat; pass each layer once")
+    for name in layers:
+        try:
+            mod = model.get_submodule(name)
+        except AttributeError:
+            raise ConfigError(f"unknown layer {name!r}; pass names from PreparedModel.layer_names") from None
+        if not isinstance(mod, QUANTIZABLE):
+            raise ConfigError(f"layer {name!r} is a {type(mod).__name__}; only Conv2d and Linear have sensitivities")
+    return layers
+
+
+def _first_samples(batches: Sequence[Batch], n: int) -> tuple[Tensor, Tensor]:
+    xs, ys, have = [], [], 0
+    for x, y in batches:
+        if have >= n:
+            break
+        xs.append(x[: n - have])
+        ys.append(y[: n - have])
+        have += len(xs[-1])
+    if have == 0:
+        raise ConfigError("the sensitivity data is empty; give at least one non-empty batch")
+    return torch.cat(xs), torch.cat(ys)
+
+
+class HutchinsonEstimator(SensitivityEstimator):
+    """Hutchinson trace estimates, ``E[vᵀHv]`` with Rademacher ``v``, from forward-over-reverse HVPs.
+
+    A zero perturbation is added to every layer's input, so each iteration's Hessian-vector
+    products w.r.t. (layer weights, input perturbations) yield the weight and the activation
+    blocks of all layers together; the probes are split over ``groups + 1`` tangents of one
+    batched product to keep cross-block terms out of each estimate.
+
+    Iterates until every running mean's relative standard error is below ``tol`` (after at least
+    ``min_iters``), or ``max_iters``.
+
+    Cost: one iteration is about 20 forward passes of the batch (ResNet-20, 128 images of
+    28x28: ~2 s on 2 cores), so the defaults stop at ``max_iters=8`` (~20 s). Per-probe
+    standard deviations of conv weight traces are 1-2x the mean, so ``tol=0.02`` is reached
+    only on small models; raise ``max_iters`` for tighter estimates.
+
+    Args:
+        max_iters: Most iterations (batched Hessian-vector products).
+        min_iters: Fewest iterations before the stopping test.
+        tol: Relative standard error at which a layer's estimate counts as converged.
+        batch_size: Samples used, the first of the concatenated batches.
+        seed: Seed of the Rademacher vectors.
+        groups: Tangents the layers' weight probes are spread over (round robin); more lowers
+            the variance per iteration and costs more per iteration.
+    """
+
+    name = "hutchinson"
+
+    def __init__(
+        self,
+        max_iters: int = 8,
+        min_iters: int = 8,
+        tol: float = 0.02,
+        batch_size: int = 128,
+        seed: int = 0,
+        groups: int = 2,
+    ) -> None:
+        if not 1 <= min_iters <= max_iters:
+            raise ConfigError(f"need 1 <= min_iters <= max_iters, got min_iters={min_iters}, max_iters={max_iters}")
+        if not tol >= 0:
+            raise ConfigError(f"tol must be >= 0, got {tol}")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if groups < 1:
+            raise ConfigError(f"groups must be >= 1, got {groups}")
+        self.max_iters = int(max_iters)
+        self.min_iters = int(min_iters)
+        self.tol = float(tol)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.groups = int(groups)
+
+    def config_key(self) -> dict[str, Any]:
+        return {"max_iters": self.max_iters, "min_iters": self.min_iters, "tol": self.tol,
+                "batch_size": self.batch_size, "seed": self.seed, "groups": self.groups}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config_key().items())
+        return f"HutchinsonEstimator({args})"
+
+    def estimate(
+        self, model: nn.Module, layers: Sequence[str], batches: Sequence[Batch]
+    ) -> SensitivityResult:
+        start = time.perf_counter()
+        layers = _check_layers(model, layers)
+        x, y = _first_samples(batches, self.batch_size)
+        was_training = model.training
+        model.eval()
+        try:
+            result = self._estimate(model, layers, x, y)
+        finally:
+            model.train(was_training)
+        seconds = time.perf_counter() - start
+        log.info("hutchinson: %d layers, %d samples, %d iterations in %.1f s",
+                 len(layers), len(x), result[1], seconds)
+        return SensitivityResult(self.name, result[0], result[1], seconds)
+
+    def _estimate(
+        self, model: nn.Module, layers: list[str], x: Tensor, y: Tensor
+    ) -> tuple[dict[str, LayerSensitivity], int]:
+        in_shapes: dict[str, list[torch.Size]] = {name: [] for name in layers}
+        deltas: dict[str, Tensor] = {}
+        recording = True
+
+        def make_hook(name: str) -> Callable[[nn.Module, tuple[Tensor, ...]], tuple[Tensor, ...] | None]:
+            def hook(_mod: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
+                if recording:
+                    in_shapes[name].append(args[0].shape)
+                    return None
+                return (args[0] + deltas[name],) + tuple(args[1:])
+            return hook
+
+        handles = [model.get_submodule(n).register_forward_pre_hook(make_hook(n)) for n in layers]
+        try:
+            with torch.no_grad():
+                model(x)
+            recording = False
+            for name, shapes in in_shapes.items():
+                if len(shapes) != 1:
+                    raise ConfigError(f"layer {name!r} runs {len(shapes)} times per forward; "
+                                      "give each call its own module")
+
+            fixed = {k: v.detach() for k, v in model.named_parameters()}
+            fixed.update({k: v.detach() for k, v in model.named_buffers()})
+            for name in layers:
+                fixed.pop(f"{name}.weight")
+
+            def loss(point: dict[str, Tensor]) -> Tensor:
+                weights = {}
+                for key, t in point.items():
+                    if key.startswith(_W):
+                        weights[f"{key[len(_W):]}.weight"] = t
+                    else:
+                        deltas[key[len(_X):]] = t
+                out = functional_call(model, (fixed, weights), (x,))
+                return F.cross_entropy(out, y)
+
+            point = {}
+            for name in layers:
+                point[_W + name] = model.get_submodule(name).weight.detach()
+                point[_X + name] = torch.zeros(in_shapes[name][0], dtype=x.dtype)
+            grad_fn = grad(loss)
+
+            def hvp(tangent: dict[str, Tensor]) -> dict[str, Tensor]:
+                return jvp(grad_fn, (point,), (tangent,))[1]
+
+            # Each iteration probes `groups + 1` tangents in one vmapped forward-over-reverse pass
+            # (the primal work is shared): layer i's weights in row i % groups, all activations in
+            # the last row. A block's estimate v_bᵀ(Hv)_b also picks up v_bᵀH_bc v_c for every
+            # other block c in its row. Those cross terms dominate the variance (a layer's weights
+            # and its input share a term holding the gradient), so splitting rows pays for the
+            # extra tangents; measured on a trained ResNet-20, the per-probe CV of weight traces
+            # (median over layers) is 2.1 with one row, 1.5 with groups=2, 1.2 with 4, 0.6 with
+            # one row per layer, and activations gain more from their own row.
+            batched_hvp = vmap(hvp)
+            gen = torch.Generator().manual_seed(self.seed)
+            stats = {key: _RunningMean() for key in point}
+            rows = {_W + name: i % self.groups for i, name in enumerate(layers)}
+            rows.update({_X + name: self.groups for name in layers})
+            n_rows = self.groups + 1
+            tangents = {key: torch.zeros((n_rows,) + t.shape, dtype=t.dtype) for key, t in point.items()}
+            probes = {key: tangents[key][rows[key]] for key in point}  # views, refilled in place
+            it = 0
+            while it < self.max_iters:
+                for key in point:
+                    probes[key].random_(0, 2, generator=gen).mul_(2).sub_(1)
+                hv = batched_hvp(tangents)
+                for key, probe in probes.items():
+                    vhv = torch.dot(probe.reshape(-1), hv[key][rows[key]].reshape(-1))
+                    stats[key].add(float(vhv) / probe.numel())
+                it += 1
+                worst = max(s.rel_stderr() for s in stats.values())
+                log.debug("hutchinson iteration %d: worst relative standard error %.3g", it, worst)
+                if it >= self.min_iters and worst < self.tol:
+                    break
+            worst_key = max(stats, key=lambda k: stats[k].rel_stderr())
+            if it == self.max_iters and stats[worst_key].rel_stderr() >= self.tol:
+                log.info("hutchinson: stopped at max_iters=%d; worst relative standard error %.3g (%s)",
+                         it, stats[worst_key].rel_stderr(), worst_key)
+            for key, st in stats.items():
+                log.debug("hutchinson %s: mean %.4g, relative standard error %.3g", key, st.mean, st.rel_stderr())
+        finally:
+            for h in handles:
+                h.remove()
+            deltas.clear()
+
+        out = {}
+        for name in layers:
+            out[name] = LayerSensitivity(
+                name=name,
+                weight_trace=stats[_W + name].mean,
+                act_trace=stats[_X + name].mean,
+                weight_numel=point[_W + name].numel(),
+                act_numel=point[_X + name].numel(),
+            )
+        return out, it

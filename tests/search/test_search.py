@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from mpsearch.candidate import Candidate
+from mpsearch.errors import CandidateError, InfeasibleBudgetError
+from mpsearch.search import SearchProblem, SearchSettings, bit_pairs, feasible_front, run_search, spread
+from mpsearch.search.optuna_search import warm_start_candidates
+
+LAYERS = ["a", "b", "c", "d"]
+
+
+def make_problem() -> SearchProblem:
+    pairs = bit_pairs([4, 8, 32], [4, 8, 32])
+    sens = {"a": 10.0, "b": 1.0, "c": 0.1, "d": 5.0}
+    err = {(32, 32): 0.0, (8, 8): 1.0, (8, 4): 4.0, (4, 8): 3.0, (4, 4): 6.0}
+    lat = {(32, 32): 4.0, (8, 8): 2.0, (8, 4): 2.0, (4, 8): 1.5, (4, 4): 1.5}
+    size = {(32, 32): 4000, (8, 8): 1000, (8, 4): 1000, (4, 8): 500, (4, 4): 500}
+    return SearchProblem(
+        LAYERS, pairs,
+        score={n: {p: sens[n] * err[p] for p in pairs} for n in LAYERS},
+        latency_s={n: {p: lat[p] * 1e-3 for p in pairs} for n in LAYERS},
+        weight_bytes={n: dict(size) for n in LAYERS}, other_latency_s=1e-3)
+
+
+def test_bit_pairs_drop_dominated_and_opt_in_weight_only() -> None:
+    assert bit_pairs([4, 8, 32], [8, 32]) == [(32, 32), (8, 8), (4, 8)]
+    assert (8, 32) in bit_pairs([8, 32], [8, 32], weight_only=True)
+    with pytest.raises(CandidateError):
+        bit_pairs([16], [8])
+
+
+def test_evaluate_is_additive() -> None:
+    p = make_problem()
+    obj = p.evaluate(Candidate.uniform(LAYERS, 8, 8))
+    assert obj.proxy == pytest.approx(16.1) and obj.latency_ms == pytest.approx(9.0)
+    assert obj.weight_kib == pytest.approx(4000 / 1024)
+
+
+@pytest.mark.parametrize(("lat", "mem", "message"), [
+    (6.0, None, r"latency budget 6 ms is below the fastest candidate \(7.000 ms"),
+    (None, 1.0, r"weight budget 1 KiB is below the smallest candidate \(2.0 KiB"),
+])
+def test_infeasible_budget_names_the_minimum(lat, mem, message) -> None:
+    with pytest.raises(InfeasibleBudgetError, match=message):
+        make_problem().check_budgets(lat, mem)
+
+
+def test_warm_start_has_uniform_and_guided_candidates() -> None:
+    cands = warm_start_candidates(make_problem())
+    assert Candidate.uniform(LAYERS, 32, 32) in cands and Candidate.uniform(LAYERS, 4, 4) in cands
+    mixed = [c for c in cands if len(set(c.values())) > 1]
+    assert mixed, "the Lagrangian picks should mix precisions across layers of different sensitivity"
+    assert len(set(cands)) == len(cands)
+
+
+@pytest.mark.parametrize("sampler", ["nsga2", "tpe", "random"])
+def test_search_respects_budgets_and_front_is_non_dominated(tmp_path: Path, sampler: str) -> None:
+    p = make_problem()
+    study = run_search(p, SearchSettings(sampler, 60, 0, latency_ms=9.0, weight_kib=3.0), tmp_path / "s.journal",
+                       progress=False)
+    front = feasible_front(study, p)
+    assert front
+    for t, cand in front:
+        obj = p.evaluate(cand)
+        assert obj.latency_ms <= 9.0 + 1e-9 and obj.weight_kib <= 3.0 + 1e-9
+        assert t.values == pytest.approx([obj.proxy, obj.latency_ms])
+    values = [p.evaluate(c) for _, c in front]
+    for a in values:
+        assert not any(b.proxy <= a.proxy and b.latency_ms <= a.latency_ms and
+                       (b.proxy < a.proxy or b.latency_ms < a.latency_ms) for b in values)
+    # With one sensitive layer ("a"), the cheapest-proxy feasible pick keeps it wide.
+    assert min(front, key=lambda tc: tc[0].values[0])[1]["a"] in ((32, 32), (8, 8))
+
+
+def test_resume_completes_to_n_trials_without_rerunning(tmp_path: Path) -> None:
+    p = make_problem()
+    path = tmp_path / "s.journal"
+    first = run_search(p, SearchSettings("nsga2", 30, 0), path, progress=False)
+    numbers = {t.number: t.values for t in first.trials}
+    again = run_search(p, SearchSettings("nsga2", 50, 0), path, progress=False)
+    done = [t for t in again.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 50
+    assert all(again.trials[n].values == v for n, v in numbers.items())
+
+
+def test_sigkill_mid_search_then_resume_keeps_every_finished_trial(tmp_path: Path) -> None:
+    path = tmp_path / "s.journal"
+    script = textwrap.dedent(f"""
+        import time, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_search import make_problem
+        from mpsearch.search import SearchProblem, SearchSettings, run_search
+        p = make_problem()
+        orig = p.evaluate
+        def slow(c):
+            time.sleep(0.02)
+            return orig(c)
+        p.evaluate = slow
+        run_search(p, SearchSettings("nsga2", 100000, 0), {str(path)!r}, progress=False)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.5)
+        if path.exists():
+            storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+            n = len(optuna.load_study(study_name="mpsearch", storage=storage).get_trials(
+                states=[optuna.trial.TrialState.COMPLETE]))
+            if n >= 25:
+                break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    before = {t.number: t.values for t in optuna.load_study(study_name="mpsearch", storage=storage).get_trials(
+        states=[optuna.trial.TrialState.COMPLETE])}
+    assert len(before) >= 25
+    resumed = run_search(make_problem(), SearchSettings("nsga2", len(before) + 10, 0), path, progress=False)
+    after = {t.number: t.values for t in resumed.get_trials(states=[optuna.trial.TrialState.COMPLETE])}
+    assert all(after[n] == v for n, v in before.items())
+    assert len(after) == len(before) + 10
+    assert not resumed.get_trials(states=[optuna.trial.TrialState.RUNNING])
+
+
+def test_spread_keeps_ends() -> None:
+    assert spread(list(range(10)), 3) == [0, 4, 9] or spread(list(range(10)), 3) == [0, 5, 9]
+    assert spread([1, 2], 5) == [1, 2]

@@ -1,0 +1,70 @@
+"""Every Hydra config composes into the typed schema; every dataclass round-trips."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from mpsearch.cli import CONF_DIR, to_run_config
+from mpsearch.config import RunConfig, validate
+from mpsearch.errors import ConfigError
+
+GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONF_DIR).iterdir() if g.is_dir()}
+
+
+def _compose(overrides: list[str]) -> RunConfig:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return to_run_config(compose(config_name="config", overrides=overrides))
+
+
+def test_default_composes_to_the_schema_defaults() -> None:
+    cfg = _compose([])
+    assert isinstance(cfg, RunConfig)
+    assert cfg.model.name == "resnet20_fmnist" and cfg.hw_profile.name == "host_cpu"
+    assert cfg.search.w_bits == [4, 8, 32] and cfg.budget.latency_ms is None
+    validate(cfg)
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_every_group_option_composes(group: str, option: str) -> None:
+    validate(_compose([f"{group}={option}"]))
+
+
+def test_overrides_are_typed() -> None:
+    cfg = _compose(["budget.latency_ms=1.5", "search.n_trials=10", "hw_profile.trials_per_task=2"])
+    assert cfg.budget.latency_ms == 1.5 and cfg.search.n_trials == 10 and cfg.hw_profile.trials_per_task == 2
+    with pytest.raises(Exception, match="latency_ms"):
+        _compose(["budget.latency_ms=fast"])
+
+
+def test_round_trip_through_omegaconf() -> None:
+    cfg = RunConfig()
+    back = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(cfg.to_dict())))
+    assert back == cfg and dataclasses.asdict(back) == cfg.to_dict()
+
+
+def test_run_name_is_content_addressed() -> None:
+    a, b = RunConfig(), RunConfig()
+    b.results_dir = "elsewhere"
+    assert a.default_run_name() == b.default_run_name()
+    b.budget.latency_ms = 2.0
+    assert a.default_run_name() != b.default_run_name() and "lat2ms" in b.default_run_name()
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("search.sampler", "cmaes", "search.sampler='cmaes' is unknown"),
+    ("search.n_trials", 0, "search.n_trials=0"),
+    ("budget.latency_ms", -1.0, "budget.latency_ms=-1.0 must be positive"),
+    ("budget.weight_kib", 0.0, "budget.weight_kib=0.0 must be positive"),
+    ("data.calib_samples", 0, "data.calib_samples=0"),
+])
+def test_validate_rejects_with_field_name(field: str, value: object, message: str) -> None:
+    cfg = RunConfig()
+    group, name = field.split(".")
+    setattr(getattr(cfg, group), name, value)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        validate(cfg)
