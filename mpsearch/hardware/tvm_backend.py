@@ -47,8 +47,66 @@ def _import_tvm() -> None:
 
 
 def _warm_builder() -> None:
-    """Builder-worker initializer: pay the ~30 s import of the tensor intrinsics once, outside any timeout."""
-    import tvm.s_tir.tensor_intrin  # noqa: F401
+    """Builder-worker initializer: import TVM once per worker, outside any build timeout."""
+    import tvm.driver  # noqa: F401
+
+
+def _build_scheduled(mod: Any, target: Any, _params: Any) -> Any:
+    """MetaSchedule's default build without its ``import tvm.s_tir.tensor_intrin`` (~30 s a worker).
+
+    The worker receives IR that is already scheduled (tensorized blocks are inlined by then), so
+    the intrinsic registry is only needed in the tuning process, not to compile.
+    """
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
+def make_persistent_builder(max_workers: int, timeout_s: float, recycle_every: int = 40) -> Any:
+    """A MetaSchedule builder whose worker processes live across build batches.
+
+    TVM's ``LocalBuilder`` starts a fresh process pool for every batch, and each worker then pays
+    ``import tvm`` plus the ~30 s import of the tensor intrinsics: on 2 cores that is most of a
+    tuning run. Here the pool is kept and only recycled every ``recycle_every`` batches (the reason
+    upstream restarts it is a slow leak in long-lived workers).
+    """
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _worker_func
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+    @derived_object
+    class PersistentBuilder(PyBuilder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pool: Any = None
+            self.batches = 0
+
+        def build(self, build_inputs: list) -> list:
+            if self.pool is None or self.batches >= recycle_every:
+                if self.pool is not None:
+                    self.pool.shutdown()
+                self.pool = PopenPoolExecutor(max_workers=max_workers, timeout=timeout_s, initializer=_warm_builder)
+                self.batches = 0
+            self.batches += 1
+            args = [(_build_scheduled, None, b.mod, b.target, _serialize_params(b.params)) for b in build_inputs]
+            results = []
+            for r in self.pool.map_with_error_catching(lambda x: _worker_func(*x), args):
+                if r.status == StatusKind.COMPLETE:
+                    results.append(BuilderResult(r.value, None))
+                elif r.status == StatusKind.TIMEOUT:
+                    results.append(BuilderResult(None, f"build timed out after {timeout_s} s"))
+                else:
+                    results.append(BuilderResult(None, f"build failed: {r.value}"))
+            return results
+
+        def shutdown(self) -> None:
+            if self.pool is not None:
+                self.pool.shutdown()
+                self.pool = None
+
+    return PersistentBuilder()
 
 
 def resolve_target(profile: HwProfile) -> Any:
@@ -205,21 +263,24 @@ class TVMBackend(Backend):
         progress = _Progress(len(contexts) * t.trials_per_task, names, self.progress)
         log.info("tuning %d kernel(s), %d trials each (%s)", len(contexts), t.trials_per_task, t.strategy)
         start = time.perf_counter()
-        ms.tune_tasks(
-            tasks=contexts, task_weights=[1.0] * len(contexts), work_dir=work_dir,
-            max_trials_global=len(contexts) * t.trials_per_task, max_trials_per_task=t.trials_per_task,
-            num_trials_per_iter=min(t.trials_per_iter, t.trials_per_task),
-            builder=ms.builder.LocalBuilder(max_workers=threads, timeout_sec=t.builder_timeout_s,
-                                            initializer=_warm_builder),
-            runner=ms.runner.LocalRunner(
-                timeout_sec=t.runner_timeout_s,
-                evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=10)),
-            database=self.db,
-            cost_model="xgb" if t.strategy == "evolutionary" else "random",
-            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress.callback()],
-            task_scheduler="round-robin",
-        )
-        progress.close()
+        builder = make_persistent_builder(threads, t.builder_timeout_s)
+        try:
+            ms.tune_tasks(
+                tasks=contexts, task_weights=[1.0] * len(contexts), work_dir=work_dir,
+                max_trials_global=len(contexts) * t.trials_per_task, max_trials_per_task=t.trials_per_task,
+                num_trials_per_iter=min(t.trials_per_iter, t.trials_per_task),
+                builder=builder,
+                runner=ms.runner.LocalRunner(
+                    timeout_sec=t.runner_timeout_s,
+                    evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=10)),
+                database=self.db,
+                cost_model="xgb" if t.strategy == "evolutionary" else "random",
+                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress.callback()],
+                task_scheduler="round-robin",
+            )
+        finally:
+            builder.shutdown()
+            progress.close()
         failed = [(name, progress.errors.get(i, "no valid sample"))
                   for i, ((_, mod), name) in enumerate(zip(pending.values(), names)) if not self._has_record(mod)]
         if failed:
@@ -232,12 +293,13 @@ class TVMBackend(Backend):
         log.info("tuned %d kernel(s) in %.0f s", len(pending), time.perf_counter() - start)
 
     def _random_args(self, func: Any, seed: int = 0) -> list[Any]:
+        from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
         rng = np.random.default_rng(seed)
         args = []
-        for param in func.params:
-            buf = func.buffer_map[param]
-            shape = [int(d) for d in buf.shape]
-            dtype = str(buf.dtype)
+        for info in ArgInfo.from_prim_func(func):
+            shape = [int(d) for d in info.shape]
+            dtype = str(info.dtype)
             if dtype.startswith("float"):
                 arr = rng.standard_normal(shape).astype(dtype)
             else:
@@ -263,7 +325,7 @@ class TVMBackend(Backend):
         sch = self.db.query_schedule(mod, self.target, workload_name="main")
         if sch is None:
             raise HardwareError(f"kernel {name} has no tuned schedule; tune it before measuring")
-        lib = tvm.compile(sch.mod, target=self.target)
+        lib = tvm.compile(sch.mod, target=self.target).jit()
         meas = self._time(lib, "main", self._random_args(sch.mod["main"]))
         rec = {"key": key, "kind": "kernel", "name": name, "latency_s": meas.latency_s, "std_s": meas.std_s,
                "samples": list(meas.samples)}

@@ -1,0 +1,92 @@
+"""Real MetaSchedule tuning and TVM measurement at a tiny trial budget (marked slow; CI runs it)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mpsearch.candidate import Candidate
+from mpsearch.hardware.profile import load_profile
+from mpsearch.quant.fake import quantize_
+from mpsearch.testing import synthetic_split
+
+pytest.importorskip("tvm")
+pytestmark = [pytest.mark.tvm, pytest.mark.slow]
+
+from mpsearch.hardware.tvm_backend import TVMBackend  # noqa: E402
+
+PAIRS = [(32, 32), (8, 8), (4, 8)]
+
+
+def tiny_profile(trials: int = 2):
+    p = load_profile("host_cpu")
+    return dataclasses.replace(
+        p, measure=dataclasses.replace(p.measure, number=5, repeat=3, min_repeat_ms=5),
+        tuning=dataclasses.replace(p.tuning, trials_per_task=trials, trials_per_iter=trials))
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory, tiny_prepared, tiny_ranges):
+    cache = tmp_path_factory.mktemp("cache")
+    backend = TVMBackend(tiny_profile(), cache, progress=False)
+    table = backend.cost_table(tiny_prepared, tiny_ranges, PAIRS)
+    return cache, backend, table
+
+
+def test_cost_table_is_measured_for_every_layer_and_pair(tuned, tiny_prepared) -> None:
+    _, backend, table = tuned
+    assert backend.stats["tuned_kernels"] > 0 and not table.untuned
+    for name in tiny_prepared.layer_names:
+        for pair in PAIRS:
+            assert 0 < table.latency_s[name][pair] < 0.1
+    # same-shape layers share a kernel only when their code is identical: here every layer differs
+    assert len({table.kernel_of[n][(8, 8)] for n in tiny_prepared.layer_names}) == len(tiny_prepared.layer_names)
+
+
+def test_second_backend_on_the_same_cache_tunes_and_measures_nothing(tuned, tiny_prepared, tiny_ranges) -> None:
+    cache, _, table = tuned
+    again = TVMBackend(tiny_profile(), cache, progress=False)
+    table2 = again.cost_table(tiny_prepared, tiny_ranges, PAIRS)
+    assert again.stats == {"tuned_kernels": 0, "measured_kernels": 0, "compiled_models": 0}
+    assert table2.latency_s == table.latency_s
+
+
+def test_measure_and_run_a_mixed_candidate(tuned, tiny_prepared, tiny_ranges) -> None:
+    _, backend, table = tuned
+    names = tiny_prepared.layer_names
+    cand = Candidate({n: PAIRS[i % len(PAIRS)] for i, n in enumerate(names)})
+    meas = backend.measure(tiny_prepared, cand, tiny_ranges)
+    assert meas.ok and meas.latency_s > 0 and len(meas.samples) == 3
+    x = synthetic_split("test", 200).tensors[0]
+    out = backend.run(tiny_prepared, cand, tiny_ranges, x.numpy())
+    with torch.no_grad():
+        ref = quantize_(tiny_prepared.copy_module(), cand, tiny_ranges)(x).numpy()
+    assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.99
+    # A reordered float accumulation can move an activation across a rounding boundary: rare, small.
+    close = np.isclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    assert close.mean() >= 0.99 and np.abs(out - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def test_untuned_bits_are_refused_not_priced_naively(tuned, tiny_prepared, tiny_ranges) -> None:
+    _, backend, _ = tuned
+    # W2A2 shares the tuned W4A8 kernels (packed storage, clip bounds are runtime values) ...
+    assert backend.measure(tiny_prepared, Candidate.uniform(tiny_prepared.layer_names, 2, 2), tiny_ranges).ok
+    # ... but weight-only W8A32 kernels were never tuned.
+    meas = backend.measure(tiny_prepared, Candidate.uniform(tiny_prepared.layer_names, 8, 32), tiny_ranges)
+    assert not meas.ok and "no tuned kernel" in meas.error
+
+
+def test_truncated_cache_lines_are_dropped_and_rebuilt(tuned, tiny_prepared, tiny_ranges, tmp_path: Path) -> None:
+    cache, backend, table = tuned
+    costs = backend.dir / "costs.jsonl"
+    text = costs.read_text()
+    costs.write_text(text + text.splitlines()[0][:20])  # a killed writer's half line
+    db = backend.dir / "database_tuning_record.json"
+    db.write_text(db.read_text() + '[0, [["Get')
+    again = TVMBackend(tiny_profile(), cache, progress=False)
+    assert again.cost_table(tiny_prepared, tiny_ranges, PAIRS).latency_s == table.latency_s
+    assert costs.read_text() == text
