@@ -43,6 +43,7 @@ class SearchConfig:
     w_bits: list[int] = field(default_factory=lambda: [4, 8, 32])
     a_bits: list[int] = field(default_factory=lambda: [4, 8, 32])
     weight_only: bool = False  # also allow (w < 32, a = 32) pairs
+    memory_objective: bool = True  # weight memory as a third objective (budgets are constraints either way)
     calibration: str = "minmax"  # minmax | percentile
     percentile: float = 99.99
     sensitivity_samples: int = 128

@@ -13,14 +13,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mpsearch.candidate import Bits, Candidate
 from mpsearch.config import RunConfig, validate
-from mpsearch.errors import ConfigError, HardwareError, MPSearchError
+from mpsearch.errors import ConfigError, MPSearchError
 from mpsearch.hardware.base import Backend, LayerCostTable
 from mpsearch.hardware.profile import HwProfile, load_profile
 from mpsearch.models.registry import load_state_dict, resolve
@@ -184,7 +183,8 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
     problem = SearchProblem(layers, pairs, score, table.latency_s, table.weight_bytes, table.other_s)
     with timer.stage("search"):
         study = run_search(problem, SearchSettings(cfg.search.sampler, cfg.search.n_trials, cfg.search.seed,
-                                                   cfg.budget.latency_ms, cfg.budget.weight_kib),
+                                                   cfg.budget.latency_ms, cfg.budget.weight_kib,
+                                                   cfg.search.memory_objective),
                            run_dir / "study.journal", cfg.progress)
         front = feasible_front(study, problem)
         if not front:
@@ -200,17 +200,21 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
     todo += [(label, "baseline", None, Candidate.uniform(layers, *pair)) for label, pair in BASELINES.items()]
     notes: list[str] = []
     with timer.stage("evaluation"):
-        for label, kind, trial, cand in todo:
+        accuracies = []
+        for label, _, _, cand in todo:
             acc = acc_cache.get(cand)
             if acc is None:
                 acc = evaluate_accuracy(prepared, cand, ranges, test)
                 acc_cache.put(cand, acc)
-            meas = backend.measure(prepared, cand, ranges)
+            accuracies.append(acc)
+        measurements = backend.measure_many(prepared, [c for *_, c in todo], ranges)
+        for (label, kind, trial, cand), acc, meas in zip(todo, accuracies, measurements):
             if not meas.ok:
                 notes.append(f"{label}: not measured ({meas.error})")
-            obj_proxy = sum(score[n][cand[n]] for n in layers) if all(cand[n] in score[n] for n in layers) else float("nan")
+            proxy = sum(score[n][cand[n]] for n in layers) if all(cand[n] in score[n] for n in layers) \
+                else float("nan")
             evaluated.append(EvaluatedCandidate(
-                label=label, candidate=cand, kind=kind, proxy=obj_proxy,
+                label=label, candidate=cand, kind=kind, proxy=proxy,
                 predicted_latency_ms=table.predict_latency(cand) * 1e3,
                 measured_latency_ms=meas.latency_s * 1e3 if meas.ok else None,
                 latency_std_ms=meas.std_s * 1e3 if meas.ok else None,
@@ -229,13 +233,15 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
             {pair_label(p): [table.latency_s[n][p] * 1e3 for n in layers] for p in table.pairs}, index=layers)
         tuning = profile.tuning
         notes += [
-            f"Latencies are medians of {profile.measure.repeat} x {profile.measure.number} calls of TVM-compiled "
-            f"code on this machine; kernels tuned with MetaSchedule ({tuning.strategy}, "
-            f"{tuning.trials_per_task} trials per kernel).",
+            f"Latencies: TVM-compiled code on this machine, median over {profile.measure.repeat} repeats of "
+            f"{profile.measure.number} calls, candidates measured interleaved in rounds so that machine drift "
+            f"hits all alike; kernels tuned with MetaSchedule ({tuning.strategy}, {tuning.trials_per_task} trials "
+            "per kernel). The ± is the standard deviation over repeats: on a shared 2-core VM it is large.",
             f"Predicted latency = sum of per-layer kernel latencies + {table.other_s * 1e3:.3f} ms for the rest "
             "of the model (pooling, reshape, VM dispatch), fitted on uniform candidates.",
-            f"Search: {cfg.search.sampler}, {cfg.search.n_trials} trials on the Hessian-trace proxy and predicted "
-            f"latency; {len(front)} feasible Pareto candidates, {len(chosen)} evaluated for real.",
+            f"Search: {cfg.search.sampler}, {cfg.search.n_trials} trials on the Hessian-trace proxy, predicted "
+            f"latency{' and weight memory' if cfg.search.memory_objective else ''}; {len(front)} feasible Pareto "
+            f"candidates, {len(chosen)} evaluated for real (spread along latency).",
         ]
         summary = RunSummary(
             run_dir=run_dir, model=cfg.model.name, hw_profile=profile.name, device=backend.describe(),
@@ -255,5 +261,4 @@ def _first_samples(data: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> lis
     return [(x, y)]
 
 
-__all__ = ["AccuracyCache", "BASELINES", "RunOutcome", "build_model", "evaluate_accuracy", "run",
-           "HardwareError", "np"]
+__all__ = ["AccuracyCache", "BASELINES", "RunOutcome", "build_model", "evaluate_accuracy", "run"]

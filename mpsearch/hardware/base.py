@@ -100,6 +100,12 @@ class Backend(ABC):
     ) -> Measurement:
         """Compile ``candidate`` end to end and time one inference (batch 1)."""
 
+    def measure_many(
+        self, prepared: PreparedModel, candidates: Sequence[Candidate], ranges: Mapping[str, tuple[float, float]]
+    ) -> list[Measurement]:
+        """Measure several candidates; implementations interleave them so drift hits all alike."""
+        return [self.measure(prepared, c, ranges) for c in candidates]
+
     @abstractmethod
     def run(
         self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]],

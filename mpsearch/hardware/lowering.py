@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import fx, nn
 from torch.nn import functional as F
-from tvm import IRModule, relax, tirx
+from tvm import IRModule, relax
 
-from mpsearch.candidate import FLOAT_BITS, Candidate
+from mpsearch.candidate import Candidate
 from mpsearch.errors import LoweringError
 from mpsearch.hardware.kernels import KernelSpec, make_kernel, pack_int4
 from mpsearch.hardware.memory import weight_mode

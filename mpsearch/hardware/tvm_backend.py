@@ -48,7 +48,7 @@ def _import_tvm() -> None:
 
 def _warm_builder() -> None:
     """Builder-worker initializer: import TVM once per worker, outside any build timeout."""
-    import tvm.driver  # noqa: F401
+    import tvm.driver  # noqa: F401  (imported for its side effect: loading TVM)
 
 
 def _build_scheduled(mod: Any, target: Any, _params: Any) -> Any:
@@ -134,6 +134,11 @@ def host_description() -> str:
     except OSError:
         pass
     return f"{model}, {os.cpu_count()} cores"
+
+
+def _last_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[-1] if text else type(e).__name__
 
 
 def _hash_mod(mod: Any) -> str:
@@ -241,6 +246,27 @@ class TVMBackend(Backend):
 
         return ms.tir_integration._normalize_mod(make_kernel(spec))
 
+    def layer_kernels(
+        self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]]
+    ) -> tuple[Any, dict[str, tuple[str, str, Any]]]:
+        """Lower ``candidate``; return it and, per layer, ``(kernel key, task name, kernel IRModule)``."""
+        from mpsearch.hardware.lowering import lower
+
+        lowered = lower(prepared, candidate, ranges)
+        per_layer = {}
+        for name, spec in lowered.kernels.items():
+            mod = self._kernel_mod(spec)
+            w, a = candidate[name]
+            per_layer[name] = (_hash_mod(mod), f"{name.replace('.', '_')}_w{w}a{a}", mod)
+        return lowered, per_layer
+
+    def tune_candidate(
+        self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]]
+    ) -> None:
+        """Tune the kernels ``candidate`` needs that the database does not have yet."""
+        _, per_layer = self.layer_kernels(prepared, candidate, ranges)
+        self.tune({key: (label, mod) for key, label, mod in per_layer.values()})
+
     def _has_record(self, mod: Any) -> bool:
         return self.db.query_tuning_record(mod, self.target, "main") is not None
 
@@ -338,18 +364,15 @@ class TVMBackend(Backend):
     def cost_table(
         self, prepared: PreparedModel, ranges: Mapping[str, tuple[float, float]], pairs: Sequence[Bits]
     ) -> LayerCostTable:
-        from mpsearch.hardware.lowering import lower
-
         layers = prepared.layer_names
         kernels: dict[str, tuple[str, Any]] = {}
         kernel_of: dict[str, dict[Bits, str]] = {n: {} for n in layers}
         weight_bytes: dict[str, dict[Bits, int]] = {n: {} for n in layers}
         for pair in pairs:
-            lowered = lower(prepared, Candidate.uniform(layers, *pair), ranges)
-            for name, spec in lowered.kernels.items():
-                mod = self._kernel_mod(spec)
-                key = _hash_mod(mod)
-                kernels.setdefault(key, (f"{name.replace('.', '_')}_w{pair[0]}a{pair[1]}", mod))
+            # A layer's kernel depends only on its own bits, so uniform candidates cover every (layer, pair).
+            lowered, per_layer = self.layer_kernels(prepared, Candidate.uniform(layers, *pair), ranges)
+            for name, (key, label, mod) in per_layer.items():
+                kernels.setdefault(key, (label, mod))
                 kernel_of[name][tuple(pair)] = key
                 weight_bytes[name][tuple(pair)] = lowered.layer_param_bytes[name]
         log.info("%d layers x %d bit pairs -> %d distinct kernels", len(layers), len(pairs), len(kernels))
@@ -367,19 +390,16 @@ class TVMBackend(Backend):
                                kernel_of)
         # The rest of the model (pooling, reshapes, VM dispatch) is the end-to-end time the kernels do
         # not explain, fitted on the uniform candidates that were lowered above.
-        residuals = []
-        for pair in pairs:
-            cand = Candidate.uniform(layers, *pair)
-            meas = self.measure(prepared, cand, ranges)
-            if meas.ok:
-                residuals.append(meas.latency_s - table.predict_latency(cand))
+        uniform = [Candidate.uniform(layers, *pair) for pair in pairs]
+        residuals = [meas.latency_s - table.predict_latency(cand)
+                     for cand, meas in zip(uniform, self.measure_many(prepared, uniform, ranges)) if meas.ok]
         table.other_s = max(0.0, float(np.median(residuals))) if residuals else 0.0
         return table
 
     # -- end to end ----------------------------------------------------------------------------
 
     def _compile(self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]],
-                 batch: int = 1) -> tuple[Any, Any, str]:
+                 batch: int = 1, keep: int = 1) -> tuple[Any, Any, str]:
         from mpsearch.hardware.lowering import lower
 
         lowered = lower(prepared, candidate, ranges, batch=batch)
@@ -393,40 +413,67 @@ class TVMBackend(Backend):
                                     "table for this bit pair first (never priced at a naive fallback)")
         exe = ms.relax_integration.compile_relax(self.db, lowered.mod, self.target, None)
         self.stats["compiled_models"] += 1
-        self._compiled = {key: exe}  # keep one: executables hold compiled code
+        while len(self._compiled) >= keep:  # executables hold compiled code: keep only the newest
+            self._compiled.pop(next(iter(self._compiled)))
+        self._compiled[key] = exe
         return exe, lowered, key
 
     def measure(
         self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]]
     ) -> Measurement:
+        return self.measure_many(prepared, [candidate], ranges)[0]
+
+    def measure_many(
+        self, prepared: PreparedModel, candidates: Sequence[Candidate], ranges: Mapping[str, tuple[float, float]],
+        rounds: int = 5,
+    ) -> list[Measurement]:
+        """Compile each candidate, then time them interleaved: ``rounds`` rounds, each timing every
+        candidate once (``measure.number`` calls x ``ceil(repeat / rounds)`` repeats). On a shared
+        machine the speed drifts over seconds; interleaving makes the drift hit all candidates alike,
+        and the median over all samples is reported. Results are cached by the lowered module's hash."""
         from mpsearch.hardware.lowering import lower
 
-        key = "e2e-" + _hash_mod(lower(prepared, candidate, ranges).mod)
-        cached = self.costs.get(key)
-        if cached is not None:
-            return Measurement(cached["latency_s"], cached["std_s"], None, tuple(cached["samples"]))
-        try:
-            exe, lowered, key = self._compile(prepared, candidate, ranges)
-        except HardwareError as e:
-            return Measurement(error=str(e))
-        except Exception as e:  # a TVM build failure is a value, not a crash
-            return Measurement(error=f"build failed: {type(e).__name__}: {str(e).strip().splitlines()[-1]}")
-        try:
-            vm = tvm.relax.VirtualMachine(exe, self.dev)
-            x = np.random.default_rng(0).standard_normal(prepared.input_shape).astype("float32")
-            args = [tvm.runtime.tensor(x, self.dev)] + [tvm.runtime.tensor(a, self.dev) for a in lowered.params]
-            vm.set_input("main", *args)
-            for _ in range(self.profile.measure.warmup):
-                vm.invoke_stateful("main")
-            m = self.profile.measure
-            timer = vm.time_evaluator("invoke_stateful", self.dev, number=m.number, repeat=m.repeat,
-                                      min_repeat_ms=m.min_repeat_ms)
-            meas = Measurement.from_samples(timer("main").results)
-        except Exception as e:
-            return Measurement(error=f"run failed: {type(e).__name__}: {str(e).strip().splitlines()[-1]}")
-        self.costs.put({"key": key, "kind": "e2e", "name": candidate.describe(), "latency_s": meas.latency_s,
-                        "std_s": meas.std_s, "samples": list(meas.samples)})
-        return meas
+        results: dict[int, Measurement] = {}
+        ready: dict[int, tuple[Any, list[Any], str]] = {}
+        for i, cand in enumerate(candidates):
+            key = "e2e-" + _hash_mod(lower(prepared, cand, ranges).mod)
+            cached = self.costs.get(key)
+            if cached is not None:
+                results[i] = Measurement(cached["latency_s"], cached["std_s"], None, tuple(cached["samples"]))
+                continue
+            try:
+                exe, lowered, key = self._compile(prepared, cand, ranges, keep=len(candidates))
+                vm = tvm.relax.VirtualMachine(exe, self.dev)
+                x = np.random.default_rng(0).standard_normal(prepared.input_shape).astype("float32")
+                args = [tvm.runtime.tensor(x, self.dev)] + [tvm.runtime.tensor(a, self.dev) for a in lowered.params]
+                vm.set_input("main", *args)
+                for _ in range(self.profile.measure.warmup):
+                    vm.invoke_stateful("main")
+                ready[i] = (vm, [], key)
+            except HardwareError as e:
+                results[i] = Measurement(error=str(e))
+            except Exception as e:  # a TVM build or load failure is a value, not a crash
+                results[i] = Measurement(error=f"build failed: {type(e).__name__}: {_last_line(e)}")
+        m = self.profile.measure
+        repeat = max(1, -(-m.repeat // rounds))
+        for _ in range(rounds if ready else 0):
+            for i, (vm, samples, _) in ready.items():
+                if i in results:
+                    continue
+                try:
+                    timer = vm.time_evaluator("invoke_stateful", self.dev, number=m.number, repeat=repeat,
+                                              min_repeat_ms=m.min_repeat_ms)
+                    samples.extend(timer("main").results)
+                except Exception as e:
+                    results[i] = Measurement(error=f"run failed: {type(e).__name__}: {_last_line(e)}")
+        for i, (_, samples, key) in ready.items():
+            if i in results:
+                continue
+            meas = Measurement.from_samples(samples)
+            self.costs.put({"key": key, "kind": "e2e", "name": candidates[i].describe(),
+                            "latency_s": meas.latency_s, "std_s": meas.std_s, "samples": list(meas.samples)})
+            results[i] = meas
+        return [results[i] for i in range(len(candidates))]
 
     def run(
         self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]],

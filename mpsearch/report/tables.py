@@ -126,8 +126,12 @@ def _num(value: float | int | None) -> float:
     return np.nan if value is None else float(value)
 
 
-def non_dominated(accuracy: Sequence[float] | np.ndarray, latency: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Mask of points not dominated on (accuracy max, latency min).
+def non_dominated(
+    accuracy: Sequence[float] | np.ndarray,
+    latency: Sequence[float] | np.ndarray,
+    memory: Sequence[float] | np.ndarray | None = None,
+) -> np.ndarray:
+    """Mask of points not dominated on (accuracy max, latency min[, memory min]).
 
     A point is dominated when another is at least as good on both axes and strictly better on one.
     Points with a NaN coordinate are never on the front and dominate nothing.
@@ -135,6 +139,7 @@ def non_dominated(accuracy: Sequence[float] | np.ndarray, latency: Sequence[floa
     Args:
         accuracy: Accuracy per point (higher is better).
         latency: Latency per point (lower is better).
+        memory: Optional third axis, e.g. weight bytes (lower is better).
 
     Returns:
         Boolean array, True for non-dominated points.
@@ -143,11 +148,12 @@ def non_dominated(accuracy: Sequence[float] | np.ndarray, latency: Sequence[floa
     lat = np.asarray(latency, dtype=float)
     if acc.shape != lat.shape or acc.ndim != 1:
         raise ReportError(f"accuracy and latency must be 1-D and equally long, got {acc.shape} and {lat.shape}")
-    valid = np.isfinite(acc) & np.isfinite(lat)
-    a, t = acc[valid], lat[valid]
+    mem = np.zeros_like(acc) if memory is None else np.asarray(memory, dtype=float)
+    valid = np.isfinite(acc) & np.isfinite(lat) & np.isfinite(mem)
+    a, t, m = acc[valid], lat[valid], mem[valid]
     # Row i, column j: does point j dominate point i?
-    no_worse = (a[None, :] >= a[:, None]) & (t[None, :] <= t[:, None])
-    better = (a[None, :] > a[:, None]) | (t[None, :] < t[:, None])
+    no_worse = (a[None, :] >= a[:, None]) & (t[None, :] <= t[:, None]) & (m[None, :] <= m[:, None])
+    better = (a[None, :] > a[:, None]) | (t[None, :] < t[:, None]) | (m[None, :] < m[:, None])
     out = np.zeros(acc.shape, dtype=bool)
     out[valid] = ~(no_worse & better).any(axis=1)
     return out
@@ -220,7 +226,8 @@ def candidates_frame(summary: RunSummary) -> pd.DataFrame:
     is_pareto = (frame["kind"] == "pareto").to_numpy()
     front = np.zeros(len(frame), dtype=bool)
     front[is_pareto] = non_dominated(
-        frame.loc[is_pareto, "accuracy"].to_numpy(), frame.loc[is_pareto, "measured_latency_ms"].to_numpy()
+        frame.loc[is_pareto, "accuracy"].to_numpy(), frame.loc[is_pareto, "measured_latency_ms"].to_numpy(),
+        frame.loc[is_pareto, "weight_bytes"].to_numpy(),
     )
     frame["pareto_measured"] = front
 
@@ -278,11 +285,9 @@ def pareto_points(frame: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
     has_acc = frame["accuracy"].notna().to_numpy()
     measured = bool((pareto & has_acc & frame["measured_latency_ms"].notna().to_numpy()).any())
     lat = frame["measured_latency_ms" if measured else "predicted_latency_ms"].to_numpy(dtype=float)
-    if measured:
-        on_front = frame["pareto_measured"].to_numpy(dtype=bool)
-    else:
-        on_front = np.zeros(len(frame), dtype=bool)
-        on_front[pareto] = non_dominated(frame["accuracy"].to_numpy(dtype=float)[pareto], lat[pareto])
+    # The plot is accuracy vs latency, so its highlighted front is the 2-D one.
+    on_front = np.zeros(len(frame), dtype=bool)
+    on_front[pareto] = non_dominated(frame["accuracy"].to_numpy(dtype=float)[pareto], lat[pareto])
     points = pd.DataFrame(
         {
             "label": frame["label"].to_numpy(),

@@ -1,7 +1,7 @@
 """Constrained multi-objective search with Optuna, stored in a journal file so runs resume.
 
-Objectives: the sensitivity proxy (predicted loss increase) and the predicted latency, both
-minimized; the latency and weight-memory budgets are constraints (``Trial.set_constraint``), which Optuna's samplers and Pareto helpers honour.
+Objectives: the sensitivity proxy (predicted loss increase), the predicted latency and (by default)
+the weight memory, all minimized; the latency and weight-memory budgets are constraints (``Trial.set_constraint``), which Optuna's samplers and Pareto helpers honour.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class SearchSettings:
     seed: int = 0
     latency_ms: float | None = None
     weight_kib: float | None = None
+    memory_objective: bool = True
 
 
 def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
@@ -73,9 +74,10 @@ def run_search(problem: SearchProblem, settings: SearchSettings, storage_path: P
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(storage_path)))
     study = optuna.create_study(
         study_name="mpsearch", storage=storage, load_if_exists=True,
-        directions=["minimize", "minimize"], sampler=make_sampler(settings.sampler, settings.seed),
+        directions=["minimize"] * (3 if settings.memory_objective else 2),
+        sampler=make_sampler(settings.sampler, settings.seed),
     )
-    study.set_metric_names(["proxy", "latency_ms"])
+    study.set_metric_names(["proxy", "latency_ms", "weight_kib"][: len(study.directions)])
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if done:
         log.info("resuming study %s: %d finished trial(s) kept", storage_path, len(done))
@@ -91,7 +93,7 @@ def run_search(problem: SearchProblem, settings: SearchSettings, storage_path: P
         return study
     choices = [pair_label(p) for p in problem.pairs]
 
-    def objective(trial: optuna.Trial) -> tuple[float, float]:
+    def objective(trial: optuna.Trial) -> tuple[float, ...]:
         params = {n: trial.suggest_categorical(n, choices) for n in problem.layers}
         obj = problem.evaluate(candidate_from_params(params, problem))
         # Constraints (feasible when <= 0) are stored with the trial, so samplers and resumed runs see them.
@@ -100,6 +102,8 @@ def run_search(problem: SearchProblem, settings: SearchSettings, storage_path: P
         if settings.weight_kib is not None:
             trial.set_constraint("weight_kib", obj.weight_kib - settings.weight_kib)
         trial.set_user_attr("weight_kib", obj.weight_kib)
+        if settings.memory_objective:
+            return obj.proxy, obj.latency_ms, obj.weight_kib
         return obj.proxy, obj.latency_ms
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

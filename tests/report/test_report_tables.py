@@ -137,3 +137,10 @@ def test_missing_layer_is_empty(summary):
     assert pd.isna(row(frame, "pareto-1")["fc"])
     w, a = bits_frame(summary)
     assert np.isnan(w.loc["pareto-1", "fc"]) and w.loc["pareto-1", "conv1"] == 4
+
+
+def test_non_dominated_with_memory_axis():
+    # (0.9, 1.0, 10) is beaten on 2 axes by (0.9, 1.0, 5) ... unless memory is ignored.
+    acc, lat, mem = [0.9, 0.9, 0.8], [1.0, 1.0, 2.0], [10, 5, 1]
+    assert non_dominated(acc, lat).tolist() == [True, True, False]
+    assert non_dominated(acc, lat, mem).tolist() == [False, True, True]

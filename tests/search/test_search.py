@@ -73,11 +73,10 @@ def test_search_respects_budgets_and_front_is_non_dominated(tmp_path: Path, samp
     for t, cand in front:
         obj = p.evaluate(cand)
         assert obj.latency_ms <= 9.0 + 1e-9 and obj.weight_kib <= 3.0 + 1e-9
-        assert t.values == pytest.approx([obj.proxy, obj.latency_ms])
-    values = [p.evaluate(c) for _, c in front]
+        assert t.values == pytest.approx([obj.proxy, obj.latency_ms, obj.weight_kib])
+    values = [(o.proxy, o.latency_ms, o.weight_kib) for o in (p.evaluate(c) for _, c in front)]
     for a in values:
-        assert not any(b.proxy <= a.proxy and b.latency_ms <= a.latency_ms and
-                       (b.proxy < a.proxy or b.latency_ms < a.latency_ms) for b in values)
+        assert not any(all(x <= y for x, y in zip(b, a)) and b != a for b in values)
     # With one sensitive layer ("a"), the cheapest-proxy feasible pick keeps it wide.
     assert min(front, key=lambda tc: tc[0].values[0])[1]["a"] in ((32, 32), (8, 8))
 
@@ -129,6 +128,16 @@ def test_sigkill_mid_search_then_resume_keeps_every_finished_trial(tmp_path: Pat
     assert all(after[n] == v for n, v in before.items())
     assert len(after) == len(before) + 10
     assert not resumed.get_trials(states=[optuna.trial.TrialState.RUNNING])
+
+
+def test_two_objective_mode(tmp_path: Path) -> None:
+    p = make_problem()
+    study = run_search(p, SearchSettings("nsga2", 40, 0, memory_objective=False), tmp_path / "s.journal",
+                       progress=False)
+    assert len(study.directions) == 2
+    values = [(t.values[0], t.values[1]) for t, _ in feasible_front(study, p)]
+    for a in values:
+        assert not any(all(x <= y for x, y in zip(b, a)) and b != a for b in values)
 
 
 def test_spread_keeps_ends() -> None:

@@ -1,0 +1,44 @@
+"""The console script: bad input ends with one clear line on stderr and exit status 2, nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def mpsearch(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "mpsearch.cli", f"results_dir={tmp_path / 'results'}",
+            f"cache_dir={tmp_path / 'cache'}", "progress=false", *overrides]
+    return subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["hw_profile.name=no_such_board"], "hardware profile 'no_such_board' not found; known profiles:"),
+    (["budget.latency_ms=-1"], "budget.latency_ms=-1.0 must be positive"),
+    (["search.sampler=cmaes"], "search.sampler='cmaes' is unknown"),
+    (["search.w_bits=[16]"], "unsupported weight bit-width 16"),
+    (["model.checkpoint=/nonexistent.pt"], "checkpoint '/nonexistent.pt' does not exist"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, overrides: list[str], message: str) -> None:
+    proc = mpsearch(tmp_path, *overrides)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("mpsearch: error:")]
+    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "cache" / "tvm").exists()
+
+
+def test_malformed_profile_file(tmp_path: Path) -> None:
+    bad = tmp_path / "board.yaml"
+    bad.write_text("name: board\ntarget: {kind: llvm}\nthreads: many\n")
+    proc = mpsearch(tmp_path, f"hw_profile.name={bad}")
+    assert proc.returncode == 2
+    assert "mpsearch: error: board.yaml.threads: expected int, got 'many'" in proc.stderr
+
+
+def test_hydra_type_error_is_reported_without_traceback(tmp_path: Path) -> None:
+    proc = mpsearch(tmp_path, "search.n_trials=lots")
+    assert proc.returncode != 0 and "n_trials" in proc.stderr and "Traceback" not in proc.stderr
