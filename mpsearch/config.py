@@ -63,6 +63,7 @@ class RunConfig:
     hw_profile: HwProfileConfig = field(default_factory=HwProfileConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    candidate: Optional[str] = None  # a bit-config JSON {layer: [w, a]} to evaluate beside the front
     results_dir: str = "results"
     run_name: Optional[str] = None  # default: derived from the config, so re-running resumes
     cache_dir: str = ".mpsearch-cache"

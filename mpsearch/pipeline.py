@@ -27,6 +27,7 @@ from mpsearch.quant.calibration import calibrate
 from mpsearch.quant.fake import quantize_
 from mpsearch.quant.prepare import PreparedModel, prepare_model
 from mpsearch.report import EvaluatedCandidate, RunSummary, write_report
+from mpsearch.storage import JsonLines
 from mpsearch.search import (
     SearchProblem, SearchSettings, bit_pairs, feasible_front, pair_label, run_search, spread,
 )
@@ -98,9 +99,7 @@ class AccuracyCache:
     """Top-1 accuracy of simulated candidates, keyed by model, calibration, data and candidate."""
 
     def __init__(self, path: Path, context_key: str) -> None:
-        from mpsearch.hardware.tvm_backend import _JsonLines  # pure-Python store, no TVM import
-
-        self.store = _JsonLines(path)
+        self.store = JsonLines(path)
         self.context = context_key
 
     def get(self, cand: Candidate) -> float | None:
@@ -158,10 +157,7 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
         profile = replace(profile, **overrides)
     pairs = bit_pairs(cfg.search.w_bits, cfg.search.a_bits, cfg.search.weight_only)
     run_dir = Path(cfg.results_dir) / (cfg.run_name or cfg.default_run_name())
-    run_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(cfg.cache_dir)
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    log.info("run folder: %s", run_dir)
 
     with timer.stage("load"):
         model = build_model(cfg)
@@ -169,6 +165,7 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
         test = batches(load_data(cfg, "test", cfg.data.test_samples), cfg.data.batch_size)
         prepared = prepare_model(model, tuple(cfg.model.input_shape))
         layers = prepared.layer_names
+        given = load_candidate(cfg.candidate, layers) if cfg.candidate else None
     with timer.stage("calibration"):
         ranges = calibrate(prepared.graph_module, layers, calib, cfg.search.calibration, cfg.search.percentile)
     with timer.stage("sensitivity"):
@@ -178,9 +175,15 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
         score = score_table(prepared.graph_module, sens, ranges, pairs, sens_batches)
     with timer.stage("hardware cost"):
         backend = backend_factory(profile, cache_dir, cfg.progress)
-        table_pairs = list(dict.fromkeys([*pairs, *BASELINES.values()]))
+        extra = list(given.values()) if given is not None else []
+        table_pairs = list(dict.fromkeys([*pairs, *BASELINES.values(), *extra]))
         table = backend.cost_table(prepared, ranges, table_pairs)
     problem = SearchProblem(layers, pairs, score, table.latency_s, table.weight_bytes, table.other_s)
+    problem.check_budgets(cfg.budget.latency_ms, cfg.budget.weight_kib)
+    # The run folder is made only once the inputs are known to be usable: bad input leaves nothing behind.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    log.info("run folder: %s", run_dir)
     with timer.stage("search"):
         study = run_search(problem, SearchSettings(cfg.search.sampler, cfg.search.n_trials, cfg.search.seed,
                                                    cfg.budget.latency_ms, cfg.budget.weight_kib,
@@ -198,6 +201,8 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
     evaluated: list[EvaluatedCandidate] = []
     todo = [(f"pareto-{i}", "pareto", t.number, c) for i, (t, c) in enumerate(chosen)]
     todo += [(label, "baseline", None, Candidate.uniform(layers, *pair)) for label, pair in BASELINES.items()]
+    if given is not None:
+        todo.append(("given", "baseline", None, given))
     notes: list[str] = []
     with timer.stage("evaluation"):
         accuracies = []
@@ -253,6 +258,14 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
     summary.timings_s = timer.timings
     log.info("report: %s", files.get("report_md"))
     return RunOutcome(run_dir, summary, table, files)
+
+
+def load_candidate(path: str, layers: list[str]) -> Candidate:
+    """Read a bit-config JSON and check it names exactly the model's layers with supported bits."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"candidate file {path!r} does not exist; give a JSON file {{layer: [w_bits, a_bits]}}")
+    return Candidate.from_json(file.read_text()).validate(layers)
 
 
 def _first_samples(data: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -39,6 +39,15 @@ def test_malformed_profile_file(tmp_path: Path) -> None:
     assert "mpsearch: error: board.yaml.threads: expected int, got 'many'" in proc.stderr
 
 
+def test_candidate_with_an_unknown_layer(tmp_path: Path) -> None:
+    bad = tmp_path / "bits.json"
+    bad.write_text('{"conv1": [8, 8], "layer9.conv": [4, 8]}')
+    proc = mpsearch(tmp_path, f"candidate={bad}")
+    assert proc.returncode == 2
+    assert "mpsearch: error: unknown layer 'layer9.conv' in candidate; the model's layers are: conv1," in proc.stderr
+    assert not (tmp_path / "cache" / "tvm").exists()
+
+
 def test_hydra_type_error_is_reported_without_traceback(tmp_path: Path) -> None:
     proc = mpsearch(tmp_path, "search.n_trials=lots")
     assert proc.returncode != 0 and "n_trials" in proc.stderr and "Traceback" not in proc.stderr

@@ -66,6 +66,17 @@ def test_rerun_resumes_and_reuses_caches(tmp_path: Path) -> None:
     assert second.summary.timings_s["sensitivity"] < first.summary.timings_s["sensitivity"]
 
 
+def test_a_given_candidate_is_evaluated_beside_the_front(tmp_path: Path) -> None:
+    bits = tmp_path / "mine.json"
+    bits.write_text(json.dumps({"stem": [8, 8], "conv1": [4, 4], "conv2": [2, 8], "down": [8, 8], "fc": [32, 32]}))
+    cfg = tiny_config(tmp_path)
+    cfg.candidate = str(bits)
+    out = run(cfg, factory([]))
+    given = [c for c in out.summary.candidates if c.label == "given"]
+    assert len(given) == 1 and given[0].candidate["conv2"] == (2, 8) and given[0].measured_latency_ms > 0
+    assert "given" in pd.read_csv(out.run_dir / "pareto.csv")["label"].tolist()
+
+
 def test_budgets_are_met_by_the_front(tmp_path: Path) -> None:
     out = run(tiny_config(tmp_path, weight_kib=3.0), factory([]))
     front = [c for c in out.summary.candidates if c.kind == "pareto"]
@@ -75,6 +86,7 @@ def test_budgets_are_met_by_the_front(tmp_path: Path) -> None:
 def test_infeasible_budget_fails_before_searching(tmp_path: Path) -> None:
     with pytest.raises(InfeasibleBudgetError, match="raise budget.weight_kib to at least"):
         run(tiny_config(tmp_path, weight_kib=0.01), factory([]))
+    assert not (tmp_path / "results").exists()  # no partial run folder
 
 
 def test_bad_model_factory_is_a_config_error(tmp_path: Path) -> None:

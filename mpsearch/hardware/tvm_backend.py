@@ -29,6 +29,7 @@ from mpsearch.errors import ConfigError, HardwareError
 from mpsearch.hardware.base import Backend, LayerCostTable, Measurement
 from mpsearch.hardware.profile import HwProfile
 from mpsearch.quant.prepare import PreparedModel
+from mpsearch.storage import JsonLines, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -147,45 +148,6 @@ def _hash_mod(mod: Any) -> str:
     return format(tvm_ffi.structural_hash(mod) & (2**64 - 1), "016x")
 
 
-class _JsonLines:
-    """Append-only JSON-lines store; each record is written with one ``write`` and fsynced."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.records: dict[str, dict[str, Any]] = {}
-        if path.exists():
-            bad = 0
-            for line in path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                    self.records[rec["key"]] = rec
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    bad += 1
-            if bad:
-                log.warning("%s: dropped %d corrupt line(s); they will be re-measured", path, bad)
-                _atomic_write(path, "".join(json.dumps(r) + "\n" for r in self.records.values()))
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        return self.records.get(key)
-
-    def put(self, rec: dict[str, Any]) -> None:
-        self.records[rec["key"]] = rec
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _repair_json_lines(path: Path) -> None:
     """MetaSchedule's database files are JSON lines; drop lines a killed writer left unfinished."""
     if not path.exists():
@@ -200,7 +162,7 @@ def _repair_json_lines(path: Path) -> None:
             continue
     if len(good) != len(lines):
         log.warning("%s: dropped %d corrupt line(s) of the tuning database", path, len(lines) - len(good))
-        _atomic_write(path, "".join(line + "\n" for line in good))
+        atomic_write_text(path, "".join(line + "\n" for line in good))
 
 
 class TVMBackend(Backend):
@@ -230,7 +192,7 @@ class TVMBackend(Backend):
             str(self.dir / "database_workload.json"), str(self.dir / "database_tuning_record.json"),
             allow_missing=True,
         )
-        self.costs = _JsonLines(self.dir / "costs.jsonl")
+        self.costs = JsonLines(self.dir / "costs.jsonl")
         self.progress = progress
         self._compiled: dict[str, Any] = {}
         self.stats = {"tuned_kernels": 0, "measured_kernels": 0, "compiled_models": 0}

@@ -3,41 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 from mpsearch.report.markdown import render_markdown
 from mpsearch.report.plots import figure_png, plot_bits, plot_pareto
+from mpsearch.storage import atomic_write_bytes
 from mpsearch.report.tables import RunSummary, bits_frame, candidates_frame
 
 logger = logging.getLogger(__name__)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``.
-
-    Readers see the old file or the new one, never a partial write.
-
-    Args:
-        path: Destination; its directory must exist.
-        data: File content.
-
-    Returns:
-        ``path``.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_report(summary: RunSummary) -> dict[str, Path]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from mpsearch.errors import MPSearchError
+from mpsearch.storage import atomic_write_text
 from mpsearch.sensitivity.base import Batch, SensitivityEstimator, SensitivityResult
 
 log = logging.getLogger(__name__)
@@ -46,20 +45,6 @@ def cache_key(
     return h.hexdigest()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def cached_estimate(
     estimator: SensitivityEstimator,
     model: nn.Module,
@@ -84,6 +69,6 @@ def cached_estimate(
         except (OSError, UnicodeDecodeError, MPSearchError) as e:
             log.warning("ignoring bad sensitivity cache file %s (%s); recomputing", path, e)
     result = estimator.estimate(model, layers, batches)
-    _write_atomic(path, result.to_json())
+    atomic_write_text(path, result.to_json())
     log.info("sensitivity cached: %s", path)
     return result

@@ -60,7 +60,7 @@ def test_measure_and_run_a_mixed_candidate(tuned, tiny_prepared, tiny_ranges) ->
     names = tiny_prepared.layer_names
     cand = Candidate({n: PAIRS[i % len(PAIRS)] for i, n in enumerate(names)})
     meas = backend.measure(tiny_prepared, cand, tiny_ranges)
-    assert meas.ok and meas.latency_s > 0 and len(meas.samples) == 3
+    assert meas.ok and meas.latency_s > 0 and len(meas.samples) >= 3  # interleaved rounds x repeats
     x = synthetic_split("test", 200).tensors[0]
     out = backend.run(tiny_prepared, cand, tiny_ranges, x.numpy())
     with torch.no_grad():

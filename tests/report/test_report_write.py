@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import pandas as pd
-import pytest
 
 from mpsearch.report import (
     atomic_write_bytes,
@@ -79,6 +78,6 @@ def test_atomic_write_replaces(tmp_path):
     atomic_write_bytes(target, b"old")
     atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"new"
-    with pytest.raises(FileNotFoundError):
-        atomic_write_bytes(tmp_path / "missing" / "f.txt", b"x")
-    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]  # no temporary file left behind
+    atomic_write_bytes(tmp_path / "new_dir" / "f.txt", b"x")  # parents are created
+    assert (tmp_path / "new_dir" / "f.txt").read_bytes() == b"x"
