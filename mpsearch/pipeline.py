@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -132,6 +132,16 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def configured_profile(cfg: RunConfig) -> HwProfile:
+    """The hardware profile named by the config, with its per-run overrides applied."""
+    profile = load_profile(cfg.hw_profile.name)
+    if cfg.hw_profile.trials_per_task is not None:
+        profile = replace(profile, tuning=replace(profile.tuning, trials_per_task=cfg.hw_profile.trials_per_task))
+    if cfg.hw_profile.threads is not None:
+        profile = replace(profile, threads=cfg.hw_profile.threads)
+    return profile
+
+
 def default_backend(profile: HwProfile, cache_dir: Path, progress: bool) -> Backend:
     from mpsearch.hardware.tvm_backend import TVMBackend
 
@@ -143,18 +153,7 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
     validate(cfg)
     timer = _Timer()
     torch.manual_seed(cfg.search.seed)
-    overrides: dict[str, Any] = {}
-    if cfg.hw_profile.threads is not None:
-        overrides["threads"] = cfg.hw_profile.threads
-    profile = load_profile(cfg.hw_profile.name)
-    if cfg.hw_profile.trials_per_task is not None:
-        from dataclasses import replace
-
-        profile = replace(profile, tuning=replace(profile.tuning, trials_per_task=cfg.hw_profile.trials_per_task))
-    if overrides:
-        from dataclasses import replace
-
-        profile = replace(profile, **overrides)
+    profile = configured_profile(cfg)
     pairs = bit_pairs(cfg.search.w_bits, cfg.search.a_bits, cfg.search.weight_only)
     run_dir = Path(cfg.results_dir) / (cfg.run_name or cfg.default_run_name())
     cache_dir = Path(cfg.cache_dir)

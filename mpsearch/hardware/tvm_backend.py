@@ -297,10 +297,9 @@ class TVMBackend(Backend):
 
     def _time(self, lib: Any, func_name: str, args: Sequence[Any]) -> Measurement:
         m = self.profile.measure
-        f = lib[func_name] if hasattr(lib, "__getitem__") else None
+        f = lib[func_name]
         for _ in range(m.warmup):
-            if f is not None:
-                f(*args)
+            f(*args)
         timer = lib.time_evaluator(func_name, self.dev, number=m.number, repeat=m.repeat,
                                    min_repeat_ms=m.min_repeat_ms)
         return Measurement.from_samples(timer(*args).results)
