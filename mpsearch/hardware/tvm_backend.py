@@ -360,10 +360,11 @@ class TVMBackend(Backend):
     # -- end to end ----------------------------------------------------------------------------
 
     def _compile(self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]],
-                 batch: int = 1, keep: int = 1) -> tuple[Any, Any, str]:
+                 batch: int = 1, keep: int = 1, lowered: Any = None) -> tuple[Any, Any, str]:
         from mpsearch.hardware.lowering import lower
 
-        lowered = lower(prepared, candidate, ranges, batch=batch)
+        if lowered is None:
+            lowered = lower(prepared, candidate, ranges, batch=batch)
         key = "e2e-" + _hash_mod(lowered.mod)
         if key in self._compiled:
             return self._compiled[key], lowered, key
@@ -397,13 +398,14 @@ class TVMBackend(Backend):
         results: dict[int, Measurement] = {}
         ready: dict[int, tuple[Any, list[Any], str]] = {}
         for i, cand in enumerate(candidates):
-            key = "e2e-" + _hash_mod(lower(prepared, cand, ranges).mod)
+            lowered = lower(prepared, cand, ranges)
+            key = "e2e-" + _hash_mod(lowered.mod)
             cached = self.costs.get(key)
             if cached is not None:
                 results[i] = Measurement(cached["latency_s"], cached["std_s"], None, tuple(cached["samples"]))
                 continue
             try:
-                exe, lowered, key = self._compile(prepared, cand, ranges, keep=len(candidates))
+                exe, lowered, key = self._compile(prepared, cand, ranges, keep=len(candidates), lowered=lowered)
                 vm = tvm.relax.VirtualMachine(exe, self.dev)
                 x = np.random.default_rng(0).standard_normal(prepared.input_shape).astype("float32")
                 args = [tvm.runtime.tensor(x, self.dev)] + [tvm.runtime.tensor(a, self.dev) for a in lowered.params]
