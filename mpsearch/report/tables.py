@@ -16,7 +16,8 @@ from mpsearch.errors import MPSearchError
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("pareto", "baseline")
+#: "pareto": on the searched front; "baseline": uniform or user-given; "ilp": the exact-ILP pick at a budget.
+KINDS = ("pareto", "baseline", "ilp")
 FP32_LABEL = "fp32"
 INT8_LABEL = "int8"
 
@@ -52,7 +53,7 @@ class EvaluatedCandidate:
     Attributes:
         label: Unique name, e.g. ``"pareto-3"``, ``"fp32"``, ``"int8"``.
         candidate: The per-layer bit assignment.
-        kind: ``"pareto"`` or ``"baseline"``.
+        kind: ``"pareto"``, ``"ilp"`` or ``"baseline"`` (see :data:`KINDS`).
         proxy: Predicted loss increase (sensitivity proxy); 0 for fp32.
         predicted_latency_ms: Cost-table prediction.
         measured_latency_ms: Measured end-to-end latency, None if not measured.
@@ -60,6 +61,7 @@ class EvaluatedCandidate:
         weight_bytes: Size of the quantized weights.
         accuracy: Top-1 accuracy on the test split, in 0..1.
         trial: Optuna trial number, if any.
+        activation_bytes: Peak activation memory (TVM's static plan + largest kernel workspace).
     """
 
     label: str
@@ -72,6 +74,7 @@ class EvaluatedCandidate:
     weight_bytes: int
     accuracy: float | None
     trial: int | None = None
+    activation_bytes: int | None = None  # planned peak activation memory (TVM static plan + workspace)
 
 
 @dataclass
@@ -92,6 +95,13 @@ class RunSummary:
         timings_s: Wall time per stage in seconds.
         versions: Package versions.
         notes: Caveats printed verbatim in the report.
+        sensitivity: Per-layer sensitivity signals, ``{signal name: {layer: value}}`` (e.g.
+            ``"hessian_trace"``, ``"activation_trace"``); empty when not computed.
+        proxy_validation: Proxy vs measured accuracy drop on random candidates:
+            ``{"n": int, "spearman": {estimator: rho}, "points": [{"key", "acc_drop_pts",
+            <estimator>: proxy, ...}]}``; None when not run.
+        search_fronts: Extra fronts for comparison, ``{name: [{"proxy", "latency_ms", "weight_kib"}, ...]}``
+            (e.g. the Optuna front and the exact-ILP front on the proxy); empty when none.
     """
 
     run_dir: Path
@@ -107,6 +117,9 @@ class RunSummary:
     timings_s: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    sensitivity: dict[str, dict[str, float]] = field(default_factory=dict)
+    proxy_validation: dict[str, Any] | None = None
+    search_fronts: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
 
 def _check(summary: RunSummary) -> None:
@@ -174,8 +187,8 @@ def _latency_sorted(frame: pd.DataFrame) -> pd.DataFrame:
 def candidates_frame(summary: RunSummary) -> pd.DataFrame:
     """One row per candidate: metrics, derived comparisons and one ``"W{w}A{a}"`` column per layer.
 
-    Pareto rows come first, sorted by latency (measured, then predicted), then the baselines in input
-    order. ``acc_drop_pts`` and ``speedup_vs_fp32`` compare with the baseline labelled ``"fp32"`` and
+    Pareto rows come first, sorted by latency (measured, then predicted), then the exact-ILP picks
+    (same order), then the baselines in input order. ``acc_drop_pts`` and ``speedup_vs_fp32`` compare with the baseline labelled ``"fp32"`` and
     are NaN without it; ``pareto_measured`` marks pareto rows non-dominated on (accuracy, measured
     latency).
 
@@ -231,7 +244,10 @@ def candidates_frame(summary: RunSummary) -> pd.DataFrame:
     )
     frame["pareto_measured"] = front
 
-    ordered = pd.concat([_latency_sorted(frame[is_pareto]), frame[~is_pareto]])
+    is_ilp = (frame["kind"] == "ilp").to_numpy()
+    ordered = pd.concat(
+        [_latency_sorted(frame[is_pareto]), _latency_sorted(frame[is_ilp]), frame[~is_pareto & ~is_ilp]]
+    )
     return ordered[list(FRAME_COLUMNS) + layer_cols].reset_index(drop=True)
 
 
@@ -304,3 +320,144 @@ def pareto_points(frame: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
         which = "measured" if measured else "predicted"
         logger.warning("not plotted (no %s latency or accuracy): %s", which, dropped)
     return points[keep].reset_index(drop=True), measured
+
+
+def memory_points(frame: pd.DataFrame) -> pd.DataFrame:
+    """The points ``memory.png`` draws: accuracy versus weight memory, from :func:`candidates_frame`.
+
+    Args:
+        frame: Output of :func:`candidates_frame`.
+
+    Returns:
+        Columns label, kind, weight_kib, accuracy_pct, on_front (pareto rows non-dominated on accuracy
+        and weight memory); rows without accuracy are dropped.
+    """
+    pareto = (frame["kind"] == "pareto").to_numpy()
+    kib = frame["weight_kib"].to_numpy(dtype=float)
+    on_front = np.zeros(len(frame), dtype=bool)
+    on_front[pareto] = non_dominated(frame["accuracy"].to_numpy(dtype=float)[pareto], kib[pareto])
+    points = pd.DataFrame(
+        {
+            "label": frame["label"].to_numpy(),
+            "kind": frame["kind"].to_numpy(),
+            "weight_kib": kib,
+            "accuracy_pct": 100.0 * frame["accuracy"].to_numpy(dtype=float),
+            "on_front": on_front,
+        }
+    )
+    return points[points["accuracy_pct"].notna()].reset_index(drop=True)
+
+
+def prediction_points(frame: pd.DataFrame) -> pd.DataFrame:
+    """Cost-model check: candidates with both a predicted and a measured latency.
+
+    Args:
+        frame: Output of :func:`candidates_frame`.
+
+    Returns:
+        Columns label, kind, predicted_ms, measured_ms, error_pct ((predicted − measured) / measured).
+    """
+    keep = frame["predicted_latency_ms"].notna() & frame["measured_latency_ms"].notna()
+    sub = frame[keep]
+    return pd.DataFrame(
+        {
+            "label": sub["label"].to_numpy(),
+            "kind": sub["kind"].to_numpy(),
+            "predicted_ms": sub["predicted_latency_ms"].to_numpy(dtype=float),
+            "measured_ms": sub["measured_latency_ms"].to_numpy(dtype=float),
+            "error_pct": sub["prediction_error_pct"].to_numpy(dtype=float),
+        }
+    )
+
+
+def prediction_stats(points: pd.DataFrame) -> dict[str, float]:
+    """``n``, ``median_abs_pct``, ``mean_abs_pct`` (MAPE) and ``max_abs_pct`` of :func:`prediction_points`."""
+    err = points["error_pct"].abs().to_numpy(dtype=float)
+    err = err[np.isfinite(err)]
+    if err.size == 0:
+        return {"n": 0, "median_abs_pct": np.nan, "mean_abs_pct": np.nan, "max_abs_pct": np.nan}
+    return {
+        "n": int(err.size),
+        "median_abs_pct": float(np.median(err)),
+        "mean_abs_pct": float(err.mean()),
+        "max_abs_pct": float(err.max()),
+    }
+
+
+def sensitivity_frame(summary: RunSummary) -> pd.DataFrame:
+    """Per-layer sensitivity signals: index the layers in graph order, one column per signal.
+
+    Layers a signal does not name are NaN; signal names unknown to ``summary.layers`` are kept at the
+    end. Empty (no columns) when the run recorded no sensitivity.
+    """
+    signals = {name: values for name, values in summary.sensitivity.items() if values}
+    extra = [n for vals in signals.values() for n in vals if n not in summary.layers]
+    index = pd.Index(list(summary.layers) + list(dict.fromkeys(extra)), name="layer")
+    data = {
+        name: [np.nan if vals.get(n) is None else float(vals[n]) for n in index] for name, vals in signals.items()
+    }
+    return pd.DataFrame(data, index=index, dtype=float)
+
+
+@dataclass
+class ProxyValidation:
+    """Proxy versus measured accuracy drop, from :attr:`RunSummary.proxy_validation`.
+
+    Attributes:
+        points: One row per sampled candidate: ``acc_drop_pts`` and one column per estimator.
+        estimators: Estimator names, in the order of ``spearman`` then of the points' columns.
+        spearman: Spearman rank correlation per estimator (stored by the run; computed here only where
+            the run did not store it).
+        n: Number of candidates the run evaluated.
+        seconds: Wall time of each estimator, where the run stored it (``"estimator_seconds"``).
+    """
+
+    points: pd.DataFrame
+    estimators: list[str]
+    spearman: dict[str, float]
+    n: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def proxy_validation_table(summary: RunSummary) -> ProxyValidation | None:
+    """Tabulate :attr:`RunSummary.proxy_validation`; None when the run did not validate its proxy."""
+    pv = summary.proxy_validation
+    if not pv or not pv.get("points"):
+        return None
+    points = pd.DataFrame.from_records(list(pv["points"]))
+    if "acc_drop_pts" not in points.columns:
+        raise ReportError("proxy_validation points lack 'acc_drop_pts'; store the measured accuracy drop")
+    stored = {str(k): (np.nan if v is None else float(v)) for k, v in (pv.get("spearman") or {}).items()}
+    candidates = list(stored) + [c for c in points.columns if c not in stored]
+    estimators = [c for c in candidates if c in points.columns and c not in ("key", "acc_drop_pts", "label")]
+    for col in ["acc_drop_pts", *estimators]:
+        points[col] = pd.to_numeric(points[col], errors="coerce").astype(float)
+    spearman = {}
+    for name in estimators:
+        if name in stored:
+            spearman[name] = stored[name]
+        else:
+            # Spearman's rho is Pearson's r of the ranks (ties averaged); pandas' method="spearman" would
+            # import scipy.stats just for this.
+            ranks = points[[name, "acc_drop_pts"]].dropna().rank()
+            spearman[name] = float(ranks[name].corr(ranks["acc_drop_pts"])) if len(ranks) > 2 else np.nan
+    seconds = {str(k): float(v) for k, v in (pv.get("estimator_seconds") or {}).items() if v is not None}
+    return ProxyValidation(points, estimators, spearman, int(pv.get("n") or len(points)), seconds)
+
+
+def fronts_frame(summary: RunSummary) -> pd.DataFrame:
+    """The comparison fronts as one long table: columns front, proxy, latency_ms, weight_kib.
+
+    Rows are sorted by front (input order), then latency; empty when the run stored no fronts.
+    """
+    frames = []
+    for name, points in summary.search_fronts.items():
+        if not points:
+            continue
+        part = pd.DataFrame.from_records(list(points)).reindex(columns=["proxy", "latency_ms", "weight_kib"])
+        part = part.apply(pd.to_numeric, errors="coerce").astype(float)
+        part.insert(0, "front", name)
+        frames.append(part.sort_values(["latency_ms", "proxy"], kind="mergesort"))
+    if not frames:
+        return pd.DataFrame(columns=["front", "proxy", "latency_ms", "weight_kib"])
+    return pd.concat(frames, ignore_index=True)

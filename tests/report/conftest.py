@@ -66,3 +66,70 @@ def predicted_only(tmp_path: Path) -> RunSummary:
         ev.latency_std_ms = None
     s.notes = []
     return s
+
+
+def add_optional_data(s: RunSummary) -> RunSummary:
+    """Fill every optional section: sensitivity, proxy validation, search fronts and an exact-ILP pick."""
+    s.sensitivity = {
+        "hessian_trace": {"conv1": 10.0, "layer1.conv": 2.0, "layer2.conv": 0.5, "fc": 0.05},
+        "activation_trace": {"conv1": 1.0, "layer1.conv": 0.3, "layer2.conv": 0.2},  # fc missing
+    }
+    hutch = [0.01, 0.05, 0.1, 0.2, 0.4, 0.8]
+    drops = [0.1, 0.3, 0.2, 1.0, 2.5, 4.0]
+    fisher = [0.02, 0.01, 0.3, 0.2, None, 0.9]
+    s.proxy_validation = {
+        "n": 6,
+        "spearman": {"hutchinson": 0.943},  # fisher not stored: computed by the report
+        "estimator_seconds": {"hutchinson": 12.34, "fisher": 0.5},
+        "points": [{"key": f"k{i}", "acc_drop_pts": d, "hutchinson": h, "fisher": f}
+                   for i, (h, d, f) in enumerate(zip(hutch, drops, fisher))],
+    }
+    s.search_fronts = {
+        "optuna": [{"proxy": 0.2, "latency_ms": 1.0, "weight_kib": 4.0},
+                   {"proxy": 0.01, "latency_ms": 2.0, "weight_kib": 9.0},
+                   {"proxy": 0.05, "latency_ms": 1.5, "weight_kib": 6.0}],
+        "ilp": [{"proxy": 0.15, "latency_ms": 1.0, "weight_kib": 4.0},
+                {"proxy": 0.04, "latency_ms": 1.5, "weight_kib": 6.5}],
+    }
+    s.candidates.append(EvaluatedCandidate(
+        "ilp-1.5ms", bits((8, 8), (4, 8), (8, 8), (4, 8)), "ilp", 0.04, 1.5, 1.55, 0.03, 6500, 0.907, None))
+    return s
+
+
+@pytest.fixture
+def full(tmp_path: Path) -> RunSummary:
+    """The synthetic run with every optional section filled."""
+    return add_optional_data(make_summary(tmp_path / "run-full"))
+
+
+@pytest.fixture(scope="session")
+def full_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunSummary, dict[str, Path]]:
+    """The full run's report, written once per session (drawing plots is the slow part); do not modify."""
+    from mpsearch.report import write_report
+
+    s = add_optional_data(make_summary(tmp_path_factory.mktemp("report") / "run"))
+    return s, write_report(s)
+
+
+@pytest.fixture(scope="session")
+def _tiny_png() -> bytes:
+    import matplotlib.pyplot as plt
+
+    from mpsearch.report import figure_png
+
+    return figure_png(plt.figure(figsize=(0.2, 0.2)), dpi=10)
+
+
+@pytest.fixture
+def fast_png(monkeypatch: pytest.MonkeyPatch, _tiny_png: bytes) -> None:
+    """Build every figure but skip rasterising it (the slow part); tests of file handling use this."""
+    import matplotlib.pyplot as plt
+
+    from mpsearch.report import writer
+
+    def fake(fig, dpi: int = 0) -> bytes:
+        assert fig.axes  # the plot was really built
+        plt.close(fig)
+        return _tiny_png
+
+    monkeypatch.setattr(writer, "figure_png", fake)

@@ -61,5 +61,6 @@ def test_render_markdown(summary):
 def test_render_markdown_without_layer_latency(predicted_only):
     predicted_only.layer_latency_ms = None
     text = render_markdown(predicted_only)
-    assert "Predicted kernel latency per layer" not in text
+    assert "No per-layer kernel latencies were stored for this run." in text
+    assert "| conv1 | 0.2000 |" not in text
     assert "cost-table predictions" in text  # caveat added when nothing was measured

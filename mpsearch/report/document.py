@@ -1,0 +1,377 @@
+"""The report's content as a list of plain blocks, rendered alike to ``report.md`` and ``report.html``.
+
+One builder decides what the report says; the two renderers only format it, so the markdown and the
+HTML never disagree. Paragraph and cell text may use three inline markdown marks: ``**bold**``,
+``*emphasis*`` and ```code```.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from mpsearch.report.store import to_plain
+from mpsearch.report.tables import (
+    FP32_LABEL,
+    INT8_LABEL,
+    RunSummary,
+    bits_frame,
+    candidates_frame,
+    fronts_frame,
+    memory_points,
+    prediction_points,
+    prediction_stats,
+    proxy_validation_table,
+    sensitivity_frame,
+)
+
+MISSING = "–"
+
+#: Plot files a report may hold, with their alt text, in the order the report shows them.
+FIGURES: dict[str, str] = {
+    "pareto.png": "Accuracy versus latency",
+    "memory.png": "Accuracy versus weight memory",
+    "bits.png": "Bit-widths along the front",
+    "sensitivity.png": "Sensitivity per layer",
+    "prediction.png": "Cost model: predicted versus measured latency",
+    "proxy.png": "Proxy versus measured accuracy drop",
+    "fronts.png": "Search fronts: proxy versus predicted latency",
+}
+
+
+@dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    text: str
+
+
+@dataclass(frozen=True)
+class Bullets:
+    items: list[str]
+
+
+@dataclass(frozen=True)
+class Table:
+    """Cells are formatted by :func:`cell_text`; ``align`` holds ``"l"``/``"r"`` per column."""
+
+    header: list[str]
+    rows: list[list[object]]
+    align: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Image:
+    file: str
+    alt: str
+
+
+@dataclass(frozen=True)
+class Code:
+    text: str
+    lang: str = ""
+
+
+Block = Heading | Paragraph | Bullets | Table | Image | Code
+
+
+def is_missing(value: object) -> bool:
+    if value is None or value is pd.NA:
+        return True
+    return isinstance(value, (float, np.floating)) and math.isnan(value)
+
+
+def cell_text(value: object) -> str:
+    """None/NaN print as ``–``, floats as ``.4g``, True as ``yes`` (False empty), the rest as ``str``."""
+    if is_missing(value):
+        return MISSING
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else ""
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4g}"
+    return str(value).replace("\n", " ")
+
+
+def _f(value: object, spec: str) -> str:
+    return MISSING if is_missing(value) else format(float(value), spec)  # type: ignore[arg-type]
+
+
+def _latency(row: pd.Series) -> str:
+    mean, std = row["measured_latency_ms"], row["latency_std_ms"]
+    if is_missing(mean):
+        return MISSING
+    return f"{mean:.3f} ± {std:.3f}" if not is_missing(std) else f"{mean:.3f}"
+
+
+def frame_table(frame: pd.DataFrame, floatfmt: str = ".4g", index: bool = True) -> Table:
+    """A DataFrame as a :class:`Table`; numeric columns right-aligned, floats formatted with ``floatfmt``."""
+    header = ([str(frame.index.name or "")] if index else []) + [str(c) for c in frame.columns]
+    align = (["l"] if index else []) + [
+        "r" if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]) else "l"
+        for c in frame.columns
+    ]
+
+    def fmt(v: object) -> object:
+        if isinstance(v, (float, np.floating)) and not is_missing(v):
+            return format(float(v), floatfmt)
+        return v
+
+    rows = [
+        ([idx] if index else []) + [fmt(v) for v in values]
+        for idx, values in zip(frame.index, frame.itertuples(index=False, name=None))
+    ]
+    return Table(header, rows, align)
+
+
+def available_figures(summary: RunSummary, frame: pd.DataFrame | None = None) -> list[str]:
+    """The plot files that have data to draw, in :data:`FIGURES` order.
+
+    ``pareto.png`` and ``bits.png`` are always drawn (they say so on the image when empty).
+    """
+    frame = candidates_frame(summary) if frame is None else frame
+    have = {"pareto.png", "bits.png"}
+    if not memory_points(frame).empty:
+        have.add("memory.png")
+    if sensitivity_frame(summary).shape[1]:
+        have.add("sensitivity.png")
+    if not prediction_points(frame).empty:
+        have.add("prediction.png")
+    if proxy_validation_table(summary) is not None:
+        have.add("proxy.png")
+    if not fronts_frame(summary).dropna(subset=["proxy", "latency_ms"]).empty:
+        have.add("fronts.png")
+    return [f for f in FIGURES if f in have]
+
+
+def _image(file: str, figures: Collection[str], missing: str) -> Block:
+    return Image(file, FIGURES[file]) if file in figures else Paragraph(missing)
+
+
+def _baselines(frame: pd.DataFrame) -> list[Block]:
+    base = frame[frame["kind"] == "baseline"]
+    if base.empty:
+        return [Paragraph("No baselines were evaluated.")]
+    rows = [
+        [
+            {FP32_LABEL: "FP32", INT8_LABEL: "uniform INT8"}.get(r["label"].lower(), r["label"]),
+            r["description"],
+            _f(100 * r["accuracy"], ".2f"),
+            _latency(r),
+            _f(r["predicted_latency_ms"], ".3f"),
+            _f(r["weight_kib"], ".1f"),
+            _f(r["speedup_vs_fp32"], ".2f"),
+        ]
+        for _, r in base.iterrows()
+    ]
+    header = ["baseline", "bits", "accuracy (%)", "measured (ms)", "predicted (ms)", "weights (KiB)", "speedup"]
+    return [Table(header, rows, ["l", "l", "r", "r", "r", "r", "r"])]
+
+
+def _candidate_rows(rows: pd.DataFrame, with_front: bool) -> Table:
+    out = [
+        [
+            r["label"],
+            r["trial"],
+            r["description"],
+            _f(r["proxy"], ".4g"),
+            _f(r["predicted_latency_ms"], ".3f"),
+            _latency(r),
+            _f(r["prediction_error_pct"], "+.1f"),
+            _f(r["weight_kib"], ".1f"),
+            _f(100 * r["accuracy"], ".2f"),
+            _f(r["acc_drop_pts"], "+.2f"),
+            _f(r["speedup_vs_fp32"], ".2f"),
+        ]
+        + ([bool(r["pareto_measured"])] if with_front else [])
+        for _, r in rows.iterrows()
+    ]
+    header = [
+        "label", "trial", "bits", "proxy", "predicted (ms)", "measured (ms)", "pred. error (%)",
+        "weights (KiB)", "accuracy (%)", "acc. drop (pts)", "speedup",
+    ] + (["measured front"] if with_front else [])
+    return Table(header, out, ["l", "r", "l"] + ["r"] * 8 + (["l"] if with_front else []))
+
+
+def _pareto(frame: pd.DataFrame, figures: Collection[str]) -> list[Block]:
+    front = frame[frame["kind"] == "pareto"]
+    out: list[Block] = []
+    if front.empty:
+        out.append(Paragraph("The search returned no Pareto candidates."))
+    else:
+        out += [
+            Paragraph(
+                "Sorted by latency. *acc. drop* is FP32 accuracy minus the candidate's, in percentage points; "
+                "*pred. error* is (predicted − measured) / measured; *measured front* marks candidates no other "
+                "Pareto candidate beats on measured latency, accuracy and weight memory at once."
+            ),
+            _candidate_rows(front, with_front=True),
+        ]
+    out.append(_image("pareto.png", figures, "No candidate has both a latency and an accuracy to plot."))
+    out.append(_image("memory.png", figures, "No candidate has an accuracy: there is no memory plot."))
+    return out
+
+
+def _ilp(frame: pd.DataFrame) -> list[Block]:
+    ilp = frame[frame["kind"] == "ilp"]
+    if ilp.empty:
+        return [Paragraph("No exact-ILP candidates were evaluated in this run.")]
+    return [
+        Paragraph(
+            "Candidates that minimise the additive proxy exactly (integer linear program) at a budget, "
+            "evaluated like the Pareto candidates; marked ▲ *exact ILP pick* in the plots."
+        ),
+        _candidate_rows(ilp, with_front=False),
+    ]
+
+
+def _layers(summary: RunSummary, figures: Collection[str]) -> list[Block]:
+    weight_bits, act_bits = bits_frame(summary)
+    labels = list(weight_bits.index)
+
+    def pair(label: str, layer: str) -> str:
+        w, a = weight_bits.at[label, layer], act_bits.at[label, layer]
+        return MISSING if is_missing(w) else f"W{w:.0f}A{a:.0f}"
+
+    rows = [
+        [layer, summary.layer_macs.get(layer), summary.layer_params.get(layer)]
+        + [pair(label, layer) for label in labels]
+        for layer in summary.layers
+    ]
+    header = ["layer", "MACs", "params", *labels]
+    return [
+        _image("bits.png", figures, "No Pareto candidates: no bit-width heatmap."),
+        Table(header, rows, ["l", "r", "r"] + ["l"] * len(labels)),
+    ]
+
+
+def _sensitivity(summary: RunSummary, figures: Collection[str]) -> list[Block]:
+    sens = sensitivity_frame(summary)
+    if sens.shape[1] == 0:
+        return [Paragraph("No sensitivity signals were recorded for this run.")]
+    return [
+        Paragraph(f"Per-layer signals ({', '.join(f'`{c}`' for c in sens.columns)}); higher means the layer "
+                  "is more sensitive to quantization."),
+        _image("sensitivity.png", figures, "No sensitivity plot."),
+        frame_table(sens, ".4g"),
+    ]
+
+
+def _cost_model(frame: pd.DataFrame, figures: Collection[str]) -> list[Block]:
+    points = prediction_points(frame)
+    if points.empty:
+        return [Paragraph("No candidate has both a predicted and a measured latency, so the cost model "
+                          "could not be checked in this run.")]
+    stats = prediction_stats(points)
+    return [
+        Paragraph(
+            f"End-to-end latency predicted by the per-layer cost table versus measured, on the {stats['n']} "
+            f"measured candidates: median |error| {stats['median_abs_pct']:.1f} %, mean (MAPE) "
+            f"{stats['mean_abs_pct']:.1f} %, max {stats['max_abs_pct']:.1f} %."
+        ),
+        _image("prediction.png", figures, "No cost-model plot."),
+    ]
+
+
+def _proxy_validation(summary: RunSummary, figures: Collection[str]) -> list[Block]:
+    pv = proxy_validation_table(summary)
+    if pv is None:
+        return [Paragraph("The proxy was not validated in this run (no random candidates were evaluated "
+                          "against measured accuracy).")]
+    header, align = ["estimator", "Spearman ρ", "points"], ["l", "r", "r"]
+    rows: list[list[object]] = [[name, _f(pv.spearman.get(name), "+.3f"), int(pv.points[name].notna().sum())]
+                                for name in pv.estimators]
+    if pv.seconds:
+        header, align = header + ["estimator time (s)"], align + ["r"]
+        rows = [row + [_f(pv.seconds.get(str(row[0])), ".1f")] for row in rows]
+    return [
+        Paragraph(f"{pv.n} random candidates: each estimator's proxy against the measured accuracy drop "
+                  "(FP32 minus candidate, percentage points). Spearman's ρ near +1 means the proxy ranks "
+                  "candidates as the real accuracy does."),
+        Table(header, rows, align),
+        _image("proxy.png", figures, "No proxy-validation plot."),
+    ]
+
+
+def _search_fronts(summary: RunSummary, figures: Collection[str]) -> list[Block]:
+    fronts = fronts_frame(summary)
+    if fronts.empty:
+        return [Paragraph("No search fronts were stored for this run.")]
+    rows = [
+        [name, len(part), _f(part["proxy"].min(), ".4g"), _f(part["latency_ms"].min(), ".3f"),
+         _f(part["latency_ms"].max(), ".3f"), _f(part["weight_kib"].min(), ".1f")]
+        for name, part in fronts.groupby("front", sort=False)
+    ]
+    return [
+        Paragraph("The fronts the searches found on the proxy and the predicted latency (before any real "
+                  "evaluation), side by side."),
+        Table(["front", "points", "min proxy", "min latency (ms)", "max latency (ms)", "min weights (KiB)"],
+              rows, ["l", "r", "r", "r", "r", "r"]),
+        _image("fronts.png", figures, "No search-front plot."),
+    ]
+
+
+def build_document(
+    summary: RunSummary, frame: pd.DataFrame | None = None, figures: Sequence[str] | None = None
+) -> list[Block]:
+    """Everything the report says, in order.
+
+    Args:
+        summary: The run summary.
+        frame: :func:`~mpsearch.report.tables.candidates_frame` of the summary, computed if None.
+        figures: Plot files written beside the report; :func:`available_figures` if None.
+
+    Returns:
+        The blocks.
+    """
+    frame = candidates_frame(summary) if frame is None else frame
+    figures = available_figures(summary, frame) if figures is None else figures
+    notes = list(summary.notes)
+    if not frame.loc[frame["kind"] == "pareto", "measured_latency_ms"].notna().any():
+        notes.append("No Pareto candidate was measured: latencies in the plot are cost-table predictions.")
+
+    total_macs = sum(summary.layer_macs.get(n, 0) for n in summary.layers)
+    total_params = sum(summary.layer_params.get(n, 0) for n in summary.layers)
+    doc: list[Block] = [
+        Heading(f"mpsearch report: {summary.model} on {summary.hw_profile}", 1),
+        Bullets([
+            f"**model**: {summary.model} ({len(summary.layers)} quantizable layers, "
+            f"{total_macs:,} MACs, {total_params:,} parameters)",
+            f"**hardware profile**: {summary.hw_profile}",
+            f"**measured on**: {summary.device}",
+            f"**run directory**: `{summary.run_dir}`",
+        ]),
+        Heading("Baselines"), *_baselines(frame),
+        Heading("Pareto front"), *_pareto(frame, figures),
+        Heading("Exact-ILP picks"), *_ilp(frame),
+        Heading("Layers"), *_layers(summary, figures),
+        Heading("Sensitivity"), *_sensitivity(summary, figures),
+        Heading("Cost model"), *_cost_model(frame, figures),
+        Heading("Proxy validation"), *_proxy_validation(summary, figures),
+        Heading("Search fronts"), *_search_fronts(summary, figures),
+        Heading("Predicted kernel latency per layer (ms)"),
+    ]
+    if summary.layer_latency_ms is not None:
+        table = summary.layer_latency_ms.copy()
+        table.index.name = table.index.name or "layer"
+        doc.append(frame_table(table, ".4f"))
+    else:
+        doc.append(Paragraph("No per-layer kernel latencies were stored for this run."))
+
+    timings: list[list[object]] = [[stage, f"{secs:.1f}"] for stage, secs in summary.timings_s.items()]
+    # A sum, not a measured total: stages may overlap or leave gaps.
+    timings.append(["**sum**", f"{sum(summary.timings_s.values()):.1f}"])
+    doc += [Heading("Timings"), Table(["stage", "wall time (s)"], timings, ["l", "r"])]
+    doc += [Heading("Versions"), Table(["package", "version"], [list(kv) for kv in sorted(summary.versions.items())])]
+    doc += [Heading("Notes"), Bullets(notes) if notes else Paragraph("None.")]
+    config = yaml.safe_dump(to_plain(summary.config), sort_keys=False, default_flow_style=False)
+    doc += [Heading("Config"), Code(config, "yaml")]
+    return doc
