@@ -13,7 +13,7 @@ from torch import nn
 
 from mpsearch.errors import ConfigError
 from mpsearch.models.fmnist import load_split
-from mpsearch.models.resnet import resnet20
+from mpsearch.models.resnet import resnet18, resnet20
 
 
 def resolve(spec: str, what: str) -> Callable[..., Any]:
@@ -58,6 +58,13 @@ def resnet20_fmnist() -> nn.Module:
     asset = resources.files("mpsearch.models") / "assets" / "resnet20_fmnist.pt"
     with resources.as_file(asset) as path:
         return load_state_dict(model, path).eval()
+
+
+def resnet18_random(seed: int = 0) -> nn.Module:
+    """ResNet-18 (3x32x32 input) with seeded random weights: a larger CNN for latency benchmarks,
+    where the weights' values do not matter (its accuracy is meaningless)."""
+    torch.manual_seed(seed)
+    return resnet18().eval()
 
 
 def fmnist_split(split: str, limit: int | None = None) -> torch.utils.data.Dataset:

@@ -1,4 +1,4 @@
-"""A small CIFAR-style residual CNN (ResNet-20 layout) for 28x28 grayscale images."""
+"""CIFAR-style residual CNNs for small images: ResNet-20 (the default model) and ResNet-18."""
 
 from __future__ import annotations
 
@@ -29,12 +29,14 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """ResNet-(6n+2) for small images: a stem, three stages of ``n`` basic blocks, a linear head."""
+    """A 3x3 stem, one stage of ``blocks_per_stage`` basic blocks per width (stride 2 entering every
+    stage after the first), global average pooling and a linear head. Stages are ``layer1``,
+    ``layer2``, ...; three stages of 3 blocks make ResNet-20, four of 2 make ResNet-18."""
 
     def __init__(
         self,
         blocks_per_stage: int = 3,
-        widths: tuple[int, int, int] = (16, 32, 64),
+        widths: tuple[int, ...] = (16, 32, 64),
         in_channels: int = 1,
         num_classes: int = 10,
     ) -> None:
@@ -50,16 +52,25 @@ class ResNet(nn.Module):
                 blocks.append(BasicBlock(in_ch, width, stride))
                 in_ch = width
             stages.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = stages
+        self.stages = len(stages)
+        for i, stage in enumerate(stages):
+            self.add_module(f"layer{i + 1}", stage)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
+        for i in range(self.stages):
+            x = getattr(self, f"layer{i + 1}")(x)
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
 def resnet20(in_channels: int = 1, num_classes: int = 10) -> ResNet:
     """ResNet-20: 19 convolutions (+2 shortcut convolutions) and one linear layer."""
     return ResNet(3, (16, 32, 64), in_channels, num_classes)
+
+
+def resnet18(in_channels: int = 3, num_classes: int = 10) -> ResNet:
+    """ResNet-18 for 32x32 images: 17 convolutions (+3 shortcut convolutions), one linear layer,
+    11.2 M parameters, 0.56 G multiply-accumulates per image."""
+    return ResNet(2, (64, 128, 256, 512), in_channels, num_classes)

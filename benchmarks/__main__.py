@@ -1,0 +1,39 @@
+"""``python -m benchmarks [name ...] [--quick] [--threads N]``: run the named benchmarks, or all."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+from pathlib import Path
+
+from benchmarks.common import execute
+
+
+def available() -> list[str]:
+    here = Path(__file__).resolve().parent
+    return sorted(m.name for m in pkgutil.iter_modules([str(here)])
+                  if not m.name.startswith("_") and m.name != "common")
+
+
+def main(argv: list[str]) -> int:
+    names = [a for a in argv if not a.startswith("-") and a in available()]
+    rest = [a for a in argv if a not in names]
+    unknown = [a for a in argv if not a.startswith("-") and a not in names and not _is_value(argv, a)]
+    if unknown:
+        print(f"benchmarks: unknown benchmark {unknown[0]!r}; choose from {', '.join(available())}",
+              file=sys.stderr)
+        return 2
+    for name in names or available():
+        print(f"== benchmark {name} ==", flush=True)
+        execute(importlib.import_module(f"benchmarks.{name}"), rest)
+    return 0
+
+
+def _is_value(argv: list[str], arg: str) -> bool:
+    i = argv.index(arg)
+    return i > 0 and argv[i - 1].startswith("--") and "=" not in argv[i - 1] and argv[i - 1] != "--quick"
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,69 @@
+"""Per-precision kernel latency on representative shapes: where does low precision pay on this host?
+
+Each shape is lowered to the same single-kernel form mpsearch's layers use (quantize the input inside
+the kernel, integer or fp32 compute, dequantize), tuned with MetaSchedule at the given trial budget
+and timed alone. Batch-1 linear layers are weight-bound (every weight is read once per inference), so
+packed int4 weights should beat fp32 by moving 8× fewer bytes; convolutions are compute-bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from benchmarks.common import BenchmarkResult
+from mpsearch.report.markdown import markdown_table
+
+NAME = "kernels"
+TITLE = "Kernel latency per precision (tuned TVM kernels, host CPU)"
+
+#: (label, op, x_shape, w_shape, stride, padding)
+SHAPES = [
+    ("linear 1x1024 -> 1024", "linear", (1, 1024), (1024, 1024), (1, 1), (0, 0)),
+    ("linear 1x4096 -> 4096", "linear", (1, 4096), (4096, 4096), (1, 1), (0, 0)),
+    ("linear 1x512 -> 10 (a classifier head)", "linear", (1, 512), (10, 512), (1, 1), (0, 0)),
+    ("conv 64x32x32, 3x3 -> 64", "conv2d", (1, 64, 32, 32), (64, 64, 3, 3), (1, 1), (1, 1)),
+    ("conv 256x8x8, 3x3 -> 256", "conv2d", (1, 256, 8, 8), (256, 256, 3, 3), (1, 1), (1, 1)),
+]
+#: (label, w_mode, a_mode)
+PRECISIONS = [("FP32", "f32", "f32"), ("W8A8", "i8", "s8"), ("W4A8", "i4p", "s8"),
+              ("W8 weight-only", "i8", "f32"), ("W4 weight-only", "i4p", "f32")]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trials", type=int, default=32, help="MetaSchedule trials per kernel")
+
+
+def run(args: argparse.Namespace) -> BenchmarkResult:
+    from mpsearch.hardware.kernels import KernelSpec
+    from mpsearch.hardware.profile import load_profile
+    from mpsearch.hardware.tvm_backend import TVMBackend
+
+    profile = load_profile("host_cpu")
+    trials = 2 if args.quick else args.trials
+    profile = replace(profile, tuning=replace(profile.tuning, trials_per_task=trials,
+                                              trials_per_iter=min(trials, profile.tuning.trials_per_iter)))
+    backend = TVMBackend(profile, Path(args.cache_dir), progress=False)
+    backend.record_timings_in(Path(tempfile.mkdtemp(prefix="mpsearch-bench-")) / "costs.jsonl")
+    shapes = SHAPES[:1] if args.quick else SHAPES
+    results: list[dict] = []
+    for label, op, x_shape, w_shape, stride, padding in shapes:
+        for prec, w_mode, a_mode in PRECISIONS:
+            spec = KernelSpec(op, x_shape, w_shape, w_mode, a_mode, stride, padding)
+            rec = backend.kernel_cost(spec, f"bench_{op}_{prec.split()[0]}_{'x'.join(map(str, w_shape))}")
+            results.append({"shape": label, "precision": prec, "latency_us": rec["latency_s"] * 1e6,
+                             "std_us": rec["std_s"] * 1e6})
+    rows = []
+    for label, *_ in shapes:
+        by = {r["precision"]: r for r in results if r["shape"] == label}
+        base = by["FP32"]["latency_us"]
+        rows.append([label] + [f"{by[p]['latency_us']:.1f} ({base / by[p]['latency_us']:.2f}×)"
+                               for p, *_ in PRECISIONS])
+    text = "\n".join([
+        f"Latency in µs (speedup vs FP32 in brackets), each kernel tuned with MetaSchedule "
+        f"({profile.tuning.strategy}, {trials} trials) and timed alone on {backend.describe()}.", "",
+        markdown_table(["shape"] + [p for p, *_ in PRECISIONS], rows), ""])
+    data = {"trials": trials, "device": backend.describe(), "results": results}
+    return BenchmarkResult(NAME, TITLE, data, text)
