@@ -3,9 +3,10 @@ never imports TVM; use ``mpsearch.hardware.tvm_backend.TVMBackend``)."""
 
 from mpsearch.hardware.base import Backend, LayerCostTable, Measurement
 from mpsearch.hardware.memory import weight_mode, weight_storage_bytes
-from mpsearch.hardware.profile import HwProfile, MeasureSettings, TuningSettings, load_profile
+from mpsearch.hardware.profile import HwProfile, MeasureSettings, Precisions, RPCSettings, TuningSettings, load_profile
+from mpsearch.hardware.session import Device, Session, make_device
 
 __all__ = [
     "Backend", "HwProfile", "LayerCostTable", "MeasureSettings", "Measurement", "TuningSettings", "load_profile",
-    "weight_mode", "weight_storage_bytes",
+    "weight_mode", "weight_storage_bytes", "Precisions", "RPCSettings", "Device", "Session", "make_device",
 ]

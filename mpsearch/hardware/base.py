@@ -40,6 +40,11 @@ class LayerCostTable:
     Because each layer is one kernel whose code depends only on its own bits (see
     ``hardware/kernels.py``), a candidate's latency is the sum of its layers' kernels plus
     ``other_s`` (pooling, reshapes, runtime overhead), fitted from end-to-end measurements.
+
+    Activation memory: ``activation_bytes`` is the inter-kernel storage of TVM's static memory plan
+    (the same for every candidate, since kernels exchange fp32 tensors), ``workspace_bytes`` each
+    kernel's own buffers; kernels run one at a time, so a candidate's peak is the planned storage
+    plus its largest workspace (see ``hardware/memory_plan.py``).
     """
 
     profile: str
@@ -50,12 +55,20 @@ class LayerCostTable:
     kernel_of: dict[str, dict[Bits, str]] = field(default_factory=dict)  # layer -> pair -> kernel key
     other_s: float = 0.0
     untuned: list[str] = field(default_factory=list)
+    workspace_bytes: dict[str, dict[Bits, int]] = field(default_factory=dict)
+    activation_bytes: int = 0
 
     def predict_latency(self, candidate: Mapping[str, Bits]) -> float:
         return self.other_s + sum(self.latency_s[name][tuple(bits)] for name, bits in candidate.items())
 
     def predict_weight_bytes(self, candidate: Mapping[str, Bits]) -> int:
         return sum(self.weight_bytes[name][tuple(bits)] for name, bits in candidate.items())
+
+    def predict_activation_bytes(self, candidate: Mapping[str, Bits]) -> int:
+        """Peak activation memory: planned inter-kernel storage + the largest kernel workspace."""
+        ws = [self.workspace_bytes[name][tuple(bits)] for name, bits in candidate.items()
+              if name in self.workspace_bytes]
+        return self.activation_bytes + max(ws, default=0)
 
     def to_json(self) -> str:
         def enc(table: Mapping[str, Mapping[Bits, object]]) -> dict:
@@ -64,6 +77,7 @@ class LayerCostTable:
             "profile": self.profile, "layers": self.layers, "pairs": [list(p) for p in self.pairs],
             "latency_s": enc(self.latency_s), "weight_bytes": enc(self.weight_bytes),
             "kernel_of": enc(self.kernel_of), "other_s": self.other_s, "untuned": self.untuned,
+            "workspace_bytes": enc(self.workspace_bytes), "activation_bytes": self.activation_bytes,
         }, indent=1)
 
     @classmethod
@@ -73,7 +87,8 @@ class LayerCostTable:
         def dec(table: Mapping[str, Mapping[str, object]]) -> dict:
             return {n: {tuple(int(b) for b in k.split(",")): v for k, v in row.items()} for n, row in table.items()}
         return cls(d["profile"], d["layers"], [tuple(p) for p in d["pairs"]], dec(d["latency_s"]),
-                   dec(d["weight_bytes"]), dec(d["kernel_of"]), d["other_s"], d["untuned"])
+                   dec(d["weight_bytes"]), dec(d["kernel_of"]), d["other_s"], d["untuned"],
+                   dec(d.get("workspace_bytes", {})), int(d.get("activation_bytes", 0)))
 
 
 class Backend(ABC):
@@ -103,8 +118,19 @@ class Backend(ABC):
     def measure_many(
         self, prepared: PreparedModel, candidates: Sequence[Candidate], ranges: Mapping[str, tuple[float, float]]
     ) -> list[Measurement]:
-        """Measure several candidates; implementations interleave them so drift hits all alike."""
-        return [self.measure(prepared, c, ranges) for c in candidates]
+        """Measure several candidates; implementations interleave them so drift hits all alike.
+
+        A measurement that raises instead of returning its error is still a value here: one
+        candidate's failure never loses the others' timings.
+        """
+        out = []
+        for c in candidates:
+            try:
+                out.append(self.measure(prepared, c, ranges))
+            except Exception as e:  # noqa: BLE001 - failures are values (STYLE.md)
+                text = str(e).strip()
+                out.append(Measurement(error=f"{type(e).__name__}: {text.splitlines()[-1] if text else 'failed'}"))
+        return out
 
     @abstractmethod
     def run(

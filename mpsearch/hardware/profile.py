@@ -1,13 +1,18 @@
 """Hardware profiles: typed, validated descriptions of a deployment target (``hw_profiles/*.yaml``).
 
+A profile names the TVM target (a dict, as ``tvm.target.Target`` takes it), how the device is reached
+(``local``: in this process; ``rpc``: a board registered with a TVM RPC tracker under a key; ``cuda``:
+a GPU on this machine), the threads, the bit-widths the target supports and the tuning budget.
+
 Loading a profile never imports TVM; the target dict is validated for shape here and by TVM when
-the backend builds it.
+the backend builds it. Every error is one line naming the field and the fix.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +22,9 @@ import yaml
 from mpsearch.errors import ConfigError
 
 DEVICES = ("local", "rpc", "cuda")
+TARGET_KINDS = ("llvm", "cuda")
+W_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
+A_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 STRATEGIES = ("replay-trace", "evolutionary")
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "hw_profiles"
 
@@ -45,11 +53,40 @@ class TuningSettings:
 
 @dataclass(frozen=True)
 class RPCSettings:
-    """Where the TVM RPC tracker is, and the key the board registered with."""
+    """Where the TVM RPC tracker is, and the key the board registered with.
+
+    ``connect_timeout_s`` bounds reaching the tracker (an unreachable tracker is an error after that
+    long, not a hang); ``session_timeout_s`` bounds one session on the board, and also how long a
+    request waits in the tracker's queue for a free board.
+    """
 
     tracker_host: str = "127.0.0.1"
     tracker_port: int = 9190
     key: str = ""
+    priority: int = 1
+    connect_timeout_s: float = 5.0
+    session_timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class Precisions:
+    """Bit-widths the target runs natively. ``fp16``: it has half-precision arithmetic."""
+
+    w_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, 32)
+    a_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, 32)
+    fp16: bool = False
+
+    def supports(self, w_bits: int, a_bits: int) -> bool:
+        return w_bits in self.w_bits and a_bits in self.a_bits
+
+    def check(self, profile: str, pairs: Any) -> None:
+        """Raise :class:`ConfigError` (one line) for the first bit pair the target does not support."""
+        for w, a in pairs:
+            for kind, bits, allowed in (("w_bits", w, self.w_bits), ("a_bits", a, self.a_bits)):
+                if bits not in allowed:
+                    raise ConfigError(
+                        f"hardware profile {profile!r} does not support {kind} {bits} (precisions.{kind}: "
+                        f"{', '.join(map(str, allowed))}); drop it from search.{kind} or add it to the profile")
 
 
 @dataclass(frozen=True)
@@ -64,9 +101,28 @@ class HwProfile:
     measure: MeasureSettings = field(default_factory=MeasureSettings)
     tuning: TuningSettings = field(default_factory=TuningSettings)
     rpc: RPCSettings | None = None
+    precisions: Precisions = field(default_factory=Precisions)
+    # The C++ compiler that links libraries exported for the device (e.g. aarch64-linux-gnu-g++ for an
+    # aarch64 board); empty: the host's default compiler.
+    cross_compiler: str = ""
 
     def resolved_threads(self) -> int:
         return self.threads if self.threads > 0 else (os.cpu_count() or 1)
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.target.get("kind") == "cuda"
+
+    @property
+    def cpu_target(self) -> dict[str, Any]:
+        """The target the CPU code runs on: the target itself, or a GPU target's ``host``."""
+        return dict(self.target.get("host") or {"kind": "llvm"}) if self.is_gpu else dict(self.target)
+
+    def device_address(self) -> str:
+        """Where the device is, in words (for error messages and reports)."""
+        if self.device == "rpc" and self.rpc is not None:
+            return f"RPC tracker {self.rpc.tracker_host}:{self.rpc.tracker_port}, key {self.rpc.key!r}"
+        return "this machine's GPU" if self.device == "cuda" else "this machine"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -81,7 +137,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}; valid keys are {', '.join(fields)}")
     kwargs = {}
-    nested = {"measure": MeasureSettings, "tuning": TuningSettings, "rpc": RPCSettings}
+    nested = {"measure": MeasureSettings, "tuning": TuningSettings, "rpc": RPCSettings, "precisions": Precisions}
     for name, value in data.items():
         expected = fields[name].type
         if name in nested and cls is HwProfile:
@@ -96,6 +152,14 @@ def _build(cls: type, data: Any, where: str) -> Any:
 
 
 def _check_type(value: Any, expected: str, where: str) -> Any:
+    if str(expected) == "tuple[int, ...]":
+        if not isinstance(value, list) or not value:
+            raise ConfigError(f"{where}: expected a non-empty list of bit-widths, got {value!r}; fix the YAML")
+        return tuple(_check_type(v, "int", f"{where}[{i}]") for i, v in enumerate(value))
+    if str(expected) == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}; fix the YAML")
+        return value
     simple = {"int": int, "float": (int, float), "str": str, "dict[str, Any]": dict}
     want = simple.get(str(expected))
     if want is None:
@@ -107,11 +171,37 @@ def _check_type(value: Any, expected: str, where: str) -> Any:
     return float(value) if expected == "float" else value
 
 
+def _validate_target(p: HwProfile, where: str) -> None:
+    t = p.target
+    if "kind" not in t:
+        raise ConfigError(f"{where}.target: missing 'kind' (e.g. {{kind: llvm, mcpu: auto}})")
+    if t["kind"] not in TARGET_KINDS:
+        raise ConfigError(f"{where}.target.kind: {t['kind']!r} is not one of {', '.join(TARGET_KINDS)}")
+    if p.is_gpu:
+        if not re.fullmatch(r"sm_\d{2,3}a?", str(t.get("arch", ""))):
+            raise ConfigError(f"{where}.target.arch: a cuda target needs the GPU architecture, e.g. arch: sm_90")
+        host = t.get("host", {"kind": "llvm"})
+        if not isinstance(host, dict) or host.get("kind") != "llvm":
+            raise ConfigError(f"{where}.target.host: a cuda target's host must be an llvm target dict, "
+                              "e.g. {kind: llvm, mcpu: auto}")
+        if p.device == "local":
+            raise ConfigError(f"{where}.device: a cuda target is measured on 'cuda' (a GPU on this machine) or "
+                              "'rpc' (a board), not 'local'")
+    elif p.device == "cuda":
+        raise ConfigError(f"{where}.device: 'cuda' needs a cuda target (target: {{kind: cuda, arch: sm_90}})")
+    cpu = p.cpu_target
+    if cpu.get("mcpu") == "auto" and p.device == "rpc":
+        raise ConfigError(f"{where}.target.mcpu: 'auto' detects this machine's CPU, not the remote board's; "
+                          "name the board's CPU (e.g. mcpu: cortex-a72)")
+    for key in ("mattr",):
+        if key in cpu and not (isinstance(cpu[key], list) and all(isinstance(a, str) for a in cpu[key])):
+            raise ConfigError(f"{where}.target.{key}: expected a list of strings such as ['+neon']")
+
+
 def _validate(p: HwProfile, where: str) -> HwProfile:
     if p.device not in DEVICES:
         raise ConfigError(f"{where}.device: {p.device!r} is not one of {', '.join(DEVICES)}")
-    if "kind" not in p.target:
-        raise ConfigError(f"{where}.target: missing 'kind' (e.g. {{kind: llvm, mcpu: auto}})")
+    _validate_target(p, where)
     if p.tuning.strategy not in STRATEGIES:
         raise ConfigError(f"{where}.tuning.strategy: {p.tuning.strategy!r} is not one of {', '.join(STRATEGIES)}")
     for name in ("number", "repeat"):
@@ -121,6 +211,20 @@ def _validate(p: HwProfile, where: str) -> HwProfile:
         raise ConfigError(f"{where}.tuning: trials_per_task and trials_per_iter must be at least 1")
     if p.device == "rpc" and (p.rpc is None or not p.rpc.key):
         raise ConfigError(f"{where}: device 'rpc' needs an rpc section with tracker_host, tracker_port and key")
+    if p.rpc is not None:
+        if not 0 < p.rpc.tracker_port < 65536:
+            raise ConfigError(f"{where}.rpc.tracker_port: {p.rpc.tracker_port} is not a TCP port (1-65535)")
+        if p.rpc.connect_timeout_s <= 0 or p.rpc.session_timeout_s <= 0:
+            raise ConfigError(f"{where}.rpc: connect_timeout_s and session_timeout_s must be positive")
+    for name, allowed in (("w_bits", W_BITS), ("a_bits", A_BITS)):
+        bad = [b for b in getattr(p.precisions, name) if b not in allowed]
+        if bad:
+            raise ConfigError(f"{where}.precisions.{name}: {bad[0]} is not a bit-width mpsearch lowers "
+                              f"({', '.join(map(str, allowed))})")
+    if 32 not in p.precisions.w_bits or 32 not in p.precisions.a_bits:
+        raise ConfigError(f"{where}.precisions: w_bits and a_bits must include 32 (the fp32 baseline)")
+    if p.cross_compiler and not re.fullmatch(r"[\w.+/-]+", p.cross_compiler):
+        raise ConfigError(f"{where}.cross_compiler: {p.cross_compiler!r} is not a compiler command name")
     return p
 
 

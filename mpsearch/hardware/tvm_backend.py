@@ -12,13 +12,14 @@ So a second run with the same model and profile tunes and measures nothing new.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import platform
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,12 @@ from mpsearch.candidate import Bits, Candidate
 from mpsearch.errors import ConfigError, HardwareError
 from mpsearch.hardware.base import Backend, LayerCostTable, Measurement
 from mpsearch.hardware.profile import HwProfile
+from mpsearch.hardware.session import Session, make_device
 from mpsearch.quant.prepare import PreparedModel
-from mpsearch.storage import JsonLines, atomic_write_text
+from mpsearch.storage import JsonLines, atomic_write_bytes
 
 log = logging.getLogger(__name__)
+COST_FIELDS = ("latency_s", "std_s", "samples")  # a costs.jsonl record lacking one is recomputed
 
 # TVM is imported lazily (in __init__) so that importing this module's names stays cheap.
 tvm: Any = None
@@ -64,14 +67,30 @@ def _build_scheduled(mod: Any, target: Any, _params: Any) -> Any:
     return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
 
 
-def make_persistent_builder(max_workers: int, timeout_s: float, recycle_every: int = 40) -> Any:
+def _export_shared(compiler: str, mod: Any) -> str:
+    """Export a tuning candidate as a shared library linked by ``compiler`` (for an RPC board: the
+    upload is then loaded as is, so the board needs no compiler of its own)."""
+    import tempfile
+
+    from tvm.support import cc
+
+    path = os.path.join(tempfile.mkdtemp(prefix="mpsearch-ms-"), "tvm_tmp_mod.so")
+    mod.export_library(path, fcompile=cc.cross_compiler(compiler))
+    return path
+
+
+def make_persistent_builder(max_workers: int, timeout_s: float, recycle_every: int = 40,
+                            export_compiler: str | None = None) -> Any:
     """A MetaSchedule builder whose worker processes live across build batches.
 
     TVM's ``LocalBuilder`` starts a fresh process pool for every batch, and each worker then pays
     ``import tvm`` plus the ~30 s import of the tensor intrinsics: on 2 cores that is most of a
     tuning run. Here the pool is kept and only recycled every ``recycle_every`` batches (the reason
-    upstream restarts it is a slow leak in long-lived workers).
+    upstream restarts it is a slow leak in long-lived workers). ``export_compiler``: link each candidate
+    into a shared library with that compiler (RPC boards) instead of MetaSchedule's default tar export.
     """
+    import functools
+
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
     from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _worker_func
@@ -91,7 +110,8 @@ def make_persistent_builder(max_workers: int, timeout_s: float, recycle_every: i
                 self.pool = PopenPoolExecutor(max_workers=max_workers, timeout=timeout_s, initializer=_warm_builder)
                 self.batches = 0
             self.batches += 1
-            args = [(_build_scheduled, None, b.mod, b.target, _serialize_params(b.params)) for b in build_inputs]
+            export = functools.partial(_export_shared, export_compiler) if export_compiler else None
+            args = [(_build_scheduled, export, b.mod, b.target, _serialize_params(b.params)) for b in build_inputs]
             results = []
             for r in self.pool.map_with_error_catching(lambda x: _worker_func(*x), args):
                 if r.status == StatusKind.COMPLETE:
@@ -118,6 +138,8 @@ def resolve_target(profile: HwProfile) -> Any:
         spec["mcpu"] = tvm.target.codegen.llvm_get_system_cpu()
     if spec["kind"] == "llvm":
         spec.setdefault("num-cores", profile.resolved_threads())
+    if isinstance(spec.get("host"), dict) and spec["host"].get("mcpu") == "auto":  # a GPU's host CPU
+        spec["host"] = {**spec["host"], "mcpu": tvm.target.codegen.llvm_get_system_cpu()}
     try:
         return tvm.target.Target(spec)
     except Exception as e:  # TVM raises its own error types for bad target dicts
@@ -148,58 +170,113 @@ def _hash_mod(mod: Any) -> str:
     return format(tvm_ffi.structural_hash(mod) & (2**64 - 1), "016x")
 
 
-def _repair_json_lines(path: Path) -> None:
-    """MetaSchedule's database files are JSON lines; drop lines a killed writer left unfinished."""
+def _keep_lines(path: Path, ok: Any, prefix: bool) -> int:
+    """Rewrite the JSON-lines ``path`` keeping the lines whose record passes ``ok`` (``prefix``: only
+    those before the first that does not); returns how many are kept."""
     if not path.exists():
-        return
-    lines = path.read_text().splitlines()
+        return 0
+    data = path.read_bytes()
+    lines = data.splitlines()
     good = []
     for line in lines:
         try:
-            json.loads(line)
+            valid = bool(ok(json.loads(line)))
+        except ValueError:  # not JSON, or not UTF-8
+            valid = False
+        if valid:
             good.append(line)
-        except json.JSONDecodeError:
-            continue
-    if len(good) != len(lines):
+        elif prefix:
+            break
+    if len(good) != len(lines) or (data and not data.endswith(b"\n")):
         log.warning("%s: dropped %d corrupt line(s) of the tuning database", path, len(lines) - len(good))
-        atomic_write_text(path, "".join(line + "\n" for line in good))
+        atomic_write_bytes(path, b"".join(line + b"\n" for line in good))
+    return len(good)
+
+
+def _repair_database(directory: Path) -> None:
+    """Make MetaSchedule's JSON database loadable after a crash or corruption.
+
+    A workload's line number is its id in the tuning records, so the workload file is cut at its first
+    bad line (a line dropped from the middle would shift every later id), and tuning records that are
+    malformed or name a workload no longer there are dropped; their kernels are tuned again.
+    """
+    n = _keep_lines(directory / "database_workload.json",
+                    lambda r: isinstance(r, list) and len(r) == 2 and all(isinstance(x, str) for x in r), True)
+    _keep_lines(directory / "database_tuning_record.json",
+                lambda r: isinstance(r, list) and len(r) == 2 and type(r[0]) is int and 0 <= r[0] < n
+                and isinstance(r[1], list), False)
 
 
 class TVMBackend(Backend):
-    """Local TVM measurement for a :class:`HwProfile` (device ``local``)."""
+    """TVM measurement for a :class:`HwProfile`: this CPU, or a board over TVM RPC (``session.py``).
+
+    Code is compiled here for the profile's target; the profile's :class:`~mpsearch.hardware.session.Device`
+    runs it (in process, or exported, uploaded and timed through an RPC tracker session). A device
+    that cannot be reached is a :class:`HardwareError` at construction, before anything is tuned.
+    """
 
     name = "tvm"
 
     def __init__(self, profile: HwProfile, cache_dir: Path, progress: bool = True) -> None:
-        if profile.device != "local":
-            raise HardwareError(
-                f"profile {profile.name!r}: device {profile.device!r} cannot be measured by this version "
-                "(only 'local' is implemented); use hw_profile=host_cpu"
-            )
         self.profile = profile
         threads = profile.resolved_threads()
         os.environ["TVM_NUM_THREADS"] = str(threads)
         _import_tvm()
         self.target = resolve_target(profile)
-        self.dev = tvm.cpu(0)
-        ident = json.dumps([str(self.target), tvm.__version__, threads, profile.measure.__dict__], sort_keys=True)
+        self.device = make_device(profile)
+        self.device.check()
+        self._active: Session | None = None
+        ident_parts: list[Any] = [str(self.target), tvm.__version__, threads, profile.measure.__dict__]
+        if profile.device != "local":  # timings of two boards of one target class must not mix
+            ident_parts.append([profile.device, profile.rpc.key if profile.rpc else ""])
+        ident = json.dumps(ident_parts, sort_keys=True)
         self.key = hashlib.sha256(ident.encode()).hexdigest()[:12]
         self.dir = Path(cache_dir) / "tvm" / f"{profile.name}-{self.key}"
         self.dir.mkdir(parents=True, exist_ok=True)
-        for name in ("database_workload.json", "database_tuning_record.json"):
-            _repair_json_lines(self.dir / name)
-        self.db = ms.database.JSONDatabase(
-            str(self.dir / "database_workload.json"), str(self.dir / "database_tuning_record.json"),
-            allow_missing=True,
-        )
-        self.costs = JsonLines(self.dir / "costs.jsonl")
+        _repair_database(self.dir)
+        files = [str(self.dir / "database_workload.json"), str(self.dir / "database_tuning_record.json")]
+        try:
+            self.db = ms.database.JSONDatabase(*files, allow_missing=True)
+        except Exception as e:  # well-formed lines TVM still rejects: set them aside and tune again
+            log.warning("tuning database in %s is unreadable (%s); moved to *.corrupt, kernels will be re-tuned",
+                        self.dir, _last_line(e))
+            for f in files:
+                if os.path.exists(f):
+                    os.replace(f, f + ".corrupt")
+            self.db = ms.database.JSONDatabase(*files, allow_missing=True)
+        self.costs = JsonLines(self.dir / "costs.jsonl", required=COST_FIELDS)
         self.progress = progress
         self._compiled: dict[str, Any] = {}
         self.stats = {"tuned_kernels": 0, "measured_kernels": 0, "compiled_models": 0}
 
     def describe(self) -> str:
+        if self.profile.device != "local":
+            return f"{self.profile.description or self.profile.name} via {self.device.describe()} " \
+                   f"(TVM {tvm.__version__}, target {self.target.attrs.get('mcpu', self.target.kind.name)}, " \
+                   f"{self.profile.resolved_threads()} threads)"
         return f"{host_description()} (TVM {tvm.__version__}, target {self.target.attrs.get('mcpu', '')}, " \
                f"{self.profile.resolved_threads()} threads)"
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """The device session, opened once for a batch of measurements (re-entrant)."""
+        if self._active is not None:
+            yield self._active
+            return
+        with self.device.session() as s:
+            self._active = s
+            try:
+                yield s
+            finally:
+                self._active = None
+
+    def record_timings_in(self, path: Path) -> None:
+        """Keep the tuned schedules but time every kernel and model anew, recording into ``path``.
+
+        For benchmarks, whose figures must all come from one run on one machine state, not from
+        timings cached by earlier runs.
+        """
+        self.costs = JsonLines(Path(path), required=COST_FIELDS)
 
     # -- kernels -------------------------------------------------------------------------------
 
@@ -251,16 +328,16 @@ class TVMBackend(Backend):
         progress = _Progress(len(contexts) * t.trials_per_task, names, self.progress)
         log.info("tuning %d kernel(s), %d trials each (%s)", len(contexts), t.trials_per_task, t.strategy)
         start = time.perf_counter()
-        builder = make_persistent_builder(threads, t.builder_timeout_s)
+        builder = make_persistent_builder(threads, t.builder_timeout_s,
+                                          export_compiler=self.device.export_compiler)
         try:
             ms.tune_tasks(
                 tasks=contexts, task_weights=[1.0] * len(contexts), work_dir=work_dir,
                 max_trials_global=len(contexts) * t.trials_per_task, max_trials_per_task=t.trials_per_task,
                 num_trials_per_iter=min(t.trials_per_iter, t.trials_per_task),
                 builder=builder,
-                runner=ms.runner.LocalRunner(
-                    timeout_sec=t.runner_timeout_s,
-                    evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=10)),
+                runner=self.device.runner(ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=10),
+                                          t.runner_timeout_s),
                 database=self.db,
                 cost_model="xgb" if t.strategy == "evolutionary" else "random",
                 measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress.callback()],
@@ -280,7 +357,7 @@ class TVMBackend(Backend):
         self.stats["tuned_kernels"] += len(pending)
         log.info("tuned %d kernel(s) in %.0f s", len(pending), time.perf_counter() - start)
 
-    def _random_args(self, func: Any, seed: int = 0) -> list[Any]:
+    def _random_args(self, func: Any, session: Session, seed: int = 0) -> list[Any]:
         from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
         rng = np.random.default_rng(seed)
@@ -292,17 +369,15 @@ class TVMBackend(Backend):
                 arr = rng.standard_normal(shape).astype(dtype)
             else:
                 arr = rng.integers(0, 100, shape).astype(dtype)
-            args.append(tvm.runtime.tensor(arr, self.dev))
+            args.append(session.tensor(arr))
         return args
 
-    def _time(self, lib: Any, func_name: str, args: Sequence[Any]) -> Measurement:
+    def _time(self, session: Session, lib: Any, func_name: str, args: Sequence[Any]) -> Measurement:
         m = self.profile.measure
         f = lib[func_name]
         for _ in range(m.warmup):
             f(*args)
-        timer = lib.time_evaluator(func_name, self.dev, number=m.number, repeat=m.repeat,
-                                   min_repeat_ms=m.min_repeat_ms)
-        return Measurement.from_samples(timer(*args).results)
+        return Measurement.from_samples(session.time(lib, func_name, args, m))
 
     def measure_kernel(self, key: str, name: str, mod: Any) -> dict[str, Any]:
         """Build the tuned kernel alone and time it (cached by ``key``)."""
@@ -312,19 +387,30 @@ class TVMBackend(Backend):
         sch = self.db.query_schedule(mod, self.target, workload_name="main")
         if sch is None:
             raise HardwareError(f"kernel {name} has no tuned schedule; tune it before measuring")
-        lib = tvm.compile(sch.mod, target=self.target).jit()
-        meas = self._time(lib, "main", self._random_args(sch.mod["main"]))
+        exe = tvm.compile(sch.mod, target=self.target)
+        with self.session() as s:
+            meas = self._time(s, s.load(exe, f"k{key}"), "main", self._random_args(sch.mod["main"], s))
         rec = {"key": key, "kind": "kernel", "name": name, "latency_s": meas.latency_s, "std_s": meas.std_s,
                "samples": list(meas.samples)}
         self.costs.put(rec)
         self.stats["measured_kernels"] += 1
         return rec
 
+    def kernel_cost(self, spec: Any, name: str) -> dict[str, Any]:
+        """Tune (if the database lacks it) and time the kernel of ``spec`` alone: the cost-table
+        record ``{"key", "latency_s", "std_s", ...}``. For kernel-level benchmarks and checks."""
+        mod = self._kernel_mod(spec)
+        key = _hash_mod(mod)
+        self.tune({key: (name, mod)})
+        with self.session():
+            return self.measure_kernel(key, name, mod)
+
     # -- the cost table ------------------------------------------------------------------------
 
     def cost_table(
         self, prepared: PreparedModel, ranges: Mapping[str, tuple[float, float]], pairs: Sequence[Bits]
     ) -> LayerCostTable:
+        self.profile.precisions.check(self.profile.name, pairs)
         layers = prepared.layer_names
         kernels: dict[str, tuple[str, Any]] = {}
         kernel_of: dict[str, dict[Bits, str]] = {n: {} for n in layers}
@@ -342,13 +428,17 @@ class TVMBackend(Backend):
         todo = [k for k in kernels if self.costs.get(k) is None]
         if todo:
             log.info("measuring %d kernel(s)", len(todo))
-        for key, (name, mod) in _progress(kernels.items(), "measure kernels", self.progress and bool(todo)):
-            self.measure_kernel(key, name, mod)
+        with contextlib.ExitStack() as stack:
+            if todo:
+                stack.enter_context(self.session())
+            for key, (name, mod) in _progress(kernels.items(), "measure kernels", self.progress and bool(todo)):
+                self.measure_kernel(key, name, mod)
         for name in layers:
             for pair, key in kernel_of[name].items():
                 latency[name][pair] = self.costs.get(key)["latency_s"]
         table = LayerCostTable(self.profile.name, layers, [tuple(p) for p in pairs], latency, weight_bytes,
                                kernel_of)
+        self._add_memory(table, lowered.mod, kernels)
         # The rest of the model (pooling, reshapes, VM dispatch) is the end-to-end time the kernels do
         # not explain, fitted on the uniform candidates that were lowered above.
         uniform = [Candidate.uniform(layers, *pair) for pair in pairs]
@@ -356,6 +446,19 @@ class TVMBackend(Backend):
                      for cand, meas in zip(uniform, self.measure_many(prepared, uniform, ranges)) if meas.ok]
         table.other_s = max(0.0, float(np.median(residuals))) if residuals else 0.0
         return table
+
+    def _add_memory(self, table: LayerCostTable, model_mod: Any, kernels: Mapping[str, tuple[str, Any]]) -> None:
+        """Planned inter-kernel storage (TVM's static plan) and each tuned kernel's workspace."""
+        from mpsearch.hardware.memory_plan import plan_activation_memory, workspace_bytes
+
+        table.activation_bytes = plan_activation_memory(model_mod).planned_bytes
+        ws = {}
+        for key, (name, mod) in kernels.items():
+            sch = self.db.query_schedule(mod, self.target, workload_name="main")
+            if sch is None:
+                raise HardwareError(f"kernel {name} has no tuned schedule; tune it before planning its memory")
+            ws[key] = workspace_bytes(sch.mod["main"])
+        table.workspace_bytes = {n: {pair: ws[key] for pair, key in row.items()} for n, row in table.kernel_of.items()}
 
     # -- end to end ----------------------------------------------------------------------------
 
@@ -396,19 +499,32 @@ class TVMBackend(Backend):
         from mpsearch.hardware.lowering import lower
 
         results: dict[int, Measurement] = {}
-        ready: dict[int, tuple[Any, list[Any], str]] = {}
+        todo = []
         for i, cand in enumerate(candidates):
             lowered = lower(prepared, cand, ranges)
-            key = "e2e-" + _hash_mod(lowered.mod)
-            cached = self.costs.get(key)
+            cached = self.costs.get("e2e-" + _hash_mod(lowered.mod))
             if cached is not None:
                 results[i] = Measurement(cached["latency_s"], cached["std_s"], None, tuple(cached["samples"]))
-                continue
+            else:
+                todo.append((i, cand, lowered))
+        if not todo:
+            return [results[i] for i in range(len(candidates))]
+        with self.session() as session:
+            self._measure_interleaved(session, prepared, candidates, ranges, todo, results, rounds)
+        return [results[i] for i in range(len(candidates))]
+
+    def _measure_interleaved(
+        self, session: Session, prepared: PreparedModel, candidates: Sequence[Candidate],
+        ranges: Mapping[str, tuple[float, float]], todo: list[tuple[int, Candidate, Any]],
+        results: dict[int, Measurement], rounds: int,
+    ) -> None:
+        ready: dict[int, tuple[Any, list[Any], str]] = {}
+        for i, cand, lowered in todo:
             try:
                 exe, lowered, key = self._compile(prepared, cand, ranges, keep=len(candidates), lowered=lowered)
-                vm = tvm.relax.VirtualMachine(exe, self.dev)
+                vm = tvm.relax.VirtualMachine(session.load(exe, key), session.device)
                 x = np.random.default_rng(0).standard_normal(prepared.input_shape).astype("float32")
-                args = [tvm.runtime.tensor(x, self.dev)] + [tvm.runtime.tensor(a, self.dev) for a in lowered.params]
+                args = [session.tensor(x)] + [session.tensor(a) for a in lowered.params]
                 vm.set_input("main", *args)
                 for _ in range(self.profile.measure.warmup):
                     vm.invoke_stateful("main")
@@ -424,9 +540,7 @@ class TVMBackend(Backend):
                 if i in results:
                     continue
                 try:
-                    timer = vm.time_evaluator("invoke_stateful", self.dev, number=m.number, repeat=repeat,
-                                              min_repeat_ms=m.min_repeat_ms)
-                    samples.extend(timer("main").results)
+                    samples.extend(session.time(vm, "invoke_stateful", ["main"], m, repeat=repeat))
                 except Exception as e:
                     results[i] = Measurement(error=f"run failed: {type(e).__name__}: {_last_line(e)}")
         for i, (_, samples, key) in ready.items():
@@ -436,18 +550,17 @@ class TVMBackend(Backend):
             self.costs.put({"key": key, "kind": "e2e", "name": candidates[i].describe(),
                             "latency_s": meas.latency_s, "std_s": meas.std_s, "samples": list(meas.samples)})
             results[i] = meas
-        return [results[i] for i in range(len(candidates))]
 
     def run(
         self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]],
         inputs: np.ndarray,
     ) -> np.ndarray:
         """Outputs of the tuned batch-1 executable, called once per input row."""
-        exe, lowered, _ = self._compile(prepared, candidate, ranges)
-        vm = tvm.relax.VirtualMachine(exe, self.dev)
-        params = [tvm.runtime.tensor(a, self.dev) for a in lowered.params]
-        outs = [vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x[None]), self.dev), *params).numpy()
-                for x in inputs.astype("float32")]
+        exe, lowered, key = self._compile(prepared, candidate, ranges)
+        with self.session() as s:
+            vm = tvm.relax.VirtualMachine(s.load(exe, key), s.device)
+            params = [s.tensor(a) for a in lowered.params]
+            outs = [vm["main"](s.tensor(x[None]), *params).numpy() for x in inputs.astype("float32")]
         return np.concatenate(outs)
 
 

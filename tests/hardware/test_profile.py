@@ -18,6 +18,27 @@ def _write(tmp_path: Path, text: str) -> Path:
 def test_every_shipped_profile_loads(name: str) -> None:
     profile = load_profile(name)
     assert profile.name == name and profile.resolved_threads() >= 1
+    assert profile.precisions.supports(32, 32) and profile.tuning.trials_per_task >= 1
+    if profile.device == "rpc":
+        assert profile.rpc is not None and profile.rpc.key and profile.cpu_target.get("mcpu") != "auto"
+        assert profile.rpc.key in profile.device_address()
+
+
+def test_the_issue_targets_are_shipped() -> None:
+    """Each deployment class the project promises has a profile with the right TVM target."""
+    targets = {n: load_profile(n) for n in ("host_cpu", "x86_vnni_server", "rpi4", "arm_a76_dotprod",
+                                            "jetson_orin", "nvidia_h100")}
+    assert targets["host_cpu"].target["mcpu"] == "auto" and targets["host_cpu"].device == "local"
+    assert targets["x86_vnni_server"].target["mcpu"] in ("cascadelake", "icelake-server", "sapphirerapids")
+    for arm, cpu in (("rpi4", "cortex-a72"), ("arm_a76_dotprod", "cortex-a76")):
+        p = targets[arm]
+        assert p.target["mtriple"].startswith("aarch64") and p.target["mcpu"] == cpu and p.device == "rpc"
+        assert p.cross_compiler.startswith("aarch64-linux-gnu-")
+    assert "+dotprod" in targets["arm_a76_dotprod"].target["mattr"]
+    assert "+dotprod" not in targets["rpi4"].target["mattr"]
+    orin, h100 = targets["jetson_orin"], targets["nvidia_h100"]
+    assert (orin.target["arch"], orin.device, orin.cpu_target["mtriple"]) == ("sm_87", "rpc", "aarch64-linux-gnu")
+    assert (h100.target["arch"], h100.device) == ("sm_90", "cuda") and h100.is_gpu and h100.precisions.fp16
 
 
 def test_overrides_and_defaults(tmp_path: Path) -> None:
@@ -43,6 +64,21 @@ def test_overrides_and_defaults(tmp_path: Path) -> None:
         ("- just\n- a list\n", "expected a mapping"),
         ("name: x\ntarget: {kind: llvm\n", "not valid YAML"),
         ("name: !!python/object/apply:os.system [echo hi]\n", "not valid YAML"),
+        ("name: x\ntarget: {kind: opencl}\n", "target.kind: 'opencl' is not one of llvm, cuda"),
+        ("name: x\ntarget: {kind: cuda}\ndevice: cuda\n", "target.arch: .*arch: sm_90"),
+        ("name: x\ntarget: {kind: cuda, arch: sm_90}\n", "device: a cuda target is measured on 'cuda'"),
+        ("name: x\ntarget: {kind: cuda, arch: sm_90, host: {kind: c}}\ndevice: cuda\n", "target.host"),
+        ("name: x\ntarget: {kind: llvm}\ndevice: cuda\n", "device: 'cuda' needs a cuda target"),
+        ("name: x\ntarget: {kind: llvm, mcpu: auto}\ndevice: rpc\nrpc: {key: pi}\n", "mcpu: 'auto' detects"),
+        ("name: x\ntarget: {kind: llvm, mattr: +neon}\n", "target.mattr: expected a list"),
+        ("name: x\ntarget: {kind: llvm}\ndevice: rpc\nrpc: {key: pi, tracker_port: 70000}\n", "not a TCP port"),
+        ("name: x\ntarget: {kind: llvm}\ndevice: rpc\nrpc: {key: pi, host: a}\n", "rpc: unknown key 'host'"),
+        ("name: x\ntarget: {kind: llvm}\ndevice: rpc\nrpc: {key: pi, connect_timeout_s: 0}\n", "must be positive"),
+        ("name: x\ntarget: {kind: llvm}\nprecisions: {w_bits: [4, 8, 32], a_bits: [9, 32]}\n", "a_bits: 9 is not"),
+        ("name: x\ntarget: {kind: llvm}\nprecisions: {w_bits: [4, 8]}\n", "must include 32"),
+        ("name: x\ntarget: {kind: llvm}\nprecisions: {w_bits: 8}\n", "expected a non-empty list"),
+        ("name: x\ntarget: {kind: llvm}\nprecisions: {fp16: 1}\n", "fp16: expected true or false"),
+        ("name: x\ntarget: {kind: llvm}\ncross_compiler: 'gcc; rm -rf /'\n", "not a compiler command"),
     ],
 )
 def test_malformed_profile_is_one_clear_line(tmp_path: Path, text: str, message: str) -> None:
@@ -54,3 +90,18 @@ def test_malformed_profile_is_one_clear_line(tmp_path: Path, text: str, message:
 def test_unknown_profile_lists_known_ones() -> None:
     with pytest.raises(ConfigError, match="not found; known profiles: .*host_cpu"):
         load_profile("no_such_board")
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
+def test_default_search_bits_fit_every_shipped_profile(name: str) -> None:
+    from mpsearch.config import SearchConfig
+    from mpsearch.search.space import bit_pairs
+
+    s = SearchConfig()
+    load_profile(name).precisions.check(name, bit_pairs(s.w_bits, s.a_bits, True))
+
+
+def test_unsupported_precision_is_one_line_naming_profile_and_field() -> None:
+    with pytest.raises(ConfigError, match=r"'host_cpu' does not support a_bits 16 \(precisions.a_bits: .*search.a_bits"):
+        load_profile("host_cpu").precisions.check("host_cpu", [(8, 8), (8, 16)])
+    load_profile("nvidia_h100").precisions.check("nvidia_h100", [(16, 16)])

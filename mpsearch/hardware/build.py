@@ -1,0 +1,151 @@
+"""Build without measuring: compile a candidate for a profile's target and export it for the device.
+
+For targets this machine cannot run (an aarch64 board, a GPU) this checks that code generation,
+cross-linking and, for CUDA, device compilation by ``nvcc`` succeed, and leaves the library to deploy.
+The code is *untuned* (TVM's default schedules: plain loops on CPUs, dlight's fallback rule on GPUs),
+so a :class:`BuildArtifact` carries no latency at all: measuring needs the device (``session.py``), and
+pricing needs tuned kernels (``TVMBackend`` refuses untuned ones). Imports TVM: load lazily.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mpsearch.candidate import Candidate
+from mpsearch.errors import HardwareError
+from mpsearch.hardware.profile import HwProfile
+from mpsearch.hardware.session import export_library
+from mpsearch.quant.prepare import PreparedModel
+
+log = logging.getLogger(__name__)
+
+_ELF_MACHINES = {0x3E: "x86-64", 0xB7: "AArch64", 0x28: "ARM", 0xF3: "RISC-V"}
+_ELF_TYPES = {1: "REL", 2: "EXEC", 3: "DYN"}
+
+
+@dataclass(frozen=True)
+class ElfInfo:
+    """The header fields of an ELF file that say where it can run."""
+
+    machine: str
+    type: str
+    bits: int
+
+
+def elf_info(path: Path) -> ElfInfo:
+    """Read an ELF header (what ``readelf -h`` prints as Machine / Type / Class)."""
+    head = Path(path).read_bytes()[:64]
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        raise HardwareError(f"{path} is not an ELF file")
+    bits = {1: 32, 2: 64}.get(head[4], 0)
+    endian = "<" if head[5] == 1 else ">"
+    e_type, e_machine = struct.unpack(endian + "HH", head[16:20])
+    return ElfInfo(_ELF_MACHINES.get(e_machine, hex(e_machine)), _ELF_TYPES.get(e_type, str(e_type)), bits)
+
+
+@dataclass(frozen=True)
+class BuildArtifact:
+    """A library built for a profile's device. Never a measurement: it holds no latency."""
+
+    profile: str
+    target: str
+    library: Path  # shared library for the device (host code; CUDA kernels embedded as source)
+    elf: ElfInfo
+    device_code: Path | None = None  # CUDA: the kernels compiled by nvcc for the profile's arch
+    tuned: bool = False
+    status: str = "built, not measured (untuned default schedules)"
+
+
+def cuda_arch(profile: HwProfile) -> str:
+    return str(profile.target["arch"])
+
+
+def _schedule_for_gpu(mod: Any, target: Any) -> Any:
+    """Give every PrimFunc a GPU schedule. Relax ops are legalized first; then dlight's fallback rule
+    binds each kernel's spatial loops to blocks and threads (its GEMV rule rejects the quantize-inside
+    layer kernels, so the default CUDA pipeline cannot be used as is)."""
+    from tvm import relax
+    from tvm.s_tir import dlight as dl
+
+    mod = relax.transform.LegalizeOps()(mod)
+    with target:
+        return dl.ApplyDefaultSchedule(dl.gpu.Fallback())(mod)
+
+
+def compile_cuda_source(source: str, target: Any, out: Path) -> Path:
+    """Compile generated CUDA source for the target's ``arch`` with nvcc (what the GPU machine's TVM
+    runtime does when it loads the library)."""
+    import tvm.support.nvcc as nvcc
+
+    arch = str(target.attrs["arch"])
+    try:
+        with target:  # nvcc.compile_cuda reads the arch (-gencode compute_XX,sm_XX) from the current target
+            binary = nvcc.compile_cuda(source, target_format="fatbin", compiler="nvcc")
+    except Exception as e:
+        lines = [line for line in str(e).splitlines() if "error" in line.lower()] or str(e).splitlines() or [""]
+        raise HardwareError(f"nvcc could not compile the generated CUDA code for {arch}: {lines[0].strip()}") from None
+    out.write_bytes(bytes(binary))
+    return out
+
+
+def _cuda_sources(module: Any) -> list[str]:
+    found = []
+    stack = [module]
+    while stack:
+        m = stack.pop()
+        if m.kind == "cuda":
+            found.append(m.inspect_source())
+        stack.extend(m.imports)
+    return found
+
+
+def build_library(
+    profile: HwProfile, prepared: PreparedModel, candidate: Candidate,
+    ranges: Mapping[str, tuple[float, float]], out_dir: Path, name: str = "model",
+) -> BuildArtifact:
+    """Compile ``candidate`` for ``profile``'s target (batch 1) and export ``<out_dir>/<name>.so``.
+
+    CPU targets are cross-linked with ``profile.cross_compiler``; CUDA targets also get their kernels
+    compiled by nvcc for ``target.arch`` into ``<name>.<arch>.fatbin``. Raises :class:`HardwareError`
+    (one line) when code generation, linking or nvcc fails.
+    """
+    import tvm
+
+    from mpsearch.hardware.lowering import lower
+    from mpsearch.hardware.tvm_backend import resolve_target
+
+    target = resolve_target(profile)
+    lowered = lower(prepared, candidate, ranges)
+    mod = _schedule_for_gpu(lowered.mod, target) if profile.is_gpu else lowered.mod
+    try:
+        exe = tvm.relax.build(mod, target=target)
+    except Exception as e:
+        text = str(e).strip().splitlines()
+        raise HardwareError(f"profile {profile.name!r}: TVM could not generate code for {target.kind.name} "
+                            f"({text[-1] if text else type(e).__name__})") from None
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    library = export_library(exe, out_dir / f"{name}.so", profile)
+    device_code = None
+    if profile.is_gpu:
+        sources = _cuda_sources(exe.mod)
+        if not sources:
+            raise HardwareError(f"profile {profile.name!r}: the build contains no CUDA kernels")
+        device_code = compile_cuda_source("\n".join(sources), target, out_dir / f"{name}.{cuda_arch(profile)}.fatbin")
+    info = elf_info(library)
+    log.info("built %s for %s: %s (%s %s)%s", candidate.describe(), profile.name, library, info.machine, info.type,
+             f", {device_code.name}" if device_code else "")
+    return BuildArtifact(profile.name, str(target), library, info, device_code)
+
+
+def nvcc_available() -> bool:
+    """Whether nvcc can be found the way TVM looks for it (CUDA_HOME, then PATH)."""
+    from shutil import which
+
+    return bool(which("nvcc") or (os.environ.get("CUDA_HOME") and Path(os.environ["CUDA_HOME"], "bin", "nvcc").exists()))

@@ -1,0 +1,322 @@
+"""Where compiled code runs: this process, a GPU on this machine, or a board behind a TVM RPC tracker.
+
+Building and running are separate steps (STYLE: build != run). The backend compiles on this machine
+for the profile's target; a :class:`Device` then opens a :class:`Session` that loads the compiled
+code, places tensors and times functions. Local and remote devices share that one interface (as
+TVM's ``rpc.LocalSession`` and ``rpc.RPCSession`` do), so the backend has one code path for both:
+
+    device = make_device(profile)       # cheap, imports TVM lazily
+    device.check()                      # HardwareError now if the device cannot be reached
+    with device.session() as s:         # one connection to the board per measurement batch
+        mod = s.load(executable, "kernel")   # export + upload + load on RPC; jit locally
+        args = [s.tensor(a) for a in arrays]
+        samples = s.time(mod, "main", args, profile.measure)
+
+Sessions are short-lived on purpose: an RPC server ends a session after ``rpc.session_timeout_s``,
+and tuning between two measurement batches can take longer than that. Nothing here is thread-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import socket
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mpsearch.errors import HardwareError
+from mpsearch.hardware.profile import HwProfile, MeasureSettings
+
+log = logging.getLogger(__name__)
+
+_ARCH_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+
+
+def target_arch(profile: HwProfile) -> str:
+    """The CPU architecture the profile's (host) code is compiled for; this machine's if unspecified."""
+    triple = str(profile.cpu_target.get("mtriple", ""))
+    arch = triple.split("-", 1)[0] if triple else platform.machine()
+    return _ARCH_ALIASES.get(arch, arch)
+
+
+def host_arch() -> str:
+    return _ARCH_ALIASES.get(platform.machine(), platform.machine())
+
+
+def export_compiler(profile: HwProfile) -> Any:
+    """The ``fcompile`` that links a library exported for the profile's device (None: the host's)."""
+    from tvm.support import cc
+
+    return cc.cross_compiler(profile.cross_compiler) if profile.cross_compiler else None
+
+
+def export_library(executable: Any, path: Path, profile: HwProfile) -> Path:
+    """Export a compiled module as a shared library for the profile's device (cross-linking if set)."""
+    fcompile = export_compiler(profile)
+    try:
+        if fcompile is None:
+            executable.export_library(str(path))
+        else:
+            executable.export_library(str(path), fcompile=fcompile)
+    except Exception as e:  # the linker's own error, reduced to one line
+        text = str(e).strip().splitlines()
+        raise HardwareError(f"profile {profile.name!r}: exporting the library failed "
+                            f"({text[-1] if text else type(e).__name__}); is {profile.cross_compiler or 'g++'} "
+                            "installed?") from None
+    return path
+
+
+class Session(ABC):
+    """One connection to a device: load compiled code, place tensors, time functions.
+
+    Contract: :meth:`load` takes what ``tvm.compile`` (or MetaSchedule's ``compile_relax``) returned
+    for the profile's target and returns a runtime module callable on :attr:`device`; a Relax VM
+    executable may be wrapped as ``relax.VirtualMachine(session.load(exe, name), session.device)``.
+    Tensors from :meth:`tensor` live on the device. Everything loaded is released by :meth:`close`.
+    """
+
+    device: Any
+
+    @abstractmethod
+    def load(self, executable: Any, name: str) -> Any:
+        """Make ``executable`` callable on the device (``name``: a file-name-safe label)."""
+
+    def tensor(self, array: np.ndarray) -> Any:
+        import tvm
+
+        return tvm.runtime.tensor(np.ascontiguousarray(array), self.device)
+
+    def time(self, module: Any, func_name: str, args: Sequence[Any], m: MeasureSettings,
+             repeat: int | None = None) -> list[float]:
+        """Seconds per call of ``module[func_name](*args)``: ``repeat`` samples of ``m.number`` calls each."""
+        timer = module.time_evaluator(func_name, self.device, number=m.number,
+                                      repeat=m.repeat if repeat is None else repeat, min_repeat_ms=m.min_repeat_ms)
+        return list(timer(*args).results)
+
+    def close(self) -> None:
+        """Release the connection (a no-op locally)."""
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class LocalSession(Session):
+    """This process: modules are JIT-loaded, no export."""
+
+    def __init__(self, device: Any) -> None:
+        self.device = device
+
+    def load(self, executable: Any, name: str) -> Any:
+        return executable.jit() if hasattr(executable, "jit") else executable
+
+
+class RPCSession(Session):
+    """A board behind a TVM RPC tracker: each module is exported (cross-linked), uploaded and loaded there."""
+
+    def __init__(self, profile: HwProfile, remote: Any, tracker: Any) -> None:
+        self.profile = profile
+        self.remote = remote
+        self._tracker = tracker
+        self.device = remote.cuda(0) if profile.is_gpu else remote.cpu(0)
+        self._tmp = tempfile.TemporaryDirectory(prefix="mpsearch-rpc-")
+        self.uploaded: list[str] = []
+
+    def load(self, executable: Any, name: str) -> Any:
+        path = export_library(executable, Path(self._tmp.name) / f"{name}.so", self.profile)
+        try:
+            self.remote.upload(str(path))
+            module = self.remote.load_module(path.name)
+        except Exception as e:
+            raise HardwareError(f"profile {self.profile.name!r}: loading {path.name} on the board failed "
+                                f"({_last_line(e)})") from None
+        self.uploaded.append(path.name)
+        return module
+
+    def close(self) -> None:
+        for name in self.uploaded:
+            try:
+                self.remote.remove(name)
+            except Exception:  # the server may have ended the session already; its files go with it
+                pass
+        self.uploaded.clear()
+        self.remote = None
+        self._tracker = None
+        self._tmp.cleanup()
+
+
+class Device(ABC):
+    """How to reach the profile's hardware. Cheap to make; :meth:`check` fails fast if unreachable."""
+
+    def __init__(self, profile: HwProfile) -> None:
+        self.profile = profile
+
+    @abstractmethod
+    def check(self) -> None:
+        """Raise :class:`HardwareError` (one line: profile, address, fix) if the device cannot run code."""
+
+    @abstractmethod
+    def session(self) -> Any:
+        """A context manager yielding a :class:`Session`."""
+
+    @abstractmethod
+    def runner(self, evaluator_config: Any, timeout_s: float) -> Any:
+        """The MetaSchedule runner that measures tuning candidates on this device."""
+
+    @property
+    def export_compiler(self) -> str | None:
+        """The C++ compiler MetaSchedule's builder must link candidates with (None: no export needed)."""
+        return None
+
+    def describe(self) -> str:
+        return self.profile.device_address()
+
+
+class LocalDevice(Device):
+    """The CPU this process runs on."""
+
+    def _check_arch(self) -> None:
+        arch = target_arch(self.profile)
+        if arch != host_arch():
+            raise HardwareError(
+                f"profile {self.profile.name!r}: its {arch} code cannot run on this {host_arch()} machine; "
+                "measure on the board with device: rpc (and an rpc section), or use hw_profile=host_cpu")
+
+    def check(self) -> None:
+        self._check_arch()
+        mcpu = self.profile.cpu_target.get("mcpu", "auto")
+        if mcpu != "auto":
+            import tvm
+
+            host = tvm.target.codegen.llvm_get_system_cpu()
+            if mcpu != host:
+                # Code for another CPU may use instructions this one lacks (e.g. VNNI): a SIGILL, not a number.
+                raise HardwareError(
+                    f"profile {self.profile.name!r}: target mcpu {mcpu} is not this machine's CPU ({host}); "
+                    "measure on that machine (device: rpc) or set target.mcpu: auto")
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        import tvm
+
+        yield LocalSession(tvm.cpu(0))
+
+    def runner(self, evaluator_config: Any, timeout_s: float) -> Any:
+        from tvm.s_tir import meta_schedule as ms
+
+        return ms.runner.LocalRunner(timeout_sec=timeout_s, evaluator_config=evaluator_config)
+
+
+class CudaDevice(LocalDevice):
+    """A CUDA GPU on this machine."""
+
+    def check(self) -> None:
+        import tvm
+
+        self._check_arch()
+        if not tvm.cuda(0).exist:
+            raise HardwareError(
+                f"profile {self.profile.name!r}: no CUDA GPU on this machine, so nothing can be measured "
+                "(CUDA code is still generated; see tvm_backend.build_only); run on a machine with the GPU")
+        if not tvm.runtime.enabled("cuda"):
+            raise HardwareError(f"profile {self.profile.name!r}: this TVM build has no CUDA runtime; "
+                                "install a CUDA-enabled TVM on the GPU machine")
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        import tvm
+
+        yield LocalSession(tvm.cuda(0))
+
+
+class RPCDevice(Device):
+    """A board registered with a TVM RPC tracker under the profile's key."""
+
+    def __init__(self, profile: HwProfile) -> None:
+        super().__init__(profile)
+        assert profile.rpc is not None  # guaranteed by profile validation
+        self.rpc = profile.rpc
+
+    @property
+    def address(self) -> str:
+        return f"{self.rpc.tracker_host}:{self.rpc.tracker_port}"
+
+    def _unreachable(self, why: str) -> HardwareError:
+        return HardwareError(
+            f"profile {self.profile.name!r}: cannot reach the TVM RPC tracker at {self.address} ({why}); start "
+            f"it (python -m tvm.exec.rpc_tracker --host {self.rpc.tracker_host} --port {self.rpc.tracker_port}) "
+            "or fix rpc.tracker_host / rpc.tracker_port")
+
+    def _tracker(self) -> Any:
+        """A tracker session, after a bounded TCP probe (TVM's own connect retries for a minute)."""
+        try:
+            with socket.create_connection((self.rpc.tracker_host, self.rpc.tracker_port),
+                                          timeout=self.rpc.connect_timeout_s):
+                pass
+        except OSError as e:
+            raise self._unreachable(e.strerror or type(e).__name__) from None
+        from tvm import rpc
+
+        try:
+            return rpc.connect_tracker(self.rpc.tracker_host, self.rpc.tracker_port)
+        except Exception as e:
+            raise self._unreachable(_last_line(e)) from None
+
+    def check(self) -> None:
+        tracker = self._tracker()
+        try:
+            queues = tracker.summary().get("queue_info", {})
+        except Exception as e:
+            raise self._unreachable(f"not a TVM RPC tracker: {_last_line(e)}") from None
+        if self.rpc.key not in queues:
+            known = ", ".join(sorted(queues)) or "none"
+            raise HardwareError(
+                f"profile {self.profile.name!r}: no board is registered with key {self.rpc.key!r} at the TVM RPC "
+                f"tracker {self.address} (registered keys: {known}); start the board's RPC server with "
+                f"--tracker {self.address} --key {self.rpc.key}")
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        tracker = self._tracker()
+        try:
+            remote = tracker.request(self.rpc.key, priority=self.rpc.priority,
+                                     session_timeout=self.rpc.session_timeout_s)
+        except Exception as e:
+            raise HardwareError(f"profile {self.profile.name!r}: the tracker at {self.address} gave no session "
+                                f"for key {self.rpc.key!r} ({_last_line(e)})") from None
+        sess = RPCSession(self.profile, remote, tracker)
+        try:
+            yield sess
+        finally:
+            sess.close()
+
+    def runner(self, evaluator_config: Any, timeout_s: float) -> Any:
+        from tvm.s_tir import meta_schedule as ms
+
+        config = ms.runner.RPCConfig(
+            tracker_host=self.rpc.tracker_host, tracker_port=self.rpc.tracker_port, tracker_key=self.rpc.key,
+            session_priority=self.rpc.priority, session_timeout_sec=int(max(timeout_s, 1)))
+        return ms.runner.RPCRunner(config, evaluator_config)
+
+    @property
+    def export_compiler(self) -> str | None:
+        return self.profile.cross_compiler or "g++"
+
+
+def make_device(profile: HwProfile) -> Device:
+    """The :class:`Device` for ``profile.device``."""
+    kinds: dict[str, type[Device]] = {"local": LocalDevice, "cuda": CudaDevice, "rpc": RPCDevice}
+    return kinds[profile.device](profile)
+
+
+def _last_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[-1] if text else type(e).__name__
