@@ -1,0 +1,147 @@
+"""Build a candidate into a deployable TVM library and run that library back (imports TVM lazily).
+
+The library is compiled exactly as the backend compiles a candidate for measurement: the candidate
+is lowered (:func:`mpsearch.hardware.lowering.lower`), then MetaSchedule's ``compile_relax`` applies
+the profile's tuning database, so the exported code runs the schedules the run measured. Parameters
+stay function inputs (as in measurement), so they ship beside the library in ``params.npz``:
+
+    lib = tvm.runtime.load_module("model.so")
+    vm = tvm.relax.VirtualMachine(lib, tvm.cpu())
+    out = vm["main"](x, *[params[n] for n in manifest["library"]["params"]])
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mpsearch.candidate import Candidate
+from mpsearch.errors import HardwareError
+from mpsearch.hardware.profile import HwProfile
+from mpsearch.quant.prepare import PreparedModel
+
+log = logging.getLogger(__name__)
+
+#: TVM's thread-pool affinity mode "big cores" (its default when the pool starts).
+_AFFINITY_BIG = 1
+
+
+def use_threads(threads: int) -> None:
+    """Resize this process's TVM thread pool to ``threads``.
+
+    TVM reads ``TVM_NUM_THREADS`` once, when its pool first starts, and a started pool can shrink
+    but never grow. A Hydra sweep runs its jobs in one process, so a second profile with another
+    thread count would be timed with the first one's threads: the pool is started with every core
+    here, then configured down to ``threads``.
+    """
+    import tvm
+
+    os.environ["TVM_NUM_THREADS"] = str(max(threads, os.cpu_count() or 1))
+    tvm.runtime.num_threads()  # starts the pool, with every core, unless something started it before
+    tvm.get_global_func("runtime.config_threadpool")(_AFFINITY_BIG, threads)
+    os.environ["TVM_NUM_THREADS"] = str(threads)  # what subprocesses (MetaSchedule's runners) inherit
+    actual = tvm.runtime.num_threads()
+    if actual != threads:
+        log.warning("TVM's thread pool runs %d thread(s), not %d: it was started with fewer threads earlier "
+                    "in this process; measure this profile in a process of its own", actual, threads)
+
+
+@dataclass(frozen=True)
+class BuiltLibrary:
+    """What :func:`build_library` wrote."""
+
+    library: Path
+    params: Path
+    param_names: list[str]
+    target: str
+    input_shape: tuple[int, ...]
+    tuned_now: int  # kernels missing from the tuning database, tuned during the export
+
+
+def build_library(
+    profile: HwProfile, cache_dir: Path, prepared: PreparedModel, candidate: Candidate,
+    ranges: Mapping[str, tuple[float, float]], out_dir: Path, progress: bool = False,
+) -> BuiltLibrary:
+    """Compile ``candidate`` for ``profile`` with the tuned schedules of ``cache_dir`` and export it.
+
+    Writes ``model.so`` (``export_library``, cross-linked when the profile names a compiler) and
+    ``params.npz`` (the library's parameter arrays, by name) into ``out_dir``. Kernels the database
+    lacks (e.g. a deleted cache) are tuned first, with a warning: never compiled with a naive schedule.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    from mpsearch.hardware.lowering import lower
+    from mpsearch.hardware.session import export_library
+    from mpsearch.hardware.tvm_backend import TVMBackend
+
+    backend = TVMBackend(profile, Path(cache_dir), progress=progress)
+    before = backend.stats["tuned_kernels"]
+    backend.tune_candidate(prepared, candidate, ranges)
+    tuned_now = backend.stats["tuned_kernels"] - before
+    if tuned_now:
+        log.warning("%d kernel(s) of this candidate were not in the tuning database (%s) and were tuned now; "
+                    "the run's measured latencies came from other schedules", tuned_now, backend.dir)
+    lowered = lower(prepared, candidate, ranges)
+    try:
+        exe = ms.relax_integration.compile_relax(backend.db, lowered.mod, backend.target, None)
+    except Exception as e:  # TVM's own error types; one line is enough to name the failing pass
+        text = str(e).strip().splitlines()
+        raise HardwareError(f"compiling the candidate for {profile.name!r} failed: "
+                            f"{text[-1] if text else type(e).__name__}") from None
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    library = export_library(exe, out_dir / "model.so", profile)
+    names = [str(p.name) for p in lowered.mod["main"].params][1:]
+    if len(names) != len(set(names)) or len(names) != len(lowered.params):
+        raise HardwareError("the lowered model's parameter names are not unique; cannot store them by name")
+    params = out_dir / "params.npz"
+    tmp = out_dir / ".params.tmp.npz"
+    np.savez(tmp, **dict(zip(names, lowered.params)))
+    os.replace(tmp, params)
+    return BuiltLibrary(library, params, names, str(backend.target), tuple(prepared.input_shape), tuned_now)
+
+
+def load_params(path: Path, names: Sequence[str]) -> list[np.ndarray]:
+    """The parameter arrays of ``params.npz`` in the library's argument order."""
+    with np.load(path, allow_pickle=False) as data:
+        missing = [n for n in names if n not in data.files]
+        if missing:
+            raise HardwareError(f"{path}: parameter {missing[0]!r} is missing; re-export the candidate")
+        return [np.ascontiguousarray(data[n]) for n in names]
+
+
+def run_library(library: Path, params: Sequence[np.ndarray], inputs: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """Load an exported library back (``tvm.runtime.load_module`` + Relax VM) and run it row by row.
+
+    The library was compiled for batch 1, as it was tuned and measured; ``inputs`` is ``(N, *shape[1:])``.
+    """
+    import tvm
+
+    if threads:
+        use_threads(threads)
+    try:
+        lib = tvm.runtime.load_module(str(library))
+    except Exception as e:
+        text = str(e).strip().splitlines()
+        raise HardwareError(f"cannot load {library} on this machine ({text[-1] if text else type(e).__name__}); "
+                            "was it built for another target?") from None
+    dev = tvm.cpu(0)
+    vm = tvm.relax.VirtualMachine(lib, dev)
+    args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in params]
+    outs = [vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x[None]), dev), *args).numpy()
+            for x in np.asarray(inputs, dtype="float32")]
+    return np.concatenate(outs) if outs else np.zeros((0,), dtype="float32")
+
+
+def tvm_version() -> str:
+    import tvm
+
+    return str(tvm.__version__)
+
+
+__all__ = ["BuiltLibrary", "build_library", "load_params", "run_library", "tvm_version", "use_threads"]

@@ -1,0 +1,204 @@
+"""Sweep summaries: picks, bit-widths and portability across profiles (fast, table backend), and a real
+two-profile x two-budget ``mpsearch --multirun`` with TVM (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from mpsearch.candidate import Candidate
+from mpsearch.config import RunConfig, register_configs
+from mpsearch.export import RunFolder
+from mpsearch.hardware.base import LayerCostTable
+from mpsearch.pipeline import run
+from mpsearch.sweep import SweepSummaryCallback, jobs_from_run_dirs, main, summarize, summarize_sweep
+from mpsearch.testing import TableBackend
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["model.name=tiny", "model.factory=mpsearch.testing:tiny_resnet", "model.input_shape=[1,1,8,8]",
+        "data.factory=mpsearch.testing:synthetic_split", "data.calib_samples=64", "data.test_samples=128",
+        "search.sensitivity_samples=16", "search.proxy_validation=0"]
+
+
+class SlowerTable(TableBackend):
+    """The table backend, ``factor`` times slower: a second, different 'hardware'."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def layer_latency(self, macs: int, pair):  # type: ignore[override]
+        return TableBackend.layer_latency(macs, pair) * (self.factor if max(pair) < 32 else 1.0)
+
+
+def _factory(profile, cache_dir, progress):
+    # host_cpu_1t: quantized kernels 3x slower, so the two profiles' picks differ
+    return SlowerTable(3.0 if profile.name == "host_cpu_1t" else 1.0)
+
+
+def _config(root: Path, profile: str, weight_kib: float | None) -> RunConfig:
+    cfg = RunConfig()
+    cfg.model.name, cfg.model.factory, cfg.model.input_shape = "tiny", "mpsearch.testing:tiny_resnet", [1, 1, 8, 8]
+    cfg.data.factory, cfg.data.calib_samples, cfg.data.test_samples = "mpsearch.testing:synthetic_split", 64, 128
+    cfg.search.n_trials, cfg.search.sensitivity_samples, cfg.search.measure_front = 40, 16, 4
+    cfg.search.proxy_validation = 0
+    cfg.hw_profile.name = profile
+    cfg.budget.weight_kib = weight_kib
+    cfg.results_dir, cfg.cache_dir, cfg.progress = str(root / "results"), str(root / "cache"), False
+    return cfg
+
+
+_TABLE_RUNS: dict[str, list[Path]] = {}
+
+
+@pytest.fixture(scope="session")
+def table_runs(tmp_path_factory) -> list[Path]:
+    """Four finished runs (host_cpu, host_cpu_1t) x (2 KiB, no budget), costs from table backends; made
+    once per session (tests/test_export.py uses them too), sharing one cache, so sensitivity runs once."""
+    if "runs" not in _TABLE_RUNS:
+        root = tmp_path_factory.mktemp("table_sweep")
+        _TABLE_RUNS["runs"] = [run(_config(root, prof, kib), _factory).run_dir
+                               for prof in ("host_cpu", "host_cpu_1t") for kib in (2.0, None)]
+    return _TABLE_RUNS["runs"]
+
+
+def test_summary_picks_bits_and_portability(table_runs: list[Path], tmp_path: Path) -> None:
+    jobs = jobs_from_run_dirs(table_runs)
+    s = summarize(jobs, "t")
+    assert s.profiles == ["host_cpu", "host_cpu_1t"] and (s.jobs["status"] == "ok").all()
+    # each pick is the most accurate front candidate within the job's weight budget
+    for job, (_, row) in zip(jobs, s.jobs.iterrows()):
+        front = job.run.front()
+        fits = front if job.budget[1] is None else front[front["weight_kib"] <= job.budget[1]]
+        assert row["accuracy"] == fits["accuracy"].max() and row["weight_kib"] <= (job.budget[1] or 1e9)
+    assert s.bits.shape == (5, 4) and s.bits.isin(["W4A4", "W4A8", "W8A4", "W8A8", "W32A32"]).all().all()
+
+    port = s.portability
+    assert len(port) == 4 * 2 and set(port["priced_on"]) == {"host_cpu", "host_cpu_1t"}
+    for _, r in port.iterrows():
+        job = next(j for j in jobs if j.name == r["job"])
+        other = next(j for j in jobs if j.profile == r["priced_on"] and j.budget == job.budget)
+        cand = job.run.candidate(r["pick"])
+        measured = other.run.frame[other.run.frame["key"] == cand.key()]["measured_latency_ms"].dropna()
+        if r["source"] == "measured":
+            if r["priced_on"] == job.profile:
+                assert r["vs_native"] == pytest.approx(1.0)
+            assert r["latency_ms"] in set(pd.concat(
+                [o.run.frame[o.run.frame["key"] == cand.key()]["measured_latency_ms"]
+                 for o in jobs if o.profile == r["priced_on"]]).dropna())
+        else:
+            assert r["source"] == "priced by cost table" and measured.empty
+            table = LayerCostTable.from_json((other.run_dir / "cost_table.json").read_text())
+            assert r["latency_ms"] == pytest.approx(table.predict_latency(cand) * 1e3)
+    # a quantized pick of the fast profile costs more on the 3x-slower one
+    cross = port[(port["picked_on"] == "host_cpu") & (port["priced_on"] == "host_cpu_1t")]
+    own = port[(port["picked_on"] == "host_cpu") & (port["priced_on"] == "host_cpu")]
+    assert (cross["latency_ms"].to_numpy() >= own["latency_ms"].to_numpy()).all()
+
+
+def test_summary_files_and_cli(table_runs: list[Path], tmp_path: Path, capsys) -> None:
+    assert main([*map(str, table_runs), "--results-dir", str(tmp_path), "--name", "mine"]) == 0
+    out = tmp_path / "mine"
+    for name in ("summary.md", "summary.csv", "bits.csv", "portability.csv", "summary.png"):
+        assert (out / name).is_file(), name
+    md = (out / "summary.md").read_text()
+    assert "## Portability" in md and "on host_cpu_1t" in md and "(measured)" in md and "× native" in md
+    assert len(pd.read_csv(out / "summary.csv")) == 4
+    assert main([str(tmp_path / "nothing-here")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_hydra_config_registers_the_callback_and_the_1t_profile() -> None:
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hw_profile=host_cpu_1t"], return_hydra_config=True)
+    assert cfg.hw_profile.name == "host_cpu_1t"
+    assert isinstance(instantiate(cfg.hydra.callbacks.sweep_summary), SweepSummaryCallback)
+    from mpsearch.hardware.profile import load_profile
+
+    assert load_profile("host_cpu_1t").resolved_threads() == 1
+
+
+# -- real: mpsearch --multirun with TVM ----------------------------------------------------------
+
+
+@dataclass
+class TVMSweep:
+    sweep_dir: Path
+    run_dirs: list[Path]
+    summary_dir: Path
+    env: dict[str, str]
+    seconds: float
+
+
+_SWEEP: dict[str, TVMSweep] = {}
+
+
+def run_tvm_sweep(root: Path) -> TVMSweep:
+    """``mpsearch --multirun hw_profile=host_cpu,host_cpu_1t budget.latency_ms=20,40`` on the tiny model
+    at a tiny budget (1 MetaSchedule trial per kernel, W8A8/FP32 only). Run once per session."""
+    import time
+
+    if "sweep" in _SWEEP:
+        return _SWEEP["sweep"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    args = [sys.executable, "-m", "mpsearch.cli", "--multirun", "hw_profile=host_cpu,host_cpu_1t",
+            "budget.latency_ms=20,40", *TINY, "search.n_trials=20", "search.measure_front=2",
+            "search.w_bits=[8,32]", "search.a_bits=[8,32]", "hw_profile.trials_per_task=1",
+            f"results_dir={root / 'results'}", f"cache_dir={root / 'cache'}", "progress=false",
+            f"hydra.sweep.dir={root / 'sweep'}"]
+    start = time.perf_counter()
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=root, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    runs = sorted(p for p in (root / "results").iterdir() if p.name.startswith("tiny-"))
+    summaries = list((root / "results").glob("sweep-tiny-*/summary.md"))
+    assert len(summaries) == 1, proc.stderr[-4000:]
+    _SWEEP["sweep"] = TVMSweep(root / "sweep", runs, summaries[0].parent, env, time.perf_counter() - start)
+    return _SWEEP["sweep"]
+
+
+@pytest.fixture(scope="session")
+def tvm_sweep(tmp_path_factory) -> TVMSweep:
+    pytest.importorskip("tvm")
+    return run_tvm_sweep(tmp_path_factory.mktemp("tvm_sweep"))
+
+
+@pytest.mark.tvm
+@pytest.mark.slow
+def test_real_two_profile_two_budget_sweep(tvm_sweep: TVMSweep) -> None:
+    assert len(tvm_sweep.run_dirs) == 4  # one content-addressed run folder per job
+    assert len(list(tvm_sweep.sweep_dir.glob("*/.hydra/config.yaml"))) == 4  # each job's composed config
+    profiles = sorted(json.loads((r / "config.json").read_text())["hw_profile"]["name"] for r in tvm_sweep.run_dirs)
+    assert profiles == ["host_cpu", "host_cpu", "host_cpu_1t", "host_cpu_1t"]
+    for r in tvm_sweep.run_dirs:
+        folder = RunFolder.load(r)
+        assert folder.front()["measured_latency_ms"].notna().all()  # measured with TVM, not priced
+    jobs = pd.read_csv(tvm_sweep.summary_dir / "summary.csv")
+    assert len(jobs) == 4 and (jobs["status"] == "ok").all() and jobs["latency_ms"].gt(0).all()
+    port = pd.read_csv(tvm_sweep.summary_dir / "portability.csv")
+    assert len(port) == 8 and port["latency_ms"].gt(0).all()
+    assert set(port["source"]) <= {"measured", "priced by cost table"}
+    md = (tvm_sweep.summary_dir / "summary.md").read_text()
+    assert "## Portability" in md and "on host_cpu_1t" in md and "## Chosen bit-widths per layer" in md
+    # the 1-thread profile was tuned and measured on its own (its own cache), not reusing host_cpu's
+    caches = sorted(p.name.rsplit("-", 1)[0] for p in (tvm_sweep.run_dirs[0].parents[1] / "cache" / "tvm").iterdir())
+    assert caches == ["host_cpu", "host_cpu_1t"]
+    # the summary is rebuilt from stored results alone, identically
+    again = summarize_sweep([tvm_sweep.sweep_dir])
+    assert again["summary_md"].read_text() == md
+
+
+def test_unfinished_jobs_are_listed_not_fatal(table_runs: list[Path], tmp_path: Path) -> None:
+    jobs = jobs_from_run_dirs([table_runs[0], tmp_path / "missing-run"])
+    s = summarize(jobs, "t")
+    assert s.jobs.loc[1, "status"].startswith("run folder") and len(s.portability) == 1
+    assert Candidate.from_json((table_runs[0] / "candidates" / f"{s.jobs.loc[0, 'pick']}.json").read_text())
