@@ -34,6 +34,8 @@ class Candidate(Mapping[str, Bits]):
     def __init__(self, bits: Mapping[str, Iterable[int]]) -> None:
         items = {}
         for name, pair in bits.items():
+            if not isinstance(pair, (list, tuple)):  # e.g. null or 8 in a JSON bit-config
+                raise CandidateError(f"layer {name!r}: expected [w_bits, a_bits], got {pair!r}")
             pair = tuple(pair)
             if len(pair) != 2:
                 raise CandidateError(f"layer {name!r}: expected [w_bits, a_bits], got {list(pair)}")

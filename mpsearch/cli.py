@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -9,17 +10,22 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from mpsearch.config import RunConfig, register_configs
-from mpsearch.errors import MPSearchError
+from mpsearch.config import BudgetConfig, DataConfig, HwProfileConfig, ModelConfig, RunConfig, SearchConfig, \
+    register_configs
+from mpsearch.errors import ConfigError, MPSearchError
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 log = logging.getLogger("mpsearch")
+_SCHEMA_GROUPS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "hw_profile": HwProfileConfig,
+                                   "search": SearchConfig, "budget": BudgetConfig}
+_NOISE = ("reference_type=", "object_type=", "See https://hydra.cc", "Set the environment variable HYDRA_FULL_ERROR")
 
 register_configs()
 
 
 def to_run_config(cfg: DictConfig) -> RunConfig:
-    """DictConfig → typed dataclass (the library never sees a DictConfig)."""
+    """DictConfig → typed dataclass (the library never sees a DictConfig); an unknown key is a ConfigError."""
+    _reject_unknown_keys(cfg, RunConfig, "")
     obj = OmegaConf.to_object(cfg)
     assert isinstance(obj, RunConfig)
     return obj
@@ -39,8 +45,57 @@ def _hydra_main(cfg: DictConfig) -> None:
     log.info("done: %d Pareto candidates evaluated; report at %s", len(best), outcome.files.get("report_md"))
 
 
+def _reject_unknown_keys(node: DictConfig, schema: type, where: str) -> None:
+    """``+search.typo=1`` appends a key the schema lacks, which ``to_object`` would silently drop."""
+    known = {f.name: f for f in dataclasses.fields(schema)}
+    for key in node.keys():
+        if key not in known:
+            raise ConfigError(f"unknown config key {where}{key}; valid keys{' in ' + where[:-1] if where else ''} "
+                              f"are {', '.join(known)}")
+        value = node._get_node(key)
+        if isinstance(value, DictConfig) and dataclasses.is_dataclass(_SCHEMA_GROUPS.get(str(key))) and not where:
+            _reject_unknown_keys(value, _SCHEMA_GROUPS[str(key)], f"{key}.")
+
+
+def one_line(e: BaseException) -> str:
+    """A Hydra / OmegaConf error (several lines, a hint to set HYDRA_FULL_ERROR) as one line."""
+    parts: list[str] = []
+    for err in (e, e.__cause__):
+        for raw in str(err or "").splitlines():
+            line = raw.strip()
+            if line.startswith("Config search path"):
+                break
+            if not line or line in parts or line.startswith(_NOISE):
+                continue
+            if parts and parts[-1].endswith(":"):
+                parts[-1] += " " + line
+            elif parts and raw.startswith("\t"):  # one more item of a listing (e.g. available options)
+                parts[-1] += ", " + line
+            else:
+                parts.append(line)
+    return "; ".join(parts) or type(e).__name__
+
+
+def _precheck(args: list[str]) -> None:
+    """Compose plain overrides before Hydra does, so a bad one ends with one line and exit status 2."""
+    if any(a.startswith("-") or "${hydra:" in a for a in args):  # --multirun, --cfg ...: Hydra reports those
+        return
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            to_run_config(compose(config_name="config", overrides=args))
+    except MPSearchError as e:
+        print(f"mpsearch: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:  # Hydra's override-grammar, composition and OmegaConf type errors
+        print(f"mpsearch: error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main() -> None:
     """``mpsearch [overrides]``: one line on stderr and exit status 2 for any mpsearch error."""
+    _precheck(sys.argv[1:])
     _hydra_main()
 
 

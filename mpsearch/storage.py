@@ -37,22 +37,29 @@ class JsonLines:
     """Append-only JSON-lines store keyed by each record's ``"key"``.
 
     Each record is appended with one ``write`` and fsynced; on open, lines a killed writer left
-    unfinished are dropped (with a warning) and the file is rewritten atomically without them.
+    unfinished, or that are otherwise corrupt (not JSON, not UTF-8, not an object with a ``"key"``,
+    or lacking one of ``required``), are dropped (with a warning) and the file is rewritten atomically
+    without them, so the values they held are recomputed.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, required: tuple[str, ...] = ()) -> None:
         self.path = Path(path)
         self.records: dict[str, dict[str, Any]] = {}
         if self.path.exists():
             bad = 0
-            for line in self.path.read_text().splitlines():
+            data = self.path.read_bytes()
+            for line in data.splitlines():
                 try:
-                    rec = json.loads(line)
+                    rec = json.loads(line)  # bytes: invalid UTF-8 is a ValueError too
+                    if not isinstance(rec, dict) or not isinstance(rec["key"], str) \
+                            or any(k not in rec for k in required):
+                        raise TypeError("not a record")
                     self.records[rec["key"]] = rec
-                except (json.JSONDecodeError, KeyError, TypeError):
+                except (ValueError, KeyError, TypeError):
                     bad += 1
-            if bad:
-                log.warning("%s: dropped %d corrupt line(s); they will be recomputed", self.path, bad)
+            if bad or (data and not data.endswith(b"\n")):
+                if bad:
+                    log.warning("%s: dropped %d corrupt line(s); they will be recomputed", self.path, bad)
                 atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records.values()))
 
     def get(self, key: str) -> dict[str, Any] | None:
@@ -65,3 +72,40 @@ class JsonLines:
             f.write(json.dumps(rec) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+def repair_journal(path: str | Path) -> int:
+    """Make an Optuna journal file readable again after a crash; returns the log lines dropped.
+
+    A journal is a sequence of operations replayed in order, so it is cut at the first line that is
+    not a complete JSON object (a killed writer's unfinished last line, or corruption): dropping a
+    line in the middle would shift the trial ids every later operation refers to. The trials logged
+    before that line are kept; an unfinished trial is then failed by the search and re-run. When a
+    line other than the last is lost, the original is kept beside it as ``<name>.corrupt``.
+    Only the process that owns the study may call this, before any worker writes to it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline, else an unfinished line
+    good = 0
+    for line in lines:
+        try:
+            if not isinstance(json.loads(line), dict):
+                break
+        except ValueError:
+            break
+        good += 1
+    dropped = len(lines) - good + (1 if tail else 0)
+    if not dropped:
+        return 0
+    if good < len(lines):
+        atomic_write_bytes(path.with_name(path.name + ".corrupt"), data)
+        log.warning("%s: corrupt at log line %d; kept the %d operation(s) before it (the original is in %s)",
+                    path, good + 1, good, path.name + ".corrupt")
+    else:
+        log.warning("%s: dropped an unfinished last line left by a killed writer", path)
+    atomic_write_bytes(path, b"".join(line + b"\n" for line in lines[:good]))
+    return dropped

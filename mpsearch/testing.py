@@ -65,14 +65,21 @@ class TableBackend(Backend):
 
     It honours the :class:`Backend` contract (cost table, measurement with a fixed relative error,
     run through the fake-quant model) so the pipeline and search are tested without TVM.
+
+    Fault injection: ``fail`` holds candidate keys whose measurement fails (``"*"``: every candidate),
+    with ``fail_error`` as the error (e.g. a build failure or a timeout); ``cost_table_error`` is
+    raised by :meth:`cost_table` (e.g. a :class:`~mpsearch.errors.HardwareError` for failed tuning).
     """
 
     name = "table"
 
     def __init__(self, profile: HwProfile | None = None, cache_dir: Path | None = None, progress: bool = False,
-                 measure_error: float = 0.02, fail: Sequence[str] = ()) -> None:
+                 measure_error: float = 0.02, fail: Sequence[str] = (),
+                 fail_error: str = "run failed: injected failure", cost_table_error: Exception | None = None) -> None:
         self.measure_error = measure_error
         self.fail = set(fail)
+        self.fail_error = fail_error
+        self.cost_table_error = cost_table_error
         self.calls = {"cost_table": 0, "measure": 0}
 
     @staticmethod
@@ -83,15 +90,22 @@ class TableBackend(Backend):
     def cost_table(self, prepared: PreparedModel, ranges: Mapping[str, tuple[float, float]],
                    pairs: Sequence[Bits]) -> LayerCostTable:
         self.calls["cost_table"] += 1
+        if self.cost_table_error is not None:
+            raise self.cost_table_error
         lat = {li.name: {tuple(p): self.layer_latency(li.macs, p) for p in pairs} for li in prepared.layers}
         mem = {li.name: {tuple(p): weight_storage_bytes(li.weight_shape, *p) for p in pairs} for li in prepared.layers}
-        return LayerCostTable("table", prepared.layer_names, [tuple(p) for p in pairs], lat, mem, other_s=5e-6)
+        # Workspace: a quantized copy of the layer's input (1 byte per element), none for float inputs.
+        ws = {li.name: {tuple(p): (math.prod(li.in_shape) if p[1] < FLOAT_BITS else 0) for p in pairs}
+              for li in prepared.layers}
+        acts = 4 * sum(math.prod(li.out_shape) for li in prepared.layers)
+        return LayerCostTable("table", prepared.layer_names, [tuple(p) for p in pairs], lat, mem, other_s=5e-6,
+                              workspace_bytes=ws, activation_bytes=acts)
 
     def measure(self, prepared: PreparedModel, candidate: Candidate,
                 ranges: Mapping[str, tuple[float, float]]) -> Measurement:
         self.calls["measure"] += 1
-        if candidate.key() in self.fail:
-            return Measurement(error="run failed: injected failure")
+        if candidate.key() in self.fail or "*" in self.fail:
+            return Measurement(error=self.fail_error)
         macs = {li.name: li.macs for li in prepared.layers}
         true = 5e-6 + sum(self.layer_latency(macs[n], b) for n, b in candidate.items())
         return Measurement.from_samples([true * (1 + self.measure_error)] * 3)
