@@ -21,15 +21,24 @@ Batch = tuple[Tensor, Tensor]
 
 @dataclass(frozen=True)
 class LayerSensitivity:
-    """Second-order sensitivity of one layer.
+    """Sensitivity of one layer: curvature coefficients, or measured loss increases.
+
+    Curvature estimators fill the two coefficients, so that ``0.5 * c * ‖ΔW‖²`` estimates the loss
+    increase of a weight perturbation ``ΔW`` (and likewise for the input activations):
+    Hutchinson the mean Hessian diagonal ``tr(H) / n``, the eigenvalue estimator the top eigenvalue
+    of the Hessian block, Fisher the mean squared gradient (the empirical Fisher diagonal).
+    The measuring estimator fills ``delta_loss`` instead, and the score uses it as is.
 
     Attributes:
         name: Layer name (a submodule path of the model).
-        weight_trace: Mean Hessian diagonal over the layer's weights, ``tr(H_W) / n_W``.
-        act_trace: Mean Hessian diagonal over the layer's input activations, ``tr(H_X) / n_X``,
-            where ``X`` is the whole input tensor of the batch the estimate used.
+        weight_trace: Curvature coefficient of the layer's weights (for Hutchinson the mean
+            Hessian diagonal over the weights, ``tr(H_W) / n_W``).
+        act_trace: Curvature coefficient of the layer's input activations (for Hutchinson
+            ``tr(H_X) / n_X``, where ``X`` is the whole input tensor of the batch the estimate used).
         weight_numel: ``n_W``.
         act_numel: ``n_X``, elements of the input tensor over that batch.
+        delta_loss: Measured increase of the mean loss when only this layer is quantized to each
+            ``(w_bits, a_bits)`` pair; ``None`` for curvature estimators.
     """
 
     name: str
@@ -37,6 +46,7 @@ class LayerSensitivity:
     act_trace: float
     weight_numel: int
     act_numel: int
+    delta_loss: dict[tuple[int, int], float] | None = None
 
 
 @dataclass(frozen=True)
@@ -51,7 +61,7 @@ class SensitivityResult:
     def to_json(self) -> str:
         return json.dumps({
             "estimator": self.estimator,
-            "layers": [asdict(s) for s in self.layers.values()],
+            "layers": [_layer_json(s) for s in self.layers.values()],
             "iterations": self.iterations,
             "seconds": self.seconds,
         })
@@ -63,9 +73,12 @@ class SensitivityResult:
             data: Any = json.loads(text)
             layers = {}
             for item in data["layers"]:
+                measured = item.get("delta_loss")
+                if measured is not None:
+                    measured = {(int(w), int(a)): float(v) for w, a, v in measured}
                 s = LayerSensitivity(str(item["name"]), float(item["weight_trace"]),
                                      float(item["act_trace"]), int(item["weight_numel"]),
-                                     int(item["act_numel"]))
+                                     int(item["act_numel"]), measured)
                 layers[s.name] = s
             return cls(str(data["estimator"]), layers, int(data["iterations"]), float(data["seconds"]))
         except (ValueError, KeyError, TypeError) as e:
@@ -74,8 +87,15 @@ class SensitivityResult:
             ) from None
 
 
+def _layer_json(s: LayerSensitivity) -> dict[str, Any]:
+    d = asdict(s)
+    if s.delta_loss is not None:
+        d["delta_loss"] = [[w, a, v] for (w, a), v in s.delta_loss.items()]
+    return d
+
+
 class SensitivityEstimator(ABC):
-    """Estimates per-layer Hessian traces of the loss w.r.t. weights and input activations.
+    """Estimates how much each layer's quantization raises the loss (curvature or measured).
 
     Contract:
         * Call :meth:`estimate` once per (model, data); the model is a prepared, eval-mode module
@@ -96,7 +116,10 @@ class SensitivityEstimator(ABC):
     def estimate(
         self, model: nn.Module, layers: Sequence[str], batches: Sequence[Batch]
     ) -> SensitivityResult:
-        """Return the sensitivity of each named layer on ``batches`` of ``(inputs, labels)``."""
+        """Return the sensitivity of each named layer on ``batches`` of ``(inputs, labels)``.
+
+        The result's ``seconds`` is the estimator's wall time.
+        """
 
     def config_key(self) -> dict[str, Any]:
         """The constructor parameters that determine the result (part of the cache key)."""
@@ -140,6 +163,23 @@ def _input_error_per_element(
     return out
 
 
+def _measured_row(s: LayerSensitivity, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], float]:
+    assert s.delta_loss is not None
+    row = {}
+    for w, a in pairs:
+        if (w, a) == (FLOAT_BITS, FLOAT_BITS):
+            row[(w, a)] = 0.0
+            continue
+        if (w, a) not in s.delta_loss:
+            raise ConfigError(f"layer {s.name!r} has no measured loss change at W{w}A{a}; "
+                              "re-estimate delta_loss with the search's bit pairs")
+        value = s.delta_loss[(w, a)]
+        if not math.isfinite(value):
+            raise ConfigError(f"layer {s.name!r} has a non-finite loss change at W{w}A{a}; re-estimate")
+        row[(w, a)] = max(value, 0.0)
+    return row
+
+
 def score_table(
     model: nn.Module,
     sens: SensitivityResult,
@@ -152,8 +192,9 @@ def score_table(
     ``score[layer][(w, a)] = 0.5 * t_W * ‖Q_w(W) − W‖² + 0.5 * t_X * ‖Q_a(X) − X‖²`` (HAWQ-V2/V3),
     where ``‖Q_a(X) − X‖²`` is the mean squared error per element over ``act_batches`` times
     ``act_numel``, so both terms estimate the increase of the mean loss on the estimator's batch.
-    Negative trace estimates (non-convex points, noise) are clamped to 0, so scores are ≥ 0;
-    32 bits gives a zero term.
+    ``t`` are the result's curvature coefficients (see :class:`LayerSensitivity`). A layer with
+    measured ``delta_loss`` scores that measurement instead. Negative coefficients and loss changes
+    (non-convex points, noise) are clamped to 0, so scores are ≥ 0; 32 bits gives a zero term.
 
     Args:
         model: The model the sensitivities were estimated on (weights are read from it).
@@ -173,10 +214,14 @@ def score_table(
             model.get_submodule(name)
         except AttributeError:
             raise ConfigError(f"layer {name!r} of the sensitivity result is not in the model; re-estimate") from None
-    act_err = _input_error_per_element(model, layers, ranges, a_bits, act_batches) if a_bits else {}
+    curvature = [n for n in layers if sens.layers[n].delta_loss is None]
+    act_err = _input_error_per_element(model, curvature, ranges, a_bits, act_batches) if a_bits and curvature else {}
     table: dict[str, dict[tuple[int, int], float]] = {}
     for name in layers:
         s = sens.layers[name]
+        if s.delta_loss is not None:
+            table[name] = _measured_row(s, pairs)
+            continue
         weight = model.get_submodule(name).weight
         t_w = max(s.weight_trace, 0.0)
         t_x = max(s.act_trace, 0.0)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -73,6 +74,83 @@ def _first_samples(batches: Sequence[Batch], n: int) -> tuple[Tensor, Tensor]:
     if have == 0:
         raise ConfigError("the sensitivity data is empty; give at least one non-empty batch")
     return torch.cat(xs), torch.cat(ys)
+
+
+@contextlib.contextmanager
+def layer_loss(
+    model: nn.Module, layers: list[str], x: Tensor, y: Tensor, act_batch: int | None = None
+) -> Iterator[tuple[dict[str, Tensor], Callable[[dict[str, Tensor]], Tensor]]]:
+    """The loss as a function of every layer's weights and an additive perturbation of its input.
+
+    Yields ``(point, loss)``: ``point`` maps ``"w:<layer>"`` to the layer's weights and ``"x:<layer>"``
+    to a zero tensor shaped like the layer's input on ``x`` (batch dimension ``act_batch`` if given,
+    e.g. 1 for per-sample use under ``vmap``), and ``loss(point)`` is the mean cross-entropy of the
+    model on ``(x, y)`` with those weights and input perturbations (a ``torch.func`` function).
+    Installs forward pre-hooks on the layers until the context exits.
+    """
+    in_shapes: dict[str, list[torch.Size]] = {name: [] for name in layers}
+    deltas: dict[str, Tensor] = {}
+    recording = True
+
+    def make_hook(name: str) -> Callable[[nn.Module, tuple[Tensor, ...]], tuple[Tensor, ...] | None]:
+        def hook(_mod: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
+            if recording:
+                in_shapes[name].append(args[0].shape)
+                return None
+            return (args[0] + deltas[name],) + tuple(args[1:])
+        return hook
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(make_hook(n)) for n in layers]
+    try:
+        with torch.no_grad():
+            model(x)
+        recording = False
+        for name, shapes in in_shapes.items():
+            if len(shapes) != 1:
+                raise ConfigError(f"layer {name!r} runs {len(shapes)} times per forward; "
+                                  "give each call its own module")
+
+        fixed = {k: v.detach() for k, v in model.named_parameters()}
+        fixed.update({k: v.detach() for k, v in model.named_buffers()})
+        for name in layers:
+            fixed.pop(f"{name}.weight")
+
+        def loss(point: dict[str, Tensor], inputs: Tensor = x, labels: Tensor = y) -> Tensor:
+            weights = {}
+            for key, t in point.items():
+                if key.startswith(_W):
+                    weights[f"{key[len(_W):]}.weight"] = t
+                else:
+                    deltas[key[len(_X):]] = t
+            out = functional_call(model, (fixed, weights), (inputs,))
+            return F.cross_entropy(out, labels)
+
+        point = {}
+        for name in layers:
+            point[_W + name] = model.get_submodule(name).weight.detach()
+            shape = in_shapes[name][0]
+            if act_batch is not None:
+                shape = torch.Size((act_batch,) + tuple(shape[1:]))
+            point[_X + name] = torch.zeros(shape, dtype=x.dtype)
+        yield point, loss
+    finally:
+        for h in handles:
+            h.remove()
+        deltas.clear()
+
+
+def _sensitivities(
+    layers: list[str], point: dict[str, Tensor], weight: dict[str, float], act: dict[str, float],
+    n_samples: int | None = None,
+) -> dict[str, LayerSensitivity]:
+    out = {}
+    for name in layers:
+        act_numel = point[_X + name].numel()
+        if n_samples is not None:  # point holds one sample's input; report the whole batch's size
+            act_numel = act_numel // point[_X + name].shape[0] * n_samples
+        out[name] = LayerSensitivity(name=name, weight_trace=weight[name], act_trace=act[name],
+                                     weight_numel=point[_W + name].numel(), act_numel=act_numel)
+    return out
 
 
 class HutchinsonEstimator(SensitivityEstimator):
@@ -155,47 +233,7 @@ class HutchinsonEstimator(SensitivityEstimator):
     def _estimate(
         self, model: nn.Module, layers: list[str], x: Tensor, y: Tensor
     ) -> tuple[dict[str, LayerSensitivity], int]:
-        in_shapes: dict[str, list[torch.Size]] = {name: [] for name in layers}
-        deltas: dict[str, Tensor] = {}
-        recording = True
-
-        def make_hook(name: str) -> Callable[[nn.Module, tuple[Tensor, ...]], tuple[Tensor, ...] | None]:
-            def hook(_mod: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
-                if recording:
-                    in_shapes[name].append(args[0].shape)
-                    return None
-                return (args[0] + deltas[name],) + tuple(args[1:])
-            return hook
-
-        handles = [model.get_submodule(n).register_forward_pre_hook(make_hook(n)) for n in layers]
-        try:
-            with torch.no_grad():
-                model(x)
-            recording = False
-            for name, shapes in in_shapes.items():
-                if len(shapes) != 1:
-                    raise ConfigError(f"layer {name!r} runs {len(shapes)} times per forward; "
-                                      "give each call its own module")
-
-            fixed = {k: v.detach() for k, v in model.named_parameters()}
-            fixed.update({k: v.detach() for k, v in model.named_buffers()})
-            for name in layers:
-                fixed.pop(f"{name}.weight")
-
-            def loss(point: dict[str, Tensor]) -> Tensor:
-                weights = {}
-                for key, t in point.items():
-                    if key.startswith(_W):
-                        weights[f"{key[len(_W):]}.weight"] = t
-                    else:
-                        deltas[key[len(_X):]] = t
-                out = functional_call(model, (fixed, weights), (x,))
-                return F.cross_entropy(out, y)
-
-            point = {}
-            for name in layers:
-                point[_W + name] = model.get_submodule(name).weight.detach()
-                point[_X + name] = torch.zeros(in_shapes[name][0], dtype=x.dtype)
+        with layer_loss(model, layers, x, y) as (point, loss):
             grad_fn = grad(loss)
 
             def hvp(tangent: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -236,18 +274,6 @@ class HutchinsonEstimator(SensitivityEstimator):
                          it, stats[worst_key].rel_stderr(), worst_key)
             for key, st in stats.items():
                 log.debug("hutchinson %s: mean %.4g, relative standard error %.3g", key, st.mean, st.rel_stderr())
-        finally:
-            for h in handles:
-                h.remove()
-            deltas.clear()
-
-        out = {}
-        for name in layers:
-            out[name] = LayerSensitivity(
-                name=name,
-                weight_trace=stats[_W + name].mean,
-                act_trace=stats[_X + name].mean,
-                weight_numel=point[_W + name].numel(),
-                act_numel=point[_X + name].numel(),
-            )
-        return out, it
+        weight = {name: stats[_W + name].mean for name in layers}
+        act = {name: stats[_X + name].mean for name in layers}
+        return _sensitivities(layers, point, weight, act), it
