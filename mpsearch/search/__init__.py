@@ -1,8 +1,17 @@
 """Search: per-layer bit-width choice under latency and memory budgets."""
 
+from mpsearch.search.ilp import (
+    IlpSolution, exact_latency_front, ilp_front, ilp_pick, require_ilp, solve_ilp, sweep_budgets,
+)
 from mpsearch.search.optuna_search import (
+    SAMPLERS,
+    FrontComparison,
+    HypervolumeComparison,
     SearchSettings,
+    compare_fronts,
     feasible_front,
+    feasible_points,
+    front_comparison,
     run_search,
     spread,
     warm_start_candidates,
@@ -10,6 +19,7 @@ from mpsearch.search.optuna_search import (
 from mpsearch.search.space import Objectives, SearchProblem, bit_pairs, pair_label
 
 __all__ = [
-    "Objectives", "SearchProblem", "SearchSettings", "bit_pairs", "feasible_front", "pair_label",
-    "run_search", "spread", "warm_start_candidates",
+    "FrontComparison", "HypervolumeComparison", "IlpSolution", "Objectives", "SAMPLERS", "SearchProblem", "SearchSettings",
+    "bit_pairs", "compare_fronts", "exact_latency_front", "feasible_front", "feasible_points", "front_comparison", "ilp_front", "ilp_pick",
+    "pair_label", "require_ilp", "run_search", "solve_ilp", "spread", "sweep_budgets", "warm_start_candidates",
 ]

@@ -1,33 +1,55 @@
-"""Constrained multi-objective search with Optuna, stored in a journal file so runs resume.
+"""Constrained multi-objective search with Optuna, in persistent storage so runs resume and scale out.
 
 Objectives: the sensitivity proxy (predicted loss increase), the predicted latency and (by default)
-the weight memory, all minimized; the latency and weight-memory budgets are constraints (``Trial.set_constraint``), which Optuna's samplers and Pareto helpers honour.
+the weight memory, all minimized; the latency and weight-memory budgets are constraints
+(``Trial.set_constraint``), which Optuna's samplers and Pareto helpers honour.
+
+Storage: a journal file in the run folder by default (crash-safe appends; several processes on one
+machine may share it), or any Optuna RDB URL (``postgresql://...``) so worker processes on many
+machines share one study. ``workers > 1`` starts that many local processes (this one included); more
+can join from other machines with ``mpsearch-worker <search_spec.json>`` (see :mod:`.worker`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import optuna
 
 from mpsearch.candidate import Candidate
-from mpsearch.errors import ConfigError
-from mpsearch.search.space import SearchProblem, pair_label
+from mpsearch.errors import ConfigError, MPSearchError
+from mpsearch.search.space import Objectives, SearchProblem, pair_label
 
 log = logging.getLogger(__name__)
+
+SAMPLERS = ("nsga2", "nsga3", "tpe", "random")
+WARM_STARTS = ("ilp", "uniform", "none")
+#: Seconds between a worker's heartbeats on RDB storage, and after which a silent worker's trial is failed.
+HEARTBEAT_S, GRACE_S = 10, 60
 
 
 @dataclass(frozen=True)
 class SearchSettings:
+    """How to search. ``storage``: None = the journal file given to :func:`run_search`; a URL with
+    ``://`` = Optuna RDB storage (e.g. ``postgresql://user@host/db``). ``workers``: local processes."""
+
     sampler: str = "nsga2"
     n_trials: int = 400
     seed: int = 0
     latency_ms: float | None = None
     weight_kib: float | None = None
     memory_objective: bool = True
+    warm_start: str = "ilp"  # ilp: uniform + exact-ILP picks at several budgets; uniform; none
+    warm_budgets: int = 8  # ILP picks per budget axis
+    storage: str | None = None
+    study_name: str = "mpsearch"
+    workers: int = 1
 
 
 def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
@@ -35,13 +57,28 @@ def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """Optuna samplers that handle several objectives, categorical choices and trial constraints."""
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=40)
+    if name == "nsga3":
+        return optuna.samplers.NSGAIIISampler(seed=seed, population_size=40)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=40)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    raise ConfigError(f"unknown sampler {name!r}; use nsga2, tpe or random")
+    # GPSampler also handles constraints and several objectives, but took > 5 min for 60 trials of a
+    # 4-layer problem on 2 shared cores: too slow for hundreds of trials over 22 categorical layers.
+    raise ConfigError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
+
+
+def make_storage(settings: SearchSettings, journal_path: Path | None) -> optuna.storages.BaseStorage:
+    """The study's storage: an RDB URL (with heartbeats, so a dead worker's trial is failed) or a journal."""
+    if settings.storage and "://" in settings.storage:
+        return optuna.storages.RDBStorage(settings.storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+    path = Path(settings.storage) if settings.storage else journal_path
+    if path is None:
+        raise ConfigError("no study storage: set search.storage to a journal path or an RDB URL")
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
 
 
 def candidate_from_params(params: dict[str, str], problem: SearchProblem) -> Candidate:
@@ -49,48 +86,29 @@ def candidate_from_params(params: dict[str, str], problem: SearchProblem) -> Can
     return Candidate({n: labels[params[n]] for n in problem.layers})
 
 
-def warm_start_candidates(problem: SearchProblem, n_lagrangian: int = 8) -> list[Candidate]:
-    """Uniform baselines, then sensitivity-guided picks trading proxy against latency and memory."""
+def warm_start_candidates(problem: SearchProblem, n_budgets: int = 8, latency_ms: float | None = None,
+                          weight_kib: float | None = None, memory: bool = True,
+                          mode: str = "ilp") -> list[Candidate]:
+    """Uniform baselines, then (``mode="ilp"``) the exact-ILP optimum of the proxy at ``n_budgets``
+    latency budgets and, with ``memory``, at ``n_budgets`` weight budgets: sensitivity-guided points
+    spread along the front, all within the run's budgets."""
+    if mode not in WARM_STARTS:
+        raise ConfigError(f"search.warm_start={mode!r} is unknown; use one of {', '.join(WARM_STARTS)}")
+    if mode == "none":
+        return []
     out = [Candidate.uniform(problem.layers, *p) for p in problem.pairs]
-    scores = [v for row in problem.score.values() for v in row.values() if v > 0]
-    lats = [v for row in problem.latency_s.values() for v in row.values()]
-    mems = [v for row in problem.weight_bytes.values() for v in row.values()]
-    if scores:
-        lat_scale = np.median(scores) / max(np.median(lats), 1e-12)
-        mem_scale = np.median(scores) / max(np.median(mems), 1e-12)
-        for lam in np.geomspace(0.01, 100, n_lagrangian):
-            out.append(problem.lagrangian_pick(lam * lat_scale))
-            out.append(problem.lagrangian_pick(0.0, lam * mem_scale))
-    unique: dict[Candidate, None] = {}
-    for c in out:
-        unique.setdefault(c, None)
-    return list(unique)
+    if mode == "ilp":
+        from mpsearch.search.ilp import ilp_front, sweep_budgets
+
+        lat = sweep_budgets(problem, n_budgets, "latency", latency_ms, weight_kib)
+        out += [s.candidate for s in ilp_front(problem, lat, [weight_kib])]
+        if memory:
+            mem = sweep_budgets(problem, n_budgets, "weight", latency_ms, weight_kib)
+            out += [s.candidate for s in ilp_front(problem, [latency_ms], mem)]
+    return list(dict.fromkeys(out))
 
 
-def run_search(problem: SearchProblem, settings: SearchSettings, storage_path: Path,
-               progress: bool = True) -> optuna.Study:
-    """Run (or resume) the study in ``storage_path`` until it holds ``n_trials`` finished trials."""
-    problem.check_budgets(settings.latency_ms, settings.weight_kib)
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(storage_path)))
-    study = optuna.create_study(
-        study_name="mpsearch", storage=storage, load_if_exists=True,
-        directions=["minimize"] * (3 if settings.memory_objective else 2),
-        sampler=make_sampler(settings.sampler, settings.seed),
-    )
-    study.set_metric_names(["proxy", "latency_ms", "weight_kib"][: len(study.directions)])
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if done:
-        log.info("resuming study %s: %d finished trial(s) kept", storage_path, len(done))
-    # Unfinished trials of a killed run are marked FAIL so samplers ignore them.
-    for t in study.trials:
-        if t.state == optuna.trial.TrialState.RUNNING:
-            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-    if not study.trials:
-        for cand in warm_start_candidates(problem):
-            study.enqueue_trial({n: pair_label(cand[n]) for n in problem.layers}, skip_if_exists=True)
-    remaining = settings.n_trials - len(done)
-    if remaining <= 0:
-        return study
+def _objective(problem: SearchProblem, settings: SearchSettings):
     choices = [pair_label(p) for p in problem.pairs]
 
     def objective(trial: optuna.Trial) -> tuple[float, ...]:
@@ -106,8 +124,116 @@ def run_search(problem: SearchProblem, settings: SearchSettings, storage_path: P
             return obj.proxy, obj.latency_ms, obj.weight_kib
         return obj.proxy, obj.latency_ms
 
+    return objective
+
+
+def _complete(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
+
+def open_study(problem: SearchProblem, settings: SearchSettings, storage_path: Path | None,
+               seed_offset: int = 0, cleanup: bool = True) -> optuna.Study:
+    """Create or load the study; on first creation enqueue the warm start.
+
+    ``cleanup`` marks trials left RUNNING by a killed run as FAIL so samplers ignore them; only the
+    process that owns the run (not a joining worker) does it, and not on RDB storage, where a live
+    worker elsewhere may be running them (heartbeats fail dead workers' trials there instead).
+    """
+    journal = storage_path if not settings.storage else (None if "://" in settings.storage else settings.storage)
+    if cleanup and journal is not None:  # a journal a crash left unreadable is cut back to its readable part
+        from mpsearch.storage import repair_journal
+
+        repair_journal(journal)
+    storage = make_storage(settings, storage_path)
+    study = optuna.create_study(
+        study_name=settings.study_name, storage=storage, load_if_exists=True,
+        directions=["minimize"] * (3 if settings.memory_objective else 2),
+        sampler=make_sampler(settings.sampler, settings.seed + 1000 * seed_offset),
+    )
+    names = ["proxy", "latency_ms", "weight_kib"][: len(study.directions)]
+    if study.metric_names != names:
+        study.set_metric_names(names)
+    if cleanup and not isinstance(storage, optuna.storages.RDBStorage):
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    if cleanup and not study.trials:
+        for cand in warm_start_candidates(problem, settings.warm_budgets, settings.latency_ms,
+                                          settings.weight_kib, settings.memory_objective, settings.warm_start):
+            study.enqueue_trial({n: pair_label(cand[n]) for n in problem.layers}, skip_if_exists=True)
+    return study
+
+
+def work(study: optuna.Study, problem: SearchProblem, settings: SearchSettings, progress: bool = False,
+         worker_id: int = 0) -> list[int]:
+    """Run trials until the study holds ``settings.n_trials`` finished ones (counting every worker's).
+
+    Returns the numbers of the trials this call finished.
+    """
+    remaining = settings.n_trials - _complete(study)
+    if remaining <= 0:
+        return []
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study.optimize(objective, n_trials=remaining, show_progress_bar=progress)
+    finished: list[int] = []
+
+    def record(_: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            finished.append(trial.number)
+
+    stop = optuna.study.MaxTrialsCallback(settings.n_trials, states=(optuna.trial.TrialState.COMPLETE,))
+    objective = _objective(problem, settings)
+
+    def tagged(trial: optuna.Trial) -> tuple[float, ...]:
+        trial.set_user_attr("worker", worker_id)
+        return objective(trial)
+
+    study.optimize(tagged, n_trials=remaining, callbacks=[record, stop], show_progress_bar=progress)
+    return finished
+
+
+def write_spec(path: Path, problem: SearchProblem, settings: SearchSettings, journal_path: Path | None) -> Path:
+    """The file a worker needs: the problem tables and the settings (storage resolved to a URL or path)."""
+    from mpsearch.storage import atomic_write_text
+
+    storage = settings.storage or (str(journal_path.resolve()) if journal_path else None)
+    spec = {"problem": json.loads(problem.to_json()), "settings": {**asdict(replace(settings, storage=storage))}}
+    atomic_write_text(path, json.dumps(spec) + "\n")
+    return path
+
+
+def read_spec(path: Path) -> tuple[SearchProblem, SearchSettings]:
+    try:
+        spec = json.loads(Path(path).read_text())
+        return SearchProblem.from_json(json.dumps(spec["problem"])), SearchSettings(**spec["settings"])
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"search spec {str(path)!r} is unreadable ({e}); give the search_spec.json a run wrote")
+
+
+def run_search(problem: SearchProblem, settings: SearchSettings, storage_path: Path,
+               progress: bool = True) -> optuna.Study:
+    """Run (or resume) the study until it holds ``n_trials`` finished trials.
+
+    ``storage_path`` is the journal file used when ``settings.storage`` is None; with ``workers > 1``
+    the extra processes read ``search_spec.json`` written beside it.
+    """
+    problem.check_budgets(settings.latency_ms, settings.weight_kib)
+    study = open_study(problem, settings, storage_path)
+    done = _complete(study)
+    if done:
+        log.info("resuming study %s: %d finished trial(s) kept", settings.storage or storage_path, done)
+    procs: list[subprocess.Popen] = []
+    if (settings.workers > 1 or settings.storage) and done < settings.n_trials:
+        # What any worker needs, here or on another machine: ``mpsearch-worker search_spec.json --worker-id K``.
+        spec = write_spec(Path(storage_path).with_name("search_spec.json"), problem, settings, storage_path)
+        for i in range(1, settings.workers):
+            procs.append(subprocess.Popen([sys.executable, "-m", "mpsearch.search.worker", str(spec),
+                                           "--worker-id", str(i)]))
+        log.info("started %d worker process(es) on the study", len(procs))
+    try:
+        work(study, problem, settings, progress)
+    finally:
+        failed = [p.args for p in procs if p.wait() != 0]
+    if failed:
+        raise MPSearchError(f"{len(failed)} search worker(s) failed; see their log above, then re-run to resume")
     return study
 
 
@@ -123,6 +249,104 @@ def feasible_front(study: optuna.Study, problem: SearchProblem) -> list[tuple[op
             seen.add(cand)
             front.append((t, cand))
     return front
+
+
+def feasible_points(study: optuna.Study, n_objectives: int = 2) -> np.ndarray:
+    """Objective vectors (first ``n_objectives``) of every finished, feasible trial."""
+    pts = [t.values[:n_objectives] for t in study.get_trials(deepcopy=False,
+                                                             states=(optuna.trial.TrialState.COMPLETE,))
+           if not any(c > 0 for c in _constraints(t))]
+    return np.asarray(pts, dtype=float).reshape(-1, n_objectives)
+
+
+@dataclass(frozen=True)
+class HypervolumeComparison:
+    """Hypervolumes of two point sets on the same normalised objectives and reference point."""
+
+    hypervolume: float
+    reference_hypervolume: float
+    ratio: float  # hypervolume / reference_hypervolume
+    ideal: tuple[float, ...]
+    nadir: tuple[float, ...]
+    reference_point: tuple[float, ...]  # in normalised units: (1 + margin, ...)
+
+
+def compare_fronts(points: np.ndarray, reference_front: np.ndarray, margin: float = 0.1,
+                   ideal: np.ndarray | None = None, nadir: np.ndarray | None = None) -> HypervolumeComparison:
+    """Hypervolume of ``points`` against that of ``reference_front`` (e.g. the exact-ILP front).
+
+    Both are minimised objective vectors. Each objective is scaled to [0, 1] between ``ideal`` and
+    ``nadir`` (default: the reference front's extremes, which for the exact front are properties of
+    the problem, not of either search) and the reference point is ``1 + margin`` on every axis; points
+    beyond it count for nothing. Dominated points are allowed.
+    """
+    # Optuna 5 has no public hypervolume function (only plot_hypervolume_history, which draws); this is
+    # the WFG implementation its samplers and that plot use.
+    from optuna._hypervolume import compute_hypervolume
+
+    ref = np.asarray(reference_front, dtype=float)
+    pts = np.asarray(points, dtype=float).reshape(-1, ref.shape[1])
+    lo = ref.min(axis=0) if ideal is None else np.asarray(ideal, dtype=float)
+    hi = ref.max(axis=0) if nadir is None else np.asarray(nadir, dtype=float)
+    span = np.where(hi - lo > 0, hi - lo, 1.0)
+    rp = np.full(ref.shape[1], 1.0 + margin)
+
+    def hv(x: np.ndarray) -> float:
+        z = (x - lo) / span
+        z = z[np.all(z <= rp, axis=1)]
+        return float(compute_hypervolume(z, rp)) if len(z) else 0.0
+
+    h, h_ref = hv(pts), hv(ref)
+    return HypervolumeComparison(h, h_ref, h / h_ref if h_ref > 0 else float("nan"), tuple(lo.tolist()),
+                                 tuple(hi.tolist()), tuple(rp.tolist()))
+
+
+@dataclass
+class FrontComparison:
+    """The search's feasible front beside the exact-ILP front, for the report.
+
+    ``fronts``: ``{"optuna": [...], "ilp": [...]}``, points ``{"proxy", "latency_ms", "weight_kib"}``;
+    ``hypervolume``: on (proxy, latency), both under the run's budgets, normalised by the ILP front's
+    extremes; ``ilp_seconds``: wall time of the ILP sweep.
+    """
+
+    fronts: dict[str, list[dict[str, float]]]
+    hypervolume: HypervolumeComparison | None
+    ilp_seconds: float
+    ilp_budgets: list[float]
+
+    def note(self) -> str:
+        if self.hypervolume is None:
+            return "Exact-ILP front: no candidate meets the budgets."
+        h = self.hypervolume
+        return (f"Exact ILP (scipy HiGHS) on the same proxy and budgets at {len(self.ilp_budgets)} latency budgets: "
+                f"{len(self.fronts['ilp'])} distinct optima in {self.ilp_seconds:.2f} s. Hypervolume of the search's "
+                f"feasible (proxy, latency) points / the ILP front's = {h.ratio:.4f} (objectives scaled to the ILP "
+                f"front's range, reference point {h.reference_point[0]:g} on each axis).")
+
+
+def _point(obj: Objectives) -> dict[str, float]:
+    return {"proxy": float(obj.proxy), "latency_ms": float(obj.latency_ms), "weight_kib": float(obj.weight_kib)}
+
+
+def front_comparison(study: optuna.Study, problem: SearchProblem, settings: SearchSettings,
+                     n_budgets: int = 8) -> FrontComparison:
+    """Solve the exact ILP at ``n_budgets`` latency budgets (within the run's) and compare fronts."""
+    import time
+
+    from mpsearch.search.ilp import ilp_front, sweep_budgets
+
+    start = time.perf_counter()
+    budgets = sweep_budgets(problem, n_budgets, "latency", settings.latency_ms, settings.weight_kib)
+    ilp = ilp_front(problem, budgets, [settings.weight_kib])
+    seconds = time.perf_counter() - start
+    fronts = {"optuna": [_point(problem.evaluate(c)) for _, c in feasible_front(study, problem)],
+              "ilp": [_point(s.objectives) for s in ilp]}
+    hv = None
+    if ilp:
+        ref = np.array([[s.objectives.proxy, s.objectives.latency_ms] for s in ilp])
+        hv = compare_fronts(feasible_points(study, 2), ref)
+    return FrontComparison(fronts, hv, seconds, budgets)
 
 
 def spread(items: list, k: int) -> list:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from mpsearch.candidate import FLOAT_BITS, Bits, Candidate, check_bits
+from mpsearch.candidate import FLOAT_BITS, Bits, check_bits
 from mpsearch.errors import InfeasibleBudgetError
 
 
@@ -73,10 +74,19 @@ class SearchProblem:
                     f"weight budget {weight_kib:g} KiB is below the smallest candidate ({smallest:.1f} KiB); "
                     f"raise budget.weight_kib to at least {smallest:.1f}")
 
-    def lagrangian_pick(self, lam_latency: float, lam_memory: float = 0.0) -> Candidate:
-        """Per-layer argmin of score + λ·cost: the sensitivity-guided solutions used to warm-start."""
-        return Candidate({
-            n: min(self.pairs, key=lambda p: (self.score[n][p] + lam_latency * self.latency_s[n][p]
-                                              + lam_memory * self.weight_bytes[n][p], -p[0], -p[1]))
-            for n in self.layers
-        })
+    def to_json(self) -> str:
+        """Plain JSON (pairs as ``"w,a"`` keys), so worker processes on other machines can load it."""
+        def enc(table: Mapping[str, Mapping[Bits, float]]) -> dict:
+            return {n: {f"{w},{a}": v for (w, a), v in table[n].items()} for n in self.layers}
+        return json.dumps({"layers": self.layers, "pairs": [list(p) for p in self.pairs],
+                           "score": enc(self.score), "latency_s": enc(self.latency_s),
+                           "weight_bytes": enc(self.weight_bytes), "other_latency_s": self.other_latency_s})
+
+    @classmethod
+    def from_json(cls, text: str) -> SearchProblem:
+        d = json.loads(text)
+
+        def dec(table: Mapping[str, Mapping[str, float]]) -> dict:
+            return {n: {tuple(int(b) for b in k.split(",")): v for k, v in row.items()} for n, row in table.items()}
+        return cls(d["layers"], [tuple(p) for p in d["pairs"]], dec(d["score"]), dec(d["latency_s"]),
+                   dec(d["weight_bytes"]), d["other_latency_s"])
