@@ -1,0 +1,383 @@
+"""Reconstruction-based PTQ: AdaRound per layer and BRECQ-style per block, on the traced graph.
+
+Both learn the same rounding variables (:class:`~mpsearch.quant.adaround.AdaRoundWeight`), and
+optionally LSQ activation steps, by reconstructing an output of the float model from the input the
+*quantized* model feeds it (earlier units already learned and hard-rounded), on calibration data:
+
+* ``adaround``: the output of one layer (through its ReLU/GELU when that is its only user);
+* ``brecq``: the output of one block, a single-input single-output stretch of the graph between two
+  cut points (e.g. a residual block up to its final ReLU), all its layers learned jointly
+  (Li et al., "BRECQ: Pushing the Limit of Post-Training Quantization by Block Reconstruction", 2021;
+  plain output MSE, not their Fisher weighting).
+
+Loss: ``Σ (out − target)²`` per sample, averaged over the batch, plus ``λ Σ (1 − |2h − 1|^β)``
+with ``β`` annealed from 20 to 2 after a warm-up. Each unit keeps round-to-nearest if the learned
+rounding reconstructs its calibration data worse.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.nn import functional as F
+
+from mpsearch.candidate import FLOAT_BITS, Candidate
+from mpsearch.errors import MPSearchError
+from mpsearch.quant.adaround import AdaRoundWeight, beta_schedule
+from mpsearch.quant.fake import ActQuant, QuantLayer, act_quantizers, quantize_
+from mpsearch.quant.learned import Batches, LearnedModel, Learner, clone_layer
+from mpsearch.quant.lsq import LsqActQuant, fake_quant_act_ste
+from mpsearch.quant.prepare import QUANTIZABLE, PreparedModel
+
+log = logging.getLogger(__name__)
+
+_POINTWISE_FUNCS = {F.relu, torch.relu, F.gelu, F.relu6, F.silu, torch.tanh, torch.sigmoid, F.hardswish}
+_POINTWISE_MODULES = (nn.ReLU, nn.GELU, nn.ReLU6, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Hardswish)
+GRANULARITIES = ("layer", "block")
+
+
+@dataclass(frozen=True)
+class Block:
+    """A single-input single-output stretch of the graph holding at least one quantizable layer."""
+
+    input: str  # name of the fx node whose value enters the block
+    nodes: tuple[str, ...]  # names of the nodes it runs, in graph order; the last one is its output
+    layers: tuple[str, ...]  # quantizable layers (module targets) inside, in graph order
+
+
+def _is_pointwise(node: fx.Node, gm: fx.GraphModule) -> bool:
+    if node.op == "call_function":
+        return node.target in _POINTWISE_FUNCS
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(node.target), _POINTWISE_MODULES)
+    return False
+
+
+def _quantizable(node: fx.Node, gm: fx.GraphModule) -> bool:
+    return node.op == "call_module" and isinstance(gm.get_submodule(node.target), (*QUANTIZABLE, QuantLayer))
+
+
+def graph_blocks(gm: fx.GraphModule) -> list[Block]:
+    """Split the graph at cut points (where one value alone is live) into blocks with layers.
+
+    A block ends at the first cut after a layer, extended through a following pointwise activation
+    (so a residual block ends after its final ReLU). Nodes after the last layer are left out.
+    """
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise MPSearchError(f"block reconstruction needs a single-input model, got {len(placeholders)} inputs")
+    compute = [n for n in gm.graph.nodes if n.op in ("call_module", "call_function", "call_method")]
+    order = {n: i for i, n in enumerate(compute)}
+    order[placeholders[0]] = -1
+    end = len(compute)
+    last_use = {n: max((order.get(u, end) for u in n.users), default=order[n]) for n in order}
+    blocks: list[Block] = []
+    current: list[fx.Node] = []
+    live_until = -1  # the furthest use of any value produced before the current position
+    inp = placeholders[0]
+    live_until = last_use[inp]
+    for i, node in enumerate(compute):
+        current.append(node)
+        cut = live_until <= i
+        live_until = max(live_until, last_use[node])
+        layers = [n.target for n in current if _quantizable(n, gm)]
+        nxt = compute[i + 1] if i + 1 < end else None
+        extend = nxt is not None and _is_pointwise(nxt, gm) and nxt.args and nxt.args[0] is node
+        if layers and cut and not extend:
+            blocks.append(Block(inp.name, tuple(n.name for n in current), tuple(layers)))
+            inp, current = node, []
+    return blocks
+
+
+def run_nodes(gm: fx.GraphModule, names: tuple[str, ...], inp: str, x: torch.Tensor,
+              modules: Mapping[str, nn.Module] | None = None) -> torch.Tensor:
+    """Evaluate the named nodes of ``gm`` on ``x`` (the value of node ``inp``); ``modules`` overrides targets."""
+    nodes = {n.name: n for n in gm.graph.nodes}
+    env: dict[str, Any] = {inp: x}
+    modules = modules or {}
+
+    def load(n: fx.Node) -> Any:
+        if n.name not in env and n.op == "get_attr":
+            obj: Any = gm
+            for part in str(n.target).split("."):
+                obj = getattr(obj, part)
+            env[n.name] = obj
+        return env[n.name]
+
+    for name in names:
+        node = nodes[name]
+        args = fx.node.map_arg(node.args, load)
+        kwargs = fx.node.map_arg(node.kwargs, load)
+        if node.op == "call_module":
+            mod = modules.get(node.target) or gm.get_submodule(node.target)
+            env[name] = mod(*args, **kwargs)
+        elif node.op == "call_function":
+            env[name] = node.target(*args, **kwargs)
+        elif node.op == "call_method":
+            env[name] = getattr(args[0], node.target)(*args[1:], **kwargs)
+        else:
+            raise MPSearchError(f"cannot run graph node {name!r} of kind {node.op!r} in a block")
+    return env[names[-1]]
+
+
+class _LearnLayer(nn.Module):
+    """A layer whose weight rounding (and activation step) is being learned."""
+
+    def __init__(self, layer: nn.Module, w_bits: int, act: ActQuant | None, lsq: bool) -> None:
+        super().__init__()
+        self.layer = layer
+        self.rounding = AdaRoundWeight(layer.weight, w_bits) if w_bits < FLOAT_BITS else None
+        self.act_fixed = act
+        self.lsq = LsqActQuant(act) if (act is not None and lsq) else None
+        self.mode = "soft"  # "soft" | "hard" | "rtn"
+
+    def weight(self) -> torch.Tensor:
+        if self.rounding is None:
+            return self.layer.weight.detach()
+        if self.mode == "soft":
+            return self.rounding.soft()
+        if self.mode == "hard":
+            return self.rounding.hard()
+        return self.rounding.rtn * self.rounding.scale.view((-1,) + (1,) * (self.rounding.rtn.dim() - 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.lsq is not None and self.mode != "rtn":
+            x = self.lsq(x)
+        elif self.act_fixed is not None:
+            x = fake_quant_act_ste(x, self.act_fixed)
+        layer, w = self.layer, self.weight()
+        if isinstance(layer, nn.Linear):
+            return F.linear(x, w, None if layer.bias is None else layer.bias.detach())
+        return F.conv2d(x, w, None if layer.bias is None else layer.bias.detach(), layer.stride, layer.padding,
+                        layer.dilation, layer.groups)
+
+
+@dataclass(frozen=True)
+class ReconstructionSettings:
+    """Optimisation settings shared by AdaRound and BRECQ.
+
+    Attributes:
+        iters: Adam steps per unit (layer or block).
+        batch_size: Calibration samples per step.
+        lr: Adam learning rate of the rounding variables.
+        lsq_lr: Adam learning rate of the activation steps, relative to each step's initial value.
+        reg_weight: λ of the rounding regulariser.
+        warmup: Share of the steps without the regulariser.
+        lsq: Also learn the activation step sizes (LSQ).
+        seed: Seed of the minibatch sampling.
+    """
+
+    iters: int = 500
+    batch_size: int = 64
+    lr: float = 1e-2
+    lsq_lr: float = 1e-3
+    reg_weight: float = 0.01
+    warmup: float = 0.2
+    lsq: bool = False
+    seed: int = 0
+
+
+def _rec_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (out - target).pow(2).flatten(1).sum(1).mean()
+
+
+class Reconstruction(Learner):
+    """AdaRound (``granularity="layer"``) or BRECQ-style (``"block"``) learned rounding."""
+
+    def __init__(self, granularity: str = "layer", settings: ReconstructionSettings | None = None) -> None:
+        if granularity not in GRANULARITIES:
+            raise MPSearchError(f"unknown reconstruction granularity {granularity!r}; use one of {GRANULARITIES}")
+        self.granularity = granularity
+        self.name = "adaround" if granularity == "layer" else "brecq"
+        self.cfg = settings or ReconstructionSettings()
+
+    def settings(self) -> dict[str, Any]:
+        return {"granularity": self.granularity, **asdict(self.cfg)}
+
+    def learn(self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]],
+              batches: Batches) -> LearnedModel:
+        start = time.perf_counter()
+        fp = prepared.graph_module
+        q = quantize_(prepared.copy_module(), candidate, ranges).eval()
+        acts = act_quantizers(candidate, ranges)
+        new_ranges = {k: (float(v[0]), float(v[1])) for k, v in ranges.items()}
+        params: dict[str, torch.Tensor] = {}
+        units: list[dict[str, Any]] = []
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        with torch.no_grad():
+            x_fp = [x for x, _ in batches]
+            x_q = [x for x, _ in batches]
+        for block in graph_blocks(fp):
+            learnable = [n for n in block.layers if n in candidate and (candidate[n][0] < FLOAT_BITS or
+                                                                        (self.cfg.lsq and acts[n] is not None))]
+            if learnable:
+                # A block learns jointly, through every quantized layer in it (straight-through estimators).
+                groups = [(n,) for n in learnable] if self.granularity == "layer" else \
+                    [tuple(n for n in block.layers if n in candidate)]
+                for group in groups:
+                    units.append(self._learn_unit(fp, q, block, group, candidate, acts, x_fp, x_q, gen,
+                                                  params, new_ranges))
+            with torch.no_grad():
+                x_fp = [run_nodes(fp, block.nodes, block.input, x) for x in x_fp]
+                x_q = [run_nodes(q, block.nodes, block.input, x) for x in x_q]
+        stats = {"seconds": round(time.perf_counter() - start, 2), "units": units,
+                 "flipped": sum(u["flipped"] for u in units),
+                 "kept_rtn": sum(1 for u in units if u["kept_rtn"])}
+        return LearnedModel(self.name, candidate.key(), params, new_ranges, stats)
+
+    def _unit_data(self, fp: fx.GraphModule, q: fx.GraphModule, block: Block, group: tuple[str, ...],
+                   x_fp: list[torch.Tensor], x_q: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """(input from the quantized model, float target, function running the unit on an input)."""
+        if self.granularity == "block":
+            with torch.no_grad():
+                target = torch.cat([run_nodes(fp, block.nodes, block.input, x) for x in x_fp])
+            return torch.cat(x_q), target, lambda x, mods: run_nodes(q, block.nodes, block.input, x, mods)
+        (name,) = group
+        node = next(n for n in fp.graph.nodes if n.op == "call_module" and n.target == name)
+        users = list(node.users)
+        tail = users[0] if len(users) == 1 and _is_pointwise(users[0], fp) else None
+        names = (node.name,) + ((tail.name,) if tail is not None else ())
+        seen: dict[str, list[torch.Tensor]] = {"in": [], "out": []}
+        h_in = q.get_submodule(name).register_forward_pre_hook(lambda _m, a: seen["in"].append(a[0].detach()))
+        h_out = fp.get_submodule(name).register_forward_hook(lambda _m, _a, o: seen["out"].append(o.detach()))
+        try:
+            with torch.no_grad():
+                for x in x_fp:
+                    run_nodes(fp, block.nodes, block.input, x)
+                for x in x_q:
+                    run_nodes(q, block.nodes, block.input, x)
+        finally:
+            h_in.remove()
+            h_out.remove()
+        target = torch.cat(seen["out"])
+        if tail is not None:
+            with torch.no_grad():
+                target = run_nodes(fp, (tail.name,), node.name, target)
+        inp = node.args[0].name
+        return torch.cat(seen["in"]), target, lambda x, mods: run_nodes(q, names, inp, x, mods)
+
+    def _learn_unit(self, fp: fx.GraphModule, q: fx.GraphModule, block: Block, group: tuple[str, ...],
+                    candidate: Candidate, acts: Mapping[str, ActQuant | None], x_fp: list[torch.Tensor],
+                    x_q: list[torch.Tensor], gen: torch.Generator, params: dict[str, torch.Tensor],
+                    new_ranges: dict[str, tuple[float, float]]) -> dict[str, Any]:
+        cfg = self.cfg
+        start = time.perf_counter()
+        inp, target, forward = self._unit_data(fp, q, block, group, x_fp, x_q)
+        mods = {n: _LearnLayer(fp.get_submodule(n), candidate[n][0], acts[n], cfg.lsq) for n in group}
+        roundings = [m.rounding for m in mods.values() if m.rounding is not None]
+        steps = [m.lsq for m in mods.values() if m.lsq is not None]
+        groups: list[dict[str, Any]] = [{"params": [r.v for r in roundings], "lr": cfg.lr}] if roundings else []
+        groups += [{"params": [s.step], "lr": cfg.lsq_lr * float(s.step.detach())} for s in steps]
+        opt = torch.optim.Adam(groups)
+        n = len(inp)
+        for step in range(cfg.iters):
+            idx = torch.randint(n, (min(cfg.batch_size, n),), generator=gen)
+            loss = _rec_loss(forward(inp[idx], mods), target[idx])
+            beta = beta_schedule(step, cfg.iters, cfg.warmup)
+            if beta is not None and roundings:
+                loss = loss + cfg.reg_weight * sum(r.regularizer(beta) for r in roundings)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        def mse(mode: str) -> float:
+            for m in mods.values():
+                m.mode = mode
+            with torch.no_grad():
+                total = sum(float((forward(inp[i:i + 256], mods) - target[i:i + 256]).pow(2).sum())
+                            for i in range(0, n, 256))
+            return total / target.numel()
+
+        mse_rtn, mse_learned = mse("rtn"), mse("hard")
+        keep_rtn = mse_learned > mse_rtn
+        flipped = 0
+        for name, m in mods.items():
+            w_bits, a_bits = candidate[name]
+            if m.rounding is not None:  # snapped either way, so every quantized weight of the patch is on the grid
+                m.mode = "rtn" if keep_rtn else "hard"
+                params[f"{name}.weight"] = m.weight().detach().clone()
+                flipped += 0 if keep_rtn else m.rounding.flipped()
+            if m.lsq is not None and not keep_rtn:
+                new_ranges[name] = m.lsq.learned_range(new_ranges[name][0])
+            layer = fp.get_submodule(name)
+            weight = params.get(f"{name}.weight", layer.weight.detach())
+            act = None if a_bits >= FLOAT_BITS else ActQuant.from_range(*new_ranges[name], a_bits)
+            q.set_submodule(name, QuantLayer(clone_layer(layer, weight), w_bits, act))
+        seconds = round(time.perf_counter() - start, 2)
+        log.debug("%s %s: mse rtn %.3g learned %.3g%s, %.1f s", self.name, ",".join(group), mse_rtn, mse_learned,
+                  " (kept rtn)" if keep_rtn else "", seconds)
+        return {"layers": list(group), "mse_rtn": mse_rtn, "mse_learned": mse_learned, "kept_rtn": keep_rtn,
+                "flipped": flipped, "seconds": seconds}
+
+
+def reconstruction_mse(prepared: PreparedModel, learned: LearnedModel | None, candidate: Candidate,
+                       ranges: Mapping[str, tuple[float, float]], batches: Batches) -> float:
+    """Mean squared error between the float model's logits and the quantized one's (RTN if ``learned`` is None)."""
+    model = learned.apply(prepared) if learned is not None else prepared
+    use_ranges = learned.ranges if learned is not None else ranges
+    q = quantize_(model.copy_module(), candidate, use_ranges).eval()
+    total = count = 0.0
+    with torch.no_grad():
+        for x, _ in batches:
+            diff = q(x) - prepared.graph_module(x)
+            total += float(diff.pow(2).sum())
+            count += diff.numel()
+    return total / max(count, 1)
+
+
+def unit_mse(prepared: PreparedModel, learned: LearnedModel | None, candidate: Candidate,
+             ranges: Mapping[str, tuple[float, float]], batches: Batches, granularity: str) -> dict[str, float]:
+    """Reconstruction error of each unit, the quantity AdaRound / BRECQ minimise, on ``batches``.
+
+    For each layer (through its sole pointwise activation) or block: the mean squared difference between
+    its output in the quantized model (RTN when ``learned`` is None) and in the float model.
+    """
+    fp = prepared.graph_module
+    model = learned.apply(prepared) if learned is not None else prepared
+    q = quantize_(model.copy_module(), candidate, learned.ranges if learned is not None else ranges).eval()
+    sums: dict[str, list[float]] = {}
+
+    def add(key: str, a: torch.Tensor, b: torch.Tensor) -> None:
+        acc = sums.setdefault(key, [0.0, 0.0])
+        acc[0] += float((a - b).pow(2).sum())
+        acc[1] += a.numel()
+
+    for x, _ in batches:
+        x_fp = x_q = x
+        for block in graph_blocks(fp):
+            outs: dict[str, dict[str, torch.Tensor]] = {"fp": {}, "q": {}}
+            hooks = []
+            if granularity == "layer":
+                for gm, side in ((fp, "fp"), (q, "q")):
+                    for name in block.layers:
+                        hooks.append(gm.get_submodule(name).register_forward_hook(
+                            lambda _m, _a, o, name=name, side=side: outs[side].__setitem__(name, o)))
+            try:
+                with torch.no_grad():
+                    y_fp = run_nodes(fp, block.nodes, block.input, x_fp)
+                    y_q = run_nodes(q, block.nodes, block.input, x_q)
+            finally:
+                for h in hooks:
+                    h.remove()
+            if granularity == "block":
+                add(",".join(block.layers), y_q, y_fp)
+            for name in outs["fp"]:
+                node = next(n for n in fp.graph.nodes if n.op == "call_module" and n.target == name)
+                users = list(node.users)
+                a, b = outs["q"][name], outs["fp"][name]
+                if len(users) == 1 and _is_pointwise(users[0], fp):
+                    a = run_nodes(fp, (users[0].name,), node.name, a)
+                    b = run_nodes(fp, (users[0].name,), node.name, b)
+                add(name, a, b)
+            x_fp, x_q = y_fp, y_q
+    return {k: v[0] / max(v[1], 1) for k, v in sums.items()}
+
+
+__all__ = ["Block", "GRANULARITIES", "Reconstruction", "ReconstructionSettings", "graph_blocks",
+           "reconstruction_mse", "run_nodes", "unit_mse"]

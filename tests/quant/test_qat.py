@@ -1,0 +1,68 @@
+"""QAT with knowledge distillation: learns toward the FP32 teacher, ends exactly on the kernels' grid."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from mpsearch.candidate import Candidate
+from mpsearch.errors import ConfigError
+from mpsearch.quant.calibration import calibrate
+from mpsearch.quant.learned import LearnedModel, make_learners, merge, off_grid_layers
+from mpsearch.quant.prepare import PreparedModel
+from mpsearch.quant.qat import QatKd, QatSettings, fake_quant_weight_ste
+from mpsearch.quant.fake import fake_quant_weight
+from mpsearch.quant.reconstruct import Reconstruction, reconstruction_mse
+from mpsearch.testing import synthetic_split
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_straight_through_weights_match_the_kernels_and_pass_gradients() -> None:
+    w = torch.randn(5, 3, 3, 3, requires_grad=True)
+    out = fake_quant_weight_ste(w, 4)
+    assert torch.equal(out.detach(), fake_quant_weight(w.detach(), 4))
+    out.sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))
+
+
+def test_qat_kd_moves_toward_the_teacher_and_snaps_to_the_grid(tiny_prepared: PreparedModel) -> None:
+    x, y = synthetic_split("calib", 256).tensors
+    train, held = [(x[:128], y[:128])], [(x[128:], y[128:])]
+    ranges = calibrate(tiny_prepared.graph_module, tiny_prepared.layer_names, train)
+    cand = Candidate({n: (2, 8) for n in tiny_prepared.layer_names} | {"fc": (32, 8)})
+    # alpha=1: distillation only, so "closer to the teacher" is what it optimises (the random tiny teacher
+    # disagrees with the synthetic labels, which a CE term would pull toward instead).
+    settings = QatSettings(epochs=6, lr=3e-3, batch_size=32, alpha=1.0)
+    learned = QatKd(settings).learn(tiny_prepared, cand, ranges, train)
+    assert off_grid_layers(tiny_prepared, learned, cand) == []
+    assert "fc.bias" in learned.params and learned.stats["loss_per_epoch"][-1] < learned.stats["loss_per_epoch"][0]
+    assert reconstruction_mse(tiny_prepared, learned, cand, ranges, held) < \
+        reconstruction_mse(tiny_prepared, None, cand, ranges, held)
+    again = QatKd(settings).learn(tiny_prepared, cand, ranges, train)  # seeded: the same result
+    assert all(torch.equal(learned.params[k], again.params[k]) for k in learned.params)
+
+
+def test_learners_chain_into_one_patch(tiny_prepared: PreparedModel, tiny_ranges: dict, tiny_batches: list) -> None:
+    learners = make_learners("brecq", lsq=True, iters=5, qat_epochs=1, qat_lr=1e-3)
+    assert [type(lr) for lr in learners] == [Reconstruction, QatKd]
+    cand = Candidate.uniform(tiny_prepared.layer_names, 4, 4)
+    model, ranges, chain = tiny_prepared, tiny_ranges, []
+    for learner in learners:
+        chain.append(learner.learn(model, cand, ranges, tiny_batches))
+        model, ranges = chain[-1].apply(model), chain[-1].ranges
+    patch = LearnedModel.from_bytes(merge(tiny_prepared, chain).to_bytes())
+    assert patch.method == "brecq+qat_kd" and patch.ranges == ranges
+    assert off_grid_layers(tiny_prepared, patch, cand) == []
+    sd, want = patch.apply(tiny_prepared).graph_module.state_dict(), model.graph_module.state_dict()
+    assert all(torch.equal(sd[k], want[k]) for k in want)
+    with pytest.raises(ConfigError, match="epochs >= 1"):
+        QatKd(QatSettings(epochs=0))
