@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
 
 from mpsearch.errors import ConfigError
@@ -37,17 +38,35 @@ class HwProfileConfig:
 
 @dataclass
 class SearchConfig:
-    sampler: str = "nsga2"  # nsga2 | tpe | random
+    sampler: str = "nsga2"  # nsga2 | nsga3 | tpe | random
     n_trials: int = 400
     seed: int = 0
     w_bits: list[int] = field(default_factory=lambda: [4, 8, 32])
     a_bits: list[int] = field(default_factory=lambda: [4, 8, 32])
     weight_only: bool = False  # also allow (w < 32, a = 32) pairs
     memory_objective: bool = True  # weight memory as a third objective (budgets are constraints either way)
-    calibration: str = "minmax"  # minmax | percentile
+    calibration: str = "minmax"  # minmax | percentile | mse
     percentile: float = 99.99
+    calibration_bits: int = 8  # activation bit-width the mse clipping is optimised for
+    sensitivity: str = "hutchinson"  # hutchinson | eigenvalue | fisher | delta_loss: the signal behind the score
     sensitivity_samples: int = 128
+    proxy_validation: int = 12  # random candidates whose real accuracy drop checks the proxy; 0: off
+    proxy_validation_samples: Optional[int] = 2000  # first test images used for it; None: the whole split
+    proxy_estimators: list[str] = field(default_factory=lambda: ["hutchinson", "fisher"])  # also validated
     measure_front: int = 8  # Pareto candidates evaluated for real (accuracy + end-to-end TVM latency)
+    warm_start: str = "ilp"  # first trials: ilp (uniform + exact-ILP picks at ilp_budgets budgets) | uniform | none
+    ilp_budgets: int = 8  # budgets of the exact-ILP front (reported beside the search's) and of the warm start
+    storage: Optional[str] = None  # None: study.journal in the run folder; or an RDB URL (postgresql://...)
+    workers: int = 1  # search processes on the study (more machines: mpsearch-worker <run>/search_spec.json)
+    # Learning-based quantization of the evaluated front candidates (weights stay on the kernels' grid):
+    ptq: str = "none"  # none | adaround (learned rounding per layer) | brecq (per residual block)
+    lsq: bool = False  # also learn activation step sizes (LSQ), mapped onto the calibrated ranges
+    ptq_iters: int = 300  # optimisation steps per layer (adaround) or per block (brecq)
+    qat_epochs: int = 0  # QAT with knowledge distillation on the calibration split, after ptq; 0: off
+    qat_lr: float = 1e-4
+    # more than this fraction of the evaluated candidates' end-to-end measurements failed: stop with an error
+    # (the study and caches are kept, so fixing the device and re-running resumes)
+    max_failure_rate: float = 0.5
 
 
 @dataclass
@@ -72,6 +91,23 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: Any) -> RunConfig:
+        """Inverse of :meth:`to_dict` (a run folder's ``config.json``); a key the schema lacks is a ConfigError."""
+        groups = {"model": ModelConfig, "data": DataConfig, "hw_profile": HwProfileConfig,
+                  "search": SearchConfig, "budget": BudgetConfig}
+
+        def build(kind: type, value: Any, where: str) -> Any:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+            known = {f.name for f in fields(kind)}
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise ConfigError(f"{where}: unknown key {unknown[0]!r}; it was written by another mpsearch version?")
+            return kind(**{k: build(groups[k], v, k) if kind is cls and k in groups else v for k, v in value.items()})
+
+        return build(cls, data, "config")
+
     def content_hash(self) -> str:
         """Hash of everything that determines the run's results (not where they go)."""
         d = self.to_dict()
@@ -88,7 +124,13 @@ class RunConfig:
         return "-".join(parts + [self.content_hash()])
 
 
-SAMPLERS = ("nsga2", "tpe", "random")
+SAMPLERS = ("nsga2", "nsga3", "tpe", "random")
+WARM_STARTS = ("ilp", "uniform", "none")
+SENSITIVITIES = ("hutchinson", "eigenvalue", "fisher", "delta_loss")
+CALIBRATIONS = ("minmax", "percentile", "mse")
+PTQ_METHODS = ("none", "adaround", "brecq")
+MAX_INPUT_ELEMENTS = 1 << 28  # one input batch of at most 1 GiB of fp32
+MAX_WORKERS, MAX_ILP_BUDGETS = 256, 1000
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -96,8 +138,30 @@ def validate(cfg: RunConfig) -> RunConfig:
     s, b = cfg.search, cfg.budget
     if s.sampler not in SAMPLERS:
         raise ConfigError(f"search.sampler={s.sampler!r} is unknown; use one of {', '.join(SAMPLERS)}")
+    for name in (s.sensitivity, *s.proxy_estimators):
+        if name not in SENSITIVITIES:
+            raise ConfigError(f"search.sensitivity / search.proxy_estimators: {name!r} is unknown; use one of "
+                              f"{', '.join(SENSITIVITIES)}")
+    if s.calibration not in CALIBRATIONS:
+        raise ConfigError(f"search.calibration={s.calibration!r} is unknown; use one of {', '.join(CALIBRATIONS)}")
+    if not 2 <= s.calibration_bits <= 8:
+        raise ConfigError(f"search.calibration_bits={s.calibration_bits} must be between 2 and 8")
+    if s.proxy_validation < 0:
+        raise ConfigError(f"search.proxy_validation={s.proxy_validation} must be >= 0 (0 turns it off)")
+    if s.proxy_validation_samples is not None and s.proxy_validation_samples < 1:
+        raise ConfigError(f"search.proxy_validation_samples={s.proxy_validation_samples} must be at least 1 "
+                          "(or null for the whole test split)")
     if s.n_trials < 1:
         raise ConfigError(f"search.n_trials={s.n_trials} must be at least 1")
+    if s.warm_start not in WARM_STARTS:
+        raise ConfigError(f"search.warm_start={s.warm_start!r} is unknown; use one of {', '.join(WARM_STARTS)}")
+    if s.ilp_budgets < 1 or s.workers < 1:
+        raise ConfigError(f"search.ilp_budgets={s.ilp_budgets} and search.workers={s.workers} must be at least 1")
+    if s.ptq not in PTQ_METHODS:
+        raise ConfigError(f"search.ptq={s.ptq!r} is unknown; use one of {', '.join(PTQ_METHODS)}")
+    if s.ptq_iters < 1 or s.qat_epochs < 0 or not s.qat_lr > 0:
+        raise ConfigError(f"search.ptq_iters={s.ptq_iters} must be >= 1, search.qat_epochs={s.qat_epochs} >= 0 "
+                          f"(0: off) and search.qat_lr={s.qat_lr} > 0")
     if s.measure_front < 1:
         raise ConfigError(f"search.measure_front={s.measure_front} must be at least 1")
     if not s.w_bits or not s.a_bits:
@@ -109,6 +173,25 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"data.calib_samples={cfg.data.calib_samples} must be at least 1")
     if len(cfg.model.input_shape) < 2 or any(d < 1 for d in cfg.model.input_shape):
         raise ConfigError(f"model.input_shape={cfg.model.input_shape} must be positive dims, batch first")
+    if math.prod(cfg.model.input_shape) > MAX_INPUT_ELEMENTS:
+        raise ConfigError(f"model.input_shape={cfg.model.input_shape} has more than {MAX_INPUT_ELEMENTS} elements; "
+                          "give the shape of one input batch, e.g. [1, 3, 224, 224]")
+    if not 0 < s.percentile <= 100:
+        raise ConfigError(f"search.percentile={s.percentile} must be in (0, 100]")
+    if not 0 <= s.max_failure_rate <= 1:
+        raise ConfigError(f"search.max_failure_rate={s.max_failure_rate} must be between 0 and 1")
+    if not 0 <= s.seed < 2**32:
+        raise ConfigError(f"search.seed={s.seed} must be between 0 and 2**32 - 1")
+    if s.workers > MAX_WORKERS or s.ilp_budgets > MAX_ILP_BUDGETS:
+        raise ConfigError(f"search.workers={s.workers} must be at most {MAX_WORKERS} and search.ilp_budgets="
+                          f"{s.ilp_budgets} at most {MAX_ILP_BUDGETS}")
+    for name, value in (("search.sensitivity_samples", s.sensitivity_samples), ("data.batch_size", cfg.data.batch_size),
+                        ("data.test_samples", cfg.data.test_samples),
+                        ("hw_profile.trials_per_task", cfg.hw_profile.trials_per_task)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name}={value} must be at least 1")
+    if cfg.hw_profile.threads is not None and not 0 <= cfg.hw_profile.threads <= 4096:
+        raise ConfigError(f"hw_profile.threads={cfg.hw_profile.threads} must be between 0 (all cores) and 4096")
     return cfg
 
 

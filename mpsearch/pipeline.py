@@ -19,19 +19,23 @@ from torch.utils.data import DataLoader, Dataset
 
 from mpsearch.candidate import Bits, Candidate
 from mpsearch.config import RunConfig, validate
-from mpsearch.errors import ConfigError, MPSearchError
+from mpsearch.errors import ConfigError, HardwareError, MPSearchError
 from mpsearch.hardware.base import Backend, LayerCostTable
 from mpsearch.hardware.profile import HwProfile, load_profile
 from mpsearch.models.registry import load_state_dict, resolve
 from mpsearch.quant.calibration import calibrate
 from mpsearch.quant.fake import quantize_
+from mpsearch.quant.learned import cached_learn, make_learners, merge
 from mpsearch.quant.prepare import PreparedModel, prepare_model
 from mpsearch.report import EvaluatedCandidate, RunSummary, write_report
-from mpsearch.storage import JsonLines
+from mpsearch.storage import JsonLines, atomic_write_bytes
 from mpsearch.search import (
-    SearchProblem, SearchSettings, bit_pairs, feasible_front, pair_label, run_search, spread,
+    SearchProblem, SearchSettings, bit_pairs, feasible_front, front_comparison, ilp_pick, pair_label, run_search,
+    spread,
 )
-from mpsearch.sensitivity import HutchinsonEstimator, cached_estimate, score_table
+from mpsearch.sensitivity import (
+    SensitivityResult, cached_estimate, make_estimator, random_candidates, score_table, signals, validate_proxies,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +103,7 @@ class AccuracyCache:
     """Top-1 accuracy of simulated candidates, keyed by model, calibration, data and candidate."""
 
     def __init__(self, path: Path, context_key: str) -> None:
-        self.store = JsonLines(path)
+        self.store = JsonLines(path, required=("accuracy",))
         self.context = context_key
 
     def get(self, cand: Candidate) -> float | None:
@@ -120,6 +124,22 @@ def evaluate_accuracy(prepared: PreparedModel, candidate: Candidate, ranges: Map
         correct += int((model(x).argmax(1) == y).sum())
         total += len(y)
     return correct / total
+
+
+def cached_accuracy(prepared: PreparedModel, ranges: Mapping[str, tuple[float, float]],
+                    data: list[tuple[torch.Tensor, torch.Tensor]], cache_dir: Path) -> Callable[[Candidate], float]:
+    """:func:`evaluate_accuracy` on ``data`` through the run's :class:`AccuracyCache` (same key as the evaluation)."""
+    cache = AccuracyCache(Path(cache_dir) / "accuracy.jsonl",
+                          _digest(prepared.graph_module.state_dict(), ranges, data[0][0], len(data)))
+
+    def accuracy(cand: Candidate) -> float:
+        acc = cache.get(cand)
+        if acc is None:
+            acc = evaluate_accuracy(prepared, cand, ranges, data)
+            cache.put(cand, acc)
+        return acc
+
+    return accuracy
 
 
 def _versions() -> dict[str, str]:
@@ -145,7 +165,12 @@ def configured_profile(cfg: RunConfig) -> HwProfile:
 def default_backend(profile: HwProfile, cache_dir: Path, progress: bool) -> Backend:
     from mpsearch.hardware.tvm_backend import TVMBackend
 
-    return TVMBackend(profile, cache_dir, progress=progress)
+    backend = TVMBackend(profile, cache_dir, progress=progress)
+    if profile.device == "local":
+        from mpsearch.hardware.export_lib import use_threads
+
+        use_threads(profile.resolved_threads())  # a sweep's jobs share one process and its TVM thread pool
+    return backend
 
 
 def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> RunOutcome:
@@ -157,7 +182,6 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
     pairs = bit_pairs(cfg.search.w_bits, cfg.search.a_bits, cfg.search.weight_only)
     run_dir = Path(cfg.results_dir) / (cfg.run_name or cfg.default_run_name())
     cache_dir = Path(cfg.cache_dir)
-
     with timer.stage("load"):
         model = build_model(cfg)
         calib = batches(load_data(cfg, "calib", cfg.data.calib_samples), cfg.data.batch_size)
@@ -165,15 +189,19 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
         prepared = prepare_model(model, tuple(cfg.model.input_shape))
         layers = prepared.layer_names
         given = load_candidate(cfg.candidate, layers) if cfg.candidate else None
+    with timer.stage("device"):
+        # Before calibration and sensitivity, so an unreachable board or a missing GPU fails in seconds.
+        backend = backend_factory(profile, cache_dir, cfg.progress)
     with timer.stage("calibration"):
-        ranges = calibrate(prepared.graph_module, layers, calib, cfg.search.calibration, cfg.search.percentile)
+        ranges = calibrate(prepared.graph_module, layers, calib, cfg.search.calibration, cfg.search.percentile,
+                           cfg.search.calibration_bits)
     with timer.stage("sensitivity"):
         sens_batches = _first_samples(calib, cfg.search.sensitivity_samples)
-        estimator = HutchinsonEstimator(batch_size=cfg.search.sensitivity_samples, seed=cfg.search.seed)
+        estimator = make_estimator(cfg.search.sensitivity, samples=cfg.search.sensitivity_samples,
+                                   seed=cfg.search.seed, ranges=ranges, pairs=pairs)
         sens = cached_estimate(estimator, prepared.graph_module, layers, sens_batches, cache_dir)
         score = score_table(prepared.graph_module, sens, ranges, pairs, sens_batches)
     with timer.stage("hardware cost"):
-        backend = backend_factory(profile, cache_dir, cfg.progress)
         extra = list(given.values()) if given is not None else []
         table_pairs = list(dict.fromkeys([*pairs, *BASELINES.values(), *extra]))
         table = backend.cost_table(prepared, ranges, table_pairs)
@@ -184,16 +212,24 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     log.info("run folder: %s", run_dir)
     with timer.stage("search"):
-        study = run_search(problem, SearchSettings(cfg.search.sampler, cfg.search.n_trials, cfg.search.seed,
-                                                   cfg.budget.latency_ms, cfg.budget.weight_kib,
-                                                   cfg.search.memory_objective),
-                           run_dir / "study.journal", cfg.progress)
+        settings = SearchSettings(cfg.search.sampler, cfg.search.n_trials, cfg.search.seed, cfg.budget.latency_ms,
+                                  cfg.budget.weight_kib, cfg.search.memory_objective,
+                                  warm_start=cfg.search.warm_start, warm_budgets=cfg.search.ilp_budgets,
+                                  storage=cfg.search.storage, workers=cfg.search.workers,
+                                  # a shared database holds many runs' studies; a run's own journal just one
+                                  study_name=run_dir.name if cfg.search.storage else "mpsearch")
+        study = run_search(problem, settings, run_dir / "study.journal", cfg.progress)
         front = feasible_front(study, problem)
         if not front:
             raise MPSearchError("the search found no candidate within the budgets; relax budget.* or "
                                 "raise search.n_trials")
         chosen = spread(front, cfg.search.measure_front)
+        # The exact ILP on the same proxy and budgets: its front for the report, its pick measured for real.
+        comparison = front_comparison(study, problem, settings, cfg.search.ilp_budgets)
+        pick = ilp_pick(problem, cfg.budget.latency_ms, cfg.budget.weight_kib, [c for _, c in chosen])
     log.info("front: %d feasible non-dominated candidates, evaluating %d", len(front), len(chosen))
+    with timer.stage("proxy validation"):
+        validation, sens_results = _proxy_validation(cfg, prepared, pairs, ranges, test, sens_batches, sens, score)
 
     context = _digest(prepared.graph_module.state_dict(), ranges, test[0][0], len(test))
     acc_cache = AccuracyCache(cache_dir / "accuracy.jsonl", context)
@@ -202,6 +238,8 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
     todo += [(label, "baseline", None, Candidate.uniform(layers, *pair)) for label, pair in BASELINES.items()]
     if given is not None:
         todo.append(("given", "baseline", None, given))
+    if pick is not None:
+        todo.append((pick[0], "ilp", None, pick[1].candidate))
     notes: list[str] = []
     with timer.stage("evaluation"):
         accuracies = []
@@ -212,6 +250,7 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
                 acc_cache.put(cand, acc)
             accuracies.append(acc)
         measurements = backend.measure_many(prepared, [c for *_, c in todo], ranges)
+        _check_failure_rate(todo, measurements, cfg.search.max_failure_rate)
         for (label, kind, trial, cand), acc, meas in zip(todo, accuracies, measurements):
             if not meas.ok:
                 notes.append(f"{label}: not measured ({meas.error})")
@@ -222,9 +261,14 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
                 predicted_latency_ms=table.predict_latency(cand) * 1e3,
                 measured_latency_ms=meas.latency_s * 1e3 if meas.ok else None,
                 latency_std_ms=meas.std_s * 1e3 if meas.ok else None,
-                weight_bytes=table.predict_weight_bytes(cand), accuracy=acc, trial=trial))
+                weight_bytes=table.predict_weight_bytes(cand), accuracy=acc, trial=trial,
+                activation_bytes=table.predict_activation_bytes(cand)))
             log.info("%-9s %-28s acc %.4f  latency %s ms (predicted %.3f)", label, cand.describe(), acc,
                      f"{meas.latency_s * 1e3:.3f}" if meas.ok else "n/a", table.predict_latency(cand) * 1e3)
+
+    if cfg.search.ptq != "none" or cfg.search.qat_epochs > 0:
+        with timer.stage("learned quantization"):
+            notes += _learned_quantization(cfg, prepared, ranges, calib, test, evaluated, run_dir)
 
     with timer.stage("report"):
         cand_dir = run_dir / "candidates"
@@ -237,26 +281,122 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
             {pair_label(p): [table.latency_s[n][p] * 1e3 for n in layers] for p in table.pairs}, index=layers)
         tuning = profile.tuning
         notes += [
-            f"Latencies: TVM-compiled code on this machine, median over {profile.measure.repeat} repeats of "
+            f"Latencies: TVM-compiled code on {backend.describe()}, median over {profile.measure.repeat} repeats of "
             f"{profile.measure.number} calls, candidates measured interleaved in rounds so that machine drift "
             f"hits all alike; kernels tuned with MetaSchedule ({tuning.strategy}, {tuning.trials_per_task} trials "
             "per kernel). The ± is the standard deviation over repeats: on a shared 2-core VM it is large.",
             f"Predicted latency = sum of per-layer kernel latencies + {table.other_s * 1e3:.3f} ms for the rest "
             "of the model (pooling, reshape, VM dispatch), fitted on uniform candidates.",
-            f"Search: {cfg.search.sampler}, {cfg.search.n_trials} trials on the Hessian-trace proxy, predicted "
+            f"Search: {cfg.search.sampler}, {cfg.search.n_trials} trials on the {cfg.search.sensitivity} proxy, "
+            "predicted "
             f"latency{' and weight memory' if cfg.search.memory_objective else ''}; {len(front)} feasible Pareto "
             f"candidates, {len(chosen)} evaluated for real (spread along latency).",
         ]
+        if validation is not None:
+            notes.append(
+                f"Proxy validation: {validation['n']} random candidates (each with its own random mix of bit pairs), "
+                f"top-1 drop vs FP32 measured on the first {validation['test_samples']} test images; Spearman "
+                "rank correlation of each estimator's proxy with that drop: " + ", ".join(
+                    f"{k} {'n/a' if r is None else f'{r:.2f}'}" for k, r in validation["spearman"].items()) + ".")
         summary = RunSummary(
             run_dir=run_dir, model=cfg.model.name, hw_profile=profile.name, device=backend.describe(),
             layers=layers, layer_macs={li.name: li.macs for li in prepared.layers},
             layer_params={li.name: li.params for li in prepared.layers}, candidates=evaluated,
             layer_latency_ms=layer_latency, config=cfg.to_dict(), timings_s=timer.timings,
-            versions=_versions(), notes=notes)
+            versions=_versions(), notes=notes + [comparison.note()], proxy_validation=validation,
+            search_fronts=comparison.fronts,
+            sensitivity={k: v for r in sens_results.values() for k, v in signals(r).items()})
         files = write_report(summary)
     summary.timings_s = timer.timings
     log.info("report: %s", files.get("report_md"))
     return RunOutcome(run_dir, summary, table, files)
+
+
+def _proxy_validation(
+    cfg: RunConfig, prepared: PreparedModel, pairs: list[Bits], ranges: Mapping[str, tuple[float, float]],
+    test: list[tuple[torch.Tensor, torch.Tensor]], sens_batches: list[tuple[torch.Tensor, torch.Tensor]],
+    sens: SensitivityResult, score: Mapping[str, Mapping[Bits, float]],
+) -> tuple[dict[str, Any] | None, dict[str, SensitivityResult]]:
+    """Rank correlation of each estimator's proxy with the real top-1 drop of random candidates.
+
+    Returns the validation (None when ``search.proxy_validation`` is 0) and every estimator's
+    result, the search's own first. Accuracies are cached like the evaluation's (same key recipe,
+    so with the whole test split nothing is measured twice).
+    """
+    s, gm, layers = cfg.search, prepared.graph_module, prepared.layer_names
+    results, scores = {s.sensitivity: sens}, {s.sensitivity: score}
+    if s.proxy_validation == 0:
+        return None, results
+    for name in s.proxy_estimators:
+        if name not in results:
+            est = make_estimator(name, samples=s.sensitivity_samples, seed=s.seed, ranges=ranges, pairs=pairs)
+            results[name] = cached_estimate(est, gm, layers, sens_batches, Path(cfg.cache_dir))
+            scores[name] = score_table(gm, results[name], ranges, pairs, sens_batches)
+    data = test
+    n_test = sum(len(y) for _, y in test)
+    if s.proxy_validation_samples is not None and s.proxy_validation_samples < n_test:
+        x = torch.cat([b[0] for b in test])[:s.proxy_validation_samples]
+        y = torch.cat([b[1] for b in test])[:s.proxy_validation_samples]
+        bs = cfg.data.batch_size
+        data = [(x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs)]
+        n_test = len(x)
+    accuracy = cached_accuracy(prepared, ranges, data, Path(cfg.cache_dir))
+    base = accuracy(Candidate.uniform(layers, 32, 32))
+    cands = random_candidates(layers, pairs, s.proxy_validation, s.seed)
+    out = validate_proxies(cands, scores, lambda c: 100.0 * (base - accuracy(c)))
+    out["test_samples"] = n_test
+    out["estimator_seconds"] = {name: round(r.seconds, 2) for name, r in results.items()}
+    return out, results
+
+
+def _check_failure_rate(todo: list[tuple[Any, ...]], measurements: list[Any], max_rate: float) -> None:
+    """Failed measurements are values (reported as "not measured"), but past ``max_rate`` the run stops."""
+    failed = [(t[0], m.error) for t, m in zip(todo, measurements) if not m.ok]
+    if failed and len(failed) > max_rate * len(todo):
+        label, error = failed[0]
+        error = str(error).strip().splitlines()[0] if error else "no timing"
+        raise HardwareError(f"{len(failed)} of {len(todo)} end-to-end measurements failed (e.g. {label}: {error}), "
+                            f"more than search.max_failure_rate={max_rate:g}; the study and caches are kept, so "
+                            "fix the device and re-run to resume")
+
+
+def _learned_quantization(
+    cfg: RunConfig, prepared: PreparedModel, ranges: Mapping[str, tuple[float, float]],
+    calib: list[tuple[torch.Tensor, torch.Tensor]], test: list[tuple[torch.Tensor, torch.Tensor]],
+    evaluated: list[EvaluatedCandidate], run_dir: Path,
+) -> list[str]:
+    """Learned PTQ (+ LSQ) and QAT-KD of the front candidates: ``accuracy`` becomes the learned model's,
+    ``accuracy_rtn`` keeps round-to-nearest's; the learned patch goes to ``candidates/<label>.learned.pt``.
+    Results are cached by content, so a re-run does not retrain."""
+    s, cache_dir = cfg.search, Path(cfg.cache_dir)
+    learners = make_learners(s.ptq, lsq=s.lsq, iters=s.ptq_iters, qat_epochs=s.qat_epochs, qat_lr=s.qat_lr,
+                             seed=s.seed)
+    (run_dir / "candidates").mkdir(exist_ok=True)
+    lines = []
+    for ev in evaluated:
+        if (ev.kind == "baseline" and ev.label != "given") or all(b == (32, 32) for b in ev.candidate.values()):
+            continue
+        model, rngs, chain, steps = prepared, ranges, [], []
+        for learner in learners:
+            learned, _ = cached_learn(learner, model, ev.candidate, rngs, calib, cache_dir)
+            model, rngs = learned.apply(model), learned.ranges
+            chain.append(learned)
+            steps.append(f"{learner.name} {100 * cached_accuracy(model, rngs, test, cache_dir)(ev.candidate):.2f}%")
+        ev.accuracy_rtn, ev.accuracy = ev.accuracy, cached_accuracy(model, rngs, test, cache_dir)(ev.candidate)
+        atomic_write_bytes(run_dir / "candidates" / f"{ev.label}.learned.pt", merge(prepared, chain).to_bytes())
+        gain = 100 * (ev.accuracy - (ev.accuracy_rtn or 0.0))
+        lines.append(f"{ev.label} ({ev.candidate.describe()}): top-1 round-to-nearest {100 * ev.accuracy_rtn:.2f}% → "
+                     + " → ".join(steps) + f" ({gain:+.2f} pts).")
+        log.info("learned quantization %s", lines[-1])
+    if not lines:
+        return []
+    what = ", ".join(f"{lr.name}" for lr in learners) + (" with LSQ activation steps" if s.lsq else "")
+    n_calib = sum(len(y) for _, y in calib)
+    return [f"Learned quantization ({what}) of the front candidates on the {n_calib} calibration images: "
+            "weights are snapped onto the kernels' own per-channel grid (scale = max|w|/qmax) and LSQ steps map "
+            "onto the activation ranges, so latency and weight memory are unchanged (the same compiled kernels, "
+            "only weight and scale values differ) and the accuracy column is the learned model's; "
+            "the patches are in candidates/<label>.learned.pt.", *lines]
 
 
 def load_candidate(path: str, layers: list[str]) -> Candidate:
@@ -273,4 +413,4 @@ def _first_samples(data: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> lis
     return [(x, y)]
 
 
-__all__ = ["AccuracyCache", "BASELINES", "RunOutcome", "build_model", "evaluate_accuracy", "run"]
+__all__ = ["AccuracyCache", "BASELINES", "RunOutcome", "build_model", "cached_accuracy", "evaluate_accuracy", "run"]

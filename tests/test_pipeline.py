@@ -47,7 +47,7 @@ def test_end_to_end_with_table_backend(tmp_path: Path) -> None:
                  "cost_table.json", "sensitivity.json", "candidates/fp32.json", "candidates/int8.json"):
         assert (out.run_dir / name).is_file(), name
     df = pd.read_csv(out.run_dir / "pareto.csv")
-    assert set(df["kind"]) == {"pareto", "baseline"} and {"fp32", "int8"} <= set(df["label"])
+    assert set(df["kind"]) == {"pareto", "baseline", "ilp"} and {"fp32", "int8"} <= set(df["label"])
     assert df["measured_latency_ms"].notna().all() and df["accuracy"].between(0, 1).all()
     # the table backend measures 2% above its own prediction
     assert df["prediction_error_pct"].dropna().abs().max() == pytest.approx(2.0, abs=0.2)

@@ -62,6 +62,8 @@ class EvaluatedCandidate:
         accuracy: Top-1 accuracy on the test split, in 0..1.
         trial: Optuna trial number, if any.
         activation_bytes: Peak activation memory (TVM's static plan + largest kernel workspace).
+        accuracy_rtn: With learned quantization (``search.ptq`` / ``qat_epochs``), the round-to-nearest
+            accuracy before it (``accuracy`` is then the learned model's, at the same latency); else None.
     """
 
     label: str
@@ -75,6 +77,7 @@ class EvaluatedCandidate:
     accuracy: float | None
     trial: int | None = None
     activation_bytes: int | None = None  # planned peak activation memory (TVM static plan + workspace)
+    accuracy_rtn: float | None = None  # round-to-nearest accuracy when ``accuracy`` is after learned PTQ / QAT
 
 
 @dataclass
