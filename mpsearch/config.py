@@ -73,6 +73,7 @@ class SearchConfig:
 class BudgetConfig:
     latency_ms: Optional[float] = None
     weight_kib: Optional[float] = None
+    activation_kib: Optional[float] = None  # peak activation memory: TVM's static plan + largest kernel workspace
 
 
 @dataclass
@@ -121,6 +122,8 @@ class RunConfig:
             parts.append(f"lat{self.budget.latency_ms:g}ms")
         if self.budget.weight_kib is not None:
             parts.append(f"w{self.budget.weight_kib:g}KiB")
+        if self.budget.activation_kib is not None:
+            parts.append(f"act{self.budget.activation_kib:g}KiB")
         return "-".join(parts + [self.content_hash()])
 
 
@@ -166,7 +169,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"search.measure_front={s.measure_front} must be at least 1")
     if not s.w_bits or not s.a_bits:
         raise ConfigError("search.w_bits and search.a_bits must each list at least one bit-width")
-    for name, value in (("budget.latency_ms", b.latency_ms), ("budget.weight_kib", b.weight_kib)):
+    for name, value in (("budget.latency_ms", b.latency_ms), ("budget.weight_kib", b.weight_kib),
+                        ("budget.activation_kib", b.activation_kib)):
         if value is not None and not value > 0:
             raise ConfigError(f"{name}={value} must be positive (or null for no budget)")
     if cfg.data.calib_samples < 1:

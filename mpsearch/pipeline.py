@@ -205,7 +205,8 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
         extra = list(given.values()) if given is not None else []
         table_pairs = list(dict.fromkeys([*pairs, *BASELINES.values(), *extra]))
         table = backend.cost_table(prepared, ranges, table_pairs)
-    problem = SearchProblem(layers, pairs, score, table.latency_s, table.weight_bytes, table.other_s)
+    problem = SearchProblem(layers, pairs, score, table.latency_s, table.weight_bytes, table.other_s,
+                            table.workspace_bytes or None, table.activation_bytes, cfg.budget.activation_kib)
     problem.check_budgets(cfg.budget.latency_ms, cfg.budget.weight_kib)
     # The run folder is made only once the inputs are known to be usable: bad input leaves nothing behind.
     run_dir.mkdir(parents=True, exist_ok=True)

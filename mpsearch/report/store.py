@@ -94,6 +94,8 @@ def summary_to_dict(summary: RunSummary) -> dict[str, Any]:
                 "weight_bytes": int(ev.weight_bytes),
                 "accuracy": to_plain(ev.accuracy),
                 "trial": None if ev.trial is None else int(ev.trial),
+                "activation_bytes": None if ev.activation_bytes is None else int(ev.activation_bytes),
+                "accuracy_rtn": to_plain(ev.accuracy_rtn),
             }
             for ev in summary.candidates
         ],
@@ -141,6 +143,8 @@ def summary_from_dict(data: Mapping[str, Any], run_dir: str | Path) -> RunSummar
                 weight_bytes=int(c["weight_bytes"]),
                 accuracy=_float(c["accuracy"]),
                 trial=None if c["trial"] is None else int(c["trial"]),
+                activation_bytes=None if c.get("activation_bytes") is None else int(c["activation_bytes"]),
+                accuracy_rtn=_float(c.get("accuracy_rtn")),
             )
             for c in data["candidates"]
         ]

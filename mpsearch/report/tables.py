@@ -35,7 +35,9 @@ FRAME_COLUMNS = (
     "prediction_error_pct",
     "weight_bytes",
     "weight_kib",
+    "activation_kib",
     "accuracy",
+    "accuracy_rtn",
     "acc_drop_pts",
     "speedup_vs_fp32",
     "pareto_measured",
@@ -218,7 +220,9 @@ def candidates_frame(summary: RunSummary) -> pd.DataFrame:
             "prediction_error_pct": 100.0 * (pred - meas) / meas if np.isfinite(meas) and meas > 0 else np.nan,
             "weight_bytes": int(ev.weight_bytes),
             "weight_kib": ev.weight_bytes / 1024.0,
+            "activation_kib": _num(ev.activation_bytes) / 1024.0,
             "accuracy": _num(ev.accuracy),
+            "accuracy_rtn": _num(ev.accuracy_rtn),
         }
         for name in summary.layers:
             bits = ev.candidate.get(name)

@@ -51,6 +51,8 @@ class _Model:
         self.lat_ms = np.array([problem.latency_s[n][p] * 1e3 for n in problem.layers for p in problem.pairs])
         self.kib = np.array([problem.weight_bytes[n][p] / 1024 for n in problem.layers for p in problem.pairs])
         rows = np.repeat(np.arange(L), P)
+        # Pairs whose kernel workspace breaks the activation budget are fixed at 0.
+        self.upper = np.array([1.0 if problem.allowed(n, p) else 0.0 for n in problem.layers for p in problem.pairs])
         self.one_hot = LinearConstraint(
             csr_array(coo_array((np.ones(self.n), (rows, np.arange(self.n))), shape=(L, self.n))), 1, 1)
 
@@ -86,10 +88,10 @@ class _Model:
         # HiGHS also stops within an absolute gap of 1e-6: scale the objective so that is relative.
         top = float(np.abs(cost).max())
         cost = cost / top if top > 0 else cost
-        res = milp(cost, constraints=constraints, integrality=np.ones(self.n), bounds=Bounds(0, 1),
+        res = milp(cost, constraints=constraints, integrality=np.ones(self.n), bounds=Bounds(0, self.upper),
                    options=options)
         if res.status == 4:  # HiGHS "solve error": its presolve is the usual culprit, so solve without it
-            res = milp(cost, constraints=constraints, integrality=np.ones(self.n), bounds=Bounds(0, 1),
+            res = milp(cost, constraints=constraints, integrality=np.ones(self.n), bounds=Bounds(0, self.upper),
                        options={**options, "presolve": False})
         if res.status == 2:  # infeasible
             return None

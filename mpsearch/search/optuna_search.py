@@ -119,6 +119,8 @@ def _objective(problem: SearchProblem, settings: SearchSettings):
             trial.set_constraint("latency_ms", obj.latency_ms - settings.latency_ms)
         if settings.weight_kib is not None:
             trial.set_constraint("weight_kib", obj.weight_kib - settings.weight_kib)
+        if problem.activation_budget_kib is not None:
+            trial.set_constraint("activation_kib", obj.activation_kib - problem.activation_budget_kib)
         trial.set_user_attr("weight_kib", obj.weight_kib)
         if settings.memory_objective:
             return obj.proxy, obj.latency_ms, obj.weight_kib
