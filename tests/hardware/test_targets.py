@@ -152,3 +152,37 @@ def test_backend_refuses_bits_the_profile_lacks_before_tuning(tmp_path: Path, ti
     with pytest.raises(ConfigError, match="does not support w_bits 4"):
         backend.cost_table(tiny_prepared, tiny_ranges, [(32, 32), (4, 8)])
     assert backend.stats["tuned_kernels"] == 0
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    """The embedded ResNet-20, prepared and calibrated on 64 images (ranges only shape the constants)."""
+    from mpsearch.models.registry import fmnist_split, resnet20_fmnist
+    from mpsearch.pipeline import batches
+    from mpsearch.quant.calibration import calibrate
+    from mpsearch.quant.prepare import prepare_model
+
+    prepared = prepare_model(resnet20_fmnist(), (1, 1, 28, 28))
+    ranges = calibrate(prepared.graph_module, prepared.layer_names, batches(fmnist_split("calib", 64), 64))
+    return prepared, ranges
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["rpi4", "nvidia_h100"])
+def test_default_model_builds_for_the_boards_and_the_gpu(name: str, tmp_path: Path, default_model) -> None:
+    """The acceptance build: the default model, mixed precision, for an aarch64 board and for sm_90."""
+    from mpsearch.hardware.build import build_library
+
+    profile = load_profile(name)
+    if profile.is_gpu and shutil.which("nvcc") is None:
+        pytest.skip("nvcc not installed")
+    if not profile.is_gpu and shutil.which(AARCH64_CC) is None:
+        pytest.skip(f"{AARCH64_CC} not installed (apt-get install gcc-aarch64-linux-gnu)")
+    prepared, ranges = default_model
+    art = build_library(profile, prepared, mixed(prepared.layer_names), ranges, tmp_path)
+    assert not art.tuned and art.library.stat().st_size > 0
+    if profile.is_gpu:
+        assert art.elf.machine == "x86-64" and art.device_code is not None
+        assert b"-arch sm_90" in art.device_code.read_bytes()
+    else:
+        assert (art.elf.machine, art.elf.type) == ("AArch64", "DYN")
