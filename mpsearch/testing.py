@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
 from mpsearch.candidate import FLOAT_BITS, Bits, Candidate
+from mpsearch.config import RunConfig
 from mpsearch.hardware.base import Backend, LayerCostTable, Measurement
 from mpsearch.hardware.memory import weight_storage_bytes
 from mpsearch.hardware.profile import HwProfile
@@ -117,8 +119,35 @@ class TableBackend(Backend):
             return model(torch.from_numpy(inputs)).numpy()
 
 
+def tiny_run_config(root: Path, **overrides: Any) -> RunConfig:
+    """A run of the tiny model on synthetic data, small enough for a test (seconds with the table
+    backend). ``overrides`` are ``group__field=value``, e.g. ``search__n_trials=20``; results and caches
+    go under ``root``."""
+    cfg = RunConfig()
+    cfg.model.name = "tiny"
+    cfg.model.factory = "mpsearch.testing:tiny_resnet"
+    cfg.model.input_shape = [1, 1, 8, 8]
+    cfg.data.factory = "mpsearch.testing:synthetic_split"
+    cfg.data.calib_samples = 64
+    cfg.data.test_samples = 128
+    cfg.search.n_trials = 60
+    cfg.search.sensitivity_samples = 32
+    cfg.search.measure_front = 4
+    cfg.results_dir = str(root / "results")
+    cfg.cache_dir = str(root / "cache")
+    cfg.progress = False
+    for key, value in overrides.items():
+        group, _, name = key.partition("__")
+        target = getattr(cfg, group) if name else cfg
+        attr = name or group
+        if not hasattr(target, attr):
+            raise AttributeError(f"RunConfig has no field {key.replace('__', '.')!r}")
+        setattr(target, attr, value)
+    return cfg
+
+
 def table_backend_factory(profile: HwProfile, cache_dir: Path, progress: bool) -> TableBackend:
     return TableBackend(profile, cache_dir, progress)
 
 
-__all__ = ["TableBackend", "TinyResNet", "synthetic_split", "table_backend_factory", "tiny_resnet", "math"]
+__all__ = ["TableBackend", "tiny_run_config", "TinyResNet", "synthetic_split", "table_backend_factory", "tiny_resnet", "math"]

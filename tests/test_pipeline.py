@@ -12,25 +12,10 @@ import pytest
 from mpsearch.config import RunConfig
 from mpsearch.errors import ConfigError, InfeasibleBudgetError
 from mpsearch.pipeline import run
-from mpsearch.testing import TableBackend
+from mpsearch.testing import TableBackend, tiny_run_config
 
 def tiny_config(tmp_path: Path, **budget: float) -> RunConfig:
-    cfg = RunConfig()
-    cfg.model.name = "tiny"
-    cfg.model.factory = "mpsearch.testing:tiny_resnet"
-    cfg.model.input_shape = [1, 1, 8, 8]
-    cfg.data.factory = "mpsearch.testing:synthetic_split"
-    cfg.data.calib_samples = 64
-    cfg.data.test_samples = 128
-    cfg.search.n_trials = 60
-    cfg.search.sensitivity_samples = 32
-    cfg.search.measure_front = 4
-    cfg.results_dir = str(tmp_path / "results")
-    cfg.cache_dir = str(tmp_path / "cache")
-    cfg.progress = False
-    for k, v in budget.items():
-        setattr(cfg.budget, k, v)
-    return cfg
+    return tiny_run_config(tmp_path, **{f"budget__{k}": v for k, v in budget.items()})
 
 
 def factory(backends: list[TableBackend]):

@@ -11,31 +11,13 @@ from mpsearch.pipeline import run
 from mpsearch.quant.learned import LearnedModel
 from mpsearch.quant.qat import QatKd
 from mpsearch.quant.reconstruct import Reconstruction
-from mpsearch.testing import table_backend_factory
+from mpsearch.testing import table_backend_factory, tiny_run_config
 
 
 def _config(tmp_path: Path) -> RunConfig:
-    cfg = RunConfig()
-    cfg.model.name = "tiny"
-    cfg.model.factory = "mpsearch.testing:tiny_resnet"
-    cfg.model.input_shape = [1, 1, 8, 8]
-    cfg.data.factory = "mpsearch.testing:synthetic_split"
-    cfg.data.calib_samples = 64
-    cfg.data.test_samples = 128
-    cfg.search.n_trials = 20
-    cfg.search.sensitivity_samples = 16
-    cfg.search.measure_front = 2
-    cfg.search.proxy_validation = 0
-    cfg.search.w_bits = [2, 4, 32]
-    cfg.search.a_bits = [8, 32]
-    cfg.search.ptq = "brecq"
-    cfg.search.lsq = True
-    cfg.search.ptq_iters = 5
-    cfg.search.qat_epochs = 1
-    cfg.results_dir = str(tmp_path / "results")
-    cfg.cache_dir = str(tmp_path / "cache")
-    cfg.progress = False
-    return cfg
+    return tiny_run_config(tmp_path, search__n_trials=20, search__sensitivity_samples=16, search__measure_front=2,
+                           search__proxy_validation=0, search__w_bits=[2, 4, 32], search__a_bits=[8, 32],
+                           search__ptq="brecq", search__lsq=True, search__ptq_iters=5, search__qat_epochs=1)
 
 
 @pytest.mark.slow

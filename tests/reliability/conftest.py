@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from mpsearch.config import RunConfig
-from mpsearch.testing import TableBackend
+from mpsearch.testing import TableBackend, tiny_run_config
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("cli_driver.py")
@@ -26,24 +26,10 @@ TINY = ["model.name=tiny", "model.factory=mpsearch.testing:tiny_resnet", "model.
 
 
 def tiny_config(tmp_path: Path, **search: Any) -> RunConfig:
-    cfg = RunConfig()
-    cfg.model.name = "tiny"
-    cfg.model.factory = "mpsearch.testing:tiny_resnet"
-    cfg.model.input_shape = [1, 1, 8, 8]
-    cfg.data.factory = "mpsearch.testing:synthetic_split"
-    cfg.data.calib_samples = 32
-    cfg.data.test_samples = 64
-    cfg.search.n_trials = 30
-    cfg.search.sensitivity_samples = 16
-    cfg.search.proxy_validation = 0
-    cfg.search.measure_front = 2
-    cfg.search.ilp_budgets = 2
-    for k, v in search.items():
-        setattr(cfg.search, k, v)
-    cfg.results_dir = str(tmp_path / "results")
-    cfg.cache_dir = str(tmp_path / "cache")
-    cfg.progress = False
-    return cfg
+    settings = {"n_trials": 30, "sensitivity_samples": 16, "proxy_validation": 0, "measure_front": 2,
+                "ilp_budgets": 2, **search}
+    return tiny_run_config(tmp_path, data__calib_samples=32, data__test_samples=64,
+                           **{f"search__{k}": v for k, v in settings.items()})
 
 
 def table_factory(**kwargs: Any):

@@ -7,10 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mpsearch.config import RunConfig
 from mpsearch.pipeline import run
 from mpsearch.quant.prepare import prepare_model
-from mpsearch.testing import TableBackend
+from mpsearch.testing import TableBackend, tiny_run_config
 from tests.sensitivity.other_models import DepthwiseSeparableCNN, TinyTransformer
 
 
@@ -32,21 +31,10 @@ def test_prepare_finds_the_layers():
 @pytest.mark.slow  # trains the model first; ~10 s of CPU each
 @pytest.mark.parametrize("factory", ["depthwise_cnn", "tiny_transformer"])
 def test_runs_through_search_and_report(tmp_path: Path, factory: str):
-    cfg = RunConfig()
-    cfg.model.name = factory
-    cfg.model.factory = f"tests.sensitivity.other_models:{factory}"
-    cfg.model.input_shape = [1, 1, 8, 8]
-    cfg.data.factory = "tests.sensitivity.other_models:split"
-    cfg.data.calib_samples = 64
-    cfg.data.test_samples = 128
-    cfg.search.n_trials = 20
-    cfg.search.sensitivity_samples = 32
-    cfg.search.measure_front = 2
-    cfg.search.proxy_validation = 5
-    cfg.search.proxy_estimators = ["fisher", "delta_loss"]
-    cfg.results_dir = str(tmp_path / "results")
-    cfg.cache_dir = str(tmp_path / "cache")
-    cfg.progress = False
+    cfg = tiny_run_config(tmp_path, model__name=factory, model__factory=f"tests.sensitivity.other_models:{factory}",
+                          data__factory="tests.sensitivity.other_models:split", search__n_trials=20,
+                          search__measure_front=2, search__proxy_validation=5,
+                          search__proxy_estimators=["fisher", "delta_loss"])
     out = run(cfg, _backend)
     layers = out.summary.layers
     sig = out.summary.sensitivity

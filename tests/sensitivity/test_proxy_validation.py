@@ -12,7 +12,7 @@ from mpsearch.config import RunConfig, validate
 from mpsearch.errors import ConfigError
 from mpsearch.pipeline import run
 from mpsearch.sensitivity import candidate_proxy, random_candidates, spearman, validate_proxies
-from mpsearch.testing import TableBackend
+from mpsearch.testing import TableBackend, tiny_run_config
 
 LAYERS = [f"l{i}" for i in range(22)]
 PAIRS = [(32, 32), (8, 8), (4, 8), (4, 4)]
@@ -51,24 +51,9 @@ def test_spearman_and_validate_proxies():
 
 
 def _config(tmp_path: Path) -> RunConfig:
-    cfg = RunConfig()
-    cfg.model.name = "tiny"
-    cfg.model.factory = "mpsearch.testing:tiny_resnet"
-    cfg.model.input_shape = [1, 1, 8, 8]
-    cfg.data.factory = "mpsearch.testing:synthetic_split"
-    cfg.data.calib_samples = 64
-    cfg.data.test_samples = 128
-    cfg.data.batch_size = 32
-    cfg.search.n_trials = 20
-    cfg.search.sensitivity_samples = 32
-    cfg.search.measure_front = 2
-    cfg.search.proxy_validation = 6
-    cfg.search.proxy_validation_samples = 64
-    cfg.search.proxy_estimators = ["hutchinson", "fisher", "delta_loss"]
-    cfg.results_dir = str(tmp_path / "results")
-    cfg.cache_dir = str(tmp_path / "cache")
-    cfg.progress = False
-    return cfg
+    return tiny_run_config(tmp_path, data__batch_size=32, search__n_trials=20, search__measure_front=2,
+                           search__proxy_validation=6, search__proxy_validation_samples=64,
+                           search__proxy_estimators=["hutchinson", "fisher", "delta_loss"])
 
 
 def _backend(profile, cache_dir, progress):
