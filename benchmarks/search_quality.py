@@ -85,7 +85,7 @@ def _problem(cfg: RunConfig, args: argparse.Namespace, test_samples: int | None)
     missing = [p for p in pairs if p not in table.pairs]
     if missing or table.layers != layers:
         raise SystemExit(f"cost table {origin} does not match the default model/search space ({missing or 'layers'})")
-    problem = SearchProblem(layers, pairs, score, table.latency_s, table.weight_bytes, table.other_s)
+    problem = SearchProblem(layers, pairs, score, table.layer_latency_s(), table.weight_bytes, table.other_s)
     return problem, prepared, ranges, test, origin
 
 

@@ -10,7 +10,9 @@ from typing import Any
 from mpsearch.errors import CandidateError
 
 FLOAT_BITS = 32
-SUPPORTED_BITS = (2, 3, 4, 5, 6, 7, 8, FLOAT_BITS)
+HALF_BITS = 16  # IEEE half precision (fp16), not a 16-bit integer grid
+INT_MAX_BITS = 8  # 2..8 are integer grids; 16 and 32 are floating point
+SUPPORTED_BITS = (2, 3, 4, 5, 6, 7, 8, HALF_BITS, FLOAT_BITS)
 
 Bits = tuple[int, int]
 
@@ -21,9 +23,14 @@ def check_bits(w_bits: int, a_bits: int) -> Bits:
         if isinstance(b, bool) or not isinstance(b, int) or b not in SUPPORTED_BITS:
             raise CandidateError(
                 f"unsupported {kind} bit-width {b!r}; use one of {list(SUPPORTED_BITS)} "
-                "(16-bit is not lowered yet)"
+                "(16 = fp16, 32 = fp32)"
             )
     return int(w_bits), int(a_bits)
+
+
+def is_integer_bits(bits: int) -> bool:
+    """Whether ``bits`` is an integer quantization grid (2..8), as opposed to fp16 (16) or fp32 (32)."""
+    return bits <= INT_MAX_BITS
 
 
 class Candidate(Mapping[str, Bits]):

@@ -34,6 +34,8 @@ class HwProfileConfig:
     name: str = "host_cpu"  # hw_profiles/<name>.yaml, or a path to a profile YAML
     trials_per_task: Optional[int] = None  # overrides the profile's tuning budget
     threads: Optional[int] = None
+    # None: the profile's own; "measured" or "estimated" (roofline from the profile's peak rates, never measured)
+    cost: Optional[str] = None
 
 
 @dataclass
@@ -48,11 +50,15 @@ class SearchConfig:
     calibration: str = "minmax"  # minmax | percentile | mse
     percentile: float = 99.99
     calibration_bits: int = 8  # activation bit-width the mse clipping is optimised for
-    sensitivity: str = "hutchinson"  # hutchinson | eigenvalue | fisher | delta_loss: the signal behind the score
+    # hutchinson | eigenvalue | fisher | delta_loss | delta_kl: the per-layer signal behind the additive score; or a joint
+    # (whole-candidate) proxy second_order | calib_kl as the search's objective, with hutchinson's additive
+    # score behind the ILP and the warm start
+    sensitivity: str = "hutchinson"
     sensitivity_samples: int = 128
     proxy_validation: int = 12  # random candidates whose real accuracy drop checks the proxy; 0: off
     proxy_validation_samples: Optional[int] = 2000  # first test images used for it; None: the whole split
-    proxy_estimators: list[str] = field(default_factory=lambda: ["hutchinson", "fisher"])  # also validated
+    # also validated (calib_kl: the joint calibration-KL proxy, a fraction of a second per candidate)
+    proxy_estimators: list[str] = field(default_factory=lambda: ["hutchinson", "fisher", "calib_kl"])
     measure_front: int = 8  # Pareto candidates evaluated for real (accuracy + end-to-end TVM latency)
     warm_start: str = "ilp"  # first trials: ilp (uniform + exact-ILP picks at ilp_budgets budgets) | uniform | none
     ilp_budgets: int = 8  # budgets of the exact-ILP front (reported beside the search's) and of the warm start
@@ -67,6 +73,13 @@ class SearchConfig:
     # more than this fraction of the evaluated candidates' end-to-end measurements failed: stop with an error
     # (the study and caches are kept, so fixing the device and re-running resumes)
     max_failure_rate: float = 0.5
+    # Layers that take one precision (one search variable): each group lists layer names and/or "re:<regex>"
+    # patterns, e.g. [["layer1.0.conv1", "layer1.0.conv2"], ["re:layer3\\..*"]]; tied weights are grouped anyway.
+    groups: list[list[str]] = field(default_factory=list)
+    group_residual: bool = False  # also group the layers feeding each residual add (not needed by the kernels)
+    # Minimised objectives, some of proxy | latency | memory | activation | bops (proxy required);
+    # null: proxy, latency and (with memory_objective) memory.
+    objectives: Optional[list[str]] = None
 
 
 @dataclass
@@ -74,6 +87,7 @@ class BudgetConfig:
     latency_ms: Optional[float] = None
     weight_kib: Optional[float] = None
     activation_kib: Optional[float] = None  # peak activation memory: TVM's static plan + largest kernel workspace
+    bops_g: Optional[float] = None  # giga bit-operations: sum over layers of MACs x w_bits x a_bits
 
 
 @dataclass
@@ -114,22 +128,33 @@ class RunConfig:
         d = self.to_dict()
         for k in ("results_dir", "run_name", "cache_dir", "progress"):
             d.pop(k)
+        if d["hw_profile"].get("cost") is None:  # unset: the same hash as before the field existed
+            d["hw_profile"].pop("cost", None)
+        for group, key, unset in (("search", "groups", []), ("search", "group_residual", False),
+                                  ("search", "objectives", None), ("budget", "bops_g", None)):
+            if d[group].get(key, unset) == unset:  # likewise: runs without them keep their folder
+                d[group].pop(key, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
     def default_run_name(self) -> str:
         parts = [self.model.name, self.hw_profile.name]
+        if self.hw_profile.cost == "estimated":
+            parts.append("estimated")
         if self.budget.latency_ms is not None:
             parts.append(f"lat{self.budget.latency_ms:g}ms")
         if self.budget.weight_kib is not None:
             parts.append(f"w{self.budget.weight_kib:g}KiB")
         if self.budget.activation_kib is not None:
             parts.append(f"act{self.budget.activation_kib:g}KiB")
+        if self.budget.bops_g is not None:
+            parts.append(f"bops{self.budget.bops_g:g}G")
         return "-".join(parts + [self.content_hash()])
 
 
 SAMPLERS = ("nsga2", "nsga3", "tpe", "random")
 WARM_STARTS = ("ilp", "uniform", "none")
-SENSITIVITIES = ("hutchinson", "eigenvalue", "fisher", "delta_loss")
+SENSITIVITIES = ("hutchinson", "eigenvalue", "fisher", "delta_loss", "delta_kl")
+JOINT_SENSITIVITIES = ("second_order", "calib_kl")  # whole-candidate proxies (mpsearch/sensitivity/joint.py)
 CALIBRATIONS = ("minmax", "percentile", "mse")
 PTQ_METHODS = ("none", "adaround", "brecq")
 MAX_INPUT_ELEMENTS = 1 << 28  # one input batch of at most 1 GiB of fp32
@@ -142,9 +167,13 @@ def validate(cfg: RunConfig) -> RunConfig:
     if s.sampler not in SAMPLERS:
         raise ConfigError(f"search.sampler={s.sampler!r} is unknown; use one of {', '.join(SAMPLERS)}")
     for name in (s.sensitivity, *s.proxy_estimators):
-        if name not in SENSITIVITIES:
+        if name not in SENSITIVITIES + JOINT_SENSITIVITIES:
             raise ConfigError(f"search.sensitivity / search.proxy_estimators: {name!r} is unknown; use one of "
-                              f"{', '.join(SENSITIVITIES)}")
+                              f"{', '.join(SENSITIVITIES + JOINT_SENSITIVITIES)}")
+    if s.sensitivity in JOINT_SENSITIVITIES and (s.workers > 1 or s.storage):
+        raise ConfigError(f"search.sensitivity={s.sensitivity} scores candidates with the model, which "
+                          "mpsearch-worker processes do not have; use search.workers=1 without search.storage, "
+                          "or an additive estimator (hutchinson, ...)")
     if s.calibration not in CALIBRATIONS:
         raise ConfigError(f"search.calibration={s.calibration!r} is unknown; use one of {', '.join(CALIBRATIONS)}")
     if not 2 <= s.calibration_bits <= 8:
@@ -170,7 +199,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if not s.w_bits or not s.a_bits:
         raise ConfigError("search.w_bits and search.a_bits must each list at least one bit-width")
     for name, value in (("budget.latency_ms", b.latency_ms), ("budget.weight_kib", b.weight_kib),
-                        ("budget.activation_kib", b.activation_kib)):
+                        ("budget.activation_kib", b.activation_kib), ("budget.bops_g", b.bops_g)):
         if value is not None and not value > 0:
             raise ConfigError(f"{name}={value} must be positive (or null for no budget)")
     if cfg.data.calib_samples < 1:
@@ -196,7 +225,35 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise ConfigError(f"{name}={value} must be at least 1")
     if cfg.hw_profile.threads is not None and not 0 <= cfg.hw_profile.threads <= 4096:
         raise ConfigError(f"hw_profile.threads={cfg.hw_profile.threads} must be between 0 (all cores) and 4096")
+    _validate_groups(s.groups)
+    if s.objectives is not None:
+        from mpsearch.search.space import objective_names
+
+        objective_names(s.objectives)
+    if cfg.hw_profile.cost not in (None, "measured", "estimated"):
+        raise ConfigError(f"hw_profile.cost={cfg.hw_profile.cost!r} is unknown; use measured or estimated "
+                          "(roofline from the profile's peak rates)")
     return cfg
+
+
+def _validate_groups(groups: Any) -> None:
+    """``search.groups`` is a list of non-empty lists of layer names or valid ``re:`` patterns (the names
+    themselves are checked against the model once it is traced)."""
+    import re
+
+    if not isinstance(groups, list):
+        raise ConfigError(f"search.groups must be a list of layer groups, e.g. [[conv1, conv2]], got {groups!r}")
+    for i, group in enumerate(groups):
+        if not isinstance(group, list) or not group or not all(isinstance(m, str) and m for m in group):
+            raise ConfigError(f"search.groups[{i}]={group!r} must be a non-empty list of layer names or "
+                              "'re:<regex>' patterns, e.g. [layer1.0.conv1, layer1.0.conv2]")
+        for m in group:
+            if m.startswith("re:"):
+                try:
+                    re.compile(m[3:])
+                except re.error as e:
+                    raise ConfigError(f"search.groups[{i}]: {m!r} is not a valid regular expression ({e}); "
+                                      "fix the pattern") from None
 
 
 def register_configs() -> None:

@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mpsearch.candidate import FLOAT_BITS, Candidate
+from mpsearch.candidate import FLOAT_BITS, HALF_BITS, Candidate
 from mpsearch.config import RunConfig
 from mpsearch.errors import MPSearchError
 from mpsearch.quant.fake import ActQuant, QuantLayer, act_quantizers, quantize_, quantize_weight
@@ -195,6 +195,8 @@ def quantized_state_dict(prepared: PreparedModel, candidate: Candidate,
         owned.update({f"{name}.weight", f"{name}.bias"})
         if w_bits >= FLOAT_BITS:
             codes, scale = weight.clone(), None
+        elif w_bits == HALF_BITS:  # fp16 weights, stored as the kernels take them
+            codes, scale = weight.half(), None
         else:
             codes, scale = quantize_weight(weight, w_bits)
         act = acts[name]
@@ -205,8 +207,8 @@ def quantized_state_dict(prepared: PreparedModel, candidate: Candidate,
             "act_range": torch.tensor([lo, hi], dtype=torch.float32),
             "act_scale": None if act is None else float(act.scale),
             "act_signed": None if act is None else bool(act.signed),
-            "act_qmin": None if act is None else int(act.qmin),
-            "act_qmax": None if act is None else int(act.qmax),
+            "act_qmin": None if act is None or act.half else int(act.qmin),
+            "act_qmax": None if act is None or act.half else int(act.qmax),
         }
     other = {k: v.detach().clone() for k, v in gm.state_dict().items() if k not in owned}
     return {"format": STATE_FORMAT, "input_shape": list(prepared.input_shape), "layers": layers, "other": other}

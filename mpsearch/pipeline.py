@@ -29,12 +29,14 @@ from mpsearch.quant.learned import cached_learn, make_learners, merge
 from mpsearch.quant.prepare import PreparedModel, prepare_model
 from mpsearch.report import EvaluatedCandidate, RunSummary, write_report
 from mpsearch.storage import JsonLines, atomic_write_bytes
+from mpsearch.search.groups import check_candidate, layer_groups
 from mpsearch.search import (
     SearchProblem, SearchSettings, bit_pairs, feasible_front, front_comparison, ilp_pick, pair_label, run_search,
     spread,
 )
 from mpsearch.sensitivity import (
-    SensitivityResult, cached_estimate, make_estimator, random_candidates, score_table, signals, validate_proxies,
+    ADDITIVE_FALLBACK, CandidateProxy, SensitivityResult, cached_estimate, is_joint, make_estimator,
+    make_joint_estimator, random_candidates, score_table, signals, validate_proxies,
 )
 
 log = logging.getLogger(__name__)
@@ -154,7 +156,8 @@ def _versions() -> dict[str, str]:
 
 def configured_profile(cfg: RunConfig) -> HwProfile:
     """The hardware profile named by the config, with its per-run overrides applied."""
-    profile = load_profile(cfg.hw_profile.name)
+    # hw_profile.cost=estimated asks for roofline estimates explicitly (never a fallback for an unreachable device)
+    profile = load_profile(cfg.hw_profile.name, {"cost": cfg.hw_profile.cost} if cfg.hw_profile.cost else None)
     if cfg.hw_profile.trials_per_task is not None:
         profile = replace(profile, tuning=replace(profile.tuning, trials_per_task=cfg.hw_profile.trials_per_task))
     if cfg.hw_profile.threads is not None:
@@ -163,6 +166,10 @@ def configured_profile(cfg: RunConfig) -> HwProfile:
 
 
 def default_backend(profile: HwProfile, cache_dir: Path, progress: bool) -> Backend:
+    if profile.estimated:  # asked for explicitly (profile or hw_profile.cost): roofline, compile-only
+        from mpsearch.hardware.estimate import EstimateBackend
+
+        return EstimateBackend(profile, cache_dir, progress=progress)
     from mpsearch.hardware.tvm_backend import TVMBackend
 
     backend = TVMBackend(profile, cache_dir, progress=progress)
@@ -180,6 +187,7 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
     torch.manual_seed(cfg.search.seed)
     profile = configured_profile(cfg)
     pairs = bit_pairs(cfg.search.w_bits, cfg.search.a_bits, cfg.search.weight_only)
+    profile.precisions.check(profile.name, pairs)  # e.g. fp16 on a profile without it: one line, before any work
     run_dir = Path(cfg.results_dir) / (cfg.run_name or cfg.default_run_name())
     cache_dir = Path(cfg.cache_dir)
     with timer.stage("load"):
@@ -188,7 +196,9 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
         test = batches(load_data(cfg, "test", cfg.data.test_samples), cfg.data.batch_size)
         prepared = prepare_model(model, tuple(cfg.model.input_shape))
         layers = prepared.layer_names
-        given = load_candidate(cfg.candidate, layers) if cfg.candidate else None
+        # Layers that take one precision: tied weights (found on the user's model), search.groups, residual adds.
+        groups = layer_groups(model, prepared.graph_module, layers, cfg.search.groups, cfg.search.group_residual)
+        given = load_candidate(cfg.candidate, layers, groups) if cfg.candidate else None
     with timer.stage("device"):
         # Before calibration and sensitivity, so an unreachable board or a missing GPU fails in seconds.
         backend = backend_factory(profile, cache_dir, cfg.progress)
@@ -197,16 +207,22 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
                            cfg.search.calibration_bits)
     with timer.stage("sensitivity"):
         sens_batches = _first_samples(calib, cfg.search.sensitivity_samples)
-        estimator = make_estimator(cfg.search.sensitivity, samples=cfg.search.sensitivity_samples,
-                                   seed=cfg.search.seed, ranges=ranges, pairs=pairs)
+        # A joint (whole-candidate) proxy is the search's objective; the ILP and the warm start need an
+        # additive score, which then comes from ADDITIVE_FALLBACK (hutchinson).
+        joint = _joint_proxy(cfg, cfg.search.sensitivity, prepared, ranges, calib) \
+            if is_joint(cfg.search.sensitivity) else None
+        estimator = make_estimator(ADDITIVE_FALLBACK if joint else cfg.search.sensitivity,
+                                   samples=cfg.search.sensitivity_samples, seed=cfg.search.seed, ranges=ranges,
+                                   pairs=pairs)
         sens = cached_estimate(estimator, prepared.graph_module, layers, sens_batches, cache_dir)
         score = score_table(prepared.graph_module, sens, ranges, pairs, sens_batches)
     with timer.stage("hardware cost"):
         extra = list(given.values()) if given is not None else []
         table_pairs = list(dict.fromkeys([*pairs, *BASELINES.values(), *extra]))
         table = backend.cost_table(prepared, ranges, table_pairs)
-    problem = SearchProblem(layers, pairs, score, table.latency_s, table.weight_bytes, table.other_s,
-                            table.workspace_bytes or None, table.activation_bytes, cfg.budget.activation_kib)
+    problem = SearchProblem(layers, pairs, score, table.layer_latency_s(), table.weight_bytes, table.other_s,
+                            table.workspace_bytes or None, table.activation_bytes, cfg.budget.activation_kib,
+                            groups, {li.name: li.macs for li in prepared.layers}, cfg.budget.bops_g)
     problem.check_budgets(cfg.budget.latency_ms, cfg.budget.weight_kib)
     # The run folder is made only once the inputs are known to be usable: bad input leaves nothing behind.
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -217,9 +233,10 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
                                   cfg.budget.weight_kib, cfg.search.memory_objective,
                                   warm_start=cfg.search.warm_start, warm_budgets=cfg.search.ilp_budgets,
                                   storage=cfg.search.storage, workers=cfg.search.workers,
+                                  objectives=tuple(cfg.search.objectives) if cfg.search.objectives else None,
                                   # a shared database holds many runs' studies; a run's own journal just one
                                   study_name=run_dir.name if cfg.search.storage else "mpsearch")
-        study = run_search(problem, settings, run_dir / "study.journal", cfg.progress)
+        study = run_search(problem, settings, run_dir / "study.journal", cfg.progress, proxy=joint)
         front = feasible_front(study, problem)
         if not front:
             raise MPSearchError("the search found no candidate within the budgets; relax budget.* or "
@@ -230,7 +247,8 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
         pick = ilp_pick(problem, cfg.budget.latency_ms, cfg.budget.weight_kib, [c for _, c in chosen])
     log.info("front: %d feasible non-dominated candidates, evaluating %d", len(front), len(chosen))
     with timer.stage("proxy validation"):
-        validation, sens_results = _proxy_validation(cfg, prepared, pairs, ranges, test, sens_batches, sens, score)
+        validation, sens_results = _proxy_validation(cfg, prepared, pairs, ranges, test, sens_batches, sens, score,
+                                                     calib, joint)
 
     context = _digest(prepared.graph_module.state_dict(), ranges, test[0][0], len(test))
     acc_cache = AccuracyCache(cache_dir / "accuracy.jsonl", context)
@@ -255,8 +273,8 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
         for (label, kind, trial, cand), acc, meas in zip(todo, accuracies, measurements):
             if not meas.ok:
                 notes.append(f"{label}: not measured ({meas.error})")
-            proxy = sum(score[n][cand[n]] for n in layers) if all(cand[n] in score[n] for n in layers) \
-                else float("nan")
+            proxy = joint(cand) if joint is not None else \
+                sum(score[n][cand[n]] for n in layers) if all(cand[n] in score[n] for n in layers) else float("nan")
             evaluated.append(EvaluatedCandidate(
                 label=label, candidate=cand, kind=kind, proxy=proxy,
                 predicted_latency_ms=table.predict_latency(cand) * 1e3,
@@ -281,18 +299,30 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
         layer_latency = pd.DataFrame(
             {pair_label(p): [table.latency_s[n][p] * 1e3 for n in layers] for p in table.pairs}, index=layers)
         tuning = profile.tuning
+        latency_source = getattr(backend, "latency_source", "measured")
         notes += [
-            f"Latencies: TVM-compiled code on {backend.describe()}, median over {profile.measure.repeat} repeats of "
+            f"Latencies: TVM-compiled code on {backend.describe()}, mean over {profile.measure.repeat} repeats of "
             f"{profile.measure.number} calls, candidates measured interleaved in rounds so that machine drift "
             f"hits all alike; kernels tuned with MetaSchedule ({tuning.strategy}, {tuning.trials_per_task} trials "
             "per kernel). The ± is the standard deviation over repeats: on a shared 2-core VM it is large.",
-            f"Predicted latency = sum of per-layer kernel latencies + {table.other_s * 1e3:.3f} ms for the rest "
-            "of the model (pooling, reshape, VM dispatch), fitted on uniform candidates.",
-            f"Search: {cfg.search.sampler}, {cfg.search.n_trials} trials on the {cfg.search.sensitivity} proxy, "
-            "predicted "
-            f"latency{' and weight memory' if cfg.search.memory_objective else ''}; {len(front)} feasible Pareto "
-            f"candidates, {len(chosen)} evaluated for real (spread along latency).",
+            f"Predicted latency = {table.scale:.3f} × the sum of per-layer kernel latencies (each kernel timed "
+            f"alone) + {table.other_s * 1e3:.3f} ms for the rest of the model (pooling, reshape, VM dispatch), "
+            f"fitted on uniform candidates ({table.calibration.get('method', 'not calibrated')}"
+            + (f", {table.calibration['fit_mape_pct']:.1f}% mean error on them" if table.calibration.get("fit_mape_pct")
+               is not None else "") + ").",
+        ] if latency_source == "measured" else [f"Latencies for {backend.describe()}."]
+        notes += backend.report_notes() + [
+            f"Search: {cfg.search.sampler}, {cfg.search.n_trials} trials minimising "
+            f"{', '.join(settings.metric_names())} (proxy: {cfg.search.sensitivity}; costs predicted); "
+            f"{len(front)} feasible Pareto candidates, {len(chosen)} evaluated for real (spread along latency).",
         ]
+        if joint is not None:
+            notes.append(f"The proxy objective is {joint.name}, scored on each whole candidate "
+                         f"({joint.computed} computed this run in {joint.seconds:.1f} s, the rest cached); the exact "
+                         f"ILP, the warm start and the front comparison use {ADDITIVE_FALLBACK}'s additive score.")
+        if problem.groups:
+            notes.append("Layer groups (one precision each, one search variable each): "
+                         + "; ".join(" + ".join(g) for g in problem.groups) + ".")
         if validation is not None:
             notes.append(
                 f"Proxy validation: {validation['n']} random candidates (each with its own random mix of bit pairs), "
@@ -305,7 +335,7 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
             layer_params={li.name: li.params for li in prepared.layers}, candidates=evaluated,
             layer_latency_ms=layer_latency, config=cfg.to_dict(), timings_s=timer.timings,
             versions=_versions(), notes=notes + [comparison.note()], proxy_validation=validation,
-            search_fronts=comparison.fronts,
+            search_fronts=comparison.fronts, latency_source=latency_source, layer_groups=problem.groups,
             sensitivity={k: v for r in sens_results.values() for k, v in signals(r).items()})
         files = write_report(summary)
     summary.timings_s = timer.timings
@@ -317,6 +347,7 @@ def _proxy_validation(
     cfg: RunConfig, prepared: PreparedModel, pairs: list[Bits], ranges: Mapping[str, tuple[float, float]],
     test: list[tuple[torch.Tensor, torch.Tensor]], sens_batches: list[tuple[torch.Tensor, torch.Tensor]],
     sens: SensitivityResult, score: Mapping[str, Mapping[Bits, float]],
+    calib: list[tuple[torch.Tensor, torch.Tensor]] | None = None, joint: CandidateProxy | None = None,
 ) -> tuple[dict[str, Any] | None, dict[str, SensitivityResult]]:
     """Rank correlation of each estimator's proxy with the real top-1 drop of random candidates.
 
@@ -325,11 +356,16 @@ def _proxy_validation(
     so with the whole test split nothing is measured twice).
     """
     s, gm, layers = cfg.search, prepared.graph_module, prepared.layer_names
-    results, scores = {s.sensitivity: sens}, {s.sensitivity: score}
+    results: dict[str, SensitivityResult] = {sens.estimator: sens}
+    scores: dict[str, Any] = {sens.estimator: score}
+    joints = {joint.name: joint} if joint is not None else {}
     if s.proxy_validation == 0:
         return None, results
     for name in s.proxy_estimators:
-        if name not in results:
+        if is_joint(name):
+            if name not in joints:
+                joints[name] = _joint_proxy(cfg, name, prepared, ranges, calib or sens_batches)
+        elif name not in results:
             est = make_estimator(name, samples=s.sensitivity_samples, seed=s.seed, ranges=ranges, pairs=pairs)
             results[name] = cached_estimate(est, gm, layers, sens_batches, Path(cfg.cache_dir))
             scores[name] = score_table(gm, results[name], ranges, pairs, sens_batches)
@@ -344,10 +380,21 @@ def _proxy_validation(
     accuracy = cached_accuracy(prepared, ranges, data, Path(cfg.cache_dir))
     base = accuracy(Candidate.uniform(layers, 32, 32))
     cands = random_candidates(layers, pairs, s.proxy_validation, s.seed)
-    out = validate_proxies(cands, scores, lambda c: 100.0 * (base - accuracy(c)))
+    out = validate_proxies(cands, {**scores, **joints}, lambda c: 100.0 * (base - accuracy(c)))
     out["test_samples"] = n_test
     out["estimator_seconds"] = {name: round(r.seconds, 2) for name, r in results.items()}
+    # joint proxies: wall time per candidate scored (None when every score came from the cache)
+    out["joint_seconds_per_candidate"] = {
+        name: None if p.mean_seconds() is None else round(p.mean_seconds(), 3) for name, p in joints.items()}
     return out, results
+
+
+def _joint_proxy(cfg: RunConfig, name: str, prepared: PreparedModel, ranges: Mapping[str, tuple[float, float]],
+                 calib: list[tuple[torch.Tensor, torch.Tensor]]) -> CandidateProxy:
+    """The joint estimator ``name`` on the calibration data, cached per candidate in the cache folder."""
+    est = make_joint_estimator(name, prepared.graph_module, prepared.layer_names, calib, ranges,
+                               samples=cfg.search.sensitivity_samples, calib_samples=cfg.data.calib_samples)
+    return CandidateProxy(est, Path(cfg.cache_dir))
 
 
 def _check_failure_rate(todo: list[tuple[Any, ...]], measurements: list[Any], max_rate: float) -> None:
@@ -400,12 +447,15 @@ def _learned_quantization(
             "the patches are in candidates/<label>.learned.pt.", *lines]
 
 
-def load_candidate(path: str, layers: list[str]) -> Candidate:
-    """Read a bit-config JSON and check it names exactly the model's layers with supported bits."""
+def load_candidate(path: str, layers: list[str], groups: list[list[str]] = ()) -> Candidate:
+    """Read a bit-config JSON and check it names exactly the model's layers with supported bits, one
+    precision per layer group."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"candidate file {path!r} does not exist; give a JSON file {{layer: [w_bits, a_bits]}}")
-    return Candidate.from_json(file.read_text()).validate(layers)
+    cand = Candidate.from_json(file.read_text()).validate(layers)
+    check_candidate(cand, groups)
+    return cand
 
 
 def _first_samples(data: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -8,8 +8,10 @@ combination, each writing its own content-addressed run folder. When the sweep e
 * ``summary.md`` — per job the chosen candidate (the most accurate front candidate within the job's
   budgets, latency as measured), the chosen bit-widths per layer side by side, and the
   **portability** table: each job's pick priced on every profile of the sweep — measured where some
-  run of that profile measured the same candidate, else priced by that profile's cost table
-  (labelled so) — against that profile's own pick at the same budget;
+  run of that profile measured the same candidate, else priced by that profile's cost table, or
+  *estimated (roofline)* when that profile's runs are estimated (``cost: estimated``, e.g.
+  ``hw_profile=rpi4_estimated``: a board or GPU not reachable from here) — labelled so, against that
+  profile's own pick at the same budget. Estimated jobs are listed as ``<profile> (estimated)``;
 * ``summary.csv`` (jobs), ``bits.csv``, ``portability.csv`` and ``summary.png``.
 
 ``mpsearch-sweep-summary <hydra sweep dir | run dir ...>`` rebuilds it from stored results.
@@ -35,6 +37,9 @@ log = logging.getLogger(__name__)
 
 #: Evaluated candidates a job's pick is chosen from: the searched front and the exact-ILP picks.
 SEARCHED = ("pareto", "ilp")
+#: How a roofline-estimated latency is labelled wherever it appears.
+ESTIMATED = "(estimated)"
+ESTIMATED_SOURCE = "estimated (roofline)"
 
 
 class SweepError(MPSearchError):
@@ -52,8 +57,21 @@ class Job:
     error: str | None = None
 
     @property
+    def estimated(self) -> bool:
+        """The run's latencies are roofline estimates (``latency_source`` in its ``pareto.csv``)."""
+        if self.run is None:
+            return False
+        frame = self.run.frame
+        if "latency_source" in frame.columns and (frame["latency_source"] == "estimated").any():
+            return True
+        return self.run.config.hw_profile.cost == "estimated"
+
+    @property
     def profile(self) -> str:
-        return self.run.config.hw_profile.name if self.run is not None else "?"
+        """The profile name; estimated runs are a profile of their own, ``<name> (estimated)``."""
+        if self.run is None:
+            return "?"
+        return self.run.config.hw_profile.name + (f" {ESTIMATED}" if self.estimated else "")
 
     @property
     def budget(self) -> tuple[float | None, float | None]:
@@ -160,9 +178,11 @@ def summarize(jobs: Sequence[Job], name: str) -> SweepSummary:
             picks[j.name] = (row, cand)
             lat, measured = latency_ms(row)
             budget_ms = j.budget[0]
-            rec.update({"status": "ok" if budget_ms is None or lat <= budget_ms else "over budget when measured",
+            over = "over budget when estimated" if j.estimated else "over budget when measured"
+            rec.update({"status": "ok" if budget_ms is None or lat <= budget_ms else over,
                         "pick": row["label"], "bits": cand.describe(), "accuracy": float(row["accuracy"]),
-                        "latency_ms": lat, "latency_source": "measured" if measured else "predicted",
+                        "latency_ms": lat,
+                        "latency_source": ESTIMATED_SOURCE if j.estimated else "measured" if measured else "predicted",
                         "weight_kib": float(row["weight_kib"]), "kind": row["kind"]})
         rows.append(rec)
     jobs_frame = pd.DataFrame(rows)
@@ -204,6 +224,10 @@ def summarize(jobs: Sequence[Job], name: str) -> SweepSummary:
         "Portability: a pick priced on another profile is *measured* when a run of that profile measured the "
         "same candidate (same bits), otherwise *priced by cost table*: the sum of that profile's measured "
         "per-layer kernel latencies plus its fitted rest-of-model time, not an end-to-end measurement.",
+        "*estimated (roofline)*: that profile's runs are estimated (`cost: estimated`; its device is not "
+        "measured from here): per kernel max(operations / peak rate, bytes / DRAM bandwidth) + launch overhead, "
+        "from the profile's datasheet peak rates, with its model compiled for the target but never timed. "
+        "A roofline is a lower bound real kernels reach only in part: compare estimates with estimates.",
         "vs native: the pick's latency on that profile divided by that profile's own pick at the same budget.",
     ]
     return SweepSummary(name, jobs_frame, bits, pd.DataFrame(port), profiles, notes)
@@ -217,15 +241,18 @@ def _price(cand: Any, key: str, profile: str, job: Job, done: Sequence[Job],
 
     same = [o for o in done if o.profile == profile]
     same.sort(key=lambda o: (o is not job, o.budget != job.budget))
+    estimated = any(o.estimated for o in same)
     for other in same:
         frame = other.run.frame
         hit = frame[(frame["key"].astype(str) == key) & frame["measured_latency_ms"].notna()] \
             if "key" in frame.columns else frame.iloc[0:0]
         if not hit.empty:
-            return float(hit.iloc[0]["measured_latency_ms"]), "measured", other.run_dir.name
+            source = ESTIMATED_SOURCE if other.estimated else "measured"
+            return float(hit.iloc[0]["measured_latency_ms"]), source, other.run_dir.name
     if table is not None and all(n in table[0].latency_s and tuple(b) in table[0].latency_s[n]
                                  for n, b in cand.items()):
-        return table[0].predict_latency(cand) * 1e3, "priced by cost table", table[1]
+        source = ESTIMATED_SOURCE if estimated else "priced by cost table"
+        return table[0].predict_latency(cand) * 1e3, source, table[1]
     return float(np.nan), "not priceable (bits missing from its cost table)", ""
 
 
@@ -250,6 +277,9 @@ def render_markdown(s: SweepSummary) -> str:
     jobs, port = s.jobs, s.portability
     lines = [f"# Sweep summary: {s.name}", "",
              f"{len(jobs)} jobs over {len(s.profiles)} hardware profile(s): {', '.join(s.profiles) or 'none'}.", "",
+             *([f"**Profiles marked {ESTIMATED} were not measured**: their latencies are roofline estimates from "
+                "the profiles' peak rates (compile-only), labelled *estimated (roofline)* wherever they appear.", ""]
+               if any(p.endswith(ESTIMATED) for p in s.profiles) else []),
              "## Picks per job", ""]
     rows = []
     for _, r in jobs.iterrows():
@@ -338,7 +368,7 @@ def plot_summary(s: SweepSummary) -> Any:
         names = {r["job"]: f"{r['pick']}\n{r['picked_on']} @ {r['budget']}" for _, r in port.iterrows()}
         ax_port.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, [names[g] for g in groups], fontsize=7,
                            rotation=15, ha="right")
-        ax_port.set_ylabel("latency (ms); hatched: priced by cost table")
+        ax_port.set_ylabel("latency (ms); hatched: priced by cost table\nor estimated (roofline), not measured")
         ax_port.set_title("each pick on each profile")
         ax_port.legend(fontsize=8)
     fig.tight_layout()

@@ -19,7 +19,8 @@ def mpsearch(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     (["hw_profile.name=no_such_board"], "hardware profile 'no_such_board' not found; known profiles:"),
     (["budget.latency_ms=-1"], "budget.latency_ms=-1.0 must be positive"),
     (["search.sampler=cmaes"], "search.sampler='cmaes' is unknown"),
-    (["search.w_bits=[16]"], "unsupported weight bit-width 16"),
+    (["search.w_bits=[12]"], "unsupported weight bit-width 12"),
+    (["search.w_bits=[16]"], "does not support w_bits 16: 16 is fp16"),
     (["model.checkpoint=/nonexistent.pt"], "checkpoint '/nonexistent.pt' does not exist"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, overrides: list[str], message: str) -> None:

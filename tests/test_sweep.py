@@ -1,10 +1,13 @@
 """Sweep summaries: picks, bit-widths and portability across profiles (fast, table backend), and a real
-two-profile x two-budget ``mpsearch --multirun`` with TVM (slow)."""
+two-profile x two-budget ``mpsearch --multirun`` on the default model, one profile measured with TVM and
+one estimated by roofline (slow)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -24,10 +27,6 @@ from mpsearch.sweep import SweepSummaryCallback, jobs_from_run_dirs, main, summa
 from mpsearch.testing import TableBackend
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["model.name=tiny", "model.factory=mpsearch.testing:tiny_resnet", "model.input_shape=[1,1,8,8]",
-        "data.factory=mpsearch.testing:synthetic_split", "data.calib_samples=64", "data.test_samples=128",
-        "search.sensitivity_samples=16", "search.proxy_validation=0"]
-
 
 class SlowerTable(TableBackend):
     """The table backend, ``factor`` times slower: a second, different 'hardware'."""
@@ -128,73 +127,136 @@ def test_hydra_config_registers_the_callback_and_the_1t_profile() -> None:
     assert load_profile("host_cpu_1t").resolved_threads() == 1
 
 
-# -- real: mpsearch --multirun with TVM ----------------------------------------------------------
+# -- real: mpsearch --multirun with TVM on the default model -------------------------------------------
 
 
 @dataclass
 class TVMSweep:
-    sweep_dir: Path
+    sweep_dir: Path | None
     run_dirs: list[Path]
-    summary_dir: Path
+    summary_dir: Path | None
     env: dict[str, str]
     seconds: float
+    log: str = ""
 
 
 _SWEEP: dict[str, TVMSweep] = {}
+_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+#: The acceptance sweep (issue #6): ResNet-20 (the default model) on the host, one thread, measured with TVM
+#: at a tiny budget (1 MetaSchedule trial per kernel, W8A8/FP32 only, small data), and on a Raspberry Pi 4
+#: priced by roofline (compile-only: built for aarch64, never run), at two weight budgets.
+DEFAULT_SWEEP = [
+    "--multirun", "hw_profile=host_cpu_1t,rpi4_estimated", "budget.weight_kib=400,1100", "model=resnet20_fmnist",
+    "data.calib_samples=64", "data.test_samples=256", "search.sensitivity=fisher", "search.sensitivity_samples=16",
+    "search.proxy_validation=0", "search.n_trials=20", "search.measure_front=2", "search.ilp_budgets=2",
+    "search.w_bits=[8,32]", "search.a_bits=[8,32]", "hw_profile.trials_per_task=1", "progress=false",
+]
 
 
-def run_tvm_sweep(root: Path) -> TVMSweep:
-    """``mpsearch --multirun hw_profile=host_cpu,host_cpu_1t budget.latency_ms=20,40`` on the tiny model
-    at a tiny budget (1 MetaSchedule trial per kernel, W8A8/FP32 only). Run once per session."""
+def run_default_sweep(root: Path) -> TVMSweep:
+    """``mpsearch --multirun`` of :data:`DEFAULT_SWEEP` into ``root``; run once per session."""
     import time
 
-    if "sweep" in _SWEEP:
-        return _SWEEP["sweep"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    args = [sys.executable, "-m", "mpsearch.cli", "--multirun", "hw_profile=host_cpu,host_cpu_1t",
-            "budget.latency_ms=20,40", *TINY, "search.n_trials=20", "search.measure_front=2",
-            "search.w_bits=[8,32]", "search.a_bits=[8,32]", "hw_profile.trials_per_task=1",
-            f"results_dir={root / 'results'}", f"cache_dir={root / 'cache'}", "progress=false",
-            f"hydra.sweep.dir={root / 'sweep'}"]
+    if "default" in _SWEEP:
+        return _SWEEP["default"]
+    args = [sys.executable, "-m", "mpsearch.cli", *DEFAULT_SWEEP, f"results_dir={root / 'results'}",
+            f"cache_dir={root / 'cache'}", f"hydra.sweep.dir={root / 'sweep'}"]
     start = time.perf_counter()
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=root, env=env)
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=root, env=_ENV)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    runs = sorted(p for p in (root / "results").iterdir() if p.name.startswith("tiny-"))
-    summaries = list((root / "results").glob("sweep-tiny-*/summary.md"))
+    runs = sorted(p for p in (root / "results").iterdir() if p.name.startswith("resnet20_fmnist-"))
+    summaries = list((root / "results").glob("sweep-resnet20_fmnist-*/summary.md"))
     assert len(summaries) == 1, proc.stderr[-4000:]
-    _SWEEP["sweep"] = TVMSweep(root / "sweep", runs, summaries[0].parent, env, time.perf_counter() - start)
-    return _SWEEP["sweep"]
+    _SWEEP["default"] = TVMSweep(root / "sweep", runs, summaries[0].parent, _ENV, time.perf_counter() - start,
+                                 proc.stdout + proc.stderr)
+    return _SWEEP["default"]
+
+
+@pytest.fixture(scope="session")
+def default_sweep(tmp_path_factory) -> TVMSweep:
+    pytest.importorskip("tvm")
+    return run_default_sweep(tmp_path_factory.mktemp("default_sweep"))
 
 
 @pytest.fixture(scope="session")
 def tvm_sweep(tmp_path_factory) -> TVMSweep:
+    """A finished run of the tiny model measured with TVM on host_cpu_1t (1 trial per kernel, W8A8/FP32),
+    for tests/test_export.py. In process, so it shares the session's MetaSchedule start-up cost."""
     pytest.importorskip("tvm")
-    return run_tvm_sweep(tmp_path_factory.mktemp("tvm_sweep"))
+    import time
+
+    from mpsearch.hardware.export_lib import use_threads
+    from mpsearch.testing import tiny_run_config
+
+    if "tiny" not in _SWEEP:
+        root = tmp_path_factory.mktemp("tvm_tiny_run")
+        cfg = tiny_run_config(root, hw_profile__name="host_cpu_1t", hw_profile__trials_per_task=1,
+                              search__n_trials=20, search__measure_front=2, search__proxy_validation=0,
+                              search__sensitivity_samples=16, search__w_bits=[8, 32], search__a_bits=[8, 32])
+        before = os.environ.get("TVM_NUM_THREADS")
+        start = time.perf_counter()
+        try:
+            out = run(cfg)  # the real TVM backend
+        finally:  # host_cpu_1t set one thread for this process's TVM pool: give the others theirs back
+            use_threads(int(before) if before else (os.cpu_count() or 1))
+        _SWEEP["tiny"] = TVMSweep(None, [out.run_dir], None, _ENV, time.perf_counter() - start)
+    return _SWEEP["tiny"]
 
 
 @pytest.mark.tvm
 @pytest.mark.slow
-def test_real_two_profile_two_budget_sweep(tvm_sweep: TVMSweep) -> None:
-    assert len(tvm_sweep.run_dirs) == 4  # one content-addressed run folder per job
-    assert len(list(tvm_sweep.sweep_dir.glob("*/.hydra/config.yaml"))) == 4  # each job's composed config
-    profiles = sorted(json.loads((r / "config.json").read_text())["hw_profile"]["name"] for r in tvm_sweep.run_dirs)
-    assert profiles == ["host_cpu", "host_cpu", "host_cpu_1t", "host_cpu_1t"]
-    for r in tvm_sweep.run_dirs:
-        folder = RunFolder.load(r)
-        assert folder.front()["measured_latency_ms"].notna().all()  # measured with TVM, not priced
-    jobs = pd.read_csv(tvm_sweep.summary_dir / "summary.csv")
+def test_default_model_sweep_measured_and_estimated_profiles(default_sweep: TVMSweep) -> None:
+    """Issue #6, acceptance 1: two profiles x two budgets on the default model, four run folders, and a
+    summary whose portability table prices the cross-target profile by roofline, labelled so."""
+    s = default_sweep
+    assert len(s.run_dirs) == 4  # one content-addressed run folder per job
+    assert len(list(s.sweep_dir.glob("*/.hydra/config.yaml"))) == 4  # each job's composed config
+    configs = [json.loads((r / "config.json").read_text()) for r in s.run_dirs]
+    assert sorted((c["hw_profile"]["name"], c["hw_profile"]["cost"]) for c in configs) == [
+        ("host_cpu_1t", None), ("host_cpu_1t", None), ("rpi4", "estimated"), ("rpi4", "estimated")]
+    estimated = {r for r, c in zip(s.run_dirs, configs) if c["hw_profile"]["cost"] == "estimated"}
+    for r in s.run_dirs:
+        summary = json.loads((r / "summary.json").read_text())
+        front = RunFolder.load(r).front()
+        assert front["measured_latency_ms"].notna().all()
+        md = (r / "report.md").read_text()
+        if r in estimated:
+            assert summary["latency_source"] == "estimated" and (front["latency_source"] == "estimated").all()
+            assert "(estimated latencies: roofline, not measured)" in md and "measured (ms)" not in md
+            assert "Compile-only check for rpi4" in md  # the model was built for the board (or says why not)
+            if shutil.which("aarch64-linux-gnu-gcc"):
+                assert "built for llvm aarch64-linux-gnu cortex-a72 (AArch64 DYN shared object" in md
+        else:
+            assert summary["latency_source"] == "measured" and (front["latency_source"] == "measured").all()
+            assert "estimated" not in md.lower().replace("estimator", "")
+    # the host's kernels were tuned once, by the first host job; the second reused them through the cache,
+    # and nothing was tuned or timed for the estimated board
+    tunings = re.findall(r"tvm_backend\]\[INFO\] - tuning (\d+) kernel", s.log)
+    assert len(tunings) == 1 and int(tunings[0]) > 0, s.log[-3000:]
+    caches = sorted(p.name.rsplit("-", 1)[0] for p in (s.run_dirs[0].parents[1] / "cache" / "tvm").iterdir())
+    assert caches == ["host_cpu_1t"]
+
+    jobs = pd.read_csv(s.summary_dir / "summary.csv")
     assert len(jobs) == 4 and (jobs["status"] == "ok").all() and jobs["latency_ms"].gt(0).all()
-    port = pd.read_csv(tvm_sweep.summary_dir / "portability.csv")
+    assert sorted(jobs["profile"]) == ["host_cpu_1t", "host_cpu_1t", "rpi4 (estimated)", "rpi4 (estimated)"]
+    assert set(jobs[jobs["profile"] == "rpi4 (estimated)"]["latency_source"]) == {"estimated (roofline)"}
+    assert set(jobs[jobs["profile"] == "host_cpu_1t"]["latency_source"]) == {"measured"}
+    port = pd.read_csv(s.summary_dir / "portability.csv")
     assert len(port) == 8 and port["latency_ms"].gt(0).all()
-    assert set(port["source"]) <= {"measured", "priced by cost table"}
-    md = (tvm_sweep.summary_dir / "summary.md").read_text()
-    assert "## Portability" in md and "on host_cpu_1t" in md and "## Chosen bit-widths per layer" in md
-    # the 1-thread profile was tuned and measured on its own (its own cache), not reusing host_cpu's
-    caches = sorted(p.name.rsplit("-", 1)[0] for p in (tvm_sweep.run_dirs[0].parents[1] / "cache" / "tvm").iterdir())
-    assert caches == ["host_cpu", "host_cpu_1t"]
+    on_board = port[port["priced_on"] == "rpi4 (estimated)"]
+    assert set(on_board["source"]) == {"estimated (roofline)"}  # never called measured
+    assert set(port[port["priced_on"] == "host_cpu_1t"]["source"]) <= {"measured", "priced by cost table"}
+    board_table = RunFolder.load(sorted(estimated)[0]).cost_table()
+    for _, r in on_board[on_board["picked_on"] == "host_cpu_1t"].iterrows():  # the host's picks on the board
+        cand = RunFolder.load(next(p for p in s.run_dirs if p.name == jobs.set_index("job").loc[r["job"], "run"]))\
+            .candidate(r["pick"])
+        assert r["latency_ms"] == pytest.approx(board_table.predict_latency(cand) * 1e3)
+    md = (s.summary_dir / "summary.md").read_text()
+    assert "## Portability" in md and "on rpi4 (estimated)" in md and "(estimated (roofline))" in md
+    assert "Profiles marked (estimated) were not measured" in md and "## Chosen bit-widths per layer" in md
     # the summary is rebuilt from stored results alone, identically
-    again = summarize_sweep([tvm_sweep.sweep_dir])
-    assert again["summary_md"].read_text() == md
+    assert summarize_sweep([s.sweep_dir])["summary_md"].read_text() == md
 
 
 def test_unfinished_jobs_are_listed_not_fatal(table_runs: list[Path], tmp_path: Path) -> None:

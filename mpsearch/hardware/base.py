@@ -29,8 +29,11 @@ class Measurement:
 
     @classmethod
     def from_samples(cls, samples: Sequence[float]) -> Measurement:
+        """The mean of the repeat samples (each itself a mean over ``measure.number`` calls). The mean,
+        not the median, because expectations add up: the cost model predicts a candidate as a sum of
+        kernels, and the mean of a sum is the sum of the means, which holds for no other statistic."""
         arr = np.asarray(samples, dtype=float)
-        return cls(float(np.median(arr)), float(arr.std()), None, tuple(float(s) for s in arr))
+        return cls(float(arr.mean()), float(arr.std()), None, tuple(float(s) for s in arr))
 
 
 @dataclass
@@ -38,8 +41,11 @@ class LayerCostTable:
     """Measured kernel latency of every layer at every bit pair, plus the rest of the model.
 
     Because each layer is one kernel whose code depends only on its own bits (see
-    ``hardware/kernels.py``), a candidate's latency is the sum of its layers' kernels plus
-    ``other_s`` (pooling, reshapes, runtime overhead), fitted from end-to-end measurements.
+    ``hardware/kernels.py``), a candidate's latency is ``scale`` times the sum of its layers' kernels
+    plus ``other_s`` (pooling, reshapes, runtime overhead). ``latency_s`` holds each kernel timed
+    alone; ``scale`` and ``other_s`` are fitted by least squares on end-to-end measurements of the
+    uniform candidates (``calibration`` records the fit). Kernels inside the model run faster than
+    alone (warm caches and thread pool, no per-call launch): ``scale`` measures that, per profile.
 
     Activation memory: ``activation_bytes`` is the inter-kernel storage of TVM's static memory plan
     (the same for every candidate, since kernels exchange fp32 tensors), ``workspace_bytes`` each
@@ -57,9 +63,33 @@ class LayerCostTable:
     untuned: list[str] = field(default_factory=list)
     workspace_bytes: dict[str, dict[Bits, int]] = field(default_factory=dict)
     activation_bytes: int = 0
+    scale: float = 1.0
+    calibration: dict[str, object] = field(default_factory=dict)  # how scale/other_s were fitted
 
     def predict_latency(self, candidate: Mapping[str, Bits]) -> float:
-        return self.other_s + sum(self.latency_s[name][tuple(bits)] for name, bits in candidate.items())
+        return self.other_s + self.scale * sum(self.latency_s[name][tuple(bits)] for name, bits in candidate.items())
+
+    def layer_latency_s(self) -> dict[str, dict[Bits, float]]:
+        """Each layer's cost inside the model (``scale`` x its kernel alone): what the search adds up."""
+        return {n: {pair: self.scale * t for pair, t in row.items()} for n, row in self.latency_s.items()}
+
+    def calibrate(self, kernel_sums: Sequence[float], measured: Sequence[float]) -> None:
+        """Fit ``measured ≈ scale * kernel_sum + other_s`` by least squares (end-to-end measurements of
+        candidates whose summed standalone kernel latencies are ``kernel_sums``). With fewer than three
+        points, or a fit that is not physical (scale outside [0.25, 2], negative rest), keep
+        ``scale = 1`` and take ``other_s`` as the median residual, as an uncalibrated sum would."""
+        x, y = np.asarray(kernel_sums, dtype=float), np.asarray(measured, dtype=float)
+        scale, other, method = 1.0, max(0.0, float(np.median(y - x))) if len(x) else 0.0, "median residual"
+        if len(x) >= 3 and np.ptp(x) > 0:
+            a, b = np.linalg.lstsq(np.vstack([x, np.ones_like(x)]).T, y, rcond=None)[0]
+            if 0.25 <= a <= 2.0 and b >= 0:
+                scale, other, method = float(a), float(b), "least squares"
+        self.scale, self.other_s = scale, other
+        fit = scale * x + other
+        self.calibration = {
+            "method": method, "points": int(len(x)), "scale": scale, "other_s": other,
+            "fit_mape_pct": float(np.mean(np.abs(fit - y) / y) * 100) if len(x) else None,
+        }
 
     def predict_weight_bytes(self, candidate: Mapping[str, Bits]) -> int:
         return sum(self.weight_bytes[name][tuple(bits)] for name, bits in candidate.items())
@@ -78,6 +108,7 @@ class LayerCostTable:
             "latency_s": enc(self.latency_s), "weight_bytes": enc(self.weight_bytes),
             "kernel_of": enc(self.kernel_of), "other_s": self.other_s, "untuned": self.untuned,
             "workspace_bytes": enc(self.workspace_bytes), "activation_bytes": self.activation_bytes,
+            "scale": self.scale, "calibration": self.calibration,
         }, indent=1)
 
     @classmethod
@@ -88,7 +119,8 @@ class LayerCostTable:
             return {n: {tuple(int(b) for b in k.split(",")): v for k, v in row.items()} for n, row in table.items()}
         return cls(d["profile"], d["layers"], [tuple(p) for p in d["pairs"]], dec(d["latency_s"]),
                    dec(d["weight_bytes"]), dec(d["kernel_of"]), d["other_s"], d["untuned"],
-                   dec(d.get("workspace_bytes", {})), int(d.get("activation_bytes", 0)))
+                   dec(d.get("workspace_bytes", {})), int(d.get("activation_bytes", 0)),
+                   float(d.get("scale", 1.0)), dict(d.get("calibration", {})))
 
 
 class Backend(ABC):
@@ -102,6 +134,9 @@ class Backend(ABC):
     """
 
     name: str = "backend"
+    #: "measured" (timed on the device) or "estimated" (roofline, nothing timed): labels every latency
+    #: the backend returns, in the report, ``pareto.csv`` and ``summary.json``.
+    latency_source: str = "measured"
 
     @abstractmethod
     def cost_table(
@@ -142,3 +177,7 @@ class Backend(ABC):
     def describe(self) -> str:
         """One line naming the measured device."""
         return self.name
+
+    def report_notes(self) -> list[str]:
+        """Caveats about this backend's numbers for the run report (e.g. how estimates are made)."""
+        return []

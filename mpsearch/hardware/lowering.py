@@ -20,7 +20,7 @@ from tvm import IRModule, relax
 
 from mpsearch.candidate import Candidate
 from mpsearch.errors import LoweringError
-from mpsearch.hardware.kernels import KernelSpec, make_kernel, pack_int4
+from mpsearch.hardware.kernels import KernelSpec, make_kernel, pack_weight
 from mpsearch.hardware.memory import weight_mode
 from mpsearch.quant.fake import ActQuant, act_quantizers, quantize_weight
 from mpsearch.quant.prepare import PreparedModel
@@ -49,7 +49,7 @@ class LoweredModel:
 def kernel_spec(
     module: nn.Module, x_shape: tuple[int, ...], w_bits: int, act: ActQuant | None, epilogue: tuple[str, ...]
 ) -> KernelSpec:
-    a_mode = "f32" if act is None else ("s8" if act.signed else "u8")
+    a_mode = "f32" if act is None else "f16" if act.half else ("s8" if act.signed else "u8")
     if isinstance(module, nn.Linear):
         return KernelSpec("linear", x_shape, tuple(module.weight.shape), weight_mode(w_bits), a_mode,
                           epilogue=epilogue)
@@ -67,18 +67,21 @@ def kernel_arrays(module: nn.Module, spec: KernelSpec, w_bits: int, act: ActQuan
     out_ch = weight.shape[0]
     bias = (module.bias.detach().float() if module.bias is not None else torch.zeros(out_ch)).numpy()
     arrays: list[np.ndarray] = []
+    int_act = act is not None and not act.half
     if spec.w_mode == "f32":
         arrays.append(weight.numpy())
+    elif spec.w_mode == "f16":  # IEEE half, 2 bytes a weight (round to nearest even, as torch's .half())
+        arrays.append(weight.half().numpy())
     else:
         codes, w_scale = quantize_weight(weight, w_bits)
         codes_np = codes.numpy()
-        arrays.append(pack_int4(codes_np) if spec.w_mode == "i4p" else codes_np)
+        arrays.append(pack_weight(spec, codes_np))  # int4 packed / int8 blocked into dot tiles
         scale = w_scale.numpy().astype(np.float32)
-        if act is not None:  # integer kernel: dequantize the int32 accumulator in one multiply
+        if int_act:  # integer kernel: dequantize the int32 accumulator in one multiply
             scale = (scale * np.float32(act.scale)).astype(np.float32)
         arrays.append(scale)
     arrays.append(bias.astype(np.float32))
-    if act is not None:
+    if int_act:
         arrays.append(np.array([act.inv_scale, act.qmin, act.qmax, act.scale], dtype=np.float32))
     return [np.ascontiguousarray(a) for a in arrays]
 

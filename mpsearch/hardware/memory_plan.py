@@ -111,12 +111,16 @@ def workspace_bytes(func: Any) -> int:
     # The allocation-placing part of TVM's TIR lowering (s_tir.pipeline): after it, each buffer the
     # kernel needs is one Allocate, compacted to the region actually used, and StorageRewrite has
     # merged the ones that can share memory.
+    # Same order as s_tir.pipeline (CPU-relevant passes); StmtSimplify before FlattenBuffer is needed by
+    # tensorized kernels, whose intrinsic buffers carry symbolic offsets until simplified.
     lower = tvm.transform.Sequential([
+        s_tir.transform.CanonicalizeLoop(),
         s_tir.transform.LowerInitBlock(),
         s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
         s_tir.transform.ConvertBlocksToOpaque(),
         s_tir.transform.CompactBufferAllocation(),
         s_tir.transform.LowerMatchBuffer(),
+        s_tir.transform.StmtSimplify(),
         s_tir.transform.LowerOpaqueBlock(),
         tirx.transform.FlattenBuffer(),
         tirx.transform.VectorizeLoop(True),

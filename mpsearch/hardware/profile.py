@@ -2,7 +2,10 @@
 
 A profile names the TVM target (a dict, as ``tvm.target.Target`` takes it), how the device is reached
 (``local``: in this process; ``rpc``: a board registered with a TVM RPC tracker under a key; ``cuda``:
-a GPU on this machine), the threads, the bit-widths the target supports and the tuning budget.
+a GPU on this machine), the threads, the bit-widths the target supports and the tuning budget, and
+the target's peak rates (``peak``) with the cost mode (``cost``): ``measured`` (the default: tuned
+kernels timed on the device) or ``estimated`` (roofline from the peak rates, compile-only; never a
+silent fallback, see ``hardware/estimate.py``).
 
 Loading a profile never imports TVM; the target dict is validated for shape here and by TVM when
 the backend builds it. Every error is one line naming the field and the fix.
@@ -26,6 +29,7 @@ TARGET_KINDS = ("llvm", "cuda")
 W_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 A_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 STRATEGIES = ("replay-trace", "evolutionary")
+COST_MODES = ("measured", "estimated")
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "hw_profiles"
 
 
@@ -83,10 +87,33 @@ class Precisions:
         """Raise :class:`ConfigError` (one line) for the first bit pair the target does not support."""
         for w, a in pairs:
             for kind, bits, allowed in (("w_bits", w, self.w_bits), ("a_bits", a, self.a_bits)):
+                if bits == 16 and not self.fp16:
+                    raise ConfigError(
+                        f"hardware profile {profile!r} does not support {kind} 16: 16 is fp16 and the profile has no "
+                        f"half-precision arithmetic (precisions.fp16: false); drop 16 from search.{kind} or use a "
+                        "profile with fp16: true")
                 if bits not in allowed:
                     raise ConfigError(
                         f"hardware profile {profile!r} does not support {kind} {bits} (precisions.{kind}: "
                         f"{', '.join(map(str, allowed))}); drop it from search.{kind} or add it to the profile")
+
+
+@dataclass(frozen=True)
+class PeakRates:
+    """The target's peak rates, for roofline estimates (``cost: estimated``) and roofline reports.
+
+    Compute peaks count a multiply-add as two operations. ``fp16_gflops`` 0: no half-precision
+    arithmetic. ``int8_gops``: int8 x int8 -> int32 multiply-accumulate (the integer kernels' inner
+    loop). ``launch_us``: fixed cost of one kernel call (VM dispatch, GPU launch). ``source`` names
+    where the numbers come from (datasheet, measurement) and is shown wherever an estimate is.
+    """
+
+    fp32_gflops: float = 0.0
+    fp16_gflops: float = 0.0
+    int8_gops: float = 0.0
+    dram_gbps: float = 0.0
+    launch_us: float = 0.0
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -105,6 +132,13 @@ class HwProfile:
     # The C++ compiler that links libraries exported for the device (e.g. aarch64-linux-gnu-g++ for an
     # aarch64 board); empty: the host's default compiler.
     cross_compiler: str = ""
+    peak: PeakRates | None = None
+    # "measured" (tuned kernels timed on the device) or "estimated" (roofline from ``peak``; compile-only)
+    cost: str = "measured"
+
+    @property
+    def estimated(self) -> bool:
+        return self.cost == "estimated"
 
     def resolved_threads(self) -> int:
         return self.threads if self.threads > 0 else (os.cpu_count() or 1)
@@ -137,11 +171,13 @@ def _build(cls: type, data: Any, where: str) -> Any:
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}; valid keys are {', '.join(fields)}")
     kwargs = {}
-    nested = {"measure": MeasureSettings, "tuning": TuningSettings, "rpc": RPCSettings, "precisions": Precisions}
+    nested = {"measure": MeasureSettings, "tuning": TuningSettings, "rpc": RPCSettings, "precisions": Precisions,
+              "peak": PeakRates}
     for name, value in data.items():
         expected = fields[name].type
         if name in nested and cls is HwProfile:
-            kwargs[name] = None if value is None and name == "rpc" else _build(nested[name], value, f"{where}.{name}")
+            kwargs[name] = None if value is None and name in ("rpc", "peak") \
+                else _build(nested[name], value, f"{where}.{name}")
             continue
         kwargs[name] = _check_type(value, expected, f"{where}.{name}")
     missing = [n for n, f in fields.items() if n not in data and f.default is dataclasses.MISSING
@@ -223,6 +259,21 @@ def _validate(p: HwProfile, where: str) -> HwProfile:
                               f"({', '.join(map(str, allowed))})")
     if 32 not in p.precisions.w_bits or 32 not in p.precisions.a_bits:
         raise ConfigError(f"{where}.precisions: w_bits and a_bits must include 32 (the fp32 baseline)")
+    if not p.precisions.fp16 and (16 in p.precisions.w_bits or 16 in p.precisions.a_bits):
+        raise ConfigError(f"{where}.precisions: 16 (fp16) is listed but precisions.fp16 is false; profile "
+                          f"{p.name!r} has no half-precision arithmetic, so drop 16 or set fp16: true")
+    if p.cost not in COST_MODES:
+        raise ConfigError(f"{where}.cost: {p.cost!r} is not one of {', '.join(COST_MODES)}")
+    if p.peak is not None:
+        for name in ("fp32_gflops", "int8_gops", "dram_gbps"):
+            if not getattr(p.peak, name) > 0:
+                raise ConfigError(f"{where}.peak.{name}: must be positive (the target's peak rate, from its "
+                                  "datasheet or a measurement)")
+        if p.precisions.fp16 and not p.peak.fp16_gflops > 0:
+            raise ConfigError(f"{where}.peak.fp16_gflops: precisions.fp16 is true, so give the fp16 peak rate")
+    if p.estimated and p.peak is None:
+        raise ConfigError(f"{where}: cost 'estimated' needs a peak section (fp32_gflops, int8_gops, dram_gbps, "
+                          "launch_us) to estimate from; add it or use cost: measured")
     if p.cross_compiler and not re.fullmatch(r"[\w.+/-]+", p.cross_compiler):
         raise ConfigError(f"{where}.cross_compiler: {p.cross_compiler!r} is not a compiler command name")
     return p

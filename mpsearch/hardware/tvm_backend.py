@@ -48,6 +48,59 @@ def _import_tvm() -> None:
         from tvm.s_tir import meta_schedule as _ms
 
         tvm, ms = _tvm, _ms
+        from mpsearch.hardware.kernels import register_intrinsics
+
+        register_intrinsics()  # tuned schedules that tensorize with them are replayed in this process
+        _register_unpack_rule()
+
+
+def _register_unpack_rule() -> None:
+    """MetaSchedule rule for the blocks a kernel marks ``schedule_rule = UNPACK_RULE`` (the int4
+    unpack feeding the int8 dot): leave it a block of its own. Inlined into the dot it would stop the
+    dot from tensorizing; computed at a loop of the dot (sampled here, before the dot is tiled) it
+    breaks ``GetTensorizeLoopMapping`` (TVM 0.27 InternalError). So the packed tile is unpacked once
+    per call into an int8 buffer, vectorized by ParallelizeVectorizeUnroll's later passes."""
+    import tvm_ffi
+
+    from mpsearch.hardware.kernels import UNPACK_RULE
+
+    def rule(sch: Any, block: Any) -> list:
+        return [sch]
+
+    name = f"s_tir.meta_schedule.cpu.{UNPACK_RULE}"
+    if tvm_ffi.get_global_func(name, allow_missing=True) is None:
+        tvm_ffi.register_global_func(name, rule)
+
+
+def space_generator(target: Any) -> Any:
+    """MetaSchedule's design space for ``target``: the default post-order space, plus, on AVX-512BW
+    CPUs, multi-level tiling that tensorizes int8 reductions with mpsearch's exact 16x2 dot
+    (``kernels.DOT_INTRINSICS``). TVM's own x86 rule only tries ``dot_16x4_avx512``, whose
+    ``vpmaddubsw`` saturates at int16 and which our kernels' NCHW reductions never matched anyway."""
+    from mpsearch.hardware.kernels import dot_intrinsics_for
+
+    _import_tvm()
+    intrins = dot_intrinsics_for(target)
+    if not intrins:
+        return "post-order-apply"
+    r, p = ms.schedule_rule, ms.postproc
+    write_reuse = r.ReuseType(req="may", levels=[1, 2], scope="global")
+    rules = [
+        r.ApplyCustomRule(),
+        r.InlineConstantScalars(),
+        r.AutoInline(into_producer=False, into_consumer=True, inline_const_tensor=True, disallow_if_then_else=True,
+                     require_injective=True, require_ordered=True, disallow_op=["tirx.exp"]),
+        r.AddRFactor(max_jobs_per_core=16, max_innermost_factor=64),
+        *[r.MultiLevelTilingWithIntrin(name, structure="SSRSRS", max_innermost_factor=64, reuse_write=write_reuse)
+          for name in intrins],
+        r.MultiLevelTiling(structure="SSRSRS", max_innermost_factor=64, reuse_write=write_reuse),
+        r.ParallelizeVectorizeUnroll(max_jobs_per_core=16, max_vectorize_extent=64,
+                                     unroll_max_steps=[0, 16, 64, 512], unroll_explicit=True),
+        r.RandomComputeLocation(),
+    ]
+    postprocs = [p.DisallowDynamicLoop(), p.RewriteParallelVectorizeUnroll(), p.RewriteReductionBlock(),
+                 p.RewriteTensorize(vectorize_init_loop=True), p.RewriteLayout()]
+    return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=postprocs, mutator_probs="llvm")
 
 
 def _warm_builder() -> None:
@@ -162,6 +215,13 @@ def host_description() -> str:
 def _last_line(e: Exception) -> str:
     text = str(e).strip()
     return text.splitlines()[-1] if text else type(e).__name__
+
+
+def _latency(record: Mapping[str, Any]) -> float:
+    """A cached timing's latency, recomputed from its samples with :meth:`Measurement.from_samples`'
+    statistic (records written before it became the mean hold the median in ``latency_s``)."""
+    samples = record.get("samples")
+    return Measurement.from_samples(samples).latency_s if samples else float(record["latency_s"])
 
 
 def _hash_mod(mod: Any) -> str:
@@ -320,7 +380,7 @@ class TVMBackend(Backend):
         work_dir = str(self.dir / "work")
         loggers = ms.logging.get_loggers_from_work_dir(work_dir, names)
         contexts = [
-            ms.TuneContext(mod=mod, target=self.target, space_generator="post-order-apply",
+            ms.TuneContext(mod=mod, target=self.target, space_generator=space_generator(self.target),
                            search_strategy=t.strategy, task_name=name, logger=logger,
                            rand_state=t.seed + i, num_threads=threads).clone()
             for i, ((_, mod), name, logger) in enumerate(zip(pending.values(), names, loggers))
@@ -435,16 +495,18 @@ class TVMBackend(Backend):
                 self.measure_kernel(key, name, mod)
         for name in layers:
             for pair, key in kernel_of[name].items():
-                latency[name][pair] = self.costs.get(key)["latency_s"]
+                latency[name][pair] = _latency(self.costs.get(key))
         table = LayerCostTable(self.profile.name, layers, [tuple(p) for p in pairs], latency, weight_bytes,
                                kernel_of)
         self._add_memory(table, lowered.mod, kernels)
-        # The rest of the model (pooling, reshapes, VM dispatch) is the end-to-end time the kernels do
-        # not explain, fitted on the uniform candidates that were lowered above.
+        # Calibrate on the uniform candidates lowered above: end to end = scale x the kernels timed
+        # alone + the rest of the model (pooling, reshapes, VM dispatch), by least squares.
         uniform = [Candidate.uniform(layers, *pair) for pair in pairs]
-        residuals = [meas.latency_s - table.predict_latency(cand)
-                     for cand, meas in zip(uniform, self.measure_many(prepared, uniform, ranges)) if meas.ok]
-        table.other_s = max(0.0, float(np.median(residuals))) if residuals else 0.0
+        points = [(table.predict_latency(cand), meas.latency_s)
+                  for cand, meas in zip(uniform, self.measure_many(prepared, uniform, ranges)) if meas.ok]
+        table.calibrate([p for p, _ in points], [m for _, m in points])
+        log.info("cost table calibrated on %d uniform candidates: in-model = %.3f x standalone + %.3f ms (%s)",
+                 len(points), table.scale, table.other_s * 1e3, table.calibration["method"])
         return table
 
     def _add_memory(self, table: LayerCostTable, model_mod: Any, kernels: Mapping[str, tuple[str, Any]]) -> None:
@@ -504,7 +566,7 @@ class TVMBackend(Backend):
             lowered = lower(prepared, cand, ranges)
             cached = self.costs.get("e2e-" + _hash_mod(lowered.mod))
             if cached is not None:
-                results[i] = Measurement(cached["latency_s"], cached["std_s"], None, tuple(cached["samples"]))
+                results[i] = Measurement(_latency(cached), cached["std_s"], None, tuple(cached["samples"]))
             else:
                 todo.append((i, cand, lowered))
         if not todo:

@@ -4,6 +4,11 @@ Weights: per-output-channel symmetric, ``q = round(w / s)`` clipped to ``±(2^(b
 Activations: per-tensor, from a calibrated range; unsigned ``[0, 2^b - 1]`` when the range is
 non-negative (after ReLU), else signed symmetric. ``q = clip(floor(x * inv_scale + 0.5))`` with
 ``inv_scale`` rounded to float32 once, which is exactly what the TVM kernels compute.
+
+16 bits means IEEE half precision, not a 16-bit integer grid: weights and activations are rounded to
+fp16 and back (``.half().float()``), and the layer computes in fp32. That is what the fp16 kernels
+(``mpsearch/hardware/kernels_fp.py``) compute: fp16 operands, widened, multiplied and accumulated in
+fp32 (the product of two halves is exact in fp32), so only the summation order differs.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mpsearch.candidate import FLOAT_BITS, Candidate
+from mpsearch.candidate import FLOAT_BITS, HALF_BITS, Candidate
 from mpsearch.errors import CandidateError
 
 _EPS = 1e-12
@@ -29,6 +34,11 @@ class ActQuant:
     bits: int
     scale: float
     signed: bool
+
+    @property
+    def half(self) -> bool:
+        """fp16 activations: rounded to half precision, no scale or clipping range."""
+        return self.bits == HALF_BITS
 
     @property
     def qmin(self) -> int:
@@ -48,6 +58,8 @@ class ActQuant:
 
     @classmethod
     def from_range(cls, lo: float, hi: float, bits: int) -> ActQuant:
+        if bits == HALF_BITS:  # no grid: the range does not matter
+            return cls(bits, 1.0, lo < 0)
         signed = lo < 0
         if signed:
             scale = max(abs(lo), abs(hi)) / (2 ** (bits - 1) - 1)
@@ -56,12 +68,21 @@ class ActQuant:
         return cls(bits, float(np.float32(max(scale, _EPS))), signed)
 
 
+def round_half(x: torch.Tensor) -> torch.Tensor:
+    """Round to IEEE half precision (round to nearest even, overflow to inf) and back to fp32."""
+    return x.half().float()
+
+
 def quantize_act(x: torch.Tensor, q: ActQuant) -> torch.Tensor:
-    """Integer-valued float tensor of activation codes."""
+    """Integer-valued float tensor of activation codes (fp16: the half-rounded values)."""
+    if q.half:
+        return round_half(x)
     return torch.clamp(torch.floor(x * q.inv_scale + 0.5), q.qmin, q.qmax)
 
 
 def fake_quant_act(x: torch.Tensor, q: ActQuant) -> torch.Tensor:
+    if q.half:
+        return round_half(x)
     return quantize_act(x, q) * np.float32(q.scale)
 
 
@@ -73,6 +94,8 @@ def weight_scale(w: torch.Tensor, bits: int) -> torch.Tensor:
 
 def quantize_weight(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(codes, scale)``: int8 codes of ``w``'s shape and the per-channel scale."""
+    if bits > 8:
+        raise CandidateError(f"{bits}-bit weights have no integer codes (16 = fp16, 32 = fp32); use 2..8")
     qmax = 2 ** (bits - 1) - 1
     scale = weight_scale(w, bits)
     shape = (-1,) + (1,) * (w.dim() - 1)
@@ -83,6 +106,8 @@ def quantize_weight(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Ten
 def fake_quant_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     if bits >= FLOAT_BITS:
         return w
+    if bits == HALF_BITS:
+        return round_half(w)
     codes, scale = quantize_weight(w, bits)
     return codes.float() * scale.view((-1,) + (1,) * (w.dim() - 1))
 
@@ -121,6 +146,9 @@ def act_quantizers(
     for name, (_, a_bits) in candidate.items():
         if a_bits >= FLOAT_BITS:
             out[name] = None
+            continue
+        if a_bits == HALF_BITS:  # fp16 needs no calibrated range
+            out[name] = ActQuant.from_range(*ranges.get(name, (0.0, 1.0)), a_bits)
             continue
         if name not in ranges:
             raise CandidateError(f"layer {name!r} has no calibrated activation range; calibrate first")

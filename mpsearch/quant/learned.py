@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from mpsearch.candidate import FLOAT_BITS, Candidate
+from mpsearch.candidate import FLOAT_BITS, Candidate, is_integer_bits
 from mpsearch.errors import MPSearchError
 from mpsearch.quant.fake import quantize_weight
 from mpsearch.quant.prepare import PreparedModel
@@ -83,7 +83,7 @@ def off_grid_layers(prepared: PreparedModel, learned: LearnedModel, candidate: C
     gm = learned.apply(prepared).graph_module
     bad = []
     for name, (w_bits, _) in candidate.items():
-        if w_bits >= FLOAT_BITS:
+        if not is_integer_bits(w_bits):  # fp32 / fp16 weights have no grid to learn
             continue
         w = gm.get_submodule(name).weight.detach()
         codes, scale = quantize_weight(w, w_bits)

@@ -30,6 +30,8 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 
 def fake_quant_act_ste(x: torch.Tensor, q: ActQuant) -> torch.Tensor:
     """:func:`mpsearch.quant.fake.fake_quant_act` with straight-through gradients (fixed step)."""
+    if q.half:  # fp16: round to half, gradient straight through
+        return x + (x.detach().half().float() - x.detach())
     codes = torch.clamp(round_ste(x * q.inv_scale), q.qmin, q.qmax)
     return codes * np.float32(q.scale)
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mpsearch.candidate import FLOAT_BITS, Candidate
+from mpsearch.candidate import FLOAT_BITS, HALF_BITS, Candidate
 from mpsearch.errors import ConfigError
 from mpsearch.quant.fake import ActQuant, act_quantizers, fake_quant_weight, weight_scale
 from mpsearch.quant.learned import Batches, LearnedModel, Learner
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 def fake_quant_weight_ste(w: torch.Tensor, bits: int) -> torch.Tensor:
     """:func:`mpsearch.quant.fake.fake_quant_weight` with a straight-through gradient."""
+    if bits == HALF_BITS:  # fp16: round to half, gradient straight through
+        return w + (w.detach().half().float() - w.detach())
     qmax = 2 ** (bits - 1) - 1
     scale = weight_scale(w, bits).view((-1,) + (1,) * (w.dim() - 1))
     q = torch.clamp(torch.round(w.detach() / scale), -qmax, qmax) * scale
@@ -46,7 +48,7 @@ class _QatLayer(nn.Module):
         self.layer = layer
         self.w_bits = w_bits
         self.act = act
-        self.lsq = LsqActQuant(act) if (act is not None and lsq) else None
+        self.lsq = LsqActQuant(act) if (act is not None and not act.half and lsq) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.lsq is not None:

@@ -27,7 +27,7 @@ import torch
 from torch import fx, nn
 from torch.nn import functional as F
 
-from mpsearch.candidate import FLOAT_BITS, Candidate
+from mpsearch.candidate import FLOAT_BITS, Candidate, is_integer_bits
 from mpsearch.errors import MPSearchError
 from mpsearch.quant.adaround import AdaRoundWeight, beta_schedule
 from mpsearch.quant.fake import ActQuant, QuantLayer, act_quantizers, quantize_
@@ -132,9 +132,9 @@ class _LearnLayer(nn.Module):
     def __init__(self, layer: nn.Module, w_bits: int, act: ActQuant | None, lsq: bool) -> None:
         super().__init__()
         self.layer = layer
-        self.rounding = AdaRoundWeight(layer.weight, w_bits) if w_bits < FLOAT_BITS else None
+        self.rounding = AdaRoundWeight(layer.weight, w_bits) if is_integer_bits(w_bits) else None
         self.act_fixed = act
-        self.lsq = LsqActQuant(act) if (act is not None and lsq) else None
+        self.lsq = LsqActQuant(act) if (act is not None and not act.half and lsq) else None
         self.mode = "soft"  # "soft" | "hard" | "rtn"
 
     def weight(self) -> torch.Tensor:
@@ -214,8 +214,9 @@ class Reconstruction(Learner):
             x_fp = [x for x, _ in batches]
             x_q = [x for x, _ in batches]
         for block in graph_blocks(fp):
-            learnable = [n for n in block.layers if n in candidate and (candidate[n][0] < FLOAT_BITS or
-                                                                        (self.cfg.lsq and acts[n] is not None))]
+            learnable = [n for n in block.layers if n in candidate and (is_integer_bits(candidate[n][0]) or
+                                                                        (self.cfg.lsq and acts[n] is not None
+                                                                         and not acts[n].half))]
             if learnable:
                 # A block learns jointly, through every quantized layer in it (straight-through estimators).
                 groups = [(n,) for n in learnable] if self.granularity == "layer" else \

@@ -23,6 +23,7 @@ from mpsearch.report.tables import (
     bits_frame,
     candidates_frame,
     fronts_frame,
+    group_tags,
     memory_points,
     prediction_points,
     prediction_stats,
@@ -109,6 +110,8 @@ def _latency(row: pd.Series) -> str:
     mean, std = row["measured_latency_ms"], row["latency_std_ms"]
     if is_missing(mean):
         return MISSING
+    if row.get("latency_source") == "estimated":  # a roofline estimate has no spread
+        return f"{mean:.3f}"
     return f"{mean:.3f} ± {std:.3f}" if not is_missing(std) else f"{mean:.3f}"
 
 
@@ -156,7 +159,11 @@ def _image(file: str, figures: Collection[str], missing: str) -> Block:
     return Image(file, FIGURES[file]) if file in figures else Paragraph(missing)
 
 
-def _baselines(frame: pd.DataFrame) -> list[Block]:
+def _measured_header(estimated: bool) -> str:
+    return "estimated (ms, roofline)" if estimated else "measured (ms)"
+
+
+def _baselines(frame: pd.DataFrame, estimated: bool = False) -> list[Block]:
     base = frame[frame["kind"] == "baseline"]
     if base.empty:
         return [Paragraph("No baselines were evaluated.")]
@@ -172,11 +179,12 @@ def _baselines(frame: pd.DataFrame) -> list[Block]:
         ]
         for _, r in base.iterrows()
     ]
-    header = ["baseline", "bits", "accuracy (%)", "measured (ms)", "predicted (ms)", "weights (KiB)", "speedup"]
+    header = ["baseline", "bits", "accuracy (%)", _measured_header(estimated), "predicted (ms)", "weights (KiB)",
+              "speedup"]
     return [Table(header, rows, ["l", "l", "r", "r", "r", "r", "r"])]
 
 
-def _candidate_rows(rows: pd.DataFrame, with_front: bool) -> Table:
+def _candidate_rows(rows: pd.DataFrame, with_front: bool, estimated: bool = False) -> Table:
     out = [
         [
             r["label"],
@@ -187,6 +195,7 @@ def _candidate_rows(rows: pd.DataFrame, with_front: bool) -> Table:
             _latency(r),
             _f(r["prediction_error_pct"], "+.1f"),
             _f(r["weight_kib"], ".1f"),
+            _f(r["bops_g"], ".4g"),
             _f(100 * r["accuracy"], ".2f"),
             _f(r["acc_drop_pts"], "+.2f"),
             _f(r["speedup_vs_fp32"], ".2f"),
@@ -195,17 +204,27 @@ def _candidate_rows(rows: pd.DataFrame, with_front: bool) -> Table:
         for _, r in rows.iterrows()
     ]
     header = [
-        "label", "trial", "bits", "proxy", "predicted (ms)", "measured (ms)", "pred. error (%)",
-        "weights (KiB)", "accuracy (%)", "acc. drop (pts)", "speedup",
-    ] + (["measured front"] if with_front else [])
-    return Table(header, out, ["l", "r", "l"] + ["r"] * 8 + (["l"] if with_front else []))
+        "label", "trial", "bits", "proxy", "predicted (ms)", _measured_header(estimated), "pred. error (%)",
+        "weights (KiB)", "GBOPs", "accuracy (%)", "acc. drop (pts)", "speedup",
+    ] + ([("estimated" if estimated else "measured") + " front"] if with_front else [])
+    return Table(header, out, ["l", "r", "l"] + ["r"] * 9 + (["l"] if with_front else []))
 
 
-def _pareto(frame: pd.DataFrame, figures: Collection[str]) -> list[Block]:
+def _pareto(frame: pd.DataFrame, figures: Collection[str], estimated: bool = False) -> list[Block]:
     front = frame[frame["kind"] == "pareto"]
     out: list[Block] = []
     if front.empty:
         out.append(Paragraph("The search returned no Pareto candidates."))
+    elif estimated:
+        out += [
+            Paragraph(
+                "Sorted by latency. **Latencies are estimated (roofline from the profile's peak rates), not "
+                "measured.** *acc. drop* is FP32 accuracy minus the candidate's, in percentage points; "
+                "*estimated front* marks candidates no other Pareto candidate beats on estimated latency, "
+                "accuracy and weight memory at once."
+            ),
+            _candidate_rows(front, with_front=True, estimated=True),
+        ]
     else:
         out += [
             Paragraph(
@@ -220,7 +239,7 @@ def _pareto(frame: pd.DataFrame, figures: Collection[str]) -> list[Block]:
     return out
 
 
-def _ilp(frame: pd.DataFrame) -> list[Block]:
+def _ilp(frame: pd.DataFrame, estimated: bool = False) -> list[Block]:
     ilp = frame[frame["kind"] == "ilp"]
     if ilp.empty:
         return [Paragraph("No exact-ILP candidates were evaluated in this run.")]
@@ -229,7 +248,7 @@ def _ilp(frame: pd.DataFrame) -> list[Block]:
             "Candidates that minimise the additive proxy exactly (integer linear program) at a budget, "
             "evaluated like the Pareto candidates; marked ▲ *exact ILP pick* in the plots."
         ),
-        _candidate_rows(ilp, with_front=False),
+        _candidate_rows(ilp, with_front=False, estimated=estimated),
     ]
 
 
@@ -241,14 +260,20 @@ def _layers(summary: RunSummary, figures: Collection[str]) -> list[Block]:
         w, a = weight_bits.at[label, layer], act_bits.at[label, layer]
         return MISSING if is_missing(w) else f"W{w:.0f}A{a:.0f}"
 
+    tags = group_tags(summary.layer_groups)
     rows = [
-        [layer, summary.layer_macs.get(layer), summary.layer_params.get(layer)]
+        [f"{layer} [{tags[layer]}]" if layer in tags else layer, summary.layer_macs.get(layer),
+         summary.layer_params.get(layer)]
         + [pair(label, layer) for label in labels]
         for layer in summary.layers
     ]
     header = ["layer", "MACs", "params", *labels]
+    groups = [Paragraph("Layer groups (each takes one precision; *[gN]* marks its members): " + "; ".join(
+        f"g{i}: " + ", ".join(f"`{n}`" for n in g) for i, g in enumerate(summary.layer_groups, 1)) + ".")] \
+        if summary.layer_groups else []
     return [
         _image("bits.png", figures, "No Pareto candidates: no bit-width heatmap."),
+        *groups,
         Table(header, rows, ["l", "r", "r"] + ["l"] * len(labels)),
     ]
 
@@ -265,7 +290,10 @@ def _sensitivity(summary: RunSummary, figures: Collection[str]) -> list[Block]:
     ]
 
 
-def _cost_model(frame: pd.DataFrame, figures: Collection[str]) -> list[Block]:
+def _cost_model(frame: pd.DataFrame, figures: Collection[str], estimated: bool = False) -> list[Block]:
+    if estimated:
+        return [Paragraph("Latencies in this run are roofline **estimates**: nothing was measured, so the "
+                          "cost model could not be checked against measurement.")]
     points = prediction_points(frame)
     if points.empty:
         return [Paragraph("No candidate has both a predicted and a measured latency, so the cost model "
@@ -340,24 +368,29 @@ def build_document(
 
     total_macs = sum(summary.layer_macs.get(n, 0) for n in summary.layers)
     total_params = sum(summary.layer_params.get(n, 0) for n in summary.layers)
+    est = summary.estimated
     doc: list[Block] = [
-        Heading(f"mpsearch report: {summary.model} on {summary.hw_profile}", 1),
+        Heading(f"mpsearch report: {summary.model} on {summary.hw_profile}"
+                + (" (estimated latencies: roofline, not measured)" if est else ""), 1),
         Bullets([
             f"**model**: {summary.model} ({len(summary.layers)} quantizable layers, "
             f"{total_macs:,} MACs, {total_params:,} parameters)",
             f"**hardware profile**: {summary.hw_profile}",
-            f"**measured on**: {summary.device}",
+            f"**latency source**: {summary.latency_source}"
+            + (" (roofline from the profile's peak rates; nothing was timed)" if est else ""),
+            (f"**estimated for**: {summary.device}" if est else f"**measured on**: {summary.device}"),
             f"**run directory**: `{summary.run_dir}`",
         ]),
-        Heading("Baselines"), *_baselines(frame),
-        Heading("Pareto front"), *_pareto(frame, figures),
-        Heading("Exact-ILP picks"), *_ilp(frame),
+        Heading("Baselines"), *_baselines(frame, est),
+        Heading("Pareto front"), *_pareto(frame, figures, est),
+        Heading("Exact-ILP picks"), *_ilp(frame, est),
         Heading("Layers"), *_layers(summary, figures),
         Heading("Sensitivity"), *_sensitivity(summary, figures),
-        Heading("Cost model"), *_cost_model(frame, figures),
+        Heading("Cost model"), *_cost_model(frame, figures, est),
         Heading("Proxy validation"), *_proxy_validation(summary, figures),
         Heading("Search fronts"), *_search_fronts(summary, figures),
-        Heading("Predicted kernel latency per layer (ms)"),
+        Heading("Estimated kernel latency per layer (ms, roofline)" if est
+                else "Predicted kernel latency per layer (ms)"),
     ]
     if summary.layer_latency_ms is not None:
         table = summary.layer_latency_ms.copy()

@@ -97,6 +97,13 @@ def plot_pareto(frame: pd.DataFrame) -> Figure:
         fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
         return _empty(fig, ax, "no candidate has both latency and accuracy")
     pareto = points[points["kind"] == "pareto"]
+    estimated = "latency_source" in frame.columns and bool((frame["latency_source"] == "estimated").any())
+    if estimated:  # roofline estimates, never to be read as measurements
+        fig = _front_plot(points, "latency_ms", None, "non-dominated (estimated)")
+        ax = fig.axes[0]
+        ax.set_xlabel("estimated latency (ms, roofline; not measured)")
+        ax.set_title("accuracy vs estimated latency (roofline)", fontsize=10)
+        return fig
     err = pareto["latency_std_ms"] if measured and pareto["latency_std_ms"].notna().any() else None
     fig = _front_plot(points, "latency_ms", err,
                       "non-dominated (" + ("measured" if measured else "predicted") + ")")
@@ -130,7 +137,7 @@ def _luminance(rgba: np.ndarray) -> float:
     return float(0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2])
 
 
-def plot_bits(weight_bits: pd.DataFrame, act_bits: pd.DataFrame) -> Figure:
+def plot_bits(weight_bits: pd.DataFrame, act_bits: pd.DataFrame, groups: dict[str, str] | None = None) -> Figure:
     """Heatmaps of the bit-widths along the front: weights on top, activations below, one cell per layer.
 
     Both panels share one discrete colour scale (one colour per bit-width present, so 32-bit layers do
@@ -140,6 +147,9 @@ def plot_bits(weight_bits: pd.DataFrame, act_bits: pd.DataFrame) -> Figure:
         weight_bits: Index candidates (sorted by latency), columns layers; from
             :func:`~mpsearch.report.tables.bits_frame`.
         act_bits: Same shape, activation bits.
+        groups: ``{layer: tag}`` of layers that share one precision (from
+            :func:`~mpsearch.report.tables.group_tags`); members get their tag in the axis label and a
+            shared tick colour.
 
     Returns:
         The figure; the caller closes it. ``fig.axes[0]`` is the weight panel, ``fig.axes[1]`` the
@@ -184,8 +194,15 @@ def plot_bits(weight_bits: pd.DataFrame, act_bits: pd.DataFrame) -> Figure:
         ax.set_yticks(range(n_rows), [str(r) for r in weight_bits.index], fontsize=8)
         ax.set_ylabel("candidate\n(fastest first)", fontsize=8)
         ax.set_title(title, fontsize=9, loc="left")
-    axes[1].set_xticks(range(n_cols), [str(c) for c in weight_bits.columns], rotation=90, fontsize=7)
-    axes[1].set_xlabel("layer (graph order)")
+    groups = groups or {}
+    axes[1].set_xticks(range(n_cols), [f"{c} [{groups[c]}]" if c in groups else str(c) for c in weight_bits.columns],
+                       rotation=90, fontsize=7)
+    tags = sorted(set(groups.values()), key=lambda t: int(t[1:]) if t[1:].isdigit() else 0)
+    palette = plt.get_cmap("tab10")
+    for label, c in zip(axes[1].get_xticklabels(), weight_bits.columns):
+        if c in groups:
+            label.set_color(palette(tags.index(groups[c]) % 10))
+    axes[1].set_xlabel("layer (graph order)" + ("; [gN]: layer group, one precision" if groups else ""))
     bar = fig.colorbar(image, ax=list(axes), ticks=range(levels.size), shrink=0.8)
     bar.ax.set_yticklabels([f"{v:.0f}" for v in levels])
     bar.set_label("bits")
@@ -285,11 +302,12 @@ def plot_proxy_validation(pv: ProxyValidation) -> Figure:
     return fig
 
 
-def plot_search_fronts(fronts: pd.DataFrame) -> Figure:
+def plot_search_fronts(fronts: pd.DataFrame, estimated: bool = False) -> Figure:
     """The search fronts side by side (e.g. Optuna vs exact ILP): proxy versus predicted latency.
 
     Args:
         fronts: Output of :func:`~mpsearch.report.tables.fronts_frame`.
+        estimated: The latencies are roofline estimates (the axis says so).
     """
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     data = fronts.dropna(subset=["proxy", "latency_ms"])
@@ -303,7 +321,7 @@ def plot_search_fronts(fronts: pd.DataFrame) -> Figure:
                 label=f"{name} ({len(part)} points)")
     if (data["proxy"] > 0).all() and data["proxy"].max() / data["proxy"].min() > 50:
         ax.set_yscale("log")
-    ax.set_xlabel("predicted latency (ms, cost table)")
+    ax.set_xlabel("estimated latency (ms, roofline)" if estimated else "predicted latency (ms, cost table)")
     ax.set_ylabel("sensitivity proxy (lower is better)")
     ax.set_title("search fronts on the proxy", fontsize=10)
     ax.grid(True, alpha=0.3)

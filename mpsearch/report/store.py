@@ -107,6 +107,8 @@ def summary_to_dict(summary: RunSummary) -> dict[str, Any]:
         "sensitivity": to_plain(summary.sensitivity),
         "proxy_validation": to_plain(summary.proxy_validation),
         "search_fronts": to_plain(summary.search_fronts),
+        "latency_source": summary.latency_source,
+        "layer_groups": [list(g) for g in summary.layer_groups],
     }
 
 
@@ -168,6 +170,8 @@ def summary_from_dict(data: Mapping[str, Any], run_dir: str | Path) -> RunSummar
             },
             proxy_validation=data.get("proxy_validation"),
             search_fronts={str(k): list(v) for k, v in (data.get("search_fronts") or {}).items()},
+            latency_source=str(data.get("latency_source") or "measured"),
+            layer_groups=[[str(n) for n in g] for g in data.get("layer_groups") or []],
         )
     except KeyError as e:
         raise ReportError(f"summary lacks the field {e.args[0]!r}; re-run the search to rewrite it") from None

@@ -32,10 +32,12 @@ FRAME_COLUMNS = (
     "predicted_latency_ms",
     "measured_latency_ms",
     "latency_std_ms",
+    "latency_source",
     "prediction_error_pct",
     "weight_bytes",
     "weight_kib",
     "activation_kib",
+    "bops_g",
     "accuracy",
     "accuracy_rtn",
     "acc_drop_pts",
@@ -107,6 +109,8 @@ class RunSummary:
             <estimator>: proxy, ...}]}``; None when not run.
         search_fronts: Extra fronts for comparison, ``{name: [{"proxy", "latency_ms", "weight_kib"}, ...]}``
             (e.g. the Optuna front and the exact-ILP front on the proxy); empty when none.
+        latency_source: ``"measured"`` (end-to-end latencies timed on the device) or ``"estimated"``
+            (roofline from the profile's peak rates, nothing timed); every table and plot says which.
     """
 
     run_dir: Path
@@ -125,6 +129,12 @@ class RunSummary:
     sensitivity: dict[str, dict[str, float]] = field(default_factory=dict)
     proxy_validation: dict[str, Any] | None = None
     search_fronts: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    latency_source: str = "measured"
+    layer_groups: list[list[str]] = field(default_factory=list)  # layers sharing one precision (2+ members each)
+
+    @property
+    def estimated(self) -> bool:
+        return self.latency_source == "estimated"
 
 
 def _check(summary: RunSummary) -> None:
@@ -217,10 +227,15 @@ def candidates_frame(summary: RunSummary) -> pd.DataFrame:
             "predicted_latency_ms": pred,
             "measured_latency_ms": meas,
             "latency_std_ms": _num(ev.latency_std_ms),
-            "prediction_error_pct": 100.0 * (pred - meas) / meas if np.isfinite(meas) and meas > 0 else np.nan,
+            # an estimated "measurement" is the prediction itself: there is no error to report
+            "latency_source": summary.latency_source if np.isfinite(meas) else None,
+            "prediction_error_pct": 100.0 * (pred - meas) / meas
+            if np.isfinite(meas) and meas > 0 and not summary.estimated else np.nan,
             "weight_bytes": int(ev.weight_bytes),
             "weight_kib": ev.weight_bytes / 1024.0,
             "activation_kib": _num(ev.activation_bytes) / 1024.0,
+            # giga bit-operations: sum of MACs x w_bits x a_bits (NaN where a layer's MACs are unknown)
+            "bops_g": sum(_num(summary.layer_macs.get(n)) * w * a for n, (w, a) in ev.candidate.items()) / 1e9,
             "accuracy": _num(ev.accuracy),
             "accuracy_rtn": _num(ev.accuracy_rtn),
         }
@@ -256,6 +271,11 @@ def candidates_frame(summary: RunSummary) -> pd.DataFrame:
         [_latency_sorted(frame[is_pareto]), _latency_sorted(frame[is_ilp]), frame[~is_pareto & ~is_ilp]]
     )
     return ordered[list(FRAME_COLUMNS) + layer_cols].reset_index(drop=True)
+
+
+def group_tags(groups: Sequence[Sequence[str]]) -> dict[str, str]:
+    """``{layer: "g1", ...}`` for the members of each layer group (layers sharing one precision)."""
+    return {n: f"g{i}" for i, g in enumerate(groups, 1) for n in g}
 
 
 def bits_frame(summary: RunSummary) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -362,9 +382,12 @@ def prediction_points(frame: pd.DataFrame) -> pd.DataFrame:
         frame: Output of :func:`candidates_frame`.
 
     Returns:
-        Columns label, kind, predicted_ms, measured_ms, error_pct ((predicted − measured) / measured).
+        Columns label, kind, predicted_ms, measured_ms, error_pct ((predicted − measured) / measured);
+        empty for an estimated run (its "measured" latency is the roofline estimate itself).
     """
     keep = frame["predicted_latency_ms"].notna() & frame["measured_latency_ms"].notna()
+    if "latency_source" in frame.columns:  # an estimate checked against itself is no check
+        keep &= frame["latency_source"] != "estimated"
     sub = frame[keep]
     return pd.DataFrame(
         {

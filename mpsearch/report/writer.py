@@ -27,6 +27,7 @@ from mpsearch.report.tables import (
     ReportError,
     RunSummary,
     bits_frame,
+    group_tags,
     candidates_frame,
     fronts_frame,
     prediction_points,
@@ -57,11 +58,11 @@ def _drawers(summary: RunSummary, frame: pd.DataFrame) -> dict[str, Callable[[],
     return {
         "pareto.png": lambda: plot_pareto(frame),
         "memory.png": lambda: plot_memory(frame),
-        "bits.png": lambda: plot_bits(*bits_frame(summary)),
+        "bits.png": lambda: plot_bits(*bits_frame(summary), group_tags(summary.layer_groups)),
         "sensitivity.png": lambda: plot_sensitivity(sensitivity_frame(summary)),
         "prediction.png": lambda: plot_prediction(prediction_points(frame)),
         "proxy.png": proxy,
-        "fronts.png": lambda: plot_search_fronts(fronts_frame(summary)),
+        "fronts.png": lambda: plot_search_fronts(fronts_frame(summary), summary.estimated),
     }
 
 

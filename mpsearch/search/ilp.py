@@ -1,8 +1,10 @@
 """Exact baseline: the additive proxy minimised under budgets by integer linear programming (HAWQ-V3).
 
-One binary ``x[l, p]`` per layer and bit pair, exactly one pair per layer; minimise Σ score·x subject
-to Σ latency·x ≤ latency budget − other latency and Σ weight bytes·x ≤ weight budget (either, both or
-none), solved with SciPy's HiGHS MILP. Every solution is *lexicographic*: among the proxy-optimal
+One binary ``x[g, p]`` per layer group and bit pair (a layer not in a group is its own; a group's
+costs are its members' summed), exactly one pair per group; minimise Σ score·x subject to
+Σ latency·x ≤ latency budget − other latency, Σ weight bytes·x ≤ weight budget and Σ BOPs·x ≤ BOPs
+budget (any combination, or none), solved with SciPy's HiGHS MILP. An activation-memory budget fixes
+the pairs whose kernel workspace does not fit at 0. Every solution is *lexicographic*: among the proxy-optimal
 candidates it takes the fastest (then the smallest), so each point is non-dominated and an
 ε-constraint sweep over budgets yields points of the exact proxy-vs-cost front.
 """
@@ -45,14 +47,19 @@ class _Model:
 
     def __init__(self, problem: SearchProblem) -> None:
         self.problem = problem
-        L, P = len(problem.layers), len(problem.pairs)
+        groups = [m for _, m in problem.variables]  # one choice per layer group (a lone layer is its own)
+        L, P = len(groups), len(problem.pairs)
         self.n = L * P
-        self.score = np.array([problem.score[n][p] for n in problem.layers for p in problem.pairs], dtype=float)
-        self.lat_ms = np.array([problem.latency_s[n][p] * 1e3 for n in problem.layers for p in problem.pairs])
-        self.kib = np.array([problem.weight_bytes[n][p] / 1024 for n in problem.layers for p in problem.pairs])
+
+        def cost(table: str, k: float = 1.0) -> np.ndarray:
+            return np.array([problem.group_cost(m, p, table) * k for m in groups for p in problem.pairs], dtype=float)
+
+        self.score, self.lat_ms, self.kib = cost("score"), cost("latency_s", 1e3), cost("weight_bytes", 1 / 1024)
+        self.bops = cost("bops_g")
         rows = np.repeat(np.arange(L), P)
-        # Pairs whose kernel workspace breaks the activation budget are fixed at 0.
-        self.upper = np.array([1.0 if problem.allowed(n, p) else 0.0 for n in problem.layers for p in problem.pairs])
+        # Pairs whose kernel workspace breaks the activation budget (at any member) are fixed at 0.
+        self.upper = np.array([1.0 if all(problem.allowed(n, p) for n in m) else 0.0
+                               for m in groups for p in problem.pairs])
         self.one_hot = LinearConstraint(
             csr_array(coo_array((np.ones(self.n), (rows, np.arange(self.n))), shape=(L, self.n))), 1, 1)
 
@@ -102,8 +109,9 @@ class _Model:
 
     def candidate(self, x: np.ndarray) -> Candidate:
         P = len(self.problem.pairs)
-        picks = x.reshape(len(self.problem.layers), P).argmax(axis=1)
-        return Candidate({n: self.problem.pairs[i] for n, i in zip(self.problem.layers, picks)})
+        picks = x.reshape(len(self.problem.variables), P).argmax(axis=1)
+        bits = {n: self.problem.pairs[i] for (_, members), i in zip(self.problem.variables, picks) for n in members}
+        return Candidate({n: bits[n] for n in self.problem.layers})
 
 
 def _budget_rows(model: _Model, latency_ms: float | None, weight_kib: float | None) -> list[tuple[np.ndarray, float]]:
@@ -112,6 +120,8 @@ def _budget_rows(model: _Model, latency_ms: float | None, weight_kib: float | No
         rows.append((model.lat_ms, latency_ms - model.problem.other_latency_s * 1e3))
     if weight_kib is not None:
         rows.append((model.kib, weight_kib))
+    if model.problem.bops_budget_g is not None:
+        rows.append((model.bops, model.problem.bops_budget_g))
     return rows
 
 
@@ -154,9 +164,10 @@ def require_ilp(problem: SearchProblem, latency_ms: float | None = None, weight_
     problem.check_budgets(latency_ms, weight_kib)  # names the single budget that is out of reach
     sol = solve_ilp(problem, latency_ms, weight_kib, time_limit)
     if sol is None:
-        raise InfeasibleBudgetError(
-            f"no candidate meets latency {latency_ms:g} ms and weights {weight_kib:g} KiB together; "
-            "relax one of budget.latency_ms, budget.weight_kib")
+        active = [f"{k}={v:g}" for k, v in (("budget.latency_ms", latency_ms), ("budget.weight_kib", weight_kib),
+                                            ("budget.activation_kib", problem.activation_budget_kib),
+                                            ("budget.bops_g", problem.bops_budget_g)) if v is not None]
+        raise InfeasibleBudgetError(f"no candidate meets {', '.join(active)} together; relax one of them")
     return sol
 
 

@@ -1,8 +1,10 @@
 """Constrained multi-objective search with Optuna, in persistent storage so runs resume and scale out.
 
 Objectives: the sensitivity proxy (predicted loss increase), the predicted latency and (by default)
-the weight memory, all minimized; the latency and weight-memory budgets are constraints
-(``Trial.set_constraint``), which Optuna's samplers and Pareto helpers honour.
+the weight memory, all minimized; ``objectives`` picks others (peak activation memory, BOPs). Budgets
+on latency, weight memory, activation memory and BOPs, in any combination, are constraints
+(``Trial.set_constraint``), which Optuna's samplers and Pareto helpers honour. Each layer group
+(:mod:`.groups`) is one categorical parameter.
 
 Storage: a journal file in the run folder by default (crash-safe appends; several processes on one
 machine may share it), or any Optuna RDB URL (``postgresql://...``) so worker processes on many
@@ -16,6 +18,7 @@ import json
 import logging
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -24,7 +27,7 @@ import optuna
 
 from mpsearch.candidate import Candidate
 from mpsearch.errors import ConfigError, MPSearchError
-from mpsearch.search.space import Objectives, SearchProblem, pair_label
+from mpsearch.search.space import OBJECTIVES, Objectives, SearchProblem, objective_names, pair_label
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,15 @@ class SearchSettings:
     storage: str | None = None
     study_name: str = "mpsearch"
     workers: int = 1
+    # Minimised objectives, some of proxy/latency/memory/activation/bops; None: proxy, latency (+ memory).
+    objectives: tuple[str, ...] | None = None
+
+    def objective_names(self) -> list[str]:
+        return objective_names(self.objectives, self.memory_objective)
+
+    def metric_names(self) -> list[str]:
+        """The study's metric names, e.g. ``["proxy", "latency_ms", "weight_kib"]``."""
+        return [OBJECTIVES[o] for o in self.objective_names()]
 
 
 def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
@@ -82,16 +94,25 @@ def make_storage(settings: SearchSettings, journal_path: Path | None) -> optuna.
 
 
 def candidate_from_params(params: dict[str, str], problem: SearchProblem) -> Candidate:
+    """The candidate of a trial's parameters: one per variable (layer group), given to all its members."""
     labels = {pair_label(p): p for p in problem.pairs}
-    return Candidate({n: labels[params[n]] for n in problem.layers})
+    bits = {n: labels[params[var]] for var, members in problem.variables for n in members}
+    return Candidate({n: bits[n] for n in problem.layers})
+
+
+def params_of(candidate: Candidate, problem: SearchProblem) -> dict[str, str]:
+    """Inverse of :func:`candidate_from_params` (for ``enqueue_trial``); the candidate must respect the groups."""
+    problem.check_candidate(candidate)
+    return {var: pair_label(candidate[members[0]]) for var, members in problem.variables}
 
 
 def warm_start_candidates(problem: SearchProblem, n_budgets: int = 8, latency_ms: float | None = None,
                           weight_kib: float | None = None, memory: bool = True,
-                          mode: str = "ilp") -> list[Candidate]:
+                          mode: str = "ilp", bops: bool = False) -> list[Candidate]:
     """Uniform baselines, then (``mode="ilp"``) the exact-ILP optimum of the proxy at ``n_budgets``
-    latency budgets and, with ``memory``, at ``n_budgets`` weight budgets: sensitivity-guided points
-    spread along the front, all within the run's budgets."""
+    latency budgets and, with ``memory``, at ``n_budgets`` weight budgets (with ``bops``, at
+    ``n_budgets`` BOPs budgets): sensitivity-guided points spread along the front, all within the
+    run's budgets. Every candidate respects the problem's layer groups."""
     if mode not in WARM_STARTS:
         raise ConfigError(f"search.warm_start={mode!r} is unknown; use one of {', '.join(WARM_STARTS)}")
     if mode == "none":
@@ -105,15 +126,39 @@ def warm_start_candidates(problem: SearchProblem, n_budgets: int = 8, latency_ms
         if memory:
             mem = sweep_budgets(problem, n_budgets, "weight", latency_ms, weight_kib)
             out += [s.candidate for s in ilp_front(problem, [latency_ms], mem)]
+        if bops and problem.macs:
+            out += _bops_sweep(problem, n_budgets, latency_ms, weight_kib)
     return list(dict.fromkeys(out))
 
 
-def _objective(problem: SearchProblem, settings: SearchSettings):
+def _bops_sweep(problem: SearchProblem, k: int, latency_ms: float | None, weight_kib: float | None) -> list[Candidate]:
+    """ILP optima at ``k`` BOPs budgets from the fewest BOPs to the proxy optimum's (capped by the run's)."""
+    from mpsearch.search.ilp import solve_ilp
+
+    best = solve_ilp(problem, latency_ms, weight_kib)
+    if best is None:
+        return []
+    lo, hi = problem.extreme("bops_g"), best.objectives.bops_g
+    out = []
+    for b in np.linspace(lo, hi, max(k, 1)) if hi > lo else [hi]:
+        sol = solve_ilp(replace(problem, bops_budget_g=float(b)), latency_ms, weight_kib)
+        if sol is not None:
+            out.append(sol.candidate)
+    return out
+
+
+def _objective(problem: SearchProblem, settings: SearchSettings, proxy: Callable[[Candidate], float] | None = None):
+    """``proxy``: a joint (whole-candidate) proxy replacing the additive one as the first objective."""
     choices = [pair_label(p) for p in problem.pairs]
 
+    metrics = settings.metric_names()
+
     def objective(trial: optuna.Trial) -> tuple[float, ...]:
-        params = {n: trial.suggest_categorical(n, choices) for n in problem.layers}
-        obj = problem.evaluate(candidate_from_params(params, problem))
+        params = {var: trial.suggest_categorical(var, choices) for var, _ in problem.variables}
+        cand = candidate_from_params(params, problem)
+        obj = problem.evaluate(cand)
+        if proxy is not None:
+            obj = replace(obj, proxy=float(proxy(cand)))
         # Constraints (feasible when <= 0) are stored with the trial, so samplers and resumed runs see them.
         if settings.latency_ms is not None:
             trial.set_constraint("latency_ms", obj.latency_ms - settings.latency_ms)
@@ -121,10 +166,10 @@ def _objective(problem: SearchProblem, settings: SearchSettings):
             trial.set_constraint("weight_kib", obj.weight_kib - settings.weight_kib)
         if problem.activation_budget_kib is not None:
             trial.set_constraint("activation_kib", obj.activation_kib - problem.activation_budget_kib)
+        if problem.bops_budget_g is not None:
+            trial.set_constraint("bops_g", obj.bops_g - problem.bops_budget_g)
         trial.set_user_attr("weight_kib", obj.weight_kib)
-        if settings.memory_objective:
-            return obj.proxy, obj.latency_ms, obj.weight_kib
-        return obj.proxy, obj.latency_ms
+        return tuple(getattr(obj, m) for m in metrics)
 
     return objective
 
@@ -149,10 +194,10 @@ def open_study(problem: SearchProblem, settings: SearchSettings, storage_path: P
     storage = make_storage(settings, storage_path)
     study = optuna.create_study(
         study_name=settings.study_name, storage=storage, load_if_exists=True,
-        directions=["minimize"] * (3 if settings.memory_objective else 2),
+        directions=["minimize"] * len(settings.metric_names()),
         sampler=make_sampler(settings.sampler, settings.seed + 1000 * seed_offset),
     )
-    names = ["proxy", "latency_ms", "weight_kib"][: len(study.directions)]
+    names = settings.metric_names()
     if study.metric_names != names:
         study.set_metric_names(names)
     if cleanup and not isinstance(storage, optuna.storages.RDBStorage):
@@ -160,13 +205,14 @@ def open_study(problem: SearchProblem, settings: SearchSettings, storage_path: P
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
     if cleanup and not study.trials:
         for cand in warm_start_candidates(problem, settings.warm_budgets, settings.latency_ms,
-                                          settings.weight_kib, settings.memory_objective, settings.warm_start):
-            study.enqueue_trial({n: pair_label(cand[n]) for n in problem.layers}, skip_if_exists=True)
+                                          settings.weight_kib, "memory" in settings.objective_names(),
+                                          settings.warm_start, bops="bops" in settings.objective_names()):
+            study.enqueue_trial(params_of(cand, problem), skip_if_exists=True)
     return study
 
 
 def work(study: optuna.Study, problem: SearchProblem, settings: SearchSettings, progress: bool = False,
-         worker_id: int = 0) -> list[int]:
+         worker_id: int = 0, proxy: Callable[[Candidate], float] | None = None) -> list[int]:
     """Run trials until the study holds ``settings.n_trials`` finished ones (counting every worker's).
 
     Returns the numbers of the trials this call finished.
@@ -182,7 +228,7 @@ def work(study: optuna.Study, problem: SearchProblem, settings: SearchSettings, 
             finished.append(trial.number)
 
     stop = optuna.study.MaxTrialsCallback(settings.n_trials, states=(optuna.trial.TrialState.COMPLETE,))
-    objective = _objective(problem, settings)
+    objective = _objective(problem, settings, proxy)
 
     def tagged(trial: optuna.Trial) -> tuple[float, ...]:
         trial.set_user_attr("worker", worker_id)
@@ -211,7 +257,7 @@ def read_spec(path: Path) -> tuple[SearchProblem, SearchSettings]:
 
 
 def run_search(problem: SearchProblem, settings: SearchSettings, storage_path: Path,
-               progress: bool = True) -> optuna.Study:
+               progress: bool = True, proxy: Callable[[Candidate], float] | None = None) -> optuna.Study:
     """Run (or resume) the study until it holds ``n_trials`` finished trials.
 
     ``storage_path`` is the journal file used when ``settings.storage`` is None; with ``workers > 1``
@@ -231,7 +277,7 @@ def run_search(problem: SearchProblem, settings: SearchSettings, storage_path: P
                                            "--worker-id", str(i)]))
         log.info("started %d worker process(es) on the study", len(procs))
     try:
-        work(study, problem, settings, progress)
+        work(study, problem, settings, progress, proxy=proxy)
     finally:
         failed = [p.args for p in procs if p.wait() != 0]
     if failed:
@@ -243,18 +289,26 @@ def feasible_front(study: optuna.Study, problem: SearchProblem) -> list[tuple[op
     """Feasible, non-dominated trials (Optuna's own Pareto computation), unique candidates, by latency."""
     seen: set[Candidate] = set()
     front = []
-    for t in sorted(study.best_trials, key=lambda t: t.values[1]):
+    for t in study.best_trials:
         if any(c > 0 for c in _constraints(t)):
             continue
         cand = candidate_from_params(t.params, problem)
         if cand not in seen:
             seen.add(cand)
             front.append((t, cand))
-    return front
+    # Predicted latency, whether or not it is an objective of the study.
+    return sorted(front, key=lambda tc: (problem.evaluate(tc[1]).latency_ms, tc[0].number))
+
+
+def feasible_candidates(study: optuna.Study, problem: SearchProblem) -> list[Candidate]:
+    """The candidates of every finished, feasible trial."""
+    return [candidate_from_params(t.params, problem)
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if not any(c > 0 for c in _constraints(t))]
 
 
 def feasible_points(study: optuna.Study, n_objectives: int = 2) -> np.ndarray:
-    """Objective vectors (first ``n_objectives``) of every finished, feasible trial."""
+    """Objective vectors (first ``n_objectives``, in the study's order) of every finished, feasible trial."""
     pts = [t.values[:n_objectives] for t in study.get_trials(deepcopy=False,
                                                              states=(optuna.trial.TrialState.COMPLETE,))
            if not any(c > 0 for c in _constraints(t))]
@@ -347,7 +401,9 @@ def front_comparison(study: optuna.Study, problem: SearchProblem, settings: Sear
     hv = None
     if ilp:
         ref = np.array([[s.objectives.proxy, s.objectives.latency_ms] for s in ilp])
-        hv = compare_fronts(feasible_points(study, 2), ref)
+        # (proxy, latency) of every feasible trial, computed here: latency need not be a study objective.
+        pts = [(o.proxy, o.latency_ms) for o in map(problem.evaluate, feasible_candidates(study, problem))]
+        hv = compare_fronts(np.asarray(pts, dtype=float).reshape(-1, 2), ref)
     return FrontComparison(fronts, hv, seconds, budgets)
 
 

@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from mpsearch.candidate import FLOAT_BITS, Bits, check_bits
-from mpsearch.errors import InfeasibleBudgetError
+from mpsearch.errors import ConfigError, InfeasibleBudgetError
+from mpsearch.search.groups import check_candidate, merge_groups
 
 
 def bit_pairs(w_bits: Sequence[int], a_bits: Sequence[int], weight_only: bool = False) -> list[Bits]:
@@ -38,11 +39,36 @@ class Objectives:
     latency_ms: float
     weight_kib: float
     activation_kib: float = 0.0  # peak: planned inter-kernel storage + the largest kernel workspace
+    bops_g: float = 0.0  # giga bit-operations: sum over layers of MACs x w_bits x a_bits (0 without MACs)
+
+
+#: Objectives a search may minimise (``search.objectives``), their metric names in the study, in this order.
+OBJECTIVES = {"proxy": "proxy", "latency": "latency_ms", "memory": "weight_kib", "activation": "activation_kib",
+              "bops": "bops_g"}
+
+
+def objective_names(objectives: Sequence[str] | None, memory_objective: bool = True) -> list[str]:
+    """The objectives a search minimises, in canonical order; None: proxy, latency (and weight memory)."""
+    if objectives is None:
+        return ["proxy", "latency", "memory"] if memory_objective else ["proxy", "latency"]
+    unknown = [o for o in objectives if o not in OBJECTIVES]
+    if unknown:
+        raise ConfigError(f"search.objectives: {unknown[0]!r} is unknown; use some of {', '.join(OBJECTIVES)}")
+    if "proxy" not in objectives or len(set(objectives)) < 2:
+        raise ConfigError(f"search.objectives={list(objectives)} must include 'proxy' and at least one cost "
+                          "(latency, memory, activation, bops)")
+    return [o for o in OBJECTIVES if o in objectives]
 
 
 @dataclass
 class SearchProblem:
-    """Per-layer tables the search optimizes over: sensitivity score, latency and weight bytes."""
+    """Per-layer tables the search optimizes over: sensitivity score, latency and weight bytes.
+
+    ``groups`` lists layers that must take one precision (tied weights, user groups; see
+    :mod:`.groups`): each is one search variable (:attr:`variables`), whose costs are its members'
+    summed. ``macs`` (per layer, batch included) gives the BOPs objective; budgets that hold for every
+    solve (activation memory, BOPs) live here, the swept ones (latency, weights) are arguments.
+    """
 
     layers: list[str]
     pairs: list[Bits]
@@ -56,12 +82,37 @@ class SearchProblem:
     workspace_bytes: Mapping[str, Mapping[Bits, int]] | None = None
     activation_bytes: int = 0
     activation_budget_kib: float | None = None
+    groups: list[list[str]] | None = None
+    macs: Mapping[str, int] | None = None
+    bops_budget_g: float | None = None
+
+    def __post_init__(self) -> None:
+        self.groups = merge_groups(self.layers, self.groups or [])
+        if self.bops_budget_g is not None and self.macs is None:
+            raise ConfigError("a BOPs budget needs the layers' MACs; build the problem with macs=")
+        grouped = {m: g for g in self.groups for m in g}
+        seen: set[str] = set()
+        self.variables: list[tuple[str, list[str]]] = []
+        for n in self.layers:
+            if n in seen:
+                continue
+            members = grouped.get(n, [n])
+            seen.update(members)
+            self.variables.append(("+".join(members), members))
 
     def evaluate(self, candidate: Mapping[str, Bits]) -> Objectives:
         proxy = sum(self.score[n][candidate[n]] for n in self.layers)
         lat = self.other_latency_s + sum(self.latency_s[n][candidate[n]] for n in self.layers)
         mem = sum(self.weight_bytes[n][candidate[n]] for n in self.layers)
-        return Objectives(proxy, lat * 1e3, mem / 1024, self.activation_peak_bytes(candidate) / 1024)
+        return Objectives(proxy, lat * 1e3, mem / 1024, self.activation_peak_bytes(candidate) / 1024,
+                          self.bops_g(candidate))
+
+    def layer_bops_g(self, layer: str, pair: Bits) -> float:
+        """Giga bit-operations of one layer: MACs x w_bits x a_bits (float layers count 32 x 32)."""
+        return (self.macs or {}).get(layer, 0) * pair[0] * pair[1] / 1e9
+
+    def bops_g(self, candidate: Mapping[str, Bits]) -> float:
+        return sum(self.layer_bops_g(n, candidate[n]) for n in self.layers)
 
     def activation_peak_bytes(self, candidate: Mapping[str, Bits]) -> int:
         ws = self.workspace_bytes or {}
@@ -73,8 +124,24 @@ class SearchProblem:
             return True
         return self.activation_bytes + self.workspace_bytes[layer][pair] <= self.activation_budget_kib * 1024
 
-    def extreme(self, table: Mapping[str, Mapping[Bits, float]], extra: float = 0.0) -> float:
-        return extra + sum(min(table[n].values()) for n in self.layers)
+    def group_cost(self, members: Sequence[str], pair: Bits, table: str) -> float:
+        """A variable's cost at ``pair``: its members' summed ``table`` ("score", "latency_s",
+        "weight_bytes" or "bops_g")."""
+        if table == "bops_g":
+            return sum(self.layer_bops_g(n, pair) for n in members)
+        t = getattr(self, table)
+        return sum(t[n][pair] for n in members)
+
+    def extreme(self, table: Mapping[str, Mapping[Bits, float]] | str, extra: float = 0.0) -> float:
+        """The smallest total of ``table`` (a table or its attribute name) any candidate reaches;
+        grouped layers take their pair together."""
+        if isinstance(table, str):
+            return extra + sum(min(self.group_cost(m, p, table) for p in self.pairs) for _, m in self.variables)
+        return extra + sum(min(sum(table[n][p] for n in m) for p in self.pairs) for _, m in self.variables)
+
+    def check_candidate(self, candidate: Mapping[str, Bits]) -> None:
+        """Raise :class:`~mpsearch.errors.CandidateError` if ``candidate`` splits a layer group."""
+        check_candidate(candidate, self.groups or [])
 
     def check_budgets(self, latency_ms: float | None, weight_kib: float | None) -> None:
         """Raise if no candidate can meet a budget, naming the smallest achievable value."""
@@ -91,11 +158,19 @@ class SearchProblem:
                     f"weight budget {weight_kib:g} KiB is below the smallest candidate ({smallest:.1f} KiB); "
                     f"raise budget.weight_kib to at least {smallest:.1f}")
         if self.activation_budget_kib is not None and self.workspace_bytes:
-            need = (self.activation_bytes + max(min(self.workspace_bytes[n].values()) for n in self.layers)) / 1024
+            ws = self.workspace_bytes
+            need = (self.activation_bytes + max(min(max(ws[n][p] for n in m) for p in self.pairs)
+                                                for _, m in self.variables)) / 1024
             if need > self.activation_budget_kib:
                 raise InfeasibleBudgetError(
                     f"activation budget {self.activation_budget_kib:g} KiB is below the smallest peak activation "
                     f"memory ({need:.1f} KiB planned by TVM); raise budget.activation_kib to at least {need:.1f}")
+        if self.bops_budget_g is not None:
+            least = self.extreme("bops_g")
+            if least > self.bops_budget_g:
+                raise InfeasibleBudgetError(
+                    f"BOPs budget {self.bops_budget_g:g} G is below the fewest bit-operations any candidate needs "
+                    f"({least:.4g} G); raise budget.bops_g to at least {least:.4g}")
 
     def to_json(self) -> str:
         """Plain JSON (pairs as ``"w,a"`` keys), so worker processes on other machines can load it."""
@@ -106,7 +181,9 @@ class SearchProblem:
                            "weight_bytes": enc(self.weight_bytes), "other_latency_s": self.other_latency_s,
                            "workspace_bytes": enc(self.workspace_bytes) if self.workspace_bytes else None,
                            "activation_bytes": self.activation_bytes,
-                           "activation_budget_kib": self.activation_budget_kib})
+                           "activation_budget_kib": self.activation_budget_kib,
+                           "groups": self.groups, "macs": dict(self.macs) if self.macs is not None else None,
+                           "bops_budget_g": self.bops_budget_g})
 
     @classmethod
     def from_json(cls, text: str) -> SearchProblem:
@@ -117,4 +194,4 @@ class SearchProblem:
         return cls(d["layers"], [tuple(p) for p in d["pairs"]], dec(d["score"]), dec(d["latency_s"]),
                    dec(d["weight_bytes"]), d["other_latency_s"],
                    dec(d["workspace_bytes"]) if d.get("workspace_bytes") else None, d.get("activation_bytes", 0),
-                   d.get("activation_budget_kib"))
+                   d.get("activation_budget_kib"), d.get("groups"), d.get("macs"), d.get("bops_budget_g"))

@@ -1,5 +1,6 @@
-"""Per-layer sensitivity estimators (Hessian trace, eigenvalue, Fisher, measured loss change) and
-the additive bit-width score the search uses."""
+"""Per-layer sensitivity estimators (Hessian trace, eigenvalue, Fisher, measured loss change or KL)
+and the additive bit-width score the ILP and the search use; joint (whole-candidate) proxies
+(second-order Taylor with cross-layer terms, measured calibration KL) the search can minimise instead."""
 
 from __future__ import annotations
 
@@ -9,10 +10,21 @@ from mpsearch.sensitivity.delta_loss import DeltaLossEstimator
 from mpsearch.sensitivity.eigen import EigenvalueEstimator
 from mpsearch.sensitivity.fisher import FisherEstimator
 from mpsearch.sensitivity.hessian import HutchinsonEstimator
-from mpsearch.sensitivity.registry import ESTIMATORS, make_estimator, signals
+from mpsearch.sensitivity.joint import CalibKLEstimator, CandidateProxy, JointEstimator, SecondOrderEstimator
+from mpsearch.sensitivity.registry import (
+    ADDITIVE_FALLBACK, ESTIMATORS, JOINT_ESTIMATORS, is_joint, make_estimator, make_joint_estimator, signals,
+)
 from mpsearch.sensitivity.validation import candidate_proxy, random_candidates, spearman, validate_proxies
 
 __all__ = [
+    "ADDITIVE_FALLBACK",
+    "CalibKLEstimator",
+    "CandidateProxy",
+    "JOINT_ESTIMATORS",
+    "JointEstimator",
+    "SecondOrderEstimator",
+    "is_joint",
+    "make_joint_estimator",
     "DeltaLossEstimator",
     "ESTIMATORS",
     "EigenvalueEstimator",

@@ -15,16 +15,25 @@ from mpsearch.errors import ConfigError
 log = logging.getLogger(__name__)
 
 ScoreTable = Mapping[str, Mapping[Bits, float]]
+#: An additive score table, or a joint proxy called on the whole candidate (e.g. a ``CandidateProxy``).
+Proxy = ScoreTable | Callable[[Candidate], float]
 
 
-def random_candidates(layers: Sequence[str], pairs: Sequence[Bits], n: int, seed: int) -> list[Candidate]:
+SAMPLINGS = ("mix", "layer")
+
+
+def random_candidates(layers: Sequence[str], pairs: Sequence[Bits], n: int, seed: int,
+                      sampling: str = "mix") -> list[Candidate]:
     """``n`` distinct random candidates spread from mostly-wide to mostly-narrow bit-widths.
 
-    Each candidate first draws its own mix of the pairs from a flat Dirichlet, then every layer
-    draws its pair from that mix. Drawing layers uniformly instead would put nearly every
-    candidate at the same average bit-width (22 layers average out), too narrow a range to rank.
+    ``sampling="mix"``: each candidate first draws its own mix of the pairs from a flat Dirichlet,
+    then every layer draws its pair from that mix. ``"layer"``: every layer draws uniformly (what
+    Optuna's random sampler and NSGA-II's first generation do); that puts nearly every candidate at
+    the same average bit-width (22 layers average out), a much narrower range to rank.
     Stops early (with fewer candidates) when the space has fewer distinct ones.
     """
+    if sampling not in SAMPLINGS:
+        raise ConfigError(f"sampling {sampling!r} is unknown; use one of {', '.join(SAMPLINGS)}")
     if n < 0:
         raise ConfigError(f"the number of validation candidates must be >= 0, got {n}")
     if not layers or not pairs:
@@ -35,14 +44,16 @@ def random_candidates(layers: Sequence[str], pairs: Sequence[Bits], n: int, seed
     for _ in range(50 * n):
         if len(out) >= n:
             break
-        mix = rng.dirichlet(np.ones(len(pairs)))
+        mix = rng.dirichlet(np.ones(len(pairs))) if sampling == "mix" else None
         picks = rng.choice(len(pairs), size=len(layers), p=mix)
         out.setdefault(Candidate({name: pairs[i] for name, i in zip(layers, picks)}), None)
     return list(out)
 
 
-def candidate_proxy(score: ScoreTable, candidate: Mapping[str, Bits]) -> float:
-    """The additive proxy of a candidate: the sum of its layers' scores."""
+def candidate_proxy(score: Proxy, candidate: Mapping[str, Bits]) -> float:
+    """The proxy of a candidate: the sum of its layers' scores, or the joint proxy's value."""
+    if callable(score):
+        return float(score(candidate if isinstance(candidate, Candidate) else Candidate(candidate)))
     try:
         return float(sum(score[name][tuple(bits)] for name, bits in candidate.items()))
     except KeyError as e:
@@ -63,14 +74,14 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
 
 def validate_proxies(
     candidates: Sequence[Candidate],
-    scores: Mapping[str, ScoreTable],
+    scores: Mapping[str, Proxy],
     accuracy_drop: Callable[[Candidate], float],
 ) -> dict[str, Any]:
     """Spearman of each estimator's proxy with the measured accuracy drop over ``candidates``.
 
     Args:
         candidates: The candidates to measure (e.g. from :func:`random_candidates`).
-        scores: ``{estimator name: score table}``.
+        scores: ``{estimator name: additive score table or joint proxy}``.
         accuracy_drop: Measured drop of a candidate, in accuracy points (the caller caches).
 
     Returns:

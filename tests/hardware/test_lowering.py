@@ -79,3 +79,56 @@ def test_unsupported_op_is_named() -> None:
     prepared = prepare_model(WithSigmoid(), (1, 4))
     with pytest.raises(LoweringError, match="cannot lower call_function 'sigmoid'"):
         lower(prepared, Candidate({"fc": (8, 8)}), {"fc": (-1.0, 1.0)})
+
+
+@pytest.fixture(scope="module")
+def wide(tiny_batches):
+    """The tiny CNN at 16 channels: conv1, conv2 and down tile into the blocked int8 dot layout."""
+    from mpsearch.quant.calibration import calibrate
+    from mpsearch.testing import TinyResNet
+
+    torch.manual_seed(3)
+    prepared = prepare_model(TinyResNet(channels=16).eval(), (1, 1, 8, 8))
+    return prepared, calibrate(prepared.graph_module, prepared.layer_names, tiny_batches)
+
+
+@pytest.mark.parametrize("pair", [(8, 8), (4, 8), (8, 32)])
+def test_blocked_int8_kernels_match_simulation(wide, tiny_batches, pair) -> None:
+    prepared, ranges = wide
+    cand = Candidate.uniform(prepared.layer_names, *pair)
+    x = tiny_batches[0][0][:8]
+    lowered = lower(prepared, cand, ranges, batch=8)
+    blocked = {n for n, s in lowered.kernels.items() if s.packed}
+    # 1-channel stem and 3-class head do not tile; weight-only kernels never use the int8 dot
+    assert blocked == ({"conv1", "conv2", "down"} if pair[1] < 32 else set())
+    with torch.no_grad():
+        ref = quantize_(prepared.copy_module(), cand, ranges)(x).numpy()
+    np.testing.assert_allclose(_run(lowered, x.numpy()), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    # same bytes as the logical layout: the blocking only reorders them
+    assert lowered.weight_bytes == sum(weight_storage_bytes(li.weight_shape, *pair) for li in prepared.layers)
+
+
+@pytest.mark.parametrize("a_mode", ["u8", "s8"])
+@pytest.mark.parametrize("op", ["conv2d", "linear"])
+def test_blocked_dot_is_exact_at_full_int8_range(op: str, a_mode: str) -> None:
+    """Extreme codes (255 x -128 pairs) would saturate an int16 pmaddubsw; the int32 result must not."""
+    from mpsearch.hardware.kernels import KernelSpec, make_kernel, pack_weight
+
+    spec = (KernelSpec("conv2d", (1, 4, 5, 5), (16, 4, 3, 3), "i8", a_mode, (2, 2), (1, 1)) if op == "conv2d"
+            else KernelSpec("linear", (2, 8), (32, 8), "i8", a_mode))
+    assert spec.packed
+    rng = np.random.default_rng(0)
+    codes = rng.choice(np.array([-128, -127, 127, 0, 1], np.int8), spec.w_shape)
+    qmin, qmax = (0, 255) if a_mode == "u8" else (-128, 127)
+    x = rng.choice(np.array([-20.0, 20.0, 0.3], np.float32), spec.x_shape)  # codes clip to qmin/qmax
+    o = spec.w_shape[0]
+    args = [x, pack_weight(spec, codes), np.ones(o, np.float32), np.zeros(o, np.float32),
+            np.array([10.0, qmin, qmax, 0.1], np.float32)]
+    lib = tvm.compile(tvm.IRModule({"main": make_kernel(spec).with_attr("global_symbol", "main")}), target="llvm")
+    out = tvm.runtime.tensor(np.zeros(spec.out_shape, np.float32))
+    lib["main"](*[tvm.runtime.tensor(a) for a in args], out)
+    xq = torch.tensor(np.clip(np.floor(x * 10 + 0.5), qmin, qmax), dtype=torch.float64)
+    w = torch.tensor(codes, dtype=torch.float64)
+    ref = (torch.nn.functional.conv2d(xq, w, stride=2, padding=1) if op == "conv2d" else xq @ w.T).numpy()
+    assert np.abs(ref).max() > 2 ** 15  # the range that int16 intermediates would lose
+    assert np.array_equal(out.numpy(), ref.astype(np.float32))

@@ -102,6 +102,8 @@ def test_default_search_bits_fit_every_shipped_profile(name: str) -> None:
 
 
 def test_unsupported_precision_is_one_line_naming_profile_and_field() -> None:
-    with pytest.raises(ConfigError, match=r"'host_cpu' does not support a_bits 16 \(precisions.a_bits: .*search.a_bits"):
+    with pytest.raises(ConfigError, match=r"'host_cpu' does not support a_bits 16: 16 is fp16 .*search.a_bits"):
         load_profile("host_cpu").precisions.check("host_cpu", [(8, 8), (8, 16)])
+    with pytest.raises(ConfigError, match=r"'rpi4' does not support w_bits 12 \(precisions.w_bits: .*search.w_bits"):
+        load_profile("rpi4").precisions.check("rpi4", [(12, 8)])
     load_profile("nvidia_h100").precisions.check("nvidia_h100", [(16, 16)])

@@ -90,3 +90,37 @@ def test_truncated_cache_lines_are_dropped_and_rebuilt(tuned, tiny_prepared, tin
     again = TVMBackend(tiny_profile(), cache, progress=False)
     assert again.cost_table(tiny_prepared, tiny_ranges, PAIRS).latency_s == table.latency_s
     assert costs.read_text() == text
+
+
+def test_int8_dot_is_tensorized_and_exact(tmp_path: Path) -> None:
+    """On an AVX-512BW host the blocked int8 reduction is tuned into the vpmaddwd dot intrinsic, and
+    the tuned kernel still computes the exact integer result (W4A8: unpacked next to the dot)."""
+    import tvm
+
+    from mpsearch.hardware.kernels import KernelSpec, dot_intrinsics_for, pack_weight
+    from mpsearch.hardware.tvm_backend import _hash_mod
+
+    backend = TVMBackend(tiny_profile(), tmp_path, progress=False)
+    if not dot_intrinsics_for(backend.target):
+        pytest.skip("host CPU has no AVX-512BW")
+    specs = {w_mode: KernelSpec("conv2d", (1, 8, 6, 6), (16, 8, 3, 3), w_mode, "u8", (1, 1), (1, 1),
+                                epilogue=("relu",)) for w_mode in ("i8", "i4p")}
+    mods = {w_mode: backend._kernel_mod(spec) for w_mode, spec in specs.items()}
+    backend.tune({_hash_mod(mod): (f"dot_{w_mode}", mod) for w_mode, mod in mods.items()})  # one tuning run
+    rng = np.random.default_rng(0)
+    for w_mode, spec in specs.items():
+        assert spec.packed
+        sch = backend.db.query_schedule(mods[w_mode], backend.target, workload_name="main")
+        assert "mpsearch_dot_16x2_u8s8_avx512" in str(sch.trace)  # tensorized, not a plain int32 loop nest
+        lo, hi = (-8, 8) if w_mode == "i4p" else (-128, 128)
+        codes = rng.integers(lo, hi, spec.w_shape).astype(np.int8)
+        x = rng.uniform(-5, 30, spec.x_shape).astype(np.float32)
+        scale, bias = np.ones(16, np.float32), np.zeros(16, np.float32)  # out = relu(int32 acc), exactly
+        qp = np.array([10.0, 0, 255, 0.1], np.float32)
+        lib = tvm.compile(sch.mod, target=backend.target)
+        out = tvm.runtime.tensor(np.zeros(spec.out_shape, np.float32))
+        lib["main"](*[tvm.runtime.tensor(a) for a in (x, pack_weight(spec, codes), scale, bias, qp)], out)
+        xq = torch.tensor(np.clip(np.floor(x * 10 + 0.5), 0, 255), dtype=torch.float64)
+        acc = torch.nn.functional.conv2d(xq, torch.tensor(codes, dtype=torch.float64), padding=1).numpy()
+        assert np.abs(acc).max() > (2 ** 15 if w_mode == "i8" else 2 ** 12)
+        np.testing.assert_array_equal(out.numpy(), np.maximum(acc, 0).astype(np.float32))

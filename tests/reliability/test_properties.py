@@ -53,7 +53,9 @@ def _field_values(f: dataclasses.Field) -> st.SearchStrategy:
     floats = st.floats(allow_nan=True, allow_infinity=True)
     base = {"int": ints, "float": floats, "str": st.text(max_size=12) | st.sampled_from(["nsga2", "tpe", "mse"]),
             "bool": st.booleans(), "list[int]": st.lists(ints, max_size=5), "list[str]": st.lists(st.text(max_size=6),
-                                                                                                   max_size=3)}
+                                                                                                   max_size=3),
+            "list[list[str]]": st.lists(st.lists(st.text(max_size=6) | st.sampled_from(["conv1", "re:layer1.*"]),
+                                                 max_size=3), max_size=3)}
     for name, strat in base.items():
         if t == name:
             return strat
@@ -76,7 +78,7 @@ def mutated_configs(draw) -> tuple[RunConfig, list[str]]:
     return cfg, changed
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_configs())
 def test_validate_accepts_or_raises_one_config_error(case: tuple[RunConfig, list[str]]) -> None:
     cfg, changed = case

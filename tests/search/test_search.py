@@ -40,7 +40,7 @@ def test_bit_pairs_drop_dominated_and_opt_in_weight_only() -> None:
     assert bit_pairs([4, 8, 32], [8, 32]) == [(32, 32), (8, 8), (4, 8)]
     assert (8, 32) in bit_pairs([8, 32], [8, 32], weight_only=True)
     with pytest.raises(CandidateError):
-        bit_pairs([16], [8])
+        bit_pairs([12], [8])
 
 
 def test_evaluate_is_additive() -> None:

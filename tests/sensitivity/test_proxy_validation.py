@@ -100,7 +100,7 @@ def test_selected_estimator_drives_the_search_and_validation_can_be_off(tmp_path
     assert out.summary.proxy_validation is None
     assert set(out.summary.sensitivity) == {f"delta_loss_W{w}A{a}" for w, a in [(8, 8), (8, 4), (4, 8), (4, 4)]}
     assert json.loads((out.run_dir / "sensitivity.json").read_text())["estimator"] == "delta_loss"
-    assert "delta_loss proxy" in " ".join(out.summary.notes)
+    assert "proxy: delta_loss" in " ".join(out.summary.notes)
 
 
 @pytest.mark.parametrize("field, value, match", [

@@ -58,7 +58,8 @@ def test_names_match_config():
     lambda r: EigenvalueEstimator(max_iters=3),
     lambda r: FisherEstimator(chunk=20),
     lambda r: DeltaLossEstimator(r, PAIRS),
-], ids=["eigenvalue", "fisher", "delta_loss"])
+    lambda r: DeltaLossEstimator(r, PAIRS, metric="kl"),
+], ids=["eigenvalue", "fisher", "delta_loss", "delta_kl"])
 def test_conformance(make, ranges, tiny_prepared, tiny_batches):
     result = check_estimator(lambda: make(ranges), tiny_prepared.graph_module, tiny_prepared.layer_names,
                              tiny_batches)
@@ -131,6 +132,27 @@ def test_delta_loss_is_the_measured_loss_change(ranges, tiny_prepared, tiny_batc
     sig = signals(result)
     assert set(sig) == {"delta_loss_W8A8", "delta_loss_W4A8", "delta_loss_W4A4", "delta_loss_W2A4"}
     assert sig["delta_loss_W2A4"]["fc"] == result.layers["fc"].delta_loss[(2, 4)]
+
+
+def test_delta_kl_is_the_measured_divergence_from_fp32(ranges, tiny_prepared, tiny_batches):
+    gm, layers = tiny_prepared.graph_module, tiny_prepared.layer_names
+    est = DeltaLossEstimator(ranges, PAIRS, metric="kl")
+    result = est.estimate(gm, layers, tiny_batches)
+    assert result.estimator == "delta_kl" == est.name
+    x = torch.cat([b[0] for b in tiny_batches])
+    with torch.no_grad():
+        ref = F.log_softmax(gm(x), 1)
+        for name in layers:
+            out = F.log_softmax(quantize_(tiny_prepared.copy_module(), Candidate({name: (2, 4)}), ranges)(x), 1)
+            kl = float((ref.exp() * (ref - out)).sum(1).mean())
+            assert result.layers[name].delta_loss[(2, 4)] == pytest.approx(kl, rel=1e-4, abs=1e-7)
+            assert 0 < result.layers[name].delta_loss[(8, 8)] < result.layers[name].delta_loss[(2, 4)]
+    assert set(signals(result)) == {"delta_kl_W8A8", "delta_kl_W4A8", "delta_kl_W4A4", "delta_kl_W2A4"}
+    # its own cache key; delta_loss keeps the key it had before the metric existed
+    assert est.config_key() != DeltaLossEstimator(ranges, PAIRS).config_key()
+    assert "metric" not in DeltaLossEstimator(ranges, PAIRS).config_key()
+    with pytest.raises(ConfigError, match="metric 'mse' is unknown"):
+        DeltaLossEstimator(ranges, PAIRS, metric="mse")
 
 
 def test_delta_loss_cache_key_depends_on_ranges_and_pairs(ranges):

@@ -65,7 +65,7 @@ def test_bad_inputs(tiny_prepared, tiny_batches, sens):
     with pytest.raises(ConfigError, match="no calibrated activation range"):
         score_table(gm, sens, {}, [(8, 8)], tiny_batches)
     with pytest.raises(CandidateError):
-        score_table(gm, sens, ranges, [(16, 8)], tiny_batches)
+        score_table(gm, sens, ranges, [(12, 8)], tiny_batches)
     with pytest.raises(ConfigError, match="saw no input"):
         score_table(gm, sens, ranges, [(8, 8)], [])
 

@@ -1,0 +1,59 @@
+"""The cost table's calibration: in-model latency = scale x the kernels timed alone + the rest."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mpsearch.candidate import Candidate
+from mpsearch.hardware.base import LayerCostTable, Measurement
+
+
+def _table() -> LayerCostTable:
+    layers = ["a", "b", "c"]
+    pairs = [(32, 32), (8, 8), (4, 8)]
+    lat = {n: {(32, 32): 3e-4 * (i + 1), (8, 8): 2e-4 * (i + 1), (4, 8): 1.5e-4 * (i + 1)} for i, n in enumerate(layers)}
+    mem = {n: {p: 100 * p[0] for p in pairs} for n in layers}
+    return LayerCostTable("p", layers, pairs, lat, mem)
+
+
+def test_calibrate_recovers_scale_and_rest_and_predicts_mixed_candidates():
+    table = _table()
+    uniform = [Candidate.uniform(table.layers, *p) for p in table.pairs]
+    sums = [table.predict_latency(c) for c in uniform]  # scale 1, rest 0: the plain kernel sums
+    true_scale, true_rest = 0.8, 4e-4
+    table.calibrate(sums, [true_scale * s + true_rest for s in sums])
+    assert table.scale == pytest.approx(true_scale) and table.other_s == pytest.approx(true_rest)
+    assert table.calibration["method"] == "least squares" and table.calibration["points"] == 3
+    assert table.calibration["fit_mape_pct"] == pytest.approx(0, abs=1e-9)
+    mixed = Candidate({"a": (32, 32), "b": (4, 8), "c": (8, 8)})
+    plain = sum(table.latency_s[n][b] for n, b in mixed.items())
+    assert table.predict_latency(mixed) == pytest.approx(true_scale * plain + true_rest)
+    # The search adds up the same in-model costs.
+    per_layer = table.layer_latency_s()
+    assert sum(per_layer[n][b] for n, b in mixed.items()) + table.other_s == pytest.approx(table.predict_latency(mixed))
+    again = LayerCostTable.from_json(table.to_json())
+    assert again.scale == table.scale and again.calibration == table.calibration
+    assert again.predict_latency(mixed) == pytest.approx(table.predict_latency(mixed))
+
+
+@pytest.mark.parametrize("sums, measured", [
+    ([1e-3, 2e-3], [1.5e-3, 2.5e-3]),               # too few points for two parameters
+    ([1e-3, 2e-3, 3e-3], [9e-3, 5e-3, 1e-3]),       # a fit that is not physical (negative scale)
+])
+def test_calibrate_falls_back_to_the_median_residual(sums, measured):
+    table = _table()
+    table.calibrate(sums, measured)
+    assert table.scale == 1.0 and table.calibration["method"] == "median residual"
+    assert table.other_s == pytest.approx(max(0.0, float(np.median(np.subtract(measured, sums)))))
+
+
+def test_tables_written_before_calibration_load_uncalibrated():
+    table = _table()
+    text = table.to_json().replace('"scale"', '"unused_scale"')
+    assert LayerCostTable.from_json(text).scale == 1.0
+
+
+def test_measurement_latency_is_the_mean_so_kernels_add_up():
+    m = Measurement.from_samples([1.0, 1.0, 4.0])
+    assert m.latency_s == pytest.approx(2.0)  # the median (1.0) would not be additive

@@ -1,0 +1,82 @@
+"""kill -9 of a search on Optuna RDB storage (an SQLite file; PostgreSQL is covered by test_scale_out),
+then resume: every finished trial is kept, and the trial the dead process held is failed by the
+heartbeat, not left RUNNING."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from mpsearch.search import SearchSettings, optuna_search, run_search
+from tests.search.test_search import make_problem
+
+COMPLETE, RUNNING = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING
+
+
+def _trials(url: str, states: tuple) -> dict[int, list[float]]:
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        study = optuna.load_study(study_name="mpsearch", storage=storage)
+        return {t.number: t.values for t in study.get_trials(deepcopy=False, states=states)}
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
+
+
+@pytest.mark.slow  # ~15 s quiet (SQLite commits per trial, a subprocess, the heartbeat grace period)
+def test_sigkill_on_rdb_storage_then_resume_keeps_every_finished_trial(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_search import make_problem
+        from mpsearch.search import SearchSettings, run_search, optuna_search
+        optuna_search.HEARTBEAT_S, optuna_search.GRACE_S = 1, 2  # a dead worker's trial fails after 2 s
+        p = make_problem()
+        orig = p.evaluate
+        def slow(c):
+            time.sleep(0.1)
+            return orig(c)
+        p.evaluate = slow
+        run_search(p, SearchSettings("nsga2", 100000, 0, storage={url!r}), {str(tmp_path / 'unused.journal')!r},
+                   progress=False)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(1.0)
+            try:
+                if len(_trials(url, (COMPLETE,))) >= 8:
+                    break
+            except Exception:  # the study or its tables do not exist yet, or the file is locked by a write
+                continue
+        assert proc.poll() is None, "the search process ended before it could be killed"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    before = _trials(url, (COMPLETE,))
+    held = set(_trials(url, (RUNNING,)))  # the trial the killed process was running, if any
+    assert len(before) >= 8
+    time.sleep(2.5)  # past the grace period: the killed process's trial is stale now
+
+    monkeypatch.setattr(optuna_search, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(optuna_search, "GRACE_S", 2)
+    resumed = run_search(make_problem(), SearchSettings("nsga2", len(before) + 5, 0, storage=url),
+                         tmp_path / "unused.journal", progress=False)
+    after = {t.number: t.values for t in resumed.get_trials(states=(COMPLETE,))}
+    assert all(after[n] == v for n, v in before.items()), "a finished trial changed or was lost"
+    assert len(after) == len(before) + 5
+    assert not resumed.get_trials(states=(RUNNING,)), "the killed process's trial is still RUNNING"
+    # Only the trial the killed process was running is lost, marked FAIL by the heartbeat check.
+    failed = {t.number for t in resumed.get_trials(states=(optuna.trial.TrialState.FAIL,))}
+    assert failed == held
