@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
         table = backend.cost_table(case.prepared, case.ranges, pairs)  # times kernels, fits on the uniform ones
         measured = measured_all[len(uniform):]
         # The same table uncalibrated (scale 1, the rest of the model as the median residual), side by side.
-        ksum = lambda c: sum(table.latency_s[name][tuple(b)] for name, b in c.items())  # noqa: E731
+        ksum = table.kernel_sum
         uni_ok = [(ksum(c), m.latency_s) for c, m in zip(uniform, measured_all) if m.ok]
         other_raw = max(0.0, float(np.median([m - k for k, m in uni_ok]))) if uni_ok else 0.0
         points = []

@@ -66,8 +66,12 @@ class LayerCostTable:
     scale: float = 1.0
     calibration: dict[str, object] = field(default_factory=dict)  # how scale/other_s were fitted
 
+    def kernel_sum(self, candidate: Mapping[str, Bits]) -> float:
+        """The candidate's kernels timed alone, summed (uncalibrated)."""
+        return sum(self.latency_s[name][tuple(bits)] for name, bits in candidate.items())
+
     def predict_latency(self, candidate: Mapping[str, Bits]) -> float:
-        return self.other_s + self.scale * sum(self.latency_s[name][tuple(bits)] for name, bits in candidate.items())
+        return self.other_s + self.scale * self.kernel_sum(candidate)
 
     def layer_latency_s(self) -> dict[str, dict[Bits, float]]:
         """Each layer's cost inside the model (``scale`` x its kernel alone): what the search adds up."""

@@ -502,7 +502,7 @@ class TVMBackend(Backend):
         # Calibrate on the uniform candidates lowered above: end to end = scale x the kernels timed
         # alone + the rest of the model (pooling, reshapes, VM dispatch), by least squares.
         uniform = [Candidate.uniform(layers, *pair) for pair in pairs]
-        points = [(table.predict_latency(cand), meas.latency_s)
+        points = [(table.kernel_sum(cand), meas.latency_s)
                   for cand, meas in zip(uniform, self.measure_many(prepared, uniform, ranges)) if meas.ok]
         table.calibrate([p for p, _ in points], [m for _, m in points])
         log.info("cost table calibrated on %d uniform candidates: in-model = %.3f x standalone + %.3f ms (%s)",
