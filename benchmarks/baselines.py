@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from benchmarks.common import BenchmarkResult, median_time_s
-from mpsearch.candidate import Candidate
 from mpsearch.report.markdown import markdown_table
 
 NAME = "baselines"

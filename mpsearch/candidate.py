@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from mpsearch.errors import CandidateError
+import numpy as np
+
+from mpsearch.errors import CandidateError, ConfigError
 
 FLOAT_BITS = 32
 HALF_BITS = 16  # IEEE half precision (fp16), not a 16-bit integer grid
@@ -110,3 +112,34 @@ class Candidate(Mapping[str, Bits]):
     def key(self) -> str:
         """Content hash, stable across processes."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+
+SAMPLINGS = ("mix", "layer")
+
+
+def random_candidates(layers: Sequence[str], pairs: Sequence[Bits], n: int, seed: int,
+                      sampling: str = "mix") -> list[Candidate]:
+    """``n`` distinct random candidates spread from mostly-wide to mostly-narrow bit-widths.
+
+    ``sampling="mix"``: each candidate first draws its own mix of the pairs from a flat Dirichlet,
+    then every layer draws its pair from that mix. ``"layer"``: every layer draws uniformly (what
+    Optuna's random sampler and NSGA-II's first generation do); that puts nearly every candidate at
+    the same average bit-width (22 layers average out), a much narrower range to rank.
+    Stops early (with fewer candidates) when the space has fewer distinct ones.
+    """
+    if sampling not in SAMPLINGS:
+        raise ConfigError(f"sampling {sampling!r} is unknown; use one of {', '.join(SAMPLINGS)}")
+    if n < 0:
+        raise ConfigError(f"the number of random candidates must be >= 0, got {n}")
+    if not layers or not pairs:
+        raise ConfigError("need at least one layer and one bit pair to draw candidates from")
+    rng = np.random.default_rng(seed)
+    pairs = [tuple(p) for p in pairs]
+    out: dict[Candidate, None] = {}
+    for _ in range(50 * n):
+        if len(out) >= n:
+            break
+        mix = rng.dirichlet(np.ones(len(pairs))) if sampling == "mix" else None
+        picks = rng.choice(len(pairs), size=len(layers), p=mix)
+        out.setdefault(Candidate({name: pairs[i] for name, i in zip(layers, picks)}), None)
+    return list(out)

@@ -50,6 +50,9 @@ class SearchConfig:
     calibration: str = "minmax"  # minmax | percentile | mse
     percentile: float = 99.99
     calibration_bits: int = 8  # activation bit-width the mse clipping is optimised for
+    # symmetric | asymmetric: a signed activation range (lo < 0) as signed symmetric codes, or as unsigned
+    # codes [0, 2^b - 1] with an integer zero point (z8 kernels); ranges from 0 (after ReLU) are unsigned either way
+    act_scheme: str = "symmetric"
     # hutchinson | eigenvalue | fisher | delta_loss | delta_kl: the per-layer signal behind the additive score; or a joint
     # (whole-candidate) proxy second_order | calib_kl as the search's objective, with hutchinson's additive
     # score behind the ILP and the warm start
@@ -67,6 +70,10 @@ class SearchConfig:
     # Learning-based quantization of the evaluated front candidates (weights stay on the kernels' grid):
     ptq: str = "none"  # none | adaround (learned rounding per layer) | brecq (per residual block)
     lsq: bool = False  # also learn activation step sizes (LSQ), mapped onto the calibrated ranges
+    # also learn per-channel weight steps (LSQ, ≤ max|w|/qmax: a clipped grid the kernels take unchanged),
+    # jointly with the rounding of search.ptq (adaround | brecq; an error with ptq=none)
+    lsq_weights: bool = False
+    brecq_fisher: bool = False  # brecq: weight the block output error by the FP32 loss gradients² (BRECQ's Fisher)
     ptq_iters: int = 300  # optimisation steps per layer (adaround) or per block (brecq)
     qat_epochs: int = 0  # QAT with knowledge distillation on the calibration split, after ptq; 0: off
     qat_lr: float = 1e-4
@@ -156,6 +163,7 @@ WARM_STARTS = ("ilp", "uniform", "none")
 SENSITIVITIES = ("hutchinson", "eigenvalue", "fisher", "delta_loss", "delta_kl")
 JOINT_SENSITIVITIES = ("second_order", "calib_kl")  # whole-candidate proxies (mpsearch/sensitivity/joint.py)
 CALIBRATIONS = ("minmax", "percentile", "mse")
+ACT_SCHEMES = ("symmetric", "asymmetric")
 PTQ_METHODS = ("none", "adaround", "brecq")
 MAX_INPUT_ELEMENTS = 1 << 28  # one input batch of at most 1 GiB of fp32
 MAX_WORKERS, MAX_ILP_BUDGETS = 256, 1000
@@ -178,6 +186,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"search.calibration={s.calibration!r} is unknown; use one of {', '.join(CALIBRATIONS)}")
     if not 2 <= s.calibration_bits <= 8:
         raise ConfigError(f"search.calibration_bits={s.calibration_bits} must be between 2 and 8")
+    if s.act_scheme not in ACT_SCHEMES:
+        raise ConfigError(f"search.act_scheme={s.act_scheme!r} is unknown; use one of {', '.join(ACT_SCHEMES)}")
     if s.proxy_validation < 0:
         raise ConfigError(f"search.proxy_validation={s.proxy_validation} must be >= 0 (0 turns it off)")
     if s.proxy_validation_samples is not None and s.proxy_validation_samples < 1:
@@ -191,6 +201,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"search.ilp_budgets={s.ilp_budgets} and search.workers={s.workers} must be at least 1")
     if s.ptq not in PTQ_METHODS:
         raise ConfigError(f"search.ptq={s.ptq!r} is unknown; use one of {', '.join(PTQ_METHODS)}")
+    if s.lsq_weights and s.ptq == "none":
+        raise ConfigError("search.lsq_weights=true learns weight steps inside reconstruction; set search.ptq=adaround "
+                          "or brecq, or search.lsq_weights=false")
     if s.ptq_iters < 1 or s.qat_epochs < 0 or not s.qat_lr > 0:
         raise ConfigError(f"search.ptq_iters={s.ptq_iters} must be >= 1, search.qat_epochs={s.qat_epochs} >= 0 "
                           f"(0: off) and search.qat_lr={s.qat_lr} > 0")

@@ -180,7 +180,8 @@ def quantized_state_dict(prepared: PreparedModel, candidate: Candidate,
     Per layer: ``weight`` (int8 codes, or the float32 weight at 32 bits), ``weight_scale`` (float32
     per output channel; None at 32 bits), ``bias``, ``w_bits``, ``a_bits``, ``act_range`` (the
     calibrated ``[lo, hi]``) and the activation quantizer it implies (``act_scale``, ``act_signed``,
-    ``act_qmin``, ``act_qmax``; None at 32 bits). ``other`` holds the BN-folded model's remaining
+    ``act_qmin``, ``act_qmax``, ``act_zero_point`` (0 unless ``search.act_scheme=asymmetric``: then
+    ``x̂ = (q - act_zero_point) · act_scale``); None at 32 bits). ``other`` holds the BN-folded model's remaining
     state (anything that is not a quantizable layer's weight or bias).
     """
     candidate.validate(prepared.layer_names)
@@ -209,6 +210,7 @@ def quantized_state_dict(prepared: PreparedModel, candidate: Candidate,
             "act_signed": None if act is None else bool(act.signed),
             "act_qmin": None if act is None or act.half else int(act.qmin),
             "act_qmax": None if act is None or act.half else int(act.qmax),
+            "act_zero_point": None if act is None or act.half else int(act.zero_point),  # x̂ = (q - z)·scale
         }
     other = {k: v.detach().clone() for k, v in gm.state_dict().items() if k not in owned}
     return {"format": STATE_FORMAT, "input_shape": list(prepared.input_shape), "layers": layers, "other": other}
@@ -228,7 +230,8 @@ def model_from_quantized_state(prepared: PreparedModel, state: Mapping[str, Any]
             layer.bias = nn.Parameter(rec["bias"].clone()) if layer.bias is not None else None
         act = None
         if rec["act_scale"] is not None:
-            act = ActQuant(int(rec["a_bits"]), float(rec["act_scale"]), bool(rec["act_signed"]))
+            act = ActQuant(int(rec["a_bits"]), float(rec["act_scale"]), bool(rec["act_signed"]),
+                           int(rec.get("act_zero_point") or 0))
         quant = QuantLayer(layer, int(rec["w_bits"]), act)
         if rec["weight_scale"] is None:
             weight_q = rec["weight"].float()
@@ -278,7 +281,7 @@ def _rebuild(cfg: RunConfig) -> tuple[PreparedModel, dict[str, tuple[float, floa
     prepared = prepare_model(model, tuple(cfg.model.input_shape))
     s = cfg.search
     return prepared, calibrate(prepared.graph_module, prepared.layer_names, calib, s.calibration, s.percentile,
-                               s.calibration_bits)
+                               s.calibration_bits, s.act_scheme)
 
 
 def _check_reproduced(run: RunFolder, label: str, accuracy: float) -> None:

@@ -204,7 +204,7 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
         backend = backend_factory(profile, cache_dir, cfg.progress)
     with timer.stage("calibration"):
         ranges = calibrate(prepared.graph_module, layers, calib, cfg.search.calibration, cfg.search.percentile,
-                           cfg.search.calibration_bits)
+                           cfg.search.calibration_bits, cfg.search.act_scheme)
     with timer.stage("sensitivity"):
         sens_batches = _first_samples(calib, cfg.search.sensitivity_samples)
         # A joint (whole-candidate) proxy is the search's objective; the ILP and the warm start need an
@@ -418,7 +418,7 @@ def _learned_quantization(
     Results are cached by content, so a re-run does not retrain."""
     s, cache_dir = cfg.search, Path(cfg.cache_dir)
     learners = make_learners(s.ptq, lsq=s.lsq, iters=s.ptq_iters, qat_epochs=s.qat_epochs, qat_lr=s.qat_lr,
-                             seed=s.seed)
+                             seed=s.seed, lsq_weights=s.lsq_weights, fisher=s.brecq_fisher)
     (run_dir / "candidates").mkdir(exist_ok=True)
     lines = []
     for ev in evaluated:
@@ -429,7 +429,8 @@ def _learned_quantization(
             learned, _ = cached_learn(learner, model, ev.candidate, rngs, calib, cache_dir)
             model, rngs = learned.apply(model), learned.ranges
             chain.append(learned)
-            steps.append(f"{learner.name} {100 * cached_accuracy(model, rngs, test, cache_dir)(ev.candidate):.2f}%")
+            acc = cached_accuracy(model, rngs, test, cache_dir)(ev.candidate)
+            steps.append(f"{learner.describe()} {100 * acc:.2f}%")
         ev.accuracy_rtn, ev.accuracy = ev.accuracy, cached_accuracy(model, rngs, test, cache_dir)(ev.candidate)
         atomic_write_bytes(run_dir / "candidates" / f"{ev.label}.learned.pt", merge(prepared, chain).to_bytes())
         gain = 100 * (ev.accuracy - (ev.accuracy_rtn or 0.0))
@@ -438,10 +439,12 @@ def _learned_quantization(
         log.info("learned quantization %s", lines[-1])
     if not lines:
         return []
-    what = ", ".join(f"{lr.name}" for lr in learners) + (" with LSQ activation steps" if s.lsq else "")
+    what = ", ".join(lr.describe() for lr in learners)
     n_calib = sum(len(y) for _, y in calib)
+    grid = ("scale = max|w|/qmax, or a learned LSQ step ≤ it whose codes keep ±qmax" if s.lsq_weights
+            else "scale = max|w|/qmax")
     return [f"Learned quantization ({what}) of the front candidates on the {n_calib} calibration images: "
-            "weights are snapped onto the kernels' own per-channel grid (scale = max|w|/qmax) and LSQ steps map "
+            f"weights are snapped onto the kernels' own per-channel grid ({grid}) and LSQ steps map "
             "onto the activation ranges, so latency and weight memory are unchanged (the same compiled kernels, "
             "only weight and scale values differ) and the accuracy column is the learned model's; "
             "the patches are in candidates/<label>.learned.pt.", *lines]

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import pytest
 import torch
+
+from mpsearch.candidate import Candidate
 
 from mpsearch.quant.calibration import calibrate
 from mpsearch.quant.prepare import PreparedModel, prepare_model
 from mpsearch.testing import synthetic_split, tiny_resnet
+
+#: The default-model sweep's bit pairs (tests/test_sweep.py: search.w_bits = a_bits = [8, 32]).
+DEFAULT_SWEEP_PAIRS = [(32, 32), (8, 8)]
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +35,54 @@ def tiny_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
 @pytest.fixture(scope="session")
 def tiny_ranges(tiny_prepared: PreparedModel, tiny_batches: list) -> dict[str, tuple[float, float]]:
     return calibrate(tiny_prepared.graph_module, tiny_prepared.layer_names, tiny_batches)
+
+
+def default_model_candidate(names: list[str]) -> Candidate:
+    """tests/test_default_model.py's seeded mixed candidate of the default model: FP32, W8A8, W4A8, W4A4."""
+    pairs = [(32, 32), (8, 8), (4, 8), (4, 4)]
+    rng = np.random.default_rng(0)
+    return Candidate({n: pairs[rng.integers(len(pairs))] for n in names})
+
+
+@dataclass
+class TunedCache:
+    """A cache folder holding the default model's host kernels tuned for ``host_cpu_1t`` at 1 trial."""
+
+    root: Path  # a cache_dir: root / "tvm" / f"host_cpu_1t-{key}"
+    dir: Path  # the backend's folder (tuning database only: no kernel timings)
+    tuned_kernels: int
+    prepared: Any
+    ranges: dict[str, tuple[float, float]]
+
+
+@pytest.fixture(scope="session")
+def default_model_tuned(tmp_path_factory) -> TunedCache:
+    """ResNet-20's kernels for the sweep's bit pairs and test_default_model's candidate, tuned ONCE per
+    session for host_cpu_1t (1 MetaSchedule trial per kernel, the profile's measure settings and one
+    thread, as ``hw_profile=host_cpu_1t hw_profile.trials_per_task=1`` does), so the database key is the
+    one the sweep's host jobs compute. Users copy ``dir``; nothing writes here after tuning."""
+    pytest.importorskip("tvm")
+    from mpsearch.hardware.export_lib import use_threads
+    from mpsearch.hardware.profile import load_profile
+    from mpsearch.hardware.tvm_backend import TVMBackend
+    from mpsearch.models.fmnist import load_split
+    from mpsearch.models.registry import resnet20_fmnist
+
+    root = tmp_path_factory.mktemp("default_model_tuned")
+    profile = load_profile("host_cpu_1t")
+    profile = replace(profile, tuning=replace(profile.tuning, trials_per_task=1, trials_per_iter=1))
+    prepared = prepare_model(resnet20_fmnist(), (1, 1, 28, 28))
+    calib = load_split("calib", 512).tensors
+    ranges = calibrate(prepared.graph_module, prepared.layer_names, [(calib[0], calib[1])])
+    names = prepared.layer_names
+    before = os.environ.get("TVM_NUM_THREADS")
+    try:
+        backend = TVMBackend(profile, root, progress=False)
+        kernels: dict[str, tuple[str, Any]] = {}
+        for cand in [Candidate.uniform(names, *p) for p in DEFAULT_SWEEP_PAIRS] + [default_model_candidate(names)]:
+            for key, label, mod in backend.layer_kernels(prepared, cand, ranges)[1].values():
+                kernels.setdefault(key, (label, mod))
+        backend.tune(kernels)
+    finally:  # host_cpu_1t set one thread for this process's TVM pool: give the other tests theirs back
+        use_threads(int(before) if before else (os.cpu_count() or 1))
+    return TunedCache(root, backend.dir, backend.stats["tuned_kernels"], prepared, ranges)

@@ -44,7 +44,7 @@ class LayerCostTable:
     ``hardware/kernels.py``), a candidate's latency is ``scale`` times the sum of its layers' kernels
     plus ``other_s`` (pooling, reshapes, runtime overhead). ``latency_s`` holds each kernel timed
     alone; ``scale`` and ``other_s`` are fitted by least squares on end-to-end measurements of the
-    uniform candidates (``calibration`` records the fit). Kernels inside the model run faster than
+    uniform candidates and a few seeded random mixed ones (``calibration`` records the fit). Kernels inside the model run faster than
     alone (warm caches and thread pool, no per-call launch): ``scale`` measures that, per profile.
 
     Activation memory: ``activation_bytes`` is the inter-kernel storage of TVM's static memory plan
@@ -78,16 +78,21 @@ class LayerCostTable:
         return {n: {pair: self.scale * t for pair, t in row.items()} for n, row in self.latency_s.items()}
 
     def calibrate(self, kernel_sums: Sequence[float], measured: Sequence[float]) -> None:
-        """Fit ``measured ≈ scale * kernel_sum + other_s`` by least squares (end-to-end measurements of
-        candidates whose summed standalone kernel latencies are ``kernel_sums``). With fewer than three
-        points, or a fit that is not physical (scale outside [0.25, 2], negative rest), keep
-        ``scale = 1`` and take ``other_s`` as the median residual, as an uncalibrated sum would."""
+        """Fit ``measured ≈ scale * kernel_sum + other_s`` (end-to-end measurements of candidates whose
+        summed standalone kernel latencies are ``kernel_sums``), minimising the squared *relative*
+        error, since the model is judged by its relative error. A negative rest is not physical: then
+        the fit is proportional (``other_s = 0``). With fewer than three points, or a scale outside
+        [0.25, 2], keep ``scale = 1`` and take ``other_s`` as the median residual, as an uncalibrated
+        sum would."""
         x, y = np.asarray(kernel_sums, dtype=float), np.asarray(measured, dtype=float)
         scale, other, method = 1.0, max(0.0, float(np.median(y - x))) if len(x) else 0.0, "median residual"
         if len(x) >= 3 and np.ptp(x) > 0:
-            a, b = np.linalg.lstsq(np.vstack([x, np.ones_like(x)]).T, y, rcond=None)[0]
-            if 0.25 <= a <= 2.0 and b >= 0:
-                scale, other, method = float(a), float(b), "least squares"
+            a, b = np.linalg.lstsq(np.vstack([x / y, 1 / y]).T, np.ones_like(y), rcond=None)[0]
+            if b < 0:  # through the origin: min sum((a x - y)/y)^2
+                a, b = float(np.sum(x / y) / np.sum((x / y) ** 2)), 0.0
+            if 0.25 <= a <= 2.0:
+                scale, other = float(a), float(b)
+                method = "least squares (relative)" if b > 0 else "proportional (relative; rest clamped at 0)"
         self.scale, self.other_s = scale, other
         fit = scale * x + other
         self.calibration = {

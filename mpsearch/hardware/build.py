@@ -117,11 +117,13 @@ def build_library(
     """
     import tvm
 
+    from mpsearch.hardware.kernels import dot_isa
     from mpsearch.hardware.lowering import lower
     from mpsearch.hardware.tvm_backend import resolve_target
 
     target = resolve_target(profile)
-    lowered = lower(prepared, candidate, ranges)
+    lowered = lower(prepared, candidate, ranges, bitserial=profile.precisions.bitserial,
+                    dot_isa=dot_isa(target))
     mod = _schedule_for_gpu(lowered.mod, target) if profile.is_gpu else lowered.mod
     try:
         exe = tvm.relax.build(mod, target=target)

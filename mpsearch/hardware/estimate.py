@@ -86,7 +86,7 @@ def kernel_arithmetic(spec: Any) -> str:
     when both are half (``kernels_fp.py``), fp32 otherwise."""
     if spec.w_mode == "f16" and spec.a_mode == "f16":
         return "fp16"
-    return "int8" if spec.w_mode in ("i8", "i4p") and spec.a_mode in ("u8", "s8") else "fp32"
+    return "int8" if spec.integer else "fp32"  # u8 / s8 / z8 (zero-point) codes against int8 / int4 weights
 
 
 def estimate_kernel(spec: Any, peak: PeakRates) -> KernelEstimate:

@@ -86,7 +86,8 @@ def build_library(
     if tuned_now:
         log.warning("%d kernel(s) of this candidate were not in the tuning database (%s) and were tuned now; "
                     "the run's measured latencies came from other schedules", tuned_now, backend.dir)
-    lowered = lower(prepared, candidate, ranges)
+    lowered = lower(prepared, candidate, ranges, dot_isa=backend.dot_isa,  # the kernels tune_candidate tuned
+                    bitserial=profile.precisions.bitserial)
     try:
         exe = ms.relax_integration.compile_relax(backend.db, lowered.mod, backend.target, None)
     except Exception as e:  # TVM's own error types; one line is enough to name the failing pass

@@ -7,6 +7,8 @@ import math
 from mpsearch.candidate import FLOAT_BITS, HALF_BITS, is_integer_bits
 
 PACKED_MAX_BITS = 4  # weights of <= 4 bits are packed two per byte
+BITSERIAL_MAX_BITS = 2  # weights and activations of <= 2 bits may run bit-serial (profile flag)
+BITSERIAL_WORDS = (64, 32, 16, 8)  # bit-plane word widths, widest first
 
 
 def weight_mode(w_bits: int) -> str:
@@ -19,12 +21,39 @@ def weight_mode(w_bits: int) -> str:
     return "i4p" if w_bits <= PACKED_MAX_BITS else "i8"
 
 
-def weight_storage_bytes(weight_shape: tuple[int, ...], w_bits: int, a_bits: int) -> int:
-    """Bytes of weights, per-channel scale, bias and activation quantizer of one layer at ``(w_bits, a_bits)``."""
+def bitserial_word_bits(reduce_dim: int) -> int:
+    """Bits per word of a bit-serial bit-plane along a reduction of ``reduce_dim`` (input channels or K):
+    the widest of 64/32/16/8 that divides it, else 8 with the last word zero-padded."""
+    return next((w for w in BITSERIAL_WORDS if reduce_dim % w == 0), BITSERIAL_WORDS[-1])
+
+
+def bitserial_weight_shape(weight_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Stored bit-plane layout of bit-serial weights (words of ``bitserial_word_bits`` bits): conv
+    ``(O, words(C), kh, kw, planes)``, linear ``(O, planes, words(K))`` (what ``topi.nn.bitserial_*`` take)."""
+    o, reduce_dim = weight_shape[0], weight_shape[1]
+    words = math.ceil(reduce_dim / bitserial_word_bits(reduce_dim))
+    if len(weight_shape) == 2:
+        return (o, BITSERIAL_MAX_BITS, words)
+    return (o, words, *weight_shape[2:], BITSERIAL_MAX_BITS)
+
+
+def weight_storage_bytes(weight_shape: tuple[int, ...], w_bits: int, a_bits: int, bitserial: bool = False,
+                         zero_point: bool = False) -> int:
+    """Bytes of weights, per-channel scale, bias and activation quantizer of one layer at ``(w_bits, a_bits)``.
+
+    ``bitserial``: the profile runs W2A2 layers bit-serial (``precisions.bitserial``), so such a layer
+    stores two bit-planes of packed words (:func:`bitserial_weight_shape`) instead of packed int4.
+    ``zero_point``: the layer's activations are asymmetric (``z8`` kernels), whose quantizer holds a fifth
+    float, the zero point (the ``-z·rowsum(w)`` correction is folded into the bias: no further bytes).
+    """
     out_ch = weight_shape[0]
     per_ch = math.prod(weight_shape[1:])
     mode = weight_mode(w_bits)
-    bias = 4 * out_ch + (16 if is_integer_bits(a_bits) else 0)  # + (inv_scale, qmin, qmax, scale)
+    # + (inv_scale, qmin, qmax, scale[, zero point])
+    bias = 4 * out_ch + ((20 if zero_point else 16) if is_integer_bits(a_bits) else 0)
+    if bitserial and w_bits <= BITSERIAL_MAX_BITS and a_bits <= BITSERIAL_MAX_BITS and not zero_point:
+        word_bytes = bitserial_word_bits(weight_shape[1]) // 8
+        return math.prod(bitserial_weight_shape(weight_shape)) * word_bytes + 4 * out_ch + bias
     if mode in ("f32", "f16"):
         return (4 if mode == "f32" else 2) * out_ch * per_ch + bias
     codes = out_ch * (per_ch if mode == "i8" else math.ceil(per_ch / 2))

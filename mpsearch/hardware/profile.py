@@ -41,6 +41,17 @@ class MeasureSettings:
     repeat: int = 7
     min_repeat_ms: int = 20
     warmup: int = 2
+    # Seeded random mixed candidates measured end to end, besides the uniform ones, to calibrate
+    # the cost table (in-model latency = scale x the kernels timed alone + the rest); 0: uniform only.
+    calibration_candidates: int = 4
+    # Seconds one end-to-end measurement (one candidate, one timing round) may take before it is killed
+    # and that candidate marked failed; 0: no timeout. On a local profile it measures through a loopback
+    # RPC server subprocess (session.LoopbackDevice), since code hung in this process cannot be stopped.
+    timeout_s: float = 0.0
+
+    def timing(self) -> dict[str, int]:
+        """The settings a timing depends on (what keys cached timings; not how many are taken)."""
+        return {k: getattr(self, k) for k in ("number", "repeat", "min_repeat_ms", "warmup")}
 
 
 @dataclass(frozen=True)
@@ -74,11 +85,15 @@ class RPCSettings:
 
 @dataclass(frozen=True)
 class Precisions:
-    """Bit-widths the target runs natively. ``fp16``: it has half-precision arithmetic."""
+    """Bit-widths the target runs natively. ``fp16``: it has half-precision arithmetic. ``bitserial``:
+    W2A2 layers (weights and activations of at most 2 bits) run as bit-serial popcount kernels
+    (``hardware/kernels_bitserial.py``) instead of packed int4 weights against 8-bit codes; chosen per
+    target from measurement (README, "Bit-serial 2-bit kernels")."""
 
     w_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, 32)
     a_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, 32)
     fp16: bool = False
+    bitserial: bool = False
 
     def supports(self, w_bits: int, a_bits: int) -> bool:
         return w_bits in self.w_bits and a_bits in self.a_bits
@@ -243,6 +258,11 @@ def _validate(p: HwProfile, where: str) -> HwProfile:
     for name in ("number", "repeat"):
         if getattr(p.measure, name) < 1:
             raise ConfigError(f"{where}.measure.{name}: must be at least 1")
+    if p.measure.timeout_s and p.measure.timeout_s < 1:
+        raise ConfigError(f"{where}.measure.timeout_s: {p.measure.timeout_s:g} is too short to load and time a model; "
+                          "use at least 1 (seconds), or 0 for no timeout")
+    if p.measure.calibration_candidates < 0:
+        raise ConfigError(f"{where}.measure.calibration_candidates: must be >= 0 (0 calibrates on uniform candidates only)")
     if p.tuning.trials_per_task < 1 or p.tuning.trials_per_iter < 1:
         raise ConfigError(f"{where}.tuning: trials_per_task and trials_per_iter must be at least 1")
     if p.device == "rpc" and (p.rpc is None or not p.rpc.key):
@@ -262,6 +282,9 @@ def _validate(p: HwProfile, where: str) -> HwProfile:
     if not p.precisions.fp16 and (16 in p.precisions.w_bits or 16 in p.precisions.a_bits):
         raise ConfigError(f"{where}.precisions: 16 (fp16) is listed but precisions.fp16 is false; profile "
                           f"{p.name!r} has no half-precision arithmetic, so drop 16 or set fp16: true")
+    if p.precisions.bitserial and (2 not in p.precisions.w_bits or 2 not in p.precisions.a_bits):
+        raise ConfigError(f"{where}.precisions.bitserial: true, but bit-serial kernels are W2A2 and w_bits/a_bits "
+                          "do not both list 2; add 2 to both or set bitserial: false")
     if p.cost not in COST_MODES:
         raise ConfigError(f"{where}.cost: {p.cost!r} is not one of {', '.join(COST_MODES)}")
     if p.peak is not None:

@@ -311,6 +311,96 @@ class RPCDevice(Device):
         return self.profile.cross_compiler or "g++"
 
 
+class LoopbackSession(RPCSession):
+    """A session on :class:`LoopbackDevice`'s server: libraries are exported once per name, then uploaded."""
+
+    def __init__(self, device: LoopbackDevice, remote: Any) -> None:
+        super().__init__(device.profile, remote, None)
+        self._owner = device
+
+    def load(self, executable: Any, name: str) -> Any:
+        path = self._owner.exported(executable, name)
+        try:
+            self.remote.upload(str(path))
+            module = self.remote.load_module(path.name)
+        except Exception as e:
+            raise HardwareError(f"profile {self.profile.name!r}: loading {path.name} in the loopback measurement "
+                                f"server failed ({_last_line(e)})") from None
+        self.uploaded.append(path.name)
+        return module
+
+
+class LoopbackDevice(LocalDevice):
+    """This machine's CPU, reached through a TVM RPC server in a child process on 127.0.0.1 (no tracker).
+
+    For ``measure.timeout_s`` on a local profile: code measured in this process cannot be stopped if
+    it hangs, but the server runs each session in a forked child and kills it ``timeout_s`` after the
+    session opened; the client's pending call then fails with ``RPCSessionTimeoutError``. One session
+    is one bounded unit of work (the backend opens one per candidate and timing round). The server
+    starts on first use (it imports TVM, a few seconds) and stops in :meth:`close`.
+    """
+
+    KEY = "mpsearch-loopback-measure"
+
+    def __init__(self, profile: HwProfile, timeout_s: float) -> None:
+        super().__init__(profile)
+        self.timeout_s = float(timeout_s)
+        self._server: Any = None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._exported: dict[str, Path] = {}
+
+    def _start(self) -> Any:
+        if self._server is None:
+            from tvm import rpc
+
+            from mpsearch.hardware.rpc import HOST, free_port
+
+            port = free_port()
+            self._server = rpc.Server(HOST, port=port, port_end=port + 100, key=self.KEY, silent=True)
+        return self._server
+
+    def exported(self, executable: Any, name: str) -> Path:
+        """``executable`` exported as a shared library (once per ``name``; names are content hashes)."""
+        if name not in self._exported:
+            if self._tmp is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="mpsearch-loopback-")
+            self._exported[name] = export_library(executable, Path(self._tmp.name) / f"{name}.so", self.profile)
+        return self._exported[name]
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        from tvm import rpc
+
+        from mpsearch.hardware.rpc import HOST
+
+        server = self._start()
+        try:
+            remote = rpc.connect(HOST, server.port, key=self.KEY, session_timeout=self.timeout_s)
+        except Exception as e:
+            raise HardwareError(f"profile {self.profile.name!r}: the loopback measurement server at {HOST}:"
+                                f"{server.port} refused a session ({_last_line(e)}); unset measure.timeout_s to "
+                                "measure in process") from None
+        sess = LoopbackSession(self, remote)
+        try:
+            yield sess
+        finally:
+            sess.close()
+
+    def close(self) -> None:
+        """Stop the server and delete the exported libraries."""
+        if self._server is not None:
+            self._server.terminate()
+            self._server = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+        self._exported.clear()
+
+    def describe(self) -> str:
+        return f"{self.profile.device_address()} (each measurement in a loopback RPC server, " \
+               f"killed after {self.timeout_s:g} s)"
+
+
 def make_device(profile: HwProfile) -> Device:
     """The :class:`Device` for ``profile.device``."""
     kinds: dict[str, type[Device]] = {"local": LocalDevice, "cuda": CudaDevice, "rpc": RPCDevice}

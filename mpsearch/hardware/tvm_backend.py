@@ -25,15 +25,17 @@ from typing import Any
 
 import numpy as np
 
-from mpsearch.candidate import Bits, Candidate
+from mpsearch.candidate import Bits, Candidate, random_candidates
 from mpsearch.errors import ConfigError, HardwareError
 from mpsearch.hardware.base import Backend, LayerCostTable, Measurement
 from mpsearch.hardware.profile import HwProfile
-from mpsearch.hardware.session import Session, make_device
+from mpsearch.hardware.session import LoopbackDevice, Session, make_device
 from mpsearch.quant.prepare import PreparedModel
 from mpsearch.storage import JsonLines, atomic_write_bytes
 
 log = logging.getLogger(__name__)
+
+CALIBRATION_SEED = 20261122  # the cost table's random calibration candidates (benchmarks check on others)
 COST_FIELDS = ("latency_s", "std_s", "samples")  # a costs.jsonl record lacking one is recomputed
 
 # TVM is imported lazily (in __init__) so that importing this module's names stays cheap.
@@ -75,8 +77,10 @@ def _register_unpack_rule() -> None:
 def space_generator(target: Any) -> Any:
     """MetaSchedule's design space for ``target``: the default post-order space, plus, on AVX-512BW
     CPUs, multi-level tiling that tensorizes int8 reductions with mpsearch's exact 16x2 dot
-    (``kernels.DOT_INTRINSICS``). TVM's own x86 rule only tries ``dot_16x4_avx512``, whose
-    ``vpmaddubsw`` saturates at int16 and which our kernels' NCHW reductions never matched anyway."""
+    (``kernels.DOT_INTRINSICS``) and the 16x4 dot of the target's ISA (``kernels.DOT4_INTRINSICS``:
+    VNNI vpdpbusd, or vpmaddubsw on the kernels where it cannot saturate, ``KernelSpec.kgroup``). TVM's
+    own x86 rule tries only ``dot_16x4_avx512``, whose ``vpmaddubsw`` saturates at int16 on 8-bit x 8-bit
+    codes, and which our kernels' NCHW reductions never matched anyway."""
     from mpsearch.hardware.kernels import dot_intrinsics_for
 
     _import_tvm()
@@ -267,6 +271,15 @@ def _repair_database(directory: Path) -> None:
                 and isinstance(r[1], list), False)
 
 
+def calibration_candidates(layers: Sequence[str], pairs: Sequence[Bits], mixed: int) -> list[Candidate]:
+    """What a cost table is calibrated on: every uniform candidate, then ``mixed`` seeded random ones."""
+    uniform = [Candidate.uniform(layers, *pair) for pair in pairs]
+    if len(pairs) < 2 or mixed == 0:
+        return uniform
+    return uniform + [c for c in random_candidates(layers, pairs, mixed + len(pairs), seed=CALIBRATION_SEED)
+                      if len(set(c.values())) > 1][:mixed]
+
+
 class TVMBackend(Backend):
     """TVM measurement for a :class:`HwProfile`: this CPU, or a board over TVM RPC (``session.py``).
 
@@ -283,10 +296,17 @@ class TVMBackend(Backend):
         os.environ["TVM_NUM_THREADS"] = str(threads)
         _import_tvm()
         self.target = resolve_target(profile)
+        from mpsearch.hardware.kernels import dot_isa
+
+        self.dot_isa = dot_isa(self.target)  # picks each integer kernel's exact dot layout (16x2 / 16x4)
         self.device = make_device(profile)
         self.device.check()
         self._active: Session | None = None
-        ident_parts: list[Any] = [str(self.target), tvm.__version__, threads, profile.measure.__dict__]
+        # measure.timeout_s on this machine: end-to-end timings run in a loopback RPC server subprocess whose
+        # sessions are killed past the timeout (code hung in this process could not be stopped)
+        self.loopback = LoopbackDevice(profile, profile.measure.timeout_s) \
+            if profile.measure.timeout_s and profile.device == "local" else None
+        ident_parts: list[Any] = [str(self.target), tvm.__version__, threads, profile.measure.timing()]
         if profile.device != "local":  # timings of two boards of one target class must not mix
             ident_parts.append([profile.device, profile.rpc.key if profile.rpc else ""])
         ident = json.dumps(ident_parts, sort_keys=True)
@@ -314,8 +334,10 @@ class TVMBackend(Backend):
             return f"{self.profile.description or self.profile.name} via {self.device.describe()} " \
                    f"(TVM {tvm.__version__}, target {self.target.attrs.get('mcpu', self.target.kind.name)}, " \
                    f"{self.profile.resolved_threads()} threads)"
+        bounded = f", each end-to-end timing in a loopback RPC server, killed after {self.loopback.timeout_s:g} s" \
+            if self.loopback is not None else ""
         return f"{host_description()} (TVM {tvm.__version__}, target {self.target.attrs.get('mcpu', '')}, " \
-               f"{self.profile.resolved_threads()} threads)"
+               f"{self.profile.resolved_threads()} threads{bounded})"
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
@@ -351,7 +373,8 @@ class TVMBackend(Backend):
         """Lower ``candidate``; return it and, per layer, ``(kernel key, task name, kernel IRModule)``."""
         from mpsearch.hardware.lowering import lower
 
-        lowered = lower(prepared, candidate, ranges)
+        lowered = lower(prepared, candidate, ranges, dot_isa=self.dot_isa,
+                        bitserial=self.profile.precisions.bitserial)
         per_layer = {}
         for name, spec in lowered.kernels.items():
             mod = self._kernel_mod(spec)
@@ -499,13 +522,15 @@ class TVMBackend(Backend):
         table = LayerCostTable(self.profile.name, layers, [tuple(p) for p in pairs], latency, weight_bytes,
                                kernel_of)
         self._add_memory(table, lowered.mod, kernels)
-        # Calibrate on the uniform candidates lowered above: end to end = scale x the kernels timed
-        # alone + the rest of the model (pooling, reshapes, VM dispatch), by least squares.
-        uniform = [Candidate.uniform(layers, *pair) for pair in pairs]
+        # Calibrate on end-to-end measurements of the uniform candidates lowered above and a few seeded
+        # random mixed ones (whose kernels the uniform ones cover): end to end = scale x the kernels
+        # timed alone + the rest of the model (pooling, reshapes, VM dispatch), by least squares.
+        calib = calibration_candidates(layers, pairs, self.profile.measure.calibration_candidates)
         points = [(table.kernel_sum(cand), meas.latency_s)
-                  for cand, meas in zip(uniform, self.measure_many(prepared, uniform, ranges)) if meas.ok]
+                  for cand, meas in zip(calib, self.measure_many(prepared, calib, ranges)) if meas.ok]
         table.calibrate([p for p, _ in points], [m for _, m in points])
-        log.info("cost table calibrated on %d uniform candidates: in-model = %.3f x standalone + %.3f ms (%s)",
+        table.calibration["candidates"] = [c.key() for c in calib]
+        log.info("cost table calibrated on %d candidates: in-model = %.3f x standalone + %.3f ms (%s)",
                  len(points), table.scale, table.other_s * 1e3, table.calibration["method"])
         return table
 
@@ -529,7 +554,8 @@ class TVMBackend(Backend):
         from mpsearch.hardware.lowering import lower
 
         if lowered is None:
-            lowered = lower(prepared, candidate, ranges, batch=batch)
+            lowered = lower(prepared, candidate, ranges, batch=batch, dot_isa=self.dot_isa,
+                            bitserial=self.profile.precisions.bitserial)
         key = "e2e-" + _hash_mod(lowered.mod)
         if key in self._compiled:
             return self._compiled[key], lowered, key
@@ -563,13 +589,17 @@ class TVMBackend(Backend):
         results: dict[int, Measurement] = {}
         todo = []
         for i, cand in enumerate(candidates):
-            lowered = lower(prepared, cand, ranges)
+            lowered = lower(prepared, cand, ranges, dot_isa=self.dot_isa,
+                            bitserial=self.profile.precisions.bitserial)
             cached = self.costs.get("e2e-" + _hash_mod(lowered.mod))
             if cached is not None:
                 results[i] = Measurement(_latency(cached), cached["std_s"], None, tuple(cached["samples"]))
             else:
                 todo.append((i, cand, lowered))
         if not todo:
+            return [results[i] for i in range(len(candidates))]
+        if self.loopback is not None:
+            self._measure_bounded(prepared, candidates, ranges, todo, results, rounds)
             return [results[i] for i in range(len(candidates))]
         with self.session() as session:
             self._measure_interleaved(session, prepared, candidates, ranges, todo, results, rounds)
@@ -612,6 +642,65 @@ class TVMBackend(Backend):
             self.costs.put({"key": key, "kind": "e2e", "name": candidates[i].describe(),
                             "latency_s": meas.latency_s, "std_s": meas.std_s, "samples": list(meas.samples)})
             results[i] = meas
+
+    def _measure_bounded(
+        self, prepared: PreparedModel, candidates: Sequence[Candidate], ranges: Mapping[str, tuple[float, float]],
+        todo: list[tuple[int, Candidate, Any]], results: dict[int, Measurement], rounds: int,
+    ) -> None:
+        """:meth:`_measure_interleaved` with ``measure.timeout_s``: the same rounds, but each (candidate, round)
+        is loaded, warmed up and timed in its own session of the loopback server, which kills it past the
+        timeout. That candidate's measurement fails with the reason; the others (and every result
+        already cached) are untouched, and the run goes on."""
+        assert self.loopback is not None
+        timeout = self.loopback.timeout_s
+        ready: dict[int, tuple[Any, Any, str, list[float]]] = {}
+        for i, cand, lowered in todo:
+            try:
+                exe, lowered, key = self._compile(prepared, cand, ranges, keep=len(candidates), lowered=lowered)
+                ready[i] = (exe, lowered, key, [])
+            except HardwareError as e:
+                results[i] = Measurement(error=str(e))
+            except Exception as e:  # a TVM build failure is a value, not a crash
+                results[i] = Measurement(error=f"build failed: {type(e).__name__}: {_last_line(e)}")
+        m = self.profile.measure
+        repeat = max(1, -(-m.repeat // rounds))
+        x = np.random.default_rng(0).standard_normal(prepared.input_shape).astype("float32")
+        for _ in range(rounds if ready else 0):
+            for i, (exe, lowered, key, samples) in ready.items():
+                if i in results:
+                    continue
+                start = time.monotonic()
+                try:
+                    with self.loopback.session() as s:
+                        vm = tvm.relax.VirtualMachine(s.load(exe, key), s.device)
+                        vm.set_input("main", *[s.tensor(x)] + [s.tensor(a) for a in lowered.params])
+                        for _ in range(m.warmup):
+                            vm.invoke_stateful("main")
+                        samples.extend(s.time(vm, "invoke_stateful", ["main"], m, repeat=repeat))
+                except HardwareError as e:
+                    results[i] = Measurement(error=str(e))
+                except Exception as e:
+                    if "RPCSessionTimeoutError" in str(e) or time.monotonic() - start >= timeout:
+                        results[i] = Measurement(error=(
+                            f"measurement timed out: {candidates[i].describe()} did not finish loading, warming up "
+                            f"and one timing round within measure.timeout_s={timeout:g} s, so it was stopped; raise "
+                            "measure.timeout_s if the model is just slow"))
+                        log.warning("end-to-end measurement of %s timed out after %g s; the run goes on",
+                                    candidates[i].describe(), timeout)
+                    else:
+                        results[i] = Measurement(error=f"run failed: {type(e).__name__}: {_last_line(e)}")
+        for i, (_, _, key, samples) in ready.items():
+            if i in results:
+                continue
+            meas = Measurement.from_samples(samples)
+            self.costs.put({"key": key, "kind": "e2e", "name": candidates[i].describe(),
+                            "latency_s": meas.latency_s, "std_s": meas.std_s, "samples": list(meas.samples)})
+            results[i] = meas
+
+    def close(self) -> None:
+        """Stop the loopback measurement server, if one was started (``measure.timeout_s``)."""
+        if self.loopback is not None:
+            self.loopback.close()
 
     def run(
         self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]],

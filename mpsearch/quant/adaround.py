@@ -6,7 +6,9 @@ per-output-channel symmetric, ``scale = max|w| / qmax``. A learned weight is ``s
 element is pinned to its round-to-nearest code ``±qmax``, so the snapped weight keeps that
 channel's maximum, ``quantize_weight`` recovers the same scale, and the learned codes survive
 unchanged into the fake-quant simulation and the compiled kernels (Nagel et al., "Up or Down?
-Adaptive Rounding for Post-Training Quantization", ICML 2020).
+Adaptive Rounding for Post-Training Quantization", ICML 2020). With ``scale`` given (an LSQ step
+``≤ max|w| / qmax``, a clipped grid), the max-|w| element still codes to ``±qmax``, so the same holds
+for ``s · codes`` with any learned positive step ``s``.
 """
 
 from __future__ import annotations
@@ -50,14 +52,18 @@ class AdaRoundWeight(nn.Module):
     (``V ≥ 0`` rounds up); :meth:`regularizer` pushes every ``h(V)`` to 0 or 1 as ``beta`` anneals.
     """
 
-    def __init__(self, weight: torch.Tensor, bits: int) -> None:
+    def __init__(self, weight: torch.Tensor, bits: int, scale: torch.Tensor | None = None) -> None:
         super().__init__()
         w = weight.detach().float()
         self.bits = bits
         self.qmax = qmax_of(bits)
-        scale = weight_scale(w, bits)
-        rtn, _ = quantize_weight(w, bits)
         shape = _channel_shape(w)
+        if scale is None:  # the kernels' own step
+            scale = weight_scale(w, bits)
+            rtn, _ = quantize_weight(w, bits)
+        else:  # a clipped grid (LSQ's step, at most max|w| / qmax: the max-|w| element still codes to ±qmax)
+            scale = torch.minimum(scale.detach().float(), weight_scale(w, bits))
+            rtn = torch.clamp(torch.round(w / scale.view(shape)), -self.qmax, self.qmax)
         w_over_s = w / scale.view(shape)
         floor = torch.floor(w_over_s)
         rest = (w_over_s - floor).clamp(0.0, 1.0)
@@ -78,6 +84,10 @@ class AdaRoundWeight(nn.Module):
 
     def soft(self) -> torch.Tensor:
         return self._from_codes(self.floor + self.h())
+
+    def soft_codes(self) -> torch.Tensor:
+        """The relaxed codes (pinned, clipped), to multiply by a learned step."""
+        return torch.where(self.pinned, self.rtn, torch.clamp(self.floor + self.h(), -self.qmax, self.qmax))
 
     def codes(self) -> torch.Tensor:
         """Hard integer codes (float dtype) of the learned rounding."""

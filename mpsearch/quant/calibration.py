@@ -9,13 +9,14 @@ import torch
 from torch import nn
 
 from mpsearch.errors import ConfigError
-from mpsearch.quant.fake import ActQuant, fake_quant_act
+from mpsearch.quant.fake import ACT_SCHEMES, ActQuant, fake_quant_act, with_act_scheme
 
 METHODS = ("minmax", "percentile", "mse")
 _SAMPLE_CAP = 1 << 20
 _MSE_SAMPLE_CAP = 1 << 17
 _MSE_GRID = 160  # clip ratios, geometric from _MSE_MIN_RATIO to 1 (4.5% apart)
 _MSE_MIN_RATIO = 1e-3
+_MSE_REFINE_MIN_RATIO = 0.05  # asymmetric ranges: each end is refined over the grid's ratios from here to 1
 
 
 @torch.no_grad()
@@ -26,6 +27,7 @@ def calibrate(
     method: str = "minmax",
     percentile: float = 99.99,
     bits: int = 8,
+    scheme: str = "symmetric",
 ) -> dict[str, tuple[float, float]]:
     """Observe each layer's input and return its ``(lo, hi)`` range.
 
@@ -33,6 +35,11 @@ def calibrate(
     uniform sample of the observed values (outliers then saturate instead of wasting resolution);
     ``mse`` picks the clipping range that minimises the mean squared quantization error at ``bits``
     bits on a uniform sample (see :func:`mse_range`).
+
+    ``scheme`` is the activation quantizer the ranges are for (``symmetric`` or ``asymmetric``, see
+    :mod:`mpsearch.quant.fake`); the returned mapping carries it (:func:`~mpsearch.quant.fake.with_act_scheme`).
+    minmax and percentile ranges are the same for both (percentile clips each side at its own tail);
+    ``mse`` optimises the range for the scheme's quantizer.
     """
     if method not in METHODS:
         raise ConfigError(f"unknown calibration method {method!r}; use one of {', '.join(METHODS)}")
@@ -40,6 +47,8 @@ def calibrate(
         raise ConfigError(f"calibration percentile must be in (50, 100], got {percentile}")
     if not 2 <= bits <= 8:
         raise ConfigError(f"calibration bits must be between 2 and 8, got {bits}")
+    if scheme not in ACT_SCHEMES:
+        raise ConfigError(f"activation scheme {scheme!r} is unknown; use one of {', '.join(ACT_SCHEMES)}")
     layers = list(layers)
     seen: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     handles = []
@@ -68,7 +77,7 @@ def calibrate(
             continue
         allv = torch.cat(values)
         if method == "mse":
-            ranges[name] = mse_range(allv, bits)
+            ranges[name] = mse_range(allv, bits, scheme)
             continue
         if allv.numel() > _SAMPLE_CAP:
             idx = torch.randperm(allv.numel(), generator=torch.Generator().manual_seed(0))[:_SAMPLE_CAP]
@@ -76,17 +85,17 @@ def calibrate(
         q = torch.quantile(allv.float(), torch.tensor([1 - percentile / 100, percentile / 100]))
         lo = 0.0 if float(allv.min()) >= 0 else float(q[0])
         ranges[name] = (lo, float(q[1]))
-    return ranges
+    return with_act_scheme(ranges, scheme)
 
 
-def quant_mse(x: torch.Tensor, lo: float, hi: float, bits: int) -> float:
+def quant_mse(x: torch.Tensor, lo: float, hi: float, bits: int, scheme: str = "symmetric") -> float:
     """Mean squared error of quantizing ``x`` with the range ``(lo, hi)``, as the kernels do."""
-    q = ActQuant.from_range(lo, hi, bits)
+    q = ActQuant.from_range(lo, hi, bits, scheme)
     return float((fake_quant_act(x, q) - x).double().pow(2).mean())
 
 
 @torch.no_grad()
-def mse_range(values: torch.Tensor, bits: int) -> tuple[float, float]:
+def mse_range(values: torch.Tensor, bits: int, scheme: str = "symmetric") -> tuple[float, float]:
     """The clipping range with the lowest quantization MSE at ``bits`` bits.
 
     Grid search over ``_MSE_GRID`` clip ratios ``r`` of the min-max range, geometric from
@@ -94,6 +103,11 @@ def mse_range(values: torch.Tensor, bits: int) -> tuple[float, float]:
     ratio covers both sides), scored with the kernels' quantizer on a uniform sample of at most
     ``_MSE_SAMPLE_CAP`` values. Ratio 1 (min-max) is in the grid, so the result is never worse
     than min-max on that sample.
+
+    Asymmetric signed ranges have two free ends: after the common shrink factor above, each end is
+    searched once more on the grid's ratios from ``_MSE_REFINE_MIN_RATIO`` to 1 with the other end held
+    (``lo`` first, then ``hi``): a coordinate descent that can clip one long tail without the other. Each step keeps its
+    starting point in the grid, so it never ends worse than the shrink factor alone.
     """
     x = values.detach().flatten().float()
     if x.numel() == 0:
@@ -104,13 +118,28 @@ def mse_range(values: torch.Tensor, bits: int) -> tuple[float, float]:
         x = x[idx]
     ratios = torch.logspace(math.log10(_MSE_MIN_RATIO), 0.0, _MSE_GRID, dtype=torch.float64).tolist()
     ratios[-1] = 1.0
-    errors = []
-    for i in range(0, len(ratios), 16):  # 16 ratios per pass bounds the memory
-        quants = [ActQuant.from_range(lo * r, hi * r, bits) for r in ratios[i:i + 16]]
+    r = ratios[_best(x, [(lo * r, hi * r) for r in ratios], bits, scheme)]
+    lo, hi = lo * r, hi * r
+    if scheme == "asymmetric" and lo < 0:
+        fine = [r for r in ratios if r >= _MSE_REFINE_MIN_RATIO]
+        lo = lo * fine[_best(x, [(lo * r, hi) for r in fine], bits, scheme)]
+        hi = hi * fine[_best(x, [(lo, hi * r) for r in fine], bits, scheme)]
+    return (lo, hi)
+
+
+def _best(x: torch.Tensor, candidates: list[tuple[float, float]], bits: int, scheme: str) -> int:
+    """Index of the range with the lowest quantization MSE on ``x`` (ties: the last, i.e. widest)."""
+    errors: list[float] = []
+    for i in range(0, len(candidates), 16):  # 16 ranges per pass bounds the memory
+        quants = [ActQuant.from_range(lo, hi, bits, scheme) for lo, hi in candidates[i:i + 16]]
         inv = torch.tensor([q.inv_scale for q in quants], dtype=torch.float32)[:, None]
         scale = torch.tensor([q.scale for q in quants], dtype=torch.float32)[:, None]
-        codes = torch.clamp(torch.floor(x[None, :] * inv + 0.5), quants[0].qmin, quants[0].qmax)
+        codes = torch.floor(x[None, :] * inv + 0.5)
+        qmin, qmax = quants[0].qmin, quants[0].qmax  # one bit width and one sign of lo: one code range
+        if any(q.zero_point for q in quants):
+            zp = torch.tensor([q.zero_point for q in quants], dtype=torch.float32)[:, None]
+            codes = torch.clamp(codes + zp, qmin, qmax) - zp
+        else:
+            codes = torch.clamp(codes, qmin, qmax)
         errors += (codes * scale - x[None, :]).double().pow(2).mean(1).tolist()
-    best = min(range(len(ratios)), key=lambda k: (errors[k], -k))  # ties: the widest range
-    r = ratios[best]
-    return (lo * r, hi * r)
+    return min(range(len(candidates)), key=lambda k: (errors[k], -k))

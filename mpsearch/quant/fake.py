@@ -5,6 +5,12 @@ Activations: per-tensor, from a calibrated range; unsigned ``[0, 2^b - 1]`` when
 non-negative (after ReLU), else signed symmetric. ``q = clip(floor(x * inv_scale + 0.5))`` with
 ``inv_scale`` rounded to float32 once, which is exactly what the TVM kernels compute.
 
+With ``search.act_scheme=asymmetric`` a signed range ``(lo, hi)`` instead maps onto the unsigned codes
+``[0, 2^b - 1]`` with an integer zero point: ``s = (hi - lo) / (2^b - 1)``, ``z = clip(round(-lo / s))``,
+``q = clip(floor(x * inv_scale + 0.5) + z)`` and ``x̂ = (q - z) · s``; 0.0 is exactly the code ``z``
+(the range is nudged to ``[-z·s, (2^b - 1 - z)·s]``). The scheme travels with the calibrated ranges
+(:func:`with_act_scheme`), so every consumer of a ``ranges`` mapping quantizes the same way.
+
 16 bits means IEEE half precision, not a 16-bit integer grid: weights and activations are rounded to
 fp16 and back (``.half().float()``), and the layer computes in fp32. That is what the fp16 kernels
 (``mpsearch/hardware/kernels_fp.py``) compute: fp16 operands, widened, multiplied and accumulated in
@@ -22,23 +28,35 @@ from torch import nn
 from torch.nn import functional as F
 
 from mpsearch.candidate import FLOAT_BITS, HALF_BITS, Candidate
-from mpsearch.errors import CandidateError
+from mpsearch.errors import CandidateError, ConfigError
 
 _EPS = 1e-12
+ACT_SCHEMES = ("symmetric", "asymmetric")
+#: Entry of a ``ranges`` mapping that marks it as calibrated for the asymmetric (zero-point) scheme.
+#: Not a module path, so it never names a layer; its value keeps the ``(float, float)`` shape of a
+#: range so that code which copies or hashes ``ranges`` carries the scheme along (and keys caches by it).
+ACT_SCHEME_KEY = "@act_scheme"
+_ASYMMETRIC_MARK = (1.0, 1.0)
 
 
 @dataclass(frozen=True)
 class ActQuant:
-    """Per-tensor activation quantizer."""
+    """Per-tensor activation quantizer. ``zero_point`` is non-zero only for an asymmetric quantizer
+    (unsigned codes, ``x̂ = (q - zero_point) · scale``)."""
 
     bits: int
     scale: float
     signed: bool
+    zero_point: int = 0
 
     @property
     def half(self) -> bool:
         """fp16 activations: rounded to half precision, no scale or clipping range."""
         return self.bits == HALF_BITS
+
+    @property
+    def asymmetric(self) -> bool:
+        return self.zero_point != 0
 
     @property
     def qmin(self) -> int:
@@ -57,15 +75,42 @@ class ActQuant:
         return "int8" if self.signed else "uint8"
 
     @classmethod
-    def from_range(cls, lo: float, hi: float, bits: int) -> ActQuant:
+    def from_range(cls, lo: float, hi: float, bits: int, scheme: str = "symmetric") -> ActQuant:
+        if scheme not in ACT_SCHEMES:
+            raise ConfigError(f"activation scheme {scheme!r} is unknown; use one of {', '.join(ACT_SCHEMES)}")
         if bits == HALF_BITS:  # no grid: the range does not matter
             return cls(bits, 1.0, lo < 0)
         signed = lo < 0
+        if signed and scheme == "asymmetric":
+            qmax = 2**bits - 1
+            scale = float(np.float32(max((max(hi, 0.0) - lo) / qmax, _EPS)))
+            zero_point = int(min(max(round(-lo / scale), 0), qmax))  # 0.0 -> code z exactly
+            return cls(bits, scale, False, zero_point)
         if signed:
             scale = max(abs(lo), abs(hi)) / (2 ** (bits - 1) - 1)
         else:
             scale = hi / (2**bits - 1)
         return cls(bits, float(np.float32(max(scale, _EPS))), signed)
+
+    @classmethod
+    def for_layer(cls, ranges: Mapping[str, tuple[float, float]], name: str, bits: int) -> ActQuant:
+        """The quantizer of layer ``name`` at ``bits`` bits from calibrated ``ranges``, in their scheme."""
+        return cls.from_range(*ranges[name], bits, act_scheme(ranges))
+
+
+def with_act_scheme(ranges: Mapping[str, tuple[float, float]], scheme: str) -> dict[str, tuple[float, float]]:
+    """A copy of ``ranges`` marked for ``scheme`` (symmetric ranges carry no mark: unchanged from before)."""
+    if scheme not in ACT_SCHEMES:
+        raise ConfigError(f"activation scheme {scheme!r} is unknown; use one of {', '.join(ACT_SCHEMES)}")
+    out = {k: v for k, v in ranges.items() if k != ACT_SCHEME_KEY}
+    if scheme == "asymmetric":
+        out[ACT_SCHEME_KEY] = _ASYMMETRIC_MARK
+    return out
+
+
+def act_scheme(ranges: Mapping[str, tuple[float, float]]) -> str:
+    """The activation scheme a ``ranges`` mapping was calibrated for."""
+    return "asymmetric" if ACT_SCHEME_KEY in ranges else "symmetric"
 
 
 def round_half(x: torch.Tensor) -> torch.Tensor:
@@ -77,13 +122,19 @@ def quantize_act(x: torch.Tensor, q: ActQuant) -> torch.Tensor:
     """Integer-valued float tensor of activation codes (fp16: the half-rounded values)."""
     if q.half:
         return round_half(x)
-    return torch.clamp(torch.floor(x * q.inv_scale + 0.5), q.qmin, q.qmax)
+    codes = torch.floor(x * q.inv_scale + 0.5)
+    if q.zero_point:
+        codes = codes + q.zero_point
+    return torch.clamp(codes, q.qmin, q.qmax)
 
 
 def fake_quant_act(x: torch.Tensor, q: ActQuant) -> torch.Tensor:
     if q.half:
         return round_half(x)
-    return quantize_act(x, q) * np.float32(q.scale)
+    codes = quantize_act(x, q)
+    if q.zero_point:
+        codes = codes - q.zero_point
+    return codes * np.float32(q.scale)
 
 
 def weight_scale(w: torch.Tensor, bits: int) -> torch.Tensor:
@@ -152,7 +203,7 @@ def act_quantizers(
             continue
         if name not in ranges:
             raise CandidateError(f"layer {name!r} has no calibrated activation range; calibrate first")
-        out[name] = ActQuant.from_range(*ranges[name], a_bits)
+        out[name] = ActQuant.for_layer(ranges, name, a_bits)
     return out
 
 

@@ -2,7 +2,8 @@
 
 A learned model is a patch to the prepared (BN-folded) model: new float weights and biases for some
 layers and, with LSQ, new activation ranges. Every weight of a layer quantized below 32 bits lies
-exactly on the kernels' grid (``scale · codes`` with ``scale = max|w| / qmax``), so the unchanged
+exactly on the kernels' grid (``scale · codes`` with ``scale = max|w| / qmax``; with learned LSQ weight
+steps, ``scale`` is the step and every channel keeps a ``±qmax`` code, so the same holds), so the unchanged
 :func:`mpsearch.quant.fake.quantize_` and the TVM lowering derive exactly the learned codes from it:
 deployment is exact and latency does not change (same kernels, same shapes, only array values).
 """
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 
-from mpsearch.candidate import FLOAT_BITS, Candidate, is_integer_bits
+from mpsearch.candidate import Candidate, is_integer_bits
 from mpsearch.errors import MPSearchError
 from mpsearch.quant.fake import quantize_weight
 from mpsearch.quant.prepare import PreparedModel
@@ -114,6 +115,10 @@ class Learner(ABC):
     def settings(self) -> dict[str, Any]:
         """Everything besides the inputs that determines the result."""
 
+    def describe(self) -> str:
+        """The method's name with its options, as the report shows it (e.g. ``brecq (Fisher, LSQ weight)``)."""
+        return self.name + (" (LSQ act)" if self.settings().get("lsq") else "")
+
 
 def _hash_into(h: Any, part: Any) -> None:
     if isinstance(part, torch.Tensor):
@@ -160,17 +165,24 @@ def cached_learn(learner: Learner, prepared: PreparedModel, candidate: Candidate
 
 
 def make_learners(ptq: str = "none", *, lsq: bool = False, iters: int = 300, qat_epochs: int = 0,
-                  qat_lr: float = 1e-4, seed: int = 0) -> list[Learner]:
-    """The learners a run applies in turn: ``adaround`` or ``brecq`` (or none), then QAT-KD if ``qat_epochs``."""
+                  qat_lr: float = 1e-4, seed: int = 0, lsq_weights: bool = False,
+                  fisher: bool = False) -> list[Learner]:
+    """The learners a run applies in turn: ``adaround`` or ``brecq`` (or none), then QAT-KD if ``qat_epochs``.
+
+    ``lsq_weights`` (learned weight steps) needs ``adaround`` or ``brecq``; ``fisher`` applies to ``brecq``
+    only (AdaRound reconstructs plain layer outputs)."""
     from mpsearch.quant.qat import QatKd, QatSettings
     from mpsearch.quant.reconstruct import Reconstruction, ReconstructionSettings
 
     out: list[Learner] = []
+    if lsq_weights and ptq == "none":
+        raise MPSearchError("LSQ weight steps are learned inside reconstruction; use ptq adaround or brecq")
     if ptq != "none":
         granularity = {"adaround": "layer", "brecq": "block"}.get(ptq)
         if granularity is None:
             raise MPSearchError(f"unknown ptq method {ptq!r}; use none, adaround or brecq")
-        out.append(Reconstruction(granularity, ReconstructionSettings(iters=iters, lsq=lsq, seed=seed)))
+        out.append(Reconstruction(granularity, ReconstructionSettings(
+            iters=iters, lsq=lsq, seed=seed, lsq_weights=lsq_weights, fisher=fisher and granularity == "block")))
     if qat_epochs > 0:
         out.append(QatKd(QatSettings(epochs=qat_epochs, lr=qat_lr, lsq=lsq, seed=seed)))
     return out

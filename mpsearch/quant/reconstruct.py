@@ -7,12 +7,20 @@ optionally LSQ activation steps, by reconstructing an output of the float model 
 * ``adaround``: the output of one layer (through its ReLU/GELU when that is its only user);
 * ``brecq``: the output of one block, a single-input single-output stretch of the graph between two
   cut points (e.g. a residual block up to its final ReLU), all its layers learned jointly
-  (Li et al., "BRECQ: Pushing the Limit of Post-Training Quantization by Block Reconstruction", 2021;
-  plain output MSE, not their Fisher weighting).
+  (Li et al., "BRECQ: Pushing the Limit of Post-Training Quantization by Block Reconstruction", 2021),
+  optionally (``fisher``) with their Fisher weighting: each element of the block output error is
+  weighted by the squared gradient of the calibration loss (cross-entropy with the labels) of the FP32
+  model w.r.t. that output, per sample (:func:`output_fisher`, gathered once per run of :meth:`learn`,
+  normalised to mean 1 per block so the rounding regulariser keeps its weight).
 
-Loss: ``Σ (out − target)²`` per sample, averaged over the batch, plus ``λ Σ (1 − |2h − 1|^β)``
-with ``β`` annealed from 20 to 2 after a warm-up. Each unit keeps round-to-nearest if the learned
-rounding reconstructs its calibration data worse.
+Loss: ``Σ (out − target)²`` (Fisher-weighted: ``Σ F ⊙ (out − target)²``) per sample, averaged over the
+batch, plus ``λ Σ (1 − |2h − 1|^β)`` with ``β`` annealed from 20 to 2 after a warm-up. Each unit keeps
+round-to-nearest if the learned rounding reconstructs its calibration data worse (by the same loss).
+
+With ``lsq_weights`` each quantized layer also learns a per-output-channel weight step
+(:class:`~mpsearch.quant.lsq.LsqWeightStep`, MSE-optimal initial step ``≤ max|w| / qmax``) jointly
+with its rounding: the weight is ``s · clip(⌊w / s₀⌋ + h(V))``, whose codes keep ``±qmax`` at each
+channel's largest weight, so the kernels' ``quantize_weight`` recovers ``s`` and the codes exactly.
 """
 
 from __future__ import annotations
@@ -30,9 +38,9 @@ from torch.nn import functional as F
 from mpsearch.candidate import FLOAT_BITS, Candidate, is_integer_bits
 from mpsearch.errors import MPSearchError
 from mpsearch.quant.adaround import AdaRoundWeight, beta_schedule
-from mpsearch.quant.fake import ActQuant, QuantLayer, act_quantizers, quantize_
+from mpsearch.quant.fake import ActQuant, QuantLayer, act_quantizers, fake_quant_weight, quantize_
 from mpsearch.quant.learned import Batches, LearnedModel, Learner, clone_layer
-from mpsearch.quant.lsq import LsqActQuant, fake_quant_act_ste
+from mpsearch.quant.lsq import LsqActQuant, LsqWeightStep, fake_quant_act_ste
 from mpsearch.quant.prepare import QUANTIZABLE, PreparedModel
 
 log = logging.getLogger(__name__)
@@ -129,10 +137,16 @@ def run_nodes(gm: fx.GraphModule, names: tuple[str, ...], inp: str, x: torch.Ten
 class _LearnLayer(nn.Module):
     """A layer whose weight rounding (and activation step) is being learned."""
 
-    def __init__(self, layer: nn.Module, w_bits: int, act: ActQuant | None, lsq: bool) -> None:
+    def __init__(self, layer: nn.Module, w_bits: int, act: ActQuant | None, lsq: bool,
+                 lsq_weights: bool = False) -> None:
         super().__init__()
         self.layer = layer
-        self.rounding = AdaRoundWeight(layer.weight, w_bits) if is_integer_bits(w_bits) else None
+        quantized = is_integer_bits(w_bits)
+        self.wstep = LsqWeightStep(layer.weight, w_bits) if (quantized and lsq_weights) else None
+        start = None if self.wstep is None else self.wstep.step().detach()
+        self.rounding = AdaRoundWeight(layer.weight, w_bits, start) if quantized else None
+        if quantized:  # round-to-nearest on the kernels' max|w| / qmax grid: the baseline a unit may keep
+            self.register_buffer("rtn_weight", fake_quant_weight(layer.weight.detach(), w_bits))
         self.act_fixed = act
         self.lsq = LsqActQuant(act) if (act is not None and not act.half and lsq) else None
         self.mode = "soft"  # "soft" | "hard" | "rtn"
@@ -140,11 +154,13 @@ class _LearnLayer(nn.Module):
     def weight(self) -> torch.Tensor:
         if self.rounding is None:
             return self.layer.weight.detach()
-        if self.mode == "soft":
-            return self.rounding.soft()
-        if self.mode == "hard":
-            return self.rounding.hard()
-        return self.rounding.rtn * self.rounding.scale.view((-1,) + (1,) * (self.rounding.rtn.dim() - 1))
+        if self.mode == "rtn":
+            return self.rtn_weight
+        if self.wstep is None:
+            return self.rounding.soft() if self.mode == "soft" else self.rounding.hard()
+        codes = self.rounding.soft_codes() if self.mode == "soft" else self.rounding.codes()
+        step = self.wstep.step().view((-1,) + (1,) * (codes.dim() - 1))
+        return codes * step if self.mode == "soft" else (codes * step).detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.lsq is not None and self.mode != "rtn":
@@ -171,6 +187,10 @@ class ReconstructionSettings:
         warmup: Share of the steps without the regulariser.
         lsq: Also learn the activation step sizes (LSQ).
         seed: Seed of the minibatch sampling.
+        lsq_weights: Also learn a per-output-channel weight step (LSQ) jointly with the rounding; its Adam
+            learning rate is ``lsq_lr`` relative to the initial (MSE-optimal) step.
+        fisher: Weight the block output error by the FP32 model's squared loss gradients (BRECQ;
+            block granularity only).
     """
 
     iters: int = 500
@@ -181,10 +201,59 @@ class ReconstructionSettings:
     warmup: float = 0.2
     lsq: bool = False
     seed: int = 0
+    lsq_weights: bool = False
+    fisher: bool = False
 
 
-def _rec_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return (out - target).pow(2).flatten(1).sum(1).mean()
+def _rec_loss(out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    err = (out - target).pow(2)
+    if weight is not None:
+        err = err * weight
+    return err.flatten(1).sum(1).mean()
+
+
+class _Capture(fx.Interpreter):
+    """Runs a graph module keeping the values of the named nodes."""
+
+    def __init__(self, gm: fx.GraphModule, names: set[str]) -> None:
+        super().__init__(gm)
+        self.names = names
+        self.values: dict[str, torch.Tensor] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        if n.name in self.names:
+            self.values[n.name] = out
+        return out
+
+
+def _sum_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y, reduction="sum")
+
+
+def output_fisher(gm: fx.GraphModule, names: list[str], batches: Batches,
+                  loss_fn: Any = _sum_ce) -> dict[str, torch.Tensor]:
+    """Diagonal Fisher of the named node outputs, per sample: ``(∂ℓᵢ/∂zᵢ)²`` for each calibration sample.
+
+    ``ℓᵢ`` is ``loss_fn(model(x), y)`` of the FP32 graph (default: cross-entropy with the labels, summed,
+    so each sample's gradient is that of its own loss). Returns one tensor per name, shaped like the
+    node's output over all samples of ``batches`` (in order), stored as bfloat16 (fp32's range).
+    """
+    wanted = set(names)
+    missing = wanted - {n.name for n in gm.graph.nodes}
+    if missing:
+        raise MPSearchError(f"no graph node {sorted(missing)[0]!r} to take the Fisher of; use a node name of the model")
+    out: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    for x, y in batches:
+        cap = _Capture(gm, wanted)
+        with torch.enable_grad():
+            logits = cap.run(x.detach().clone().requires_grad_(True))
+            values = [cap.values[n] for n in names]
+            grads = torch.autograd.grad(loss_fn(logits, y), values, allow_unused=True)
+        for name, v, g in zip(names, values, grads):
+            g = torch.zeros_like(v) if g is None else g
+            out[name].append(g.detach().pow(2).to(torch.bfloat16))
+    return {n: torch.cat(v) for n, v in out.items()}
 
 
 class Reconstruction(Learner):
@@ -196,9 +265,16 @@ class Reconstruction(Learner):
         self.granularity = granularity
         self.name = "adaround" if granularity == "layer" else "brecq"
         self.cfg = settings or ReconstructionSettings()
+        if self.cfg.fisher and granularity != "block":
+            raise MPSearchError("Fisher-weighted reconstruction is for blocks (brecq); turn fisher off for adaround")
 
     def settings(self) -> dict[str, Any]:
         return {"granularity": self.granularity, **asdict(self.cfg)}
+
+    def describe(self) -> str:
+        extras = [x for x, on in (("Fisher", self.cfg.fisher), ("LSQ act", self.cfg.lsq),
+                                  ("LSQ weight", self.cfg.lsq_weights)) if on]
+        return self.name + (f" ({', '.join(extras)})" if extras else "")
 
     def learn(self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]],
               batches: Batches) -> LearnedModel:
@@ -213,7 +289,11 @@ class Reconstruction(Learner):
         with torch.no_grad():
             x_fp = [x for x, _ in batches]
             x_q = [x for x, _ in batches]
-        for block in graph_blocks(fp):
+        blocks = graph_blocks(fp)
+        fisher: dict[str, torch.Tensor] = {}
+        if self.cfg.fisher:  # once, from the FP32 model on the calibration batches
+            fisher = output_fisher(fp, [b.nodes[-1] for b in blocks], batches)
+        for block in blocks:
             learnable = [n for n in block.layers if n in candidate and (is_integer_bits(candidate[n][0]) or
                                                                         (self.cfg.lsq and acts[n] is not None
                                                                          and not acts[n].half))]
@@ -221,15 +301,21 @@ class Reconstruction(Learner):
                 # A block learns jointly, through every quantized layer in it (straight-through estimators).
                 groups = [(n,) for n in learnable] if self.granularity == "layer" else \
                     [tuple(n for n in block.layers if n in candidate)]
+                weight = None
+                if block.nodes[-1] in fisher:
+                    raw = fisher[block.nodes[-1]]
+                    mean = float(raw.float().mean())
+                    weight = (raw.float() / mean) if mean > 0 else None
                 for group in groups:
                     units.append(self._learn_unit(fp, q, block, group, candidate, acts, x_fp, x_q, gen,
-                                                  params, new_ranges))
+                                                  params, new_ranges, weight))
             with torch.no_grad():
                 x_fp = [run_nodes(fp, block.nodes, block.input, x) for x in x_fp]
                 x_q = [run_nodes(q, block.nodes, block.input, x) for x in x_q]
         stats = {"seconds": round(time.perf_counter() - start, 2), "units": units,
                  "flipped": sum(u["flipped"] for u in units),
-                 "kept_rtn": sum(1 for u in units if u["kept_rtn"])}
+                 "kept_rtn": sum(1 for u in units if u["kept_rtn"]), "fisher": self.cfg.fisher,
+                 "lsq_weights": self.cfg.lsq_weights}
         return LearnedModel(self.name, candidate.key(), params, new_ranges, stats)
 
     def _unit_data(self, fp: fx.GraphModule, q: fx.GraphModule, block: Block, group: tuple[str, ...],
@@ -266,20 +352,24 @@ class Reconstruction(Learner):
     def _learn_unit(self, fp: fx.GraphModule, q: fx.GraphModule, block: Block, group: tuple[str, ...],
                     candidate: Candidate, acts: Mapping[str, ActQuant | None], x_fp: list[torch.Tensor],
                     x_q: list[torch.Tensor], gen: torch.Generator, params: dict[str, torch.Tensor],
-                    new_ranges: dict[str, tuple[float, float]]) -> dict[str, Any]:
+                    new_ranges: dict[str, tuple[float, float]], weight: torch.Tensor | None = None,
+                    ) -> dict[str, Any]:
         cfg = self.cfg
         start = time.perf_counter()
         inp, target, forward = self._unit_data(fp, q, block, group, x_fp, x_q)
-        mods = {n: _LearnLayer(fp.get_submodule(n), candidate[n][0], acts[n], cfg.lsq) for n in group}
+        mods = {n: _LearnLayer(fp.get_submodule(n), candidate[n][0], acts[n], cfg.lsq, cfg.lsq_weights)
+                for n in group}
         roundings = [m.rounding for m in mods.values() if m.rounding is not None]
         steps = [m.lsq for m in mods.values() if m.lsq is not None]
+        wsteps = [m.wstep for m in mods.values() if m.wstep is not None]
         groups: list[dict[str, Any]] = [{"params": [r.v for r in roundings], "lr": cfg.lr}] if roundings else []
         groups += [{"params": [s.step], "lr": cfg.lsq_lr * float(s.step.detach())} for s in steps]
+        groups += [{"params": [w.u for w in wsteps], "lr": cfg.lsq_lr}] if wsteps else []
         opt = torch.optim.Adam(groups)
         n = len(inp)
         for step in range(cfg.iters):
             idx = torch.randint(n, (min(cfg.batch_size, n),), generator=gen)
-            loss = _rec_loss(forward(inp[idx], mods), target[idx])
+            loss = _rec_loss(forward(inp[idx], mods), target[idx], None if weight is None else weight[idx])
             beta = beta_schedule(step, cfg.iters, cfg.warmup)
             if beta is not None and roundings:
                 loss = loss + cfg.reg_weight * sum(r.regularizer(beta) for r in roundings)
@@ -291,7 +381,8 @@ class Reconstruction(Learner):
             for m in mods.values():
                 m.mode = mode
             with torch.no_grad():
-                total = sum(float((forward(inp[i:i + 256], mods) - target[i:i + 256]).pow(2).sum())
+                total = sum(float(_rec_loss(forward(inp[i:i + 256], mods), target[i:i + 256],
+                                            None if weight is None else weight[i:i + 256]) * len(target[i:i + 256]))
                             for i in range(0, n, 256))
             return total / target.numel()
 
@@ -308,13 +399,17 @@ class Reconstruction(Learner):
                 new_ranges[name] = m.lsq.learned_range(new_ranges[name][0])
             layer = fp.get_submodule(name)
             weight = params.get(f"{name}.weight", layer.weight.detach())
-            act = None if a_bits >= FLOAT_BITS else ActQuant.from_range(*new_ranges[name], a_bits)
+            act = None if a_bits >= FLOAT_BITS else ActQuant.for_layer(new_ranges, name, a_bits)
             q.set_submodule(name, QuantLayer(clone_layer(layer, weight), w_bits, act))
         seconds = round(time.perf_counter() - start, 2)
         log.debug("%s %s: mse rtn %.3g learned %.3g%s, %.1f s", self.name, ",".join(group), mse_rtn, mse_learned,
                   " (kept rtn)" if keep_rtn else "", seconds)
-        return {"layers": list(group), "mse_rtn": mse_rtn, "mse_learned": mse_learned, "kept_rtn": keep_rtn,
-                "flipped": flipped, "seconds": seconds}
+        out = {"layers": list(group), "mse_rtn": mse_rtn, "mse_learned": mse_learned, "kept_rtn": keep_rtn,
+               "flipped": flipped, "seconds": seconds}
+        if wsteps:  # learned step / max-scaling step, per layer (mean over channels)
+            out["weight_step_ratio"] = {name: round(float((m.wstep.step().detach() / m.wstep.smax).mean()), 4)
+                                        for name, m in mods.items() if m.wstep is not None}
+        return out
 
 
 def reconstruction_mse(prepared: PreparedModel, learned: LearnedModel | None, candidate: Candidate,
@@ -380,5 +475,5 @@ def unit_mse(prepared: PreparedModel, learned: LearnedModel | None, candidate: C
     return {k: v[0] / max(v[1], 1) for k, v in sums.items()}
 
 
-__all__ = ["Block", "GRANULARITIES", "Reconstruction", "ReconstructionSettings", "graph_blocks",
+__all__ = ["Block", "GRANULARITIES", "Reconstruction", "ReconstructionSettings", "graph_blocks", "output_fisher",
            "reconstruction_mse", "run_nodes", "unit_mse"]

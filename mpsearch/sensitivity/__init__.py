@@ -14,7 +14,8 @@ from mpsearch.sensitivity.joint import CalibKLEstimator, CandidateProxy, JointEs
 from mpsearch.sensitivity.registry import (
     ADDITIVE_FALLBACK, ESTIMATORS, JOINT_ESTIMATORS, is_joint, make_estimator, make_joint_estimator, signals,
 )
-from mpsearch.sensitivity.validation import candidate_proxy, random_candidates, spearman, validate_proxies
+from mpsearch.candidate import random_candidates
+from mpsearch.sensitivity.validation import candidate_proxy, spearman, validate_proxies
 
 __all__ = [
     "ADDITIVE_FALLBACK",

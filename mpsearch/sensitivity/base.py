@@ -136,7 +136,7 @@ def _input_error_per_element(
     """Mean squared activation-quantization error per input element, per layer and bit-width."""
     sums = {name: {b: 0.0 for b in a_bits} for name in layers}
     counts = {name: 0 for name in layers}
-    quants = {name: {b: ActQuant.from_range(*ranges[name], b) for b in a_bits} for name in layers}
+    quants = {name: {b: ActQuant.for_layer(ranges, name, b) for b in a_bits} for name in layers}
     handles = []
     for name in layers:
         def hook(_mod: nn.Module, args: tuple[Tensor, ...], name: str = name) -> None:

@@ -84,7 +84,7 @@ class DeltaLossEstimator(SensitivityEstimator):
                 layer = model.get_submodule(name)
                 measured = {}
                 for w, a in self.pairs:
-                    act = ActQuant.from_range(*self.ranges[name], a) if a < FLOAT_BITS else None
+                    act = ActQuant.for_layer(self.ranges, name, a) if a < FLOAT_BITS else None
                     quant = QuantLayer(layer, w, act)
                     handle = layer.register_forward_hook(lambda _m, args, _out, q=quant: q(args[0]))
                     try:

@@ -35,7 +35,7 @@ from torch.nn import functional as F
 
 from mpsearch.candidate import FLOAT_BITS, Bits, Candidate
 from mpsearch.errors import ConfigError
-from mpsearch.quant.fake import ActQuant, fake_quant_act, fake_quant_weight, quantize_
+from mpsearch.quant.fake import ACT_SCHEME_KEY, ActQuant, fake_quant_act, fake_quant_weight, quantize_
 from mpsearch.sensitivity.base import Batch
 from mpsearch.sensitivity.cache import _update_tensor
 from mpsearch.sensitivity.hessian import _W, _X, _check_layers, _first_samples, layer_loss
@@ -71,7 +71,9 @@ class JointEstimator(ABC):
         if missing:
             raise ConfigError(f"layer {missing[0]!r} has no calibrated activation range; calibrate it first")
         self.model = model
-        self.ranges = {n: (float(ranges[n][0]), float(ranges[n][1])) for n in self.layers}
+        # ACT_SCHEME_KEY (asymmetric ranges) rides along: the quantizers and the config key depend on it
+        self.ranges = {n: (float(ranges[n][0]), float(ranges[n][1])) for n in (*self.layers, ACT_SCHEME_KEY)
+                       if n in ranges}
         self.batch_size = int(batch_size)
         self.x, self.y = _first_samples(batches, self.batch_size)
         self._context: str | None = None
@@ -150,7 +152,7 @@ class SecondOrderEstimator(JointEstimator):
                 delta[_W + name] = fake_quant_weight(weight, w) - weight
             if a < FLOAT_BITS:
                 x = self._inputs[name]
-                delta[_X + name] = fake_quant_act(x, ActQuant.from_range(*self.ranges[name], a)) - x
+                delta[_X + name] = fake_quant_act(x, ActQuant.for_layer(self.ranges, name, a)) - x
         return delta
 
     def score(self, candidate: Mapping[str, Bits]) -> float:

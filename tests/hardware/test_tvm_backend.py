@@ -17,7 +17,7 @@ from mpsearch.testing import synthetic_split
 pytest.importorskip("tvm")
 pytestmark = [pytest.mark.tvm, pytest.mark.slow]
 
-from mpsearch.hardware.tvm_backend import TVMBackend  # noqa: E402
+from mpsearch.hardware.tvm_backend import TVMBackend, calibration_candidates  # noqa: E402
 
 PAIRS = [(32, 32), (8, 8), (4, 8)]
 
@@ -45,6 +45,20 @@ def test_cost_table_is_measured_for_every_layer_and_pair(tuned, tiny_prepared) -
             assert 0 < table.latency_s[name][pair] < 0.1
     # same-shape layers share a kernel only when their code is identical: here every layer differs
     assert len({table.kernel_of[n][(8, 8)] for n in tiny_prepared.layer_names}) == len(tiny_prepared.layer_names)
+
+
+def test_cost_table_is_calibrated_on_uniform_and_seeded_mixed_candidates(tuned, tiny_prepared, tiny_ranges) -> None:
+    _, backend, table = tuned
+    layers = tiny_prepared.layer_names
+    calib = calibration_candidates(layers, PAIRS, backend.profile.measure.calibration_candidates)
+    assert len(calib) == len(PAIRS) + 4 and calib[:len(PAIRS)] == [Candidate.uniform(layers, *p) for p in PAIRS]
+    assert all(len(set(c.values())) > 1 for c in calib[len(PAIRS):])
+    assert table.calibration["candidates"] == [c.key() for c in calib]
+    assert table.calibration["points"] == len(calib) and 0.25 <= table.scale <= 2.0
+    # every calibration candidate was measured end to end while building the table: cached now
+    compiled = backend.stats["compiled_models"]
+    backend.measure_many(tiny_prepared, calib, tiny_ranges)
+    assert backend.stats["compiled_models"] == compiled
 
 
 def test_second_backend_on_the_same_cache_tunes_and_measures_nothing(tuned, tiny_prepared, tiny_ranges) -> None:
@@ -124,3 +138,78 @@ def test_int8_dot_is_tensorized_and_exact(tmp_path: Path) -> None:
         acc = torch.nn.functional.conv2d(xq, torch.tensor(codes, dtype=torch.float64), padding=1).numpy()
         assert np.abs(acc).max() > (2 ** 15 if w_mode == "i8" else 2 ** 12)
         np.testing.assert_array_equal(out.numpy(), np.maximum(acc, 0).astype(np.float32))
+
+
+def _spinning_executable():
+    """A compiled Relax model of the tiny model's input whose one kernel never returns (a real hang, in
+    native code, not a Python sleep)."""
+    import tvm
+    from tvm.script import ir as I
+    from tvm.script import relax as R
+    from tvm.script import tirx as T
+
+    @I.ir_module
+    class Spin:
+        @T.prim_func
+        def spin(x: T.Buffer((1, 1, 8, 8), "float32"), y: T.Buffer((1,), "float32")):
+            y[0] = x[0, 0, 0, 0] * T.float32(0)
+            while y[0] >= T.float32(0):  # +1 up to 2**24, where y + 1 == y: forever
+                y[0] = y[0] + T.float32(1)
+
+        @R.function
+        def main(x: R.Tensor((1, 1, 8, 8), "float32")) -> R.Tensor((1,), "float32"):
+            cls = Spin
+            with R.dataflow():
+                y = R.call_tir(cls.spin, (x,), out_ty=R.Tensor((1,), "float32"))
+                R.output(y)
+            return y
+
+    return tvm.compile(Spin, target=tvm.target.Target({"kind": "llvm"}))
+
+
+def test_a_hung_measurement_times_out_and_the_run_goes_on(tuned, tiny_prepared, tiny_ranges, tmp_path: Path,
+                                                         monkeypatch) -> None:
+    """measure.timeout_s (issue #7): with a kernel that never returns injected into one candidate, that
+    candidate's measurement fails with the timeout, the ones before and after it are measured, and the
+    timings recorded before the hang are intact."""
+    import time
+    from types import SimpleNamespace
+
+    cache, tuned_backend, _ = tuned
+    base = tiny_profile()
+    profile = dataclasses.replace(base, measure=dataclasses.replace(base.measure, timeout_s=3.0))
+    backend = TVMBackend(profile, cache, progress=False)
+    assert backend.dir == tuned_backend.dir  # the timeout does not key the cache: same tuned schedules
+    assert "loopback RPC server, killed after 3 s" in backend.describe()
+    backend.record_timings_in(tmp_path / "costs.jsonl")  # time anew, through the loopback server
+    names = tiny_prepared.layer_names
+    before, hung, after = (Candidate({n: PAIRS[(i + k) % len(PAIRS)] for i, n in enumerate(names)})
+                           for k in (0, 1, 2))
+    assert tuple(tiny_prepared.input_shape) == (1, 1, 8, 8)
+    spin = _spinning_executable()
+    real_compile = backend._compile
+
+    def compile_(prepared, candidate, ranges, batch=1, keep=1, lowered=None):
+        if candidate is hung:
+            return spin, SimpleNamespace(params=[]), "e2e-spin"
+        return real_compile(prepared, candidate, ranges, batch=batch, keep=keep, lowered=lowered)
+
+    monkeypatch.setattr(backend, "_compile", compile_)
+    try:
+        first = backend.measure(tiny_prepared, before, tiny_ranges)
+        assert first.ok and first.latency_s > 0
+        recorded = (tmp_path / "costs.jsonl").read_text()
+        start = time.monotonic()
+        hung_m, after_m, before_m = backend.measure_many(tiny_prepared, [hung, after, before], tiny_ranges,
+                                                         rounds=2)
+        elapsed = time.monotonic() - start
+    finally:
+        backend.close()
+    assert not hung_m.ok and "measurement timed out" in hung_m.error and "measure.timeout_s=3 s" in hung_m.error
+    assert hung.describe() in hung_m.error and "\n" not in hung_m.error
+    assert after_m.ok and after_m.latency_s > 0 and len(after_m.samples) >= 2  # measured after the hang
+    assert before_m.latency_s == first.latency_s  # the earlier result, from the cache
+    text = (tmp_path / "costs.jsonl").read_text()
+    assert text.startswith(recorded) and len(text.splitlines()) == 2 and "e2e-spin" not in text
+    assert elapsed < 300  # the hang was cut, once (skipped in later rounds); generous: CI machines are shared
+    assert backend.loopback is not None and backend.loopback._server is None  # close() stopped the server

@@ -74,6 +74,50 @@ class TinyTransformer(nn.Module):
         return self.head(self.norm(h).mean(1))
 
 
+
+class SdpaBlock(nn.Module):
+    """Post-LayerNorm encoder block in ``nn.TransformerEncoderLayer(batch_first=True)`` style: one fused
+    qkv projection, ``F.scaled_dot_product_attention``, dropout (identity in eval), tanh-GELU MLP."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(0.1)
+        self.ln1 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, 2 * dim)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(2 * dim, dim)
+        self.ln2 = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.size()
+        qkv = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        x = self.ln1(x + self.drop(self.proj(att.transpose(1, 2).contiguous().view(b, t, d))))
+        return self.ln2(x + self.fc2(self.act(self.fc1(x))))
+
+
+class TinyViT(nn.Module):
+    """A class token and positional embeddings before the 8 column tokens, ``depth`` SDPA blocks, and a
+    head on the class token (``h[:, 0]``)."""
+
+    def __init__(self, dim: int = 16, heads: int = 2, num_classes: int = 3, depth: int = 1) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, dim)
+        self.cls = nn.Parameter(0.1 * torch.randn(1, 1, dim))
+        self.pos = nn.Parameter(0.1 * torch.randn(1, 9, dim))
+        self.blocks = nn.Sequential(*[SdpaBlock(dim, heads) for _ in range(depth)])
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(torch.flatten(x, 1, 2).permute(0, 2, 1))  # (batch, column, row) -> dim
+        cls = self.cls.expand(tokens.shape[0], -1, -1)
+        h = self.blocks(torch.cat([cls, tokens], dim=1) + self.pos)
+        return self.head(h[:, 0])
+
+
 def _trained(model: nn.Module, steps: int = 60, lr: float = 0.01, samples: int = 128) -> nn.Module:
     """A few Adam steps on the synthetic task, so the curvature is that of a fitted model."""
     from mpsearch.testing import synthetic_split
@@ -114,3 +158,14 @@ def split(split_name: str, limit: int | None = None) -> TensorDataset:
     from mpsearch.testing import synthetic_split
 
     return synthetic_split(split_name, limit)
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny_vit() -> nn.Module:
+    torch.manual_seed(0)
+    return _trained(TinyViT(), steps=60, samples=128)
+
+
+def tiny_vit() -> nn.Module:
+    """Trained once per process (a copy each call)."""
+    return copy.deepcopy(_tiny_vit())

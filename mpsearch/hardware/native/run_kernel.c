@@ -36,7 +36,7 @@ typedef int (*safe_call)(void*, const TVMFFIAny*, int32_t, TVMFFIAny*);
 static int parse_dtype(const char* s, DLDataType* t) {
   struct { const char* name; uint8_t code; uint8_t bits; } known[] = {
       {"float32", kDLFloat, 32}, {"float16", kDLFloat, 16}, {"int32", kDLInt, 32}, {"int8", kDLInt, 8},
-      {"uint8", kDLUInt, 8}};
+      {"uint8", kDLUInt, 8}, {"uint16", kDLUInt, 16}, {"uint32", kDLUInt, 32}, {"uint64", kDLUInt, 64}};
   for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); ++i) {
     if (strcmp(s, known[i].name) == 0) {
       t->code = known[i].code; t->bits = known[i].bits; t->lanes = 1;

@@ -1,0 +1,216 @@
+"""Real TVM: the 16x4 int8 dot layout (vpmaddubsw where it cannot saturate, VNNI vpdpbusd) is chosen
+only where it is exact, and its kernels are bit-exact at the full code range."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mpsearch.candidate import Candidate
+from mpsearch.quant.fake import ActQuant, quantize_
+from mpsearch.quant.prepare import prepare_model
+
+tvm = pytest.importorskip("tvm")
+pytestmark = pytest.mark.tvm
+
+from mpsearch.hardware.kernels import (  # noqa: E402
+    DOT4_INTRINSICS,
+    DOT_INTRINSICS,
+    KernelSpec,
+    dot_intrinsics_for,
+    dot_isa,
+    make_kernel,
+    pack_weight,
+    register_intrinsics,
+)
+from mpsearch.hardware.lowering import kernel_spec, lower  # noqa: E402
+
+SKYLAKE = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"}
+CASCADELAKE = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake"}
+#: (label, w_mode, a_bits, weight codes at the ends of their range)
+FULL_RANGE = [("W4A8", "i4p", 8, (-8, 7, -7, 0, 1)), ("W8A4", "i8", 4, (-128, -127, 127, 0, 1))]
+#: (op, pair) that take the 16x4 dot (W4A8 linear stays unpacked in the loop: see KernelSpec.packed)
+DOT4_CASES = [("conv2d", FULL_RANGE[0]), ("conv2d", FULL_RANGE[1]), ("linear", FULL_RANGE[1])]
+
+
+def _spec(op: str, w_mode: str, a_bits: int, isa: str = "avx512bw") -> KernelSpec:
+    if op == "conv2d":  # stride 2 and padding: the quad-blocked input keeps its zero border
+        return KernelSpec("conv2d", (1, 8, 5, 5), (16, 8, 3, 3), w_mode, "u8", (2, 2), (1, 1),
+                          epilogue=("relu",), a_bits=a_bits, dot_isa=isa)
+    return KernelSpec("linear", (2, 16), (32, 16), w_mode, "u8", a_bits=a_bits, dot_isa=isa)
+
+
+def _host_has(isa: str) -> bool:
+    host = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
+    return dot_isa(host) in ((isa, "avx512vnni") if isa == "avx512bw" else (isa,))
+
+
+def _tensorized(spec: KernelSpec, intrin: str) -> tvm.IRModule:
+    """The kernel with its dot block tiled and tensorized by ``intrin`` (as MetaSchedule's rule does)."""
+    from tvm import s_tir
+    from tvm.s_tir.schedule.transform import tile_with_tensor_intrin
+
+    register_intrinsics()
+    sch = s_tir.Schedule(tvm.IRModule({"main": make_kernel(spec).with_attr("global_symbol", "main")}))
+    block = sch.get_sblock("dot")
+    loop = tile_with_tensor_intrin(sch, block, intrin)
+    assert loop is not None, f"{intrin} does not match the dot block of {spec}"
+    sch.decompose_reduction(block, sch.get_loops(block)[0])
+    sch.tensorize(loop, intrin)
+    return sch.mod
+
+
+def _run_exact(lib, spec: KernelSpec, codes: np.ndarray, qmax: int, seed: int = 0) -> tuple[bool, float]:
+    """Run ``lib`` at activation codes {0, qmax, 3} against the float64 integer reference (scale 1,
+    bias 0, so the output is relu(int32 accumulator) exactly); returns (equal, max |accumulator|)."""
+    rng = np.random.default_rng(seed)
+    x = rng.choice(np.array([-20.0, 200.0, 0.3], np.float32), spec.x_shape)  # codes clip to 0 and qmax
+    o = spec.w_shape[0]
+    args = [x, pack_weight(spec, codes), np.ones(o, np.float32), np.zeros(o, np.float32),
+            np.array([10.0, 0, qmax, 0.1], np.float32)]
+    out = tvm.runtime.tensor(np.zeros(spec.out_shape, np.float32))
+    lib["main"](*[tvm.runtime.tensor(a) for a in args], out)
+    xq = torch.tensor(np.clip(np.floor(x * 10 + 0.5), 0, qmax), dtype=torch.float64)
+    w = torch.tensor(codes, dtype=torch.float64)
+    acc = (torch.nn.functional.conv2d(xq, w, stride=spec.stride, padding=spec.padding) if spec.op == "conv2d"
+           else xq @ w.T).numpy()
+    ref = np.maximum(acc, 0) if spec.epilogue == ("relu",) else acc
+    return bool(np.array_equal(out.numpy(), ref.astype(np.float32))), float(np.abs(acc).max())
+
+
+def test_16x4_layout_only_where_the_target_runs_it_exactly() -> None:
+    conv = KernelSpec("conv2d", (1, 16, 8, 8), (32, 16, 3, 3), "i8", "u8", (1, 1), (1, 1))
+    lin = KernelSpec("linear", (1, 64), (32, 64), "i4p", "u8")
+    with_ = dataclasses.replace
+    # AVX-512BW (vpmaddubsw): exact only with a 4-bit operand
+    assert with_(conv, dot_isa="avx512bw").kgroup == 2  # W8A8: 2 * 255 * 127 saturates int16
+    assert with_(conv, dot_isa="avx512bw", a_bits=4).kgroup == 4  # W8A4
+    assert with_(conv, dot_isa="avx512bw", w_mode="i4p").kgroup == 4  # W4A8
+    assert with_(conv, dot_isa="avx512bw", a_bits=4, a_mode="s8").kgroup == 2  # u8 x s8 instruction only
+    assert with_(conv, dot_isa="avx512bw", a_bits=4, w_shape=(32, 6, 3, 3), x_shape=(1, 6, 8, 8)).kgroup == 2
+    assert with_(conv, dot_isa="avx512bw", a_bits=4, a_mode="f32").kgroup == 2  # weight-only: no dot
+    # VNNI (vpdpbusd, int32 accumulation): any unsigned activation; no ISA: the portable 16x2 layout
+    assert with_(conv, dot_isa="avx512vnni").kgroup == 4
+    assert with_(conv, a_bits=4, w_mode="i4p").kgroup == 2
+    # W4A8 linear (a GEMV) stays unpacked in the loop: unpacking it for the 16x4 dot measured slower
+    assert not with_(lin, dot_isa="avx512bw").packed and with_(lin, dot_isa="avx512bw", w_mode="i8", a_bits=4).packed
+    spec = with_(conv, dot_isa="avx512bw", w_mode="i4p")  # int4 16x4 tiles: a lane's quad in two bytes
+    assert spec.stored_weight_shape() == (2, 4, 3, 3, 16, 2)
+    assert np.prod(spec.stored_weight_shape()) * 2 == np.prod(spec.w_shape)  # exact packed bytes
+    # the ISA of each profile's target
+    assert dot_isa(tvm.target.Target(CASCADELAKE)) == "avx512vnni"
+    assert dot_isa(tvm.target.Target(SKYLAKE)) == "avx512bw"
+    assert dot_isa(tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"})) == ""
+    assert DOT4_INTRINSICS["avx512bw"] not in dot_intrinsics_for(tvm.target.Target(CASCADELAKE))
+    assert dot_intrinsics_for(tvm.target.Target(SKYLAKE)) == [DOT4_INTRINSICS["avx512bw"], *DOT_INTRINSICS.values()]
+
+
+def test_kernel_spec_takes_the_activation_bits() -> None:
+    conv = torch.nn.Conv2d(16, 16, 3, padding=1)
+    spec = kernel_spec(conv, (1, 16, 8, 8), 8, ActQuant(4, 0.1, False), (), "avx512bw")
+    assert (spec.a_bits, spec.kgroup) == (4, 4)
+    spec = kernel_spec(conv, (1, 16, 8, 8), 8, ActQuant(8, 0.1, False), (), "avx512bw")
+    assert (spec.a_bits, spec.kgroup) == (8, 2)
+
+
+@pytest.mark.parametrize("op,pair", DOT4_CASES, ids=[f"{op}-{pair[0]}" for op, pair in DOT4_CASES])
+def test_16x4_vpmaddubsw_is_exact_at_the_full_code_range(op, pair) -> None:
+    _, w_mode, a_bits, values = pair
+    spec = _spec(op, w_mode, a_bits)
+    assert spec.packed and spec.kgroup == 4
+    codes = np.random.default_rng(1).choice(np.array(values, np.int8), spec.w_shape)
+    untuned = tvm.compile(tvm.IRModule({"main": make_kernel(spec).with_attr("global_symbol", "main")}),
+                          target="llvm")
+    assert _run_exact(untuned, spec, codes, 2**a_bits - 1)[0]  # the blocked layout and the int4 packing
+    lib = tvm.compile(_tensorized(spec, DOT4_INTRINSICS["avx512bw"]), target=SKYLAKE)
+    assert "vpmaddubsw" in lib.mod.inspect_source("asm")
+    if not _host_has("avx512bw"):
+        pytest.skip("host CPU has no AVX-512BW: the tensorized kernel compiled but cannot run")
+    exact, amax = _run_exact(lib, spec, codes, 2**a_bits - 1)
+    assert exact and amax > 2**12  # a real accumulation over the quads, at the range's ends
+
+
+def test_vpmaddubsw_would_saturate_w8a8_which_is_why_it_stays_16x2() -> None:
+    """Negative control: the same tensorized 16x4 kernel at W8A8 codes (255 x -128 pairs) is wrong on
+    AVX-512BW, so the full-range checks above can fail, and W8A8 must not take this path there."""
+    if not _host_has("avx512bw"):
+        pytest.skip("host CPU has no AVX-512BW")
+    spec = _spec("conv2d", "i8", 8, isa="avx512vnni")  # blocked 16x4, as for a VNNI target
+    assert spec.kgroup == 4 and dataclasses.replace(spec, dot_isa="avx512bw").kgroup == 2
+    codes = np.random.default_rng(1).choice(np.array([-128, 127, -127], np.int8), spec.w_shape)
+    lib = tvm.compile(_tensorized(spec, DOT4_INTRINSICS["avx512bw"]), target=SKYLAKE)
+    assert not _run_exact(lib, spec, codes, 255)[0]
+
+
+def test_vnni_target_compiles_the_16x4_dot_to_vpdpbusd() -> None:
+    """The VNNI kernel (any u8 activation) compiles for mcpu cascadelake to vpdpbusd; this host has no
+    VNNI, so it runs only where the host does."""
+    spec = _spec("conv2d", "i8", 8, isa="avx512vnni")
+    lib = tvm.compile(_tensorized(spec, DOT4_INTRINSICS["avx512vnni"]), target=CASCADELAKE)
+    asm = lib.mod.inspect_source("asm")
+    assert "vpdpbusd" in asm and "vpmaddubsw" not in asm
+    if _host_has("avx512vnni"):
+        codes = np.random.default_rng(1).choice(np.array([-128, 127, -127], np.int8), spec.w_shape)
+        assert _run_exact(lib, spec, codes, 255)[0]
+
+
+@pytest.fixture(scope="module")
+def wide(tiny_batches):
+    from mpsearch.quant.calibration import calibrate
+    from mpsearch.testing import TinyResNet
+
+    torch.manual_seed(3)
+    prepared = prepare_model(TinyResNet(channels=16).eval(), (1, 1, 8, 8))
+    return prepared, calibrate(prepared.graph_module, prepared.layer_names, tiny_batches)
+
+
+def test_lowered_model_takes_16x4_where_exact_and_matches_simulation(wide, tiny_batches) -> None:
+    prepared, ranges = wide
+    bits = {"conv1": (4, 8), "conv2": (8, 4), "down": (8, 8)}  # W4A8, W8A4: 16x4; W8A8: 16x2
+    cand = Candidate({n: bits.get(n, (8, 8)) for n in prepared.layer_names})
+    x = tiny_batches[0][0][:4]
+    lowered = lower(prepared, cand, ranges, batch=4, dot_isa="avx512bw")
+    assert {n: s.kgroup for n, s in lowered.kernels.items() if s.packed} == {"conv1": 4, "conv2": 4, "down": 2}
+    assert lowered.kernels["conv2"].a_bits == 4
+    exe = tvm.relax.build(lowered.mod, target=tvm.target.Target({"kind": "llvm"}))
+    vm = tvm.relax.VirtualMachine(exe, tvm.cpu())
+    out = vm["main"](*[tvm.runtime.tensor(a) for a in [x.numpy(), *lowered.params]]).numpy()
+    with torch.no_grad():
+        ref = quantize_(prepared.copy_module(), cand, ranges)(x).numpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+@pytest.mark.slow
+def test_16x4_tuned_kernels_are_tensorized_and_exact(tmp_path: Path) -> None:
+    """MetaSchedule (2 trials) tensorizes W4A8 conv and W8A4 linear with the vpmaddubsw 16x4 dot,
+    the tuned kernels are exact at the full code range, and W8A8 stays on the 16x2 vpmaddwd dot (on a
+    VNNI host all three take vpdpbusd)."""
+    from tests.hardware.test_tvm_backend import tiny_profile
+
+    from mpsearch.hardware.tvm_backend import TVMBackend, _hash_mod
+
+    backend = TVMBackend(tiny_profile(), tmp_path, progress=False)
+    isa = backend.dot_isa
+    if not isa:
+        pytest.skip("host CPU has no AVX-512BW")
+    (_, w4, a8, w4_values), (_, w8, a4, w8_values) = FULL_RANGE  # the other two pairs: fast tests above
+    specs = {"conv2d_W4A8": (_spec("conv2d", w4, a8, isa), w4_values, a8),
+             "linear_W8A4": (_spec("linear", w8, a4, isa), w8_values, a4),
+             "conv2d_W8A8": (_spec("conv2d", "i8", 8, isa), (-128, 127, -127), 8)}
+    mods = {name: backend._kernel_mod(spec) for name, (spec, _, _) in specs.items()}
+    backend.tune({_hash_mod(mod): (name, mod) for name, mod in mods.items()})
+    for name, (spec, values, a_bits) in specs.items():
+        sch = backend.db.query_schedule(mods[name], backend.target, workload_name="main")
+        trace = str(sch.trace)
+        if name.endswith("W8A8") and isa == "avx512bw":
+            assert spec.kgroup == 2 and DOT4_INTRINSICS["avx512bw"] not in trace
+            assert DOT_INTRINSICS["u8"] in trace
+        else:
+            assert spec.kgroup == 4 and DOT4_INTRINSICS[isa] in trace, name
+        codes = np.random.default_rng(2).choice(np.array(values, np.int8), spec.w_shape)
+        exact, amax = _run_exact(tvm.compile(sch.mod, target=backend.target), spec, codes, 2**a_bits - 1)
+        assert exact and amax > 2**12, name
