@@ -371,22 +371,30 @@ DOT4_INTRINSICS = {"avx512bw": "mpsearch_dot_16x4_u8s8_avx512", "avx512vnni": "m
 _registered = False
 
 
-def _dot_intrinsic(a_dtype: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+def _dot_desc(k: int, a_dtype: str) -> tirx.PrimFunc:
+    """What every dot intrinsic computes: 16 int32 lanes += ``k`` products of a broadcast input
+    group (``a_dtype``) with the lanes' int8 weights."""
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (KGROUP,), a_dtype, offset_factor=1)
-        B = T.match_buffer(b, (LANES, KGROUP), "int8", offset_factor=1)
+        A = T.match_buffer(a, (k,), a_dtype, offset_factor=1)
+        B = T.match_buffer(b, (LANES, k), "int8", offset_factor=1)
         C = T.match_buffer(c, (LANES,), "int32", offset_factor=1)
         with T.sblock("root"):
-            T.reads(C[0:LANES], A[0:KGROUP], B[0:LANES, 0:KGROUP])
+            T.reads(C[0:LANES], A[0:k], B[0:LANES, 0:k])
             T.writes(C[0:LANES])
             for i in T.serial(0, LANES):
-                for k in T.serial(0, KGROUP):
+                for j in T.serial(0, k):
                     with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+                        vi, vj = T.axis.remap("SR", [i, j])
+                        C[vi] = C[vi] + T.cast(A[vj], "int32") * T.cast(B[vi, vj], "int32")
+
+    return desc
+
+
+def _dot_intrinsic(a_dtype: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+    from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -402,7 +410,7 @@ def _dot_intrinsic(a_dtype: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
             C[T.ramp(T.int32(0), 1, LANES)] += T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddw.d.512"), b16, a16, dtype="int32x16")
 
-    return desc, impl
+    return _dot_desc(KGROUP, a_dtype), impl
 
 
 def _dot4_intrinsic(isa: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
@@ -412,20 +420,6 @@ def _dot4_intrinsic(isa: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
     # LLVM 21 retyped vpdpbusd's byte operands from <16 x i32> to <64 x i8> (TVM 0.27's own
     # dot_16x4_vnni still passes i32 vectors and fails LLVM 22's verifier)
     operand = "int8x64" if codegen.llvm_version_major() >= 21 else "int32x16"
-
-    @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (KQUAD,), "uint8", offset_factor=1)
-        B = T.match_buffer(b, (LANES, KQUAD), "int8", offset_factor=1)
-        C = T.match_buffer(c, (LANES,), "int32", offset_factor=1)
-        with T.sblock("root"):
-            T.reads(C[0:LANES], A[0:KQUAD], B[0:LANES, 0:KQUAD])
-            T.writes(C[0:LANES])
-            for i in T.serial(0, LANES):
-                for k in T.serial(0, KQUAD):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
     def vnni(a: T.handle, b: T.handle, c: T.handle) -> None:  # vpdpbusd: the four products into int32
@@ -457,7 +451,7 @@ def _dot4_intrinsic(isa: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddw.d.512"), pairs, T.int16x32(1),
                 dtype="int32x16")
 
-    return desc, vnni if isa == "avx512vnni" else avx512
+    return _dot_desc(KQUAD, "uint8"), vnni if isa == "avx512vnni" else avx512
 
 
 def register_intrinsics() -> None:

@@ -635,7 +635,12 @@ class TVMBackend(Backend):
                     samples.extend(session.time(vm, "invoke_stateful", ["main"], m, repeat=repeat))
                 except Exception as e:
                     results[i] = Measurement(error=f"run failed: {type(e).__name__}: {_last_line(e)}")
-        for i, (_, samples, key) in ready.items():
+        self._store_e2e(candidates, {i: (key, samples) for i, (_, samples, key) in ready.items()}, results)
+
+    def _store_e2e(self, candidates: Sequence[Candidate], timed: Mapping[int, tuple[str, list[float]]],
+                   results: dict[int, Measurement]) -> None:
+        """Cache and return the end-to-end measurement of every timed candidate that did not fail."""
+        for i, (key, samples) in timed.items():
             if i in results:
                 continue
             meas = Measurement.from_samples(samples)
@@ -689,13 +694,7 @@ class TVMBackend(Backend):
                                     candidates[i].describe(), timeout)
                     else:
                         results[i] = Measurement(error=f"run failed: {type(e).__name__}: {_last_line(e)}")
-        for i, (_, _, key, samples) in ready.items():
-            if i in results:
-                continue
-            meas = Measurement.from_samples(samples)
-            self.costs.put({"key": key, "kind": "e2e", "name": candidates[i].describe(),
-                            "latency_s": meas.latency_s, "std_s": meas.std_s, "samples": list(meas.samples)})
-            results[i] = meas
+        self._store_e2e(candidates, {i: (key, samples) for i, (_, _, key, samples) in ready.items()}, results)
 
     def close(self) -> None:
         """Stop the loopback measurement server, if one was started (``measure.timeout_s``)."""

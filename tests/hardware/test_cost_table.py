@@ -85,5 +85,16 @@ def test_tables_written_before_calibration_load_uncalibrated():
 
 
 def test_measurement_latency_is_the_mean_so_kernels_add_up():
-    m = Measurement.from_samples([1.0, 1.0, 4.0])
-    assert m.latency_s == pytest.approx(2.0)  # the median (1.0) would not be additive
+    m = Measurement.from_samples([1.0, 2.0, 3.0, 6.0])
+    assert m.latency_s == pytest.approx(3.0)  # the median (2.5) would not be additive
+
+
+def test_measurement_drops_disturbed_repeats_before_averaging():
+    # One repeat preempted by another process: the mean of the rest, not a tenfold outlier.
+    samples = [1.00, 1.02, 0.98, 1.01, 0.99, 1.03, 10.0]
+    m = Measurement.from_samples(samples)
+    assert m.latency_s == pytest.approx(np.mean(samples[:-1]))
+    assert m.samples == tuple(samples)  # every sample kept on record
+    # A genuinely spread distribution (no outlier) keeps every sample: still the plain mean.
+    spread = [1.0, 1.2, 1.4, 1.6, 1.8]
+    assert Measurement.from_samples(spread).latency_s == pytest.approx(1.4)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,14 +20,6 @@ from mpsearch.quant.prepare import PreparedModel, prepare_model
 from mpsearch.quant.reconstruct import Reconstruction, ReconstructionSettings, graph_blocks, output_fisher, unit_mse
 
 REAL_LAYER = "layer2.0.conv2"  # a 32 -> 32 3x3 convolution of the trained default model
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -16,14 +15,6 @@ from mpsearch.quant.qat import QatKd, QatSettings, fake_quant_weight_ste
 from mpsearch.quant.fake import fake_quant_weight
 from mpsearch.quant.reconstruct import Reconstruction, reconstruction_mse
 from mpsearch.testing import synthetic_split
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_straight_through_weights_match_the_kernels_and_pass_gradients() -> None:
