@@ -131,12 +131,16 @@ class RPCSession(Session):
         self.uploaded: list[str] = []
 
     def load(self, executable: Any, name: str) -> Any:
-        path = export_library(executable, Path(self._tmp.name) / f"{name}.so", self.profile)
+        return self._upload(export_library(executable, Path(self._tmp.name) / f"{name}.so", self.profile),
+                            "on the board")
+
+    def _upload(self, path: Path, where: str) -> Any:
+        """Upload the shared library ``path`` and load it remotely; a failure is a HardwareError."""
         try:
             self.remote.upload(str(path))
             module = self.remote.load_module(path.name)
         except Exception as e:
-            raise HardwareError(f"profile {self.profile.name!r}: loading {path.name} on the board failed "
+            raise HardwareError(f"profile {self.profile.name!r}: loading {path.name} {where} failed "
                                 f"({_last_line(e)})") from None
         self.uploaded.append(path.name)
         return module
@@ -319,15 +323,7 @@ class LoopbackSession(RPCSession):
         self._owner = device
 
     def load(self, executable: Any, name: str) -> Any:
-        path = self._owner.exported(executable, name)
-        try:
-            self.remote.upload(str(path))
-            module = self.remote.load_module(path.name)
-        except Exception as e:
-            raise HardwareError(f"profile {self.profile.name!r}: loading {path.name} in the loopback measurement "
-                                f"server failed ({_last_line(e)})") from None
-        self.uploaded.append(path.name)
-        return module
+        return self._upload(self._owner.exported(executable, name), "in the loopback measurement server")
 
 
 class LoopbackDevice(LocalDevice):
