@@ -75,7 +75,6 @@ def build_library(
     """
     from tvm.s_tir import meta_schedule as ms
 
-    from mpsearch.hardware.lowering import lower
     from mpsearch.hardware.session import export_library
     from mpsearch.hardware.tvm_backend import TVMBackend
 
@@ -86,8 +85,7 @@ def build_library(
     if tuned_now:
         log.warning("%d kernel(s) of this candidate were not in the tuning database (%s) and were tuned now; "
                     "the run's measured latencies came from other schedules", tuned_now, backend.dir)
-    lowered = lower(prepared, candidate, ranges, dot_isa=backend.dot_isa,  # the kernels tune_candidate tuned
-                    bitserial=profile.precisions.bitserial)
+    lowered = backend.lower(prepared, candidate, ranges)  # the kernels tune_candidate tuned
     try:
         exe = ms.relax_integration.compile_relax(backend.db, lowered.mod, backend.target, None)
     except Exception as e:  # TVM's own error types; one line is enough to name the failing pass

@@ -470,9 +470,9 @@ def _lower_module(bb: relax.BlockBuilder, node: fx.Node, mod: nn.Module, args: t
     if isinstance(mod, _PASSTHROUGH):
         return x
     if isinstance(mod, nn.ReLU):
-        return bb.emit(relax.op.nn.relu(x))
+        return _op(bb, "relu", node, (x,), {})
     if isinstance(mod, nn.GELU):
-        return bb.emit(relax.op.nn.gelu_tanh(x) if mod.approximate == "tanh" else relax.op.nn.gelu(x))
+        return _op(bb, "gelu", node, (x,), {"approximate": mod.approximate})
     if isinstance(mod, nn.Softmax):
         return _op(bb, "softmax", node, (x, mod.dim), {})
     if isinstance(mod, nn.Flatten):
@@ -482,8 +482,8 @@ def _lower_module(bb: relax.BlockBuilder, node: fx.Node, mod: nn.Module, args: t
         weight = None if mod.weight is None else add_param(f"{prefix}_weight", mod.weight.detach().numpy())
         bias = None if mod.bias is None else add_param(f"{prefix}_bias", mod.bias.detach().numpy())
         return _layer_norm(bb, x, mod.normalized_shape, weight, bias, mod.eps)
-    if isinstance(mod, nn.AdaptiveAvgPool2d) and mod.output_size in (1, (1, 1)):
-        return bb.emit(relax.op.mean(x, axis=[2, 3], keepdims=True))
+    if isinstance(mod, nn.AdaptiveAvgPool2d):
+        return _op(bb, "adaptive_avg_pool2d", node, (x, mod.output_size), {})
     if isinstance(mod, (nn.AvgPool2d, nn.MaxPool2d)):
         pool = relax.op.nn.max_pool2d if isinstance(mod, nn.MaxPool2d) else relax.op.nn.avg_pool2d
         pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731

@@ -367,14 +367,20 @@ class TVMBackend(Backend):
 
         return ms.tir_integration._normalize_mod(make_kernel(spec))
 
+    def lower(self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]],
+              batch: int = 1) -> Any:
+        """``candidate`` lowered with this target's kernels: its exact dot layouts (:attr:`dot_isa`) and,
+        where the profile enables them, bit-serial W2A2 layers. Everything tuned, timed or built uses this."""
+        from mpsearch.hardware.lowering import lower
+
+        return lower(prepared, candidate, ranges, batch=batch, dot_isa=self.dot_isa,
+                     bitserial=self.profile.precisions.bitserial)
+
     def layer_kernels(
         self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]]
     ) -> tuple[Any, dict[str, tuple[str, str, Any]]]:
         """Lower ``candidate``; return it and, per layer, ``(kernel key, task name, kernel IRModule)``."""
-        from mpsearch.hardware.lowering import lower
-
-        lowered = lower(prepared, candidate, ranges, dot_isa=self.dot_isa,
-                        bitserial=self.profile.precisions.bitserial)
+        lowered = self.lower(prepared, candidate, ranges)
         per_layer = {}
         for name, spec in lowered.kernels.items():
             mod = self._kernel_mod(spec)
@@ -551,11 +557,8 @@ class TVMBackend(Backend):
 
     def _compile(self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]],
                  batch: int = 1, keep: int = 1, lowered: Any = None) -> tuple[Any, Any, str]:
-        from mpsearch.hardware.lowering import lower
-
         if lowered is None:
-            lowered = lower(prepared, candidate, ranges, batch=batch, dot_isa=self.dot_isa,
-                            bitserial=self.profile.precisions.bitserial)
+            lowered = self.lower(prepared, candidate, ranges, batch=batch)
         key = "e2e-" + _hash_mod(lowered.mod)
         if key in self._compiled:
             return self._compiled[key], lowered, key
@@ -584,13 +587,10 @@ class TVMBackend(Backend):
         candidate once (``measure.number`` calls x ``ceil(repeat / rounds)`` repeats). On a shared
         machine the speed drifts over seconds; interleaving makes the drift hit all candidates alike,
         and the median over all samples is reported. Results are cached by the lowered module's hash."""
-        from mpsearch.hardware.lowering import lower
-
         results: dict[int, Measurement] = {}
         todo = []
         for i, cand in enumerate(candidates):
-            lowered = lower(prepared, cand, ranges, dot_isa=self.dot_isa,
-                            bitserial=self.profile.precisions.bitserial)
+            lowered = self.lower(prepared, cand, ranges)
             cached = self.costs.get("e2e-" + _hash_mod(lowered.mod))
             if cached is not None:
                 results[i] = Measurement(_latency(cached), cached["std_s"], None, tuple(cached["samples"]))

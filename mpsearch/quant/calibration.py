@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mpsearch.errors import ConfigError
-from mpsearch.quant.fake import ACT_SCHEMES, ActQuant, fake_quant_act, with_act_scheme
+from mpsearch.quant.fake import ActQuant, check_act_scheme, fake_quant_act, with_act_scheme
 
 METHODS = ("minmax", "percentile", "mse")
 _SAMPLE_CAP = 1 << 20
@@ -47,8 +47,7 @@ def calibrate(
         raise ConfigError(f"calibration percentile must be in (50, 100], got {percentile}")
     if not 2 <= bits <= 8:
         raise ConfigError(f"calibration bits must be between 2 and 8, got {bits}")
-    if scheme not in ACT_SCHEMES:
-        raise ConfigError(f"activation scheme {scheme!r} is unknown; use one of {', '.join(ACT_SCHEMES)}")
+    check_act_scheme(scheme)
     layers = list(layers)
     seen: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     handles = []

@@ -76,8 +76,7 @@ class ActQuant:
 
     @classmethod
     def from_range(cls, lo: float, hi: float, bits: int, scheme: str = "symmetric") -> ActQuant:
-        if scheme not in ACT_SCHEMES:
-            raise ConfigError(f"activation scheme {scheme!r} is unknown; use one of {', '.join(ACT_SCHEMES)}")
+        check_act_scheme(scheme)
         if bits == HALF_BITS:  # no grid: the range does not matter
             return cls(bits, 1.0, lo < 0)
         signed = lo < 0
@@ -98,10 +97,14 @@ class ActQuant:
         return cls.from_range(*ranges[name], bits, act_scheme(ranges))
 
 
-def with_act_scheme(ranges: Mapping[str, tuple[float, float]], scheme: str) -> dict[str, tuple[float, float]]:
-    """A copy of ``ranges`` marked for ``scheme`` (symmetric ranges carry no mark: unchanged from before)."""
+def check_act_scheme(scheme: str) -> None:
     if scheme not in ACT_SCHEMES:
         raise ConfigError(f"activation scheme {scheme!r} is unknown; use one of {', '.join(ACT_SCHEMES)}")
+
+
+def with_act_scheme(ranges: Mapping[str, tuple[float, float]], scheme: str) -> dict[str, tuple[float, float]]:
+    """A copy of ``ranges`` marked for ``scheme`` (symmetric ranges carry no mark: unchanged from before)."""
+    check_act_scheme(scheme)
     out = {k: v for k, v in ranges.items() if k != ACT_SCHEME_KEY}
     if scheme == "asymmetric":
         out[ACT_SCHEME_KEY] = _ASYMMETRIC_MARK
