@@ -11,9 +11,11 @@ from benchmarks.common import execute
 
 
 def available() -> list[str]:
+    """The benchmark modules: those that define ``run`` (shared helpers such as ``common`` and
+    ``cases`` do not)."""
     here = Path(__file__).resolve().parent
-    return sorted(m.name for m in pkgutil.iter_modules([str(here)])
-                  if not m.name.startswith("_") and m.name != "common")
+    names = sorted(m.name for m in pkgutil.iter_modules([str(here)]) if not m.name.startswith("_"))
+    return [n for n in names if callable(getattr(importlib.import_module(f"benchmarks.{n}"), "run", None))]
 
 
 def main(argv: list[str]) -> int:

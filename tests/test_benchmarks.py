@@ -32,6 +32,18 @@ def test_runner_lists_and_rejects_unknown_benchmarks() -> None:
     assert "unknown benchmark 'no_such_bench'" in line and "cost_model" in line and len(line.splitlines()) == 1
 
 
+def test_runner_lists_only_benchmarks() -> None:
+    import importlib
+
+    from benchmarks.__main__ import available
+
+    names = available()
+    assert "cost_model" in names and "cases" not in names and "common" not in names
+    for name in names:  # what the runner needs of each: a name for its files, a title and run(args)
+        module = importlib.import_module(f"benchmarks.{name}")
+        assert module.NAME == name and module.TITLE and callable(module.run)
+
+
 def test_random_candidates_are_distinct_and_mixed() -> None:
     layers = [f"l{i}" for i in range(6)]
     pairs = [(32, 32), (8, 8), (4, 8)]
