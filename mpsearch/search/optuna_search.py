@@ -18,6 +18,7 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -86,11 +87,31 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 def make_storage(settings: SearchSettings, journal_path: Path | None) -> optuna.storages.BaseStorage:
     """The study's storage: an RDB URL (with heartbeats, so a dead worker's trial is failed) or a journal."""
     if settings.storage and "://" in settings.storage:
-        return optuna.storages.RDBStorage(settings.storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+        return _rdb_storage(settings.storage)
     path = Path(settings.storage) if settings.storage else journal_path
     if path is None:
         raise ConfigError("no study storage: set search.storage to a journal path or an RDB URL")
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
+    """Open an RDB study storage. Workers that open a fresh database at the same moment race on
+    Optuna's schema stamp (one gets a UNIQUE-constraint error on ``alembic_version``); the loser
+    finds the schema made and opens it on retry."""
+    import sqlalchemy.engine
+    import sqlalchemy.exc
+
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as e:
+            if attempt == 2:
+                reason = str(getattr(e, "orig", e)).splitlines()[0]
+                shown = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+                raise ConfigError(f"cannot open the study storage {shown}: {reason}; check search.storage "
+                                  "(the database must exist and be reachable)") from e
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def candidate_from_params(params: dict[str, str], problem: SearchProblem) -> Candidate:

@@ -17,7 +17,9 @@ from mpsearch.testing import synthetic_split
 pytest.importorskip("tvm")
 pytestmark = [pytest.mark.tvm, pytest.mark.slow]
 
-from mpsearch.hardware.tvm_backend import TVMBackend, calibration_candidates  # noqa: E402
+from mpsearch.hardware.session import Session  # noqa: E402
+from mpsearch.hardware.tvm_backend import (  # noqa: E402
+    KERNEL_ROUNDS, TVMBackend, calibration_candidates)
 
 PAIRS = [(32, 32), (8, 8), (4, 8)]
 
@@ -67,6 +69,51 @@ def test_second_backend_on_the_same_cache_tunes_and_measures_nothing(tuned, tiny
     table2 = again.cost_table(tiny_prepared, tiny_ranges, PAIRS)
     assert again.stats == {"tuned_kernels": 0, "measured_kernels": 0, "compiled_models": 0}
     assert table2.latency_s == table.latency_s
+
+
+def test_kernels_are_timed_in_interleaved_rounds(tuned, tiny_prepared, tiny_ranges, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every kernel is timed once per round, all kernels in each round, so drift hits them alike."""
+    cache, _, table = tuned
+    again = TVMBackend(tiny_profile(), cache, progress=False)
+    again.record_timings_in(tmp_path / "costs.jsonl")
+    order, real = [], Session.time
+
+    def spy(self, module, func_name, args, m, repeat=None):
+        if func_name == "main":  # a kernel (models are timed through "invoke_stateful")
+            order.append(id(module))
+        return real(self, module, func_name, args, m, repeat)
+
+    monkeypatch.setattr(Session, "time", spy)
+    again.cost_table(tiny_prepared, tiny_ranges, PAIRS)
+    kernels = len({k for per_pair in table.kernel_of.values() for k in per_pair.values()})
+    assert again.stats["measured_kernels"] == kernels
+    assert len(set(order[:kernels])) == kernels and order == order[:kernels] * KERNEL_ROUNDS
+
+
+def test_a_kernel_timed_far_slower_than_when_tuned_is_timed_again(tuned, tiny_prepared, tiny_ranges, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst of load over one kernel's first rounds (injected: 50x slower) is not priced: the kernel
+    is timed again, and its price stays near its tuning measurement."""
+    cache, _, table = tuned
+    again = TVMBackend(tiny_profile(), cache, progress=False)
+    again.record_timings_in(tmp_path / "costs.jsonl")
+    calls, real = {}, Session.time
+
+    def burst(self, module, func_name, args, m, repeat=None):
+        out = real(self, module, func_name, args, m, repeat)
+        if func_name != "main":
+            return out
+        calls[id(module)] = calls.get(id(module), 0) + 1
+        first = next(iter(calls))
+        return [t * 50 for t in out] if id(module) == first and calls[first] <= KERNEL_ROUNDS else out
+
+    monkeypatch.setattr(Session, "time", burst)
+    layer = tiny_prepared.layer_names[0]
+    retimed = again.cost_table(tiny_prepared, tiny_ranges, PAIRS)
+    disturbed = next(iter(calls))
+    assert calls[disturbed] == 2 * KERNEL_ROUNDS and all(n == KERNEL_ROUNDS for k, n in calls.items() if k != disturbed)
+    assert retimed.latency_s[layer][PAIRS[0]] < 5 * table.latency_s[layer][PAIRS[0]]  # not the 50x burst
 
 
 def test_measure_and_run_a_mixed_candidate(tuned, tiny_prepared, tiny_ranges) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -15,10 +16,23 @@ from pathlib import Path
 import optuna
 import pytest
 
+from mpsearch.errors import ConfigError
 from mpsearch.search import SearchSettings, optuna_search, run_search
 from tests.search.test_search import make_problem
 
 COMPLETE, RUNNING = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING
+
+
+def _completed(db: Path) -> int:
+    """Finished trials, read without opening an Optuna storage: that would race the search process
+    on creating the schema."""
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.1)
+    try:
+        return con.execute("SELECT count(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+    finally:
+        con.close()
 
 
 def _trials(url: str, states: tuple) -> dict[int, list[float]]:
@@ -56,9 +70,9 @@ def test_sigkill_on_rdb_storage_then_resume_keeps_every_finished_trial(tmp_path:
         while time.time() < deadline and proc.poll() is None:
             time.sleep(1.0)
             try:
-                if len(_trials(url, (COMPLETE,))) >= 8:
+                if _completed(tmp_path / "study.db") >= 8:
                     break
-            except Exception:  # the study or its tables do not exist yet, or the file is locked by a write
+            except sqlite3.Error:  # the tables do not exist yet, or the file is locked by a write
                 continue
         assert proc.poll() is None, "the search process ended before it could be killed"
     finally:
@@ -80,3 +94,28 @@ def test_sigkill_on_rdb_storage_then_resume_keeps_every_finished_trial(tmp_path:
     # Only the trial the killed process was running is lost, marked FAIL by the heartbeat check.
     failed = {t.number for t in resumed.get_trials(states=(optuna.trial.TrialState.FAIL,))}
     assert failed == held
+
+
+def test_workers_racing_on_a_fresh_database_open_it_on_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlalchemy.exc
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:  # another worker stamped the schema first
+            raise sqlalchemy.exc.IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    monkeypatch.setattr(optuna_search.time, "sleep", lambda s: None)
+    storage = optuna_search.make_storage(SearchSettings("nsga2", 1, 0, storage="sqlite:///:memory:"), None)
+    assert len(calls) == 2 and isinstance(storage, real)
+
+
+def test_unreachable_study_database_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(optuna_search.time, "sleep", lambda s: None)
+    url = f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'study.db'}"
+    with pytest.raises(ConfigError, match=r"cannot open the study storage .*check search.storage") as e:
+        optuna_search.make_storage(SearchSettings("nsga2", 1, 0, storage=url), None)
+    assert "\n" not in str(e.value)
