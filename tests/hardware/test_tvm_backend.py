@@ -116,6 +116,29 @@ def test_a_kernel_timed_far_slower_than_when_tuned_is_timed_again(tuned, tiny_pr
     assert retimed.latency_s[layer][PAIRS[0]] < 5 * table.latency_s[layer][PAIRS[0]]  # not the 50x burst
 
 
+def test_a_cached_price_far_slower_than_the_tuning_measurement_is_timed_again(tuned, tiny_prepared, tiny_ranges,
+                                                                             tmp_path: Path) -> None:
+    """Prices cached before the check existed (no ``checked`` mark) that are > SUSPECT_RATIO x the
+    kernel's tuning measurement are timed again; checked ones are kept."""
+    import json
+    import shutil
+
+    cache, backend, table = tuned
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    again = TVMBackend(tiny_profile(), copy, progress=False)
+    layer = tiny_prepared.layer_names[0]
+    key = table.kernel_of[layer][PAIRS[0]]
+    old = {**again.costs.get(key), "checked": False}
+    old["samples"] = [t * 50 for t in old["samples"]]  # an old, disturbed price
+    with open(again.dir / "costs.jsonl", "a") as f:
+        f.write(json.dumps(old) + "\n")
+    again = TVMBackend(tiny_profile(), copy, progress=False)
+    retimed = again.cost_table(tiny_prepared, tiny_ranges, PAIRS)
+    assert again.stats["measured_kernels"] == 1 and again.costs.get(key)["checked"]
+    assert retimed.latency_s[layer][PAIRS[0]] < 5 * table.latency_s[layer][PAIRS[0]]
+
+
 def test_measure_and_run_a_mixed_candidate(tuned, tiny_prepared, tiny_ranges) -> None:
     _, backend, table = tuned
     names = tiny_prepared.layer_names
