@@ -486,9 +486,9 @@ class TVMBackend(Backend):
           times slower than MetaSchedule measured it while tuning is timed again (``RETIMES`` times
           at most, then kept with a warning)."""
         todo = {k: v for k, v in kernels.items() if self.costs.get(k) is None}
-        stale = [k for k, (_, mod) in kernels.items() if k not in todo and self._suspect_price(k, mod)]
-        if stale:  # priced by an older run that lacked these checks, or on a busy machine
-            log.info("timing %d cached kernel price(s) again: > %gx slower than when tuned", len(stale), SUSPECT_RATIO)
+        stale = [k for k in kernels if k not in todo and not self.costs.get(k).get("checked")]
+        if stale:  # priced one after another, by a version without the rounds and the check below
+            log.info("timing %d kernel price(s) cached by an older version again", len(stale))
             todo.update({k: kernels[k] for k in stale})
         if todo:
             log.info("measuring %d kernel(s), %d interleaved rounds", len(todo), rounds)
@@ -530,15 +530,6 @@ class TVMBackend(Backend):
         for _ in _progress(range(rounds), "measure kernels", progress):
             for r in runs:
                 r.samples.extend(session.time(r.lib, "main", r.args, m, repeat=repeat))
-
-    def _suspect_price(self, key: str, mod: Any) -> bool:
-        """A cached price never checked against the tuning measurement (written before that check
-        existed) that fails it. Prices checked once are kept, so a second run re-times nothing."""
-        rec = self.costs.get(key)
-        if rec.get("checked"):
-            return False
-        tuned = self._tuned_latency(mod)
-        return tuned is not None and _latency(rec) > SUSPECT_RATIO * tuned
 
     def _tuned_latency(self, mod: Any) -> float | None:
         """The best mean run time MetaSchedule recorded for ``mod`` while tuning (None if unknown)."""

@@ -88,7 +88,8 @@ def test_kernels_are_timed_in_interleaved_rounds(tuned, tiny_prepared, tiny_rang
     again.cost_table(tiny_prepared, tiny_ranges, PAIRS)
     kernels = len({k for per_pair in table.kernel_of.values() for k in per_pair.values()})
     assert again.stats["measured_kernels"] == kernels
-    assert len(set(order[:kernels])) == kernels and order == order[:kernels] * KERNEL_ROUNDS
+    # (a kernel disturbed by a burst of load is timed again after these rounds: later calls)
+    assert len(set(order[:kernels])) == kernels and order[:kernels * KERNEL_ROUNDS] == order[:kernels] * KERNEL_ROUNDS
 
 
 def test_a_kernel_timed_far_slower_than_when_tuned_is_timed_again(tuned, tiny_prepared, tiny_ranges, tmp_path: Path,
@@ -112,14 +113,14 @@ def test_a_kernel_timed_far_slower_than_when_tuned_is_timed_again(tuned, tiny_pr
     layer = tiny_prepared.layer_names[0]
     retimed = again.cost_table(tiny_prepared, tiny_ranges, PAIRS)
     disturbed = next(iter(calls))
-    assert calls[disturbed] == 2 * KERNEL_ROUNDS and all(n == KERNEL_ROUNDS for k, n in calls.items() if k != disturbed)
+    # timed again (others only if the machine itself burst meanwhile)
+    assert calls[disturbed] >= 2 * KERNEL_ROUNDS and all(n >= KERNEL_ROUNDS for n in calls.values())
     assert retimed.latency_s[layer][PAIRS[0]] < 5 * table.latency_s[layer][PAIRS[0]]  # not the 50x burst
 
 
-def test_a_cached_price_far_slower_than_the_tuning_measurement_is_timed_again(tuned, tiny_prepared, tiny_ranges,
-                                                                             tmp_path: Path) -> None:
-    """Prices cached before the check existed (no ``checked`` mark) that are > SUSPECT_RATIO x the
-    kernel's tuning measurement are timed again; checked ones are kept."""
+def test_a_price_cached_by_an_older_version_is_timed_again(tuned, tiny_prepared, tiny_ranges, tmp_path: Path) -> None:
+    """Prices cached before interleaved timing and the tuning check (no ``checked`` mark) are timed
+    again once; checked ones are kept."""
     import json
     import shutil
 
