@@ -515,10 +515,10 @@ class TVMBackend(Backend):
                         r.samples.clear()
                     self._time_rounds(s, suspect, rounds, False)
             for r in runs:
+                meas = r.measurement()
                 if r.suspect():
                     log.warning("kernel %s still times %.3g ms, %.1fx its tuning measurement; is the machine busy?",
-                                r.name, r.measurement().latency_s * 1e3, r.measurement().latency_s / r.tuned_s)
-                meas = r.measurement()
+                                r.name, meas.latency_s * 1e3, meas.latency_s / r.tuned_s)
                 self.costs.put({"key": r.key, "kind": "kernel", "name": r.name, "latency_s": meas.latency_s,
                                 "std_s": meas.std_s, "samples": list(meas.samples), "checked": True})
                 self.stats["measured_kernels"] += 1

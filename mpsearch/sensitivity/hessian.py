@@ -261,7 +261,6 @@ class HutchinsonEstimator(SensitivityEstimator):
                                          allow_unused=True)
                 return {keys[i]: torch.zeros_like(at[i]) if h is None else h for i, h in zip(row, hv)}
 
-
             gen = torch.Generator().manual_seed(self.seed)
             stats = {key: _RunningMean() for key in point}
             rows = {_W + name: i % self.groups for i, name in enumerate(layers)}
