@@ -40,6 +40,7 @@ CALIBRATION_SEED = 20261122  # the cost table's random calibration candidates (b
 KERNEL_ROUNDS = 7  # interleaved timing rounds over all kernels of a cost table (see measure_kernels)
 SUSPECT_RATIO = 3.0  # a kernel timed this much slower than when it was tuned was disturbed: timed again
 RETIMES = 2
+TUNED_SHARE = 0.75  # a kernel with this share of tuning.trials_per_task in valid samples is tuned (see tune)
 COST_FIELDS = ("latency_s", "std_s", "samples")  # a costs.jsonl record lacking one is recomputed
 
 # TVM is imported lazily (in __init__) so that importing this module's names stays cheap.
@@ -402,32 +403,62 @@ class TVMBackend(Backend):
     def _has_record(self, mod: Any) -> bool:
         return self.db.query_tuning_record(mod, self.target, "main") is not None
 
+    def _trials_done(self, mod: Any) -> int:
+        """Valid samples MetaSchedule has measured for ``mod`` (one record each in the database)."""
+        if not self.db.has_workload(mod):
+            return 0
+        return len(self.db.get_top_k(self.db.commit_workload(mod), 1 << 20))
+
+    def schedule_id(self, mod: Any) -> str | None:
+        """Identity of the best schedule the database holds for kernel ``mod`` (None: untuned). A price
+        or an end-to-end timing belongs to the schedules it was measured with: tuning a kernel further
+        may find a faster one, and what was timed with the old one is then timed again."""
+        record = self.db.query_tuning_record(mod, self.target, "main")
+        if record is None:
+            return None
+        trace = json.dumps(record.as_json()[0], sort_keys=True)
+        return hashlib.sha256(trace.encode()).hexdigest()[:16]
+
     def tune(self, kernels: Mapping[str, tuple[str, Any]]) -> None:
-        """Tune every kernel (``key -> (name, IRModule)``) that has no record in the database yet."""
-        pending = {k: v for k, v in kernels.items() if not self._has_record(v[1])}
-        if not pending:
-            return
+        """Tune every kernel (``key -> (name, IRModule)``) to the profile's ``trials_per_task``.
+
+        The budget is a level, not a one-off: a kernel tuned earlier with fewer trials is tuned further
+        (the difference, from fresh random states, on top of the samples already in the database), so
+        raising ``tuning.trials_per_task`` improves the schedules a cache already holds. A kernel counts
+        as tuned once its valid samples reach ``TUNED_SHARE`` of the budget (a few samples of a space
+        fail to build, and those leave no record)."""
+        t = self.profile.tuning
+        done = {k: self._trials_done(v[1]) for k, v in kernels.items()}
+        pending = {k: v for k, v in kernels.items() if done[k] < TUNED_SHARE * t.trials_per_task}
+        if pending:  # one MetaSchedule run (one builder pool), the largest remaining budget for all
+            self._tune_tasks(pending, max(t.trials_per_task - done[k] for k in pending), done)
+
+    def _tune_tasks(self, pending: Mapping[str, tuple[str, Any]], trials: int, done: Mapping[str, int]) -> None:
         t = self.profile.tuning
         threads = self.profile.resolved_threads()
         names = [f"{name}_{key[:6]}" for key, (name, _) in pending.items()]
         work_dir = str(self.dir / "work")
         loggers = ms.logging.get_loggers_from_work_dir(work_dir, names)
         contexts = [
+            # a kernel tuned further draws from a new random state, not the samples it already has
             ms.TuneContext(mod=mod, target=self.target, space_generator=space_generator(self.target),
                            search_strategy=t.strategy, task_name=name, logger=logger,
-                           rand_state=t.seed + i, num_threads=threads).clone()
-            for i, ((_, mod), name, logger) in enumerate(zip(pending.values(), names, loggers))
+                           rand_state=t.seed + i + 100_003 * done[key], num_threads=threads).clone()
+            for i, ((key, (_, mod)), name, logger) in enumerate(zip(pending.items(), names, loggers))
         ]
-        progress = _Progress(len(contexts) * t.trials_per_task, names, self.progress)
-        log.info("tuning %d kernel(s), %d trials each (%s)", len(contexts), t.trials_per_task, t.strategy)
+        progress = _Progress(len(contexts) * trials, names, self.progress)
+        further = sum(1 for k in pending if done[k])
+        log.info("tuning %d kernel(s), %d trials each (%s)%s", len(contexts), trials, t.strategy,
+                 f"; {further} of them tuned further, from {max(done[k] for k in pending)} trials" if further else "")
         start = time.perf_counter()
-        builder = make_persistent_builder(threads, t.builder_timeout_s,
+        # candidates compile on this machine whatever the target's thread count (a board's, or one thread)
+        builder = make_persistent_builder(os.cpu_count() or 1, t.builder_timeout_s,
                                           export_compiler=self.device.export_compiler)
         try:
             ms.tune_tasks(
                 tasks=contexts, task_weights=[1.0] * len(contexts), work_dir=work_dir,
-                max_trials_global=len(contexts) * t.trials_per_task, max_trials_per_task=t.trials_per_task,
-                num_trials_per_iter=min(t.trials_per_iter, t.trials_per_task),
+                max_trials_global=len(contexts) * trials, max_trials_per_task=trials,
+                num_trials_per_iter=min(t.trials_per_iter, trials),
                 builder=builder,
                 runner=self.device.runner(ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=10),
                                           t.runner_timeout_s),
@@ -485,10 +516,14 @@ class TVMBackend(Backend):
           :meth:`Measurement.from_samples` drops; a kernel still timed more than ``SUSPECT_RATIO``
           times slower than MetaSchedule measured it while tuning is timed again (``RETIMES`` times
           at most, then kept with a warning)."""
+        schedules = {k: self.schedule_id(mod) for k, (_, mod) in kernels.items()}
         todo = {k: v for k, v in kernels.items() if self.costs.get(k) is None}
-        stale = [k for k in kernels if k not in todo and not self.costs.get(k).get("checked")]
-        if stale:  # priced one after another, by a version without the rounds and the check below
-            log.info("timing %d kernel price(s) cached by an older version again", len(stale))
+        # priced with a schedule since improved by further tuning, or by an older version (timed one
+        # after another, without the rounds and the check below, and no schedule recorded)
+        stale = [k for k in kernels if k not in todo and self.costs.get(k).get("schedule") != schedules[k]]
+        if stale:
+            log.info("timing %d kernel price(s) again: their schedule changed or an older version cached them",
+                     len(stale))
             todo.update({k: kernels[k] for k in stale})
         if todo:
             log.info("measuring %d kernel(s), %d interleaved rounds", len(todo), rounds)
@@ -520,7 +555,7 @@ class TVMBackend(Backend):
                     log.warning("kernel %s still times %.3g ms, %.1fx its tuning measurement; is the machine busy?",
                                 r.name, meas.latency_s * 1e3, meas.latency_s / r.tuned_s)
                 self.costs.put({"key": r.key, "kind": "kernel", "name": r.name, "latency_s": meas.latency_s,
-                                "std_s": meas.std_s, "samples": list(meas.samples), "checked": True})
+                                "std_s": meas.std_s, "samples": list(meas.samples), "schedule": schedules[r.key]})
                 self.stats["measured_kernels"] += 1
         return {k: self.costs.get(k) for k in kernels}
 
@@ -601,11 +636,17 @@ class TVMBackend(Backend):
 
     # -- end to end ----------------------------------------------------------------------------
 
+    def _e2e_key(self, lowered: Any) -> str:
+        """An end-to-end timing's cache key: the lowered model and the schedules of its kernels."""
+        schedules = sorted(str(self.schedule_id(self._kernel_mod(spec))) for spec in lowered.kernels.values())
+        digest = hashlib.sha256(json.dumps(schedules).encode()).hexdigest()[:12]
+        return f"e2e-{_hash_mod(lowered.mod)}-{digest}"
+
     def _compile(self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]],
                  batch: int = 1, keep: int = 1, lowered: Any = None) -> tuple[Any, Any, str]:
         if lowered is None:
             lowered = self.lower(prepared, candidate, ranges, batch=batch)
-        key = "e2e-" + _hash_mod(lowered.mod)
+        key = self._e2e_key(lowered)
         if key in self._compiled:
             return self._compiled[key], lowered, key
         if batch == 1:
@@ -637,7 +678,7 @@ class TVMBackend(Backend):
         todo = []
         for i, cand in enumerate(candidates):
             lowered = self.lower(prepared, cand, ranges)
-            cached = self.costs.get("e2e-" + _hash_mod(lowered.mod))
+            cached = self.costs.get(self._e2e_key(lowered))
             if cached is not None:
                 results[i] = Measurement(_latency(cached), cached["std_s"], None, tuple(cached["samples"]))
             else:

@@ -118,9 +118,11 @@ def test_a_kernel_timed_far_slower_than_when_tuned_is_timed_again(tuned, tiny_pr
     assert retimed.latency_s[layer][PAIRS[0]] < 5 * table.latency_s[layer][PAIRS[0]]  # not the 50x burst
 
 
-def test_a_price_cached_by_an_older_version_is_timed_again(tuned, tiny_prepared, tiny_ranges, tmp_path: Path) -> None:
-    """Prices cached before interleaved timing and the tuning check (no ``checked`` mark) are timed
-    again once; checked ones are kept."""
+@pytest.mark.parametrize("schedule", [None, "0123456789abcdef"], ids=["older-version", "schedule-since-improved"])
+def test_a_price_not_timed_with_the_current_schedule_is_timed_again(tuned, tiny_prepared, tiny_ranges, tmp_path: Path,
+                                                                    schedule: str | None) -> None:
+    """A price cached by an older version (no schedule recorded: timed one after another, unchecked) or
+    timed with a schedule that further tuning has since replaced is timed again, once; others are kept."""
     import json
     import shutil
 
@@ -130,14 +132,66 @@ def test_a_price_cached_by_an_older_version_is_timed_again(tuned, tiny_prepared,
     again = TVMBackend(tiny_profile(), copy, progress=False)
     layer = tiny_prepared.layer_names[0]
     key = table.kernel_of[layer][PAIRS[0]]
-    old = {**again.costs.get(key), "checked": False}
+    current = again.costs.get(key)["schedule"]
+    assert current is not None and current != schedule
+    old = {k: v for k, v in again.costs.get(key).items() if k != "schedule"}
+    if schedule is not None:
+        old["schedule"] = schedule
     old["samples"] = [t * 50 for t in old["samples"]]  # an old, disturbed price
     with open(again.dir / "costs.jsonl", "a") as f:
         f.write(json.dumps(old) + "\n")
     again = TVMBackend(tiny_profile(), copy, progress=False)
     retimed = again.cost_table(tiny_prepared, tiny_ranges, PAIRS)
-    assert again.stats["measured_kernels"] == 1 and again.costs.get(key)["checked"]
+    assert again.stats["measured_kernels"] == 1 and again.costs.get(key)["schedule"] == current
     assert retimed.latency_s[layer][PAIRS[0]] < 5 * table.latency_s[layer][PAIRS[0]]
+    again = TVMBackend(tiny_profile(), copy, progress=False)
+    again.cost_table(tiny_prepared, tiny_ranges, PAIRS)
+    assert again.stats["measured_kernels"] == 0
+
+
+def test_a_raised_trial_budget_tunes_cached_kernels_further(tuned, tiny_prepared, tiny_ranges, tmp_path: Path) -> None:
+    """``trials_per_task`` is a level: kernels tuned with 2 trials get 2 more at 4, none at 2 or 4 again."""
+    import shutil
+
+    cache, _, _ = tuned
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    low = TVMBackend(tiny_profile(2), copy, progress=False)
+    _, per_layer = low.layer_kernels(tiny_prepared, Candidate.uniform(tiny_prepared.layer_names, 8, 8), tiny_ranges)
+    key, label, mod = next(iter(per_layer.values()))
+    low.tune({key: (label, mod)})
+    assert low.stats["tuned_kernels"] == 0 and low._trials_done(mod) == 2
+    high = TVMBackend(tiny_profile(4), copy, progress=False)
+    high.tune({key: (label, mod)})
+    assert high.stats["tuned_kernels"] == 1 and high._trials_done(mod) >= 3
+    for trials in (4, 2):
+        again = TVMBackend(tiny_profile(trials), copy, progress=False)
+        again.tune({key: (label, mod)})
+        assert again.stats["tuned_kernels"] == 0
+
+
+def test_an_end_to_end_timing_is_kept_only_with_the_schedules_it_was_timed_with(
+        tuned, tiny_prepared, tiny_ranges, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model's timing is cached per schedule of its kernels: one improved kernel, and it is timed again."""
+    _, backend, _ = tuned
+    cand = Candidate.uniform(tiny_prepared.layer_names, 8, 8)
+    backend.measure(tiny_prepared, cand, tiny_ranges)
+    compiled = backend.stats["compiled_models"]
+    backend.measure(tiny_prepared, cand, tiny_ranges)
+    assert backend.stats["compiled_models"] == compiled  # cached
+    real = TVMBackend.schedule_id
+    first = backend.lower(tiny_prepared, cand, tiny_ranges).kernels[tiny_prepared.layer_names[0]]
+    improved = backend._kernel_mod(first)
+    monkeypatch.setattr(TVMBackend, "schedule_id",  # as if further tuning had improved the first layer's kernel
+                        lambda self, mod: "improved" if _same(mod, improved) else real(self, mod))
+    backend.measure(tiny_prepared, cand, tiny_ranges)
+    assert backend.stats["compiled_models"] == compiled + 1
+
+
+def _same(a, b) -> bool:
+    import tvm_ffi
+
+    return tvm_ffi.structural_equal(a, b)
 
 
 def test_measure_and_run_a_mixed_candidate(tuned, tiny_prepared, tiny_ranges) -> None:
