@@ -1,7 +1,7 @@
 """Search: per-layer bit-width choice under latency and memory budgets."""
 
 from mpsearch.search.ilp import (
-    IlpSolution, exact_latency_front, ilp_front, ilp_pick, require_ilp, solve_ilp, sweep_budgets,
+    FrontBounds, IlpSolution, exact_front_bounds, exact_latency_front, ilp_front, ilp_pick, require_ilp, solve_ilp, sweep_budgets,
 )
 from mpsearch.search.optuna_search import (
     SAMPLERS,
@@ -21,7 +21,7 @@ from mpsearch.search.space import OBJECTIVES, Objectives, SearchProblem, bit_pai
 
 __all__ = [
     "FrontComparison", "HypervolumeComparison", "IlpSolution", "Objectives", "SAMPLERS", "SearchProblem", "SearchSettings",
-    "bit_pairs", "compare_fronts", "exact_latency_front", "feasible_front", "feasible_points", "front_comparison", "ilp_front", "ilp_pick",
+    "FrontBounds", "bit_pairs", "compare_fronts", "exact_front_bounds", "exact_latency_front", "feasible_front", "feasible_points", "front_comparison", "ilp_front", "ilp_pick",
     "pair_label", "require_ilp", "run_search", "solve_ilp", "spread", "sweep_budgets", "warm_start_candidates",
     "OBJECTIVES", "check_candidate", "layer_groups", "merge_groups", "objective_names", "residual_groups",
     "tied_weight_groups",

@@ -263,6 +263,46 @@ def exact_latency_front(problem: SearchProblem, weight_kib: float | None = None,
     return sorted(points, key=lambda s: s.objectives.latency_ms), True
 
 
+@dataclass(frozen=True)
+class FrontBounds:
+    """The exact proxy-vs-latency front bracketed from ``grid`` ε-constraint solves (see :func:`exact_front_bounds`).
+
+    ``inner``: exact-front points (a subset of the complete front: its hypervolume is a lower bound).
+    ``outer``: corner points that dominate every point of the complete front (an upper bound).
+    """
+
+    inner: list[IlpSolution]
+    outer: np.ndarray  # (proxy, latency_ms) rows
+    ideal: np.ndarray  # the complete front's extremes: (min proxy, min latency) ...
+    nadir: np.ndarray  # ... and (max proxy, max latency)
+
+
+def exact_front_bounds(problem: SearchProblem, weight_kib: float | None = None, latency_ms: float | None = None,
+                       grid: int = 200, time_limit: float | None = None) -> FrontBounds:
+    """Bracket the complete proxy-vs-latency front (under ``weight_kib``) between two point sets.
+
+    A front of many layers has thousands of points (enumerating them one ε-step at a time takes
+    minutes); its hypervolume is pinned down far more cheaply. Solve at ``grid`` latency budgets
+    b_0 < ... < b_n, evenly spaced from the fastest candidate to the proxy optimum's latency; the
+    solution s_i at b_i has the least proxy of any candidate within b_i. Every front point with latency
+    in (b_i, b_{i+1}] therefore has proxy >= proxy(s_{i+1}) and is dominated by the corner
+    (proxy(s_{i+1}), b_i), and the fastest points by (proxy(s_0), b_0). The solutions themselves are
+    front points. So HV(inner) <= HV(complete front) <= HV(outer), and the gap closes as ``grid`` grows.
+    """
+    budgets = sweep_budgets(problem, max(grid, 2), "latency", latency_ms, weight_kib)
+    if not budgets:
+        raise InfeasibleBudgetError("no candidate meets the budgets; relax budget.latency_ms / budget.weight_kib")
+    model = _Model(problem)
+    solved = [(b, c) for b in budgets if (c := _lexicographic(model, b, weight_kib, time_limit)) is not None]
+    sols = [IlpSolution(c, problem.evaluate(c), b, weight_kib) for b, c in solved]
+    first = sols[0].objectives
+    outer = [(first.proxy, first.latency_ms)] + [(s.objectives.proxy, prev.latency_ms) for prev, s in zip(sols, sols[1:])]
+    front = sorted({s.candidate: s for s in reversed(sols)}.values(), key=lambda s: s.objectives.latency_ms)
+    ideal = np.array([front[-1].objectives.proxy, front[0].objectives.latency_ms])
+    nadir = np.array([front[0].objectives.proxy, front[-1].objectives.latency_ms])
+    return FrontBounds(front, np.array(outer, dtype=float), ideal, nadir)
+
+
 def ilp_pick(problem: SearchProblem, latency_ms: float | None, weight_kib: float | None,
              front: Sequence[Candidate] = ()) -> tuple[str, IlpSolution] | None:
     """The exact-ILP candidate a run evaluates for real beside its front, with its label.

@@ -8,7 +8,9 @@ import pytest
 from mpsearch.candidate import Candidate
 from mpsearch.errors import InfeasibleBudgetError
 from mpsearch.search import SearchProblem
-from mpsearch.search.ilp import exact_latency_front, ilp_front, latency_budgets, require_ilp, solve_ilp
+from mpsearch.search import compare_fronts
+from mpsearch.search.ilp import (
+    exact_front_bounds, exact_latency_front, ilp_front, latency_budgets, require_ilp, solve_ilp)
 
 PAIRS = [(32, 32), (8, 8), (8, 4), (4, 8), (4, 4)]
 
@@ -129,3 +131,27 @@ def test_epsilon_sweep_points_are_on_the_exact_front() -> None:
     kib = p.extreme(p.weight_bytes) / 1024 + 3
     for s in ilp_front(p, latency_budgets(p, 4, weight_kib=kib), [kib]):
         assert s.objectives.weight_kib <= kib
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_front_bounds_bracket_the_complete_front_and_close_with_the_grid(seed: int) -> None:
+    """HV(inner) <= HV(complete exact front) <= HV(outer), same normalisation; a finer grid narrows the gap."""
+    p = random_problem(seed, n_layers=6)
+    want = np.array(pareto_2d(all_points(p)))
+    gaps = []
+    for grid in (5, 40):
+        b = exact_front_bounds(p, grid=grid)
+        inner = np.array([(s.objectives.proxy, s.objectives.latency_ms) for s in b.inner])
+        assert b.ideal == pytest.approx(want.min(axis=0)) and b.nadir == pytest.approx(want.max(axis=0))
+        assert all(any(np.allclose(q, w) for w in want) for q in inner)  # every inner point is a front point
+        hv = {name: compare_fronts(x, want, ideal=b.ideal, nadir=b.nadir).hypervolume
+              for name, x in (("inner", inner), ("outer", b.outer), ("exact", want))}
+        assert hv["inner"] <= hv["exact"] + 1e-12 <= hv["outer"] + 2e-12
+        gaps.append(hv["outer"] - hv["inner"])
+    assert gaps[1] < gaps[0]
+
+
+def test_front_bounds_of_an_infeasible_budget_is_a_clear_error() -> None:
+    p = random_problem(0)
+    with pytest.raises(InfeasibleBudgetError, match="relax budget"):
+        exact_front_bounds(p, weight_kib=1e-9)
