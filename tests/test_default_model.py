@@ -1,5 +1,5 @@
 """The embedded default model: loads, has the documented accuracy, and its TVM build agrees with the
-PyTorch simulation on the whole test split (real tuning at 1 trial per kernel: slow, CI runs it)."""
+PyTorch simulation on 2,000 test images (real tuning at 1 trial per kernel: slow, CI runs it)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def test_shipped_data_and_accuracy(default_setup) -> None:
 def test_tvm_build_agrees_with_simulation_on_the_test_split(default_setup, default_model_tuned, tmp_path) -> None:
     """Tuned kernels (FP32, W8A8, W4A8, W4A4: tuned once per session for host_cpu_1t at 1 trial, shared
     with the sweep test; see tests/conftest.py) built into the model agree with the PyTorch simulation
-    on all 10,000 test images."""
+    on the first 2,000 test images (one batch-1 call each)."""
     import shutil
 
     from mpsearch.hardware.tvm_backend import TVMBackend
@@ -59,8 +59,9 @@ def test_tvm_build_agrees_with_simulation_on_the_test_split(default_setup, defau
     assert backend.dir.name == default_model_tuned.dir.name
     backend.tune_candidate(prepared, cand, ranges)
     assert backend.stats["tuned_kernels"] == 0  # every kernel of the candidate came from the shared tuning
-    out = backend.run(prepared, cand, ranges, test.tensors[0].numpy())
+    images = test.tensors[0][:2000]
+    out = backend.run(prepared, cand, ranges, images.numpy())
     with torch.no_grad():
-        ref = quantize_(prepared.copy_module(), cand, ranges)(test.tensors[0]).numpy()
+        ref = quantize_(prepared.copy_module(), cand, ranges)(images).numpy()
     agreement = float((out.argmax(1) == ref.argmax(1)).mean())
-    assert len(out) == 10_000 and agreement >= 0.99, agreement
+    assert len(out) == 2000 and agreement >= 0.99, agreement
