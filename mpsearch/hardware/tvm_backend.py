@@ -363,6 +363,7 @@ class TVMBackend(Backend):
         self.costs = JsonLines(self.dir / "costs.jsonl", required=COST_FIELDS)
         self.progress = progress
         self._compiled: dict[str, Any] = {}
+        self._kernel_mods: dict[Any, Any] = {}
         self.stats = {"tuned_kernels": 0, "measured_kernels": 0, "compiled_models": 0}
 
     def describe(self) -> str:
@@ -399,9 +400,13 @@ class TVMBackend(Backend):
     # -- kernels -------------------------------------------------------------------------------
 
     def _kernel_mod(self, spec: Any) -> Any:
+        """The kernel IRModule of ``spec`` (built once per backend: every pricing, tuning and
+        cache-key lookup of a layer goes through here)."""
         from mpsearch.hardware.kernels import make_kernel
 
-        return ms.tir_integration._normalize_mod(make_kernel(spec))
+        if spec not in self._kernel_mods:
+            self._kernel_mods[spec] = ms.tir_integration._normalize_mod(make_kernel(spec))
+        return self._kernel_mods[spec]
 
     def lower(self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]],
               batch: int = 1) -> Any:
@@ -434,11 +439,15 @@ class TVMBackend(Backend):
     def _has_record(self, mod: Any) -> bool:
         return self.db.query_tuning_record(mod, self.target, "main") is not None
 
+    def _top_records(self, mod: Any, k: int) -> list[Any]:
+        """The ``k`` fastest valid tuning records of ``mod`` (none if it was never tuned)."""
+        if not self.db.has_workload(mod):
+            return []
+        return list(self.db.get_top_k(self.db.commit_workload(mod), k))
+
     def _trials_done(self, mod: Any) -> int:
         """Valid samples MetaSchedule has measured for ``mod`` (one record each in the database)."""
-        if not self.db.has_workload(mod):
-            return 0
-        return len(self.db.get_top_k(self.db.commit_workload(mod), 1 << 20))
+        return len(self._top_records(mod, 1 << 20))
 
     def schedule_id(self, mod: Any) -> str | None:
         """Identity of the best schedule the database holds for kernel ``mod`` (None: untuned). A price
@@ -600,9 +609,7 @@ class TVMBackend(Backend):
 
     def _tuned_latency(self, mod: Any) -> float | None:
         """The best mean run time MetaSchedule recorded for ``mod`` while tuning (None if unknown)."""
-        if not self.db.has_workload(mod):
-            return None
-        top = self.db.get_top_k(self.db.commit_workload(mod), 1)
+        top = self._top_records(mod, 1)
         secs = [float(t) for t in top[0].run_secs] if top and top[0].run_secs else []
         return float(np.mean(secs)) if secs and max(secs) < 1e9 else None  # 1e10: MetaSchedule's failed run
 
@@ -668,21 +675,26 @@ class TVMBackend(Backend):
 
     # -- end to end ----------------------------------------------------------------------------
 
-    def _e2e_key(self, lowered: Any) -> str:
+    def _kernel_schedules(self, lowered: Any) -> dict[str, str | None]:
+        """Per layer of ``lowered``, the :meth:`schedule_id` of its kernel (None: untuned)."""
+        return {name: self.schedule_id(self._kernel_mod(spec)) for name, spec in lowered.kernels.items()}
+
+    def _e2e_key(self, lowered: Any, schedules: Mapping[str, str | None] | None = None) -> str:
         """An end-to-end timing's cache key: the lowered model and the schedules of its kernels."""
-        schedules = sorted(str(self.schedule_id(self._kernel_mod(spec))) for spec in lowered.kernels.values())
-        digest = hashlib.sha256(json.dumps(schedules).encode()).hexdigest()[:12]
+        schedules = self._kernel_schedules(lowered) if schedules is None else schedules
+        digest = hashlib.sha256(json.dumps(sorted(map(str, schedules.values()))).encode()).hexdigest()[:12]
         return f"e2e-{_hash_mod(lowered.mod)}-{digest}"
 
     def _compile(self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]],
                  batch: int = 1, keep: int = 1, lowered: Any = None) -> tuple[Any, Any, str]:
         if lowered is None:
             lowered = self.lower(prepared, candidate, ranges, batch=batch)
-        key = self._e2e_key(lowered)
+        schedules = self._kernel_schedules(lowered)
+        key = self._e2e_key(lowered, schedules)
         if key in self._compiled:
             return self._compiled[key], lowered, key
         if batch == 1:
-            untuned = [n for n, spec in lowered.kernels.items() if not self._has_record(self._kernel_mod(spec))]
+            untuned = [n for n, sch in schedules.items() if sch is None]
             if untuned:
                 raise HardwareError(f"layer {untuned[0]} has no tuned kernel for its bits; build the cost "
                                     "table for this bit pair first (never priced at a naive fallback)")
