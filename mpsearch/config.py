@@ -109,6 +109,7 @@ class RunConfig:
     run_name: Optional[str] = None  # default: derived from the config, so re-running resumes
     cache_dir: str = ".mpsearch-cache"
     progress: bool = True
+    verbose: bool = False  # TVM's own logs on the console instead of <run folder>/tvm.log
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,7 +134,7 @@ class RunConfig:
     def content_hash(self) -> str:
         """Hash of everything that determines the run's results (not where they go)."""
         d = self.to_dict()
-        for k in ("results_dir", "run_name", "cache_dir", "progress"):
+        for k in ("results_dir", "run_name", "cache_dir", "progress", "verbose"):
             d.pop(k)
         if d["hw_profile"].get("cost") is None:  # unset: the same hash as before the field existed
             d["hw_profile"].pop("cost", None)

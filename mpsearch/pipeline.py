@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mpsearch.candidate import Bits, Candidate
 from mpsearch.config import RunConfig, validate
+from mpsearch.console import LOG_NAME, RunLog, run_log
 from mpsearch.errors import ConfigError, HardwareError, MPSearchError
 from mpsearch.hardware.base import Backend, LayerCostTable
 from mpsearch.hardware.profile import HwProfile, load_profile
@@ -181,14 +182,38 @@ def default_backend(profile: HwProfile, cache_dir: Path, progress: bool) -> Back
 
 
 def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> RunOutcome:
-    """Run the whole search for ``cfg`` and write its report; re-running the same config resumes."""
+    """Run the whole search for ``cfg`` and write its report; re-running the same config resumes.
+
+    TVM's own output (MetaSchedule's logs, C++ warnings) goes to ``tvm.log`` in the run folder unless
+    ``cfg.verbose``; until the run folder exists it is kept in ``<cache_dir>/logs/``."""
     validate(cfg)
+    run_dir = Path(cfg.results_dir) / (cfg.run_name or cfg.default_run_name())
+    pending = None if cfg.verbose else Path(cfg.cache_dir) / "logs" / f"{run_dir.name}.log"
+    with run_log(pending) as tvm_log:
+        try:
+            return _run(cfg, backend_factory, run_dir, tvm_log)
+        finally:
+            if tvm_log is not None and pending is not None and tvm_log.path == pending:
+                _drop_or_point_at(pending)  # stopped before the run folder was made
+
+
+def _drop_or_point_at(log_path: Path) -> None:
+    """A run that stopped before it had a run folder: its TVM log is removed if empty (bad input leaves
+    nothing behind), else kept where it is, and said where."""
+    if log_path.exists() and log_path.stat().st_size == 0:
+        log_path.unlink()
+        with contextlib.suppress(OSError):
+            log_path.parent.rmdir()
+    elif log_path.exists():
+        log.info("TVM's output of this run: %s", log_path)
+
+
+def _run(cfg: RunConfig, backend_factory: BackendFactory, run_dir: Path, tvm_log: RunLog | None) -> RunOutcome:
     timer = _Timer()
     torch.manual_seed(cfg.search.seed)
     profile = configured_profile(cfg)
     pairs = bit_pairs(cfg.search.w_bits, cfg.search.a_bits, cfg.search.weight_only)
     profile.precisions.check(profile.name, pairs)  # e.g. fp16 on a profile without it: one line, before any work
-    run_dir = Path(cfg.results_dir) / (cfg.run_name or cfg.default_run_name())
     cache_dir = Path(cfg.cache_dir)
     with timer.stage("load"):
         model = build_model(cfg)
@@ -227,6 +252,8 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
     # The run folder is made only once the inputs are known to be usable: bad input leaves nothing behind.
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    if tvm_log is not None:
+        tvm_log.move_to(run_dir / LOG_NAME)
     log.info("run folder: %s", run_dir)
     with timer.stage("search"):
         settings = SearchSettings(cfg.search.sampler, cfg.search.n_trials, cfg.search.seed, cfg.budget.latency_ms,

@@ -92,6 +92,34 @@ def _import_tensor_intrinsics() -> None:
         inspect.getmodule = real
 
 
+@contextlib.contextmanager
+def _task_loggers(log_dir: Path, names: Sequence[str]) -> Iterator[list[logging.Logger]]:
+    """One logger per tuning task, all writing to ``log_dir/tuning.log`` and to nothing else.
+
+    MetaSchedule's own ``get_loggers_from_work_dir`` is not used: it calls ``logging.config.dictConfig``
+    for the whole process, which closes every logging handler the application set up, adds a console
+    handler on stdout to the ``tvm.s_tir.meta_schedule`` logger, and fails with ``AttributeError:
+    'NoneType' object has no attribute 'format'`` as soon as any handler without a name (a
+    ``NullHandler``, a test harness's) sits on that logger."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_dir / "tuning.log", mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s",
+                                           "%Y-%m-%d %H:%M:%S"))
+    loggers = []
+    for i, name in enumerate(names):
+        logger = logging.getLogger(f"mpsearch.tuning.task_{i}_{name[:100]}")
+        logger.handlers = [handler]
+        logger.setLevel(logging.DEBUG)
+        logger.propagate = False
+        loggers.append(logger)
+    try:
+        yield loggers
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+        handler.close()
+
+
 def _register_unpack_rule() -> None:
     """MetaSchedule rule for the blocks a kernel marks ``schedule_rule = UNPACK_RULE`` (the int4
     unpack feeding the int8 dot): leave it a block of its own. Inlined into the dot it would stop the
@@ -474,12 +502,26 @@ class TVMBackend(Backend):
             self._tune_tasks(pending, max(t.trials_per_task - done[k] for k in pending), done)
 
     def _tune_tasks(self, pending: Mapping[str, tuple[str, Any]], trials: int, done: Mapping[str, int]) -> None:
-        t = self.profile.tuning
-        threads = self.profile.resolved_threads()
         names = [f"{name}_{key[:6]}" for key, (name, _) in pending.items()]
         work_dir = str(self.dir / "work")
         _import_tensor_intrinsics()
-        loggers = ms.logging.get_loggers_from_work_dir(work_dir, names)
+        with _task_loggers(Path(work_dir) / "logs", names) as loggers:
+            errors = self._run_tuning(pending, trials, done, names, loggers, work_dir)
+        failed = [(name, errors.get(i, "no valid sample"))
+                  for i, ((_, mod), name) in enumerate(zip(pending.values(), names)) if not self._has_record(mod)]
+        if failed:
+            name, err = failed[0]
+            raise HardwareError(
+                f"tuning produced no valid schedule for {len(failed)} kernel(s), e.g. {name}: {err}; "
+                "see the MetaSchedule logs in " + work_dir
+            )
+        self.stats["tuned_kernels"] += len(pending)
+
+    def _run_tuning(self, pending: Mapping[str, tuple[str, Any]], trials: int, done: Mapping[str, int],
+                    names: list[str], loggers: list[logging.Logger], work_dir: str) -> dict[int, str]:
+        """One MetaSchedule run over ``pending``; returns each failed task's first error."""
+        t = self.profile.tuning
+        threads = self.profile.resolved_threads()
         contexts = [
             # a kernel tuned further draws from a new random state, not the samples it already has
             ms.TuneContext(mod=mod, target=self.target, space_generator=space_generator(self.target),
@@ -511,16 +553,8 @@ class TVMBackend(Backend):
         finally:
             builder.shutdown()
             progress.close()
-        failed = [(name, progress.errors.get(i, "no valid sample"))
-                  for i, ((_, mod), name) in enumerate(zip(pending.values(), names)) if not self._has_record(mod)]
-        if failed:
-            name, err = failed[0]
-            raise HardwareError(
-                f"tuning produced no valid schedule for {len(failed)} kernel(s), e.g. {name}: {err}; "
-                "see the MetaSchedule logs in " + work_dir
-            )
-        self.stats["tuned_kernels"] += len(pending)
         log.info("tuned %d kernel(s) in %.0f s", len(pending), time.perf_counter() - start)
+        return progress.errors
 
     def _random_args(self, func: Any, session: Session, seed: int = 0) -> list[Any]:
         from tvm.s_tir.meta_schedule.arg_info import ArgInfo
