@@ -16,8 +16,8 @@ import pytest
 
 def _pg_bin() -> Path | None:
     found = shutil.which("pg_ctl")
-    if found:
-        return Path(found).parent
+    if found or os.environ.get("MPSEARCH_TEST_PATH_ONLY"):  # .ci/run: optional tools hidden from PATH
+        return Path(found).parent if found else None
     versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
     return Path(versions[-1]).parent if versions else None
 
