@@ -144,7 +144,10 @@ class RunConfig:
         return content_hash(d, length=8)
 
     def default_run_name(self) -> str:
-        parts = [self.model.name, self.hw_profile.name]
+        profile = self.hw_profile.name
+        if profile.endswith((".yaml", ".yml")):  # a profile given by path: its file name, not a nested folder
+            profile = profile.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        parts = [self.model.name, profile]
         if self.hw_profile.cost == "estimated":
             parts.append("estimated")
         if self.budget.latency_ms is not None:
