@@ -78,24 +78,6 @@ def one_line(e: BaseException) -> str:
     return "; ".join(parts) or type(e).__name__
 
 
-def _precheck(args: list[str]) -> None:
-    """Compose plain overrides before Hydra does, so a bad one ends with one line and exit status 2."""
-    args = _config_dir_as_searchpath(args)
-    if any(a.startswith("-") or "${hydra:" in a for a in args):  # --multirun, --cfg ...: Hydra reports those
-        return
-    from hydra import compose, initialize_config_dir
-
-    try:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            to_run_config(compose(config_name="config", overrides=args))
-    except MPSearchError as e:
-        print(f"mpsearch: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except Exception as e:  # Hydra's override-grammar, composition and OmegaConf type errors
-        print(f"mpsearch: error: {one_line(e)}", file=sys.stderr)
-        sys.exit(2)
-
-
 def _config_dir_as_searchpath(args: list[str]) -> list[str]:
     """``--config-dir DIR`` / ``-cd DIR`` (Hydra's own option) as the equivalent search-path override."""
     out, dirs, i = [], [], 0
@@ -118,6 +100,24 @@ def _config_dir_as_searchpath(args: list[str]) -> list[str]:
     if dirs:
         out.append("hydra.searchpath=[" + ",".join(repr(f"file://{Path(d).resolve()}") for d in dirs) + "]")
     return out
+
+
+def _precheck(args: list[str]) -> None:
+    """Compose plain overrides before Hydra does, so a bad one ends with one line and exit status 2."""
+    args = _config_dir_as_searchpath(args)
+    if any(a.startswith("-") or "${hydra:" in a for a in args):  # --multirun, --cfg ...: Hydra reports those
+        return
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            to_run_config(compose(config_name="config", overrides=args))
+    except MPSearchError as e:
+        print(f"mpsearch: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:  # Hydra's override-grammar, composition and OmegaConf type errors
+        print(f"mpsearch: error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
 
 
 def main() -> None:
