@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from mpsearch.errors import CandidateError, ConfigError
+from mpsearch.hashing import content_hash
 
 FLOAT_BITS = 32
 HALF_BITS = 16  # IEEE half precision (fp16), not a 16-bit integer grid
@@ -111,7 +111,7 @@ class Candidate(Mapping[str, Bits]):
 
     def key(self) -> str:
         """Content hash, stable across processes."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        return content_hash(self.to_json().encode(), length=16)
 
 
 SAMPLINGS = ("mix", "layer")

@@ -14,7 +14,9 @@ from mpsearch.config import BudgetConfig, DataConfig, HwProfileConfig, ModelConf
     register_configs
 from mpsearch.errors import ConfigError, MPSearchError
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# The repository's conf/, shipped in wheels as package data (mpsearch/conf links to it in a checkout).
+# Users add config groups of their own with Hydra's --config-dir DIR (e.g. DIR/hw_profile/my_board.yaml).
+CONF_DIR = str((Path(__file__).resolve().parent / "conf").resolve())
 log = logging.getLogger("mpsearch")
 _SCHEMA_GROUPS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "hw_profile": HwProfileConfig,
                                    "search": SearchConfig, "budget": BudgetConfig}
@@ -76,8 +78,33 @@ def one_line(e: BaseException) -> str:
     return "; ".join(parts) or type(e).__name__
 
 
+def _config_dir_as_searchpath(args: list[str]) -> list[str]:
+    """``--config-dir DIR`` / ``-cd DIR`` (Hydra's own option) as the equivalent search-path override."""
+    out, dirs, i = [], [], 0
+    while i < len(args):
+        a = args[i]
+        if a in ("--config-dir", "-cd") and i + 1 < len(args):
+            dirs.append(args[i + 1])
+            i += 2
+            continue
+        if a.startswith("--config-dir="):
+            dirs.append(a.split("=", 1)[1])
+        else:
+            out.append(a)
+        i += 1
+    for d in dirs:
+        if not Path(d).is_dir():
+            print(f"mpsearch: error: --config-dir {d}: no such folder; give a folder of config groups "
+                  "(e.g. DIR/hw_profile/my_board.yaml)", file=sys.stderr)
+            sys.exit(2)
+    if dirs:
+        out.append("hydra.searchpath=[" + ",".join(repr(f"file://{Path(d).resolve()}") for d in dirs) + "]")
+    return out
+
+
 def _precheck(args: list[str]) -> None:
     """Compose plain overrides before Hydra does, so a bad one ends with one line and exit status 2."""
+    args = _config_dir_as_searchpath(args)
     if any(a.startswith("-") or "${hydra:" in a for a in args):  # --multirun, --cfg ...: Hydra reports those
         return
     from hydra import compose, initialize_config_dir

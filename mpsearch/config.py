@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
 
 from mpsearch.errors import ConfigError
+from mpsearch.hashing import content_hash
 
 
 @dataclass
@@ -142,10 +142,13 @@ class RunConfig:
                                   ("search", "objectives", None), ("budget", "bops_g", None)):
             if d[group].get(key, unset) == unset:  # likewise: runs without them keep their folder
                 d[group].pop(key, None)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+        return content_hash(d, length=8)
 
     def default_run_name(self) -> str:
-        parts = [self.model.name, self.hw_profile.name]
+        profile = self.hw_profile.name
+        if profile.endswith((".yaml", ".yml")):  # a profile given by path: its file name, not a nested folder
+            profile = profile.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        parts = [self.model.name, profile]
         if self.hw_profile.cost == "estimated":
             parts.append("estimated")
         if self.budget.latency_ms is not None:

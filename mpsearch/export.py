@@ -22,7 +22,6 @@ below ``--min-agreement`` (99%) the command exits 1.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import logging
@@ -41,6 +40,7 @@ from torch import nn
 from mpsearch.candidate import FLOAT_BITS, HALF_BITS, Candidate
 from mpsearch.config import RunConfig
 from mpsearch.errors import MPSearchError
+from mpsearch.hashing import file_sha256
 from mpsearch.quant.fake import ActQuant, QuantLayer, act_quantizers, quantize_, quantize_weight
 from mpsearch.quant.prepare import PreparedModel
 from mpsearch.storage import atomic_write_bytes, atomic_write_text
@@ -255,14 +255,6 @@ class ExportResult:
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _target_dict(target: str) -> Any:
     try:
         return json.loads(target)
@@ -346,7 +338,7 @@ def export_run(run_dir: str | Path, label: str | None = None, budget_ms: float |
         log.warning("profile %s runs on %s: the library was not loaded back here (run it on the device)",
                     profile.name, profile.device_address())
 
-    files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size}
+    files = {p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
              for p in (built.library, built.params, out_dir / "bits.json", state_path)}
     manifest = {
         "run": run.path.name, "candidate": label, "candidate_key": candidate.key(),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import time
@@ -21,6 +20,7 @@ from mpsearch.candidate import Bits, Candidate
 from mpsearch.config import RunConfig, validate
 from mpsearch.console import LOG_NAME, RunLog, run_log
 from mpsearch.errors import ConfigError, HardwareError, MPSearchError
+from mpsearch.hashing import content_hash
 from mpsearch.hardware.base import Backend, LayerCostTable
 from mpsearch.hardware.profile import HwProfile, load_profile
 from mpsearch.models.registry import load_state_dict, resolve
@@ -88,18 +88,11 @@ def batches(ds: Dataset, batch_size: int) -> list[tuple[torch.Tensor, torch.Tens
     return list(DataLoader(ds, batch_size=batch_size, shuffle=False))
 
 
-def _digest(*parts: Any) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        if isinstance(p, torch.Tensor):
-            h.update(p.detach().cpu().contiguous().numpy().tobytes())
-        elif isinstance(p, Mapping):
-            for k in sorted(p):
-                h.update(str(k).encode())
-                h.update(_digest(p[k]).encode())
-        else:
-            h.update(json.dumps(p, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
+def accuracy_context(prepared: PreparedModel, ranges: Mapping[str, tuple[float, float]],
+                     data: list[tuple[torch.Tensor, torch.Tensor]]) -> str:
+    """The :class:`AccuracyCache` key of a model, its calibration and ALL of ``data`` (every batch's
+    values, shapes and dtypes, labels included): two test subsets never share accuracies."""
+    return content_hash("accuracy/2", prepared.graph_module.state_dict(), dict(ranges), data, length=16)
 
 
 class AccuracyCache:
@@ -132,8 +125,7 @@ def evaluate_accuracy(prepared: PreparedModel, candidate: Candidate, ranges: Map
 def cached_accuracy(prepared: PreparedModel, ranges: Mapping[str, tuple[float, float]],
                     data: list[tuple[torch.Tensor, torch.Tensor]], cache_dir: Path) -> Callable[[Candidate], float]:
     """:func:`evaluate_accuracy` on ``data`` through the run's :class:`AccuracyCache` (same key as the evaluation)."""
-    cache = AccuracyCache(Path(cache_dir) / "accuracy.jsonl",
-                          _digest(prepared.graph_module.state_dict(), ranges, data[0][0], len(data)))
+    cache = AccuracyCache(Path(cache_dir) / "accuracy.jsonl", accuracy_context(prepared, ranges, data))
 
     def accuracy(cand: Candidate) -> float:
         acc = cache.get(cand)
@@ -277,7 +269,7 @@ def _run(cfg: RunConfig, backend_factory: BackendFactory, run_dir: Path, tvm_log
         validation, sens_results = _proxy_validation(cfg, prepared, pairs, ranges, test, sens_batches, sens, score,
                                                      calib, joint)
 
-    context = _digest(prepared.graph_module.state_dict(), ranges, test[0][0], len(test))
+    context = accuracy_context(prepared, ranges, test)
     acc_cache = AccuracyCache(cache_dir / "accuracy.jsonl", context)
     evaluated: list[EvaluatedCandidate] = []
     todo = [(f"pareto-{i}", "pareto", t.number, c) for i, (t, c) in enumerate(chosen)]

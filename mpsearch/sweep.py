@@ -20,7 +20,6 @@ combination, each writing its own content-addressed run folder. When the sweep e
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from mpsearch.errors import MPSearchError
+from mpsearch.hashing import content_hash
 
 log = logging.getLogger(__name__)
 
@@ -401,7 +401,7 @@ def default_name(jobs: Sequence[Job]) -> str:
     """Content-addressed, like run folders: the same sweep gets the same summary folder."""
     runs = sorted(j.run_dir.name for j in jobs)
     model = next((j.run.config.model.name for j in jobs if j.run is not None), "runs")
-    return f"sweep-{model}-{hashlib.sha256(' '.join(runs).encode()).hexdigest()[:8]}"
+    return f"sweep-{model}-{content_hash(' '.join(runs).encode(), length=8)}"
 
 
 def summarize_sweep(sources: Sequence[str | Path], results_dir: str | Path | None = None,

@@ -68,3 +68,12 @@ def test_validate_rejects_with_field_name(field: str, value: object, message: st
     setattr(getattr(cfg, group), name, value)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         validate(cfg)
+
+
+def test_a_profile_given_by_path_names_the_run_folder_by_its_file() -> None:
+    from mpsearch.config import RunConfig
+
+    cfg = RunConfig()
+    cfg.hw_profile.name = "boards/v2/my_board.yaml"
+    name = cfg.default_run_name()
+    assert name.startswith("resnet20_fmnist-my_board-") and "/" not in name

@@ -149,6 +149,11 @@ def test_export_reproduces_the_fake_quant_model(tvm_sweep) -> None:
     x = synthetic_split("test", 64).tensors[0].numpy()
     params = load_params(out / "params.npz", manifest["library"]["params"])
     good = run_library(out / "model.so", params, x)
+    # mpsearch.deploy.load binds the same parameters in the manifest's order and runs what was verified
+    from mpsearch import deploy
+
+    model = deploy.load(out)
+    assert np.array_equal(model(x), good) and np.array_equal(model(torch.from_numpy(x)).numpy(), good)
     params[manifest["library"]["params"].index("fc_bias")] = np.array([50.0, -50.0, 0.0], dtype=np.float32)
     bad = run_library(out / "model.so", params, x)
     assert (bad.argmax(1) == good.argmax(1)).mean() < 0.9

@@ -88,3 +88,33 @@ def test_checkpoint_that_is_not_a_state_dict(tmp_path: Path) -> None:
     cfg.model.checkpoint = str(bad)
     with pytest.raises(ConfigError, match="is not a plain state dict"):
         run(cfg, factory([]))
+
+
+def test_accuracy_cache_hashes_all_the_data(tmp_path: Path, tiny_prepared, tiny_ranges) -> None:
+    """Issue #16: the key was (weights, ranges, first batch, number of batches), so 1,600 and 2,000
+    test images at batch 500 (4 batches each, same first batch) shared accuracies."""
+    import torch
+
+    from mpsearch.candidate import Candidate
+    from mpsearch.pipeline import accuracy_context, cached_accuracy, evaluate_accuracy
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 1, 8, 8, generator=gen)
+    y = torch.randint(0, 3, (2000,), generator=gen)
+    small = [(x[i:min(i + 500, 1600)], y[i:min(i + 500, 1600)]) for i in range(0, 1600, 500)]  # last batch: 100
+    large = [(x[i:i + 500], y[i:i + 500]) for i in range(0, 2000, 500)]
+    assert len(small) == len(large) == 4 and torch.equal(small[0][0], large[0][0])
+    assert accuracy_context(tiny_prepared, tiny_ranges, small) != accuracy_context(tiny_prepared, tiny_ranges, large)
+    # labels, shapes and dtypes count too
+    relabelled = [*large[:-1], (large[-1][0], (large[-1][1] + 1) % 3)]
+    assert accuracy_context(tiny_prepared, tiny_ranges, relabelled) != accuracy_context(tiny_prepared, tiny_ranges, large)
+    as_double = [(xb.double(), yb) for xb, yb in large]
+    assert accuracy_context(tiny_prepared, tiny_ranges, as_double) != accuracy_context(tiny_prepared, tiny_ranges, large)
+
+    cand = Candidate.uniform(tiny_prepared.layer_names, 8, 8)
+    truth_small = evaluate_accuracy(tiny_prepared, cand, tiny_ranges, small)
+    truth_large = evaluate_accuracy(tiny_prepared, cand, tiny_ranges, large)
+    assert truth_small != truth_large  # the regression below could not show otherwise
+    assert cached_accuracy(tiny_prepared, tiny_ranges, small, tmp_path)(cand) == truth_small
+    assert cached_accuracy(tiny_prepared, tiny_ranges, large, tmp_path)(cand) == truth_large  # not small's entry
+    assert cached_accuracy(tiny_prepared, tiny_ranges, small, tmp_path)(cand) == truth_small  # a hit, same value

@@ -30,7 +30,6 @@ Compile-only: the model is also built for the profile's target (aarch64 cross-co
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -46,6 +45,7 @@ from mpsearch.candidate import Bits, Candidate
 from mpsearch.errors import ConfigError, HardwareError
 from mpsearch.hardware.base import Backend, LayerCostTable, Measurement
 from mpsearch.hardware.profile import HwProfile, PeakRates
+from mpsearch.hashing import content_hash
 from mpsearch.quant.prepare import PreparedModel
 from mpsearch.storage import JsonLines
 
@@ -134,7 +134,7 @@ def _target_text(profile: HwProfile) -> str:
 
 
 def _spec_key(spec: Any) -> str:
-    return hashlib.sha256(repr(spec).encode()).hexdigest()[:16]
+    return content_hash(repr(spec).encode(), length=16)
 
 
 class EstimateBackend(Backend):
@@ -160,8 +160,8 @@ class EstimateBackend(Backend):
         self.peak = profile.peak
         self.progress = progress
         self.compile_check = compile_check
-        ident = json.dumps([profile.name, profile.target, profile.cross_compiler], sort_keys=True, default=str)
-        self.dir = Path(cache_dir) / "estimate" / f"{profile.name}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
+        ident = content_hash([profile.name, profile.target, profile.cross_compiler], length=12)
+        self.dir = Path(cache_dir) / "estimate" / f"{profile.name}-{ident}"
         self.builds = JsonLines(self.dir / "builds.jsonl", required=("status",))
         self.build_status: str | None = None
         self._other: dict[str, float] = {}

@@ -114,27 +114,38 @@ def load_params(path: Path, names: Sequence[str]) -> list[np.ndarray]:
         return [np.ascontiguousarray(data[n]) for n in names]
 
 
+class LoadedLibrary:
+    """An exported library loaded back (``tvm.runtime.load_module`` + Relax VM) with its parameters bound
+    once, in the library's argument order; called on ``(N, *shape[1:])`` float32 inputs, it runs them row
+    by row (the library was compiled for batch 1, as it was tuned and measured) and returns ``(N, ...)``.
+    Not thread-safe (one VM)."""
+
+    def __init__(self, library: Path, params: Sequence[np.ndarray], threads: int | None = None) -> None:
+        import tvm
+
+        if threads:
+            use_threads(threads)
+        try:
+            lib = tvm.runtime.load_module(str(library))
+        except Exception as e:
+            text = str(e).strip().splitlines()
+            raise HardwareError(f"cannot load {library} on this machine ({text[-1] if text else type(e).__name__}); "
+                                "was it built for another target?") from None
+        self._tvm = tvm
+        self.device = tvm.cpu(0)
+        self.vm = tvm.relax.VirtualMachine(lib, self.device)
+        self.args = [tvm.runtime.tensor(np.ascontiguousarray(a), self.device) for a in params]
+
+    def __call__(self, inputs: np.ndarray) -> np.ndarray:
+        tensor = self._tvm.runtime.tensor
+        outs = [self.vm["main"](tensor(np.ascontiguousarray(x[None]), self.device), *self.args).numpy()
+                for x in np.asarray(inputs, dtype="float32")]
+        return np.concatenate(outs) if outs else np.zeros((0,), dtype="float32")
+
+
 def run_library(library: Path, params: Sequence[np.ndarray], inputs: np.ndarray, threads: int | None = None) -> np.ndarray:
-    """Load an exported library back (``tvm.runtime.load_module`` + Relax VM) and run it row by row.
-
-    The library was compiled for batch 1, as it was tuned and measured; ``inputs`` is ``(N, *shape[1:])``.
-    """
-    import tvm
-
-    if threads:
-        use_threads(threads)
-    try:
-        lib = tvm.runtime.load_module(str(library))
-    except Exception as e:
-        text = str(e).strip().splitlines()
-        raise HardwareError(f"cannot load {library} on this machine ({text[-1] if text else type(e).__name__}); "
-                            "was it built for another target?") from None
-    dev = tvm.cpu(0)
-    vm = tvm.relax.VirtualMachine(lib, dev)
-    args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in params]
-    outs = [vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x[None]), dev), *args).numpy()
-            for x in np.asarray(inputs, dtype="float32")]
-    return np.concatenate(outs) if outs else np.zeros((0,), dtype="float32")
+    """Load an exported library back and run it on ``inputs`` ``(N, *shape[1:])`` (see :class:`LoadedLibrary`)."""
+    return LoadedLibrary(library, params, threads)(inputs)
 
 
 def tvm_version() -> str:
@@ -143,4 +154,5 @@ def tvm_version() -> str:
     return str(tvm.__version__)
 
 
-__all__ = ["BuiltLibrary", "build_library", "load_params", "run_library", "tvm_version", "use_threads"]
+__all__ = ["BuiltLibrary", "LoadedLibrary", "build_library", "load_params", "run_library", "tvm_version",
+           "use_threads"]

@@ -30,7 +30,10 @@ W_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 A_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 STRATEGIES = ("replay-trace", "evolutionary")
 COST_MODES = ("measured", "estimated")
-PROFILE_DIR = Path(__file__).resolve().parents[2] / "hw_profiles"
+# The repository's hw_profiles/, shipped in wheels as package data (mpsearch/hw_profiles links to it in a
+# checkout). Folders in $MPSEARCH_PROFILE_PATH (os.pathsep-separated) are searched first for a profile name.
+PROFILE_DIR = (Path(__file__).resolve().parents[1] / "hw_profiles").resolve()
+PROFILE_PATH_ENV = "MPSEARCH_PROFILE_PATH"
 
 
 @dataclass(frozen=True)
@@ -302,14 +305,31 @@ def _validate(p: HwProfile, where: str) -> HwProfile:
     return p
 
 
+def profile_dirs() -> list[Path]:
+    """Where profile names are looked up, in order: the folders of ``$MPSEARCH_PROFILE_PATH``, then
+    mpsearch's own ``hw_profiles/``."""
+    extra = [Path(p).expanduser() for p in os.environ.get(PROFILE_PATH_ENV, "").split(os.pathsep) if p.strip()]
+    return [*extra, PROFILE_DIR]
+
+
+def known_profiles() -> list[str]:
+    """Every profile name :func:`load_profile` can find (see :func:`profile_dirs`)."""
+    return sorted({p.stem for d in profile_dirs() for p in d.glob("*.yaml")})
+
+
 def load_profile(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> HwProfile:
-    """Load ``hw_profiles/<name>.yaml`` (or a path to a YAML file) into a validated :class:`HwProfile`."""
-    path = Path(name_or_path)
+    """Load a profile by name (``<dir>/<name>.yaml`` of :func:`profile_dirs`, the first that has it) or
+    from a path to a YAML file, into a validated :class:`HwProfile`."""
+    path = Path(name_or_path).expanduser()
     if path.suffix not in (".yaml", ".yml"):
-        path = PROFILE_DIR / f"{name_or_path}.yaml"
+        path = next((d / f"{name_or_path}.yaml" for d in profile_dirs() if (d / f"{name_or_path}.yaml").is_file()),
+                    PROFILE_DIR / f"{name_or_path}.yaml")
     if not path.is_file():
-        known = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
-        raise ConfigError(f"hardware profile {str(name_or_path)!r} not found; known profiles: {', '.join(known)}")
+        if Path(name_or_path).suffix in (".yaml", ".yml"):
+            raise ConfigError(f"hardware profile file {str(name_or_path)!r} not found; give the path to a profile "
+                              "YAML (relative to the current folder) or a profile name")
+        raise ConfigError(f"hardware profile {str(name_or_path)!r} not found; known profiles: "
+                          f"{', '.join(known_profiles())} (add folders of your own with ${PROFILE_PATH_ENV})")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:

@@ -13,7 +13,6 @@ So a second run with the same model and profile tunes and measures nothing new.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from mpsearch.errors import ConfigError, HardwareError
 from mpsearch.hardware.base import Backend, LayerCostTable, Measurement
 from mpsearch.hardware.profile import HwProfile
 from mpsearch.hardware.session import LoopbackDevice, Session, make_device
+from mpsearch.hashing import content_hash
 from mpsearch.quant.prepare import PreparedModel
 from mpsearch.storage import JsonLines, atomic_write_bytes
 
@@ -373,8 +373,7 @@ class TVMBackend(Backend):
         ident_parts: list[Any] = [str(self.target), tvm.__version__, threads, profile.measure.timing()]
         if profile.device != "local":  # timings of two boards of one target class must not mix
             ident_parts.append([profile.device, profile.rpc.key if profile.rpc else ""])
-        ident = json.dumps(ident_parts, sort_keys=True)
-        self.key = hashlib.sha256(ident.encode()).hexdigest()[:12]
+        self.key = content_hash(ident_parts, length=12)  # the tuning database's folder: keep this recipe stable
         self.dir = Path(cache_dir) / "tvm" / f"{profile.name}-{self.key}"
         self.dir.mkdir(parents=True, exist_ok=True)
         _repair_database(self.dir)
@@ -484,8 +483,7 @@ class TVMBackend(Backend):
         record = self.db.query_tuning_record(mod, self.target, "main")
         if record is None:
             return None
-        trace = json.dumps(record.as_json()[0], sort_keys=True)
-        return hashlib.sha256(trace.encode()).hexdigest()[:16]
+        return content_hash(record.as_json()[0], length=16)
 
     def tune(self, kernels: Mapping[str, tuple[str, Any]]) -> None:
         """Tune every kernel (``key -> (name, IRModule)``) to the profile's ``trials_per_task``.
@@ -716,7 +714,7 @@ class TVMBackend(Backend):
     def _e2e_key(self, lowered: Any, schedules: Mapping[str, str | None] | None = None) -> str:
         """An end-to-end timing's cache key: the lowered model and the schedules of its kernels."""
         schedules = self._kernel_schedules(lowered) if schedules is None else schedules
-        digest = hashlib.sha256(json.dumps(sorted(map(str, schedules.values()))).encode()).hexdigest()[:12]
+        digest = content_hash(sorted(map(str, schedules.values())), length=12)
         return f"e2e-{_hash_mod(lowered.mod)}-{digest}"
 
     def _compile(self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]],

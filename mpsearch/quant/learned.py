@@ -11,7 +11,6 @@ deployment is exact and latency does not change (same kernels, same shapes, only
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 import json
 import logging
@@ -25,6 +24,7 @@ import torch
 
 from mpsearch.candidate import Candidate, is_integer_bits
 from mpsearch.errors import MPSearchError
+from mpsearch.hashing import content_hash
 from mpsearch.quant.fake import quantize_weight
 from mpsearch.quant.prepare import PreparedModel
 from mpsearch.storage import atomic_write_bytes
@@ -120,29 +120,11 @@ class Learner(ABC):
         return self.name + (" (LSQ act)" if self.settings().get("lsq") else "")
 
 
-def _hash_into(h: Any, part: Any) -> None:
-    if isinstance(part, torch.Tensor):
-        h.update(str((tuple(part.shape), str(part.dtype))).encode())
-        h.update(part.detach().cpu().contiguous().numpy().tobytes())
-    elif isinstance(part, Mapping):
-        for k in sorted(part):
-            h.update(str(k).encode())
-            _hash_into(h, part[k])
-    elif isinstance(part, (list, tuple)) and any(isinstance(p, (torch.Tensor, Mapping, list, tuple)) for p in part):
-        for p in part:
-            _hash_into(h, p)
-    else:
-        h.update(json.dumps(part, sort_keys=True, default=str).encode())
-
-
 def learn_key(learner: Learner, prepared: PreparedModel, candidate: Candidate,
               ranges: Mapping[str, tuple[float, float]], batches: Batches) -> str:
     """Content key of a learned result: learner settings, model weights, ranges, data, candidate."""
-    h = hashlib.sha256()
-    for part in (learner.name, learner.settings(), prepared.graph_module.state_dict(), dict(ranges),
-                 [x for x, _ in batches], [y for _, y in batches], candidate.key()):
-        _hash_into(h, part)
-    return h.hexdigest()[:20]
+    return content_hash(learner.name, learner.settings(), prepared.graph_module.state_dict(), dict(ranges),
+                        [x for x, _ in batches], [y for _, y in batches], candidate.key(), length=20)
 
 
 def cached_learn(learner: Learner, prepared: PreparedModel, candidate: Candidate,

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from mpsearch.errors import MPSearchError
+from mpsearch.hashing import ContentHasher
 from mpsearch.storage import atomic_write_text
 from mpsearch.sensitivity.base import Batch, SensitivityEstimator, SensitivityResult
 
@@ -20,28 +18,17 @@ log = logging.getLogger(__name__)
 _FORMAT = 1  # bump when the cached JSON or the key recipe changes
 
 
-def _update_tensor(h: hashlib._Hash, t: Tensor) -> None:
-    t = t.detach().cpu().contiguous()
-    h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-
-
 def cache_key(
     estimator: SensitivityEstimator, model: nn.Module, layers: Sequence[str], batches: Sequence[Batch]
 ) -> str:
     """SHA-256 over what determines an estimate: estimator and its config, layers, weights, data."""
-    h = hashlib.sha256()
-    head = {"format": _FORMAT, "estimator": estimator.name, "config": estimator.config_key(),
-            "layers": list(layers)}
-    h.update(json.dumps(head, sort_keys=True, default=str).encode())
-    state = model.state_dict()
-    for name in sorted(state):
-        h.update(f"\n{name}|".encode())
-        _update_tensor(h, state[name])
+    h = ContentHasher()
+    h.add({"format": _FORMAT, "estimator": estimator.name, "config": estimator.config_key(), "layers": list(layers)})
+    h.add(model.state_dict())
     for i, batch in enumerate(batches):
-        h.update(f"\nbatch{i}|".encode())
+        h.add(f"\nbatch{i}|".encode())
         for t in batch:
-            _update_tensor(h, t)
+            h.add(t)
     return h.hexdigest()
 
 

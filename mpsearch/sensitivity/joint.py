@@ -19,8 +19,6 @@ holds the estimator, its settings, the model's weights, the calibrated ranges an
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -35,9 +33,9 @@ from torch.nn import functional as F
 
 from mpsearch.candidate import FLOAT_BITS, Bits, Candidate
 from mpsearch.errors import ConfigError
+from mpsearch.hashing import ContentHasher
 from mpsearch.quant.fake import ACT_SCHEME_KEY, ActQuant, fake_quant_act, fake_quant_weight, quantize_
 from mpsearch.sensitivity.base import Batch
-from mpsearch.sensitivity.cache import _update_tensor
 from mpsearch.sensitivity.hessian import _W, _X, _check_layers, _first_samples, layer_loss
 from mpsearch.storage import JsonLines
 
@@ -84,17 +82,9 @@ class JointEstimator(ABC):
 
     def context_key(self) -> str:
         if self._context is None:
-            h = hashlib.sha256()
             head = {"format": _FORMAT, "estimator": self.name, "config": self.config_key(), "layers": self.layers,
                     "ranges": {n: list(r) for n, r in self.ranges.items()}}
-            h.update(json.dumps(head, sort_keys=True).encode())
-            state = self.model.state_dict()
-            for k in sorted(state):
-                h.update(f"\n{k}|".encode())
-                _update_tensor(h, state[k])
-            _update_tensor(h, self.x)
-            _update_tensor(h, self.y)
-            self._context = h.hexdigest()
+            self._context = ContentHasher().add(head).add(self.model.state_dict()).add(self.x).add(self.y).hexdigest()
         return self._context
 
     def _check(self, candidate: Mapping[str, Bits]) -> Candidate:

@@ -109,3 +109,35 @@ def test_unsupported_precision_is_one_line_naming_profile_and_field() -> None:
     with pytest.raises(ConfigError, match=r"'rpi4' does not support w_bits 12 \(precisions.w_bits: .*search.w_bits"):
         load_profile("rpi4").precisions.check("rpi4", [(12, 8)])
     load_profile("nvidia_h100").precisions.check("nvidia_h100", [(16, 16)])
+
+
+def test_profiles_from_a_folder_of_the_users(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$MPSEARCH_PROFILE_PATH folders are searched first for a name; a path to a YAML file works as it is."""
+    from mpsearch.hardware.profile import PROFILE_PATH_ENV, known_profiles
+
+    boards = tmp_path / "boards"
+    boards.mkdir()
+    text = (PROFILE_DIR / "host_cpu_1t.yaml").read_text()
+    (boards / "my_board.yaml").write_text(text.replace("name: host_cpu_1t", "name: my_board"))
+    (boards / "host_cpu.yaml").write_text(text.replace("name: host_cpu_1t", "name: host_cpu"))  # shadows ours
+    with pytest.raises(ConfigError, match="add folders of your own with \\$MPSEARCH_PROFILE_PATH"):
+        load_profile("my_board")
+    monkeypatch.setenv(PROFILE_PATH_ENV, f"{tmp_path / 'missing'}:{boards}")
+    assert load_profile("my_board").name == "my_board" and "my_board" in known_profiles()
+    assert load_profile("host_cpu").threads == 1  # the user's folder comes first
+    assert load_profile(boards / "my_board.yaml").name == "my_board"
+    with pytest.raises(ConfigError, match="hardware profile file 'nope/board.yaml' not found; give the path"):
+        load_profile("nope/board.yaml")
+
+
+def test_shipped_profiles_and_configs_are_the_top_level_folders() -> None:
+    """A checkout reads conf/ and hw_profiles/ through mpsearch/conf and mpsearch/hw_profiles, which a
+    wheel ships as package data (the wheel itself is checked by .ci/wheel_check)."""
+    import mpsearch
+    from mpsearch.cli import CONF_DIR
+
+    root = Path(mpsearch.__file__).resolve().parent
+    assert (root / "hw_profiles").resolve() == PROFILE_DIR and (root / "conf").resolve() == Path(CONF_DIR)
+    assert (PROFILE_DIR / "host_cpu.yaml").is_file() and (Path(CONF_DIR) / "config.yaml").is_file()
+    if (root.parent / ".git").exists() or (root.parent / "pyproject.toml").is_file():  # a checkout
+        assert PROFILE_DIR == root.parent / "hw_profiles" and Path(CONF_DIR) == root.parent / "conf"
