@@ -295,8 +295,7 @@ def recommendation_sentences(rec: Recommendation | None) -> list[str]:
     return out
 
 
-def _recommendation(summary: RunSummary, frame: pd.DataFrame) -> list[Block]:
-    rec = summary_recommendation(summary, frame)
+def _recommendation(rec: Recommendation | None) -> list[Block]:
     out: list[Block] = [Paragraph(s) for s in recommendation_sentences(rec)]
     if rec is None:
         return out
@@ -445,6 +444,9 @@ def build_document(
     if not frame.loc[frame["kind"] == "pareto", "measured_latency_ms"].notna().any():
         notes.append("No Pareto candidate was measured: latencies in the plot are cost-table predictions.")
 
+    rec = summary_recommendation(summary, frame)
+    dominated = [Paragraph(f"**Every Pareto candidate below is dominated by {baseline_name(label)}** on accuracy and "
+                           f"{rec.latency} latency (see *Recommendation*).") for label in rec.dominating] if rec else []
     total_macs = sum(summary.layer_macs.get(n, 0) for n in summary.layers)
     total_params = sum(summary.layer_params.get(n, 0) for n in summary.layers)
     est = summary.estimated
@@ -460,9 +462,9 @@ def build_document(
             (f"**estimated for**: {summary.device}" if est else f"**measured on**: {summary.device}"),
             f"**run directory**: `{summary.run_dir}`",
         ]),
-        Heading("Recommendation"), *_recommendation(summary, frame),
+        Heading("Recommendation"), *_recommendation(rec),
         Heading("Baselines"), *_baselines(frame, est),
-        Heading("Pareto front"), *_pareto(frame, figures, est),
+        Heading("Pareto front"), *dominated, *_pareto(frame, figures, est),
         Heading("Exact-ILP picks"), *_ilp(frame, est),
         Heading("Layers"), *_layers(summary, figures),
         Heading("Sensitivity"), *_sensitivity(summary, figures),

@@ -191,3 +191,10 @@ main()
     assert re.search(r"^uniform INT8\s+W8A8x4\s+91\.30\s+1\.000\s+7\.8\s+4\.00×$", out, re.M), out[-3000:]
     assert "Recommended: uniform INT8 (1.000 ms, 91.30% top-1" in out
     assert "uniform INT8 dominates the searched front" in out
+
+
+def test_the_pareto_section_says_it_is_dominated(summary):
+    md = render_markdown(dominated_by_int8(summary))
+    section = md.split("## Pareto front\n", 1)[1].split("\n## ", 1)[0]
+    assert section.lstrip().startswith("**Every Pareto candidate below is dominated by uniform INT8** on accuracy and "
+                              "measured latency (see *Recommendation*).")
