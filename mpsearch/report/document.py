@@ -285,6 +285,11 @@ def recommendation_sentences(rec: Recommendation | None) -> list[str]:
     else:
         out.append("No evaluated candidate is within the headline tolerance of " + rec.reference
                    + "; see the table for the other goals.")
+    if rec.front_accuracy_pct is not None and rec.front_latency_ms is not None:
+        (a_lo, a_hi), (t_lo, t_hi) = rec.front_accuracy_pct, rec.front_latency_ms
+        out.append(f"The {rec.latency} front spans {a_hi - a_lo:.2f} points of accuracy ({a_lo:.2f}–{a_hi:.2f}%) "
+                   f"and {t_hi / t_lo:.1f}× in latency ({t_lo:.3f}–{t_hi:.3f} ms)"
+                   + (": bits barely matter for accuracy here." if a_hi - a_lo < 0.5 else "."))
     for label in rec.dominating:
         out.append(
             f"**{baseline_name(label)} dominates the searched front**: it is at least as accurate and at least "

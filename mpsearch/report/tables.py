@@ -518,6 +518,9 @@ class Recommendation:
             candidate with an accuracy and a latency: at least as accurate and at least as fast as each, and
             strictly better on one of the two. The searched front then adds nothing on those two axes.
         front_size: Pareto candidates with both an accuracy and a latency (what ``dominating`` compares with).
+        front_accuracy_pct: (lowest, highest) accuracy on the front: the Pareto candidates non-dominated on
+            accuracy, latency and weight memory (``pareto_measured``; all of them when nothing was measured).
+        front_latency_ms: (lowest, highest) latency on that front.
     """
 
     table: pd.DataFrame
@@ -527,6 +530,8 @@ class Recommendation:
     latency: str
     dominating: list[str] = field(default_factory=list)
     front_size: int = 0
+    front_accuracy_pct: tuple[float, float] | None = None
+    front_latency_ms: tuple[float, float] | None = None
 
     def row(self, goal: str) -> pd.Series:
         """The table row of ``goal`` (e.g. ``"fastest within 1 point of FP32"``)."""
@@ -581,6 +586,7 @@ def recommend(
         "accuracy_pct": 100.0 * frame["accuracy"].astype(float), "latency_ms": frame[lat_col].astype(float),
         "weight_kib": frame["weight_kib"].astype(float), "speedup_vs_fp32": frame["speedup_vs_fp32"].astype(float),
     })
+    on_front = frame["pareto_measured"].astype(bool) if measured else frame["kind"] == "pareto"
     pts = pts[pts["accuracy_pct"].notna() & pts["latency_ms"].notna()]
     if pts.empty:
         return None
@@ -636,4 +642,9 @@ def recommend(
         str(b["label"]) for _, b in pts[pts["kind"] == "baseline"].iterrows()
         if all(_dominates(b, p) for _, p in front.iterrows())
     ]
-    return Recommendation(table, headline, reference, ref_acc, source, dominating, len(front))
+    spans: dict[str, tuple[float, float] | None] = {"accuracy_pct": None, "latency_ms": None}
+    measured_front = pts[(pts["kind"] == "pareto") & on_front.reindex(pts.index).to_numpy()]
+    if not measured_front.empty:
+        spans = {c: (float(measured_front[c].min()), float(measured_front[c].max())) for c in spans}
+    return Recommendation(table, headline, reference, ref_acc, source, dominating, len(front),
+                          spans["accuracy_pct"], spans["latency_ms"])
