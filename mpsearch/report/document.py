@@ -291,12 +291,16 @@ def recommendation_sentences(rec: Recommendation | None) -> list[str]:
                    f"and {t_hi / t_lo:.1f}× in latency ({t_lo:.3f}–{t_hi:.3f} ms)"
                    + (": bits barely matter for accuracy here." if a_hi - a_lo < 0.5 else "."))
     for label in rec.dominating:
+        name, kib, smallest = baseline_name(label), rec.weight_kib.get(label), rec.front_min_weight_kib
+        if kib is not None and smallest is not None and smallest < kib:
+            memory = (f" unless weight memory matters more: the smallest Pareto candidate has {smallest:.1f} KiB of "
+                      f"weights against its {kib:.1f} KiB")
+        else:
+            memory = ", which is no larger in weights either"
         out.append(
-            f"**{baseline_name(label)} dominates the searched front**: it is at least as accurate and at least "
-            f"as fast ({rec.latency} latency) as every one of the {rec.front_size} Pareto candidates evaluated, so "
-            f"on accuracy and latency the search found nothing better than this baseline; deploy "
-            f"{baseline_name(label)} unless weight memory matters more (the Pareto candidates trade it for "
-            "smaller weights), or widen the search space (e.g. lower bit-widths).")
+            f"**{name} dominates the searched front**: it is at least as accurate and at least as fast "
+            f"({rec.latency} latency) as every one of the {rec.front_size} Pareto candidates evaluated, so on "
+            f"accuracy and latency the search found nothing better than this baseline. Deploy {name}{memory}.")
     return out
 
 

@@ -521,6 +521,8 @@ class Recommendation:
         front_accuracy_pct: (lowest, highest) accuracy on the front: the Pareto candidates non-dominated on
             accuracy, latency and weight memory (``pareto_measured``; all of them when nothing was measured).
         front_latency_ms: (lowest, highest) latency on that front.
+        weight_kib: Weight memory of each dominating baseline.
+        front_min_weight_kib: The smallest weight memory among the Pareto candidates compared with.
     """
 
     table: pd.DataFrame
@@ -532,6 +534,8 @@ class Recommendation:
     front_size: int = 0
     front_accuracy_pct: tuple[float, float] | None = None
     front_latency_ms: tuple[float, float] | None = None
+    weight_kib: dict[str, float] = field(default_factory=dict)
+    front_min_weight_kib: float | None = None
 
     def row(self, goal: str) -> pd.Series:
         """The table row of ``goal`` (e.g. ``"fastest within 1 point of FP32"``)."""
@@ -646,5 +650,7 @@ def recommend(
     measured_front = pts[(pts["kind"] == "pareto") & on_front.reindex(pts.index).to_numpy()]
     if not measured_front.empty:
         spans = {c: (float(measured_front[c].min()), float(measured_front[c].max())) for c in spans}
+    weights = {str(b["label"]): float(b["weight_kib"]) for _, b in pts.iterrows() if str(b["label"]) in dominating}
     return Recommendation(table, headline, reference, ref_acc, source, dominating, len(front),
-                          spans["accuracy_pct"], spans["latency_ms"])
+                          spans["accuracy_pct"], spans["latency_ms"], weights,
+                          float(front["weight_kib"].min()) if not front.empty else None)

@@ -131,6 +131,11 @@ def test_a_dominating_baseline_is_said_plainly_and_recommended(summary):
     assert "Recommended: **uniform INT8** (1.000 ms, 91.30% top-1" in section
     assert ("**uniform INT8 dominates the searched front**: it is at least as accurate and at least as fast "
             "(measured latency) as every one of the 4 Pareto candidates evaluated") in section
+    # pareto-2 has 3.9 KiB of weights, INT8 7.8 KiB: the note says what the front still offers
+    assert ("Deploy uniform INT8 unless weight memory matters more: the smallest Pareto candidate has 3.9 KiB of "
+            "weights against its 7.8 KiB.") in section
+    _int8(s).weight_bytes = 3000  # INT8 now also the smallest
+    assert "Deploy uniform INT8, which is no larger in weights either." in render_markdown(s)
     page = render_html(s, {})
     assert "<strong>uniform INT8 dominates the searched front</strong>" in page
     lines = recommendation_lines(s)
