@@ -298,7 +298,7 @@ def recommendation_sentences(rec: Recommendation | None) -> list[str]:
         else:
             memory = ", which is no larger in weights either"
         out.append(
-            f"**{name} dominates the searched front**: it is at least as accurate and at least as fast "
+            f"**{name[:1].upper() + name[1:]} dominates the searched front**: it is at least as accurate and at least as fast "
             f"({rec.latency} latency) as every one of the {rec.front_size} Pareto candidates evaluated, so on "
             f"accuracy and latency the search found nothing better than this baseline. Deploy {name}{memory}.")
     return out

@@ -499,6 +499,10 @@ FASTEST_WITHIN_PTS: tuple[float, ...] = (0.5, 1.0, 2.0)
 SMALLEST_WITHIN_PTS: tuple[float, ...] = (0.5, 1.0)
 #: The tolerance of the headline recommendation.
 HEADLINE_PTS = 1.0
+#: Latencies within this fraction of each other count as equal when picking "fastest" and judging
+#: domination: below what end-to-end timing resolves (a shared 2-core VM varies by more between repeats),
+#: so a 0.03% edge never buys half a point of accuracy.
+LATENCY_TIE = 0.02
 
 
 @dataclass
@@ -515,8 +519,8 @@ class Recommendation:
         reference_accuracy_pct: The accuracy the tolerances are measured from.
         latency: ``"measured"``, ``"estimated"`` or ``"predicted"``: which latency the goals rank by.
         dominating: Labels of baselines (uniform INT8, FP32, a given candidate) that dominate every Pareto
-            candidate with an accuracy and a latency: at least as accurate and at least as fast as each, and
-            strictly better on one of the two. The searched front then adds nothing on those two axes.
+            candidate with an accuracy and a latency: at least as accurate and at least as fast as each
+            (latencies within :data:`LATENCY_TIE` tie), and strictly better on one of the two. The searched front then adds nothing on those two axes.
         front_size: Pareto candidates with both an accuracy and a latency (what ``dominating`` compares with).
         front_accuracy_pct: (lowest, highest) accuracy on the front: the Pareto candidates non-dominated on
             accuracy, latency and weight memory (``pareto_measured``; all of them when nothing was measured).
@@ -550,8 +554,11 @@ def _pts(tol: float) -> str:
 
 
 def _dominates(b: pd.Series, p: pd.Series) -> bool:
-    no_worse = b["accuracy_pct"] >= p["accuracy_pct"] and b["latency_ms"] <= p["latency_ms"]
-    return bool(no_worse and (b["accuracy_pct"] > p["accuracy_pct"] or b["latency_ms"] < p["latency_ms"]))
+    """At least as accurate and as fast (latency within :data:`LATENCY_TIE` is a tie), strictly better on one."""
+    as_fast = b["latency_ms"] <= p["latency_ms"] * (1 + LATENCY_TIE)
+    faster = b["latency_ms"] * (1 + LATENCY_TIE) < p["latency_ms"]
+    no_worse = b["accuracy_pct"] >= p["accuracy_pct"] and as_fast
+    return bool(no_worse and (b["accuracy_pct"] > p["accuracy_pct"] or faster))
 
 
 def recommend(
@@ -566,7 +573,8 @@ def recommend(
     Goals: the most accurate; the fastest within each of ``fastest_within`` accuracy points of FP32; the
     smallest (weight memory) within each of ``smallest_within``; with a run budget, the most accurate
     candidate that meets it on the measured values. Ties go to the faster, then the smaller, then the
-    more accurate candidate. Latency is the measured one (or the roofline estimate of an estimated run);
+    more accurate candidate; for "fastest", latencies within :data:`LATENCY_TIE` of the fastest tie, and the
+    most accurate of those wins. Latency is the measured one (or the roofline estimate of an estimated run);
     when no candidate was measured, the cost-table prediction.
 
     Args:
@@ -606,14 +614,19 @@ def recommend(
             return None
         return pool.sort_values(order, ascending=ascending, kind="mergesort").iloc[0]
 
-    speed = (["latency_ms", "weight_kib", "accuracy_pct"], [True, True, False])
+    def fastest(pool: pd.DataFrame) -> pd.Series | None:
+        if pool.empty:
+            return None
+        ties = pool[pool["latency_ms"] <= pool["latency_ms"].min() * (1 + LATENCY_TIE)]
+        return best(ties, ["accuracy_pct", "latency_ms", "weight_kib"], [False, True, True])
+
     size = (["weight_kib", "latency_ms", "accuracy_pct"], [True, True, False])
     accurate = (["accuracy_pct", "latency_ms", "weight_kib"], [False, True, True])
     goals: list[tuple[str, pd.Series | None]] = [("most accurate", best(pts, *accurate))]
     # A hair of slack so that "within 1 point" keeps a candidate exactly 1.00 point below after float rounding.
     within = {t: pts[pts["acc_drop_pts"] <= t + 1e-9] for t in {*fastest_within, *smallest_within}}
     for t in fastest_within:
-        goals.append((f"fastest within {_pts(t)} of {reference}", best(within[t], *speed)))
+        goals.append((f"fastest within {_pts(t)} of {reference}", fastest(within[t])))
     lead = HEADLINE_PTS if HEADLINE_PTS in fastest_within else next(iter(fastest_within), None)
     headline_goal = None if lead is None else f"fastest within {_pts(lead)} of {reference}"
     for t in smallest_within:

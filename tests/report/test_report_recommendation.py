@@ -129,7 +129,7 @@ def test_a_dominating_baseline_is_said_plainly_and_recommended(summary):
     md = render_markdown(s)
     section = md.split("## Recommendation\n", 1)[1].split("\n## ", 1)[0]
     assert "Recommended: **uniform INT8** (1.000 ms, 91.30% top-1" in section
-    assert ("**uniform INT8 dominates the searched front**: it is at least as accurate and at least as fast "
+    assert ("**Uniform INT8 dominates the searched front**: it is at least as accurate and at least as fast "
             "(measured latency) as every one of the 4 Pareto candidates evaluated") in section
     # pareto-2 has 3.9 KiB of weights, INT8 7.8 KiB: the note says what the front still offers
     assert ("Deploy uniform INT8 unless weight memory matters more: the smallest Pareto candidate has 3.9 KiB of "
@@ -137,9 +137,9 @@ def test_a_dominating_baseline_is_said_plainly_and_recommended(summary):
     _int8(s).weight_bytes = 3000  # INT8 now also the smallest
     assert "Deploy uniform INT8, which is no larger in weights either." in render_markdown(s)
     page = render_html(s, {})
-    assert "<strong>uniform INT8 dominates the searched front</strong>" in page
+    assert "<strong>Uniform INT8 dominates the searched front</strong>" in page
     lines = recommendation_lines(s)
-    assert any(line.startswith("uniform INT8 dominates the searched front: ") for line in lines)
+    assert any(line.startswith("Uniform INT8 dominates the searched front: ") for line in lines)
 
 
 def test_equal_on_both_axes_is_not_domination(summary):
@@ -196,7 +196,7 @@ main()
     out = proc.stdout + proc.stderr
     assert re.search(r"^uniform INT8\s+W8A8x4\s+91\.30\s+1\.000\s+7\.8\s+4\.00×$", out, re.M), out[-3000:]
     assert "Recommended: uniform INT8 (1.000 ms, 91.30% top-1" in out
-    assert "uniform INT8 dominates the searched front" in out
+    assert "Uniform INT8 dominates the searched front" in out
 
 
 def test_the_pareto_section_says_it_is_dominated(summary):
@@ -217,3 +217,18 @@ def test_the_span_of_the_measured_front(summary):
         if ev.kind == "pareto":
             ev.accuracy = 0.911
     assert "bits barely matter for accuracy here" in render_markdown(summary)
+
+
+def test_latencies_within_two_percent_tie(summary):
+    """A 0.8% latency edge does not buy a less accurate pick, and does not save the front from domination."""
+    next(ev for ev in summary.candidates if ev.label == "pareto-2").accuracy = 0.906  # 0.9 points down, 1.25 ms
+    ev = _int8(summary)
+    ev.measured_latency_ms = 1.26  # 0.8% slower than pareto-2, 0.5 points more accurate
+    rec = summary_recommendation(summary)
+    assert _goal(rec, "fastest within 1 point of FP32") == "int8"
+    assert rec.dominating == []  # pareto-0 (91.2%) is more accurate than INT8 (91.1%)
+    ev.accuracy = 0.913
+    assert summary_recommendation(summary).dominating == ["int8"]
+    ev.measured_latency_ms = 1.30  # 4% slower than pareto-2: no longer a tie
+    rec = summary_recommendation(summary)
+    assert rec.dominating == [] and _goal(rec, "fastest within 1 point of FP32") == "pareto-2"
