@@ -36,6 +36,7 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     from mpsearch.pipeline import run
+    from mpsearch.report.console import recommendation_lines
 
     try:
         outcome = run(to_run_config(cfg))
@@ -45,6 +46,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     s = outcome.summary
     best = [c for c in s.candidates if c.kind == "pareto"]
     log.info("done: %d Pareto candidates evaluated; report at %s", len(best), outcome.files.get("report_md"))
+    log.info("summary:\n%s", "\n".join(recommendation_lines(s)))
 
 
 def _reject_unknown_keys(node: DictConfig, schema: type, where: str) -> None:

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
-from mpsearch.report.document import FIGURES, available_figures, build_document
+from mpsearch.report.console import recommendation_lines, summary_rows
+from mpsearch.report.document import FIGURES, available_figures, build_document, recommendation_sentences, \
+    summary_recommendation
 from mpsearch.report.html_report import render_html
 from mpsearch.report.markdown import frame_to_markdown, markdown_table, render_markdown
 from mpsearch.report.plots import (
@@ -23,6 +25,7 @@ from mpsearch.report.store import SUMMARY_FILE, load_summary, save_summary, summ
 from mpsearch.report.tables import (
     EvaluatedCandidate,
     ProxyValidation,
+    Recommendation,
     ReportError,
     RunSummary,
     bits_frame,
@@ -35,6 +38,7 @@ from mpsearch.report.tables import (
     prediction_points,
     prediction_stats,
     proxy_validation_table,
+    recommend,
     sensitivity_frame,
 )
 from mpsearch.report.writer import atomic_write_bytes, draw_figures, rebuild_report, write_report
@@ -44,6 +48,7 @@ __all__ = [
     "SUMMARY_FILE",
     "EvaluatedCandidate",
     "ProxyValidation",
+    "Recommendation",
     "ReportError",
     "RunSummary",
     "atomic_write_bytes",
@@ -72,11 +77,16 @@ __all__ = [
     "prediction_stats",
     "proxy_validation_table",
     "rebuild_report",
+    "recommend",
+    "recommendation_lines",
+    "recommendation_sentences",
     "render_html",
     "render_markdown",
     "save_summary",
     "sensitivity_frame",
     "summary_from_dict",
+    "summary_recommendation",
+    "summary_rows",
     "summary_to_dict",
     "write_report",
 ]

@@ -19,6 +19,7 @@ from mpsearch.report.store import to_plain
 from mpsearch.report.tables import (
     FP32_LABEL,
     INT8_LABEL,
+    Recommendation,
     RunSummary,
     bits_frame,
     candidates_frame,
@@ -28,6 +29,7 @@ from mpsearch.report.tables import (
     prediction_points,
     prediction_stats,
     proxy_validation_table,
+    recommend,
     sensitivity_frame,
 )
 
@@ -169,7 +171,7 @@ def _baselines(frame: pd.DataFrame, estimated: bool = False) -> list[Block]:
         return [Paragraph("No baselines were evaluated.")]
     rows = [
         [
-            {FP32_LABEL: "FP32", INT8_LABEL: "uniform INT8"}.get(r["label"].lower(), r["label"]),
+            baseline_name(r["label"]),
             r["description"],
             _f(100 * r["accuracy"], ".2f"),
             _latency(r),
@@ -236,6 +238,91 @@ def _pareto(frame: pd.DataFrame, figures: Collection[str], estimated: bool = Fal
         ]
     out.append(_image("pareto.png", figures, "No candidate has both a latency and an accuracy to plot."))
     out.append(_image("memory.png", figures, "No candidate has an accuracy: there is no memory plot."))
+    return out
+
+
+def baseline_name(label: str) -> str:
+    """``"FP32"`` / ``"uniform INT8"`` for the built-in baselines, the label otherwise."""
+    return {FP32_LABEL: "FP32", INT8_LABEL: "uniform INT8"}.get(label.lower(), label)
+
+
+def summary_recommendation(summary: RunSummary, frame: pd.DataFrame | None = None) -> Recommendation | None:
+    """:func:`~mpsearch.report.tables.recommend` on the summary, with the run's own budgets as one more goal."""
+    frame = candidates_frame(summary) if frame is None else frame
+    budget = summary.config.get("budget") or {} if isinstance(summary.config, dict) else {}
+    lat, kib = budget.get("latency_ms"), budget.get("weight_kib")
+    return recommend(frame, latency_budget_ms=None if lat is None else float(lat),
+                     weight_budget_kib=None if kib is None else float(kib))
+
+
+def _pick_text(r: pd.Series, latency: str) -> str:
+    name = baseline_name(str(r["label"])) if r["kind"] == "baseline" else str(r["label"])
+    speed = "" if is_missing(r["speedup_vs_fp32"]) else f", {r['speedup_vs_fp32']:.2f}× FP32's speed"
+    est = "" if latency == "measured" else f" {latency}"
+    return (f"**{name}** ({r['latency_ms']:.3f} ms{est}, {r['accuracy_pct']:.2f}% top-1, "
+            f"{r['weight_kib']:.1f} KiB of weights{speed})")
+
+
+def _vs_reference(drop: float, reference: str) -> str:
+    if abs(drop) < 0.005:
+        return f"as accurate as {reference}"
+    return f"{abs(drop):.2f} points {'below' if drop > 0 else 'above'} {reference}"
+
+
+def recommendation_sentences(rec: Recommendation | None) -> list[str]:
+    """The recommendation in words: the headline pick, then the dominance note when a baseline wins.
+
+    Shared by the report and the console summary so they never disagree.
+    """
+    if rec is None:
+        return ["No candidate has both an accuracy and a latency: there is nothing to recommend."]
+    out: list[str] = []
+    t = rec.table
+    if rec.headline is not None:
+        r = t.iloc[rec.headline]
+        out.append(f"Recommended: {_pick_text(r, rec.latency)}, the {r['goal']} "
+                   f"({_vs_reference(r['acc_drop_pts'], rec.reference)}).")
+    else:
+        out.append("No evaluated candidate is within the headline tolerance of " + rec.reference
+                   + "; see the table for the other goals.")
+    if rec.front_accuracy_pct is not None and rec.front_latency_ms is not None:
+        (a_lo, a_hi), (t_lo, t_hi) = rec.front_accuracy_pct, rec.front_latency_ms
+        out.append(f"The {rec.latency} front spans {a_hi - a_lo:.2f} points of accuracy ({a_lo:.2f}–{a_hi:.2f}%) "
+                   f"and {t_hi / t_lo:.1f}× in latency ({t_lo:.3f}–{t_hi:.3f} ms)"
+                   + (": bits barely matter for accuracy here." if a_hi - a_lo < 0.5 else "."))
+    for label in rec.dominating:
+        name, kib, smallest = baseline_name(label), rec.weight_kib.get(label), rec.front_min_weight_kib
+        if kib is not None and smallest is not None and smallest < kib:
+            memory = (f" unless weight memory matters more: the smallest Pareto candidate has {smallest:.1f} KiB of "
+                      f"weights against its {kib:.1f} KiB")
+        else:
+            memory = ", which is no larger in weights either"
+        out.append(
+            f"**{name[:1].upper() + name[1:]} dominates the searched front**: it is at least as accurate and at least as fast "
+            f"({rec.latency} latency) as every one of the {rec.front_size} Pareto candidates evaluated, so on "
+            f"accuracy and latency the search found nothing better than this baseline. Deploy {name}{memory}.")
+    return out
+
+
+def _recommendation(rec: Recommendation | None) -> list[Block]:
+    out: list[Block] = [Paragraph(s) for s in recommendation_sentences(rec)]
+    if rec is None:
+        return out
+    rows = [
+        [r["goal"], MISSING if is_missing(r["label"]) else
+         (baseline_name(str(r["label"])) if r["kind"] == "baseline" else str(r["label"])),
+         MISSING if is_missing(r["label"]) else r["description"],
+         _f(r["accuracy_pct"], ".2f"), _f(r["acc_drop_pts"], "+.2f"), _f(r["latency_ms"], ".3f"),
+         _f(r["weight_kib"], ".1f"), _f(r["speedup_vs_fp32"], ".2f")]
+        for _, r in rec.table.iterrows()
+    ]
+    header = ["goal", "candidate", "bits", "accuracy (%)", "acc. drop (pts)",
+              f"{rec.latency} latency (ms)", "weights (KiB)", "speedup"]
+    out.append(Paragraph(
+        f"Picked from every evaluated candidate (Pareto, exact-ILP picks and baselines alike) on {rec.latency} "
+        f"latency and test-split accuracy; *acc. drop* and the tolerances are accuracy points below "
+        f"{rec.reference} ({rec.reference_accuracy_pct:.2f}%)."))
+    out.append(Table(header, rows, ["l", "l", "l", "r", "r", "r", "r", "r"]))
     return out
 
 
@@ -366,6 +453,9 @@ def build_document(
     if not frame.loc[frame["kind"] == "pareto", "measured_latency_ms"].notna().any():
         notes.append("No Pareto candidate was measured: latencies in the plot are cost-table predictions.")
 
+    rec = summary_recommendation(summary, frame)
+    dominated = [Paragraph(f"**Every Pareto candidate below is dominated by {baseline_name(label)}** on accuracy and "
+                           f"{rec.latency} latency (see *Recommendation*).") for label in rec.dominating] if rec else []
     total_macs = sum(summary.layer_macs.get(n, 0) for n in summary.layers)
     total_params = sum(summary.layer_params.get(n, 0) for n in summary.layers)
     est = summary.estimated
@@ -381,8 +471,9 @@ def build_document(
             (f"**estimated for**: {summary.device}" if est else f"**measured on**: {summary.device}"),
             f"**run directory**: `{summary.run_dir}`",
         ]),
+        Heading("Recommendation"), *_recommendation(rec),
         Heading("Baselines"), *_baselines(frame, est),
-        Heading("Pareto front"), *_pareto(frame, figures, est),
+        Heading("Pareto front"), *dominated, *_pareto(frame, figures, est),
         Heading("Exact-ILP picks"), *_ilp(frame, est),
         Heading("Layers"), *_layers(summary, figures),
         Heading("Sensitivity"), *_sensitivity(summary, figures),

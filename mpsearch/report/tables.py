@@ -491,3 +491,179 @@ def fronts_frame(summary: RunSummary) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=["front", "proxy", "latency_ms", "weight_kib"])
     return pd.concat(frames, ignore_index=True)
+
+
+#: Accuracy tolerances (points below the reference) the recommendation answers "fastest within" for.
+FASTEST_WITHIN_PTS: tuple[float, ...] = (0.5, 1.0, 2.0)
+#: ... and "smallest within" for.
+SMALLEST_WITHIN_PTS: tuple[float, ...] = (0.5, 1.0)
+#: The tolerance of the headline recommendation.
+HEADLINE_PTS = 1.0
+#: Latencies within this fraction of each other count as equal when picking "fastest" and judging
+#: domination: below what end-to-end timing resolves (a shared 2-core VM varies by more between repeats),
+#: so a 0.03% edge never buys half a point of accuracy.
+LATENCY_TIE = 0.02
+
+
+@dataclass
+class Recommendation:
+    """Which evaluated candidate to deploy for which goal, computed from :func:`candidates_frame`.
+
+    Attributes:
+        table: One row per goal: goal, label, kind, description, accuracy_pct, acc_drop_pts, latency_ms,
+            weight_kib, speedup_vs_fp32; label None (and the metrics NaN) where no candidate meets the goal.
+        headline: Index into ``table`` of the goal the report leads with (fastest within
+            :data:`HEADLINE_PTS` of the reference), or None when nothing qualifies.
+        reference: ``"FP32"`` when tolerances are measured from the FP32 baseline, else ``"the most accurate
+            candidate"`` (a run without an FP32 baseline).
+        reference_accuracy_pct: The accuracy the tolerances are measured from.
+        latency: ``"measured"``, ``"estimated"`` or ``"predicted"``: which latency the goals rank by.
+        dominating: Labels of baselines (uniform INT8, FP32, a given candidate) that dominate every Pareto
+            candidate with an accuracy and a latency: at least as accurate and at least as fast as each
+            (latencies within :data:`LATENCY_TIE` tie), and strictly better on one of the two. The searched front then adds nothing on those two axes.
+        front_size: Pareto candidates with both an accuracy and a latency (what ``dominating`` compares with).
+        front_accuracy_pct: (lowest, highest) accuracy on the front: the Pareto candidates non-dominated on
+            accuracy, latency and weight memory (``pareto_measured``; all of them when nothing was measured).
+        front_latency_ms: (lowest, highest) latency on that front.
+        weight_kib: Weight memory of each dominating baseline.
+        front_min_weight_kib: The smallest weight memory among the Pareto candidates compared with.
+    """
+
+    table: pd.DataFrame
+    headline: int | None
+    reference: str
+    reference_accuracy_pct: float
+    latency: str
+    dominating: list[str] = field(default_factory=list)
+    front_size: int = 0
+    front_accuracy_pct: tuple[float, float] | None = None
+    front_latency_ms: tuple[float, float] | None = None
+    weight_kib: dict[str, float] = field(default_factory=dict)
+    front_min_weight_kib: float | None = None
+
+    def row(self, goal: str) -> pd.Series:
+        """The table row of ``goal`` (e.g. ``"fastest within 1 point of FP32"``)."""
+        rows = self.table[self.table["goal"] == goal]
+        if rows.empty:
+            raise ReportError(f"no recommendation goal {goal!r}; goals: {list(self.table['goal'])}")
+        return rows.iloc[0]
+
+
+def _pts(tol: float) -> str:
+    return f"{tol:g} point" + ("" if tol == 1 else "s")
+
+
+def _dominates(b: pd.Series, p: pd.Series) -> bool:
+    """At least as accurate and as fast (latency within :data:`LATENCY_TIE` is a tie), strictly better on one."""
+    as_fast = b["latency_ms"] <= p["latency_ms"] * (1 + LATENCY_TIE)
+    faster = b["latency_ms"] * (1 + LATENCY_TIE) < p["latency_ms"]
+    no_worse = b["accuracy_pct"] >= p["accuracy_pct"] and as_fast
+    return bool(no_worse and (b["accuracy_pct"] > p["accuracy_pct"] or faster))
+
+
+def recommend(
+    frame: pd.DataFrame,
+    fastest_within: Sequence[float] = FASTEST_WITHIN_PTS,
+    smallest_within: Sequence[float] = SMALLEST_WITHIN_PTS,
+    latency_budget_ms: float | None = None,
+    weight_budget_kib: float | None = None,
+) -> Recommendation | None:
+    """Pick a candidate per goal from every evaluated one (Pareto, exact-ILP picks and baselines alike).
+
+    Goals: the most accurate; the fastest within each of ``fastest_within`` accuracy points of FP32; the
+    smallest (weight memory) within each of ``smallest_within``; with a run budget, the most accurate
+    candidate that meets it on the measured values. Ties go to the faster, then the smaller, then the
+    more accurate candidate; for "fastest", latencies within :data:`LATENCY_TIE` of the fastest tie, and the
+    most accurate of those wins. Latency is the measured one (or the roofline estimate of an estimated run);
+    when no candidate was measured, the cost-table prediction.
+
+    Args:
+        frame: Output of :func:`candidates_frame`.
+        fastest_within: Accuracy tolerances, in points below the reference, for "fastest within".
+        smallest_within: Tolerances for "smallest within".
+        latency_budget_ms: The run's latency budget, if any.
+        weight_budget_kib: The run's weight-memory budget, if any.
+
+    Returns:
+        The recommendation, or None when no candidate has an accuracy and a latency.
+    """
+    measured = bool(frame["measured_latency_ms"].notna().any())
+    lat_col = "measured_latency_ms" if measured else "predicted_latency_ms"
+    source = "predicted"
+    if measured:
+        estimated = "latency_source" in frame.columns and bool((frame["latency_source"] == "estimated").any())
+        source = "estimated" if estimated else "measured"
+    pts = pd.DataFrame({
+        "label": frame["label"], "kind": frame["kind"], "description": frame["description"],
+        "accuracy_pct": 100.0 * frame["accuracy"].astype(float), "latency_ms": frame[lat_col].astype(float),
+        "weight_kib": frame["weight_kib"].astype(float), "speedup_vs_fp32": frame["speedup_vs_fp32"].astype(float),
+    })
+    on_front = frame["pareto_measured"].astype(bool) if measured else frame["kind"] == "pareto"
+    pts = pts[pts["accuracy_pct"].notna() & pts["latency_ms"].notna()]
+    if pts.empty:
+        return None
+    fp32 = pts[pts["label"].str.lower() == FP32_LABEL]
+    if fp32.empty:
+        reference, ref_acc = "the most accurate candidate", float(pts["accuracy_pct"].max())
+    else:
+        reference, ref_acc = "FP32", float(fp32["accuracy_pct"].iloc[0])
+    pts = pts.assign(acc_drop_pts=ref_acc - pts["accuracy_pct"])
+
+    def best(pool: pd.DataFrame, order: list[str], ascending: list[bool]) -> pd.Series | None:
+        if pool.empty:
+            return None
+        return pool.sort_values(order, ascending=ascending, kind="mergesort").iloc[0]
+
+    def fastest(pool: pd.DataFrame) -> pd.Series | None:
+        if pool.empty:
+            return None
+        ties = pool[pool["latency_ms"] <= pool["latency_ms"].min() * (1 + LATENCY_TIE)]
+        return best(ties, ["accuracy_pct", "latency_ms", "weight_kib"], [False, True, True])
+
+    size = (["weight_kib", "latency_ms", "accuracy_pct"], [True, True, False])
+    accurate = (["accuracy_pct", "latency_ms", "weight_kib"], [False, True, True])
+    goals: list[tuple[str, pd.Series | None]] = [("most accurate", best(pts, *accurate))]
+    # A hair of slack so that "within 1 point" keeps a candidate exactly 1.00 point below after float rounding.
+    within = {t: pts[pts["acc_drop_pts"] <= t + 1e-9] for t in {*fastest_within, *smallest_within}}
+    for t in fastest_within:
+        goals.append((f"fastest within {_pts(t)} of {reference}", fastest(within[t])))
+    lead = HEADLINE_PTS if HEADLINE_PTS in fastest_within else next(iter(fastest_within), None)
+    headline_goal = None if lead is None else f"fastest within {_pts(lead)} of {reference}"
+    for t in smallest_within:
+        goals.append((f"smallest within {_pts(t)} of {reference}", best(within[t], *size)))
+    if latency_budget_ms is not None or weight_budget_kib is not None:
+        ok = pts
+        parts = []
+        if latency_budget_ms is not None:
+            ok = ok[ok["latency_ms"] <= latency_budget_ms]
+            parts.append(f"≤ {latency_budget_ms:g} ms")
+        if weight_budget_kib is not None:
+            ok = ok[ok["weight_kib"] <= weight_budget_kib]
+            parts.append(f"≤ {weight_budget_kib:g} KiB of weights")
+        goals.append(("most accurate within the run's budget (" + ", ".join(parts) + ")", best(ok, *accurate)))
+
+    columns = ["label", "kind", "description", "accuracy_pct", "acc_drop_pts", "latency_ms", "weight_kib",
+               "speedup_vs_fp32"]
+    records = [{"goal": g, **({c: r[c] for c in columns} if r is not None else dict.fromkeys(columns))}
+               for g, r in goals]
+    table = pd.DataFrame.from_records(records, columns=["goal", *columns])
+    for c in columns[3:]:
+        table[c] = table[c].astype(float)
+    headline = None
+    if headline_goal is not None:
+        i = int(np.flatnonzero(table["goal"].to_numpy() == headline_goal)[0])
+        headline = None if pd.isna(table.at[i, "label"]) else i
+
+    front = pts[pts["kind"] == "pareto"]
+    dominating = [] if front.empty else [
+        str(b["label"]) for _, b in pts[pts["kind"] == "baseline"].iterrows()
+        if all(_dominates(b, p) for _, p in front.iterrows())
+    ]
+    spans: dict[str, tuple[float, float] | None] = {"accuracy_pct": None, "latency_ms": None}
+    measured_front = pts[(pts["kind"] == "pareto") & on_front.reindex(pts.index).to_numpy()]
+    if not measured_front.empty:
+        spans = {c: (float(measured_front[c].min()), float(measured_front[c].max())) for c in spans}
+    weights = {str(b["label"]): float(b["weight_kib"]) for _, b in pts.iterrows() if str(b["label"]) in dominating}
+    return Recommendation(table, headline, reference, ref_acc, source, dominating, len(front),
+                          spans["accuracy_pct"], spans["latency_ms"], weights,
+                          float(front["weight_kib"].min()) if not front.empty else None)
