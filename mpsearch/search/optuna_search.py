@@ -14,15 +14,20 @@ can join from other machines with ``mpsearch-worker <search_spec.json>`` (see :m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -323,8 +328,40 @@ def work(study: optuna.Study, problem: SearchProblem, settings: SearchSettings, 
         trial.set_user_attr("worker", worker_id)
         return objective(trial)
 
-    study.optimize(tagged, n_trials=remaining, callbacks=[record, stop], show_progress_bar=progress)
+    with _stop_between_trials_on_sigint(study):
+        study.optimize(tagged, n_trials=remaining, callbacks=[record, stop], show_progress_bar=progress)
     return finished
+
+
+@contextlib.contextmanager
+def _stop_between_trials_on_sigint(study: optuna.Study) -> Iterator[None]:
+    """Ctrl-C stops the search after the running trial (milliseconds), then raises KeyboardInterrupt.
+
+    A KeyboardInterrupt raised at an arbitrary point inside Optuna's trial bookkeeping can leave the
+    trial RUNNING and turn into another error (Optuna 5.1's ``_run_trial`` then fails with an
+    UnboundLocalError); between trials nothing is half-done. A second Ctrl-C interrupts at once.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hits: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        hits.append(signum)
+        if len(hits) > 1:
+            raise KeyboardInterrupt
+        try:
+            study.stop()
+        except RuntimeError:  # not inside optimize (before or after it): nothing half-done, stop now
+            raise KeyboardInterrupt from None
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if hits:
+        raise KeyboardInterrupt
 
 
 def write_spec(path: Path, problem: SearchProblem, settings: SearchSettings, journal_path: Path | None) -> Path:
@@ -363,15 +400,31 @@ def run_search(problem: SearchProblem, settings: SearchSettings, storage_path: P
         spec = write_spec(Path(storage_path).with_name("search_spec.json"), problem, settings, storage_path)
         for i in range(1, settings.workers):
             procs.append(subprocess.Popen([sys.executable, "-m", "mpsearch.search.worker", str(spec),
-                                           "--worker-id", str(i)]))
+                                           "--worker-id", str(i), "--parent-pid", str(os.getpid())]))
         log.info("started %d worker process(es) on the study", len(procs))
     try:
         work(study, problem, settings, progress, proxy=proxy)
-    finally:
-        failed = [p.args for p in procs if p.wait() != 0]
+    except BaseException:  # Ctrl-C or an error here: stop the workers too (a re-run resumes with them)
+        _stop(procs)
+        raise
+    failed = [p.args for p in procs if p.wait() != 0]
     if failed:
         raise MPSearchError(f"{len(failed)} search worker(s) failed; see their log above, then re-run to resume")
     return study
+
+
+def _stop(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
+    """SIGINT each worker (each fails its running trial and exits), then SIGKILL any still running."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def feasible_front(study: optuna.Study, problem: SearchProblem) -> list[tuple[optuna.trial.FrozenTrial, Candidate]]:
