@@ -1,7 +1,8 @@
 """Runs ``mpsearch`` command lines and signals them inside a chosen stage: the chaos and Ctrl-C tests.
 
 Like ``cli_driver.py``, the heavy imports are paid once and each run is a forked process running
-the real console entry point (``mpsearch.cli.main``) on :class:`mpsearch.testing.TableBackend`. The
+the real console entry point (``mpsearch.cli.main``) on :class:`mpsearch.testing.TableBackend` (plan
+``"backend": null``: the real TVM backend). The
 driver watches the run's console for the pipeline's ``stage: <name>`` lines; a run with a ``signal``
 gets it (``KILL`` or ``INT``, sent to the run's process group, as a terminal's Ctrl-C is) ``delay_s``
 seconds after its stage began, or, with ``fraction``, that fraction of the stage's duration in the
@@ -40,12 +41,13 @@ def _child(plan: dict, run: dict, out_path: str, err_path: str) -> int:
     from mpsearch import cli
     from mpsearch.testing import TableBackend
 
-    kwargs = dict(plan.get("backend") or {})
+    if plan.get("backend") is not None:  # None: the real TVM backend
+        kwargs = dict(plan["backend"])
 
-    def factory(profile, cache_dir, progress):
-        return TableBackend(profile, cache_dir, progress, **kwargs)
+        def factory(profile, cache_dir, progress):
+            return TableBackend(profile, cache_dir, progress, **kwargs)
 
-    pipeline.run = functools.partial(pipeline.run, backend_factory=factory)
+        pipeline.run = functools.partial(pipeline.run, backend_factory=factory)
     sys.argv = ["mpsearch", *plan["argv"], *run.get("extra_argv", [])]
     try:
         cli.main()
