@@ -33,10 +33,12 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
+    from mpsearch.interrupt import sigint_requests_stop
     from mpsearch.pipeline import run
 
     try:
-        outcome = run(to_run_config(cfg))
+        with sigint_requests_stop():
+            outcome = run(to_run_config(cfg))
     except MPSearchError as e:  # raised inside Hydra's job runner, which would print a traceback
         print(f"mpsearch: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mpsearch import interrupt
 from mpsearch.candidate import Bits, Candidate
 from mpsearch.config import RunConfig, validate
 from mpsearch.errors import ConfigError, HardwareError, Interrupted, MPSearchError
@@ -63,10 +64,15 @@ class _Timer:
         start = time.perf_counter()
         try:
             yield
+            interrupt.check()  # a Ctrl-C that native code swallowed stops the run here at the latest
         except KeyboardInterrupt as e:  # Ctrl-C: name the stage for the CLI's one line
             if isinstance(e, Interrupted):
                 raise
             raise Interrupted(name) from e
+        except Exception as e:  # a Ctrl-C that TVM turned into its own error on the way out of C++
+            if interrupt.requested():
+                raise Interrupted(name) from e
+            raise
         finally:
             self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 3)
 

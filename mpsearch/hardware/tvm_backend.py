@@ -32,6 +32,7 @@ from mpsearch.hardware.base import Backend, LayerCostTable, Measurement
 from mpsearch.hardware.profile import HwProfile
 from mpsearch.hardware.session import LoopbackDevice, Session, make_device
 from mpsearch.quant.prepare import PreparedModel
+from mpsearch import interrupt
 from mpsearch.storage import JsonLines, atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -511,6 +512,7 @@ class TVMBackend(Backend):
         finally:
             builder.shutdown()
             progress.close()
+        interrupt.check()  # kernels tuned so far are in the database
         failed = [(name, progress.errors.get(i, "no valid sample"))
                   for i, ((_, mod), name) in enumerate(zip(pending.values(), names)) if not self._has_record(mod)]
         if failed:
@@ -759,6 +761,7 @@ class TVMBackend(Backend):
         m = self.profile.measure
         repeat = max(1, -(-m.repeat // rounds))
         for _ in range(rounds if ready else 0):
+            interrupt.check()
             for i, (vm, samples, _) in ready.items():
                 if i in results:
                     continue
@@ -802,6 +805,7 @@ class TVMBackend(Backend):
         repeat = max(1, -(-m.repeat // rounds))
         x = np.random.default_rng(0).standard_normal(prepared.input_shape).astype("float32")
         for _ in range(rounds if ready else 0):
+            interrupt.check()
             for i, (exe, lowered, key, samples) in ready.items():
                 if i in results:
                     continue
@@ -883,6 +887,13 @@ class _Progress:
         class ProgressCallback(PyMeasureCallback):
             def apply(self, task_scheduler: Any, task_id: int, measure_candidates: Any,
                       builder_results: Any, runner_results: Any) -> None:
+                if interrupt.requested():  # Ctrl-C, swallowed by the C++ loop: end every task, so it returns
+                    for tid in range(len(task_scheduler.tasks_)):
+                        try:
+                            task_scheduler.terminate_task(tid)
+                        except Exception:  # noqa: BLE001 - already terminated
+                            pass
+                    return
                 for b, r in zip(builder_results, runner_results):
                     err = b.error_msg or r.error_msg
                     if err and task_id not in outer.errors:

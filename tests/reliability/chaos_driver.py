@@ -12,7 +12,8 @@ seconds after its stage began, or, with ``fraction``, that fraction of the stage
 
 ``plan.json``: ``{"argv": [...], "backend": {...}, "runs": [{"cwd": ..., "stage": ..., "signal": ...,
 "fraction" | "delay_s": ..., "reference": bool}]}``. ``results.json``: per run ``{"rc", "stderr",
-"stdout", "seconds", "stages": [[name, t], ...], "signalled_in": stage | null, "exit_after_signal_s"}``.
+"stdout", "seconds", "stages": [[name, t], ...], "signalled_in": stage | null, "exit_after_signal_s",
+"trials": {journal: [[number, params, values], ...]}}`` (the COMPLETE trials of each study afterwards).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def _child(plan: dict, run: dict, out_path: str, err_path: str) -> int:
     err = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(out, 1)
     os.dup2(err, 2)
+    sys.stdout.reconfigure(line_buffering=True)  # the stage lines must reach the file as they are logged
     os.chdir(run["cwd"])
     import functools
 
@@ -129,7 +131,27 @@ def execute(plan: dict, run: dict, index: int, results_path: str, reference: dic
     os.unlink(err_path)
     if run.get("reference"):
         reference.update(_durations(seen, total))
+    result["trials"] = _finished_trials(run["cwd"])
     return result
+
+
+def _finished_trials(cwd: str) -> dict[str, list]:
+    """Every study journal under ``cwd/results``: its COMPLETE trials as ``[number, params, values]``."""
+    from pathlib import Path
+
+    import optuna
+
+    from mpsearch.search.journal import journal_storage
+
+    out = {}
+    for journal in sorted(Path(cwd).glob("results/*/study.journal")):
+        try:
+            study = optuna.load_study(study_name="mpsearch", storage=journal_storage(journal))
+        except KeyError:  # killed before the study was created
+            continue
+        out[str(journal.relative_to(cwd))] = [
+            [t.number, t.params, t.values] for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))]
+    return out
 
 
 def main() -> None:

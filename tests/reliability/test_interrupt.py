@@ -86,3 +86,29 @@ def test_ctrl_c_during_real_tuning_stops_within_seconds(tmp_path: Path) -> None:
     res = drive(tmp_path, argv, [{"cwd": str(tmp_path), "stage": "hardware cost", "signal": "INT",
                                   "delay_s": 8.0}], backend=None)
     assert_interrupted(res["runs"][0], "hardware cost")
+
+
+@pytest.mark.slow
+@pytest.mark.tvm
+def test_a_ctrl_c_that_metaschedule_swallowed_ends_tuning_at_the_next_batch(tmp_path: Path, tiny_prepared,
+                                                                              tiny_ranges, monkeypatch) -> None:
+    """A KeyboardInterrupt raised in a Python callback of the C++ tuning loop can be recorded as a task
+    error and the loop goes on; the remembered SIGINT ends every task at the next measure callback."""
+    import dataclasses
+
+    from mpsearch import interrupt
+    from mpsearch.candidate import Candidate
+    from mpsearch.hardware.profile import load_profile
+    from mpsearch.hardware.tvm_backend import TVMBackend
+
+    p = load_profile("host_cpu")
+    profile = dataclasses.replace(p, tuning=dataclasses.replace(p.tuning, trials_per_task=2, trials_per_iter=1))
+    backend = TVMBackend(profile, tmp_path, progress=False)
+    monkeypatch.setattr(interrupt, "_requested", type(interrupt._requested)())
+    interrupt._requested.set()  # as if SIGINT had arrived and been swallowed
+    with pytest.raises(KeyboardInterrupt):
+        backend.tune_candidate(tiny_prepared, Candidate.uniform(tiny_prepared.layer_names, 8, 8), tiny_ranges)
+    assert backend.stats["tuned_kernels"] == 0
+    # Without the stop: 2 trials for each of the candidate's kernels; with it, the batch already in flight.
+    records = len(backend.db.get_all_tuning_records())
+    assert records <= 2, f"tuning went on after the remembered SIGINT ({records} trials)"
