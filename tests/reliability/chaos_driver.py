@@ -13,7 +13,8 @@ seconds after its stage began, or, with ``fraction``, that fraction of the stage
 ``plan.json``: ``{"argv": [...], "backend": {...}, "runs": [{"cwd": ..., "stage": ..., "signal": ...,
 "fraction" | "delay_s": ..., "reference": bool}]}``. ``results.json``: per run ``{"rc", "stderr",
 "stdout", "seconds", "stages": [[name, t], ...], "signalled_in": stage | null, "exit_after_signal_s",
-"trials": {journal: [[number, params, values], ...]}}`` (the COMPLETE trials of each study afterwards).
+"trials": {journal: [[number, params, values], ...]}, "cache_lines": {file: [sha256, ...]}}`` (afterwards:
+the COMPLETE trials of each study, the complete lines of each append-only cache file).
 """
 
 from __future__ import annotations
@@ -132,7 +133,22 @@ def execute(plan: dict, run: dict, index: int, results_path: str, reference: dic
     if run.get("reference"):
         reference.update(_durations(seen, total))
     result["trials"] = _finished_trials(run["cwd"])
+    result["cache_lines"] = _cache_lines(run["cwd"])
     return result
+
+
+def _cache_lines(cwd: str) -> dict[str, list[str]]:
+    """The complete lines (ending in a newline) of every append-only cache file under ``cwd``:
+    JSON-lines stores and MetaSchedule's database, as SHA-256 digests."""
+    import hashlib
+    from pathlib import Path
+
+    out = {}
+    for path in sorted(Path(cwd).rglob("*")):
+        if path.is_file() and (path.suffix == ".jsonl" or path.name.startswith("database_")):
+            lines = path.read_bytes().split(b"\n")[:-1]  # the last piece has no newline: unfinished
+            out[str(path.relative_to(cwd))] = [hashlib.sha256(line).hexdigest() for line in lines]
+    return out
 
 
 def _finished_trials(cwd: str) -> dict[str, list]:

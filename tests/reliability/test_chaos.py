@@ -85,3 +85,28 @@ def test_kill_9_in_every_stage_then_rerun_gives_the_uninterrupted_report(tmp_pat
     assert report_content(tmp_path / "chaos" / run_dir) == report_content(tmp_path / "ref" / run_dir)
     for name in ("pareto.csv", "report.md", "report.html", "candidates"):
         assert (tmp_path / "chaos" / run_dir / name).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.tvm
+def test_kill_9_while_tuning_and_timing_kernels_then_rerun_loses_nothing(tmp_path: Path) -> None:
+    """Real MetaSchedule tuning (1 trial a kernel) and kernel / end-to-end timing, killed twice at seeded
+    moments of the hardware-cost stage: the re-run finishes, every complete line of the tuning database
+    and the timing caches is still there (a repaired database drops only unfinished lines), and the
+    report is written. Latencies differ from run to run, so the front is not compared here."""
+    rng = random.Random(7)
+    argv = [a for a in TINY if not a.startswith("search.n_trials")] + [
+        "search.n_trials=40", "hw_profile.trials_per_task=1", "hw_profile.threads=1"]
+    runs = [{"cwd": str(tmp_path), "stage": "hardware cost", "signal": "KILL", "delay_s": rng.uniform(*window)}
+            for window in ((3, 15), (15, 40))]
+    runs += [{"cwd": str(tmp_path)}]
+    res = drive(tmp_path, argv, runs, backend=None, timeout=1500)
+    *killed, final = res["runs"]
+    assert final["rc"] == 0 and "Traceback" not in final["stderr"], final["stderr"][-3000:]
+    for k in killed:
+        assert k["rc"] == -9 and k["signalled_in"] == "hardware cost", (k["rc"], k["stages"], k["stderr"][-2000:])
+        for name, lines in k["cache_lines"].items():
+            kept = set(final["cache_lines"].get(name, []))
+            assert set(lines) <= kept, f"{name}: {len(set(lines) - kept)} complete line(s) lost"
+    assert any(name.endswith("database_tuning_record.json") and lines for name, lines in killed[-1]["cache_lines"].items())
+    assert next(Path(tmp_path, "results").glob("*/report.md")).is_file()
