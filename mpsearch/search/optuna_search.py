@@ -399,8 +399,11 @@ def run_search(problem: SearchProblem, settings: SearchSettings, storage_path: P
         # What any worker needs, here or on another machine: ``mpsearch-worker search_spec.json --worker-id K``.
         spec = write_spec(Path(storage_path).with_name("search_spec.json"), problem, settings, storage_path)
         for i in range(1, settings.workers):
+            # Their own session: a terminal's Ctrl-C reaches only this process, which stops them with
+            # exactly one SIGINT each (a second one would interrupt a worker inside Optuna's bookkeeping).
             procs.append(subprocess.Popen([sys.executable, "-m", "mpsearch.search.worker", str(spec),
-                                           "--worker-id", str(i), "--parent-pid", str(os.getpid())]))
+                                           "--worker-id", str(i), "--parent-pid", str(os.getpid())],
+                                          start_new_session=True))
         log.info("started %d worker process(es) on the study", len(procs))
     try:
         work(study, problem, settings, progress, proxy=proxy)

@@ -6,7 +6,9 @@ the real console entry point (``mpsearch.cli.main``) on :class:`mpsearch.testing
 driver watches the run's console for the pipeline's ``stage: <name>`` lines; a run with a ``signal``
 gets it (``KILL`` or ``INT``, sent to the run's process group, as a terminal's Ctrl-C is) ``delay_s``
 seconds after its stage began, or, with ``fraction``, that fraction of the stage's duration in the
-``reference`` run of the plan (a run given ``"reference": true``, which must come first). Usage::
+``reference`` run of the plan (a run given ``"reference": true``, which must come first), or, with
+``file`` (a glob under the run's folder) and ``min_lines``, once that file has that many complete
+lines (e.g. tuning records: a moment inside MetaSchedule's tuning). Usage::
 
     python chaos_driver.py plan.json results.json
 
@@ -78,6 +80,18 @@ def _stages(out_path: str, err_path: str, start: float, seen: list[list]) -> Non
         seen.append([name, round(time.monotonic() - start, 3)])
 
 
+def _complete_lines(cwd: str, pattern: str) -> int:
+    """Newline-terminated lines in the first file matching the glob ``pattern`` under ``cwd`` (0: none)."""
+    from pathlib import Path
+
+    for path in Path(cwd).glob(pattern):
+        try:
+            return path.read_bytes().count(b"\n")
+        except OSError:
+            return 0
+    return 0
+
+
 def _durations(stages: list[list], total: float) -> dict[str, float]:
     ends = [t for _, t in stages[1:]] + [total]
     return {name: end - t for (name, t), end in zip(stages, ends)}
@@ -108,7 +122,13 @@ def execute(plan: dict, run: dict, index: int, results_path: str, reference: dic
         if now > deadline:
             os.killpg(pid, signal.SIGKILL)
             continue
-        if wanted and signalled_at is None:
+        if run.get("file") and signalled_at is None:  # signal once a file has min_lines complete lines
+            if _complete_lines(run["cwd"], run["file"]) >= run["min_lines"]:
+                _stages(out_path, err_path, start, seen)
+                signalled_in = seen[-1][0] if seen else None
+                os.killpg(pid, getattr(signal, f"SIG{run['signal']}"))
+                signalled_at = time.monotonic()
+        elif wanted and signalled_at is None:
             began = next((t for name, t in seen if name == wanted), None)
             if began is not None:
                 delay = run["delay_s"] if "delay_s" in run else run["fraction"] * reference.get(wanted, 0.0)

@@ -97,16 +97,22 @@ def test_kill_9_while_tuning_and_timing_kernels_then_rerun_loses_nothing(tmp_pat
     rng = random.Random(7)
     argv = [a for a in TINY if not a.startswith("search.n_trials")] + [
         "search.n_trials=40", "hw_profile.trials_per_task=1", "hw_profile.threads=1"]
-    runs = [{"cwd": str(tmp_path), "stage": "hardware cost", "signal": "KILL", "delay_s": rng.uniform(*window)}
-            for window in ((3, 15), (15, 40))]
+    # Moments by the files the stage writes: after a seeded number of tuning records, then (the re-run
+    # tunes the rest first) after a seeded number of kernel timings.
+    runs = [{"cwd": str(tmp_path), "signal": "KILL", "file": ".mpsearch-cache/tvm/*/database_tuning_record.json",
+             "min_lines": rng.randint(1, 8)},
+            {"cwd": str(tmp_path), "signal": "KILL", "file": ".mpsearch-cache/tvm/*/costs.jsonl",
+             "min_lines": rng.randint(1, 10)}]
     runs += [{"cwd": str(tmp_path)}]
     res = drive(tmp_path, argv, runs, backend=None, timeout=1500)
     *killed, final = res["runs"]
     assert final["rc"] == 0 and "Traceback" not in final["stderr"], final["stderr"][-3000:]
     for k in killed:
-        assert k["rc"] == -9 and k["signalled_in"] == "hardware cost", (k["rc"], k["stages"], k["stderr"][-2000:])
+        counts = {name: len(lines) for name, lines in k["cache_lines"].items()}
+        assert k["rc"] == -9 and k["signalled_in"] == "hardware cost", (k["rc"], k["stages"], counts)
+        assert any(n.endswith("database_tuning_record.json") and c for n, c in counts.items()), counts
         for name, lines in k["cache_lines"].items():
             kept = set(final["cache_lines"].get(name, []))
             assert set(lines) <= kept, f"{name}: {len(set(lines) - kept)} complete line(s) lost"
-    assert any(name.endswith("database_tuning_record.json") and lines for name, lines in killed[-1]["cache_lines"].items())
+    assert any(n.endswith("costs.jsonl") and lines for n, lines in killed[-1]["cache_lines"].items())
     assert next(Path(tmp_path, "results").glob("*/report.md")).is_file()

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,15 +55,24 @@ def _trials(journal: Path) -> dict[str, list[optuna.trial.FrozenTrial]]:
 
 def test_ctrl_c_during_the_search_and_the_sensitivity_stops_at_once_and_resumes(tmp_path: Path) -> None:
     argv = [a for a in TINY if not a.startswith("search.n_trials")] + ["search.n_trials=100000", "run_name=ctrl-c"]
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
+    for d in "abc":
+        (tmp_path / d).mkdir()
     res = drive(tmp_path, argv, [
         {"cwd": str(tmp_path / "a"), "stage": "search", "signal": "INT", "delay_s": 2.0},
         {"cwd": str(tmp_path / "b"), "stage": "sensitivity", "signal": "INT", "delay_s": 0.5},
+        # two search worker processes beside the run: stopped with it (their output is the run's stderr)
+        {"cwd": str(tmp_path / "c"), "stage": "search", "signal": "INT", "delay_s": 15.0,
+         "extra_argv": ["search.workers=2"]},
     ], backend={})
-    search, sensitivity = res["runs"]
+    search, sensitivity, workers = res["runs"]
     assert_interrupted(search, "search")
     assert_interrupted(sensitivity, "sensitivity")
+    assert_interrupted(workers, "search")
+    shared = tmp_path / "c" / "results" / "ctrl-c" / "study.journal"
+    size = shared.stat().st_size
+    time.sleep(2)
+    assert shared.stat().st_size == size, "a search worker outlived the interrupted run"
+    assert "RUNNING" not in _trials(shared) and {1} <= {t.user_attrs.get("worker") for t in _trials(shared)["COMPLETE"]}
     journal = tmp_path / "a" / "results" / "ctrl-c" / "study.journal"
     trials = _trials(journal)
     assert len(trials["COMPLETE"]) > 0 and "RUNNING" not in trials  # stopped between trials
