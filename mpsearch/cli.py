@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mpsearch.config import BudgetConfig, DataConfig, HwProfileConfig, ModelConfig, RunConfig, SearchConfig, \
     register_configs
-from mpsearch.errors import ConfigError, MPSearchError
+from mpsearch.errors import ConfigError, Interrupted, MPSearchError
 
 # The repository's conf/, shipped in wheels as package data (mpsearch/conf links to it in a checkout).
 # Users add config groups of their own with Hydra's --config-dir DIR (e.g. DIR/hw_profile/my_board.yaml).
@@ -35,14 +35,18 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
+    from mpsearch.interrupt import sigint_requests_stop
     from mpsearch.pipeline import run
     from mpsearch.report.console import recommendation_lines
 
     try:
-        outcome = run(to_run_config(cfg))
+        with sigint_requests_stop():
+            outcome = run(to_run_config(cfg))
     except MPSearchError as e:  # raised inside Hydra's job runner, which would print a traceback
         print(f"mpsearch: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as e:
+        _interrupted(e)
     s = outcome.summary
     best = [c for c in s.candidates if c.kind == "pareto"]
     log.info("done: %d Pareto candidates evaluated; report at %s", len(best), outcome.files.get("report_md"))
@@ -122,10 +126,21 @@ def _precheck(args: list[str]) -> None:
         sys.exit(2)
 
 
+def _interrupted(e: KeyboardInterrupt) -> None:
+    """Ctrl-C (SIGINT): one line saying where the run stopped, exit status 130 (128 + SIGINT)."""
+    where = f" during the {e.stage} stage" if isinstance(e, Interrupted) else ""
+    print(f"mpsearch: interrupted{where}; finished work (study trials, tuned kernels, timings, caches) is kept: "
+          "re-run the same command to resume", file=sys.stderr)
+    sys.exit(130)
+
+
 def main() -> None:
-    """``mpsearch [overrides]``: one line on stderr and exit status 2 for any mpsearch error."""
-    _precheck(sys.argv[1:])
-    _hydra_main()
+    """``mpsearch [overrides]``: one line on stderr and exit status 2 for any mpsearch error, 130 on Ctrl-C."""
+    try:
+        _precheck(sys.argv[1:])
+        _hydra_main()
+    except KeyboardInterrupt as e:
+        _interrupted(e)
 
 
 if __name__ == "__main__":

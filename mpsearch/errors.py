@@ -25,3 +25,15 @@ class HardwareError(MPSearchError):
 
 class InfeasibleBudgetError(MPSearchError):
     """No candidate in the search space can meet the requested budget."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped (Ctrl-C, SIGINT) during ``stage``; what finished is kept and a re-run resumes.
+
+    A KeyboardInterrupt, not an MPSearchError: handlers that record an error and go on (a failed
+    measurement, a failed sweep job) must not swallow a request to stop.
+    """
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(f"interrupted during the {stage} stage")
+        self.stage = stage

@@ -313,6 +313,9 @@ def export_run(run_dir: str | Path, label: str | None = None, budget_ms: float |
     if limit is None or limit == cfg.data.test_samples:
         _check_reproduced(run, label, float((ref.argmax(1) == labels).mean()))
 
+    # manifest.json, written last, is what marks an export finished: a new export into this folder
+    # first removes the old one, so an export killed half-way is never taken for a finished one.
+    (out_dir / "manifest.json").unlink(missing_ok=True)
     start = time.perf_counter()
     built = export_lib.build_library(profile, Path(cfg.cache_dir), prepared, candidate, ranges, out_dir, progress)
     compile_s = time.perf_counter() - start

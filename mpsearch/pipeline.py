@@ -16,10 +16,11 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mpsearch import interrupt
 from mpsearch.candidate import Bits, Candidate
 from mpsearch.config import RunConfig, validate
 from mpsearch.console import LOG_NAME, RunLog, run_log
-from mpsearch.errors import ConfigError, HardwareError, MPSearchError
+from mpsearch.errors import ConfigError, HardwareError, Interrupted, MPSearchError
 from mpsearch.hashing import content_hash
 from mpsearch.hardware.base import Backend, LayerCostTable
 from mpsearch.hardware.profile import HwProfile, load_profile
@@ -29,7 +30,7 @@ from mpsearch.quant.fake import quantize_
 from mpsearch.quant.learned import cached_learn, make_learners, merge
 from mpsearch.quant.prepare import PreparedModel, prepare_model
 from mpsearch.report import EvaluatedCandidate, RunSummary, write_report
-from mpsearch.storage import JsonLines, atomic_write_bytes
+from mpsearch.storage import JsonLines, atomic_write_bytes, atomic_write_text
 from mpsearch.search.groups import check_candidate, layer_groups
 from mpsearch.search import (
     SearchProblem, SearchSettings, bit_pairs, feasible_front, front_comparison, ilp_pick, pair_label, run_search,
@@ -64,6 +65,15 @@ class _Timer:
         start = time.perf_counter()
         try:
             yield
+            interrupt.check()  # a Ctrl-C that native code swallowed stops the run here at the latest
+        except KeyboardInterrupt as e:  # Ctrl-C: name the stage for the CLI's one line
+            if isinstance(e, Interrupted):
+                raise
+            raise Interrupted(name) from e
+        except Exception as e:  # a Ctrl-C that TVM turned into its own error on the way out of C++
+            if interrupt.requested():
+                raise Interrupted(name) from e
+            raise
         finally:
             self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 3)
 
@@ -243,7 +253,7 @@ def _run(cfg: RunConfig, backend_factory: BackendFactory, run_dir: Path, tvm_log
     problem.check_budgets(cfg.budget.latency_ms, cfg.budget.weight_kib)
     # The run folder is made only once the inputs are known to be usable: bad input leaves nothing behind.
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
     if tvm_log is not None:
         tvm_log.move_to(run_dir / LOG_NAME)
     log.info("run folder: %s", run_dir)
@@ -312,9 +322,9 @@ def _run(cfg: RunConfig, backend_factory: BackendFactory, run_dir: Path, tvm_log
         cand_dir = run_dir / "candidates"
         cand_dir.mkdir(exist_ok=True)
         for e in evaluated:
-            (cand_dir / f"{e.label}.json").write_text(e.candidate.to_json() + "\n")
-        (run_dir / "cost_table.json").write_text(table.to_json() + "\n")
-        (run_dir / "sensitivity.json").write_text(sens.to_json() + "\n")
+            atomic_write_text(cand_dir / f"{e.label}.json", e.candidate.to_json() + "\n")
+        atomic_write_text(run_dir / "cost_table.json", table.to_json() + "\n")
+        atomic_write_text(run_dir / "sensitivity.json", sens.to_json() + "\n")
         layer_latency = pd.DataFrame(
             {pair_label(p): [table.latency_s[n][p] * 1e3 for n in layers] for p in table.pairs}, index=layers)
         tuning = profile.tuning

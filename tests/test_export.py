@@ -176,3 +176,41 @@ def test_use_threads_resizes_a_started_tvm_thread_pool() -> None:
         assert tvm.runtime.num_threads() == cores
     finally:
         use_threads(int(before) if before else cores)
+
+
+def _export_consistent(out: Path) -> bool | None:
+    """None: no manifest (not finished); else whether every file it lists has its recorded SHA-256."""
+    import hashlib
+
+    if not (out / "manifest.json").exists():
+        return None
+    files = json.loads((out / "manifest.json").read_text())["files"]
+    return all(hashlib.sha256((out / name).read_bytes()).hexdigest() == rec["sha256"] for name, rec in files.items())
+
+
+@pytest.mark.tvm
+@pytest.mark.slow
+def test_an_export_killed_at_a_random_moment_is_never_taken_for_finished(tvm_sweep) -> None:
+    """kill -9 at a seeded moment of a re-export: a manifest on disk always matches the files beside it
+    (the old one is removed before anything is rewritten), and the same command then finishes."""
+    import random
+    import signal
+    import time
+
+    run_dir = tvm_sweep.run_dirs[0]
+    out = run_dir / "export" / "fp32"
+    cmd = [sys.executable, "-m", "mpsearch.export", str(run_dir), "--label", "fp32", "-q"]
+    start = time.monotonic()
+    assert subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=tvm_sweep.env).returncode == 0
+    took = time.monotonic() - start
+    assert _export_consistent(out) is True
+    proc = subprocess.Popen(cmd, env=tvm_sweep.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        proc.wait(timeout=random.Random(19).uniform(0.4, 0.95) * took)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert _export_consistent(out) in (None, True)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=tvm_sweep.env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _export_consistent(out) is True

@@ -90,8 +90,9 @@ def compile_cuda_source(source: str, target: Any, out: Path) -> Path:
     except Exception as e:
         lines = [line for line in str(e).splitlines() if "error" in line.lower()] or str(e).splitlines() or [""]
         raise HardwareError(f"nvcc could not compile the generated CUDA code for {arch}: {lines[0].strip()}") from None
-    out.write_bytes(bytes(binary))
-    return out
+    from mpsearch.storage import atomic_write_bytes
+
+    return atomic_write_bytes(out, bytes(binary))
 
 
 def _cuda_sources(module: Any) -> list[str]:

@@ -19,6 +19,7 @@ and tuning between two measurement batches can take longer than that. Nothing he
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import socket
 import tempfile
@@ -59,13 +60,21 @@ def export_compiler(profile: HwProfile) -> Any:
 def export_library(executable: Any, path: Path, profile: HwProfile) -> Path:
     """Export a compiled module as a shared library for the profile's device (cross-linking if set)."""
     fcompile = export_compiler(profile)
+    path = Path(path)
+    # Linked under a temporary name, then renamed: a killed export never leaves a half-written library
+    # at ``path`` (the suffix stays, TVM picks the output format from it).
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         if fcompile is None:
-            executable.export_library(str(path))
+            executable.export_library(str(tmp))
         else:
-            executable.export_library(str(path), fcompile=fcompile)
-    except Exception as e:  # the linker's own error, reduced to one line
-        text = str(e).strip().splitlines()
+            executable.export_library(str(tmp), fcompile=fcompile)
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if not isinstance(e, Exception):  # Ctrl-C
+            raise
+        text = str(e).strip().splitlines()  # the linker's own error, reduced to one line
         raise HardwareError(f"profile {profile.name!r}: exporting the library failed "
                             f"({text[-1] if text else type(e).__name__}); is {profile.cross_compiler or 'g++'} "
                             "installed?") from None

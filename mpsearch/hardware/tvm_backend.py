@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from mpsearch import interrupt
 from mpsearch.candidate import Bits, Candidate, random_candidates
 from mpsearch.errors import ConfigError, HardwareError
 from mpsearch.hardware.base import Backend, LayerCostTable, Measurement
@@ -505,6 +506,7 @@ class TVMBackend(Backend):
         _import_tensor_intrinsics()
         with _task_loggers(Path(work_dir) / "logs", names) as loggers:
             errors = self._run_tuning(pending, trials, done, names, loggers, work_dir)
+        interrupt.check()  # kernels tuned so far are in the database
         failed = [(name, errors.get(i, "no valid sample"))
                   for i, ((_, mod), name) in enumerate(zip(pending.values(), names)) if not self._has_record(mod)]
         if failed:
@@ -791,6 +793,7 @@ class TVMBackend(Backend):
         m = self.profile.measure
         repeat = max(1, -(-m.repeat // rounds))
         for _ in range(rounds if ready else 0):
+            interrupt.check()
             for i, (vm, samples, _) in ready.items():
                 if i in results:
                     continue
@@ -834,6 +837,7 @@ class TVMBackend(Backend):
         repeat = max(1, -(-m.repeat // rounds))
         x = np.random.default_rng(0).standard_normal(prepared.input_shape).astype("float32")
         for _ in range(rounds if ready else 0):
+            interrupt.check()
             for i, (exe, lowered, key, samples) in ready.items():
                 if i in results:
                     continue
@@ -915,6 +919,13 @@ class _Progress:
         class ProgressCallback(PyMeasureCallback):
             def apply(self, task_scheduler: Any, task_id: int, measure_candidates: Any,
                       builder_results: Any, runner_results: Any) -> None:
+                if interrupt.requested():  # Ctrl-C, swallowed by the C++ loop: end every task, so it returns
+                    for tid in range(len(task_scheduler.tasks_)):
+                        try:
+                            task_scheduler.terminate_task(tid)
+                        except Exception:  # noqa: BLE001 - already terminated
+                            pass
+                    return
                 for b, r in zip(builder_results, runner_results):
                     err = b.error_msg or r.error_msg
                     if err and task_id not in outer.errors:

@@ -16,6 +16,7 @@ from mpsearch.search.optuna_search import (
     spread,
     warm_start_candidates,
 )
+from mpsearch.search.journal import FlockJournalLock, journal_storage
 from mpsearch.search.groups import check_candidate, layer_groups, merge_groups, residual_groups, tied_weight_groups
 from mpsearch.search.space import OBJECTIVES, Objectives, SearchProblem, bit_pairs, objective_names, pair_label
 
@@ -24,5 +25,5 @@ __all__ = [
     "FrontBounds", "bit_pairs", "compare_fronts", "exact_front_bounds", "exact_latency_front", "feasible_front", "feasible_points", "front_comparison", "ilp_front", "ilp_pick",
     "pair_label", "require_ilp", "run_search", "solve_ilp", "spread", "sweep_budgets", "warm_start_candidates",
     "OBJECTIVES", "check_candidate", "layer_groups", "merge_groups", "objective_names", "residual_groups",
-    "tied_weight_groups",
+    "tied_weight_groups", "FlockJournalLock", "journal_storage",
 ]

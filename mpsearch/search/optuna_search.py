@@ -14,14 +14,20 @@ can join from other machines with ``mpsearch-worker <search_spec.json>`` (see :m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -69,8 +75,64 @@ def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
     return list(trial.constraints.values())
 
 
+class ResumableSampler(optuna.samplers.BaseSampler):
+    """``inner`` with its random state re-seeded from ``(seed, finished trials)`` for every trial.
+
+    A sampler's random state lives in the process, not in the study: a run resumed after a crash
+    would otherwise start it afresh and draw other trials than the uninterrupted run. Re-seeded from
+    the number of COMPLETE trials before each trial (and, for a parameter drawn on its own, from its
+    name too, so a trial killed half-way through its suggestions draws the rest as before), one
+    process's trial k draws the same parameters in either run; the samplers' other state (NSGA-II's
+    generations and parents) is kept in the study. So a resumed run reaches the same study and the
+    same report. With several workers the order of trials is not deterministic anyway.
+    """
+
+    def __init__(self, inner: optuna.samplers.BaseSampler, seed: int) -> None:
+        self.inner, self.seed = inner, seed
+        self._n_complete: dict[int, int] = {}
+
+    def __str__(self) -> str:
+        return str(self.inner)
+
+    def _reseed(self, *key: int) -> None:
+        state = np.random.SeedSequence([self.seed, *key]).generate_state(2)
+        for i, owner in enumerate((self.inner, getattr(self.inner, "_random_sampler", None))):
+            rng = getattr(owner, "_rng", None)
+            if rng is not None:  # optuna's LazyRandomState (shared with NSGA-II's child generation)
+                rng.rng.seed(int(state[i]))
+
+    def infer_relative_search_space(self, study, trial):  # type: ignore[no-untyped-def]
+        return self.inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):  # type: ignore[no-untyped-def]
+        return self.inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):  # type: ignore[no-untyped-def]
+        n = self._n_complete.get(trial._trial_id)
+        if n is not None:
+            self._reseed(n, zlib.crc32(param_name.encode()))
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        n = self._n_complete[trial._trial_id] = _complete(study)
+        self._reseed(n)
+        self.inner.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values) -> None:  # type: ignore[no-untyped-def]
+        self._n_complete.pop(trial._trial_id, None)
+        self.inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:  # Optuna calls it in each thread of n_jobs > 1; trials re-seed anyway
+        self.inner.reseed_rng()
+
+
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """Optuna samplers that handle several objectives, categorical choices and trial constraints."""
+    """Optuna samplers that handle several objectives, categorical choices and trial constraints,
+    wrapped in :class:`ResumableSampler`."""
+    return ResumableSampler(_make_inner_sampler(name, seed), seed)
+
+
+def _make_inner_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=40)
     if name == "nsga3":
@@ -91,7 +153,9 @@ def make_storage(settings: SearchSettings, journal_path: Path | None) -> optuna.
     path = Path(settings.storage) if settings.storage else journal_path
     if path is None:
         raise ConfigError("no study storage: set search.storage to a journal path or an RDB URL")
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    from mpsearch.search.journal import journal_storage
+
+    return journal_storage(path)  # absolute path, flock: a killed holder's lock goes with it
 
 
 def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
@@ -203,15 +267,24 @@ def open_study(problem: SearchProblem, settings: SearchSettings, storage_path: P
                seed_offset: int = 0, cleanup: bool = True) -> optuna.Study:
     """Create or load the study; on first creation enqueue the warm start.
 
-    ``cleanup`` marks trials left RUNNING by a killed run as FAIL so samplers ignore them; only the
-    process that owns the run (not a joining worker) does it, and not on RDB storage, where a live
-    worker elsewhere may be running them (heartbeats fail dead workers' trials there instead).
+    ``cleanup`` puts trials a killed run left RUNNING back in the queue (WAITING, keeping their
+    number and any parameters already drawn, which Optuna reuses), so the resumed run evaluates them
+    where the uninterrupted run would have: no warm-start candidate is lost and trial numbers match.
+    Only the process that owns the run (not a joining worker) does it, and not on RDB storage, where
+    a live worker elsewhere may be running them (heartbeats fail dead workers' trials there instead).
     """
     journal = storage_path if not settings.storage else (None if "://" in settings.storage else settings.storage)
     if cleanup and journal is not None:  # a journal a crash left unreadable is cut back to its readable part
+        from mpsearch.search.journal import journal_lock, remove_stale_symlink_lock
         from mpsearch.storage import repair_journal
 
-        repair_journal(journal)
+        remove_stale_symlink_lock(journal)
+        lock = journal_lock(journal)
+        lock.acquire()  # a live worker may still append: repair between its writes, never during one
+        try:
+            repair_journal(journal)
+        finally:
+            lock.release()
     storage = make_storage(settings, storage_path)
     study = optuna.create_study(
         study_name=settings.study_name, storage=storage, load_if_exists=True,
@@ -223,7 +296,7 @@ def open_study(problem: SearchProblem, settings: SearchSettings, storage_path: P
         study.set_metric_names(names)
     if cleanup and not isinstance(storage, optuna.storages.RDBStorage):
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.WAITING)
     if cleanup and not study.trials:
         for cand in warm_start_candidates(problem, settings.warm_budgets, settings.latency_ms,
                                           settings.weight_kib, "memory" in settings.objective_names(),
@@ -255,8 +328,40 @@ def work(study: optuna.Study, problem: SearchProblem, settings: SearchSettings, 
         trial.set_user_attr("worker", worker_id)
         return objective(trial)
 
-    study.optimize(tagged, n_trials=remaining, callbacks=[record, stop], show_progress_bar=progress)
+    with _stop_between_trials_on_sigint(study):
+        study.optimize(tagged, n_trials=remaining, callbacks=[record, stop], show_progress_bar=progress)
     return finished
+
+
+@contextlib.contextmanager
+def _stop_between_trials_on_sigint(study: optuna.Study) -> Iterator[None]:
+    """Ctrl-C stops the search after the running trial (milliseconds), then raises KeyboardInterrupt.
+
+    A KeyboardInterrupt raised at an arbitrary point inside Optuna's trial bookkeeping can leave the
+    trial RUNNING and turn into another error (Optuna 5.1's ``_run_trial`` then fails with an
+    UnboundLocalError); between trials nothing is half-done. A second Ctrl-C interrupts at once.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hits: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        hits.append(signum)
+        if len(hits) > 1:
+            raise KeyboardInterrupt
+        try:
+            study.stop()
+        except RuntimeError:  # not inside optimize (before or after it): nothing half-done, stop now
+            raise KeyboardInterrupt from None
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if hits:
+        raise KeyboardInterrupt
 
 
 def write_spec(path: Path, problem: SearchProblem, settings: SearchSettings, journal_path: Path | None) -> Path:
@@ -294,16 +399,35 @@ def run_search(problem: SearchProblem, settings: SearchSettings, storage_path: P
         # What any worker needs, here or on another machine: ``mpsearch-worker search_spec.json --worker-id K``.
         spec = write_spec(Path(storage_path).with_name("search_spec.json"), problem, settings, storage_path)
         for i in range(1, settings.workers):
+            # Their own session: a terminal's Ctrl-C reaches only this process, which stops them with
+            # exactly one SIGINT each (a second one would interrupt a worker inside Optuna's bookkeeping).
             procs.append(subprocess.Popen([sys.executable, "-m", "mpsearch.search.worker", str(spec),
-                                           "--worker-id", str(i)]))
+                                           "--worker-id", str(i), "--parent-pid", str(os.getpid())],
+                                          start_new_session=True))
         log.info("started %d worker process(es) on the study", len(procs))
     try:
         work(study, problem, settings, progress, proxy=proxy)
-    finally:
-        failed = [p.args for p in procs if p.wait() != 0]
+    except BaseException:  # Ctrl-C or an error here: stop the workers too (a re-run resumes with them)
+        _stop(procs)
+        raise
+    failed = [p.args for p in procs if p.wait() != 0]
     if failed:
         raise MPSearchError(f"{len(failed)} search worker(s) failed; see their log above, then re-run to resume")
     return study
+
+
+def _stop(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
+    """SIGINT each worker (each fails its running trial and exits), then SIGKILL any still running."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def feasible_front(study: optuna.Study, problem: SearchProblem) -> list[tuple[optuna.trial.FrozenTrial, Candidate]]:

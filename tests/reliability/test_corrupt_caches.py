@@ -106,3 +106,22 @@ def test_tuning_database_keeps_workload_ids_consistent(tmp_path: Path) -> None:
     before = (wl.read_bytes(), tr.read_bytes())
     _repair_database(tmp_path)  # a clean database is left as it is
     assert (wl.read_bytes(), tr.read_bytes()) == before and not leftovers(tmp_path)
+
+
+def test_temporary_files_a_killed_writer_left_are_removed_by_the_next_write(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from mpsearch.storage import STALE_TMP_S, atomic_write_text
+
+    stale, fresh = tmp_path / ".report.md.k1ll3d.tmp", tmp_path / ".report.md.l1v3.tmp"
+    other = tmp_path / ".pareto.csv.k1ll3d.tmp"
+    for p in (stale, fresh, other):
+        p.write_text("half")
+    old = time.time() - STALE_TMP_S - 5
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    atomic_write_text(tmp_path / "report.md", "# done\n")
+    assert (tmp_path / "report.md").read_text() == "# done\n"
+    assert not stale.exists() and fresh.exists()  # a live writer's temporary file is left alone
+    assert other.exists()  # another file's: removed when that file is written
