@@ -25,7 +25,8 @@ from mpsearch.hardware.profile import HwProfile, load_profile
 from mpsearch.models.registry import load_state_dict, resolve
 from mpsearch.quant.calibration import calibrate
 from mpsearch.quant.fake import quantize_
-from mpsearch.quant.learned import cached_learn, make_learners, merge
+from mpsearch.quant.learned import cached_learn, merge
+from mpsearch.quant.learners import make_learners
 from mpsearch.quant.prepare import PreparedModel, prepare_model
 from mpsearch.report import EvaluatedCandidate, RunSummary, write_report
 from mpsearch.storage import JsonLines, atomic_write_bytes
