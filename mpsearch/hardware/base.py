@@ -52,7 +52,7 @@ class LayerCostTable:
     """Measured kernel latency of every layer at every bit pair, plus the rest of the model.
 
     Because each layer is one kernel whose code depends only on its own bits (see
-    ``hardware/kernels.py``), a candidate's latency is ``scale`` times the sum of its layers' kernels
+    ``hardware/kernels/``), a candidate's latency is ``scale`` times the sum of its layers' kernels
     plus ``other_s`` (pooling, reshapes, runtime overhead). ``latency_s`` holds each kernel timed
     alone; ``scale`` and ``other_s`` are fitted by least squares on end-to-end measurements of the
     uniform candidates and a few seeded random mixed ones (``calibration`` records the fit). Kernels inside the model run faster than

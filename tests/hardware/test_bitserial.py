@@ -23,7 +23,7 @@ tvm = pytest.importorskip("tvm")
 pytestmark = pytest.mark.tvm
 
 from mpsearch.hardware.kernels import KernelSpec, make_kernel, pack_weight  # noqa: E402
-from mpsearch.hardware.kernels_bitserial import bitserial_unsupported, pack_bitserial, route  # noqa: E402
+from mpsearch.hardware.kernels.bitserial import bitserial_unsupported, pack_bitserial, route  # noqa: E402
 from mpsearch.hardware.lowering import lower  # noqa: E402
 
 ACT = ActQuant(2, 0.25, signed=False)  # codes 0..3; inputs up to 2.0 clip at 3
