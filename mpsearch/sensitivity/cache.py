@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 _FORMAT = 1  # bump when the cached JSON or the key recipe changes
 
 
-def _update_tensor(h: hashlib._Hash, t: Tensor) -> None:
+def hash_tensor(h: hashlib._Hash, t: Tensor) -> None:
+    """Feed ``t`` (dtype, shape and bytes) into the hash ``h``: a content key part."""
     t = t.detach().cpu().contiguous()
     h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
     h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -37,11 +38,11 @@ def cache_key(
     state = model.state_dict()
     for name in sorted(state):
         h.update(f"\n{name}|".encode())
-        _update_tensor(h, state[name])
+        hash_tensor(h, state[name])
     for i, batch in enumerate(batches):
         h.update(f"\nbatch{i}|".encode())
         for t in batch:
-            _update_tensor(h, t)
+            hash_tensor(h, t)
     return h.hexdigest()
 
 
