@@ -261,7 +261,7 @@ class EstimateBackend(Backend):
         ``built ...``, ``not built: <missing toolchain>`` or ``build failed: ...``. Cached by content."""
         import tvm_ffi
 
-        from mpsearch.hardware.build import build_library
+        from mpsearch.hardware.build import build_untuned
         from mpsearch.hardware.lowering import lower
 
         mod_key = format(tvm_ffi.structural_hash(lower(prepared, candidate, ranges).mod) & (2**64 - 1), "016x")
@@ -274,7 +274,7 @@ class EstimateBackend(Backend):
             return f"{candidate.describe()} not built: {missing}"  # not cached: installing the toolchain fixes it
         out = self.dir / "build" / mod_key
         try:
-            art = build_library(self.profile, prepared, candidate, ranges, out)
+            art = build_untuned(self.profile, prepared, candidate, ranges, out)
         except HardwareError as e:
             status = f"{candidate.describe()} build failed: {e}"
         else:
