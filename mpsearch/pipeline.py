@@ -300,7 +300,7 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
         layer_latency = pd.DataFrame(
             {pair_label(p): [table.latency_s[n][p] * 1e3 for n in layers] for p in table.pairs}, index=layers)
         tuning = profile.tuning
-        latency_source = getattr(backend, "latency_source", "measured")
+        latency_source = backend.latency_source
         notes += [
             f"Latencies: TVM-compiled code on {backend.describe()}, mean over {profile.measure.repeat} repeats of "
             f"{profile.measure.number} calls, candidates measured interleaved in rounds so that machine drift "

@@ -44,7 +44,7 @@ import numpy as np
 
 from mpsearch.candidate import Bits, Candidate
 from mpsearch.errors import ConfigError, HardwareError
-from mpsearch.hardware.base import Backend, LayerCostTable, Measurement
+from mpsearch.hardware.base import ESTIMATED, Backend, LayerCostTable, Measurement
 from mpsearch.hardware.profile import HwProfile, PeakRates
 from mpsearch.quant.prepare import PreparedModel
 from mpsearch.storage import JsonLines
@@ -147,7 +147,7 @@ class EstimateBackend(Backend):
     """
 
     name = "estimate"
-    latency_source = "estimated"
+    latency_source = ESTIMATED
 
     def __init__(self, profile: HwProfile, cache_dir: Path, progress: bool = True, compile_check: bool = True) -> None:
         if not profile.estimated:
