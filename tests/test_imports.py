@@ -1,4 +1,5 @@
-"""The import graph of ``mpsearch``: no module imports itself back, directly or through others.
+"""The import graph of ``mpsearch``: no module imports itself back, directly or through others, and no
+module imports another's private (``_name``) helpers.
 
 The graph is read statically with :mod:`ast`, so it counts every import statement wherever it stands:
 at module level, inside functions (the lazy imports that keep TVM out of ``import mpsearch``, or that
@@ -98,6 +99,23 @@ def test_mpsearch_has_no_import_cycle() -> None:
     assert not found, "import cycles (each line: the modules of one cycle):\n" + "\n".join(map(" <-> ".join, found))
 
 
+def private_imports(root: Path, package: str) -> list[str]:
+    """``module: name`` for every ``_private`` name a module imports from another of the package's modules."""
+    modules = module_files(root, package)
+    out = []
+    for module, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == package):
+                out += [f"{module}: {node.module}.{a.name}" for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")]
+    return out
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    found = private_imports(ROOT, "mpsearch")
+    assert not found, "make these public where they are shared, or keep them in their module:\n" + "\n".join(found)
+
+
 def test_the_graph_sees_lazy_relative_and_attribute_imports(tmp_path: Path) -> None:
     pkg = tmp_path / "pkg"
     (pkg / "sub").mkdir(parents=True)
@@ -112,3 +130,6 @@ def test_the_graph_sees_lazy_relative_and_attribute_imports(tmp_path: Path) -> N
     assert cycles(graph) == [["pkg.sub.a", "pkg.sub.b"]]
     (pkg / "sub" / "a.py").write_text("def f():\n    return 1\n")
     assert cycles(import_graph(pkg, "pkg")) == []
+    assert private_imports(pkg, "pkg") == []
+    (pkg / "c.py").write_text("def h():\n    from pkg.sub.b import _g, __version__\n")
+    assert private_imports(pkg, "pkg") == ["pkg.c: pkg.sub.b._g"]
