@@ -317,7 +317,7 @@ def export_run(run_dir: str | Path, label: str | None = None, budget_ms: float |
     # first removes the old one, so an export killed half-way is never taken for a finished one.
     (out_dir / "manifest.json").unlink(missing_ok=True)
     start = time.perf_counter()
-    built = export_lib.build_library(profile, Path(cfg.cache_dir), prepared, candidate, ranges, out_dir, progress)
+    built = export_lib.build_tuned(profile, Path(cfg.cache_dir), prepared, candidate, ranges, out_dir, progress)
     compile_s = time.perf_counter() - start
     atomic_write_text(out_dir / "bits.json", json.dumps(candidate.to_dict(), indent=1) + "\n")
     state = quantized_state_dict(prepared, candidate, ranges)

@@ -27,7 +27,8 @@ from mpsearch.hardware.profile import HwProfile, load_profile
 from mpsearch.models.registry import load_state_dict, resolve
 from mpsearch.quant.calibration import calibrate
 from mpsearch.quant.fake import quantize_
-from mpsearch.quant.learned import cached_learn, make_learners, merge
+from mpsearch.quant.learned import cached_learn, merge
+from mpsearch.quant.learners import make_learners
 from mpsearch.quant.prepare import PreparedModel, prepare_model
 from mpsearch.report import EvaluatedCandidate, RunSummary, write_report
 from mpsearch.storage import JsonLines, atomic_write_bytes, atomic_write_text
@@ -328,7 +329,7 @@ def _run(cfg: RunConfig, backend_factory: BackendFactory, run_dir: Path, tvm_log
         layer_latency = pd.DataFrame(
             {pair_label(p): [table.latency_s[n][p] * 1e3 for n in layers] for p in table.pairs}, index=layers)
         tuning = profile.tuning
-        latency_source = getattr(backend, "latency_source", "measured")
+        latency_source = backend.latency_source
         notes += [
             f"Latencies: TVM-compiled code on {backend.describe()}, mean over {profile.measure.repeat} repeats of "
             f"{profile.measure.number} calls, candidates measured interleaved in rounds so that machine drift "

@@ -41,7 +41,7 @@ def tiny_export(tmp_path_factory, tiny_prepared, tiny_ranges) -> Export:
     profile = load_profile("host_cpu_1t")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(TVMBackend, "tune_candidate", lambda self, *a, **k: None)  # the default schedules
-        built = export_lib.build_library(profile, root / "cache", tiny_prepared, cand, tiny_ranges, root / "export")
+        built = export_lib.build_tuned(profile, root / "cache", tiny_prepared, cand, tiny_ranges, root / "export")
     x = synthetic_split("test", 24).tensors[0].numpy()
     # export.py's verification: the library and parameters loaded back from disk and run on the inputs
     verified = export_lib.run_library(built.library, export_lib.load_params(built.params, built.param_names), x)

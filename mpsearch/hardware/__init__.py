@@ -1,12 +1,12 @@
 """Hardware cost: profiles, the Backend seam, and the TVM backend (imported lazily: ``import mpsearch``
 never imports TVM; use ``mpsearch.hardware.tvm_backend.TVMBackend``)."""
 
-from mpsearch.hardware.base import Backend, LayerCostTable, Measurement
+from mpsearch.hardware.base import ESTIMATED, MEASURED, Backend, LatencySource, LayerCostTable, Measurement
 from mpsearch.hardware.memory import weight_mode, weight_storage_bytes
 from mpsearch.hardware.profile import HwProfile, MeasureSettings, Precisions, RPCSettings, TuningSettings, load_profile
 from mpsearch.hardware.session import Device, Session, make_device
 
 __all__ = [
-    "Backend", "HwProfile", "LayerCostTable", "MeasureSettings", "Measurement", "TuningSettings", "load_profile",
+    "ESTIMATED", "MEASURED", "Backend", "HwProfile", "LatencySource", "LayerCostTable", "MeasureSettings", "Measurement", "TuningSettings", "load_profile",
     "weight_mode", "weight_storage_bytes", "Precisions", "RPCSettings", "Device", "Session", "make_device",
 ]

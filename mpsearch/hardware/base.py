@@ -7,6 +7,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, ClassVar, Final, Literal
 
 import numpy as np
 
@@ -52,7 +53,7 @@ class LayerCostTable:
     """Measured kernel latency of every layer at every bit pair, plus the rest of the model.
 
     Because each layer is one kernel whose code depends only on its own bits (see
-    ``hardware/kernels.py``), a candidate's latency is ``scale`` times the sum of its layers' kernels
+    ``hardware/kernels/``), a candidate's latency is ``scale`` times the sum of its layers' kernels
     plus ``other_s`` (pooling, reshapes, runtime overhead). ``latency_s`` holds each kernel timed
     alone; ``scale`` and ``other_s`` are fitted by least squares on end-to-end measurements of the
     uniform candidates and a few seeded random mixed ones (``calibration`` records the fit). Kernels inside the model run faster than
@@ -143,20 +144,61 @@ class LayerCostTable:
                    float(d.get("scale", 1.0)), dict(d.get("calibration", {})))
 
 
-class Backend(ABC):
-    """Builds and measures candidates for one hardware profile.
+LatencySource = Literal["measured", "estimated"]
+MEASURED: Final = "measured"
+ESTIMATED: Final = "estimated"
+LATENCY_SOURCES: Final = (MEASURED, ESTIMATED)
 
-    Call order: :meth:`cost_table` once per (model, calibration, pair set) — implementations cache it
-    by content, tuning and measuring only kernels they have not seen — then :meth:`predict` any
-    number of times (cheap, pure), and :meth:`measure` / :meth:`run` for the few candidates worth a
-    real end-to-end build. Building and running are separate steps inside :meth:`measure`, so a
-    build failure and a runtime failure come back as distinct errors. Not thread-safe.
+
+class Backend(ABC):
+    """Prices and measures candidates of a model for one hardware profile.
+
+    Call order:
+
+    1. Construct it (for a profile and a cache folder). A device that cannot be reached is an error here,
+       before anything is tuned.
+    2. :meth:`cost_table` once per (model, calibration, bit-pair set): every layer at every pair.
+    3. Price any number of candidates from that table (:meth:`LayerCostTable.predict_latency` and the
+       memory predictions: pure, no backend call).
+    4. :meth:`measure` / :meth:`measure_many` the few candidates worth a real end-to-end build, and
+       :meth:`run` them for their outputs. Building and running are separate steps inside, so a build
+       failure and a runtime failure come back as distinct errors. :meth:`measure_many` returns every
+       candidate's failure as a :class:`Measurement` with an error, never as an exception.
+    5. :meth:`close`, or leave a ``with backend:`` block: stops the processes and connections it started
+       (e.g. the TVM backend's loopback measurement server). Idempotent; nothing else is called after it.
+
+    What may be cached: only results keyed by what determines them (kernel code, target, TVM version,
+    threads, measurement settings), on disk under the cache folder, so that a second backend on the same
+    folder returns the same cost table and measurements without tuning or timing again; in memory,
+    compiled code until :meth:`close`. Never a result keyed by a layer's name or position.
+
+    Latency source: each implementation declares :attr:`latency_source`. ``"measured"`` backends time
+    code on the device and :meth:`run` it; an ``"estimated"`` backend (roofline) times nothing: its
+    :meth:`measure` returns the estimate (spread 0) and :meth:`run` raises
+    :class:`~mpsearch.errors.HardwareError`. The run labels every latency it reports with the source.
+
+    Thread-safety: none. One thread uses a backend at a time (the TVM backend also sets process-wide
+    state: ``TVM_NUM_THREADS``, registered intrinsics); to measure in parallel, build one per process.
+    The conformance suite every implementation passes is :mod:`mpsearch.testing.backend_suite`.
     """
 
-    name: str = "backend"
-    #: "measured" (timed on the device) or "estimated" (roofline, nothing timed): labels every latency
-    #: the backend returns, in the report, ``pareto.csv`` and ``summary.json``.
-    latency_source: str = "measured"
+    name: ClassVar[str] = "backend"
+    #: Labels every latency the backend returns, in the report, ``pareto.csv`` and ``summary.json``.
+    latency_source: ClassVar[LatencySource] = MEASURED
+
+    @property
+    def estimated(self) -> bool:
+        """Whether the latencies are estimates (nothing is timed, nothing runs on the device)."""
+        return self.latency_source == ESTIMATED
+
+    def close(self) -> None:
+        """Stop what the backend started (processes, connections, temporary files). Idempotent."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     @abstractmethod
     def cost_table(

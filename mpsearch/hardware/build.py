@@ -106,11 +106,13 @@ def _cuda_sources(module: Any) -> list[str]:
     return found
 
 
-def build_library(
+def build_untuned(
     profile: HwProfile, prepared: PreparedModel, candidate: Candidate,
     ranges: Mapping[str, tuple[float, float]], out_dir: Path, name: str = "model",
 ) -> BuildArtifact:
-    """Compile ``candidate`` for ``profile``'s target (batch 1) and export ``<out_dir>/<name>.so``.
+    """Compile ``candidate`` for ``profile``'s target (batch 1), untuned, and export ``<out_dir>/<name>.so``:
+    the compile check of targets this machine cannot run. The tuned, deployable build of a run's pick is
+    :func:`mpsearch.hardware.export_lib.build_tuned`.
 
     CPU targets are cross-linked with ``profile.cross_compiler``; CUDA targets also get their kernels
     compiled by nvcc for ``target.arch`` into ``<name>.<arch>.fatbin``. Raises :class:`HardwareError`

@@ -43,7 +43,7 @@ import numpy as np
 
 from mpsearch.candidate import Bits, Candidate
 from mpsearch.errors import ConfigError, HardwareError
-from mpsearch.hardware.base import Backend, LayerCostTable, Measurement
+from mpsearch.hardware.base import ESTIMATED, Backend, LayerCostTable, Measurement
 from mpsearch.hardware.profile import HwProfile, PeakRates
 from mpsearch.hashing import content_hash
 from mpsearch.quant.prepare import PreparedModel
@@ -83,7 +83,7 @@ def kernel_bytes(spec: Any) -> int:
 def kernel_arithmetic(spec: Any) -> str:
     """The arithmetic a kernel's inner loop runs: int8 x int8 -> int32 when both operands are integer
     (packed int4 weights are unpacked to int8 inside the kernel), fp16 x fp16 with fp32 accumulation
-    when both are half (``kernels_fp.py``), fp32 otherwise."""
+    when both are half (``kernels/fp16.py``), fp32 otherwise."""
     if spec.w_mode == "f16" and spec.a_mode == "f16":
         return "fp16"
     return "int8" if spec.integer else "fp32"  # u8 / s8 / z8 (zero-point) codes against int8 / int4 weights
@@ -147,7 +147,7 @@ class EstimateBackend(Backend):
     """
 
     name = "estimate"
-    latency_source = "estimated"
+    latency_source = ESTIMATED
 
     def __init__(self, profile: HwProfile, cache_dir: Path, progress: bool = True, compile_check: bool = True) -> None:
         if not profile.estimated:
@@ -261,7 +261,7 @@ class EstimateBackend(Backend):
         ``built ...``, ``not built: <missing toolchain>`` or ``build failed: ...``. Cached by content."""
         import tvm_ffi
 
-        from mpsearch.hardware.build import build_library
+        from mpsearch.hardware.build import build_untuned
         from mpsearch.hardware.lowering import lower
 
         mod_key = format(tvm_ffi.structural_hash(lower(prepared, candidate, ranges).mod) & (2**64 - 1), "016x")
@@ -274,7 +274,7 @@ class EstimateBackend(Backend):
             return f"{candidate.describe()} not built: {missing}"  # not cached: installing the toolchain fixes it
         out = self.dir / "build" / mod_key
         try:
-            art = build_library(self.profile, prepared, candidate, ranges, out)
+            art = build_untuned(self.profile, prepared, candidate, ranges, out)
         except HardwareError as e:
             status = f"{candidate.describe()} build failed: {e}"
         else:

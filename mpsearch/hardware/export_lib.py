@@ -53,7 +53,7 @@ def use_threads(threads: int) -> None:
 
 @dataclass(frozen=True)
 class BuiltLibrary:
-    """What :func:`build_library` wrote."""
+    """What :func:`build_tuned` wrote."""
 
     library: Path
     params: Path
@@ -63,11 +63,12 @@ class BuiltLibrary:
     tuned_now: int  # kernels missing from the tuning database, tuned during the export
 
 
-def build_library(
+def build_tuned(
     profile: HwProfile, cache_dir: Path, prepared: PreparedModel, candidate: Candidate,
     ranges: Mapping[str, tuple[float, float]], out_dir: Path, progress: bool = False,
 ) -> BuiltLibrary:
-    """Compile ``candidate`` for ``profile`` with the tuned schedules of ``cache_dir`` and export it.
+    """Compile ``candidate`` for ``profile`` with the tuned schedules of ``cache_dir`` and export it: the
+    deployable build (:func:`mpsearch.hardware.build.build_untuned` is the untuned compile check).
 
     Writes ``model.so`` (``export_library``, cross-linked when the profile names a compiler) and
     ``params.npz`` (the library's parameter arrays, by name) into ``out_dir``. Kernels the database
@@ -154,5 +155,5 @@ def tvm_version() -> str:
     return str(tvm.__version__)
 
 
-__all__ = ["BuiltLibrary", "LoadedLibrary", "build_library", "load_params", "run_library", "tvm_version",
+__all__ = ["BuiltLibrary", "LoadedLibrary", "build_tuned", "load_params", "run_library", "tvm_version",
            "use_threads"]

@@ -26,7 +26,7 @@ from tvm import IRModule, relax
 from mpsearch.candidate import Candidate
 from mpsearch.errors import LoweringError
 from mpsearch.hardware.kernels import KernelSpec, make_kernel, pack_weight
-from mpsearch.hardware.kernels_bitserial import route as bitserial_route
+from mpsearch.hardware.kernels.bitserial import route as bitserial_route
 from mpsearch.hardware.memory import weight_mode
 from mpsearch.quant.fake import ActQuant, act_quantizers, quantize_weight
 from mpsearch.quant.prepare import PreparedModel

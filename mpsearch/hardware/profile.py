@@ -90,7 +90,7 @@ class RPCSettings:
 class Precisions:
     """Bit-widths the target runs natively. ``fp16``: it has half-precision arithmetic. ``bitserial``:
     W2A2 layers (weights and activations of at most 2 bits) run as bit-serial popcount kernels
-    (``hardware/kernels_bitserial.py``) instead of packed int4 weights against 8-bit codes; chosen per
+    (``hardware/kernels/bitserial.py``) instead of packed int4 weights against 8-bit codes; chosen per
     target from measurement (README, "Bit-serial 2-bit kernels")."""
 
     w_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, 32)

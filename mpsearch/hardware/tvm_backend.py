@@ -755,7 +755,11 @@ class TVMBackend(Backend):
         results: dict[int, Measurement] = {}
         todo = []
         for i, cand in enumerate(candidates):
-            lowered = self.lower(prepared, cand, ranges)
+            try:
+                lowered = self.lower(prepared, cand, ranges)
+            except Exception as e:  # noqa: BLE001 - a candidate that does not lower is a value (Backend contract)
+                results[i] = Measurement(error=f"build failed: {type(e).__name__}: {_last_line(e)}")
+                continue
             cached = self.costs.get(self._e2e_key(lowered))
             if cached is not None:
                 results[i] = Measurement(_latency(cached), cached["std_s"], None, tuple(cached["samples"]))
@@ -864,9 +868,11 @@ class TVMBackend(Backend):
         self._store_e2e(candidates, {i: (key, samples) for i, (_, _, key, samples) in ready.items()}, results)
 
     def close(self) -> None:
-        """Stop the loopback measurement server, if one was started (``measure.timeout_s``)."""
+        """Stop the loopback measurement server, if one was started (``measure.timeout_s``), and drop the
+        compiled executables. Idempotent."""
         if self.loopback is not None:
             self.loopback.close()
+        self._compiled.clear()
 
     def run(
         self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]],

@@ -3,7 +3,8 @@ quantization (AdaRound / BRECQ rounding, LSQ activation steps, QAT with distilla
 
 from mpsearch.quant.calibration import calibrate
 from mpsearch.quant.fake import ActQuant, QuantLayer, fake_quant_act, fake_quant_weight, quantize_, quantize_weight
-from mpsearch.quant.learned import LearnedModel, Learner, cached_learn, make_learners
+from mpsearch.quant.learned import LearnedModel, Learner, cached_learn
+from mpsearch.quant.learners import make_learners
 from mpsearch.quant.prepare import LayerInfo, PreparedModel, prepare_model
 from mpsearch.quant.qat import QatKd, QatSettings
 from mpsearch.quant.reconstruct import Reconstruction, ReconstructionSettings, graph_blocks

@@ -13,7 +13,7 @@ With ``search.act_scheme=asymmetric`` a signed range ``(lo, hi)`` instead maps o
 
 16 bits means IEEE half precision, not a 16-bit integer grid: weights and activations are rounded to
 fp16 and back (``.half().float()``), and the layer computes in fp32. That is what the fp16 kernels
-(``mpsearch/hardware/kernels_fp.py``) compute: fp16 operands, widened, multiplied and accumulated in
+(``mpsearch/hardware/kernels/fp16.py``) compute: fp16 operands, widened, multiplied and accumulated in
 fp32 (the product of two halves is exact in fp32), so only the summation order differs.
 """
 

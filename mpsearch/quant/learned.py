@@ -146,30 +146,6 @@ def cached_learn(learner: Learner, prepared: PreparedModel, candidate: Candidate
     return result, key
 
 
-def make_learners(ptq: str = "none", *, lsq: bool = False, iters: int = 300, qat_epochs: int = 0,
-                  qat_lr: float = 1e-4, seed: int = 0, lsq_weights: bool = False,
-                  fisher: bool = False) -> list[Learner]:
-    """The learners a run applies in turn: ``adaround`` or ``brecq`` (or none), then QAT-KD if ``qat_epochs``.
-
-    ``lsq_weights`` (learned weight steps) needs ``adaround`` or ``brecq``; ``fisher`` applies to ``brecq``
-    only (AdaRound reconstructs plain layer outputs)."""
-    from mpsearch.quant.qat import QatKd, QatSettings
-    from mpsearch.quant.reconstruct import Reconstruction, ReconstructionSettings
-
-    out: list[Learner] = []
-    if lsq_weights and ptq == "none":
-        raise MPSearchError("LSQ weight steps are learned inside reconstruction; use ptq adaround or brecq")
-    if ptq != "none":
-        granularity = {"adaround": "layer", "brecq": "block"}.get(ptq)
-        if granularity is None:
-            raise MPSearchError(f"unknown ptq method {ptq!r}; use none, adaround or brecq")
-        out.append(Reconstruction(granularity, ReconstructionSettings(
-            iters=iters, lsq=lsq, seed=seed, lsq_weights=lsq_weights, fisher=fisher and granularity == "block")))
-    if qat_epochs > 0:
-        out.append(QatKd(QatSettings(epochs=qat_epochs, lr=qat_lr, lsq=lsq, seed=seed)))
-    return out
-
-
 def merge(prepared: PreparedModel, chain: Sequence[LearnedModel]) -> LearnedModel:
     """One patch equivalent to applying ``chain`` in order to ``prepared`` (later entries win)."""
     params: dict[str, torch.Tensor] = {}
@@ -187,5 +163,5 @@ def clone_layer(layer: torch.nn.Module, weight: torch.Tensor) -> torch.nn.Module
     return out
 
 
-__all__ = ["Batches", "Learner", "LearnedModel", "cached_learn", "clone_layer", "learn_key", "make_learners", "merge",
+__all__ = ["Batches", "Learner", "LearnedModel", "cached_learn", "clone_layer", "learn_key", "merge",
            "off_grid_layers"]

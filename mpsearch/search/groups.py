@@ -13,7 +13,7 @@ Where groups come from:
 Residual adds need no shared precision in this design: every kernel quantizes its *own* input from
 the fp32 tensor between kernels, and the add is fused into one branch's kernel as an fp32 operand,
 so the branches feeding an add never have to agree on a scale or bit-width (see
-``mpsearch/hardware/kernels.py``). ``group_residual`` is for users who want a stricter space (for
+``mpsearch/hardware/kernels/``). ``group_residual`` is for users who want a stricter space (for
 example to mirror a deployment with int8 tensors between layers, where an add's inputs share one
 output scale).
 

@@ -15,7 +15,7 @@ from mpsearch.candidate import FLOAT_BITS, Bits, check_bits
 from mpsearch.errors import ConfigError
 from mpsearch.quant.fake import ActQuant, QuantLayer
 from mpsearch.sensitivity.base import Batch, LayerSensitivity, SensitivityEstimator, SensitivityResult
-from mpsearch.sensitivity.hessian import _check_layers, _first_samples
+from mpsearch.sensitivity.loss import check_layers, first_samples
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +65,12 @@ class DeltaLossEstimator(SensitivityEstimator):
     @torch.no_grad()
     def estimate(self, model: nn.Module, layers: Sequence[str], batches: Sequence[Batch]) -> SensitivityResult:
         start = time.perf_counter()
-        layers = _check_layers(model, layers)
+        layers = check_layers(model, layers)
         if any(a < FLOAT_BITS for _, a in self.pairs):
             missing = [n for n in layers if n not in self.ranges]
             if missing:
                 raise ConfigError(f"layer {missing[0]!r} has no calibrated activation range; calibrate it first")
-        x, y = _first_samples(batches, self.batch_size)
+        x, y = first_samples(batches, self.batch_size)
         was_training = model.training
         model.eval()
         sizes: dict[str, int] = {}

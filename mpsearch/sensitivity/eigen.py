@@ -13,7 +13,7 @@ from torch.func import grad, jvp, vmap
 
 from mpsearch.errors import ConfigError
 from mpsearch.sensitivity.base import Batch, SensitivityEstimator, SensitivityResult
-from mpsearch.sensitivity.hessian import _W, _X, _check_layers, _first_samples, _sensitivities, layer_loss
+from mpsearch.sensitivity.loss import W_PREFIX, X_PREFIX, check_layers, first_samples, layer_loss, layer_sensitivities
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +63,15 @@ class EigenvalueEstimator(SensitivityEstimator):
 
     def estimate(self, model: nn.Module, layers: Sequence[str], batches: Sequence[Batch]) -> SensitivityResult:
         start = time.perf_counter()
-        layers = _check_layers(model, layers)
-        x, y = _first_samples(batches, self.batch_size)
+        layers = check_layers(model, layers)
+        x, y = first_samples(batches, self.batch_size)
         was_training = model.training
         model.eval()
         try:
             with layer_loss(model, layers, x, y) as (point, loss):
                 eig, iters = self._power(point, grad(loss))
-                sens = _sensitivities(layers, point, {n: eig[_W + n] for n in layers},
-                                      {n: eig[_X + n] for n in layers})
+                sens = layer_sensitivities(layers, point, {n: eig[W_PREFIX + n] for n in layers},
+                                            {n: eig[X_PREFIX + n] for n in layers})
         finally:
             model.train(was_training)
         seconds = time.perf_counter() - start

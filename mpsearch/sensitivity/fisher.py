@@ -12,7 +12,7 @@ from torch.func import grad, vmap
 
 from mpsearch.errors import ConfigError
 from mpsearch.sensitivity.base import Batch, SensitivityEstimator, SensitivityResult
-from mpsearch.sensitivity.hessian import _W, _X, _check_layers, _first_samples, _sensitivities, layer_loss
+from mpsearch.sensitivity.loss import W_PREFIX, X_PREFIX, check_layers, first_samples, layer_loss, layer_sensitivities
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,8 @@ class FisherEstimator(SensitivityEstimator):
 
     def estimate(self, model: nn.Module, layers: Sequence[str], batches: Sequence[Batch]) -> SensitivityResult:
         start = time.perf_counter()
-        layers = _check_layers(model, layers)
-        x, y = _first_samples(batches, self.batch_size)
+        layers = check_layers(model, layers)
+        x, y = first_samples(batches, self.batch_size)
         n = len(x)
         was_training = model.training
         model.eval()
@@ -61,9 +61,9 @@ class FisherEstimator(SensitivityEstimator):
                     g = vmap(sample_grad)(x[lo:lo + self.chunk], y[lo:lo + self.chunk])
                     for key in point:
                         sums[key] += float(g[key].double().pow(2).sum())
-                weight = {m: sums[_W + m] / (n * point[_W + m].numel()) for m in layers}
-                act = {m: sums[_X + m] / (n * point[_X + m].numel()) / n for m in layers}
-                sens = _sensitivities(layers, point, weight, act, n_samples=n)
+                weight = {m: sums[W_PREFIX + m] / (n * point[W_PREFIX + m].numel()) for m in layers}
+                act = {m: sums[X_PREFIX + m] / (n * point[X_PREFIX + m].numel()) / n for m in layers}
+                sens = layer_sensitivities(layers, point, weight, act, n_samples=n)
         finally:
             model.train(was_training)
         seconds = time.perf_counter() - start

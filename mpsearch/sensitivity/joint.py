@@ -36,7 +36,7 @@ from mpsearch.errors import ConfigError
 from mpsearch.hashing import ContentHasher
 from mpsearch.quant.fake import ACT_SCHEME_KEY, ActQuant, fake_quant_act, fake_quant_weight, quantize_
 from mpsearch.sensitivity.base import Batch
-from mpsearch.sensitivity.hessian import _W, _X, _check_layers, _first_samples, layer_loss
+from mpsearch.sensitivity.loss import W_PREFIX, X_PREFIX, check_layers, first_samples, layer_loss
 from mpsearch.storage import JsonLines
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class JointEstimator(ABC):
                  ranges: Mapping[str, tuple[float, float]], batch_size: int) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        self.layers = _check_layers(model, layers)
+        self.layers = check_layers(model, layers)
         missing = [n for n in self.layers if n not in ranges]
         if missing:
             raise ConfigError(f"layer {missing[0]!r} has no calibrated activation range; calibrate it first")
@@ -73,7 +73,7 @@ class JointEstimator(ABC):
         self.ranges = {n: (float(ranges[n][0]), float(ranges[n][1])) for n in (*self.layers, ACT_SCHEME_KEY)
                        if n in ranges}
         self.batch_size = int(batch_size)
-        self.x, self.y = _first_samples(batches, self.batch_size)
+        self.x, self.y = first_samples(batches, self.batch_size)
         self._context: str | None = None
 
     def config_key(self) -> dict[str, Any]:
@@ -138,11 +138,11 @@ class SecondOrderEstimator(JointEstimator):
         delta = {k: torch.zeros_like(v) for k, v in point.items()}
         for name, (w, a) in cand.items():
             if w < FLOAT_BITS:
-                weight = point[_W + name]
-                delta[_W + name] = fake_quant_weight(weight, w) - weight
+                weight = point[W_PREFIX + name]
+                delta[W_PREFIX + name] = fake_quant_weight(weight, w) - weight
             if a < FLOAT_BITS:
                 x = self._inputs[name]
-                delta[_X + name] = fake_quant_act(x, ActQuant.for_layer(self.ranges, name, a)) - x
+                delta[X_PREFIX + name] = fake_quant_act(x, ActQuant.for_layer(self.ranges, name, a)) - x
         return delta
 
     def score(self, candidate: Mapping[str, Bits]) -> float:

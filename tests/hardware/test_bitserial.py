@@ -23,7 +23,7 @@ tvm = pytest.importorskip("tvm")
 pytestmark = pytest.mark.tvm
 
 from mpsearch.hardware.kernels import KernelSpec, make_kernel, pack_weight  # noqa: E402
-from mpsearch.hardware.kernels_bitserial import bitserial_unsupported, pack_bitserial, route  # noqa: E402
+from mpsearch.hardware.kernels.bitserial import bitserial_unsupported, pack_bitserial, route  # noqa: E402
 from mpsearch.hardware.lowering import lower  # noqa: E402
 
 ACT = ActQuant(2, 0.25, signed=False)  # codes 0..3; inputs up to 2.0 clip at 3
@@ -223,11 +223,11 @@ def test_aarch64_bitserial_kernel_builds_and_runs_exactly_under_qemu(op: str, tm
 @pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None, reason="aarch64-linux-gnu-gcc not installed")
 def test_w2a2_model_with_bitserial_builds_for_aarch64(tmp_path: Path, tiny_prepared, tiny_ranges) -> None:
     """The profile flag reaches the cross-compile: a W2A2 model builds for rpi4 with bit-serial layers."""
-    from mpsearch.hardware.build import build_library
+    from mpsearch.hardware.build import build_untuned
 
     rpi4 = load_profile("rpi4")
     rpi4 = dataclasses.replace(rpi4, precisions=dataclasses.replace(rpi4.precisions, bitserial=True))
     cand = Candidate.uniform(tiny_prepared.layer_names, 2, 2)
     assert any(s.bitserial for s in lower(tiny_prepared, cand, tiny_ranges, bitserial=True).kernels.values())
-    art = build_library(rpi4, tiny_prepared, cand, tiny_ranges, tmp_path)
+    art = build_untuned(rpi4, tiny_prepared, cand, tiny_ranges, tmp_path)
     assert (art.elf.machine, art.elf.type, art.elf.bits) == ("AArch64", "DYN", 64)

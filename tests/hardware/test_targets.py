@@ -73,9 +73,9 @@ def test_gpu_profile_says_it_cannot_measure_here(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["rpi4", "arm_a76_dotprod"])
 def test_tiny_model_builds_as_an_aarch64_shared_object(name: str, tmp_path: Path, tiny_prepared,
                                                         tiny_ranges) -> None:
-    from mpsearch.hardware.build import build_library
+    from mpsearch.hardware.build import build_untuned
 
-    art = build_library(load_profile(name), tiny_prepared, mixed(tiny_prepared.layer_names), tiny_ranges, tmp_path)
+    art = build_untuned(load_profile(name), tiny_prepared, mixed(tiny_prepared.layer_names), tiny_ranges, tmp_path)
     assert (art.elf.machine, art.elf.type, art.elf.bits) == ("AArch64", "DYN", 64)
     assert not art.tuned and "not measured" in art.status and art.device_code is None
     if shutil.which("readelf"):
@@ -91,11 +91,11 @@ def test_tiny_model_builds_as_an_aarch64_shared_object(name: str, tmp_path: Path
                                                     ("jetson_orin", "sm_87", "AArch64")])
 def test_tiny_model_cuda_code_compiles_for_the_gpu(name: str, arch: str, host: str, tmp_path: Path, tiny_prepared,
                                                    tiny_ranges) -> None:
-    from mpsearch.hardware.build import build_library
+    from mpsearch.hardware.build import build_untuned
 
     if host == "AArch64" and shutil.which(AARCH64_CC) is None:
         pytest.skip(f"{AARCH64_CC} not installed")
-    art = build_library(load_profile(name), tiny_prepared, mixed(tiny_prepared.layer_names), tiny_ranges, tmp_path)
+    art = build_untuned(load_profile(name), tiny_prepared, mixed(tiny_prepared.layer_names), tiny_ranges, tmp_path)
     assert art.elf.machine == host and art.device_code is not None and not art.tuned
     fatbin = art.device_code.read_bytes()
     assert fatbin[:4] == bytes.fromhex("50ed55ba")  # the fatbin magic 0xBA55ED50
@@ -171,7 +171,7 @@ def default_model():
 @pytest.mark.parametrize("name", ["rpi4", "nvidia_h100"])
 def test_default_model_builds_for_the_boards_and_the_gpu(name: str, tmp_path: Path, default_model) -> None:
     """The acceptance build: the default model, mixed precision, for an aarch64 board and for sm_90."""
-    from mpsearch.hardware.build import build_library
+    from mpsearch.hardware.build import build_untuned
 
     profile = load_profile(name)
     if profile.is_gpu and shutil.which("nvcc") is None:
@@ -179,7 +179,7 @@ def test_default_model_builds_for_the_boards_and_the_gpu(name: str, tmp_path: Pa
     if not profile.is_gpu and shutil.which(AARCH64_CC) is None:
         pytest.skip(f"{AARCH64_CC} not installed (apt-get install gcc-aarch64-linux-gnu)")
     prepared, ranges = default_model
-    art = build_library(profile, prepared, mixed(prepared.layer_names), ranges, tmp_path)
+    art = build_untuned(profile, prepared, mixed(prepared.layer_names), ranges, tmp_path)
     assert not art.tuned and art.library.stat().st_size > 0
     if profile.is_gpu:
         assert art.elf.machine == "x86-64" and art.device_code is not None

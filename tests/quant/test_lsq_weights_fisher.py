@@ -14,7 +14,8 @@ from mpsearch.errors import ConfigError, MPSearchError
 from mpsearch.models.registry import fmnist_split, resnet20_fmnist
 from mpsearch.quant.calibration import calibrate
 from mpsearch.quant.fake import fake_quant_weight, quantize_weight, weight_scale
-from mpsearch.quant.learned import make_learners, off_grid_layers
+from mpsearch.quant.learned import off_grid_layers
+from mpsearch.quant.learners import make_learners
 from mpsearch.quant.lsq import LsqWeightStep, mse_weight_step
 from mpsearch.quant.prepare import PreparedModel, prepare_model
 from mpsearch.quant.reconstruct import Reconstruction, ReconstructionSettings, graph_blocks, output_fisher, unit_mse

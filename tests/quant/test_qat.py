@@ -9,7 +9,8 @@ import torch
 from mpsearch.candidate import Candidate
 from mpsearch.errors import ConfigError
 from mpsearch.quant.calibration import calibrate
-from mpsearch.quant.learned import LearnedModel, make_learners, merge, off_grid_layers
+from mpsearch.quant.learned import LearnedModel, merge, off_grid_layers
+from mpsearch.quant.learners import make_learners
 from mpsearch.quant.prepare import PreparedModel
 from mpsearch.quant.qat import QatKd, QatSettings, fake_quant_weight_ste
 from mpsearch.quant.fake import fake_quant_weight

@@ -21,17 +21,20 @@ from __future__ import annotations
 
 from tvm import te, tirx, topi
 
+from mpsearch.hardware.kernels.epilogue import epilogue
+from mpsearch.hardware.kernels.spec import KernelSpec
+
 HALF = "f16"
 INT_WEIGHTS = ("i8", "i4p")
 INT_ACTS = ("u8", "s8")
 
 
-def uses_half(spec: object) -> bool:
+def uses_half(spec: KernelSpec) -> bool:
     """Whether the kernel of ``spec`` has an fp16 operand (and is built by :func:`half_compute`)."""
     return HALF in (getattr(spec, "w_mode", None), getattr(spec, "a_mode", None))
 
 
-def _input(spec: object, t: dict[str, te.Tensor]) -> te.Tensor:
+def _input(spec: KernelSpec, t: dict[str, te.Tensor]) -> te.Tensor:
     x = t["x"]
     if spec.a_mode == HALF:
         return te.compute(x.shape, lambda *i: x(*i).astype("float16"), name="cast_x_f16")
@@ -44,12 +47,12 @@ def _input(spec: object, t: dict[str, te.Tensor]) -> te.Tensor:
     return x
 
 
-def _weight(spec: object, t: dict[str, te.Tensor]) -> te.Tensor:
+def _weight(spec: KernelSpec, t: dict[str, te.Tensor]) -> te.Tensor:
     w = t["w"]
     if spec.w_mode not in INT_WEIGHTS:
         return w  # float16 or float32, widened by the reduction
     scale = t["scale"]
-    if spec.w_mode == "i4p":  # two codes per byte, low nibble first, stored as code + 8 (kernels.pack_int4)
+    if spec.w_mode == "i4p":  # two codes per byte, low nibble first, stored as code + 8 (packing.pack_int4)
         packed, inner = w, spec.w_shape[1:]
 
         def unpack(o: tirx.Var, *rest: tirx.Var) -> tirx.PrimExpr:
@@ -64,11 +67,9 @@ def _weight(spec: object, t: dict[str, te.Tensor]) -> te.Tensor:
     return te.compute(spec.w_shape, lambda o, *r: codes(o, *r).astype("float32") * scale[o], name="dequantize_w")
 
 
-def half_compute(spec: object, t: dict[str, te.Tensor]) -> te.Tensor:
+def half_compute(spec: KernelSpec, t: dict[str, te.Tensor]) -> te.Tensor:
     """The output tensor of a kernel with an fp16 operand; ``t`` maps ``spec.inputs()`` names to
-    placeholders. Accumulates in fp32, then bias and the fused epilogue (``kernels._epilogue``)."""
-    from mpsearch.hardware.kernels import _epilogue
-
+    placeholders. Accumulates in fp32, then bias and the fused epilogue (:mod:`.epilogue`)."""
     x, w = _input(spec, t), _weight(spec, t)
     if spec.op == "linear":
         r = te.reduce_axis((0, spec.w_shape[1]), name="k")
@@ -80,4 +81,7 @@ def half_compute(spec: object, t: dict[str, te.Tensor]) -> te.Tensor:
     else:
         acc = topi.nn.group_conv2d_nchw(x, w, spec.stride, spec.padding, spec.dilation, spec.groups,
                                         out_dtype="float32")
-    return _epilogue(spec, t, acc)
+    return epilogue(spec, t, acc)
+
+
+__all__ = ["HALF", "half_compute", "uses_half"]

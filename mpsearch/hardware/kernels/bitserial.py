@@ -16,7 +16,7 @@ Arithmetic (exact, all in integers):
 - the reduction is topi's, ``sum_ij 2^(i+j) popcount(A_i & S_j)``, with the sign of the weights' top
   plane negated: ``sum(a * w) = sum_i 2^i (popcount(A_i & S0) - 2 popcount(A_i & S1))``. Padding and
   filler bits are zero on the activation side, so they add nothing. The int32 result goes through the
-  shared epilogue (per-channel dequantize, bias, ReLU / residual adds: ``kernels._epilogue``).
+  shared epilogue (per-channel dequantize, bias, ReLU / residual adds: :mod:`.epilogue`).
 
 Why not ``topi.nn.bitserial_*`` as is: its reduction has only non-negative plane weights, and its
 ``unipolar`` mode maps a weight bit to ``+-1``, which cannot represent the code 0 that symmetric 2-bit
@@ -41,6 +41,8 @@ import numpy as np
 from tvm import te, tirx, topi
 
 from mpsearch.errors import LoweringError
+from mpsearch.hardware.kernels.epilogue import epilogue
+from mpsearch.hardware.kernels.spec import KernelSpec
 from mpsearch.hardware.memory import BITSERIAL_MAX_BITS, bitserial_word_bits
 
 BITSERIAL = "b2"
@@ -66,7 +68,7 @@ def bitserial_unsupported(op: str, groups: int = 1, dilation: tuple[int, int] = 
     return None
 
 
-def route(spec: object, w_bits: int, act: object) -> object:
+def route(spec: KernelSpec, w_bits: int, act: object) -> KernelSpec:
     """``spec`` as a bit-serial kernel if the layer is W2A2 (``w_bits`` and the activation quantizer
     ``act``'s bits at most 2) and can run bit-serial; otherwise ``spec`` unchanged (W2A2 layers then
     keep the packed-int4 kernel, a documented fallback that is logged)."""
@@ -80,12 +82,12 @@ def route(spec: object, w_bits: int, act: object) -> object:
     return dataclasses.replace(spec, w_mode=BITSERIAL, a_mode=BITSERIAL)
 
 
-def word_dtype(spec: object) -> str:
+def word_dtype(spec: KernelSpec) -> str:
     """The unsigned word type the bit-planes of ``spec`` are packed into."""
     return f"uint{bitserial_word_bits(spec.w_shape[1])}"
 
 
-def check(spec: object) -> None:
+def check(spec: KernelSpec) -> None:
     """Raise :class:`LoweringError` (one line) if ``spec`` asks for a bit-serial kernel it cannot have."""
     if spec.a_mode != BITSERIAL or spec.w_mode != BITSERIAL:
         raise LoweringError(f"bit-serial kernels need w_mode and a_mode {BITSERIAL!r} (got {spec.w_mode!r}, "
@@ -96,7 +98,7 @@ def check(spec: object) -> None:
                             "use the packed-int4 kernel (w_mode 'i4p', a_mode 'u8')")
 
 
-def pack_bitserial(spec: object, codes: np.ndarray) -> np.ndarray:
+def pack_bitserial(spec: KernelSpec, codes: np.ndarray) -> np.ndarray:
     """Signed 2-bit weight codes (logical ``(O, ...)`` layout) -> two's-complement bit-planes, packed into
     words in ``memory.bitserial_weight_shape`` (the layout ``topi.nn.bitserial_*`` takes for pre-packed weights)."""
     codes = np.asarray(codes).astype(np.int64)
@@ -130,10 +132,8 @@ def _plane_sum(pc: tirx.PrimExpr, b1: tirx.Var, b2: tirx.Var) -> tirx.PrimExpr:
     return tirx.Select(b2 == PLANES - 1, -v, v)
 
 
-def bitserial_compute(spec: object, t: dict[str, te.Tensor]) -> te.Tensor:
+def bitserial_compute(spec: KernelSpec, t: dict[str, te.Tensor]) -> te.Tensor:
     """The output tensor of a bit-serial kernel; ``t`` maps ``spec.inputs()`` names to placeholders."""
-    from mpsearch.hardware.kernels import _epilogue
-
     check(spec)
     x, w, qp = t["x"], t["w"], t["qp"]
     pack = word_dtype(spec)
@@ -157,7 +157,7 @@ def bitserial_compute(spec: object, t: dict[str, te.Tensor]) -> te.Tensor:
         acc = te.compute(spec.out_shape, lambda i, o: te.sum(
             _plane_sum(tirx.popcount(xp[i, b1, k] & w[o, b2, k]), b1, b2), axis=[b2, b1, k]),
             name="bitserial_dense")
-        return _epilogue(spec, t, lambda i, o: acc[i, o])
+        return epilogue(spec, t, lambda i, o: acc[i, o])
 
     n, _, h, wd = spec.x_shape
     xq = te.compute((n, padded, h, wd), filled, name="quantize")
@@ -172,4 +172,8 @@ def bitserial_compute(spec: object, t: dict[str, te.Tensor]) -> te.Tensor:
     acc = te.compute(spec.out_shape, lambda i, o, y, xx: te.sum(
         _plane_sum(tirx.popcount(xp[i, rc, b1, y * sh + ry, xx * sw + rx] & w[o, rc, ry, rx, b2]), b1, b2),
         axis=[rc, ry, rx, b2, b1]), name="bitserial_conv2d")
-    return _epilogue(spec, t, lambda i, o, y, xx: acc[i, o, y, xx])
+    return epilogue(spec, t, lambda i, o, y, xx: acc[i, o, y, xx])
+
+
+__all__ = ["BITSERIAL", "PLANES", "W_QMAX", "bitserial_compute", "bitserial_unsupported", "check", "pack_bitserial", "route",
+           "word_dtype"]

@@ -1,0 +1,24 @@
+"""Tensor-expression kernels for one quantized layer each (imports TVM: load lazily).
+
+One module per concern, in dependency order: :mod:`.spec` (what determines a kernel's code, no TVM),
+:mod:`.epilogue` (dequantize, bias, ReLU / residual adds, shared by every kernel), :mod:`.integer`
+(integer, fp32 and weight-only kernels), :mod:`.fp16` (an fp16 operand), :mod:`.bitserial` (W2A2
+popcounts), :mod:`.packing` (weight arrays in the kernels' layouts), :mod:`.primfunc` (the PrimFunc of a
+spec) and :mod:`.intrinsics` (mpsearch's int8 dot tensor intrinsics). The names below are the public ones.
+"""
+
+from mpsearch.hardware.kernels.intrinsics import (
+    DOT4_INTRINSICS,
+    DOT_INTRINSICS,
+    dot_intrinsics_for,
+    dot_isa,
+    register_intrinsics,
+)
+from mpsearch.hardware.kernels.packing import pack_int4, pack_weight, unpack_int4
+from mpsearch.hardware.kernels.primfunc import make_kernel
+from mpsearch.hardware.kernels.spec import KGROUP, KQUAD, LANES, OPAQUE, UNPACK_RULE, KernelSpec
+
+__all__ = [
+    "DOT4_INTRINSICS", "DOT_INTRINSICS", "KGROUP", "KQUAD", "KernelSpec", "LANES", "OPAQUE", "UNPACK_RULE",
+    "dot_intrinsics_for", "dot_isa", "make_kernel", "pack_int4", "pack_weight", "register_intrinsics", "unpack_int4",
+]

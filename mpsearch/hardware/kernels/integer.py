@@ -1,0 +1,153 @@
+"""Integer layer kernels (imports TVM: load lazily): quantize the float input in the kernel, then an
+int8 x int8 -> int32 convolution / matmul (packed int4 weights unpacked in the kernel; the blocked dot of
+:attr:`KernelSpec.packed`), dequantize and the shared epilogue. The same code with a float accumulator
+builds the fp32 and weight-only kernels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tvm import te, tirx, topi
+
+from mpsearch.hardware.kernels.epilogue import epilogue
+from mpsearch.hardware.kernels.spec import KQUAD, LANES, UNPACK_RULE, KernelSpec
+
+
+def quantize(x: tirx.PrimExpr, qp: te.Tensor, dtype: str) -> tirx.PrimExpr:
+    v = tirx.floor(x * qp[0] + 0.5)
+    if int(qp.shape[0]) == 5:  # z8: unsigned codes around the zero point qp[4] (u8/s8 code unchanged)
+        v = v + qp[4]
+    return te.max(te.min(v, qp[2]), qp[1]).astype(dtype)
+
+
+def zero_point_input(spec: KernelSpec, x: te.Tensor, qp: te.Tensor) -> tuple[te.Tensor, tuple[int, int]]:
+    """The z8 input of a plain-layout kernel and the padding left for the conv. Against integer weights:
+    uint8 codes, a conv's padding filled here with the code of 0.0 (the zero point ``qp[4]``, not code 0),
+    so that the bias-folded ``-z·rowsum(w)`` holds at the borders too. Against float weights: dequantized,
+    ``(q - z) · scale``, whose zero padding is then exact."""
+    if spec.w_mode not in ("i8", "i4p"):
+        xq = te.compute(x.shape, lambda *i: quantize(x(*i), qp, "uint8"), name="quantize")
+        return te.compute(xq.shape, lambda *i: (xq(*i).astype("float32") - qp[4]) * qp[3],
+                          name="dequantize_x"), spec.padding
+    if spec.op == "linear" or spec.padding == (0, 0):
+        return te.compute(x.shape, lambda *i: quantize(x(*i), qp, "uint8"), name="quantize"), spec.padding
+    n, c, h, wd = spec.x_shape
+    ph, pw = spec.padding
+
+    def quantize_pad(b: tirx.Var, ch: tirx.Var, i: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
+        inside = tirx.all(i >= ph, i < h + ph, j >= pw, j < wd + pw)
+        return tirx.if_then_else(inside, quantize(x[b, ch, i - ph, j - pw], qp, "uint8"), qp[4].astype("uint8"))
+
+    return te.compute((n, c, h + 2 * ph, wd + 2 * pw), quantize_pad, name="quantize"), (0, 0)
+
+
+def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> tuple[te.Tensor, Callable[..., tirx.PrimExpr]]:
+    """Quantize the input into channel pairs (quads where ``spec.kgroup`` is 4) and reduce against the
+    blocked weights; the int32 accumulator has the 16 output lanes innermost. Returns it and
+    ``(n, o, ...) -> acc value``."""
+    dtype = "uint8" if spec.a_mode in ("u8", "z8") else "int8"
+    g = spec.kgroup  # g == 2 builds exactly the 16x2 dot's code of before: its tuning records stay valid
+    if spec.w_mode == "i4p":  # unpacked next to the dot (MetaSchedule places the unpack per tile)
+        packed = w
+
+        def unpack(*i: tirx.Var) -> tirx.PrimExpr:
+            if g == KQUAD:  # a lane's quad in two bytes
+                byte = packed(*i[:-1], tirx.floordiv(i[-1], 2)).astype("int32")
+                nibble = tirx.bitwise_and(tirx.shift_right(byte, tirx.floormod(i[-1], 2) * 4), 15)
+                return (nibble - 8).astype("int8")
+            byte = packed(*i[:-1]).astype("int32")
+            return (tirx.bitwise_and(tirx.shift_right(byte, i[-1] * 4), 15) - 8).astype("int8")
+
+        # Its own schedule rule (tvm_backend) keeps it from being inlined into the dot, which would
+        # block tensorizing: the weights are unpacked once per call, then go through the int8 dot.
+        w = te.compute(spec.dot_tile_shape(), unpack, name="unpack_int4", attrs={"schedule_rule": UNPACK_RULE})
+    if spec.op == "linear":
+        n, k = spec.x_shape
+        xq = te.compute((n, k // g, g), lambda b, k2, ki: quantize(x[b, k2 * g + ki], qp, dtype),
+                        name="quantize")
+        k2 = te.reduce_axis((0, k // g), name="k2")
+        ki = te.reduce_axis((0, g), name="ki")
+        acc = te.compute(
+            (n, spec.w_shape[0] // LANES, LANES),
+            lambda b, oc, oi: te.sum(xq[b, k2, ki].astype("int32") * w[oc, k2, oi, ki].astype("int32"),
+                                     axis=[k2, ki]),
+            name="dot")
+        return acc, lambda b, o: acc[b, tirx.floordiv(o, LANES), tirx.floormod(o, LANES)]
+    n, c, h, wd = spec.x_shape
+    (ph, pw), (sh, sw), (dh, dw) = spec.padding, spec.stride, spec.dilation
+    _, _, kh, kw = spec.w_shape
+
+    def quantize_pad(b: tirx.Var, c2: tirx.Var, i: tirx.Var, j: tirx.Var, ci: tirx.Var) -> tirx.PrimExpr:
+        inside = tirx.all(i >= ph, i < h + ph, j >= pw, j < wd + pw)
+        v = quantize(x[b, c2 * g + ci, i - ph, j - pw], qp, dtype)
+        # z8: the border is the code of 0.0, the zero point (the bias-folded -z·rowsum(w) counts it)
+        return tirx.if_then_else(inside, v, qp[4].astype(dtype) if spec.a_mode == "z8" else tirx.const(0, dtype))
+
+    xq = te.compute((n, c // g, h + 2 * ph, wd + 2 * pw, g), quantize_pad, name="quantize")
+    c2 = te.reduce_axis((0, c // g), name="c2")
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    ci = te.reduce_axis((0, g), name="ci")
+    _, _, oh, ow = spec.out_shape
+    acc = te.compute(
+        (n, spec.w_shape[0] // LANES, oh, ow, LANES),
+        lambda b, oc, y, xx, oi: te.sum(
+            xq[b, c2, y * sh + ry * dh, xx * sw + rx * dw, ci].astype("int32")
+            * w[oc, c2, ry, rx, oi, ci].astype("int32"), axis=[c2, ry, rx, ci]),
+        name="dot")
+    return acc, lambda b, o, y, xx: acc[b, tirx.floordiv(o, LANES), y, xx, tirx.floormod(o, LANES)]
+
+
+def int_compute(spec: KernelSpec, t: dict[str, te.Tensor]) -> te.Tensor:
+    """The output tensor of an integer, fp32 or weight-only kernel; ``t`` maps ``spec.inputs()`` names to
+    placeholders."""
+    x, w = t["x"], t["w"]
+    if spec.packed:
+        _, acc_at = packed_dot(spec, x, w, t["qp"])
+        return epilogue(spec, t, acc_at)
+    padding = spec.padding
+    if spec.a_mode == "z8":
+        x, padding = zero_point_input(spec, x, t["qp"])
+    elif spec.a_mode != "f32":
+        qp = t["qp"]
+        dtype = "uint8" if spec.a_mode == "u8" else "int8"
+        xq = te.compute(
+            x.shape,
+            lambda *i: te.max(te.min(tirx.floor(x(*i) * qp[0] + 0.5), qp[2]), qp[1]).astype(dtype),
+            name="quantize",
+        )
+        x = xq if spec.w_mode != "f32" else te.compute(
+            xq.shape, lambda *i: xq(*i).astype("float32") * qp[3], name="dequantize_x")
+    if spec.w_mode == "i4p":
+        packed, shape, inner = w, spec.w_shape, spec.w_shape[1:]
+
+        def unpack(o: tirx.Var, *rest: tirx.Var) -> tirx.PrimExpr:
+            idx = rest[0]
+            for axis, extent in zip(rest[1:], inner[1:]):
+                idx = idx * extent + axis
+            byte = packed[o, tirx.floordiv(idx, 2)].astype("int32")
+            nibble = tirx.bitwise_and(tirx.shift_right(byte, tirx.floormod(idx, 2) * 4), 15)
+            return (nibble - 8).astype("int8")
+
+        w = te.compute(shape, unpack, name="unpack_int4")
+    if spec.w_mode != "f32" and spec.a_mode == "f32":  # weight-only: dequantize weights in-kernel
+        wq, scale = w, t["scale"]
+        w = te.compute(wq.shape, lambda o, *r: wq(o, *r).astype("float32") * scale[o], name="dequantize_w")
+    acc_dtype = "int32" if spec.integer else "float32"
+    if spec.op == "linear":
+        r = te.reduce_axis((0, spec.w_shape[1]), name="k")
+        acc = te.compute(
+            spec.out_shape,
+            lambda n, o: te.sum(x[n, r].astype(acc_dtype) * w[o, r].astype(acc_dtype), axis=r),
+            name="matmul",
+        )
+    elif spec.groups == 1:
+        acc = topi.nn.conv2d_nchw(x, w, spec.stride, padding, spec.dilation, out_dtype=acc_dtype)
+    else:
+        acc = topi.nn.group_conv2d_nchw(x, w, spec.stride, padding, spec.dilation, spec.groups,
+                                        out_dtype=acc_dtype)
+    return epilogue(spec, t, acc)
+
+
+__all__ = ["int_compute", "quantize", "zero_point_input"]

@@ -1,0 +1,50 @@
+"""Weight arrays in the layouts the kernels take: int4 two per byte, int8 blocked into dot tiles,
+2-bit bit-planes (numpy only)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from mpsearch.hardware.kernels.bitserial import pack_bitserial
+from mpsearch.hardware.kernels.spec import KGROUP, LANES, KernelSpec
+
+def pack_int4(codes: np.ndarray) -> np.ndarray:
+    """Pack signed 4-bit codes (O, ...) two per byte: low nibble = even index, stored as code + 8."""
+    flat = codes.reshape(codes.shape[0], -1).astype(np.int16) + 8
+    if flat.shape[1] % 2:
+        flat = np.pad(flat, ((0, 0), (0, 1)), constant_values=8)
+    return (flat[:, 0::2] | (flat[:, 1::2] << 4)).astype(np.uint8)
+
+
+def unpack_int4(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of :func:`pack_int4`."""
+    lo = (packed & 15).astype(np.int16) - 8
+    hi = (packed >> 4).astype(np.int16) - 8
+    flat = np.stack([lo, hi], axis=2).reshape(packed.shape[0], -1)[:, : math.prod(shape[1:])]
+    return flat.reshape(shape).astype(np.int8)
+
+
+def pack_weight(spec: KernelSpec, codes: np.ndarray) -> np.ndarray:
+    """The weight array the kernel of ``spec`` takes, from integer codes in the logical (O, ...) layout:
+    int4 packed two per byte, int8 blocked into dot tiles when ``spec.packed`` (same bytes, reordered),
+    2-bit codes as two's-complement bit-planes when ``spec.bitserial``."""
+    if spec.bitserial:
+        return pack_bitserial(spec, codes)
+    if not spec.packed:
+        return pack_int4(codes) if spec.w_mode == "i4p" else codes.astype(np.int8)
+    o, g = spec.w_shape[0], spec.kgroup
+    if spec.op == "linear":
+        tiles = codes.reshape(o // LANES, LANES, -1, g).transpose(0, 2, 1, 3)
+    else:
+        _, c, kh, kw = spec.w_shape
+        tiles = codes.reshape(o // LANES, LANES, c // g, g, kh, kw).transpose(0, 2, 4, 5, 1, 3)
+    if spec.w_mode == "i4p":  # code pairs of one lane in one byte: low nibble first, stored as code + 8
+        tiles = tiles.astype(np.int16) + 8
+        pairs = (tiles[..., 0::2] | (tiles[..., 1::2] << 4)).astype(np.uint8)
+        return np.ascontiguousarray(pairs[..., 0] if g == KGROUP else pairs)
+    return np.ascontiguousarray(tiles.astype(np.int8))
+
+
+__all__ = ["pack_int4", "pack_weight", "unpack_int4"]
