@@ -78,10 +78,6 @@ class DeltaLossEstimator(SensitivityEstimator):
     def estimate(self, model: nn.Module, layers: Sequence[str], batches: Sequence[Batch]) -> SensitivityResult:
         start = time.perf_counter()
         layers = _check_layers(model, layers)
-        if any(a < FLOAT_BITS for _, a in self.pairs):
-            missing = [n for n in layers if n not in self.ranges]
-            if missing:
-                raise ConfigError(f"layer {missing[0]!r} has no calibrated activation range; calibrate it first")
         samples = first_samples(batches, self.batch_size)
         was_training = model.training
         model.eval()
@@ -90,6 +86,10 @@ class DeltaLossEstimator(SensitivityEstimator):
             samples = self._with_metric(model, samples.slice(0, p.samples), p.per_pass)
             sizes: dict[str, int] = {name: 0 for name in layers}
             base = self._loss(model, samples, p.per_pass, layers, sizes)
+            if any(a < FLOAT_BITS for _, a in self.pairs):
+                missing = [n for n in layers if n not in self.ranges and sizes[n] > 0]  # unused: skipped below
+                if missing:
+                    raise ConfigError(f"layer {missing[0]!r} has no calibrated activation range; calibrate it first")
             out = {}
             for name in layers:
                 layer = model.get_submodule(name)

@@ -86,16 +86,16 @@ def second_order_ops() -> Iterator[None]:
 
 @contextlib.contextmanager
 def derivative_errors(estimator: str) -> Iterator[None]:
-    """Turn autograd's "not implemented" errors into one :class:`SensitivityError` line naming the fix."""
+    """Turn an error of autograd or ``torch.func`` on the user's model into one :class:`SensitivityError`
+    line naming the fix (the traceback goes to the debug log)."""
     try:
         yield
     except (RuntimeError, NotImplementedError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "not implemented" in first.lower() or "does not support" in first.lower():
-            raise SensitivityError(
-                f"{estimator}: cannot differentiate this model ({first}); use search.sensitivity=delta_kl, "
-                "which needs no derivatives") from None
-        raise
+        log.debug("%s failed", estimator, exc_info=True)
+        raise SensitivityError(
+            f"{estimator}: cannot differentiate this model ({type(e).__name__}: {first}); use "
+            "search.sensitivity=delta_kl, which needs no derivatives") from None
 
 
 @dataclasses.dataclass
@@ -274,6 +274,12 @@ def plan_samples(estimator: str, model: nn.Module, layers: Sequence[str], sample
     return plan(estimator, footprint, kind, requested, len(samples), auto, rows)
 
 
+# A weight gradient that is not a function of the weights: the loss is never linear in a conv or linear
+# layer's weights, so an op on the layer's path has no double backward (a once_differentiable Function).
+_NO_SECOND = ("no second derivative reaches its weights (an op on its path has no double backward, "
+              "e.g. a once_differentiable autograd.Function)")
+
+
 def _seed(*parts: int) -> int:
     """A generator seed from integers (CPython's tuple-of-int hash is the same in every process)."""
     return hash(parts) & 0x7FFF_FFFF_FFFF_FFFF
@@ -434,6 +440,9 @@ class HutchinsonEstimator(SensitivityEstimator):
                 with torch.enable_grad():
                     gradient = torch.autograd.grad(ctx.loss(dict(zip(keys, at)), part), at, create_graph=True,
                                                    allow_unused=True)
+                for k, g in zip(keys, gradient):
+                    if k.startswith(_W) and (g is None or not g.requires_grad):
+                        ctx.skipped.setdefault(k[len(_W):], _NO_SECOND)
                 for t in range(iters):
                     probes = self._probes(ctx, keys, at, t, lo, len(part))
                     for row in members:
@@ -446,6 +455,8 @@ class HutchinsonEstimator(SensitivityEstimator):
                         for i, h in zip(live, hv):
                             if h is not None:
                                 sums[t][i] += float(torch.dot(probes[i].reshape(-1), h.reshape(-1)))
+                            elif keys[i].startswith(_W):
+                                ctx.skipped.setdefault(keys[i][len(_W):], _NO_SECOND)
                     if len(parts) == 1 and self._stop(sums[:t + 1], numel, keys):
                         iters = t + 1
                         break
@@ -460,6 +471,9 @@ class HutchinsonEstimator(SensitivityEstimator):
                          iters, stats[worst_key].rel_stderr(), worst_key)
             for key, st in stats.items():
                 log.debug("hutchinson %s: mean %.4g, relative standard error %.3g", key, st.mean, st.rel_stderr())
+            for name in [n for n in ctx.live if n in ctx.skipped]:
+                log.info("layer %s skipped: %s", name, ctx.skipped[name])
+            ctx.live = [n for n in ctx.live if n not in ctx.skipped]
             weight = {name: stats[_W + name].mean for name in ctx.live}
             act = {name: stats[_X + name].mean for name in ctx.live}
             return _sensitivities(ctx, weight, act, n), iters

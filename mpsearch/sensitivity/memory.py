@@ -71,8 +71,9 @@ class Footprint:
 
 
 def _storage_key(t: Tensor) -> tuple[int, int]:
+    """Identity of the bytes a tensor shows (a view of a larger batch counts only its own part)."""
     try:
-        return t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()
+        return t.data_ptr(), t.numel() * t.element_size()
     except (RuntimeError, NotImplementedError):  # tensor subclasses without storage
         return id(t), t.numel() * t.element_size()
 
