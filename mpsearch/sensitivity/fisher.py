@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
@@ -81,9 +82,33 @@ class FisherEstimator(SensitivityEstimator):
                         one = Samples(tuple(t[None] for t in inputs), None, objective, target[None])
                         return grad(lambda q: ctx.loss(q, one))(point)
 
+                    def looped(part: Samples) -> dict[str, Tensor]:
+                        """The same per-sample gradients one sample at a time, by plain autograd."""
+                        keys = list(point)
+                        out: dict[str, list[Tensor]] = {k: [] for k in keys}
+                        for i in range(len(part)):
+                            at = [point[k].detach().clone().requires_grad_(True) for k in keys]
+                            with torch.enable_grad():
+                                gs = torch.autograd.grad(ctx.loss(dict(zip(keys, at)), part.slice(i, i + 1)), at,
+                                                         allow_unused=True)
+                            for k, a, g in zip(keys, at, gs):
+                                out[k].append(torch.zeros_like(a) if g is None else g)
+                        return {k: torch.stack(v) for k, v in out.items()}
+
                     sums = {key: 0.0 for key in point}
+                    use_vmap = True
                     for _, part in samples.chunks(p.per_pass):
-                        g = vmap(sample_grad)(part.inputs, part.target)
+                        if use_vmap:
+                            try:
+                                g = vmap(sample_grad)(part.inputs, part.target)
+                            except RuntimeError as e:  # data-dependent control flow (e.g. attention masks)
+                                if "vmap" not in str(e):
+                                    raise
+                                log.info("fisher: the model cannot run under vmap (%s); per-sample gradients "
+                                         "one sample at a time", str(e).strip().splitlines()[0][:120])
+                                use_vmap = False
+                        if not use_vmap:
+                            g = looped(part)
                         for key in point:
                             sums[key] += float(g[key].double().pow(2).sum())
                     weight = {m: sums[_W + m] / (n * point[_W + m].numel()) for m in ctx.live}

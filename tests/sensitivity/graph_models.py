@@ -79,6 +79,15 @@ class TwoInputs(nn.Module):
         return self.fc((h * m).sum(1) / m.sum(1).clamp(min=1.0))
 
 
+class TruncatedByMask(TwoInputs):
+    """Like :class:`TwoInputs`, but cuts the sequence at the longest unmasked length first, data-dependent
+    control flow as in Hugging Face encoders (``vmap`` cannot run it: Fisher falls back to a loop)."""
+
+    def forward(self, tokens: Tensor, mask: Tensor) -> Tensor:
+        t = int(mask.sum(1).max())
+        return super().forward(tokens[:, :t], mask[:, :t])
+
+
 class SdpaEncoder(nn.Module):
     """One pre-LN attention block on ``F.scaled_dot_product_attention`` (whose fused CPU kernel has no
     double backward), a GELU MLP and a mean-pooled head."""
@@ -194,6 +203,8 @@ CASES = [
     Case("tied_weights", TiedWeights, ["enc", "dec", "shared", "fc"], lambda n, g: (_images(n, g), _labels(n, g))),
     Case("two_inputs", TwoInputs, ["proj", "fc"],
          lambda n, g: ((_tokens(n, g), (torch.rand(n, 5, generator=g) > 0.3).long()), _labels(n, g))),
+    Case("truncated_by_mask", TruncatedByMask, ["proj", "fc"],
+         lambda n, g: ((_tokens(n, g), (torch.arange(5) < 3).long().expand(n, 5).clone()), _labels(n, g))),
     Case("sdpa_encoder", SdpaEncoder, ["embed", "qkv", "proj", "fc1", "fc2", "head"],
          lambda n, g: (_tokens(n, g), _labels(n, g))),
     Case("conv1d", Conv1dNet, ["conv1", "conv2", "fc"],
