@@ -53,7 +53,7 @@ class EigenvalueEstimator(SensitivityEstimator):
     """
 
     name = "eigenvalue"
-    kind = "hvp"
+    kind = "eigen"
 
     def __init__(self, max_iters: int = 10, tol: float = 2e-2, batch_size: int = 16, seed: int = 0,
                  chunk: int = 11, auto_samples: bool = True) -> None:
