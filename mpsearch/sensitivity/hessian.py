@@ -70,8 +70,20 @@ def _check_layers(model: nn.Module, layers: Sequence[str]) -> list[str]:
     return layers
 
 
-def _first_samples(batches: Sequence[Batch], n: int | None) -> Samples:
-    return first_samples(batches, n)
+@torch.no_grad()
+def called_layers(model: nn.Module, layers: Sequence[str], samples: Samples) -> set[str]:
+    """The layers ``forward()`` calls on ``samples``."""
+    seen: set[str] = set()
+    handles = [model.get_submodule(n).register_forward_pre_hook(lambda _m, _a, n=n: seen.add(n)) for n in layers]
+    was_training = model.training
+    try:
+        model.eval()
+        model(*samples.inputs)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return seen
 
 
 @contextlib.contextmanager

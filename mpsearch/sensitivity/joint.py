@@ -39,7 +39,7 @@ from mpsearch.sensitivity.base import Batch
 from mpsearch.sensitivity.cache import _update_tensor
 from mpsearch.sensitivity.data import Samples, first_samples, objective_loss, with_objective
 from mpsearch.sensitivity.hessian import (
-    _W, _X, _check_layers, derivative_errors, layer_loss, plan_samples, second_order_ops,
+    _W, _X, _check_layers, called_layers, derivative_errors, layer_loss, plan_samples, second_order_ops,
 )
 from mpsearch.storage import JsonLines
 
@@ -69,15 +69,17 @@ class JointEstimator(ABC):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.layers = _check_layers(model, layers)
+        self.batch_size = int(batch_size)
+        self.samples = first_samples(batches, self.batch_size)
         missing = [n for n in self.layers if n not in ranges]
         if missing:
+            missing = [n for n in missing if n in called_layers(model, missing, self.samples.slice(0, 1))]
+        if missing:  # a layer forward() never calls has no range and needs none
             raise ConfigError(f"layer {missing[0]!r} has no calibrated activation range; calibrate it first")
         self.model = model
         # ACT_SCHEME_KEY (asymmetric ranges) rides along: the quantizers and the config key depend on it
         self.ranges = {n: (float(ranges[n][0]), float(ranges[n][1])) for n in (*self.layers, ACT_SCHEME_KEY)
                        if n in ranges}
-        self.batch_size = int(batch_size)
-        self.samples = first_samples(batches, self.batch_size)
         self._context: str | None = None
 
     def config_key(self) -> dict[str, Any]:

@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch import nn
 
+from mpsearch.candidate import Candidate
 from mpsearch.sensitivity import (
-    DeltaLossEstimator, EigenvalueEstimator, FisherEstimator, HutchinsonEstimator, SensitivityResult, cache_key,
+    CalibKLEstimator, DeltaLossEstimator, SecondOrderEstimator, EigenvalueEstimator, FisherEstimator, HutchinsonEstimator, SensitivityResult, cache_key,
     score_table,
 )
 from mpsearch.sensitivity import memory
@@ -20,7 +21,7 @@ from mpsearch.sensitivity.base import SensitivityError
 from mpsearch.sensitivity.data import first_samples, with_objective
 from mpsearch.sensitivity.memory import Footprint, measure_footprint, plan
 from mpsearch.sensitivity.testing import check_estimator
-from tests.sensitivity.graph_models import CASES, Case, MobileBlock, TiedWeights, batches, build, input_ranges
+from tests.sensitivity.graph_models import CASES, Case, batches, build, input_ranges
 
 PAIRS = [(32, 32), (8, 8), (4, 8), (4, 4)]
 CURVATURE = ("hutchinson", "eigenvalue", "fisher")
@@ -219,3 +220,23 @@ def test_results_with_skipped_layers_round_trip():
     assert SensitivityResult.from_json(result.to_json()) == result
     # results without skipped layers keep their JSON (no "skipped" key)
     assert '"skipped"' not in FisherEstimator().estimate(build(case), ["conv", "fc"], batches(case)).to_json()
+
+
+@pytest.mark.parametrize("name", ["unused_layer", "tied_weights", "two_inputs", "sdpa_encoder",
+                                  "mobile_block", "embedder_no_labels", "mapping_output_no_labels"])
+def test_joint_estimators_on_any_graph(name: str):
+    """The whole-candidate proxies run on the same graphs: zero at FP32, finite and >= 0 to second order
+    for a 4-bit candidate where the FP32 point is a minimum of the objective (label-free data)."""
+    case = next(c for c in CASES if c.name == name)
+    model = build(case)
+    data = batches(case)
+    ranges = input_ranges(model, case.layers, data)
+    live = [n for n in case.layers if n not in case.skipped]
+    cand = Candidate({n: (4, 8) if n in live else (32, 32) for n in case.layers})
+    for joint in (SecondOrderEstimator(model, case.layers, data, ranges, batch_size=12),
+                  CalibKLEstimator(model, case.layers, data, ranges, batch_size=12)):
+        assert joint.score(Candidate.uniform(case.layers, 32, 32)) == 0.0
+        value = joint.score(cand)
+        assert math.isfinite(value)
+        if joint.name == "calib_kl" or case.data(1, torch.Generator())[1] is None:
+            assert value > 0, joint.name
