@@ -129,6 +129,7 @@ class LossContext:
     calls: dict[str, int]
     total: int
     _shapes: dict[str, tuple[int, ...]]
+    _dtypes: dict[str, torch.dtype]
     _weights: dict[str, Tensor]
     _call: Callable[[dict[str, Tensor], Samples], Tensor]
 
@@ -141,12 +142,12 @@ class LossContext:
         shape = (n, *self._shapes[name])
         return (self.calls[name], *shape) if self.calls[name] > 1 else shape
 
-    def point(self, n: int, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+    def point(self, n: int) -> dict[str, Tensor]:
         """Weights and zero input perturbations for a chunk of ``n`` samples (``n=1`` inside ``vmap``)."""
         out = {}
         for name in self.live:
             out[_W + name] = self._weights[name]
-            out[_X + name] = torch.zeros(self.act_shape(name, n), dtype=dtype)
+            out[_X + name] = torch.zeros(self.act_shape(name, n), dtype=self._dtypes[name])
         return out
 
     def loss(self, point: dict[str, Tensor], samples: Samples) -> Tensor:
@@ -235,9 +236,10 @@ def layer_loss(model: nn.Module, layers: list[str], samples: Samples, total: int
             call_index.clear()
             assert part.target is not None
             out = functional_call(model, (fixed, weights), part.inputs, tie_weights=False)
+            deltas.clear()  # the hooks have used them; the graph keeps what it needs
             return objective_loss(out, part.objective, part.target, total)
 
-        ctx = LossContext(list(layers), live, skipped, calls, total, per_sample,
+        ctx = LossContext(list(layers), live, skipped, calls, total, per_sample, dtypes,
                           {name: model.get_submodule(name).weight.detach() for name in layers}, call)
         if check_gradients and live:
             _drop_disconnected(ctx, samples.slice(0, 1))
