@@ -131,6 +131,8 @@ def first_samples(batches: Sequence[Batch], n: int | None) -> Samples:
     if have == 0:
         raise ConfigError("the sensitivity data is empty; give at least one non-empty batch")
     parts = [p for p in parts if p[0][0].shape[0] > 0]
+    if len(parts) == 1:  # views, no copy of the data
+        return Samples(parts[0][0], parts[0][1])
     inputs = tuple(torch.cat([p[0][i] for p in parts]) for i in range(len(parts[0][0])))
     labels = [p[1] for p in parts]
     if any(y is None for y in labels):

@@ -448,6 +448,7 @@ class HutchinsonEstimator(SensitivityEstimator):
             sums = [[0.0] * len(keys) for _ in range(self.max_iters)]  # Σ over passes of v_bᵀ(Hv)_b
             parts = list(samples.chunks(per_pass))
             iters = self.max_iters
+            hv: Any = None
             for lo, part in parts:
                 point = ctx.point(len(part))
                 at = [point[k].detach().clone().requires_grad_(True) for k in keys]
@@ -474,7 +475,7 @@ class HutchinsonEstimator(SensitivityEstimator):
                     if len(parts) == 1 and self._stop(sums[:t + 1], numel, keys):
                         iters = t + 1
                         break
-                del gradient, at
+                del gradient, at, point, probes, hv  # before the next pass builds its graph
             if len(parts) > 1:
                 iters = next((t + 1 for t in range(self.max_iters) if self._stop(sums[:t + 1], numel, keys)),
                              self.max_iters)

@@ -38,9 +38,11 @@ MIN_SAMPLES = 16
 # product); forward-over-reverse under vmap (eigen) about as much again per vmapped row; per-sample
 # gradients (fisher) one graph and one weight-sized gradient per sample; a no-grad forward at most
 # what a backward keeps. Checked against the peak RSS of a 9-layer depthwise CNN at 224x224 (S 3.7 MiB,
-# A 2.1 MiB per sample): hvp 16 / 32 samples 366 / 715 MiB measured, 372 / 745 predicted; fisher 16
-# samples 301 measured, 320 predicted; eigen 4 rows x 8 samples 816 measured, 894 predicted.
-_PER_SAMPLE = {"hvp": (4.0, 4.0, 0.0), "eigen": (5.0, 4.5, 0.0), "fisher": (4.0, 2.5, 2.0),
+# A 2.1 MiB per sample), above the process's peak before the estimate: Hutchinson with a 512 MiB
+# budget, automatic count (16 samples, one pass) 409 MiB, 64 samples in 4 passes of 17 490 MiB (one
+# pass of 21 took 547 MiB with 4·S + 4·A, hence 5·S + 5·A: passes leave the allocator fragmented);
+# fisher 16 samples 301 MiB measured, 320 predicted; eigen 4 rows x 8 samples 816 measured, 894 predicted.
+_PER_SAMPLE = {"hvp": (5.0, 5.0, 0.0), "eigen": (5.0, 4.5, 0.0), "fisher": (4.0, 2.5, 2.0),
                "forward": (1.0, 1.0, 0.0)}
 _FIXED_WEIGHTS = {"hvp": 6.0, "eigen": 6.0, "fisher": 2.0, "forward": 1.0}
 
