@@ -16,7 +16,7 @@ from mpsearch.errors import ConfigError
 from mpsearch.quant.fake import ActQuant, fake_quant_act, fake_quant_weight
 from mpsearch.sensitivity.base import Batch, LayerSensitivity, SensitivityEstimator, SensitivityResult
 from mpsearch.sensitivity.data import Samples, first_samples, objective_loss, with_objective
-from mpsearch.sensitivity.hessian import _check_layers, planned, resolved
+from mpsearch.sensitivity.hessian import NOT_CALLED, _check_layers, planned, resolved
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,8 @@ class DeltaLossEstimator(SensitivityEstimator):
                 layer = model.get_submodule(name)
                 if sizes[name] == 0:
                     out[name] = LayerSensitivity(name, 0.0, 0.0, layer.weight.numel(), 0,
-                                                 {pair: 0.0 for pair in self.pairs}, "not called by forward()")
-                    log.info("%s: layer %s skipped: not called by forward()", self.name, name)
+                                                 {pair: 0.0 for pair in self.pairs}, NOT_CALLED)
+                    log.info("%s: layer %s skipped: %s", self.name, name, NOT_CALLED)
                     continue
                 measured = {}
                 for w, a in self.pairs:

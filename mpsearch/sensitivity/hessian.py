@@ -27,6 +27,15 @@ log = logging.getLogger(__name__)
 _W = "w:"
 _X = "x:"
 
+#: Why a layer that ``forward()`` never calls as a module is skipped.
+NOT_CALLED = ("not called by forward() (unused, or its weight is read without calling the module, as "
+              "nn.MultiheadAttention does with out_proj)")
+
+# A weight gradient that is not a function of the weights: the loss is never linear in a conv or linear
+# layer's weights, so an op on the layer's path has no double backward (a once_differentiable Function).
+_NO_SECOND = ("no second derivative reaches its weights (an op on its path has no double backward, "
+              "e.g. a once_differentiable autograd.Function)")
+
 
 class _RunningMean:
     """Welford mean and variance of a stream of scalars."""
@@ -206,7 +215,7 @@ def layer_loss(model: nn.Module, layers: list[str], samples: Samples, total: int
         for name in layers:
             got = shapes[name]
             if not got:
-                skipped[name] = "not called by forward()"
+                skipped[name] = NOT_CALLED
             elif len(set(got)) > 1:
                 skipped[name] = f"called {len(got)} times per forward on inputs of different shapes"
             elif not dtypes[name].is_floating_point:
@@ -286,12 +295,6 @@ def plan_samples(estimator: str, model: nn.Module, layers: Sequence[str], sample
     """The memory plan of an estimator on ``samples`` (see :mod:`mpsearch.sensitivity.memory`)."""
     footprint = measure_footprint(model, layers, samples)
     return plan(estimator, footprint, kind, requested, len(samples), auto, rows)
-
-
-# A weight gradient that is not a function of the weights: the loss is never linear in a conv or linear
-# layer's weights, so an op on the layer's path has no double backward (a once_differentiable Function).
-_NO_SECOND = ("no second derivative reaches its weights (an op on its path has no double backward, "
-              "e.g. a once_differentiable autograd.Function)")
 
 
 def _seed(*parts: int) -> int:
