@@ -13,8 +13,8 @@ from torch import nn
 
 from mpsearch.candidate import Candidate
 from mpsearch.sensitivity import (
-    CalibKLEstimator, DeltaLossEstimator, SecondOrderEstimator, EigenvalueEstimator, FisherEstimator, HutchinsonEstimator, SensitivityResult, cache_key,
-    score_table,
+    CalibKLEstimator, DeltaLossEstimator, EigenvalueEstimator, FisherEstimator, HutchinsonEstimator,
+    SecondOrderEstimator, SensitivityResult, cache_key, cached_estimate, score_table,
 )
 from mpsearch.sensitivity import memory
 from mpsearch.sensitivity.base import SensitivityError
@@ -240,3 +240,16 @@ def test_joint_estimators_on_any_graph(name: str):
         assert math.isfinite(value)
         if joint.name == "calib_kl" or case.data(1, torch.Generator())[1] is None:
             assert value > 0, joint.name
+
+
+@pytest.mark.parametrize("name", ["two_inputs", "embedder_no_labels"])
+def test_cache_keys_several_inputs_and_no_labels(name: str, tmp_path):
+    case = next(c for c in CASES if c.name == name)
+    model = build(case)
+    data = batches(case)
+    first = cached_estimate(FisherEstimator(), model, case.layers, data, tmp_path)
+    assert cached_estimate(FisherEstimator(), model, case.layers, data, tmp_path) == first
+    assert len(list((tmp_path / "sensitivity").iterdir())) == 1
+    other = batches(case, seed=1)
+    assert cache_key(FisherEstimator(), model, case.layers, other) != cache_key(FisherEstimator(), model,
+                                                                               case.layers, data)
