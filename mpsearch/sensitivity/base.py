@@ -42,7 +42,8 @@ class LayerSensitivity:
         act_trace: Curvature coefficient of the layer's input activations (for Hutchinson
             ``tr(H_X) / n_X``, where ``X`` is the whole input tensor of the batch the estimate used).
         weight_numel: ``n_W``.
-        act_numel: ``n_X``, elements of the input tensor over that batch.
+        act_numel: ``n_X``, elements of the input tensor over that batch; 0 for a layer whose module
+            ``forward()`` never calls but whose weight it reads (no activation term).
         delta_loss: Measured increase of the mean loss when only this layer is quantized to each
             ``(w_bits, a_bits)`` pair; ``None`` for curvature estimators.
         skipped: Why the estimator could not assess the layer (never called by ``forward()``, no
@@ -243,7 +244,9 @@ def score_table(
     pairs = [check_bits(*p) for p in pairs]
     layers = list(sens.layers)
     a_bits = sorted({a for _, a in pairs if a < FLOAT_BITS})
-    missing = [n for n in layers if n not in ranges and sens.layers[n].skipped is None]
+    # a skipped layer, or one whose module is never called (its weight read directly), has no input term
+    has_input = [n for n in layers if sens.layers[n].skipped is None and sens.layers[n].act_numel > 0]
+    missing = [n for n in has_input if n not in ranges]
     if a_bits and missing:
         raise ConfigError(f"layer {missing[0]!r} has no calibrated activation range; calibrate it first")
     for name in layers:
@@ -254,7 +257,7 @@ def score_table(
     skipped = sens.skipped()
     for name, why in skipped.items():
         log.warning("%s skipped layer %s (%s); it scores 0 at every precision", sens.estimator, name, why)
-    curvature = [n for n in layers if sens.layers[n].delta_loss is None and n not in skipped]
+    curvature = [n for n in has_input if sens.layers[n].delta_loss is None]
     act_err = _input_error_per_element(model, curvature, ranges, a_bits, act_batches) if a_bits and curvature else {}
     table: dict[str, dict[tuple[int, int], float]] = {}
     for name in layers:
@@ -274,7 +277,7 @@ def score_table(
             score = 0.0
             if w < FLOAT_BITS:
                 score += 0.5 * t_w * w_err[w]
-            if a < FLOAT_BITS:
+            if a < FLOAT_BITS and s.act_numel > 0:
                 score += 0.5 * t_x * act_err[name][a] * s.act_numel
             if not math.isfinite(score):
                 raise ConfigError(f"layer {name!r} has a non-finite score at W{w}A{a}; re-estimate the traces")

@@ -92,7 +92,7 @@ class EigenvalueEstimator(SensitivityEstimator):
                 with layer_loss(model, layers, samples.slice(0, p.per_pass), total=len(samples)) as ctx:
                     eig, iters = self._power(ctx, samples, p.per_pass)
                     sens = _sensitivities(ctx, {n: eig[_W + n] for n in ctx.live},
-                                          {n: eig[_X + n] for n in ctx.live}, len(samples))
+                                          {n: eig.get(_X + n, 0.0) for n in ctx.live}, len(samples))
         finally:
             model.train(was_training)
         seconds = time.perf_counter() - start

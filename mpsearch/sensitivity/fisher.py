@@ -112,7 +112,8 @@ class FisherEstimator(SensitivityEstimator):
                         for key in point:
                             sums[key] += float(g[key].double().pow(2).sum())
                     weight = {m: sums[_W + m] / (n * point[_W + m].numel()) for m in ctx.live}
-                    act = {m: sums[_X + m] / (n * point[_X + m].numel()) / n for m in ctx.live}
+                    act = {m: sums[_X + m] / (n * point[_X + m].numel()) / n if _X + m in point else 0.0
+                           for m in ctx.live}
                     sens = _sensitivities(ctx, weight, act, n)
         finally:
             model.train(was_training)

@@ -130,6 +130,8 @@ class LossContext:
             ``forward()``, no gradient reaching them, input not batch-first or not float).
         calls: How often each live layer runs per forward (a perturbation per call).
         total: Samples the mean loss is over (a chunk's loss is its share of that mean).
+        weight_only: Live layers whose module ``forward()`` never calls but whose weight it reads
+            directly (``nn.MultiheadAttention``'s ``out_proj``): a weight term, no activation term.
     """
 
     layers: list[str]
@@ -141,9 +143,11 @@ class LossContext:
     _dtypes: dict[str, torch.dtype]
     _weights: dict[str, Tensor]
     _call: Callable[[dict[str, Tensor], Samples], Tensor]
+    weight_only: set[str] = dataclasses.field(default_factory=set)
 
     def keys(self) -> list[str]:
-        return [k for name in self.live for k in (_W + name, _X + name)]
+        return [k for name in self.live for k in (_W + name, _X + name)
+                if not (k.startswith(_X) and name in self.weight_only)]
 
     def act_shape(self, name: str, n: int) -> tuple[int, ...]:
         """Shape of layer ``name``'s input perturbation on ``n`` samples (a leading call axis if it runs
@@ -156,7 +160,8 @@ class LossContext:
         out = {}
         for name in self.live:
             out[_W + name] = self._weights[name]
-            out[_X + name] = torch.zeros(self.act_shape(name, n), dtype=self._dtypes[name])
+            if name not in self.weight_only:
+                out[_X + name] = torch.zeros(self.act_shape(name, n), dtype=self._dtypes[name])
         return out
 
     def loss(self, point: dict[str, Tensor], samples: Samples) -> Tensor:
@@ -164,7 +169,7 @@ class LossContext:
         return self._call(point, samples)
 
     def act_numel(self, name: str, n: int) -> int:
-        return int(math.prod(self.act_shape(name, n)))
+        return 0 if name in self.weight_only else int(math.prod(self.act_shape(name, n)))
 
 
 @contextlib.contextmanager
@@ -212,10 +217,12 @@ def layer_loss(model: nn.Module, layers: list[str], samples: Samples, total: int
         skipped: dict[str, str] = {}
         calls: dict[str, int] = {}
         per_sample: dict[str, tuple[int, ...]] = {}
+        weight_only: set[str] = set()
         for name in layers:
             got = shapes[name]
-            if not got:
-                skipped[name] = NOT_CALLED
+            if not got:  # unused, or its weight read directly: the gradient check tells them apart
+                weight_only.add(name)
+                calls[name] = 0
             elif len(set(got)) > 1:
                 skipped[name] = f"called {len(got)} times per forward on inputs of different shapes"
             elif not dtypes[name].is_floating_point:
@@ -249,9 +256,11 @@ def layer_loss(model: nn.Module, layers: list[str], samples: Samples, total: int
             return objective_loss(out, part.objective, part.target, total)
 
         ctx = LossContext(list(layers), live, skipped, calls, total, per_sample, dtypes,
-                          {name: model.get_submodule(name).weight.detach() for name in layers}, call)
-        if check_gradients and live:
-            _drop_disconnected(ctx, samples.slice(0, 1))
+                          {name: model.get_submodule(name).weight.detach() for name in layers}, call, weight_only)
+        if live:
+            _drop_disconnected(ctx, samples.slice(0, 1), check_gradients)
+        for name in ctx.weight_only & set(ctx.live):
+            log.info("layer %s: forward() reads its weight without calling the module; weight term only", name)
         for name, why in ctx.skipped.items():
             log.info("layer %s skipped: %s", name, why)
         yield ctx
@@ -261,18 +270,24 @@ def layer_loss(model: nn.Module, layers: list[str], samples: Samples, total: int
         deltas.clear()
 
 
-def _drop_disconnected(ctx: LossContext, one: Samples) -> None:
-    """Move layers whose weights no gradient reaches (output detached or not used by the loss) to skipped."""
-    point = ctx.point(len(one))
-    keys = list(point)
-    at = [point[k].detach().clone().requires_grad_(True) for k in keys]
-    with torch.enable_grad():
-        loss = ctx.loss(dict(zip(keys, at)), one)
-        grads = torch.autograd.grad(loss, at, allow_unused=True) if loss.requires_grad else [None] * len(at)
+def _drop_disconnected(ctx: LossContext, one: Samples, check_gradients: bool = True) -> None:
+    """Move layers whose weights no gradient reaches (never used, output detached or not reaching the loss)
+    to skipped; without ``check_gradients`` only the layers never called as a module."""
+    if not check_gradients:  # cannot tell an unused module from a weight read directly: skip both
+        keys = [_W + name for name in ctx.live if name in ctx.weight_only]
+        grads: Any = [None] * len(keys)
+    else:
+        point = ctx.point(len(one))
+        keys = list(point)
+        at = [point[k].detach().clone().requires_grad_(True) for k in keys]
+        with torch.enable_grad():
+            loss = ctx.loss(dict(zip(keys, at)), one)
+            grads = torch.autograd.grad(loss, at, allow_unused=True) if loss.requires_grad else [None] * len(at)
     for key, g in zip(keys, grads):
         name = key[len(_W):]
         if key.startswith(_W) and g is None:
-            ctx.skipped[name] = "no gradient reaches its weights (its output is detached or does not reach the loss)"
+            ctx.skipped[name] = NOT_CALLED if name in ctx.weight_only else (
+                "no gradient reaches its weights (its output is detached or does not reach the loss)")
     ctx.live = [name for name in ctx.live if name not in ctx.skipped]
 
 
@@ -493,7 +508,7 @@ class HutchinsonEstimator(SensitivityEstimator):
                 log.info("layer %s skipped: %s", name, ctx.skipped[name])
             ctx.live = [n for n in ctx.live if n not in ctx.skipped]
             weight = {name: stats[_W + name].mean for name in ctx.live}
-            act = {name: stats[_X + name].mean for name in ctx.live}
+            act = {name: stats[_X + name].mean if _X + name in stats else 0.0 for name in ctx.live}
             return _sensitivities(ctx, weight, act, n), iters
 
     @staticmethod

@@ -162,7 +162,7 @@ class SecondOrderEstimator(JointEstimator):
             if w < FLOAT_BITS:
                 weight = point[_W + name]
                 delta[_W + name] = fake_quant_weight(weight, w) - weight
-            if a < FLOAT_BITS:
+            if a < FLOAT_BITS and _X + name in point:
                 x = self._inputs[name]
                 x = x[:, lo:hi] if calls[name] > 1 else x[lo:hi]
                 delta[_X + name] = fake_quant_act(x, ActQuant.for_layer(self.ranges, name, a)) - x

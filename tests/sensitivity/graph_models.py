@@ -113,6 +113,20 @@ class SdpaEncoder(nn.Module):
         return self.head(x.mean(1))
 
 
+class TorchEncoder(nn.Module):
+    """``nn.TransformerEncoderLayer``: its ``nn.MultiheadAttention`` reads ``out_proj.weight`` without calling
+    ``out_proj`` (a weight term only for the curvature estimators; forward hooks never see it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 8)
+        self.enc = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(8, N_CLASSES)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.head(self.enc(self.embed(tokens)).mean(1))
+
+
 class Conv1dNet(nn.Module):
     """An audio-style 1-D conv stack on ``(N, 2, 16)`` signals."""
 
@@ -189,6 +203,8 @@ class Case:
     data: Callable[[int, torch.Generator], tuple[object, Tensor | None]]
     skipped: dict[str, str] = field(default_factory=dict)
     skipped_by_gradient: dict[str, str] = field(default_factory=dict)  # curvature estimators only
+    skipped_by_hooks: dict[str, str] = field(default_factory=dict)  # measuring estimators only
+    weight_only: tuple[str, ...] = ()  # weight read without calling the module: no activation term
 
 
 def _labels(n: int, gen: torch.Generator) -> Tensor:
@@ -207,6 +223,10 @@ CASES = [
          lambda n, g: ((_tokens(n, g), (torch.arange(5) < 3).long().expand(n, 5).clone()), _labels(n, g))),
     Case("sdpa_encoder", SdpaEncoder, ["embed", "qkv", "proj", "fc1", "fc2", "head"],
          lambda n, g: (_tokens(n, g), _labels(n, g))),
+    Case("torch_encoder_layer", TorchEncoder, ["embed", "enc.self_attn.out_proj", "enc.linear1", "enc.linear2",
+                                               "head"], lambda n, g: (_tokens(n, g), _labels(n, g)),
+         skipped_by_hooks={"enc.self_attn.out_proj": "not called by forward()"},
+         weight_only=("enc.self_attn.out_proj",)),
     Case("conv1d", Conv1dNet, ["conv1", "conv2", "fc"],
          lambda n, g: (torch.randn(n, 2, 16, generator=g), _labels(n, g))),
     Case("mobile_block", MobileBlock, ["stem", "dw", "pw", "se_reduce", "se_expand", "fc"],
