@@ -57,6 +57,8 @@ class SearchConfig:
     # (whole-candidate) proxy second_order | calib_kl as the search's objective, with hutchinson's additive
     # score behind the ILP and the warm start
     sensitivity: str = "hutchinson"
+    # most samples the estimators use; fewer (a power of two, >= 16) where a pass would not fit in half the available
+    # memory, and always run in passes that fit (the log says what it picked)
     sensitivity_samples: int = 128
     proxy_validation: int = 12  # random candidates whose real accuracy drop checks the proxy; 0: off
     proxy_validation_samples: Optional[int] = 2000  # first test images used for it; None: the whole split

@@ -4,7 +4,10 @@ and the additive bit-width score the ILP and the search use; joint (whole-candid
 
 from __future__ import annotations
 
-from mpsearch.sensitivity.base import LayerSensitivity, SensitivityEstimator, SensitivityResult, score_table
+from mpsearch.sensitivity.base import (
+    LayerSensitivity, SensitivityError, SensitivityEstimator, SensitivityResult, score_table,
+)
+from mpsearch.sensitivity.data import Samples, first_samples
 from mpsearch.sensitivity.cache import cache_key, cached_estimate
 from mpsearch.sensitivity.delta_loss import DeltaLossEstimator
 from mpsearch.sensitivity.eigen import EigenvalueEstimator
@@ -32,10 +35,13 @@ __all__ = [
     "FisherEstimator",
     "HutchinsonEstimator",
     "LayerSensitivity",
+    "SensitivityError",
     "SensitivityEstimator",
+    "Samples",
     "SensitivityResult",
     "cache_key",
     "cached_estimate",
+    "first_samples",
     "candidate_proxy",
     "make_estimator",
     "random_candidates",

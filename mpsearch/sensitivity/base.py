@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -13,10 +14,15 @@ import torch
 from torch import Tensor, nn
 
 from mpsearch.candidate import FLOAT_BITS, check_bits
-from mpsearch.errors import ConfigError
+from mpsearch.errors import ConfigError, MPSearchError
 from mpsearch.quant.fake import ActQuant, fake_quant_act, weight_error
+from mpsearch.sensitivity.data import Batch, as_inputs
 
-Batch = tuple[Tensor, Tensor]
+log = logging.getLogger(__name__)
+
+
+class SensitivityError(MPSearchError):
+    """An estimator cannot run on this model at all (e.g. an op without the derivatives it needs)."""
 
 
 @dataclass(frozen=True)
@@ -36,9 +42,13 @@ class LayerSensitivity:
         act_trace: Curvature coefficient of the layer's input activations (for Hutchinson
             ``tr(H_X) / n_X``, where ``X`` is the whole input tensor of the batch the estimate used).
         weight_numel: ``n_W``.
-        act_numel: ``n_X``, elements of the input tensor over that batch.
+        act_numel: ``n_X``, elements of the input tensor over that batch; 0 for a layer whose module
+            ``forward()`` never calls but whose weight it reads (no activation term).
         delta_loss: Measured increase of the mean loss when only this layer is quantized to each
             ``(w_bits, a_bits)`` pair; ``None`` for curvature estimators.
+        skipped: Why the estimator could not assess the layer (never called by ``forward()``, no
+            gradient reaching it, ...), ``None`` when it did. A skipped layer has zero coefficients
+            (and zero measured changes), so it scores 0 at every precision; reports show the reason.
     """
 
     name: str
@@ -47,16 +57,26 @@ class LayerSensitivity:
     weight_numel: int
     act_numel: int
     delta_loss: dict[tuple[int, int], float] | None = None
+    skipped: str | None = None
 
 
 @dataclass(frozen=True)
 class SensitivityResult:
-    """Sensitivities of all layers from one estimator run, ordered like the model's layers."""
+    """Sensitivities of all layers from one estimator run, ordered like the model's layers.
+
+    ``samples`` is how many samples the estimate used (0 where unknown: results cached before it was
+    recorded); ``skipped()`` lists the layers the estimator could not assess, with the reason.
+    """
 
     estimator: str
     layers: dict[str, LayerSensitivity] = field(default_factory=dict)
     iterations: int = 0
     seconds: float = 0.0
+    samples: int = 0
+
+    def skipped(self) -> dict[str, str]:
+        """``{layer: reason}`` of the layers the estimator skipped."""
+        return {n: s.skipped for n, s in self.layers.items() if s.skipped is not None}
 
     def to_json(self) -> str:
         return json.dumps({
@@ -64,6 +84,7 @@ class SensitivityResult:
             "layers": [_layer_json(s) for s in self.layers.values()],
             "iterations": self.iterations,
             "seconds": self.seconds,
+            "samples": self.samples,
         })
 
     @classmethod
@@ -76,11 +97,13 @@ class SensitivityResult:
                 measured = item.get("delta_loss")
                 if measured is not None:
                     measured = {(int(w), int(a)): float(v) for w, a, v in measured}
+                skipped = item.get("skipped")
                 s = LayerSensitivity(str(item["name"]), float(item["weight_trace"]),
                                      float(item["act_trace"]), int(item["weight_numel"]),
-                                     int(item["act_numel"]), measured)
+                                     int(item["act_numel"]), measured, None if skipped is None else str(skipped))
                 layers[s.name] = s
-            return cls(str(data["estimator"]), layers, int(data["iterations"]), float(data["seconds"]))
+            return cls(str(data["estimator"]), layers, int(data["iterations"]), float(data["seconds"]),
+                       int(data.get("samples", 0)))
         except (ValueError, KeyError, TypeError) as e:
             raise ConfigError(
                 f"sensitivity result JSON is invalid ({type(e).__name__}: {e}); delete it and recompute"
@@ -89,6 +112,8 @@ class SensitivityResult:
 
 def _layer_json(s: LayerSensitivity) -> dict[str, Any]:
     d = asdict(s)
+    if s.skipped is None:
+        del d["skipped"]  # results without skipped layers keep the JSON they had
     if s.delta_loss is not None:
         d["delta_loss"] = [[w, a, v] for (w, a), v in s.delta_loss.items()]
     return d
@@ -98,9 +123,17 @@ class SensitivityEstimator(ABC):
     """Estimates how much each layer's quantization raises the loss (curvature or measured).
 
     Contract:
-        * Call :meth:`estimate` once per (model, data); the model is a prepared, eval-mode module
-          (BatchNorm folded) and ``layers`` are names of its Conv2d / Linear submodules. The result
-          lists the layers in the order given.
+        * Call :meth:`estimate` once per (model, data); the model is any module (a prepared
+          ``torch.fx`` or ``torch.export`` graph, or the user's own), eval mode, BatchNorm folded,
+          called as ``model(*inputs)`` on batches of ``(inputs, label)`` (:mod:`mpsearch.sensitivity.data`:
+          several inputs, no labels, non-logit outputs), and ``layers`` are names of its submodules
+          with a ``weight`` (conv, linear). The result lists the layers in the order given.
+        * A layer the estimator cannot assess is in the result with ``skipped`` set to the reason
+          (and zero coefficients), never an exception; an estimator that cannot run on the model at
+          all raises one :class:`SensitivityError` line naming the fix.
+        * Memory: the samples run in passes sized to fit the available memory; an automatic sample
+          count is fixed by :meth:`resolve`, which :func:`~mpsearch.sensitivity.cache.cached_estimate`
+          calls before computing the cache key.
         * The model's parameters and training flag are left as they were.
         * Given the same model, data and constructor arguments (seed included), the result is the
           same up to float rounding; :meth:`config_key` returns exactly those arguments.
@@ -124,6 +157,11 @@ class SensitivityEstimator(ABC):
     def config_key(self) -> dict[str, Any]:
         """The constructor parameters that determine the result (part of the cache key)."""
         return {}
+
+    def resolve(self, model: nn.Module, layers: Sequence[str], batches: Sequence[Batch]) -> SensitivityEstimator:
+        """This estimator with every setting that depends on the model and the machine (an automatic
+        sample count) fixed, so :meth:`config_key` names what the result is computed with."""
+        return self
 
 
 def _input_error_per_element(
@@ -149,8 +187,8 @@ def _input_error_per_element(
     try:
         model.eval()
         with torch.no_grad():
-            for x, _ in batches:
-                model(x)
+            for inputs, _ in batches:
+                model(*as_inputs(inputs))
     finally:
         model.train(was_training)
         for h in handles:
@@ -206,7 +244,9 @@ def score_table(
     pairs = [check_bits(*p) for p in pairs]
     layers = list(sens.layers)
     a_bits = sorted({a for _, a in pairs if a < FLOAT_BITS})
-    missing = [n for n in layers if n not in ranges]
+    # a skipped layer, or one whose module is never called (its weight read directly), has no input term
+    has_input = [n for n in layers if sens.layers[n].skipped is None and sens.layers[n].act_numel > 0]
+    missing = [n for n in has_input if n not in ranges]
     if a_bits and missing:
         raise ConfigError(f"layer {missing[0]!r} has no calibrated activation range; calibrate it first")
     for name in layers:
@@ -214,11 +254,17 @@ def score_table(
             model.get_submodule(name)
         except AttributeError:
             raise ConfigError(f"layer {name!r} of the sensitivity result is not in the model; re-estimate") from None
-    curvature = [n for n in layers if sens.layers[n].delta_loss is None]
+    skipped = sens.skipped()
+    for name, why in skipped.items():
+        log.warning("%s skipped layer %s (%s); it scores 0 at every precision", sens.estimator, name, why)
+    curvature = [n for n in has_input if sens.layers[n].delta_loss is None]
     act_err = _input_error_per_element(model, curvature, ranges, a_bits, act_batches) if a_bits and curvature else {}
     table: dict[str, dict[tuple[int, int], float]] = {}
     for name in layers:
         s = sens.layers[name]
+        if s.skipped is not None:
+            table[name] = {(w, a): 0.0 for w, a in pairs}
+            continue
         if s.delta_loss is not None:
             table[name] = _measured_row(s, pairs)
             continue
@@ -231,7 +277,7 @@ def score_table(
             score = 0.0
             if w < FLOAT_BITS:
                 score += 0.5 * t_w * w_err[w]
-            if a < FLOAT_BITS:
+            if a < FLOAT_BITS and s.act_numel > 0:
                 score += 0.5 * t_x * act_err[name][a] * s.act_numel
             if not math.isfinite(score):
                 raise ConfigError(f"layer {name!r} has a non-finite score at W{w}A{a}; re-estimate the traces")

@@ -6,12 +6,13 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from torch import nn
+from torch import Tensor, nn
 
 from mpsearch.errors import MPSearchError
 from mpsearch.hashing import ContentHasher
 from mpsearch.storage import atomic_write_text
 from mpsearch.sensitivity.base import Batch, SensitivityEstimator, SensitivityResult
+from mpsearch.sensitivity.data import as_inputs
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +28,15 @@ def cache_key(
     h.add(model.state_dict())
     for i, batch in enumerate(batches):
         h.add(f"\nbatch{i}|".encode())
-        for t in batch:
-            h.add(t)
+        for t in _flat(batch):
+            h.add(b"no label|" if t is None else t)
     return h.hexdigest()
+
+
+def _flat(batch: Batch) -> list[Tensor | None]:
+    """A batch's tensors in order: the inputs (one or several), then the label (``None`` without)."""
+    inputs, label = batch
+    return [*as_inputs(inputs), label]
 
 
 def cached_estimate(
@@ -41,10 +48,13 @@ def cached_estimate(
 ) -> SensitivityResult:
     """Return ``estimator.estimate(model, layers, batches)``, from ``cache_dir/sensitivity`` if there.
 
-    A missing, unreadable or malformed cache file is recomputed and overwritten.
+    A missing, unreadable or malformed cache file is recomputed and overwritten. The estimator's
+    settings that depend on the model and the machine (an automatic sample count) are fixed first
+    (:meth:`SensitivityEstimator.resolve`), so the key names the settings the result is computed with.
     """
     layers = list(layers)
     batches = list(batches)
+    estimator = estimator.resolve(model, layers, batches)
     path = Path(cache_dir) / "sensitivity" / f"{cache_key(estimator, model, layers, batches)}.json"
     if path.exists():
         try:

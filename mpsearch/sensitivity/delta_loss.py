@@ -8,14 +8,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-from torch.nn import functional as F
+from torch import nn
+from torch.func import functional_call
 
 from mpsearch.candidate import FLOAT_BITS, Bits, check_bits
 from mpsearch.errors import ConfigError
-from mpsearch.quant.fake import ActQuant, QuantLayer
+from mpsearch.quant.fake import ActQuant, fake_quant_act, fake_quant_weight
 from mpsearch.sensitivity.base import Batch, LayerSensitivity, SensitivityEstimator, SensitivityResult
-from mpsearch.sensitivity.loss import check_layers, first_samples
+from mpsearch.sensitivity.data import Samples, first_samples, objective_loss, with_objective
+from mpsearch.sensitivity.loss import NOT_CALLED, check_layers, planned, resolved
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,12 @@ class DeltaLossEstimator(SensitivityEstimator):
     With ``metric="kl"`` (registered as ``delta_kl``) the measurement is instead the mean
     ``KL(p_fp32 ‖ p_quant)`` of the predictions: it needs no labels and, being a sum of squares to
     first order rather than a difference of two noisy losses, ranks candidates far more steadily
-    on a small batch (see ``benchmarks/proxy_validation.py``).
+    on a small batch (see ``benchmarks/proxy_validation.py``). Where the output is not ``(N, C)``
+    logits it is the squared error to the FP32 output instead, and ``metric="loss"`` without class
+    labels measures the same label-free objectives (:mod:`mpsearch.sensitivity.data`).
+
+    Forward passes only, in passes sized to the memory budget; a layer ``forward()`` never calls is
+    skipped (its loss changes are 0).
 
     The layer runs the same fake quantization as :func:`mpsearch.quant.fake.quantize_` (so the
     calibrated ``ranges`` are part of the estimator's configuration and of its cache key). No
@@ -37,13 +43,15 @@ class DeltaLossEstimator(SensitivityEstimator):
         pairs: The ``(w_bits, a_bits)`` pairs to measure (W32A32 is 0 by definition and skipped).
         batch_size: Samples used, the first of the concatenated batches.
         metric: ``"loss"`` (cross-entropy increase) or ``"kl"`` (divergence from the FP32 predictions).
+        auto_samples: Use fewer samples where a pass of ``batch_size`` would not fit in memory.
     """
 
     name = "delta_loss"
+    kind = "forward"
     METRICS = ("loss", "kl")
 
     def __init__(self, ranges: Mapping[str, tuple[float, float]], pairs: Sequence[Bits],
-                 batch_size: int = 128, metric: str = "loss") -> None:
+                 batch_size: int = 128, metric: str = "loss", auto_samples: bool = True) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if metric not in self.METRICS:
@@ -54,6 +62,7 @@ class DeltaLossEstimator(SensitivityEstimator):
         self.ranges = {str(k): (float(lo), float(hi)) for k, (lo, hi) in ranges.items()}
         self.pairs = [p for p in dict.fromkeys(check_bits(*p) for p in pairs) if p != (FLOAT_BITS, FLOAT_BITS)]
         self.batch_size = int(batch_size)
+        self.auto_samples = bool(auto_samples)
 
     def config_key(self) -> dict[str, Any]:
         key = {"ranges": {k: list(v) for k, v in sorted(self.ranges.items())},
@@ -62,33 +71,39 @@ class DeltaLossEstimator(SensitivityEstimator):
             key["metric"] = self.metric
         return key
 
+    def resolve(self, model: nn.Module, layers: Sequence[str], batches: Sequence[Batch]) -> DeltaLossEstimator:
+        return resolved(self, model, layers, batches)
+
     @torch.no_grad()
     def estimate(self, model: nn.Module, layers: Sequence[str], batches: Sequence[Batch]) -> SensitivityResult:
         start = time.perf_counter()
         layers = check_layers(model, layers)
-        if any(a < FLOAT_BITS for _, a in self.pairs):
-            missing = [n for n in layers if n not in self.ranges]
-            if missing:
-                raise ConfigError(f"layer {missing[0]!r} has no calibrated activation range; calibrate it first")
-        x, y = first_samples(batches, self.batch_size)
+        samples = first_samples(batches, self.batch_size)
         was_training = model.training
         model.eval()
-        sizes: dict[str, int] = {}
         try:
-            ref = None
-            if self.metric == "kl":
-                ref = F.log_softmax(model(x), 1)
-            base = self._loss(model, x, y, sizes, ref)
+            p = planned(self, model, layers, samples)
+            samples = self._with_metric(model, samples.slice(0, p.samples), p.per_pass)
+            sizes: dict[str, int] = {name: 0 for name in layers}
+            base = self._loss(model, samples, p.per_pass, layers, sizes)
+            if any(a < FLOAT_BITS for _, a in self.pairs):
+                missing = [n for n in layers if n not in self.ranges and sizes[n] > 0]  # unused: skipped below
+                if missing:
+                    raise ConfigError(f"layer {missing[0]!r} has no calibrated activation range; calibrate it first")
             out = {}
             for name in layers:
                 layer = model.get_submodule(name)
+                if sizes[name] == 0:
+                    out[name] = LayerSensitivity(name, 0.0, 0.0, layer.weight.numel(), 0,
+                                                 {pair: 0.0 for pair in self.pairs}, NOT_CALLED)
+                    log.info("%s: layer %s skipped: %s", self.name, name, NOT_CALLED)
+                    continue
                 measured = {}
                 for w, a in self.pairs:
                     act = ActQuant.for_layer(self.ranges, name, a) if a < FLOAT_BITS else None
-                    quant = QuantLayer(layer, w, act)
-                    handle = layer.register_forward_hook(lambda _m, args, _out, q=quant: q(args[0]))
+                    handle = layer.register_forward_hook(_quantized_output(layer, w, act))
                     try:
-                        measured[(w, a)] = self._loss(model, x, y, None, ref) - base
+                        measured[(w, a)] = self._loss(model, samples, p.per_pass) - base
                     finally:
                         handle.remove()
                 out[name] = LayerSensitivity(name, 0.0, 0.0, layer.weight.numel(), sizes[name], measured)
@@ -96,24 +111,50 @@ class DeltaLossEstimator(SensitivityEstimator):
             model.train(was_training)
         seconds = time.perf_counter() - start
         log.info("%s: %d layers x %d pairs, %d samples in %.1f s",
-                 self.name, len(layers), len(self.pairs), len(x), seconds)
-        return SensitivityResult(self.name, out, len(layers) * len(self.pairs) + 1, seconds)
+                 self.name, len(layers), len(self.pairs), len(samples), seconds)
+        return SensitivityResult(self.name, out, len(layers) * len(self.pairs) + 1, seconds, samples=len(samples))
+
+    def _with_metric(self, model: nn.Module, samples: Samples, per_pass: int) -> Samples:
+        """``loss``: the data's objective (cross-entropy with class labels); ``kl``: the divergence from the
+        FP32 predictions whatever the labels (squared error to the FP32 output if it is not ``(N, C)``)."""
+        if self.metric == "kl":
+            samples = Samples(samples.inputs, None)
+        return with_objective(model, samples, per_pass, self.name)
 
     @staticmethod
-    def _loss(model: nn.Module, x: Tensor, y: Tensor, sizes: dict[str, int] | None = None,
-              ref: Tensor | None = None) -> float:
-        """Mean cross-entropy, or with ``ref`` (FP32 log-probabilities) the mean KL from them."""
+    def _loss(model: nn.Module, samples: Samples, per_pass: int, layers: Sequence[str] = (),
+              sizes: dict[str, int] | None = None) -> float:
+        """Mean objective over the samples (``per_pass`` per forward); ``sizes`` collects each layer's
+        input elements over all samples and calls."""
         handles = []
         if sizes is not None:
-            for name, mod in model.named_modules():
-                if isinstance(mod, (nn.Conv2d, nn.Linear)):
-                    handles.append(mod.register_forward_pre_hook(
-                        lambda _m, args, name=name: sizes.__setitem__(name, args[0].numel())))
+            for name in layers:
+                handles.append(model.get_submodule(name).register_forward_pre_hook(
+                    lambda _m, args, name=name: sizes.__setitem__(name, sizes[name] + args[0].numel())))
         try:
-            out = model(x)
-            if ref is not None:
-                return float(F.kl_div(F.log_softmax(out, 1), ref, log_target=True, reduction="sum").double() / len(y))
-            return float(F.cross_entropy(out, y, reduction="sum").double() / len(y))
+            total = 0.0
+            for _, part in samples.chunks(per_pass):
+                assert part.target is not None
+                total += float(objective_loss(model(*part.inputs), part.objective, part.target, 1).double())
+            return total / len(samples)
         finally:
             for h in handles:
                 h.remove()
+
+
+def _quantized_output(layer: nn.Module, w_bits: int, act: ActQuant | None) -> Any:
+    """A forward hook that replaces the layer's output by the layer run on its fake-quantized input and
+    weights (the layer's own ``forward``, so any conv or linear flavour quantizes the same way)."""
+    weight_q = fake_quant_weight(layer.weight.detach(), w_bits)
+    busy = [False]
+
+    def hook(mod: nn.Module, args: tuple[Any, ...], _out: Any) -> Any:
+        if busy[0]:
+            return None
+        busy[0] = True
+        try:
+            x = args[0] if act is None else fake_quant_act(args[0], act)
+            return functional_call(mod, {"weight": weight_q}, (x, *args[1:]))
+        finally:
+            busy[0] = False
+    return hook

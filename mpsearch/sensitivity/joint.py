@@ -29,14 +29,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import grad, jvp
-from torch.nn import functional as F
 
 from mpsearch.candidate import FLOAT_BITS, Bits, Candidate
 from mpsearch.errors import ConfigError
 from mpsearch.hashing import ContentHasher
 from mpsearch.quant.fake import ACT_SCHEME_KEY, ActQuant, fake_quant_act, fake_quant_weight, quantize_
 from mpsearch.sensitivity.base import Batch
-from mpsearch.sensitivity.loss import W_PREFIX, X_PREFIX, check_layers, first_samples, layer_loss
+from mpsearch.sensitivity.data import Samples, first_samples, objective_loss, with_objective
+from mpsearch.sensitivity.loss import (
+    W_PREFIX, X_PREFIX, check_layers, called_layers, derivative_errors, layer_loss, plan_samples, second_order_ops,
+)
 from mpsearch.storage import JsonLines
 
 log = logging.getLogger(__name__)
@@ -65,15 +67,17 @@ class JointEstimator(ABC):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.layers = check_layers(model, layers)
+        self.batch_size = int(batch_size)
+        self.samples = first_samples(batches, self.batch_size)
         missing = [n for n in self.layers if n not in ranges]
         if missing:
+            missing = [n for n in missing if n in called_layers(model, missing, self.samples.slice(0, 1))]
+        if missing:  # a layer forward() never calls has no range and needs none
             raise ConfigError(f"layer {missing[0]!r} has no calibrated activation range; calibrate it first")
         self.model = model
         # ACT_SCHEME_KEY (asymmetric ranges) rides along: the quantizers and the config key depend on it
         self.ranges = {n: (float(ranges[n][0]), float(ranges[n][1])) for n in (*self.layers, ACT_SCHEME_KEY)
                        if n in ranges}
-        self.batch_size = int(batch_size)
-        self.x, self.y = first_samples(batches, self.batch_size)
         self._context: str | None = None
 
     def config_key(self) -> dict[str, Any]:
@@ -84,7 +88,10 @@ class JointEstimator(ABC):
         if self._context is None:
             head = {"format": _FORMAT, "estimator": self.name, "config": self.config_key(), "layers": self.layers,
                     "ranges": {n: list(r) for n, r in self.ranges.items()}}
-            self._context = ContentHasher().add(head).add(self.model.state_dict()).add(self.x).add(self.y).hexdigest()
+            h = ContentHasher().add(head).add(self.model.state_dict())
+            for t in self.samples.tensors():
+                h.add(t)
+            self._context = h.hexdigest()
         return self._context
 
     def _check(self, candidate: Mapping[str, Bits]) -> Candidate:
@@ -117,31 +124,40 @@ class SecondOrderEstimator(JointEstimator):
                  ranges: Mapping[str, tuple[float, float]], batch_size: int = 128, first_order: bool = True) -> None:
         super().__init__(model, layers, batches, ranges, batch_size)
         self.first_order = bool(first_order)
-        inputs: dict[str, Tensor] = {}
-        handles = [model.get_submodule(n).register_forward_pre_hook(
-            lambda _m, args, n=n: inputs.__setitem__(n, args[0].detach().clone())) for n in self.layers]
         was_training = model.training
+        inputs: dict[str, list[Tensor]] = {n: [] for n in self.layers}
+        handles = []
         try:
             model.eval()
+            self._per_pass = plan_samples(self.name, model, self.layers, self.samples, "hvp", len(self.samples),
+                                          False).per_pass
+            self.samples = with_objective(model, self.samples, self._per_pass, self.name)
+            handles = [model.get_submodule(n).register_forward_pre_hook(
+                lambda _m, args, n=n: inputs[n].append(args[0].detach().clone())) for n in self.layers]
             with torch.no_grad():
-                model(self.x)
+                model(*self.samples.inputs)
         finally:
             model.train(was_training)
             for h in handles:
                 h.remove()
-        self._inputs = inputs
+        # a layer that runs k times per forward gets its k inputs stacked (LossContext.act_shape)
+        self._inputs = {n: xs[0] if len(xs) == 1 else torch.stack(xs) for n, xs in inputs.items() if xs}
 
     def config_key(self) -> dict[str, Any]:
         return {"batch_size": self.batch_size, "first_order": self.first_order}
 
-    def _delta(self, cand: Candidate, point: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def _delta(self, cand: Candidate, point: Mapping[str, Tensor], lo: int, hi: int, calls: Mapping[str, int]
+               ) -> dict[str, Tensor]:
         delta = {k: torch.zeros_like(v) for k, v in point.items()}
         for name, (w, a) in cand.items():
+            if W_PREFIX + name not in point:
+                continue  # skipped layer (not called, no gradient)
             if w < FLOAT_BITS:
                 weight = point[W_PREFIX + name]
                 delta[W_PREFIX + name] = fake_quant_weight(weight, w) - weight
-            if a < FLOAT_BITS:
+            if a < FLOAT_BITS and X_PREFIX + name in point:
                 x = self._inputs[name]
+                x = x[:, lo:hi] if calls[name] > 1 else x[lo:hi]
                 delta[X_PREFIX + name] = fake_quant_act(x, ActQuant.for_layer(self.ranges, name, a)) - x
         return delta
 
@@ -151,12 +167,18 @@ class SecondOrderEstimator(JointEstimator):
             return 0.0
         was_training = self.model.training
         self.model.eval()
+        first = second = 0.0
+        n = len(self.samples)
         try:
-            with layer_loss(self.model, self.layers, self.x, self.y) as (point, loss):
-                delta = self._delta(cand, point)
-                g, hd = jvp(grad(loss), (point,), (delta,))
-                first = sum(float(torch.dot(g[k].reshape(-1), d.reshape(-1))) for k, d in delta.items())
-                second = sum(float(torch.dot(hd[k].reshape(-1), d.reshape(-1))) for k, d in delta.items())
+            with second_order_ops(), derivative_errors(self.name), \
+                    layer_loss(self.model, self.layers, self.samples.slice(0, self._per_pass), total=n) as ctx:
+                # g and HΔ add up over passes: the weight blocks sum, the input blocks are per sample
+                for lo, part in self.samples.chunks(self._per_pass):
+                    point = ctx.point(len(part))
+                    delta = self._delta(cand, point, lo, lo + len(part), ctx.calls)
+                    g, hd = jvp(grad(lambda p, part=part: ctx.loss(p, part)), (point,), (delta,))
+                    first += sum(float(torch.dot(g[k].reshape(-1), d.reshape(-1))) for k, d in delta.items())
+                    second += sum(float(torch.dot(hd[k].reshape(-1), d.reshape(-1))) for k, d in delta.items())
         finally:
             self.model.train(was_training)
         return (first if self.first_order else 0.0) + 0.5 * second
@@ -190,9 +212,11 @@ class CalibKLEstimator(JointEstimator):
         self.metric = metric
         self.chunk = int(chunk)
         self._work = copy.deepcopy(model).eval()
-        with torch.no_grad():
-            self._ref_logp = torch.cat([F.log_softmax(self._work(x), 1) for x in self.x.split(self.chunk)])
-        self._ref_loss = float(F.nll_loss(self._ref_logp, self.y).double())
+        # kl: the divergence from the FP32 predictions (squared error to the FP32 output where it is not
+        # (N, C) logits); loss: the data's objective (cross-entropy with class labels)
+        data = Samples(self.samples.inputs, None) if metric == "kl" else self.samples
+        self.samples = with_objective(self._work, data, self.chunk, self.name)
+        self._ref_loss = self._mean_loss(self._work)
 
     def config_key(self) -> dict[str, Any]:
         return {"batch_size": self.batch_size, "metric": self.metric}
@@ -203,10 +227,15 @@ class CalibKLEstimator(JointEstimator):
         if all(p == (FLOAT_BITS, FLOAT_BITS) for p in cand.values()):
             return 0.0
         model = quantize_(self._work, cand, self.ranges)  # re-quantizes the private copy in place
-        logp = torch.cat([F.log_softmax(model(x), 1) for x in self.x.split(self.chunk)])
-        if self.metric == "loss":
-            return float(F.nll_loss(logp, self.y).double()) - self._ref_loss
-        return float(F.kl_div(logp, self._ref_logp, log_target=True, reduction="sum").double()) / len(logp)
+        return self._mean_loss(model) - self._ref_loss
+
+    @torch.no_grad()
+    def _mean_loss(self, model: nn.Module) -> float:
+        total = 0.0
+        for _, part in self.samples.chunks(self.chunk):
+            assert part.target is not None
+            total += float(objective_loss(model(*part.inputs), part.objective, part.target, 1).double())
+        return total / len(self.samples)
 
 
 class CandidateProxy:

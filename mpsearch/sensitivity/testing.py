@@ -18,7 +18,8 @@ def check_estimator(
 
     Checks: layers in the given order with positive sizes and finite traces, JSON round trip,
     the model's weights and training flag untouched, and a second estimator built the same way
-    gives the same traces.
+    gives the same traces. A skipped layer has a one-line reason, zero coefficients and a zero score.
+    ``batches`` may hold several inputs per batch and no labels (:mod:`mpsearch.sensitivity.data`).
     """
     layers = list(layers)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -29,7 +30,14 @@ def check_estimator(
         assert s.name == name
         assert math.isfinite(s.weight_trace) and math.isfinite(s.act_trace), f"{name}: non-finite trace"
         assert s.weight_numel == model.get_submodule(name).weight.numel(), f"{name}: wrong weight_numel"
-        assert s.act_numel > 0, f"{name}: act_numel must be positive"
+        if s.skipped is not None:
+            assert s.skipped.strip() and "\n" not in s.skipped, f"{name}: the reason must be one line"
+            assert s.weight_trace == s.act_trace == 0.0, f"{name}: a skipped layer has zero coefficients"
+            assert not any((s.delta_loss or {}).values()), f"{name}: a skipped layer measures no change"
+            continue
+        assert s.act_numel > 0 or s.act_trace == 0.0, f"{name}: an activation term needs a positive act_numel"
+        if s.delta_loss is not None:
+            assert all(math.isfinite(v) for v in s.delta_loss.values()), f"{name}: non-finite loss change"
     assert first.iterations >= 1 and first.seconds >= 0
     assert first.estimator == make().name
     assert SensitivityResult.from_json(first.to_json()) == first, "JSON round trip changed the result"
