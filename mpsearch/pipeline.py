@@ -26,7 +26,7 @@ from mpsearch.models.registry import load_state_dict, resolve
 from mpsearch.quant.calibration import calibrate
 from mpsearch.quant.fake import quantize_
 from mpsearch.quant.learned import cached_learn, make_learners, merge
-from mpsearch.quant.prepare import PreparedModel, prepare_model
+from mpsearch.quant.prepare import PreparedModel, as_inputs, call_model, prepare_model
 from mpsearch.report import EvaluatedCandidate, RunSummary, write_report
 from mpsearch.storage import JsonLines, atomic_write_bytes
 from mpsearch.search.groups import check_candidate, layer_groups
@@ -83,8 +83,43 @@ def load_data(cfg: RunConfig, split: str, limit: int | None) -> Dataset:
     return ds
 
 
-def batches(ds: Dataset, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return list(DataLoader(ds, batch_size=batch_size, shuffle=False))
+def batches(ds: Dataset, batch_size: int) -> list[tuple[Any, torch.Tensor]]:
+    """``(inputs, label)`` batches; ``inputs`` is a Tensor, or a tuple of Tensors for a several-input
+    model (called as ``model(*inputs)``; the collated list becomes a tuple)."""
+    out = []
+    for x, y in DataLoader(ds, batch_size=batch_size, shuffle=False):
+        out.append((tuple(x) if isinstance(x, list) else x, y))
+    return out
+
+
+def check_data(prepared: PreparedModel, batch: tuple[Any, Any], factory: str) -> None:
+    """Raise :class:`ConfigError` when a data batch does not match the declared model inputs."""
+    x, y = batch
+    given = list(x) if isinstance(x, tuple) else [x]
+    declared = prepared.inputs
+    if len(given) != len(declared) or not all(isinstance(t, torch.Tensor) for t in given):
+        kinds = ", ".join(type(t).__name__ for t in given)
+        raise ConfigError(f"data.factory {factory!r} yields {len(given)} input(s) ({kinds}) per sample, the model "
+                          f"declares {len(declared)} (model.inputs / model.input_shape); make each sample "
+                          "((input, ...), label) with one tensor per declared input")
+    for i, (t, spec) in enumerate(zip(given, declared)):
+        if str(t.dtype).removeprefix("torch.") != spec.dtype or tuple(t.shape[1:]) != tuple(spec.shape[1:]):
+            raise ConfigError(f"data.factory {factory!r}: input {i} is {str(t.dtype).removeprefix('torch.')} "
+                              f"{list(t.shape[1:])} per sample, model.inputs[{i}] declares {spec.dtype} "
+                              f"{list(spec.shape[1:])}; fix the data factory or model.inputs")
+    if not isinstance(y, torch.Tensor) or len(y) != len(given[0]):
+        raise ConfigError(f"data.factory {factory!r}: labels are not one tensor entry per sample; make each "
+                          "sample ((input, ...), label)")
+
+
+def preflight(prepared: PreparedModel) -> None:
+    """Lower the FP32 model once through TVM's importer: an op it cannot take is one line now, not after
+    calibration and sensitivity. Skipped where TVM is not installed (fake backends)."""
+    try:
+        from mpsearch.hardware.lowering import lower
+    except ImportError:
+        return
+    lower(prepared, Candidate.uniform(prepared.layer_names, 32, 32), {}, batch=1)
 
 
 def _digest(*parts: Any) -> str:
@@ -92,6 +127,9 @@ def _digest(*parts: Any) -> str:
     for p in parts:
         if isinstance(p, torch.Tensor):
             h.update(p.detach().cpu().contiguous().numpy().tobytes())
+        elif isinstance(p, tuple) and p and all(isinstance(t, torch.Tensor) for t in p):  # several inputs
+            for t in p:
+                h.update(_digest(t).encode())
         elif isinstance(p, Mapping):
             for k in sorted(p):
                 h.update(str(k).encode())
@@ -123,7 +161,7 @@ def evaluate_accuracy(prepared: PreparedModel, candidate: Candidate, ranges: Map
     model = quantize_(prepared.copy_module(), candidate, ranges).eval()
     correct = total = 0
     for x, y in data:
-        correct += int((model(x).argmax(1) == y).sum())
+        correct += int((call_model(model, x).argmax(1) == y).sum())
         total += len(y)
     return correct / total
 
@@ -194,7 +232,10 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
         model = build_model(cfg)
         calib = batches(load_data(cfg, "calib", cfg.data.calib_samples), cfg.data.batch_size)
         test = batches(load_data(cfg, "test", cfg.data.test_samples), cfg.data.batch_size)
-        prepared = prepare_model(model, tuple(cfg.model.input_shape))
+        prepared = prepare_model(model, as_inputs(cfg.model.input_specs()))
+        check_data(prepared, calib[0], cfg.data.factory)
+        check_data(prepared, test[0], cfg.data.factory)
+        preflight(prepared)
         layers = prepared.layer_names
         # Layers that take one precision: tied weights (found on the user's model), search.groups, residual adds.
         groups = layer_groups(model, prepared.graph_module, layers, cfg.search.groups, cfg.search.group_residual)
@@ -330,7 +371,7 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
                 "rank correlation of each estimator's proxy with that drop: " + ", ".join(
                     f"{k} {'n/a' if r is None else f'{r:.2f}'}" for k, r in validation["spearman"].items()) + ".")
         summary = RunSummary(
-            run_dir=run_dir, model=cfg.model.name, hw_profile=profile.name, device=backend.describe(),
+            run_dir=run_dir, model=cfg.model.display_name(), hw_profile=profile.name, device=backend.describe(),
             layers=layers, layer_macs={li.name: li.macs for li in prepared.layers},
             layer_params={li.name: li.params for li in prepared.layers}, candidates=evaluated,
             layer_latency_ms=layer_latency, config=cfg.to_dict(), timings_s=timer.timings,
@@ -461,7 +502,11 @@ def load_candidate(path: str, layers: list[str], groups: list[list[str]] = ()) -
     return cand
 
 
-def _first_samples(data: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _first_samples(data: list[tuple[Any, torch.Tensor]], n: int) -> list[tuple[Any, torch.Tensor]]:
+    if isinstance(data[0][0], tuple):
+        x = tuple(torch.cat([b[0][i] for b in data])[:n] for i in range(len(data[0][0])))
+        y = torch.cat([b[1] for b in data])[:n]
+        return [(x, y)]
     x = torch.cat([b[0] for b in data])[:n]
     y = torch.cat([b[1] for b in data])[:n]
     return [(x, y)]

@@ -58,6 +58,12 @@ class InputSpec:
         return fill(shape, dtype=self.torch_dtype)
 
 
+def call_model(model: Any, inputs: Any) -> Any:
+    """``model(*inputs)`` for a tuple of inputs, ``model(inputs)`` for one Tensor: a batch is
+    ``(inputs, label)`` with ``inputs`` a Tensor or a tuple of Tensors."""
+    return model(*inputs) if isinstance(inputs, tuple) else model(inputs)
+
+
 def as_inputs(inputs: Sequence[int] | Sequence[InputSpec] | InputSpec) -> tuple[InputSpec, ...]:
     """``(1, 3, 32, 32)`` (one float input, the legacy ``model.input_shape``) or a list of specs."""
     if isinstance(inputs, InputSpec):
@@ -134,6 +140,19 @@ class PreparedModel:
     def example_inputs(self, batch: int | None = None) -> tuple[torch.Tensor, ...]:
         return tuple(spec.example(batch) for spec in self.inputs)
 
+    def random_inputs(self, batch: int | None = None) -> list[Any]:
+        """Numpy inputs for timing compiled code: standard normal floats (seed 0, the first input exactly
+        as before several inputs existed), ones for token ids and masks."""
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        out = []
+        for spec in self.inputs:
+            shape = spec.shape if batch is None else (batch, *spec.shape[1:])
+            out.append(rng.standard_normal(shape).astype("float32") if spec.dtype == "float32"
+                       else spec.example(batch).numpy())
+        return out
+
 
 def export_model(model: nn.Module, inputs: tuple[InputSpec, ...]) -> torch.export.ExportedProgram:
     """``torch.export`` ``model`` (non-strict) with a dynamic batch, or one line naming why it cannot."""
@@ -142,7 +161,7 @@ def export_model(model: nn.Module, inputs: tuple[InputSpec, ...]) -> torch.expor
     try:
         return torch.export.export(model, examples, dynamic_shapes=dynamic, strict=False)
     except Exception as e:  # export raises many types (UserError, GuardOnDataDependent, TypeError...)
-        msg = " ".join(str(e).split())[:300]
+        msg = (str(e).strip().splitlines() or [""])[0][:200]
         raise LoweringError(f"torch.export cannot export {type(model).__name__} ({type(e).__name__}: {msg}); "
                             "check model.inputs (shapes, dtypes) and make forward() traceable "
                             "(no data-dependent Python control flow)") from None
@@ -243,32 +262,33 @@ def _constant_weight(gm: fx.GraphModule, node: Any) -> tuple[torch.Tensor, list[
 
 
 class _Namer:
-    """Layer names, the first that fits of: the module owning the weight (``out_proj`` for the
-    ``F.linear(x, self.out_proj.weight, ...)`` inside ``nn.MultiheadAttention``), the module path that
-    computed it (``layer1.0.conv1`` stays ``layer1.0.conv1``; a ``Conv2d`` subclass calling ``F.conv2d``
-    keeps its path) -- each only when the layer is its only computation and it holds nothing else the
-    graph reads -- else a child of that path (``attn.linear``, ``attn.linear_1``)."""
+    """Layer names, the first that fits of: the module path that computed it (``layer1.0.conv1`` stays
+    ``layer1.0.conv1``; a ``Conv2d`` subclass calling ``F.conv2d`` keeps its path), the module owning the
+    weight (``out_proj`` for the ``F.linear(x, self.out_proj.weight, ...)`` inside
+    ``nn.MultiheadAttention``) -- each only when it is one layer's and holds nothing else the graph
+    reads -- else a child of the path (``attn.linear``, ``attn.linear_1``)."""
 
     def __init__(self, gm: fx.GraphModule, layers: list[tuple[fx.Node, str]]) -> None:
         self.gm = gm
-        self.count: dict[str, int] = {}
+        self.paths: dict[str, int] = {}
+        self.owners: dict[str, int] = {}
         for node, owner in layers:
-            for key in {module_path(node), owner}:
-                self.count[key] = self.count.get(key, 0) + 1
+            self.paths[module_path(node)] = self.paths.get(module_path(node), 0) + 1
+            self.owners[owner] = self.owners.get(owner, 0) + 1
         self.used: set[str] = set()
 
-    def _whole(self, path: str, own: set[str]) -> bool:
-        if not path or self.count.get(path, 0) != 1 or path in self.used:
+    def _whole(self, path: str, own: set[str], counts: dict[str, int]) -> bool:
+        if not path or counts.get(path, 0) != 1 or path in self.used:
             return False
-        return not any(n.op in ("get_attr", "call_module") and n.target.startswith(path + ".")
+        return not any(n.op in ("get_attr", "call_module") and n.users and n.target.startswith(path + ".")
                        and n.target not in own for n in self.gm.graph.nodes)
 
     def name(self, node: fx.Node, kind: str, own: set[str], owner: str) -> str:
         """``own``: the attribute targets this layer absorbs (its weight, bias); ``owner``: the module
         holding its ``weight`` ("" if the weight is not a ``.weight``)."""
         path = module_path(node)
-        for whole in (owner, path):
-            if self._whole(whole, own):
+        for whole, counts in ((path, self.paths), (owner, self.owners)):
+            if self._whole(whole, own, counts):
                 self.used.add(whole)
                 return whole
         base = kind if not path else f"{path}.{kind}"
