@@ -206,6 +206,12 @@ def lowering_program(prepared: PreparedModel, batch: int) -> torch.export.Export
                             f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
     for node in ep.graph.nodes:  # carry the first export's module paths for error messages
         node.meta.setdefault("mpsearch_path", module_path(node))
+        if node.op == "call_function" and node.target is _aten.cumsum.default and "dtype" not in node.kwargs:
+            # torch promotes cumsum of bool/int to int64; TVM's importer keeps bool and LLVM then fails
+            # (a causal mask's cumsum in transformers' GPT-2): pass the result dtype explicitly
+            out, inp = node.meta.get("val"), getattr(node.args[0], "meta", {}).get("val")
+            if isinstance(out, torch.Tensor) and isinstance(inp, torch.Tensor) and out.dtype != inp.dtype:
+                node.kwargs = {**node.kwargs, "dtype": out.dtype}
     cache[batch] = ep
     return ep
 

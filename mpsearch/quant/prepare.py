@@ -16,6 +16,7 @@ convolution) stay in float, and :attr:`PreparedModel.float_layers` says why.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import operator
 from collections.abc import Sequence
@@ -157,7 +158,10 @@ class PreparedModel:
 def export_model(model: nn.Module, inputs: tuple[InputSpec, ...]) -> torch.export.ExportedProgram:
     """``torch.export`` ``model`` (non-strict) with a dynamic batch, or one line naming why it cannot."""
     examples = tuple(spec.example(2) for spec in inputs)  # batch 2: 0/1 would specialise the batch dim
-    dynamic = tuple({0: torch.export.Dim.AUTO} for _ in inputs)
+    dynamic: tuple = tuple({0: torch.export.Dim.AUTO} for _ in inputs)
+    params = list(inspect.signature(model.forward).parameters.values())
+    if params and params[0].kind is inspect.Parameter.VAR_POSITIONAL:  # forward(self, *inputs)
+        dynamic = (dynamic,)
     try:
         return torch.export.export(model, examples, dynamic_shapes=dynamic, strict=False)
     except Exception as e:  # export raises many types (UserError, GuardOnDataDependent, TypeError...)
@@ -277,18 +281,25 @@ class _Namer:
             self.owners[owner] = self.owners.get(owner, 0) + 1
         self.used: set[str] = set()
 
-    def _whole(self, path: str, own: set[str], counts: dict[str, int]) -> bool:
+    def _whole(self, path: str, own: set[str], counts: dict[str, int], layer: fx.Node) -> bool:
         if not path or counts.get(path, 0) != 1 or path in self.used:
             return False
-        return not any(n.op in ("get_attr", "call_module") and n.users and n.target.startswith(path + ".")
-                       and n.target not in own for n in self.gm.graph.nodes)
+        for n in self.gm.graph.nodes:
+            if n.op not in ("get_attr", "call_module") or not n.users or not n.target.startswith(path + "."):
+                continue
+            if n.target not in own:
+                return False
+            # a tied weight read elsewhere too (GPT-2's embedding and lm_head): the module must stay
+            if any(u is not layer and not (u.op == "call_function" and u.target in _TRANSPOSES) for u in n.users):
+                return False
+        return True
 
     def name(self, node: fx.Node, kind: str, own: set[str], owner: str) -> str:
         """``own``: the attribute targets this layer absorbs (its weight, bias); ``owner``: the module
         holding its ``weight`` ("" if the weight is not a ``.weight``)."""
         path = module_path(node)
         for whole, counts in ((path, self.paths), (owner, self.owners)):
-            if self._whole(whole, own, counts):
+            if self._whole(whole, own, counts, node):
                 self.used.add(whole)
                 return whole
         base = kind if not path else f"{path}.{kind}"
@@ -358,21 +369,29 @@ def _to_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, fx.Node, se
         mod = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
         consumed = {w_node.target} | ({b_node.target} if b_node is not None else set())
         kind = "linear"
-    else:  # matmul / mm by a constant
-        found = _constant_weight(gm, node.args[1])
+    else:  # matmul / mm by a constant, addmm(bias, x, W) (GPT-2's Conv1D)
+        addmm = node.target is _aten.addmm.default
+        if addmm and (node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1):
+            return "addmm with beta/alpha other than 1"
+        found = _constant_weight(gm, node.args[2 if addmm else 1])
         if found is None:
             return "activation x activation matmul (runs in float)"
         w_in_out, chain = found
-        weight, bias = w_in_out.t(), None
-        mod = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-        root = chain[-1].args[0] if chain else node.args[1]
-        consumed = {root.target}
+        weight, bias, b_node = w_in_out.t(), None, None
+        if addmm:
+            b_node = node.args[0]
+            if not (isinstance(b_node, fx.Node) and b_node.op == "get_attr") or _attr(gm, b_node.target).dim() != 1:
+                return "addmm whose bias is not a 1-D parameter"
+            bias = _attr(gm, b_node.target)
+        mod = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        root = chain[-1].args[0] if chain else node.args[2 if addmm else 1]
+        consumed = {root.target} | ({b_node.target} if b_node is not None else set())
         kind = "matmul"
     with torch.no_grad():
         mod.weight = nn.Parameter(weight.detach().clone().contiguous(), requires_grad=weight.requires_grad)
         if bias is not None:
             mod.bias = nn.Parameter(bias.detach().clone().contiguous(), requires_grad=bias.requires_grad)
-    return mod, node.args[0], consumed, kind
+    return mod, node.args[1 if node.target is _aten.addmm.default else 0], consumed, kind
 
 
 def _same_padding(padding: str, kernel: Sequence[int], dilation: Any, dims: int) -> tuple[int, ...] | str:
@@ -389,7 +408,7 @@ def _same_padding(padding: str, kernel: Sequence[int], dilation: Any, dims: int)
 def _is_layer_op(node: fx.Node) -> bool:
     return node.op == "call_function" and (
         node.target in _CONV or node.target is _aten.linear.default
-        or node.target in (_aten.matmul.default, _aten.mm.default))
+        or node.target in (_aten.matmul.default, _aten.mm.default, _aten.addmm.default))
 
 
 def prepare_model(
@@ -425,12 +444,16 @@ def prepare_model(
         name = namer.name(node, "conv" if kind.startswith("conv") else "linear", consumed, _owner(consumed))
         gm.set_submodule(name, mod) if "." in name else setattr(gm, name, mod)
         with gm.graph.inserting_before(node):
-            new = gm.graph.call_module(name, (x_node,))
+            # the input read now, not x_node: an earlier layer may have replaced that node
+            new = gm.graph.call_module(name, (node.args[1 if node.target is _aten.addmm.default else 0],))
         new.meta = dict(node.meta)
         new.meta.pop("folded", None)
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
         kinds[name] = "linear" if kind == "matmul" else kind
+    for node in gm.graph.nodes:  # strides differ between real kernels and re-export's fake ones: let
+        if node.op == "call_function" and node.target is _aten.view.default:  # reshape copy when it must
+            node.target = _aten.reshape.default
     gm.graph.eliminate_dead_code()
     # a plain GraphModule (export's own refuses .train()/.eval()) holding only what the graph reads
     gm = fx.GraphModule(gm, gm.graph, class_name=type(model).__name__)
