@@ -88,7 +88,8 @@ def batches(ds: Dataset, batch_size: int) -> list[tuple[Any, torch.Tensor]]:
     model (called as ``model(*inputs)``; the collated list becomes a tuple)."""
     out = []
     for x, y in DataLoader(ds, batch_size=batch_size, shuffle=False):
-        out.append((tuple(x) if isinstance(x, list) else x, y))
+        x = tuple(x) if isinstance(x, (list, tuple)) else x
+        out.append((x[0] if isinstance(x, tuple) and len(x) == 1 else x, y))  # one input: a plain Tensor
     return out
 
 

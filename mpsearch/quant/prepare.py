@@ -194,6 +194,11 @@ def _attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
 _BN = {_aten.batch_norm.default: 5, _aten._native_batch_norm_legit_no_training.default: None}
 _CONV = (_aten.conv2d.default, _aten.conv2d.padding, _aten.conv1d.default, _aten.conv1d.padding,
          _aten.convolution.default)
+_FLOAT_CONV = {  # conv computations with no integer kernel: listed in float_layers, never dropped silently
+    **{getattr(_aten, f"conv_transpose{d}d").input if d > 1 else _aten.conv_transpose1d.default:
+       "transposed convolution (no integer kernel)" for d in (1, 2, 3)},
+    _aten.conv3d.default: "3-D convolution (only 1-D and 2-D have kernels)",
+}
 _TRANSPOSES = (_aten.t.default, _aten.transpose.int, _aten.permute.default, _aten.numpy_T.default)
 
 
@@ -427,7 +432,8 @@ def prepare_model(
         delattr(gm, "_guards_fn")
     _fold_batchnorm(gm)
     candidates = [(n, "") for n in gm.graph.nodes if _is_layer_op(n)]
-    float_layers: dict[str, str] = {}
+    float_layers: dict[str, str] = {where(n): _FLOAT_CONV[n.target] for n in gm.graph.nodes
+                                    if n.op == "call_function" and n.target in _FLOAT_CONV}
     converted: list[tuple[fx.Node, tuple]] = []
     for node, _ in candidates:
         result = _to_layer(gm, node)
