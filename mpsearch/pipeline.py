@@ -362,6 +362,9 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
             notes.append(f"The proxy objective is {joint.name}, scored on each whole candidate "
                          f"({joint.computed} computed this run in {joint.seconds:.1f} s, the rest cached); the exact "
                          f"ILP, the warm start and the front comparison use {ADDITIVE_FALLBACK}'s additive score.")
+        notes.append(f"Layers: {len(layers)} quantizable conv/linear layers found by the torch.export front end"
+                     + ("; left in float: " + "; ".join(f"{w} ({why})" for w, why in prepared.float_layers.items())
+                        if prepared.float_layers else "; none left in float") + ".")
         if problem.groups:
             notes.append("Layer groups (one precision each, one search variable each): "
                          + "; ".join(" + ".join(g) for g in problem.groups) + ".")

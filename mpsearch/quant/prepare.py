@@ -420,7 +420,13 @@ def prepare_model(
     model: nn.Module, inputs: Sequence[int] | Sequence[InputSpec] | InputSpec,
 ) -> PreparedModel:
     """Export ``model`` with ``torch.export``, fold BatchNorm into convolutions, turn every conv/linear
-    computation into a named layer module, record layer shapes at the declared inputs' batch."""
+    computation into a named layer module, record layer shapes at the declared inputs' batch. The global
+    random state is left as it was (new layer modules initialise weights before theirs are copied in)."""
+    with torch.random.fork_rng(devices=[]):
+        return _prepare(model, inputs)
+
+
+def _prepare(model: nn.Module, inputs: Sequence[int] | Sequence[InputSpec] | InputSpec) -> PreparedModel:
     specs = as_inputs(inputs)
     model = copy.deepcopy(model).eval()
     ep = export_model(model, specs)

@@ -42,4 +42,6 @@ def test_whole_pipeline_in_estimate_mode(tmp_path: Path, name: str, estimator: s
     assert summary["model"] == f"model_{name}"
     measured = [c for c in summary["candidates"] if c["accuracy"] is not None]
     assert measured and all(c["measured_latency_ms"] for c in measured)
+    assert any(n.startswith(f"Layers: {len(summary['layers'])} quantizable") and "none left in float" in n
+               for n in summary["notes"])
     assert (run_dir / "report.md").is_file()
