@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
@@ -12,11 +11,49 @@ from mpsearch.hashing import content_hash
 
 
 @dataclass
+class InputConfig:
+    """One model input: shape (batch first) and dtype (float32 | int64 | int32 | bool)."""
+
+    shape: list[int] = field(default_factory=list)
+    dtype: str = "float32"
+
+
+DEFAULT_MODEL_NAME = "resnet20_fmnist"
+DEFAULT_MODEL_FACTORY = "mpsearch.models.registry:resnet20_fmnist"
+_GENERIC_FACTORY_NAMES = {"build", "model", "make", "create", "get_model", "make_model", "build_model", "factory",
+                          "load", "load_model"}
+
+
+@dataclass
 class ModelConfig:
-    name: str = "resnet20_fmnist"
-    factory: str = "mpsearch.models.registry:resnet20_fmnist"  # "module:function" returning an nn.Module
+    name: str = DEFAULT_MODEL_NAME
+    factory: str = DEFAULT_MODEL_FACTORY  # "module:function" returning an nn.Module
     checkpoint: Optional[str] = None  # a plain state dict (torch.load weights_only=True); None: factory's own
     input_shape: list[int] = field(default_factory=lambda: [1, 1, 28, 28])
+    # Several or typed inputs, called as model(*inputs): [{shape: [1, 128], dtype: int64}, ...]; null: one
+    # float32 input of input_shape. The data factory then yields ((input, ...), label).
+    inputs: Optional[list[InputConfig]] = None
+
+    def input_specs(self) -> list[dict[str, Any]]:
+        """The declared inputs as ``{shape, dtype}`` mappings (``input_shape`` when ``inputs`` is unset)."""
+        if not self.inputs:
+            return [{"shape": list(self.input_shape), "dtype": "float32"}]
+        out = []
+        for item in self.inputs:
+            if isinstance(item, dict):
+                out.append({"shape": list(item.get("shape", [])), "dtype": str(item.get("dtype", "float32"))})
+            else:
+                out.append({"shape": list(item.shape), "dtype": str(item.dtype)})
+        return out
+
+    def display_name(self) -> str:
+        """``name``, or, when only the factory was changed, a name taken from the factory."""
+        if self.name != DEFAULT_MODEL_NAME or self.factory == DEFAULT_MODEL_FACTORY:
+            return self.name
+        module, _, attr = self.factory.partition(":")
+        if attr in _GENERIC_FACTORY_NAMES or not attr:
+            return f"{module.rpartition('.')[2]}_{attr}" if attr else module.rpartition(".")[2]
+        return attr
 
 
 @dataclass
@@ -138,6 +175,8 @@ class RunConfig:
         d = self.to_dict()
         for k in ("results_dir", "run_name", "cache_dir", "progress", "verbose"):
             d.pop(k)
+        if d["model"].get("inputs") is None:  # unset: the same hash as before the field existed
+            d["model"].pop("inputs", None)
         if d["hw_profile"].get("cost") is None:  # unset: the same hash as before the field existed
             d["hw_profile"].pop("cost", None)
         for group, key, unset in (("search", "groups", []), ("search", "group_residual", False),
@@ -150,7 +189,7 @@ class RunConfig:
         profile = self.hw_profile.name
         if profile.endswith((".yaml", ".yml")):  # a profile given by path: its file name, not a nested folder
             profile = profile.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
-        parts = [self.model.name, profile]
+        parts = [self.model.display_name(), profile]
         if self.hw_profile.cost == "estimated":
             parts.append("estimated")
         if self.budget.latency_ms is not None:
@@ -171,6 +210,7 @@ JOINT_SENSITIVITIES = ("second_order", "calib_kl")  # whole-candidate proxies (m
 CALIBRATIONS = ("minmax", "percentile", "mse")
 ACT_SCHEMES = ("symmetric", "asymmetric")
 PTQ_METHODS = ("none", "adaround", "brecq")
+INPUT_DTYPES = ("float32", "int64", "int32", "bool")
 MAX_INPUT_ELEMENTS = 1 << 28  # one input batch of at most 1 GiB of fp32
 MAX_WORKERS, MAX_ILP_BUDGETS = 256, 1000
 
@@ -228,6 +268,19 @@ def validate(cfg: RunConfig) -> RunConfig:
     if math.prod(cfg.model.input_shape) > MAX_INPUT_ELEMENTS:
         raise ConfigError(f"model.input_shape={cfg.model.input_shape} has more than {MAX_INPUT_ELEMENTS} elements; "
                           "give the shape of one input batch, e.g. [1, 3, 224, 224]")
+    if cfg.model.inputs is not None:
+        if not isinstance(cfg.model.inputs, list) or not cfg.model.inputs:
+            raise ConfigError("model.inputs must be a non-empty list of {shape, dtype}, e.g. "
+                              "[{shape: [1, 128], dtype: int64}, {shape: [1, 128], dtype: int64}] (or null)")
+        for i, spec in enumerate(cfg.model.input_specs()):
+            shape, dtype = spec["shape"], spec["dtype"]
+            if len(shape) < 1 or any(not isinstance(d, int) or d < 1 for d in shape):
+                raise ConfigError(f"model.inputs[{i}].shape={shape} must be positive dims, batch first")
+            if math.prod(shape) > MAX_INPUT_ELEMENTS:
+                raise ConfigError(f"model.inputs[{i}].shape={shape} has more than {MAX_INPUT_ELEMENTS} elements; "
+                                  "give the shape of one input batch")
+            if dtype not in INPUT_DTYPES:
+                raise ConfigError(f"model.inputs[{i}].dtype={dtype!r} is unknown; use one of {', '.join(INPUT_DTYPES)}")
     if not 0 < s.percentile <= 100:
         raise ConfigError(f"search.percentile={s.percentile} must be in (0, 100]")
     if not 0 <= s.max_failure_rate <= 1:

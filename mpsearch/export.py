@@ -42,7 +42,7 @@ from mpsearch.config import RunConfig
 from mpsearch.errors import MPSearchError
 from mpsearch.hashing import file_sha256
 from mpsearch.quant.fake import ActQuant, QuantLayer, act_quantizers, quantize_, quantize_weight
-from mpsearch.quant.prepare import PreparedModel
+from mpsearch.quant.prepare import PreparedModel, call_model
 from mpsearch.storage import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -266,11 +266,11 @@ def _rebuild(cfg: RunConfig) -> tuple[PreparedModel, dict[str, tuple[float, floa
     """The run's BN-folded model and activation ranges, recomputed as the pipeline computed them."""
     from mpsearch import pipeline
     from mpsearch.quant.calibration import calibrate
-    from mpsearch.quant.prepare import prepare_model
+    from mpsearch.quant.prepare import as_inputs, prepare_model
 
     model = pipeline.build_model(cfg)
     calib = pipeline.batches(pipeline.load_data(cfg, "calib", cfg.data.calib_samples), cfg.data.batch_size)
-    prepared = prepare_model(model, tuple(cfg.model.input_shape))
+    prepared = prepare_model(model, as_inputs(cfg.model.input_specs()))
     s = cfg.search
     return prepared, calibrate(prepared.graph_module, prepared.layer_names, calib, s.calibration, s.percentile,
                                s.calibration_bits, s.act_scheme)
@@ -308,7 +308,7 @@ def export_run(run_dir: str | Path, label: str | None = None, budget_ms: float |
                             cfg.data.batch_size)
     fake_quant = quantize_(prepared.copy_module(), candidate, ranges).eval()
     with torch.no_grad():  # the same batches and arithmetic as the run's evaluation
-        ref = np.concatenate([fake_quant(xb).numpy() for xb, _ in test])
+        ref = np.concatenate([call_model(fake_quant, xb).numpy() for xb, _ in test])
     labels = np.concatenate([yb.numpy() for _, yb in test])
     if limit is None or limit == cfg.data.test_samples:
         _check_reproduced(run, label, float((ref.argmax(1) == labels).mean()))
@@ -321,14 +321,17 @@ def export_run(run_dir: str | Path, label: str | None = None, budget_ms: float |
     compile_s = time.perf_counter() - start
     atomic_write_text(out_dir / "bits.json", json.dumps(candidate.to_dict(), indent=1) + "\n")
     state = quantized_state_dict(prepared, candidate, ranges)
-    state.update({"model": cfg.model.name, "candidate": label, "hw_profile": profile.name})
+    state.update({"model": cfg.model.display_name(), "candidate": label, "hw_profile": profile.name})
     buf = io.BytesIO()
     torch.save(state, buf)
     state_path = atomic_write_bytes(out_dir / "quantized_state_dict.pt", buf.getvalue())
 
     # Verify what is on disk, not what is in memory: the library and parameters are loaded back.
     agreement, n, max_diff = None, 0, None
-    if profile.device == "local" and not profile.is_gpu:
+    if profile.device == "local" and not profile.is_gpu and len(prepared.inputs) > 1:
+        log.warning("the model takes %d inputs: the library was not loaded back here (run_library feeds one)",
+                    len(prepared.inputs))
+    elif profile.device == "local" and not profile.is_gpu:
         params = export_lib.load_params(built.params, built.param_names)
         x = np.concatenate([xb.numpy() for xb, _ in test])
         out = export_lib.run_library(built.library, params, x, threads=profile.resolved_threads())
@@ -345,7 +348,7 @@ def export_run(run_dir: str | Path, label: str | None = None, budget_ms: float |
              for p in (built.library, built.params, out_dir / "bits.json", state_path)}
     manifest = {
         "run": run.path.name, "candidate": label, "candidate_key": candidate.key(),
-        "description": candidate.describe(), "model": cfg.model.name, "input_shape": list(built.input_shape),
+        "description": candidate.describe(), "model": cfg.model.display_name(), "input_shape": list(built.input_shape),
         "hw_profile": profile.name, "profile": profile.to_dict(), "target": _target_dict(built.target),
         "tvm": export_lib.tvm_version(), "threads": profile.resolved_threads(),
         "library": {"file": built.library.name, "params_file": built.params.name, "params": built.param_names,

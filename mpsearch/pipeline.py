@@ -29,7 +29,7 @@ from mpsearch.quant.calibration import calibrate
 from mpsearch.quant.fake import quantize_
 from mpsearch.quant.learned import cached_learn, merge
 from mpsearch.quant.learners import make_learners
-from mpsearch.quant.prepare import PreparedModel, prepare_model
+from mpsearch.quant.prepare import PreparedModel, as_inputs, call_model, prepare_model
 from mpsearch.report import EvaluatedCandidate, RunSummary, write_report
 from mpsearch.storage import JsonLines, atomic_write_bytes, atomic_write_text
 from mpsearch.search.groups import check_candidate, layer_groups
@@ -38,7 +38,7 @@ from mpsearch.search import (
     spread,
 )
 from mpsearch.sensitivity import (
-    ADDITIVE_FALLBACK, CandidateProxy, SensitivityResult, cached_estimate, is_joint, make_estimator,
+    ADDITIVE_FALLBACK, CandidateProxy, SensitivityResult, cached_estimate, first_samples, is_joint, make_estimator,
     make_joint_estimator, random_candidates, score_table, signals, validate_proxies,
 )
 
@@ -95,8 +95,44 @@ def load_data(cfg: RunConfig, split: str, limit: int | None) -> Dataset:
     return ds
 
 
-def batches(ds: Dataset, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return list(DataLoader(ds, batch_size=batch_size, shuffle=False))
+def batches(ds: Dataset, batch_size: int) -> list[tuple[Any, torch.Tensor]]:
+    """``(inputs, label)`` batches; ``inputs`` is a Tensor, or a tuple of Tensors for a several-input
+    model (called as ``model(*inputs)``; the collated list becomes a tuple)."""
+    out = []
+    for x, y in DataLoader(ds, batch_size=batch_size, shuffle=False):
+        x = tuple(x) if isinstance(x, (list, tuple)) else x
+        out.append((x[0] if isinstance(x, tuple) and len(x) == 1 else x, y))  # one input: a plain Tensor
+    return out
+
+
+def check_data(prepared: PreparedModel, batch: tuple[Any, Any], factory: str) -> None:
+    """Raise :class:`ConfigError` when a data batch does not match the declared model inputs."""
+    x, y = batch
+    given = list(x) if isinstance(x, tuple) else [x]
+    declared = prepared.inputs
+    if len(given) != len(declared) or not all(isinstance(t, torch.Tensor) for t in given):
+        kinds = ", ".join(type(t).__name__ for t in given)
+        raise ConfigError(f"data.factory {factory!r} yields {len(given)} input(s) ({kinds}) per sample, the model "
+                          f"declares {len(declared)} (model.inputs / model.input_shape); make each sample "
+                          "((input, ...), label) with one tensor per declared input")
+    for i, (t, spec) in enumerate(zip(given, declared)):
+        if str(t.dtype).removeprefix("torch.") != spec.dtype or tuple(t.shape[1:]) != tuple(spec.shape[1:]):
+            raise ConfigError(f"data.factory {factory!r}: input {i} is {str(t.dtype).removeprefix('torch.')} "
+                              f"{list(t.shape[1:])} per sample, model.inputs[{i}] declares {spec.dtype} "
+                              f"{list(spec.shape[1:])}; fix the data factory or model.inputs")
+    if not isinstance(y, torch.Tensor) or len(y) != len(given[0]):
+        raise ConfigError(f"data.factory {factory!r}: labels are not one tensor entry per sample; make each "
+                          "sample ((input, ...), label)")
+
+
+def preflight(prepared: PreparedModel) -> None:
+    """Lower the FP32 model once through TVM's importer: an op it cannot take is one line now, not after
+    calibration and sensitivity. Skipped where TVM is not installed (fake backends)."""
+    try:
+        from mpsearch.hardware.lowering import lower
+    except ImportError:
+        return
+    lower(prepared, Candidate.uniform(prepared.layer_names, 32, 32), {}, batch=1)
 
 
 def accuracy_context(prepared: PreparedModel, ranges: Mapping[str, tuple[float, float]],
@@ -128,7 +164,7 @@ def evaluate_accuracy(prepared: PreparedModel, candidate: Candidate, ranges: Map
     model = quantize_(prepared.copy_module(), candidate, ranges).eval()
     correct = total = 0
     for x, y in data:
-        correct += int((model(x).argmax(1) == y).sum())
+        correct += int((call_model(model, x).argmax(1) == y).sum())
         total += len(y)
     return correct / total
 
@@ -222,7 +258,10 @@ def _run(cfg: RunConfig, backend_factory: BackendFactory, run_dir: Path, tvm_log
         model = build_model(cfg)
         calib = batches(load_data(cfg, "calib", cfg.data.calib_samples), cfg.data.batch_size)
         test = batches(load_data(cfg, "test", cfg.data.test_samples), cfg.data.batch_size)
-        prepared = prepare_model(model, tuple(cfg.model.input_shape))
+        prepared = prepare_model(model, as_inputs(cfg.model.input_specs()))
+        check_data(prepared, calib[0], cfg.data.factory)
+        check_data(prepared, test[0], cfg.data.factory)
+        preflight(prepared)
         layers = prepared.layer_names
         # Layers that take one precision: tied weights (found on the user's model), search.groups, residual adds.
         groups = layer_groups(model, prepared.graph_module, layers, cfg.search.groups, cfg.search.group_residual)
@@ -350,6 +389,9 @@ def _run(cfg: RunConfig, backend_factory: BackendFactory, run_dir: Path, tvm_log
             notes.append(f"The proxy objective is {joint.name}, scored on each whole candidate "
                          f"({joint.computed} computed this run in {joint.seconds:.1f} s, the rest cached); the exact "
                          f"ILP, the warm start and the front comparison use {ADDITIVE_FALLBACK}'s additive score.")
+        notes.append(f"Layers: {len(layers)} quantizable conv/linear layers found by the torch.export front end"
+                     + ("; left in float: " + "; ".join(f"{w} ({why})" for w, why in prepared.float_layers.items())
+                        if prepared.float_layers else "; none left in float") + ".")
         if problem.groups:
             notes.append("Layer groups (one precision each, one search variable each): "
                          + "; ".join(" + ".join(g) for g in problem.groups) + ".")
@@ -360,7 +402,7 @@ def _run(cfg: RunConfig, backend_factory: BackendFactory, run_dir: Path, tvm_log
                 "rank correlation of each estimator's proxy with that drop: " + ", ".join(
                     f"{k} {'n/a' if r is None else f'{r:.2f}'}" for k, r in validation["spearman"].items()) + ".")
         summary = RunSummary(
-            run_dir=run_dir, model=cfg.model.name, hw_profile=profile.name, device=backend.describe(),
+            run_dir=run_dir, model=cfg.model.display_name(), hw_profile=profile.name, device=backend.describe(),
             layers=layers, layer_macs={li.name: li.macs for li in prepared.layers},
             layer_params={li.name: li.params for li in prepared.layers}, candidates=evaluated,
             layer_latency_ms=layer_latency, config=cfg.to_dict(), timings_s=timer.timings,
@@ -491,10 +533,10 @@ def load_candidate(path: str, layers: list[str], groups: list[list[str]] = ()) -
     return cand
 
 
-def _first_samples(data: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    x = torch.cat([b[0] for b in data])[:n]
-    y = torch.cat([b[1] for b in data])[:n]
-    return [(x, y)]
+def _first_samples(data: list[tuple[Any, torch.Tensor]], n: int) -> list[tuple[Any, torch.Tensor]]:
+    """The first ``n`` samples of ``data`` as one batch in the pipeline's ``(inputs, label)`` convention."""
+    s = first_samples(data, n)
+    return [(s.inputs[0] if len(s.inputs) == 1 else s.inputs, s.labels)]
 
 
 __all__ = ["AccuracyCache", "BASELINES", "RunOutcome", "build_model", "cached_accuracy", "evaluate_accuracy", "run"]

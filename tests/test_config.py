@@ -55,6 +55,30 @@ def test_run_name_is_content_addressed() -> None:
     assert a.default_run_name() != b.default_run_name() and "lat2ms" in b.default_run_name()
 
 
+def test_model_inputs_compose_typed_and_keep_old_hashes() -> None:
+    cfg = _compose(["model.inputs=[{shape:[1,16],dtype:int64},{shape:[1,16],dtype:int64}]"])
+    assert cfg.model.input_specs() == [{"shape": [1, 16], "dtype": "int64"}] * 2
+    validate(cfg)
+    assert RunConfig.from_dict(cfg.to_dict()).model.input_specs() == cfg.model.input_specs()
+    assert cfg.content_hash() != RunConfig().content_hash()
+    # unset: one float input of input_shape, and the hash every earlier run folder was named with
+    assert RunConfig().model.input_specs() == [{"shape": [1, 1, 28, 28], "dtype": "float32"}]
+    assert RunConfig().content_hash() == "6d737995"  # as before model.inputs existed
+    with pytest.raises(ConfigError, match=r"model.inputs\[1\].dtype='float64' is unknown"):
+        validate(_compose(["model.inputs=[{shape:[1,16],dtype:int64},{shape:[1,16],dtype:float64}]"]))
+
+
+def test_run_name_comes_from_the_model_factory_unless_named() -> None:
+    cfg = RunConfig()
+    assert cfg.default_run_name().startswith("resnet20_fmnist-host_cpu-")
+    cfg.model.factory = "my_pkg.models:mobilenet_v2"
+    assert cfg.default_run_name().startswith("mobilenet_v2-host_cpu-")
+    cfg.model.factory = "my_pkg.models:build"
+    assert cfg.default_run_name().startswith("models_build-")
+    cfg.model.name = "encoder"
+    assert cfg.default_run_name().startswith("encoder-")
+
+
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("search.sampler", "cmaes", "search.sampler='cmaes' is unknown"),
     ("search.n_trials", 0, "search.n_trials=0"),

@@ -30,7 +30,6 @@ Compile-only: the model is also built for the profile's target (aarch64 cross-co
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil

@@ -96,7 +96,7 @@ def build_tuned(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     library = export_library(exe, out_dir / "model.so", profile)
-    names = [str(p.name) for p in lowered.mod["main"].params][1:]
+    names = [str(p.name) for p in lowered.mod["main"].params][len(prepared.inputs):]  # after the model inputs
     if len(names) != len(set(names)) or len(names) != len(lowered.params):
         raise HardwareError("the lowered model's parameter names are not unique; cannot store them by name")
     params = out_dir / "params.npz"

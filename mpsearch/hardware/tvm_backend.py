@@ -784,8 +784,7 @@ class TVMBackend(Backend):
             try:
                 exe, lowered, key = self._compile(prepared, cand, ranges, keep=len(candidates), lowered=lowered)
                 vm = tvm.relax.VirtualMachine(session.load(exe, key), session.device)
-                x = np.random.default_rng(0).standard_normal(prepared.input_shape).astype("float32")
-                args = [session.tensor(x)] + [session.tensor(a) for a in lowered.params]
+                args = [session.tensor(a) for a in [*prepared.random_inputs(), *lowered.params]]
                 vm.set_input("main", *args)
                 for _ in range(self.profile.measure.warmup):
                     vm.invoke_stateful("main")
@@ -839,7 +838,7 @@ class TVMBackend(Backend):
                 results[i] = Measurement(error=f"build failed: {type(e).__name__}: {_last_line(e)}")
         m = self.profile.measure
         repeat = max(1, -(-m.repeat // rounds))
-        x = np.random.default_rng(0).standard_normal(prepared.input_shape).astype("float32")
+        inputs = prepared.random_inputs()
         for _ in range(rounds if ready else 0):
             interrupt.check()
             for i, (exe, lowered, key, samples) in ready.items():
@@ -849,7 +848,7 @@ class TVMBackend(Backend):
                 try:
                     with self.loopback.session() as s:
                         vm = tvm.relax.VirtualMachine(s.load(exe, key), s.device)
-                        vm.set_input("main", *[s.tensor(x)] + [s.tensor(a) for a in lowered.params])
+                        vm.set_input("main", *[s.tensor(a) for a in [*inputs, *lowered.params]])
                         for _ in range(m.warmup):
                             vm.invoke_stateful("main")
                         samples.extend(s.time(vm, "invoke_stateful", ["main"], m, repeat=repeat))

@@ -10,6 +10,7 @@ from torch import nn
 
 from mpsearch.errors import ConfigError
 from mpsearch.quant.fake import ActQuant, check_act_scheme, fake_quant_act, with_act_scheme
+from mpsearch.quant.prepare import call_model
 
 METHODS = ("minmax", "percentile", "mse")
 _SAMPLE_CAP = 1 << 20
@@ -62,7 +63,7 @@ def calibrate(
     try:
         model.eval()
         for x, _ in batches:
-            model(x)
+            call_model(model, x)
     finally:
         for h in handles:
             h.remove()

@@ -172,12 +172,12 @@ def weight_error(w: torch.Tensor, bits: int) -> float:
 
 
 class QuantLayer(nn.Module):
-    """A conv2d / linear layer with fake-quantized weights and input activations."""
+    """A conv1d / conv2d / linear layer with fake-quantized weights and input activations."""
 
-    def __init__(self, layer: nn.Conv2d | nn.Linear, w_bits: int, act: ActQuant | None) -> None:
+    def __init__(self, layer: nn.Conv1d | nn.Conv2d | nn.Linear, w_bits: int, act: ActQuant | None) -> None:
         super().__init__()
-        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
-            raise CandidateError(f"cannot quantize a {type(layer).__name__}; only Conv2d and Linear")
+        if not isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            raise CandidateError(f"cannot quantize a {type(layer).__name__}; only Conv1d, Conv2d and Linear")
         self.layer = layer
         self.w_bits = w_bits
         self.act = act
@@ -189,6 +189,8 @@ class QuantLayer(nn.Module):
         layer = self.layer
         if isinstance(layer, nn.Linear):
             return F.linear(x, self.weight_q, layer.bias)
+        if isinstance(layer, nn.Conv1d):
+            return F.conv1d(x, self.weight_q, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
         return F.conv2d(x, self.weight_q, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
 
 

@@ -45,7 +45,10 @@ from mpsearch.quant.prepare import QUANTIZABLE, PreparedModel
 
 log = logging.getLogger(__name__)
 
-_POINTWISE_FUNCS = {F.relu, torch.relu, F.gelu, F.relu6, F.silu, torch.tanh, torch.sigmoid, F.hardswish}
+_POINTWISE_FUNCS = {F.relu, torch.relu, F.gelu, F.relu6, F.silu, torch.tanh, torch.sigmoid, F.hardswish,
+                    *(getattr(torch.ops.aten, op).default for op in ("relu", "gelu", "hardtanh", "silu", "tanh",
+                                                                    "sigmoid", "hardswish", "relu_", "hardtanh_",
+                                                                    "silu_", "hardswish_"))}
 _POINTWISE_MODULES = (nn.ReLU, nn.GELU, nn.ReLU6, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Hardswish)
 GRANULARITIES = ("layer", "block")
 

@@ -101,11 +101,11 @@ def tied_weight_groups(model: Any, layers: Sequence[str]) -> list[list[str]]:
 
 
 def residual_groups(graph_module: Any, layers: Sequence[str]) -> list[list[str]]:
-    """For each residual add of the fx graph, the quantizable layers whose outputs reach it directly
+    """For each residual add of the (exported) graph, the quantizable layers whose outputs reach it directly
     (through single-input ops such as ReLU, never through another add)."""
     import torch  # only for the op identities; the search itself needs no torch
 
-    adds = (operator.add, torch.add, operator.iadd)
+    adds = (operator.add, torch.add, operator.iadd, torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor)
     names = set(layers)
 
     def producer(node: Any) -> str | None:

@@ -50,7 +50,30 @@ def _cases(tmp_path: Path, marker: Path) -> list[tuple[list[str], dict | None, s
         "            return self.conv(x)\n"
         "        return self.conv(-x)\n"
         "def branchy():\n"
-        "    return Branchy()\n")
+        "    return Branchy()\n"
+        "class Erfinv(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return torch.special.erfinv(torch.tanh(x) * 0.5)\n"
+        "class WithErfinv(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(1, 2, 3)\n"
+        "        self.act = Erfinv()\n"
+        "        self.fc = torch.nn.Linear(2, 10)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(self.act(self.conv(x)).mean((2, 3)))\n"
+        "def with_erfinv():\n"
+        "    return WithErfinv()\n"
+        "class TwoInputs(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(1, 2, 3)\n"
+        "        self.emb = torch.nn.Embedding(10, 2)\n"
+        "        self.fc = torch.nn.Linear(2, 10)\n"
+        "    def forward(self, x, ids):\n"
+        "        return self.fc(self.conv(x).mean((2, 3)) + self.emb(ids).mean(1))\n"
+        "def two_inputs():\n"
+        "    return TwoInputs()\n")
     code_ckpt, module_ckpt = tmp_path / "code.pt", tmp_path / "module.pt"
     torch.save({"conv.weight": Pwned(marker)}, code_ckpt)
     torch.save(torch.nn.Linear(2, 2), module_ckpt)  # a whole pickled module, not a state dict
@@ -79,7 +102,13 @@ def _cases(tmp_path: Path, marker: Path) -> list[tuple[list[str], dict | None, s
          "search.seed=99999999999999999999 must be between 0 and 2**32 - 1"),
         (["budget.latency_ms=nan"], {}, "budget.latency_ms=nan must be positive"),
         # the model and its checkpoint
-        (["model.factory=usermodels:branchy"], {}, "torch.fx cannot trace Branchy (TraceError"),
+        # pre-flight: torch.export cannot export it, TVM cannot import an op, the data do not match the inputs
+        (["model.factory=usermodels:branchy"], {}, "torch.export cannot export Branchy (GuardOnDataDependentSymNode"),
+        (["model.factory=usermodels:with_erfinv"], {}, "cannot lower op erfinv.default (node "),
+        (["model.input_shape=[1,1,9,9]"], {}, "data.factory 'mpsearch.testing:synthetic_split': input 0 is float32 "
+                                              "[1, 8, 8] per sample, model.inputs[0] declares float32 [1, 9, 9]"),
+        (["model.factory=usermodels:two_inputs", "model.inputs=[{shape:[1,1,8,8]},{shape:[1,4],dtype:int64}]"], {},
+         "yields 1 input(s) (Tensor) per sample, the model declares 2"),
         ([f"model.checkpoint={code_ckpt}"], {},
          f"checkpoint '{code_ckpt}' is not a plain state dict (UnpicklingError)"),
         ([f"model.checkpoint={module_ckpt}"], {}, f"checkpoint '{module_ckpt}' is not a plain state dict"),

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mpsearch.candidate import SUPPORTED_BITS, Candidate
-from mpsearch.config import RunConfig, validate
+from mpsearch.config import InputConfig, RunConfig, validate
 from mpsearch.errors import CandidateError, ConfigError
 from mpsearch.hardware.profile import profile_from_dict
 
@@ -55,7 +55,10 @@ def _field_values(f: dataclasses.Field) -> st.SearchStrategy:
             "bool": st.booleans(), "list[int]": st.lists(ints, max_size=5), "list[str]": st.lists(st.text(max_size=6),
                                                                                                    max_size=3),
             "list[list[str]]": st.lists(st.lists(st.text(max_size=6) | st.sampled_from(["conv1", "re:layer1.*"]),
-                                                 max_size=3), max_size=3)}
+                                                 max_size=3), max_size=3),
+            "list[InputConfig]": st.lists(st.builds(InputConfig, shape=st.lists(ints, max_size=4),
+                                                    dtype=st.text(max_size=8) | st.sampled_from(["int64", "bool"])),
+                                          max_size=3)}
     for name, strat in base.items():
         if t == name:
             return strat
@@ -96,6 +99,9 @@ def test_validate_accepts_or_raises_one_config_error(case: tuple[RunConfig, list
     assert s.sensitivity_samples >= 1 and 2 <= s.calibration_bits <= 8 and s.w_bits and s.a_bits
     assert d.batch_size >= 1 and d.calib_samples >= 1 and (d.test_samples is None or d.test_samples >= 1)
     assert all(x >= 1 for x in cfg.model.input_shape) and math.prod(cfg.model.input_shape) <= 1 << 28
+    for spec in cfg.model.input_specs():
+        assert spec["shape"] and all(x >= 1 for x in spec["shape"]) and math.prod(spec["shape"]) <= 1 << 28
+        assert spec["dtype"] in ("float32", "int64", "int32", "bool")
     for v in (cfg.budget.latency_ms, cfg.budget.weight_kib):
         assert v is None or v > 0
     hw = cfg.hw_profile

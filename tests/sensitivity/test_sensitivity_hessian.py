@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -89,8 +90,10 @@ def test_bad_inputs(tiny_prepared, tiny_batches):
     est = HutchinsonEstimator(max_iters=1, min_iters=1)
     with pytest.raises(ConfigError, match="unknown layer"):
         est.estimate(gm, ["nope"], tiny_batches)
+    with_pool = copy.deepcopy(gm)  # the exported graph has no pooling module: add one to name
+    with_pool.pool = nn.AdaptiveAvgPool2d(1)
     with pytest.raises(ConfigError, match="without a weight tensor"):
-        est.estimate(gm, ["pool"], tiny_batches)
+        est.estimate(with_pool, ["pool"], tiny_batches)
     with pytest.raises(ConfigError, match="empty"):
         est.estimate(gm, ["fc"], [])
     with pytest.raises(ConfigError):

@@ -1,0 +1,96 @@
+"""The torch.export front end: every conv/linear computation is a named layer, whoever wrote it;
+what stays float says why; typed and several inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mpsearch.errors import ConfigError
+from mpsearch.quant.calibration import calibrate
+from mpsearch.quant.prepare import InputSpec, as_inputs, prepare_model
+
+
+class SamePadConv(nn.Conv2d):
+    """TF-style "same" padding: a Conv2d subclass whose forward pads and calls F.conv2d (torch.fx used
+    to trace through it and lose the layer)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, (0, 1, 0, 1))
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class Mixed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = SamePadConv(3, 8, 3, stride=2)
+        self.bn = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=8)
+        self.proj = nn.Parameter(torch.randn(8, 6))  # x @ proj: a matmul by a constant weight
+        self.head_w = nn.Parameter(torch.randn(4, 6))
+        self.up = nn.ConvTranspose2d(8, 8, 2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu6(self.bn(self.stem(x)))
+        h = F.hardswish(self.dw(h))
+        h = h + self.up(h)[:, :, ::2, ::2]
+        t = h.flatten(2).transpose(1, 2)  # (B, HW, 8) tokens
+        t = torch.matmul(t, self.proj)
+        return F.linear(t.mean(1), self.head_w)
+
+
+def test_every_conv_and_linear_computation_is_a_named_layer() -> None:
+    torch.manual_seed(0)
+    model = Mixed().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    prepared = prepare_model(model, (1, 3, 16, 16))
+    assert prepared.layer_names == ["stem", "dw", "linear", "linear_1"]
+    assert [li.kind for li in prepared.layers] == ["conv2d", "conv2d", "linear", "linear"]
+    assert prepared.layers[2].in_shape == (1, 64, 8)  # a token linear on (B, T, D)
+    # the transposed conv has no integer kernel: left in float, with the reason, never silently
+    [(where, why)] = prepared.float_layers.items()
+    assert "in module up" in where and "transposed" in why
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in prepared.graph_module.modules())
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(prepared.graph_module(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_conv1d_layers_and_default_resnet_names_are_kept(tiny_prepared) -> None:
+    model = nn.Sequential(nn.Conv1d(2, 4, 5, stride=2, padding=2), nn.BatchNorm1d(4), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(4 * 8, 3)).eval()
+    prepared = prepare_model(model, (1, 2, 16))
+    assert prepared.layer_names == ["0", "4"] and prepared.layers[0].kind == "conv1d"
+    assert tiny_prepared.layer_names == ["stem", "conv1", "conv2", "down", "fc"]
+
+
+class TokenClassifier(nn.Module):
+    """Token ids and an attention mask, two int64 inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.embed(ids) * mask.unsqueeze(-1)
+        return self.fc(h.sum(1) / mask.sum(1, keepdim=True))
+
+
+def test_token_ids_and_mask_inputs_are_probed_with_their_dtypes() -> None:
+    inputs = as_inputs([{"shape": [1, 6], "dtype": "int64"}, {"shape": [1, 6], "dtype": "int64"}])
+    prepared = prepare_model(TokenClassifier().eval(), inputs)
+    assert prepared.layer_names == ["fc"] and prepared.inputs == inputs
+    ids, mask = torch.randint(0, 20, (5, 6)), torch.ones(5, 6, dtype=torch.int64)
+    ranges = calibrate(prepared.graph_module, prepared.layer_names, [((ids, mask), None)])
+    assert set(ranges) == {"fc"}
+    assert as_inputs((1, 3, 8, 8)) == (InputSpec((1, 3, 8, 8)),)  # model.input_shape keeps working
+
+
+def test_bad_input_dtype_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="dtype 'float64' is not one of"):
+        as_inputs([{"shape": [1, 4], "dtype": "float64"}])

@@ -1,0 +1,70 @@
+"""Real architectures through prepare -> calibrate -> lower, and the TVM library (untuned build) against
+the fake-quant simulation at a mixed 4/8-bit candidate. No silent narrowing: every conv/linear module
+of the model is a layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mpsearch.candidate import Candidate
+from mpsearch.quant.calibration import calibrate
+from mpsearch.quant.fake import quantize_
+from mpsearch.quant.prepare import prepare_model
+from tests.zoo.models import ZOO, ZooModel
+
+tvm = pytest.importorskip("tvm")
+pytestmark = pytest.mark.tvm
+
+from mpsearch.hardware.lowering import lower  # noqa: E402
+
+HAND_WRITTEN = {"mobilenet_v3_block", "audio_conv1d"}
+MIXED = [(8, 8), (4, 8), (8, 4), (4, 4)]
+
+
+def _zoo(name: str) -> ZooModel:
+    if name not in HAND_WRITTEN:
+        pytest.importorskip("transformers")
+    return ZOO[name]
+
+
+def _weight_modules(model: nn.Module) -> int:
+    """Conv/linear modules (transformers' GPT-2 ``Conv1D`` included) that hold a weight."""
+    kinds: tuple[type, ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
+    try:
+        from transformers.pytorch_utils import Conv1D
+
+        kinds += (Conv1D,)
+    except ImportError:
+        pass
+    return sum(isinstance(m, kinds) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_library_agrees_with_simulation_at_a_mixed_4_8_bit_candidate(name: str) -> None:
+    z = _zoo(name)
+    model = z.build()
+    prepared = prepare_model(model, z.inputs)
+    assert not prepared.float_layers
+    assert len(prepared.layer_names) == _weight_modules(model)  # every conv/linear is a layer
+    x = z.sample(8, 0)
+    with torch.no_grad():
+        np.testing.assert_allclose(prepared.graph_module(*x).numpy(), model(*x).numpy(), rtol=1e-4, atol=1e-5)
+    ranges = calibrate(prepared.graph_module, prepared.layer_names, [(z.sample(16, 1), None)])
+    cand = Candidate({n: MIXED[i % len(MIXED)] for i, n in enumerate(prepared.layer_names)})
+    lowered = lower(prepared, cand, ranges, batch=8)
+    assert set(lowered.kernels) == set(prepared.layer_names)
+    assert all(spec.integer for spec in lowered.kernels.values())
+    exe = tvm.relax.build(lowered.mod, target=tvm.target.Target({"kind": "llvm"}))
+    vm = tvm.relax.VirtualMachine(exe, tvm.cpu())
+    out = vm["main"](*[tvm.runtime.tensor(a) for a in [*(t.numpy() for t in x), *lowered.params]]).numpy()
+    with torch.no_grad():
+        sim = quantize_(prepared.copy_module(), cand, ranges)(*x).numpy()
+        fp32 = prepared.graph_module(*x).numpy()
+    assert np.abs(sim - fp32).max() > 1e-3 * np.abs(fp32).max()  # the candidate really quantizes
+    rel = np.abs(out - sim).max() / np.abs(sim).max()
+    assert rel < 1e-3, f"max relative error {rel:.2e}"
+    if z.classifier:
+        assert (out.argmax(-1) == sim.argmax(-1)).mean() >= 0.99
