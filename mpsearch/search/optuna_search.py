@@ -15,6 +15,7 @@ can join from other machines with ``mpsearch-worker <search_spec.json>`` (see :m
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import logging
 import os
@@ -271,7 +272,8 @@ def open_study(problem: SearchProblem, settings: SearchSettings, storage_path: P
     number and any parameters already drawn, which Optuna reuses), so the resumed run evaluates them
     where the uninterrupted run would have: no warm-start candidate is lost and trial numbers match.
     Only the process that owns the run (not a joining worker) does it, and not on RDB storage, where
-    a live worker elsewhere may be running them (heartbeats fail dead workers' trials there instead).
+    a live worker elsewhere may be running them (heartbeats fail dead workers' trials there instead, and
+    :func:`_fail_trials_without_heartbeat` those of a worker killed before its first heartbeat).
     """
     journal = storage_path if not settings.storage else (None if "://" in settings.storage else settings.storage)
     if cleanup and journal is not None:  # a journal a crash left unreadable is cut back to its readable part
@@ -297,12 +299,38 @@ def open_study(problem: SearchProblem, settings: SearchSettings, storage_path: P
     if cleanup and not isinstance(storage, optuna.storages.RDBStorage):
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.WAITING)
+    elif cleanup:
+        _fail_trials_without_heartbeat(storage, study)
     if cleanup and not study.trials:
         for cand in warm_start_candidates(problem, settings.warm_budgets, settings.latency_ms,
                                           settings.weight_kib, "memory" in settings.objective_names(),
                                           settings.warm_start, bops="bops" in settings.objective_names()):
             study.enqueue_trial(params_of(cand, problem), skip_if_exists=True)
     return study
+
+
+def _fail_trials_without_heartbeat(storage: optuna.storages.RDBStorage, study: optuna.Study) -> None:
+    """Fail RUNNING trials that never sent a heartbeat and started over ``GRACE_S`` ago.
+
+    A worker killed between creating a trial and its first heartbeat leaves the trial RUNNING with no
+    heartbeat row, and Optuna's stale-trial check only looks at trials that have one: without this the
+    trial stays RUNNING forever. A live worker beats within ``HEARTBEAT_S`` (< ``GRACE_S``) of starting a
+    trial, so such a trial is a dead worker's. (Optuna has no public reader of heartbeats.)
+    """
+    from optuna.storages._rdb import models
+
+    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=GRACE_S)
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if t.datetime_start is None or t.datetime_start > cutoff:
+            continue
+        session = storage.scoped_session()
+        try:
+            beats = models.TrialHeartbeatModel.where_trial_id(t._trial_id, session)
+        finally:
+            session.close()
+        if beats is None:
+            log.warning("trial %d was left RUNNING by a worker that never reported; marking it FAIL", t.number)
+            storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
 
 
 def work(study: optuna.Study, problem: SearchProblem, settings: SearchSettings, progress: bool = False,

@@ -119,3 +119,20 @@ def test_unreachable_study_database_is_one_clear_error(tmp_path: Path, monkeypat
     with pytest.raises(ConfigError, match=r"cannot open the study storage .*check search.storage") as e:
         optuna_search.make_storage(SearchSettings("nsga2", 1, 0, storage=url), None)
     assert "\n" not in str(e.value)
+
+
+def test_a_trial_killed_before_its_first_heartbeat_is_failed_on_resume(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker killed between creating a trial and its first heartbeat leaves no heartbeat row, which
+    Optuna's own stale check ignores: the resuming process fails it once it is older than the grace
+    period, and leaves a younger one (a live worker's, about to beat) alone."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    settings = SearchSettings("nsga2", 4, 0, storage=url)
+    study = optuna_search.open_study(make_problem(), settings, None)
+    dead = study.ask()  # RUNNING, never a heartbeat: what a kill right after create_new_trial leaves
+    monkeypatch.setattr(optuna_search, "GRACE_S", 1)
+    time.sleep(1.2)
+    young = optuna_search.open_study(make_problem(), settings, None).ask()  # fails `dead`, older than 1 s
+    optuna_search.open_study(make_problem(), settings, None)  # a live worker's fresh trial stays RUNNING
+    assert _trials(url, (RUNNING,)).keys() == {young.number}
+    assert _trials(url, (optuna.trial.TrialState.FAIL,)).keys() == {dead.number}
