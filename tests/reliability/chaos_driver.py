@@ -29,7 +29,6 @@ import re
 import signal
 import sys
 import time
-import traceback
 
 STAGE = re.compile(r"stage: (.+?)\s*$", re.M)
 
@@ -42,31 +41,10 @@ def _child(plan: dict, run: dict, out_path: str, err_path: str) -> int:
     os.dup2(err, 2)
     sys.stdout.reconfigure(line_buffering=True)  # the stage lines must reach the file as they are logged
     os.chdir(run["cwd"])
-    import functools
+    from cli_driver import run_cli, use_backend  # this folder is sys.path[0] of a script run here
 
-    import mpsearch.pipeline as pipeline
-    from mpsearch import cli
-    from mpsearch.testing import TableBackend
-
-    if plan.get("backend") is not None:  # None: the real TVM backend
-        kwargs = dict(plan["backend"])
-
-        def factory(profile, cache_dir, progress):
-            return TableBackend(profile, cache_dir, progress, **kwargs)
-
-        pipeline.run = functools.partial(pipeline.run, backend_factory=factory)
-    sys.argv = ["mpsearch", *plan["argv"], *run.get("extra_argv", [])]
-    try:
-        cli.main()
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except BaseException:
-        traceback.print_exc()
-        return 1
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    return 0
+    use_backend(plan.get("backend"))  # None: the real TVM backend
+    return run_cli([*plan["argv"], *run.get("extra_argv", [])])
 
 
 def _stages(out_path: str, err_path: str, start: float, seen: list[list]) -> None:

@@ -29,21 +29,35 @@ def _child(case: dict, out_path: str, err_path: str) -> int:
     os.dup2(err, 2)
     os.chdir(case["cwd"])
     sys.path.insert(0, case["cwd"])  # as `python -m mpsearch.cli` run there would have it
+    use_backend(case.get("backend"))
+    return run_cli(case["argv"])
+
+
+def use_backend(spec: dict | None) -> None:
+    """Make ``mpsearch.pipeline.run`` use :class:`mpsearch.testing.TableBackend` with the keyword
+    arguments ``spec`` (``cost_table_error``: a message raised as a HardwareError); ``None``: the real
+    TVM backend."""
     import mpsearch.pipeline as pipeline
-    from mpsearch import cli
     from mpsearch.errors import HardwareError
     from mpsearch.testing import TableBackend
 
-    if case.get("backend") is not None:
-        kwargs = dict(case["backend"])
-        if kwargs.get("cost_table_error"):
-            kwargs["cost_table_error"] = HardwareError(kwargs["cost_table_error"])
+    if spec is None:
+        return
+    kwargs = dict(spec)
+    if kwargs.get("cost_table_error"):
+        kwargs["cost_table_error"] = HardwareError(kwargs["cost_table_error"])
 
-        def factory(profile, cache_dir, progress):
-            return TableBackend(profile, cache_dir, progress, **kwargs)
+    def factory(profile, cache_dir, progress):
+        return TableBackend(profile, cache_dir, progress, **kwargs)
 
-        pipeline.run = functools.partial(pipeline.run, backend_factory=factory)
-    sys.argv = ["mpsearch", *case["argv"]]
+    pipeline.run = functools.partial(pipeline.run, backend_factory=factory)
+
+
+def run_cli(argv: list[str]) -> int:
+    """``mpsearch <argv>`` through the real console entry point; its exit status."""
+    from mpsearch import cli
+
+    sys.argv = ["mpsearch", *argv]
     try:
         cli.main()
     except SystemExit as e:
