@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import fx, nn
+from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
@@ -329,6 +329,15 @@ def _exists(gm: fx.GraphModule, name: str) -> bool:
         return False
 
 
+def _parameters(gm: fx.GraphModule, w_node: Any, b_node: Any) -> tuple[Tensor, Tensor | None] | str:
+    """The weight and bias (or ``None``) a conv/linear node reads, or why they are not parameters."""
+    if not (isinstance(w_node, fx.Node) and w_node.op == "get_attr"):
+        return "its weight is computed in the graph, not a parameter"
+    if b_node is not None and not (isinstance(b_node, fx.Node) and b_node.op == "get_attr"):
+        return "its bias is computed in the graph, not a parameter"
+    return _attr(gm, w_node.target), None if b_node is None else _attr(gm, b_node.target)
+
+
 def _to_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, fx.Node, set[str], str] | str:
     """``(module, input node, consumed attribute targets, kind)`` for a conv/linear node, or the
     reason it stays float."""
@@ -337,12 +346,10 @@ def _to_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, fx.Node, se
         if cargs is None:
             return "transposed convolution (no integer kernel)"
         w_node, b_node = cargs["weight"], cargs.get("bias")
-        if not (isinstance(w_node, fx.Node) and w_node.op == "get_attr"):
-            return "its weight is computed in the graph, not a parameter"
-        if b_node is not None and not (isinstance(b_node, fx.Node) and b_node.op == "get_attr"):
-            return "its bias is computed in the graph, not a parameter"
-        weight = _attr(gm, w_node.target)
-        bias = None if b_node is None else _attr(gm, b_node.target)
+        params = _parameters(gm, w_node, b_node)
+        if isinstance(params, str):
+            return params
+        weight, bias = params
         if "folded" in node.meta:
             weight, bias = node.meta["folded"]
         dims = weight.dim() - 2
@@ -365,12 +372,10 @@ def _to_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, fx.Node, se
     elif node.target is _aten.linear.default:
         w_node = node.args[1]
         b_node = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
-        if not (isinstance(w_node, fx.Node) and w_node.op == "get_attr"):
-            return "its weight is computed in the graph, not a parameter"
-        if b_node is not None and not (isinstance(b_node, fx.Node) and b_node.op == "get_attr"):
-            return "its bias is computed in the graph, not a parameter"
-        weight = _attr(gm, w_node.target)
-        bias = None if b_node is None else _attr(gm, b_node.target)
+        params = _parameters(gm, w_node, b_node)
+        if isinstance(params, str):
+            return params
+        weight, bias = params
         mod = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
         consumed = {w_node.target} | ({b_node.target} if b_node is not None else set())
         kind = "linear"
