@@ -155,14 +155,15 @@ class BackendSuite:
             ratio = m.latency_s / table.predict_latency(cand)
             assert 1 / PREDICTION_FACTOR < ratio < PREDICTION_FACTOR, f"measured/predicted {ratio:.3g}"
 
-    def test_measure_one_candidate(self, backend: Backend, problem: BackendProblem) -> None:
+    def test_measure_one_candidate(self, backend: Backend, table: LayerCostTable, problem: BackendProblem) -> None:
+        # ``table``: a backend measures only candidates whose kernels its cost table priced (any test order)
         cand = problem.mixed()
         one = backend.measure(problem.prepared, cand, problem.ranges)
         assert one.ok, one.error
         many = backend.measure_many(problem.prepared, [cand], problem.ranges)[0]
         assert many.ok and 0.5 < one.latency_s / many.latency_s < 2.0
 
-    def test_run_computes_the_candidates_outputs_unless_estimated(self, backend: Backend,
+    def test_run_computes_the_candidates_outputs_unless_estimated(self, backend: Backend, table: LayerCostTable,
                                                                     problem: BackendProblem) -> None:
         cand = problem.mixed()
         if backend.estimated:

@@ -8,9 +8,7 @@ gets it (``KILL`` or ``INT``, sent to the run's process group, as a terminal's C
 seconds after its stage began, or, with ``fraction``, that fraction of the stage's duration in the
 ``reference`` run of the plan (a run given ``"reference": true``, which must come first), or, with
 ``file`` (a glob under the run's folder) and ``min_lines``, once that file has that many complete
-lines (e.g. tuning records: a moment inside MetaSchedule's tuning); with ``file`` and ``stage`` both, once
-the file has gained ``min_lines`` complete lines since that stage began (e.g. end-to-end timings, which
-share their cache file with the kernel timings). Usage::
+lines (e.g. tuning records: a moment inside MetaSchedule's tuning). Usage::
 
     python chaos_driver.py plan.json results.json
 
@@ -90,7 +88,6 @@ def execute(plan: dict, run: dict, index: int, results_path: str, reference: dic
     seen: list[list] = []
     signalled_at = signalled_in = None
     wanted = run.get("stage")
-    base_lines = None  # lines of run["file"] when the stage ``wanted`` began
     deadline = start + float(plan.get("timeout_s", 600))
     status = None
     while status is None:
@@ -104,15 +101,7 @@ def execute(plan: dict, run: dict, index: int, results_path: str, reference: dic
             os.killpg(pid, signal.SIGKILL)
             continue
         if run.get("file") and signalled_at is None:  # signal once a file has min_lines complete lines
-            need = run["min_lines"]
-            if wanted:  # counted from the moment the stage began
-                if not any(name == wanted for name, _ in seen):
-                    time.sleep(0.005)
-                    continue
-                if base_lines is None:
-                    base_lines = _complete_lines(run["cwd"], run["file"])
-                need += base_lines
-            if _complete_lines(run["cwd"], run["file"]) >= need:
+            if _complete_lines(run["cwd"], run["file"]) >= run["min_lines"]:
                 _stages(out_path, err_path, start, seen)
                 signalled_in = seen[-1][0] if seen else None
                 os.killpg(pid, getattr(signal, f"SIG{run['signal']}"))
