@@ -444,11 +444,12 @@ def _proxy_validation(
     data = test
     n_test = sum(len(y) for _, y in test)
     if s.proxy_validation_samples is not None and s.proxy_validation_samples < n_test:
-        x = torch.cat([b[0] for b in test])[:s.proxy_validation_samples]
-        y = torch.cat([b[1] for b in test])[:s.proxy_validation_samples]
-        bs = cfg.data.batch_size
-        data = [(x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs)]
-        n_test = len(x)
+        data, left = [], s.proxy_validation_samples
+        for x, y in test:  # the first samples, in the test batches (every input of a tuple sliced alike)
+            if left > 0:
+                data.append((tuple(t[:left] for t in x) if isinstance(x, tuple) else x[:left], y[:left]))
+                left -= len(data[-1][1])
+        n_test = s.proxy_validation_samples
     accuracy = cached_accuracy(prepared, ranges, data, Path(cfg.cache_dir))
     base = accuracy(Candidate.uniform(layers, 32, 32))
     cands = random_candidates(layers, pairs, s.proxy_validation, s.seed)

@@ -1,8 +1,9 @@
-"""Hand-written zoo models through the whole pipeline in estimate mode (roofline cost from the lowered
-Relax module, no tuning): calibration -> sensitivity -> cost -> search -> evaluation -> report.
+"""Zoo models through the whole pipeline in estimate mode (roofline cost from the lowered Relax module,
+no tuning): calibration -> sensitivity -> cost -> search -> evaluation -> report, several and typed
+inputs included (BERT: token ids, attention mask, token type ids).
 
-Several-input models (the transformers encoders) stop in the sensitivity stage for now: its
-estimators take one input tensor (mpsearch/sensitivity is being generalised separately)."""
+GPT-2 is left out: its output is ``(B, T, vocab)`` next-token logits, and the pipeline scores top-1
+accuracy of ``(B, classes)`` logits."""
 
 from __future__ import annotations
 
@@ -11,17 +12,22 @@ from pathlib import Path
 
 import pytest
 
+from mpsearch.config import RunConfig
 from mpsearch.pipeline import run
 from mpsearch.testing import tiny_run_config
-from tests.zoo.models import ZOO
+from tests.zoo.models import HAND_WRITTEN, ZOO, weight_modules
 
 pytest.importorskip("tvm")
 pytestmark = pytest.mark.tvm
 
-
 # hardsigmoid has no double backward in torch: Hutchinson cannot run on the MobileNetV3 block
-@pytest.mark.parametrize(("name", "estimator"), [("mobilenet_v3_block", "fisher"), ("audio_conv1d", "hutchinson")])
-def test_whole_pipeline_in_estimate_mode(tmp_path: Path, name: str, estimator: str) -> None:
+ESTIMATOR = {"mobilenet_v3_block": "fisher", "audio_conv1d": "hutchinson", "bert": "hutchinson"}
+# the deeper ones take longest to lower (one Relax module per measured candidate): the slow suite
+SLOW = {"efficientnet", "mobilenet_v2", "convnext", "resnet"}
+
+
+def pipeline_config(tmp_path: Path, name: str, estimator: str = "fisher") -> RunConfig:
+    """A small estimated-cost run of zoo model ``name`` (labels: the FP32 model's own top-1)."""
     z = ZOO[name]
     cfg = tiny_run_config(tmp_path)
     cfg.model.name = "resnet20_fmnist"  # the default: the run is then named after the factory
@@ -34,11 +40,19 @@ def test_whole_pipeline_in_estimate_mode(tmp_path: Path, name: str, estimator: s
     cfg.search.proxy_validation, cfg.search.proxy_validation_samples, cfg.search.ilp_budgets = 2, 16, 2
     cfg.search.sensitivity = estimator
     cfg.search.proxy_estimators = [estimator]
-    run(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else []) for n in ZOO if n != "gpt2"])
+def test_whole_pipeline_in_estimate_mode(tmp_path: Path, name: str) -> None:
+    if name not in HAND_WRITTEN:
+        pytest.importorskip("transformers")
+    run(pipeline_config(tmp_path, name, ESTIMATOR.get(name, "fisher")))
     [run_dir] = (tmp_path / "results").iterdir()
     assert run_dir.name.startswith(f"model_{name}-host_cpu-estimated-")
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert len(summary["layers"]) == {"mobilenet_v3_block": 8, "audio_conv1d": 5}[name]
+    assert len(summary["layers"]) == weight_modules(ZOO[name].build())  # every conv/linear searched
     assert summary["model"] == f"model_{name}"
     measured = [c for c in summary["candidates"] if c["accuracy"] is not None]
     assert measured and all(c["measured_latency_ms"] for c in measured)
