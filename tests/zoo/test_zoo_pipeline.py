@@ -59,3 +59,50 @@ def test_whole_pipeline_in_estimate_mode(tmp_path: Path, name: str) -> None:
     assert any(n.startswith(f"Layers: {len(summary['layers'])} quantizable") and "none left in float" in n
                for n in summary["notes"])
     assert (run_dir / "report.md").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["audio_conv1d", "bert"])
+def test_whole_pipeline_with_tvm_measurements_then_export(tmp_path: Path, name: str) -> None:
+    """The real TVM backend at a tiny budget (1 trial a kernel, W4/W8 x A8): kernels tuned and timed,
+    the front measured end to end on the model's own typed inputs, then a mixed W4A8/W8A8 candidate
+    exported with the run's schedules and checked against the simulation on the test split."""
+    import os
+
+    from mpsearch.candidate import Candidate
+    from mpsearch.export import export_run
+    from mpsearch.hardware.export_lib import use_threads
+
+    if name not in HAND_WRITTEN:
+        pytest.importorskip("transformers")
+    cfg = pipeline_config(tmp_path, name)
+    cfg.hw_profile.name, cfg.hw_profile.cost, cfg.hw_profile.trials_per_task = "host_cpu_1t", None, 1
+    cfg.search.w_bits, cfg.search.a_bits = [4, 8], [8]
+    cfg.search.n_trials, cfg.search.measure_front, cfg.search.proxy_validation = 10, 1, 0
+    before = os.environ.get("TVM_NUM_THREADS")
+    try:
+        run(cfg)
+        [run_dir] = (tmp_path / "results").iterdir()
+        summary = json.loads((run_dir / "summary.json").read_text())
+        measured = [c for c in summary["candidates"] if c["accuracy"] is not None and c["measured_latency_ms"]]
+        assert measured
+        layers = summary["layers"]
+        cand = Candidate({n: [(4, 8), (8, 8)][i % 2] for i, n in enumerate(layers)})
+        (run_dir / "candidates" / "mixed.json").write_text(cand.to_json())
+        result = export_run(run_dir, label="mixed")
+    finally:  # host_cpu_1t set one thread for this process's TVM pool: give the others theirs back
+        use_threads(int(before) if before else (os.cpu_count() or 1))
+    check = result.manifest["verification"]
+    assert result.manifest["library"]["kernels_tuned_during_export"] == 0  # the run's own schedules
+    assert check["passed"] and check["max_relative_output_difference"] < 1e-3, check
+
+
+def test_learned_quantization_of_a_several_input_model_is_one_line_before_the_search(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    from mpsearch.errors import ConfigError
+
+    cfg = pipeline_config(tmp_path, "bert")
+    cfg.search.ptq = "adaround"
+    with pytest.raises(ConfigError, match="takes 3 inputs: set search.ptq=none search.qat_epochs=0"):
+        run(cfg)
+    assert not list((tmp_path / "results").glob("*/summary.json"))
