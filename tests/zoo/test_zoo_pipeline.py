@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from mpsearch.config import RunConfig
 from mpsearch.pipeline import run
@@ -70,8 +72,11 @@ def test_whole_pipeline_with_tvm_measurements_then_export(tmp_path: Path, name: 
     import os
 
     from mpsearch.candidate import Candidate
-    from mpsearch.export import export_run
+    from mpsearch.export import export_run, rebuild
     from mpsearch.hardware.export_lib import use_threads
+    from mpsearch.hardware.tvm_backend import TVMBackend
+    from mpsearch.pipeline import configured_profile
+    from mpsearch.quant.fake import quantize_
 
     if name not in HAND_WRITTEN:
         pytest.importorskip("transformers")
@@ -90,11 +95,20 @@ def test_whole_pipeline_with_tvm_measurements_then_export(tmp_path: Path, name: 
         cand = Candidate({n: [(4, 8), (8, 8)][i % 2] for i, n in enumerate(layers)})
         (run_dir / "candidates" / "mixed.json").write_text(cand.to_json())
         result = export_run(run_dir, label="mixed")
+        # the backend runs the tuned executable on the model's own inputs (int64 ids and masks for BERT)
+        prepared, ranges = rebuild(cfg)
+        x = ZOO[name].sample(8, seed=5)
+        with TVMBackend(configured_profile(cfg), Path(cfg.cache_dir), progress=False) as backend:
+            out = backend.run(prepared, cand, ranges, [t.numpy() for t in x])
     finally:  # host_cpu_1t set one thread for this process's TVM pool: give the others theirs back
         use_threads(int(before) if before else (os.cpu_count() or 1))
     check = result.manifest["verification"]
     assert result.manifest["library"]["kernels_tuned_during_export"] == 0  # the run's own schedules
     assert check["passed"] and check["max_relative_output_difference"] < 1e-3, check
+    with torch.no_grad():
+        sim = quantize_(prepared.copy_module(), cand, ranges)(*x).numpy()
+    assert out.shape == sim.shape and (out.argmax(-1) == sim.argmax(-1)).mean() >= 0.99
+    assert np.abs(out - sim).max() < 1e-3 * np.abs(sim).max()
 
 
 def test_learned_quantization_of_a_several_input_model_is_one_line_before_the_search(tmp_path: Path) -> None:
