@@ -261,9 +261,9 @@ def _run(cfg: RunConfig, backend_factory: BackendFactory, run_dir: Path, tvm_log
         prepared = prepare_model(model, as_inputs(cfg.model.input_specs()))
         check_data(prepared, calib[0], cfg.data.factory)
         check_data(prepared, test[0], cfg.data.factory)
-        if len(prepared.inputs) > 1 and (cfg.search.ptq != "none" or cfg.search.qat_epochs):  # before the search
-            raise ConfigError(f"search.ptq and search.qat_epochs learn on one-input models; this model takes "
-                              f"{len(prepared.inputs)} inputs: set search.ptq=none search.qat_epochs=0")
+        if len(prepared.inputs) > 1 and cfg.search.ptq != "none":  # before the search
+            raise ConfigError(f"search.ptq={cfg.search.ptq} reconstructs one-input models; this model takes "
+                              f"{len(prepared.inputs)} inputs: set search.ptq=none (search.qat_epochs works)")
         preflight(prepared)
         layers = prepared.layer_names
         # Layers that take one precision: tied weights (found on the user's model), search.groups, residual adds.

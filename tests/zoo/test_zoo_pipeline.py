@@ -117,6 +117,19 @@ def test_learned_quantization_of_a_several_input_model_is_one_line_before_the_se
 
     cfg = pipeline_config(tmp_path, "bert")
     cfg.search.ptq = "adaround"
-    with pytest.raises(ConfigError, match="takes 3 inputs: set search.ptq=none search.qat_epochs=0"):
+    with pytest.raises(ConfigError, match=r"search.ptq=adaround reconstructs one-input models; this model takes 3 "
+                                          r"inputs: set search.ptq=none \(search.qat_epochs works\)"):
         run(cfg)
     assert not list((tmp_path / "results").glob("*/summary.json"))
+
+
+@pytest.mark.slow
+def test_qat_of_a_several_input_model_in_the_pipeline(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    cfg = pipeline_config(tmp_path, "distilbert")
+    cfg.search.qat_epochs, cfg.search.n_trials, cfg.search.proxy_validation = 1, 10, 0
+    run(cfg)
+    [run_dir] = (tmp_path / "results").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert any(n.startswith("Learned quantization (qat") for n in summary["notes"]), summary["notes"]
+    assert list((run_dir / "candidates").glob("pareto-*.learned.pt"))
