@@ -123,6 +123,13 @@ def check_data(prepared: PreparedModel, batch: tuple[Any, Any], factory: str) ->
     if not isinstance(y, torch.Tensor) or len(y) != len(given[0]):
         raise ConfigError(f"data.factory {factory!r}: labels are not one tensor entry per sample; make each "
                           "sample ((input, ...), label)")
+    with torch.no_grad():  # the search scores top-1 of class logits: say so now, not after the search
+        out = call_model(prepared.graph_module, x)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or len(out) != len(y):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"the model returns {shape} for a batch of {len(y)}; the search scores top-1 accuracy "
+                          "of (batch, classes) logits, so wrap the model to return them (a language model: "
+                          "the last token's or pooled logits)")
 
 
 def preflight(prepared: PreparedModel) -> None:

@@ -2,8 +2,8 @@
 no tuning): calibration -> sensitivity -> cost -> search -> evaluation -> report, several and typed
 inputs included (BERT: token ids, attention mask, token type ids).
 
-GPT-2 is left out: its output is ``(B, T, vocab)`` next-token logits, and the pipeline scores top-1
-accuracy of ``(B, classes)`` logits."""
+GPT-2 is refused in one line before any work: its output is ``(B, T, vocab)`` next-token logits, and
+the pipeline scores top-1 accuracy of ``(B, classes)`` logits."""
 
 from __future__ import annotations
 
@@ -133,3 +133,12 @@ def test_qat_of_a_several_input_model_in_the_pipeline(tmp_path: Path) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     assert any(n.startswith("Learned quantization (qat") for n in summary["notes"]), summary["notes"]
     assert list((run_dir / "candidates").glob("pareto-*.learned.pt"))
+
+
+def test_a_language_model_output_is_one_line_before_the_search(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    from mpsearch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^the model returns \(16, 12, 64\) for a batch of 16; the search scores "
+                                          r"top-1 accuracy of \(batch, classes\) logits"):
+        run(pipeline_config(tmp_path, "gpt2"))
