@@ -27,7 +27,7 @@ pytestmark = pytest.mark.tvm
 MIXED = [(8, 8), (4, 8), (8, 4), (4, 4)]
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v3_block", pytest.param("bert", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["mobilenet_v3_block", "bert"])
 def test_exported_library_agrees_with_the_simulation(tmp_path: Path, name: str,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     if name not in HAND_WRITTEN:

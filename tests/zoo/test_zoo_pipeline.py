@@ -25,7 +25,7 @@ pytestmark = pytest.mark.tvm
 # hardsigmoid has no double backward in torch: Hutchinson cannot run on the MobileNetV3 block
 ESTIMATOR = {"mobilenet_v3_block": "fisher", "audio_conv1d": "hutchinson", "bert": "hutchinson"}
 # the deeper ones take longest to lower (one Relax module per measured candidate): the slow suite
-SLOW = {"efficientnet", "mobilenet_v2", "convnext", "resnet"}
+SLOW = {"efficientnet", "mobilenet_v2"}
 
 
 def pipeline_config(tmp_path: Path, name: str, estimator: str = "fisher") -> RunConfig:
