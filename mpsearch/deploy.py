@@ -9,6 +9,9 @@ lists them (the library's argument order)::
 
     model = deploy.load("results/<run>/export/pareto-3")
     logits = model(x)  # x: (N, *input_shape[1:]) float32, numpy or torch; the same type comes back
+    logits = bert(input_ids, attention_mask, token_type_ids)  # several inputs: manifest["inputs"] order
+
+Each input takes the dtype the manifest's ``inputs`` lists (int64 token ids and masks stay integers).
 
 The library runs on this machine's CPU, so the export must have been built for it (a local profile);
 every problem with the folder is one :class:`DeployError` line naming the file and the fix.
@@ -24,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from mpsearch.errors import MPSearchError
+from mpsearch.errors import ConfigError, MPSearchError
 from mpsearch.hashing import file_sha256
+from mpsearch.quant.prepare import InputSpec, as_inputs
 
 __all__ = ["DeployError", "DeployedModel", "load"]
 
@@ -39,7 +43,8 @@ class DeployError(MPSearchError):
 class DeployedModel:
     """An exported candidate, callable on a batch of inputs (see the module docstring).
 
-    Attributes: ``manifest`` (the export's ``manifest.json``), ``input_shape`` (batch 1, as exported) and
+    Attributes: ``manifest`` (the export's ``manifest.json``), ``input_shape`` (the first input's, batch 1,
+    as exported), ``inputs`` (every input's :class:`~mpsearch.quant.prepare.InputSpec`, in call order) and
     ``param_names`` (the bound parameters, in the library's argument order). Not thread-safe.
     """
 
@@ -47,21 +52,24 @@ class DeployedModel:
         self.export_dir = export_dir
         self.manifest = manifest
         self.input_shape = tuple(int(d) for d in manifest["input_shape"])
+        self.inputs = _inputs(manifest)
         self.param_names = list(manifest["library"]["params"])
         self._run = runner
 
-    def __call__(self, x: Any) -> Any:
-        """Outputs for ``x`` of shape ``(N, *input_shape[1:])`` (or one sample, ``input_shape[1:]``)."""
-        torch_in = type(x).__module__.startswith("torch")
-        arr = x.detach().cpu().numpy() if torch_in else np.asarray(x)
-        sample = self.input_shape[1:]
-        single = tuple(arr.shape) == sample
+    def __call__(self, *xs: Any) -> Any:
+        """Outputs for the model's inputs, each ``(N, *shape[1:])`` (or one sample each, ``shape[1:]``)."""
+        if not xs:
+            raise DeployError(f"no input given; this model takes {self._takes()}")
+        torch_in = type(xs[0]).__module__.startswith("torch")
+        arrs = [x.detach().cpu().numpy() if type(x).__module__.startswith("torch") else np.asarray(x) for x in xs]
+        single = len(arrs) == len(self.inputs) and all(
+            tuple(a.shape) == tuple(spec.shape[1:]) for a, spec in zip(arrs, self.inputs))
         if single:
-            arr = arr[None]
-        if arr.ndim != len(self.input_shape) or tuple(arr.shape[1:]) != sample:
-            raise DeployError(f"input of shape {tuple(arr.shape)}; this model takes (N, {', '.join(map(str, sample))}) "
-                              f"or one sample {sample}")
-        out = self._run(arr.astype(np.float32, copy=False))
+            arrs = [a[None] for a in arrs]
+        try:
+            out = self._run(*arrs)
+        except ConfigError as e:
+            raise DeployError(f"{e} (or one sample of each, without the batch dimension)") from None
         if single:
             out = out[0]
         if torch_in:
@@ -70,10 +78,20 @@ class DeployedModel:
             return torch.from_numpy(out)
         return out
 
+    def _takes(self) -> str:
+        return ", ".join(f"(N, {', '.join(map(str, spec.shape[1:]))}) {spec.dtype}" for spec in self.inputs)
+
     def __repr__(self) -> str:
         m = self.manifest
         return (f"DeployedModel({m.get('candidate')!r} of {m.get('run')!r}: {m.get('description', '')}, "
                 f"{m.get('hw_profile')}, input {self.input_shape})")
+
+
+def _inputs(manifest: dict[str, Any]) -> tuple[InputSpec, ...]:
+    """The manifest's ``inputs``; an export written before several inputs existed: one float32 input."""
+    if "inputs" not in manifest:
+        return (InputSpec(tuple(int(d) for d in manifest["input_shape"])),)
+    return as_inputs(manifest["inputs"])
 
 
 def _manifest(folder: Path) -> dict[str, Any]:
@@ -88,7 +106,8 @@ def _manifest(folder: Path) -> dict[str, Any]:
                 and all(isinstance(n, str) for n in lib["params"]) and isinstance(manifest["files"], dict)):
             raise TypeError("wrong field types")
         [int(d) for d in manifest["input_shape"]]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        _inputs(manifest)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, ConfigError) as e:
         raise DeployError(f"{path} is unreadable or incomplete ({type(e).__name__}: {e}); {_REEXPORT}") from None
     return manifest
 
@@ -142,7 +161,7 @@ def load(export_dir: str | Path, threads: int | None = None, verify_files: bool 
     from mpsearch.hardware.export_lib import LoadedLibrary
 
     try:
-        runner = LoadedLibrary(library, params, threads)
+        runner = LoadedLibrary(library, params, threads, _inputs(manifest))
     except HardwareError as e:
         raise DeployError(str(e)) from None
     return DeployedModel(folder, manifest, runner)

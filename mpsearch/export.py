@@ -5,7 +5,8 @@
 
 * ``model.so`` — the candidate compiled by TVM for the run's hardware profile with the tuned
   schedules of the run's cache (``mpsearch/hardware/export_lib.py``), and ``params.npz``, its
-  parameter arrays by name (the library takes ``(x, *params)``, batch 1);
+  parameter arrays by name (the library takes ``(*inputs, *params)``, batch 1, the model's inputs
+  as the manifest's ``inputs`` lists them: shapes and dtypes, e.g. int64 token ids and masks);
 * ``bits.json`` — the bit-config ``{layer: [w_bits, a_bits]}``;
 * ``quantized_state_dict.pt`` — per layer the integer weight codes (int8 tensors, one code per
   weight also for <= 4 bits), the per-channel weight scales, the bias and the calibrated activation
@@ -15,8 +16,8 @@
 
 The model and its calibration are rebuilt from the run's ``config.json`` (calibration is
 deterministic), so nothing but the run folder and the cache is needed. After writing, the library is
-loaded back, run on the test split and its top-1 predictions compared with the fake-quant model's:
-below ``--min-agreement`` (99%) the command exits 1.
+loaded back, run on the test split (every model input) and its top-1 predictions compared with the
+fake-quant model's: below ``--min-agreement`` (99%) the command exits 1.
 """
 
 from __future__ import annotations
@@ -213,7 +214,13 @@ def quantized_state_dict(prepared: PreparedModel, candidate: Candidate,
             "act_zero_point": None if act is None or act.half else int(act.zero_point),  # x̂ = (q - z)·scale
         }
     other = {k: v.detach().clone() for k, v in gm.state_dict().items() if k not in owned}
-    return {"format": STATE_FORMAT, "input_shape": list(prepared.input_shape), "layers": layers, "other": other}
+    return {"format": STATE_FORMAT, "input_shape": list(prepared.input_shape), "inputs": input_records(prepared),
+            "layers": layers, "other": other}
+
+
+def input_records(prepared: PreparedModel) -> list[dict[str, Any]]:
+    """The model's inputs as plain data, ``[{"shape": [1, ...], "dtype": "int64"}, ...]`` (batch 1)."""
+    return [{"shape": [1, *spec.shape[1:]], "dtype": spec.dtype} for spec in prepared.inputs]
 
 
 def model_from_quantized_state(prepared: PreparedModel, state: Mapping[str, Any]) -> nn.Module:
@@ -262,7 +269,7 @@ def _target_dict(target: str) -> Any:
         return target
 
 
-def _rebuild(cfg: RunConfig) -> tuple[PreparedModel, dict[str, tuple[float, float]]]:
+def rebuild(cfg: RunConfig) -> tuple[PreparedModel, dict[str, tuple[float, float]]]:
     """The run's BN-folded model and activation ranges, recomputed as the pipeline computed them."""
     from mpsearch import pipeline
     from mpsearch.quant.calibration import calibrate
@@ -300,7 +307,7 @@ def export_run(run_dir: str | Path, label: str | None = None, budget_ms: float |
     label = select_label(run, label, budget_ms, index)
     cfg = run.config
     profile = pipeline.configured_profile(cfg)
-    prepared, ranges = _rebuild(cfg)
+    prepared, ranges = rebuild(cfg)
     candidate = run.candidate(label).validate(prepared.layer_names)
     out_dir = run.path / "export" / label
     log.info("exporting %s (%s) of %s for %s", label, candidate.describe(), run.path.name, profile.name)
@@ -328,14 +335,13 @@ def export_run(run_dir: str | Path, label: str | None = None, budget_ms: float |
 
     # Verify what is on disk, not what is in memory: the library and parameters are loaded back.
     agreement, n, max_diff = None, 0, None
-    if profile.device == "local" and not profile.is_gpu and len(prepared.inputs) > 1:
-        log.warning("the model takes %d inputs: the library was not loaded back here (run_library feeds one)",
-                    len(prepared.inputs))
-    elif profile.device == "local" and not profile.is_gpu:
+    if profile.device == "local" and not profile.is_gpu:
         params = export_lib.load_params(built.params, built.param_names)
-        x = np.concatenate([xb.numpy() for xb, _ in test])
-        out = export_lib.run_library(built.library, params, x, threads=profile.resolved_threads())
-        n = len(x)
+        rows = [xb if isinstance(xb, tuple) else (xb,) for xb, _ in test]
+        x = [np.concatenate([r[i].numpy() for r in rows]) for i in range(len(prepared.inputs))]
+        out = export_lib.run_library(built.library, params, x, threads=profile.resolved_threads(),
+                                     specs=prepared.inputs)
+        n = len(x[0])
         agreement = float((out.argmax(1) == ref.argmax(1)).mean())
         max_diff = float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-12))
         log.info("library vs fake-quant model on %d test inputs: top-1 agreement %.2f%%, max relative "
@@ -349,6 +355,7 @@ def export_run(run_dir: str | Path, label: str | None = None, budget_ms: float |
     manifest = {
         "run": run.path.name, "candidate": label, "candidate_key": candidate.key(),
         "description": candidate.describe(), "model": cfg.model.display_name(), "input_shape": list(built.input_shape),
+        "inputs": input_records(prepared),
         "hw_profile": profile.name, "profile": profile.to_dict(), "target": _target_dict(built.target),
         "tvm": export_lib.tvm_version(), "threads": profile.resolved_threads(),
         "library": {"file": built.library.name, "params_file": built.params.name, "params": built.param_names,

@@ -123,6 +123,13 @@ def check_data(prepared: PreparedModel, batch: tuple[Any, Any], factory: str) ->
     if not isinstance(y, torch.Tensor) or len(y) != len(given[0]):
         raise ConfigError(f"data.factory {factory!r}: labels are not one tensor entry per sample; make each "
                           "sample ((input, ...), label)")
+    with torch.no_grad():  # the search scores top-1 of class logits: say so now, not after the search
+        out = call_model(prepared.graph_module, x)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or len(out) != len(y):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"the model returns {shape} for a batch of {len(y)}; the search scores top-1 accuracy "
+                          "of (batch, classes) logits, so wrap the model to return them (a language model: "
+                          "the last token's or pooled logits)")
 
 
 def preflight(prepared: PreparedModel) -> None:
@@ -261,6 +268,9 @@ def _run(cfg: RunConfig, backend_factory: BackendFactory, run_dir: Path, tvm_log
         prepared = prepare_model(model, as_inputs(cfg.model.input_specs()))
         check_data(prepared, calib[0], cfg.data.factory)
         check_data(prepared, test[0], cfg.data.factory)
+        if len(prepared.inputs) > 1 and cfg.search.ptq != "none":  # before the search
+            raise ConfigError(f"search.ptq={cfg.search.ptq} reconstructs one-input models; this model takes "
+                              f"{len(prepared.inputs)} inputs: set search.ptq=none (search.qat_epochs works)")
         preflight(prepared)
         layers = prepared.layer_names
         # Layers that take one precision: tied weights (found on the user's model), search.groups, residual adds.
@@ -444,11 +454,12 @@ def _proxy_validation(
     data = test
     n_test = sum(len(y) for _, y in test)
     if s.proxy_validation_samples is not None and s.proxy_validation_samples < n_test:
-        x = torch.cat([b[0] for b in test])[:s.proxy_validation_samples]
-        y = torch.cat([b[1] for b in test])[:s.proxy_validation_samples]
-        bs = cfg.data.batch_size
-        data = [(x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs)]
-        n_test = len(x)
+        data, left = [], s.proxy_validation_samples
+        for x, y in test:  # the first samples, in the test batches (every input of a tuple sliced alike)
+            if left > 0:
+                data.append((tuple(t[:left] for t in x) if isinstance(x, tuple) else x[:left], y[:left]))
+                left -= len(data[-1][1])
+        n_test = s.proxy_validation_samples
     accuracy = cached_accuracy(prepared, ranges, data, Path(cfg.cache_dir))
     base = accuracy(Candidate.uniform(layers, 32, 32))
     cands = random_candidates(layers, pairs, s.proxy_validation, s.seed)

@@ -74,6 +74,9 @@ def test_deployed_model_equals_the_verification_run(tiny_export: Export) -> None
     assert model.param_names[0] == "stem_w" and "mixed" in repr(model)
     with pytest.raises(deploy.DeployError, match=r"input of shape \(2, 3, 8, 8\); this model takes \(N, 1, 8, 8\)"):
         model(np.zeros((2, 3, 8, 8), dtype=np.float32))
+    with pytest.raises(deploy.DeployError, match=r"^2 input array\(s\) given; the model takes 1: \[1, 1, 8, 8\]"):
+        model(tiny_export.x, tiny_export.x)
+    assert model.inputs[0].shape == (1, 1, 8, 8)  # a manifest without "inputs": one float32 input of input_shape
 
 
 @pytest.mark.tvm
@@ -146,6 +149,14 @@ def test_missing_or_corrupt_export_is_one_line(tiny_export: Export, tmp_path: Pa
         (f / "manifest.json").write_text(json.dumps(m))
 
     assert "built for 'rpi4', a rpc device, not this machine's CPU" in broken("rpc", remote)
+
+    def bad_inputs(f: Path) -> None:
+        m = json.loads((f / "manifest.json").read_text())
+        m["inputs"] = [{"shape": [1, 1, 8, 8], "dtype": "float16"}]
+        (f / "manifest.json").write_text(json.dumps(m))
+
+    assert "manifest.json is unreadable or incomplete (ConfigError: model input dtype 'float16'" in broken(
+        "inputs", bad_inputs)
     folder = shutil.copytree(tiny_export.dir, tmp_path / "garbage")
     (folder / "model.so").write_bytes(b"\x7fELF garbage")
     with pytest.raises(deploy.DeployError) as e:

@@ -232,9 +232,11 @@ class Backend(ABC):
     @abstractmethod
     def run(
         self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]],
-        inputs: np.ndarray,
+        inputs: np.ndarray | Sequence[np.ndarray],
     ) -> np.ndarray:
-        """Compile ``candidate`` for ``inputs``' batch size and return its outputs."""
+        """Compile ``candidate`` and return its outputs for ``inputs``: one array for a one-input model,
+        else one per ``prepared.inputs`` (batch first, the declared dtypes:
+        :func:`~mpsearch.quant.prepare.input_arrays`)."""
 
     def describe(self) -> str:
         """One line naming the measured device."""

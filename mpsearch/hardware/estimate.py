@@ -294,7 +294,7 @@ class EstimateBackend(Backend):
         return Measurement(total, 0.0, None, (total,))
 
     def run(self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]],
-            inputs: np.ndarray) -> np.ndarray:
+            inputs: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         raise HardwareError(f"hardware profile {self.profile.name!r} is estimated (roofline): nothing runs on "
                             "the device from here; use a measured profile to run the model")
 

@@ -7,7 +7,10 @@ stay function inputs (as in measurement), so they ship beside the library in ``p
 
     lib = tvm.runtime.load_module("model.so")
     vm = tvm.relax.VirtualMachine(lib, tvm.cpu())
-    out = vm["main"](x, *[params[n] for n in manifest["library"]["params"]])
+    out = vm["main"](*inputs, *[params[n] for n in manifest["library"]["params"]])
+
+``inputs`` are the model's inputs in ``manifest["inputs"]`` order, batch 1, of the dtypes listed there
+(float32 images, int64 token ids and masks).
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from mpsearch.candidate import Candidate
-from mpsearch.errors import HardwareError
+from mpsearch.errors import ConfigError, HardwareError
 from mpsearch.hardware.profile import HwProfile
-from mpsearch.quant.prepare import PreparedModel
+from mpsearch.quant.prepare import InputSpec, PreparedModel, input_arrays
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +62,9 @@ class BuiltLibrary:
     params: Path
     param_names: list[str]
     target: str
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...]  # the first input's
     tuned_now: int  # kernels missing from the tuning database, tuned during the export
+    inputs: tuple[InputSpec, ...] = ()  # every model input, in the library's argument order
 
 
 def build_tuned(
@@ -103,7 +107,8 @@ def build_tuned(
     tmp = out_dir / ".params.tmp.npz"
     np.savez(tmp, **dict(zip(names, lowered.params)))
     os.replace(tmp, params)
-    return BuiltLibrary(library, params, names, str(backend.target), tuple(prepared.input_shape), tuned_now)
+    return BuiltLibrary(library, params, names, str(backend.target), tuple(prepared.input_shape), tuned_now,
+                        tuple(prepared.inputs))
 
 
 def load_params(path: Path, names: Sequence[str]) -> list[np.ndarray]:
@@ -117,11 +122,13 @@ def load_params(path: Path, names: Sequence[str]) -> list[np.ndarray]:
 
 class LoadedLibrary:
     """An exported library loaded back (``tvm.runtime.load_module`` + Relax VM) with its parameters bound
-    once, in the library's argument order; called on ``(N, *shape[1:])`` float32 inputs, it runs them row
-    by row (the library was compiled for batch 1, as it was tuned and measured) and returns ``(N, ...)``.
-    Not thread-safe (one VM)."""
+    once, in the library's argument order. Called on the model's inputs, each ``(N, *shape[1:])``
+    (:func:`~mpsearch.quant.prepare.input_arrays`; ``inputs`` declares them, default one float32 input),
+    it runs them row by row (the library was compiled for batch 1, as it was tuned and measured) and
+    returns ``(N, ...)``. A wrong input is a :class:`~mpsearch.errors.ConfigError`. Not thread-safe (one VM)."""
 
-    def __init__(self, library: Path, params: Sequence[np.ndarray], threads: int | None = None) -> None:
+    def __init__(self, library: Path, params: Sequence[np.ndarray], threads: int | None = None,
+                 inputs: Sequence[InputSpec] | None = None) -> None:
         import tvm
 
         if threads:
@@ -136,17 +143,27 @@ class LoadedLibrary:
         self.device = tvm.cpu(0)
         self.vm = tvm.relax.VirtualMachine(lib, self.device)
         self.args = [tvm.runtime.tensor(np.ascontiguousarray(a), self.device) for a in params]
+        self.inputs = tuple(inputs) if inputs else None
 
-    def __call__(self, inputs: np.ndarray) -> np.ndarray:
+    def __call__(self, *inputs: np.ndarray) -> np.ndarray:
+        specs = self.inputs
+        if specs is None:  # undeclared: one float32 input of the shape it has
+            if len(inputs) != 1:
+                raise ConfigError(f"{len(inputs)} input arrays given; this library takes one")
+            specs = (InputSpec((1, *np.shape(inputs[0])[1:])),)
+        arrays = input_arrays(specs, inputs)
         tensor = self._tvm.runtime.tensor
-        outs = [self.vm["main"](tensor(np.ascontiguousarray(x[None]), self.device), *self.args).numpy()
-                for x in np.asarray(inputs, dtype="float32")]
+        outs = [self.vm["main"](*[tensor(a[i:i + 1], self.device) for a in arrays], *self.args).numpy()
+                for i in range(len(arrays[0]))]
         return np.concatenate(outs) if outs else np.zeros((0,), dtype="float32")
 
 
-def run_library(library: Path, params: Sequence[np.ndarray], inputs: np.ndarray, threads: int | None = None) -> np.ndarray:
-    """Load an exported library back and run it on ``inputs`` ``(N, *shape[1:])`` (see :class:`LoadedLibrary`)."""
-    return LoadedLibrary(library, params, threads)(inputs)
+def run_library(library: Path, params: Sequence[np.ndarray], inputs: np.ndarray | Sequence[np.ndarray],
+                threads: int | None = None, specs: Sequence[InputSpec] | None = None) -> np.ndarray:
+    """Load an exported library back and run it on ``inputs``: one ``(N, *shape[1:])`` array, or one per
+    model input as ``specs`` declares them (see :class:`LoadedLibrary`)."""
+    args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    return LoadedLibrary(library, params, threads, specs)(*args)
 
 
 def tvm_version() -> str:

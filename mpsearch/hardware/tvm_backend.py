@@ -32,7 +32,7 @@ from mpsearch.hardware.base import Backend, LayerCostTable, Measurement
 from mpsearch.hardware.profile import HwProfile
 from mpsearch.hardware.session import LoopbackDevice, Session, make_device
 from mpsearch.hashing import content_hash
-from mpsearch.quant.prepare import PreparedModel
+from mpsearch.quant.prepare import PreparedModel, input_arrays
 from mpsearch.storage import JsonLines, atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -875,14 +875,17 @@ class TVMBackend(Backend):
 
     def run(
         self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]],
-        inputs: np.ndarray,
+        inputs: np.ndarray | Sequence[np.ndarray],
     ) -> np.ndarray:
-        """Outputs of the tuned batch-1 executable, called once per input row."""
+        """Outputs of the tuned batch-1 executable, called once per input row (one row of every model
+        input: :func:`~mpsearch.quant.prepare.input_arrays`)."""
+        arrays = input_arrays(prepared.inputs, inputs)
         exe, lowered, key = self._compile(prepared, candidate, ranges)
         with self.session() as s:
             vm = tvm.relax.VirtualMachine(s.load(exe, key), s.device)
             params = [s.tensor(a) for a in lowered.params]
-            outs = [vm["main"](s.tensor(x[None]), *params).numpy() for x in inputs.astype("float32")]
+            outs = [vm["main"](*[s.tensor(a[i:i + 1]) for a in arrays], *params).numpy()
+                    for i in range(len(arrays[0]))]
         return np.concatenate(outs)
 
 

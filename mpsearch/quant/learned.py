@@ -16,7 +16,7 @@ import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ class LearnedModel:
         with torch.no_grad():
             for name, value in self.params.items():
                 state[name].copy_(value)
-        return PreparedModel(gm, list(prepared.layers), prepared.input_shape)
+        return replace(prepared, graph_module=gm, layers=list(prepared.layers), float_layers=dict(prepared.float_layers))
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()

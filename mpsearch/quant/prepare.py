@@ -65,6 +65,38 @@ def call_model(model: Any, inputs: Any) -> Any:
     return model(*inputs) if isinstance(inputs, tuple) else model(inputs)
 
 
+def input_arrays(specs: Sequence[InputSpec], inputs: Any) -> list[Any]:
+    """``inputs`` as contiguous numpy arrays of the declared dtypes, one per spec, batch first.
+
+    ``inputs`` is one array (a one-input model) or a sequence of arrays, one per declared input, each
+    numpy or torch, of shape ``(N, *spec.shape[1:])`` with one ``N``. Floats become float32; integer and
+    bool inputs (token ids, masks) keep their values in the declared dtype. A mismatch is one
+    :class:`ConfigError` line naming the input.
+    """
+    import numpy as np
+
+    items = list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
+    if len(items) != len(specs):
+        declared = ", ".join(f"{list(s.shape)} {s.dtype}" for s in specs)
+        raise ConfigError(f"{len(items)} input array(s) given; the model takes {len(specs)}: {declared}")
+    out = []
+    for i, (spec, item) in enumerate(zip(specs, items)):
+        arr = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
+        sample = tuple(spec.shape[1:])
+        name = "input" if len(specs) == 1 else f"input {i}"
+        if arr.ndim != len(spec.shape) or tuple(arr.shape[1:]) != sample:
+            raise ConfigError(f"{name} of shape {tuple(arr.shape)}; this model takes "
+                              f"(N, {', '.join(map(str, sample))}) {spec.dtype}" + ("" if len(specs) == 1 else " there"))
+        if spec.dtype != "float32" and arr.dtype.kind not in "iub":
+            raise ConfigError(f"{name} holds {arr.dtype} values; this model takes {spec.dtype} there "
+                              "(token ids or a mask): pass integers")
+        out.append(np.ascontiguousarray(arr.astype(spec.dtype, copy=False)))
+    if len({a.shape[0] for a in out}) > 1:
+        raise ConfigError(f"the model inputs have different batch sizes {[a.shape[0] for a in out]}; give "
+                          "one row of every input per sample")
+    return out
+
+
 def as_inputs(inputs: Sequence[int] | Sequence[InputSpec] | InputSpec) -> tuple[InputSpec, ...]:
     """``(1, 3, 32, 32)`` (one float input, the legacy ``model.input_shape``) or a list of specs."""
     if isinstance(inputs, InputSpec):

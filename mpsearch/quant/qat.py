@@ -110,27 +110,30 @@ class QatKd(Learner):
             wrapped[name] = _QatLayer(student.get_submodule(name), w_bits, acts[name], cfg.lsq)
             student.set_submodule(name, wrapped[name])
         student.train()
-        x_all = torch.cat([x for x, _ in batches])
+        # every model input concatenated over the batches (a batch holds a Tensor or a tuple of them)
+        rows = [x if isinstance(x, tuple) else (x,) for x, _ in batches]
+        x_all = tuple(torch.cat([r[i] for r in rows]) for i in range(len(rows[0])))
         y_all = torch.cat([y for _, y in batches])
+        n = len(y_all)
         with torch.no_grad():
-            t_logits = torch.cat([teacher(x_all[i:i + 500]) for i in range(0, len(x_all), 500)])
+            t_logits = torch.cat([teacher(*[t[i:i + 500] for t in x_all]) for i in range(0, n, 500)])
         weights = [p for n, p in student.named_parameters() if not n.endswith(".step")]
         steps = [m.lsq.step for m in wrapped.values() if m.lsq is not None]
         groups: list[dict[str, Any]] = [{"params": weights, "lr": cfg.lr}]
         groups += [{"params": [s], "lr": cfg.lr * float(s.detach()) * 10} for s in steps]
         opt = torch.optim.Adam(groups)
-        per_epoch = math.ceil(len(x_all) / cfg.batch_size)
+        per_epoch = math.ceil(n / cfg.batch_size)
         total = cfg.epochs * per_epoch
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / total)))
         gen = torch.Generator().manual_seed(cfg.seed)
         t = cfg.temperature
         losses = []
         for epoch in range(cfg.epochs):
-            order = torch.randperm(len(x_all), generator=gen)
+            order = torch.randperm(n, generator=gen)
             running = 0.0
             for i in range(per_epoch):
                 idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-                logits = student(x_all[idx])
+                logits = student(*[t[idx] for t in x_all])
                 kd = F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(t_logits[idx] / t, 1), reduction="batchmean",
                               log_target=True) * t * t
                 loss = cfg.alpha * kd + (1 - cfg.alpha) * F.cross_entropy(logits, y_all[idx])
@@ -139,7 +142,7 @@ class QatKd(Learner):
                 opt.step()
                 sched.step()
                 running += float(loss.detach()) * len(idx)
-            losses.append(round(running / len(x_all), 5))
+            losses.append(round(running / n, 5))
             log.debug("qat epoch %d: loss %.4f", epoch, losses[-1])
         params: dict[str, torch.Tensor] = {}
         new_ranges = {k: (float(v[0]), float(v[1])) for k, v in ranges.items()}

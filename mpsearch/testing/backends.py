@@ -15,7 +15,7 @@ from mpsearch.hardware.base import Backend, LayerCostTable, Measurement
 from mpsearch.hardware.memory import weight_storage_bytes
 from mpsearch.hardware.profile import HwProfile
 from mpsearch.quant.fake import quantize_
-from mpsearch.quant.prepare import PreparedModel
+from mpsearch.quant.prepare import PreparedModel, input_arrays
 
 
 class TableBackend(Backend):
@@ -70,10 +70,10 @@ class TableBackend(Backend):
         return Measurement.from_samples([true * (1 + self.measure_error)] * 3)
 
     def run(self, prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]],
-            inputs: np.ndarray) -> np.ndarray:
+            inputs: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         model = quantize_(prepared.copy_module(), candidate, ranges)
         with torch.no_grad():
-            return model(torch.from_numpy(inputs)).numpy()
+            return model(*[torch.from_numpy(a) for a in input_arrays(prepared.inputs, inputs)]).numpy()
 
 
 def table_backend_factory(profile: HwProfile, cache_dir: Path, progress: bool) -> TableBackend:

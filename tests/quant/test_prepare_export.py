@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from mpsearch.errors import ConfigError
 from mpsearch.quant.calibration import calibrate
-from mpsearch.quant.prepare import InputSpec, as_inputs, prepare_model
+from mpsearch.quant.prepare import InputSpec, as_inputs, input_arrays, prepare_model
 
 
 class SamePadConv(nn.Conv2d):
@@ -94,3 +94,24 @@ def test_token_ids_and_mask_inputs_are_probed_with_their_dtypes() -> None:
 def test_bad_input_dtype_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="dtype 'float64' is not one of"):
         as_inputs([{"shape": [1, 4], "dtype": "float64"}])
+
+
+def test_input_arrays_cast_to_the_declared_dtypes_or_name_the_mismatch() -> None:
+    import numpy as np
+
+    specs = as_inputs([{"shape": [1, 3, 4], "dtype": "float32"}, {"shape": [1, 6], "dtype": "int64"}])
+    x, ids = np.zeros((2, 3, 4)), torch.ones(2, 6, dtype=torch.int32)
+    out = input_arrays(specs, (x, ids))
+    assert [a.dtype for a in out] == [np.float32, np.int64] and [a.shape for a in out] == [(2, 3, 4), (2, 6)]
+    [one] = input_arrays(specs[:1], torch.zeros(5, 3, 4))  # one array for a one-input model, torch or numpy
+    assert one.shape == (5, 3, 4) and one.flags.c_contiguous
+    for given, message in [
+        ((x,), r"^1 input array\(s\) given; the model takes 2: \[1, 3, 4\] float32, \[1, 6\] int64$"),
+        ((x, np.ones((2, 5), dtype=np.int64)), r"^input 1 of shape \(2, 5\); this model takes \(N, 6\) int64 there$"),
+        ((x, np.ones((2, 6))), r"^input 1 holds float64 values; this model takes int64 there"),
+        ((x, np.ones((3, 6), dtype=np.int64)), r"different batch sizes \[2, 3\]"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            input_arrays(specs, given)
+    with pytest.raises(ConfigError, match=r"^input of shape \(2, 4\); this model takes \(N, 3, 4\) float32$"):
+        input_arrays(specs[:1], np.zeros((2, 4)))

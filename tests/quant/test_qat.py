@@ -58,3 +58,34 @@ def test_learners_chain_into_one_patch(tiny_prepared: PreparedModel, tiny_ranges
     assert all(torch.equal(sd[k], want[k]) for k in want)
     with pytest.raises(ConfigError, match="epochs >= 1"):
         QatKd(QatSettings(epochs=0))
+
+
+def test_qat_kd_trains_a_several_input_model() -> None:
+    """Token ids and a mask (two int64 inputs): batches are ``((ids, mask), label)``."""
+    from torch import nn
+
+    from mpsearch.quant.prepare import as_inputs, prepare_model
+
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.embed, self.fc1, self.fc2 = nn.Embedding(20, 8), nn.Linear(8, 16), nn.Linear(16, 3)
+
+        def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.fc1(self.embed(ids))) * mask.unsqueeze(-1)
+            return self.fc2(h.sum(1) / mask.sum(1, keepdim=True))
+
+    prepared = prepare_model(Tokens().eval(), as_inputs([{"shape": [1, 6], "dtype": "int64"}] * 2))
+    g = torch.Generator().manual_seed(0)
+    ids, mask = torch.randint(0, 20, (64, 6), generator=g), torch.ones(64, 6, dtype=torch.int64)
+    mask[:, 4:] = torch.randint(0, 2, (64, 2), generator=g)
+    batches = [((ids[i:i + 32], mask[i:i + 32]), torch.randint(0, 3, (32,), generator=g)) for i in (0, 32)]
+    ranges = calibrate(prepared.graph_module, prepared.layer_names, batches)
+    cand = Candidate.uniform(prepared.layer_names, 4, 8)
+    learned = QatKd(QatSettings(epochs=3, lr=3e-3, batch_size=16, alpha=1.0)).learn(prepared, cand, ranges, batches)
+    assert off_grid_layers(prepared, learned, cand) == [] and len(learned.stats["loss_per_epoch"]) == 3
+    applied = learned.apply(prepared)
+    assert applied.inputs == prepared.inputs  # the learned model keeps its declared inputs
+    with torch.no_grad():
+        assert applied.graph_module(ids, mask).shape == (64, 3)

@@ -163,6 +163,21 @@ ZOO: dict[str, ZooModel] = {m.name: m for m in [
 ]}
 
 
+HAND_WRITTEN = {"mobilenet_v3_block", "audio_conv1d"}  # the others need transformers
+
+
+def weight_modules(model: nn.Module) -> int:
+    """Conv/linear modules (transformers' GPT-2 ``Conv1D`` included) that hold a weight."""
+    kinds: tuple[type, ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
+    try:
+        from transformers.pytorch_utils import Conv1D
+
+        kinds += (Conv1D,)
+    except ImportError:
+        pass
+    return sum(isinstance(m, kinds) for m in model.modules())
+
+
 class _Split(torch.utils.data.Dataset):
     """Random, correctly typed inputs labelled by the FP32 model's own top-1 (accuracy = agreement with FP32)."""
 

@@ -7,20 +7,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from mpsearch.candidate import Candidate
 from mpsearch.quant.calibration import calibrate
 from mpsearch.quant.fake import quantize_
 from mpsearch.quant.prepare import prepare_model
-from tests.zoo.models import ZOO, ZooModel
+from tests.zoo.models import HAND_WRITTEN, ZOO, ZooModel, weight_modules
 
 tvm = pytest.importorskip("tvm")
 pytestmark = pytest.mark.tvm
 
 from mpsearch.hardware.lowering import lower  # noqa: E402
 
-HAND_WRITTEN = {"mobilenet_v3_block", "audio_conv1d"}
 MIXED = [(8, 8), (4, 8), (8, 4), (4, 4)]
 
 
@@ -30,25 +28,13 @@ def _zoo(name: str) -> ZooModel:
     return ZOO[name]
 
 
-def _weight_modules(model: nn.Module) -> int:
-    """Conv/linear modules (transformers' GPT-2 ``Conv1D`` included) that hold a weight."""
-    kinds: tuple[type, ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
-    try:
-        from transformers.pytorch_utils import Conv1D
-
-        kinds += (Conv1D,)
-    except ImportError:
-        pass
-    return sum(isinstance(m, kinds) for m in model.modules())
-
-
 @pytest.mark.parametrize("name", list(ZOO))
 def test_library_agrees_with_simulation_at_a_mixed_4_8_bit_candidate(name: str) -> None:
     z = _zoo(name)
     model = z.build()
     prepared = prepare_model(model, z.inputs)
     assert not prepared.float_layers
-    assert len(prepared.layer_names) == _weight_modules(model)  # every conv/linear is a layer
+    assert len(prepared.layer_names) == weight_modules(model)  # every conv/linear is a layer
     x = z.sample(8, 0)
     with torch.no_grad():
         np.testing.assert_allclose(prepared.graph_module(*x).numpy(), model(*x).numpy(), rtol=1e-4, atol=1e-5)

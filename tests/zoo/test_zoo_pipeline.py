@@ -1,27 +1,35 @@
-"""Hand-written zoo models through the whole pipeline in estimate mode (roofline cost from the lowered
-Relax module, no tuning): calibration -> sensitivity -> cost -> search -> evaluation -> report.
+"""Zoo models through the whole pipeline in estimate mode (roofline cost from the lowered Relax module,
+no tuning): calibration -> sensitivity -> cost -> search -> evaluation -> report, several and typed
+inputs included (BERT: token ids, attention mask, token type ids).
 
-Several-input models (the transformers encoders) stop in the sensitivity stage for now: its
-estimators take one input tensor (mpsearch/sensitivity is being generalised separately)."""
+GPT-2 is refused in one line before any work: its output is ``(B, T, vocab)`` next-token logits, and
+the pipeline scores top-1 accuracy of ``(B, classes)`` logits."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
+from mpsearch.config import RunConfig
 from mpsearch.pipeline import run
 from mpsearch.testing import tiny_run_config
-from tests.zoo.models import ZOO
+from tests.zoo.models import HAND_WRITTEN, ZOO, weight_modules
 
 pytest.importorskip("tvm")
 pytestmark = pytest.mark.tvm
 
-
 # hardsigmoid has no double backward in torch: Hutchinson cannot run on the MobileNetV3 block
-@pytest.mark.parametrize(("name", "estimator"), [("mobilenet_v3_block", "fisher"), ("audio_conv1d", "hutchinson")])
-def test_whole_pipeline_in_estimate_mode(tmp_path: Path, name: str, estimator: str) -> None:
+ESTIMATOR = {"mobilenet_v3_block": "fisher", "audio_conv1d": "hutchinson", "bert": "hutchinson"}
+# the deeper ones take longest to lower (one Relax module per measured candidate): the slow suite
+SLOW = {"efficientnet", "mobilenet_v2"}
+
+
+def pipeline_config(tmp_path: Path, name: str, estimator: str = "fisher") -> RunConfig:
+    """A small estimated-cost run of zoo model ``name`` (labels: the FP32 model's own top-1)."""
     z = ZOO[name]
     cfg = tiny_run_config(tmp_path)
     cfg.model.name = "resnet20_fmnist"  # the default: the run is then named after the factory
@@ -34,14 +42,103 @@ def test_whole_pipeline_in_estimate_mode(tmp_path: Path, name: str, estimator: s
     cfg.search.proxy_validation, cfg.search.proxy_validation_samples, cfg.search.ilp_budgets = 2, 16, 2
     cfg.search.sensitivity = estimator
     cfg.search.proxy_estimators = [estimator]
-    run(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else []) for n in ZOO if n != "gpt2"])
+def test_whole_pipeline_in_estimate_mode(tmp_path: Path, name: str) -> None:
+    if name not in HAND_WRITTEN:
+        pytest.importorskip("transformers")
+    run(pipeline_config(tmp_path, name, ESTIMATOR.get(name, "fisher")))
     [run_dir] = (tmp_path / "results").iterdir()
     assert run_dir.name.startswith(f"model_{name}-host_cpu-estimated-")
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert len(summary["layers"]) == {"mobilenet_v3_block": 8, "audio_conv1d": 5}[name]
+    assert len(summary["layers"]) == weight_modules(ZOO[name].build())  # every conv/linear searched
     assert summary["model"] == f"model_{name}"
     measured = [c for c in summary["candidates"] if c["accuracy"] is not None]
     assert measured and all(c["measured_latency_ms"] for c in measured)
     assert any(n.startswith(f"Layers: {len(summary['layers'])} quantizable") and "none left in float" in n
                for n in summary["notes"])
     assert (run_dir / "report.md").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["audio_conv1d", "bert"])
+def test_whole_pipeline_with_tvm_measurements_then_export(tmp_path: Path, name: str) -> None:
+    """The real TVM backend at a tiny budget (1 trial a kernel, W4/W8 x A8): kernels tuned and timed,
+    the front measured end to end on the model's own typed inputs, then a mixed W4A8/W8A8 candidate
+    exported with the run's schedules and checked against the simulation on the test split."""
+    import os
+
+    from mpsearch.candidate import Candidate
+    from mpsearch.export import export_run, rebuild
+    from mpsearch.hardware.export_lib import use_threads
+    from mpsearch.hardware.tvm_backend import TVMBackend
+    from mpsearch.pipeline import configured_profile
+    from mpsearch.quant.fake import quantize_
+
+    if name not in HAND_WRITTEN:
+        pytest.importorskip("transformers")
+    cfg = pipeline_config(tmp_path, name)
+    cfg.hw_profile.name, cfg.hw_profile.cost, cfg.hw_profile.trials_per_task = "host_cpu_1t", None, 1
+    cfg.search.w_bits, cfg.search.a_bits = [4, 8], [8]
+    cfg.search.n_trials, cfg.search.measure_front, cfg.search.proxy_validation = 10, 1, 0
+    before = os.environ.get("TVM_NUM_THREADS")
+    try:
+        run(cfg)
+        [run_dir] = (tmp_path / "results").iterdir()
+        summary = json.loads((run_dir / "summary.json").read_text())
+        measured = [c for c in summary["candidates"] if c["accuracy"] is not None and c["measured_latency_ms"]]
+        assert measured
+        layers = summary["layers"]
+        cand = Candidate({n: [(4, 8), (8, 8)][i % 2] for i, n in enumerate(layers)})
+        (run_dir / "candidates" / "mixed.json").write_text(cand.to_json())
+        result = export_run(run_dir, label="mixed")
+        # the backend runs the tuned executable on the model's own inputs (int64 ids and masks for BERT)
+        prepared, ranges = rebuild(cfg)
+        x = ZOO[name].sample(8, seed=5)
+        with TVMBackend(configured_profile(cfg), Path(cfg.cache_dir), progress=False) as backend:
+            out = backend.run(prepared, cand, ranges, [t.numpy() for t in x])
+    finally:  # host_cpu_1t set one thread for this process's TVM pool: give the others theirs back
+        use_threads(int(before) if before else (os.cpu_count() or 1))
+    check = result.manifest["verification"]
+    assert result.manifest["library"]["kernels_tuned_during_export"] == 0  # the run's own schedules
+    assert check["passed"] and check["max_relative_output_difference"] < 1e-3, check
+    with torch.no_grad():
+        sim = quantize_(prepared.copy_module(), cand, ranges)(*x).numpy()
+    assert out.shape == sim.shape and (out.argmax(-1) == sim.argmax(-1)).mean() >= 0.99
+    assert np.abs(out - sim).max() < 1e-3 * np.abs(sim).max()
+
+
+def test_learned_quantization_of_a_several_input_model_is_one_line_before_the_search(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    from mpsearch.errors import ConfigError
+
+    cfg = pipeline_config(tmp_path, "bert")
+    cfg.search.ptq = "adaround"
+    with pytest.raises(ConfigError, match=r"search.ptq=adaround reconstructs one-input models; this model takes 3 "
+                                          r"inputs: set search.ptq=none \(search.qat_epochs works\)"):
+        run(cfg)
+    assert not list((tmp_path / "results").glob("*/summary.json"))
+
+
+@pytest.mark.slow
+def test_qat_of_a_several_input_model_in_the_pipeline(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    cfg = pipeline_config(tmp_path, "distilbert")
+    cfg.search.qat_epochs, cfg.search.n_trials, cfg.search.proxy_validation = 1, 10, 0
+    run(cfg)
+    [run_dir] = (tmp_path / "results").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert any(n.startswith("Learned quantization (qat") for n in summary["notes"]), summary["notes"]
+    assert list((run_dir / "candidates").glob("pareto-*.learned.pt"))
+
+
+def test_a_language_model_output_is_one_line_before_the_search(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    from mpsearch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^the model returns \(16, 12, 64\) for a batch of 16; the search scores "
+                                          r"top-1 accuracy of \(batch, classes\) logits"):
+        run(pipeline_config(tmp_path, "gpt2"))

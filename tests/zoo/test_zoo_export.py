@@ -1,0 +1,70 @@
+"""A zoo model's run exported (``mpsearch.export``) and loaded back (``mpsearch.deploy``): the library
+agrees with the fake-quant simulation at a mixed 4/8-bit candidate, several typed inputs included.
+
+The run is estimated (no tuning) and the export compiles with TVM's default schedules (the tuning
+step is patched out, as in tests/test_deploy.py): what is tested is the export path, not tuning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mpsearch import deploy
+from mpsearch.candidate import Candidate
+from mpsearch.export import RunFolder, export_run, rebuild
+from mpsearch.pipeline import run
+from mpsearch.quant.fake import quantize_
+from tests.zoo.models import HAND_WRITTEN, ZOO
+from tests.zoo.test_zoo_pipeline import pipeline_config
+
+pytest.importorskip("tvm")
+pytestmark = pytest.mark.tvm
+
+MIXED = [(8, 8), (4, 8), (8, 4), (4, 4)]
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_block", "bert"])
+def test_exported_library_agrees_with_the_simulation(tmp_path: Path, name: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    if name not in HAND_WRITTEN:
+        pytest.importorskip("transformers")
+    from mpsearch.hardware.tvm_backend import TVMBackend
+
+    cfg = pipeline_config(tmp_path, name)
+    cfg.search.proxy_validation = 0
+    run(cfg)
+    [run_dir] = (tmp_path / "results").iterdir()
+    names = json.loads((run_dir / "summary.json").read_text())["layers"]
+    cand = Candidate({n: MIXED[i % len(MIXED)] for i, n in enumerate(names)})
+    (run_dir / "candidates" / "mixed.json").write_text(cand.to_json())
+    monkeypatch.setattr(TVMBackend, "tune_candidate", lambda self, *a, **k: None)  # default schedules
+    result = export_run(run_dir, label="mixed")
+
+    z = ZOO[name]
+    manifest = result.manifest
+    assert manifest["inputs"] == [{"shape": [1, *s.shape[1:]], "dtype": s.dtype} for s in z.inputs]
+    check = manifest["verification"]
+    assert check["test_samples"] == cfg.data.test_samples and check["passed"], check
+    assert check["top1_agreement"] >= 0.99 and check["max_relative_output_difference"] < 1e-3, check
+
+    # the deployed library, called as the model is (several typed inputs), is the fake-quant simulation
+    prepared, ranges = rebuild(RunFolder.load(run_dir).config)  # as the export rebuilt them
+    x = z.sample(16, seed=5)
+    with torch.no_grad():
+        sim = quantize_(prepared.copy_module(), cand, ranges)(*x).numpy()
+    model = deploy.load(result.out_dir)
+    out = model(*x)
+    assert isinstance(out, torch.Tensor) and out.shape == sim.shape
+    assert (out.numpy().argmax(-1) == sim.argmax(-1)).mean() >= 0.99
+    assert np.abs(out.numpy() - sim).max() < 1e-3 * np.abs(sim).max()
+    one = model(*[t[3] for t in x])  # one sample of each input, without the batch dimension
+    assert np.array_equal(one.numpy(), out.numpy()[3])
+    if len(z.inputs) > 1:
+        with pytest.raises(deploy.DeployError, match=r"^1 input array\(s\) given; the model takes"):
+            model(x[0])
+        with pytest.raises(deploy.DeployError, match=r"input 1 holds float32 values; this model takes int64"):
+            model(x[0], x[1].float(), *x[2:])
