@@ -12,6 +12,7 @@ from mpsearch.config import RunConfig, validate
 from mpsearch.errors import ConfigError
 from mpsearch.pipeline import run
 from mpsearch.sensitivity import candidate_proxy, random_candidates, spearman, validate_proxies
+from mpsearch.stages import accuracy
 from mpsearch.testing import TableBackend, tiny_run_config
 
 LAYERS = [f"l{i}" for i in range(22)]
@@ -84,10 +85,10 @@ def test_pipeline_validates_every_estimator(tmp_path, monkeypatch):
     acc = pipeline.evaluate_accuracy(prepared, cand, ranges, test)
     assert point["acc_drop_pts"] == pytest.approx(100 * (fp - acc))
 
-    # a re-run measures nothing again
+    # a re-run measures nothing again (patched where the stages look it up)
     calls = []
-    real = pipeline.evaluate_accuracy
-    monkeypatch.setattr(pipeline, "evaluate_accuracy", lambda *a: calls.append(1) or real(*a))
+    real = accuracy.evaluate_accuracy
+    monkeypatch.setattr(accuracy, "evaluate_accuracy", lambda *a: calls.append(1) or real(*a))
     again = run(cfg, _backend)
     assert calls == [] and again.summary.proxy_validation == val
 
