@@ -81,7 +81,7 @@ def run_scenario(name: str, root: Path) -> RunOutcome:
 
 def _close(got: Any, want: Any, where: str = "") -> None:
     if isinstance(want, float) and isinstance(got, float):
-        assert got == pytest.approx(want, rel=1e-6, abs=1e-9), where
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-9), where  # float32 sums differ by ISA
     elif isinstance(want, dict) and isinstance(got, dict):
         assert got.keys() == want.keys(), where
         for k in want:
