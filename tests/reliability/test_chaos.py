@@ -92,13 +92,14 @@ def test_kill_9_in_every_stage_then_rerun_gives_the_uninterrupted_report(tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.tvm
-def test_kill_9_while_tuning_and_timing_kernels_then_rerun_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("seed", [7, 8])  # two seeded moments in each
+def test_kill_9_while_tuning_and_timing_kernels_then_rerun_loses_nothing(tmp_path: Path, seed: int) -> None:
     """Real MetaSchedule tuning (1 trial a kernel), kernel timing and end-to-end timing, killed at seeded
     moments of each (the first two in the hardware-cost stage, the last a few seconds into evaluation,
     which compiles and times the chosen and baseline models): the re-run finishes, every complete line of the tuning database and
     the timing caches is still there (a repaired database drops only unfinished lines), and the report
     is written. Latencies differ from run to run, so the front is not compared here."""
-    rng = random.Random(7)
+    rng = random.Random(seed)
     argv = [a for a in TINY if not a.startswith("search.n_trials")] + [
         "search.n_trials=40", "hw_profile.trials_per_task=1", "hw_profile.threads=1"]
     # Moments by the files the stage writes: after a seeded number of tuning records, then (the re-run

@@ -59,7 +59,9 @@ def test_ctrl_c_during_the_search_and_the_sensitivity_stops_at_once_and_resumes(
         (tmp_path / d).mkdir()
     res = drive(tmp_path, argv, [
         {"cwd": str(tmp_path / "a"), "stage": "search", "signal": "INT", "delay_s": 2.0},
-        {"cwd": str(tmp_path / "b"), "stage": "sensitivity", "signal": "INT", "delay_s": 0.5},
+        # 16,384 samples: a sensitivity stage of seconds, not the 0.1 s of 16 on a fast machine
+        {"cwd": str(tmp_path / "b"), "stage": "sensitivity", "signal": "INT", "delay_s": 0.3,
+         "extra_argv": ["data.calib_samples=16384", "search.sensitivity_samples=16384"]},
         # two search worker processes beside the run: stopped with it (their output is the run's stderr)
         {"cwd": str(tmp_path / "c"), "stage": "search", "signal": "INT", "delay_s": 15.0,
          "extra_argv": ["search.workers=2"]},
