@@ -145,8 +145,11 @@ def space_generator(target: Any) -> Any:
     (``kernels.DOT_INTRINSICS``) and the 16x4 dot of the target's ISA (``kernels.DOT4_INTRINSICS``:
     VNNI vpdpbusd, or vpmaddubsw on the kernels where it cannot saturate, ``KernelSpec.kgroup``). TVM's
     own x86 rule tries only ``dot_16x4_avx512``, whose ``vpmaddubsw`` saturates at int16 on 8-bit x 8-bit
-    codes, and which our kernels' NCHW reductions never matched anyway."""
-    from mpsearch.hardware.kernels import dot_intrinsics_for
+    codes, and which our kernels' NCHW reductions never matched anyway. Beside that space, the
+    hand-built one of the blocked int8 convs (:func:`~mpsearch.hardware.kernels.schedules.conv_space`):
+    MetaSchedule samples both and keeps the faster schedule."""
+    from mpsearch.hardware.kernels import dot_intrinsics_for, dot_isa
+    from mpsearch.hardware.kernels.schedules import conv_space
 
     _import_tvm()
     intrins = dot_intrinsics_for(target)
@@ -169,7 +172,13 @@ def space_generator(target: Any) -> Any:
     ]
     postprocs = [p.DisallowDynamicLoop(), p.RewriteParallelVectorizeUnroll(), p.RewriteReductionBlock(),
                  p.RewriteTensorize(vectorize_init_loop=True), p.RewriteLayout()]
-    return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=postprocs, mutator_probs="llvm")
+    generic = ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=postprocs, mutator_probs="llvm")
+    # beside it, the hand-built space of blocked int8 convs (kernels/schedules.py): both are sampled,
+    # the faster schedule is kept
+    template = ms.space_generator.ScheduleFn(conv_space(dot_isa(target)), sch_rules=[], postprocs=[],
+                                             mutator_probs={})
+    return ms.space_generator.SpaceGeneratorUnion([generic, template], sch_rules=[], postprocs=postprocs,
+                                                  mutator_probs="llvm")
 
 
 def _warm_builder() -> None:

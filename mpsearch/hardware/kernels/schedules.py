@@ -1,0 +1,125 @@
+"""A hand-built design space for the blocked int8 convolutions (imports TVM: load lazily).
+
+MetaSchedule's generic multi-level tiling reaches the int8 dot's arithmetic but, in the few trials a
+run affords, rarely the rest of the kernel: tuned on a VNNI host at 16 replay-trace trials, a ResNet-20
+stage-1 conv (16 -> 16 channels, 28x28) ran 48 us, of which its 28,224 ``vpdpbusd`` take about 8; the rest
+was the input quantized through a gather, accumulators kept in memory, and a scalar epilogue reading
+the blocked accumulator back. This space schedules the kernel as an x86 int8 direct convolution is
+written by hand:
+
+- the output row is split into tiles of ``xb`` pixels (sampled among :func:`pixel_tiles`), whose
+  ``xb x 16`` int32 accumulators stay in vector registers across the whole reduction (input-channel
+  groups x kernel taps), each step one broadcast of four input codes and one dot per pixel;
+- the epilogue (dequantize, bias, ReLU, residual add) runs per tile, vectorized, straight from those
+  accumulators, so the blocked accumulator is never stored whole;
+- the input is quantized once per call into the channel-group layout, vectorized, and the packed
+  int4 weights (if any) are unpacked once per call, vectorized;
+- output rows (and channel blocks) are the parallel loop.
+
+:func:`conv_space` is a :class:`~tvm.s_tir.meta_schedule.space_generator.ScheduleFn` body that the tuning
+space of :func:`mpsearch.hardware.tvm_backend.space_generator` adds beside the generic one: MetaSchedule
+measures both and keeps the faster, so a shape where the generic tiling wins loses nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from mpsearch.hardware.kernels.intrinsics import DOT4_INTRINSICS, DOT_INTRINSICS
+from mpsearch.hardware.kernels.spec import KQUAD, LANES
+
+MIN_PIXEL_TILE, MAX_PIXEL_TILE = 4, 16  # output pixels whose 16-lane int32 accumulators stay in registers
+COPIES = 3  # the template's share of a replay-trace budget, beside the generic space's few sketches
+
+
+def _dot_block(sch: Any) -> Any | None:
+    """The blocked conv's ``dot`` block (5 spatial iterators, the last the 16 lanes, then 4 reduction
+    ones, the last the channel group), or None if this kernel is not one."""
+    try:
+        block = sch.get_sblock("dot")
+    except Exception:  # noqa: BLE001 - no such block: not an integer kernel
+        return None
+    iters = sch.get(block).iter_vars
+    kinds = [int(v.iter_type) for v in iters]  # 0: data parallel, 2: reduction
+    if kinds != [0] * 5 + [2] * 4 or int(iters[4].dom.extent) != LANES:
+        return None
+    return block
+
+
+def _intrinsic(sch: Any, dot_isa: str) -> str | None:
+    """The dot intrinsic the blocked layout of this kernel was built for (:attr:`KernelSpec.kgroup`)."""
+    block = sch.get(sch.get_sblock("quantize"))
+    dtype = str(block.writes[0].source.dtype)  # the quantized input codes: uint8 or int8
+    group = int(sch.get(sch.get_sblock("dot")).iter_vars[-1].dom.extent)
+    if group == KQUAD:
+        return DOT4_INTRINSICS.get(dot_isa) if dtype == "uint8" else None
+    return DOT_INTRINSICS["u8" if dtype == "uint8" else "s8"]
+
+
+def pixel_tiles(width: int) -> list[int]:
+    """The tile widths tried for an output row of ``width`` pixels: its divisors from ``MIN_PIXEL_TILE``
+    (fewer accumulators leave the dot waiting on its loads) to ``MAX_PIXEL_TILE`` (more spill out of the
+    32 vector registers), else its largest divisor below the maximum."""
+    fits = [d for d in range(1, min(width, MAX_PIXEL_TILE) + 1) if width % d == 0]
+    return [d for d in fits if d >= MIN_PIXEL_TILE] or fits[-1:]
+
+
+def _parallel_vectorized(sch: Any, block: Any, inner: int) -> None:
+    """Parallel over the outer loops of ``block``, vectorized over its ``inner`` innermost ones."""
+    loops = sch.get_loops(block)
+    if len(loops) > inner:
+        sch.parallel(sch.fuse(*loops[:-inner]))
+    sch.vectorize(sch.fuse(*loops[-inner:]) if inner > 1 else loops[-1])
+
+
+def schedule_conv(sch: Any, intrinsic: str) -> None:
+    """Schedule a blocked int8 conv kernel in place (the module docstring's recipe)."""
+    dot = sch.get_sblock("dot")
+    b, oc, y, x, oi, c2, ry, rx, ci = sch.get_loops(dot)
+    tiles = pixel_tiles(int(sch.get(x).extent))
+    tile = sch.sample_categorical(tiles, [1 / len(tiles)] * len(tiles))
+    xo, xi = sch.split(x, [None, tile])
+    sch.reorder(b, oc, y, xo, c2, ry, rx, xi, oi, ci)
+    out = sch.get_sblock("epilogue")
+    sch.reverse_compute_at(out, xo, preserve_unit_loops=True)  # a loop count that no tile size changes
+    sch.vectorize(sch.get_loops(out)[-1])
+    sch.parallel(sch.fuse(b, oc, y))
+    dots = sch.blockize(oi)
+    sch.decompose_reduction(dots, c2)
+    sch.tensorize(dots, intrinsic)
+    sch.unroll(xi)
+    _parallel_vectorized(sch, sch.get_sblock("quantize"), 2)  # (..., column, channel group)
+    try:
+        unpack = sch.get_sblock("unpack_int4")
+    except Exception:  # noqa: BLE001 - int8 weights: nothing to unpack
+        return
+    _parallel_vectorized(sch, unpack, 2)
+
+
+def conv_space(dot_isa: str) -> Callable[[Any], list[Any]]:
+    """The design space of a blocked int8 conv kernel on a target with ``dot_isa``: the schedule of
+    :func:`schedule_conv` (``COPIES`` times, so that replay-trace samples it as often as a few of the
+    generic space's sketches); no design space for any other kernel."""
+
+    def space(sch: Any) -> list[Any]:
+        if _dot_block(sch) is None:
+            return []
+        intrinsic = _intrinsic(sch, dot_isa)
+        if intrinsic is None:
+            return []
+        spaces = []
+        for _ in range(COPIES):
+            copy = sch.copy()
+            copy.seed(sch.fork_seed())
+            try:
+                schedule_conv(copy, intrinsic)
+            except Exception:  # noqa: BLE001 - a layout this recipe does not fit: the generic space has it
+                return []
+            spaces.append(copy)
+        return spaces
+
+    return space
+
+
+__all__ = ["conv_space", "pixel_tiles", "schedule_conv"]

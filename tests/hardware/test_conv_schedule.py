@@ -1,0 +1,139 @@
+"""Real TVM: the hand-built design space of the blocked int8 convs (kernels/schedules.py) is exact at
+every tile width it samples, really runs the int8 dot instructions, and is offered beside the generic
+space wherever a target has them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+pytestmark = pytest.mark.tvm
+
+from tvm import s_tir
+from tvm.s_tir import meta_schedule as ms
+
+from mpsearch.hardware.kernels import (
+    KernelSpec,
+    dot_isa,
+    make_kernel,
+    register_intrinsics,
+)
+from mpsearch.hardware.kernels.schedules import (
+    _intrinsic,
+    conv_space,
+    pixel_tiles,
+    schedule_conv,
+)
+from mpsearch.hardware.tvm_backend import space_generator
+
+SKYLAKE = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512", "num-cores": 1}
+
+
+def _host() -> tvm.target.Target:
+    return tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
+
+
+def _host_isa() -> str:
+    isa = dot_isa(_host())
+    if not isa:
+        pytest.skip("this CPU has no AVX-512BW: the blocked int8 kernels and their space are not used here")
+    return isa
+
+
+def _mod(spec: KernelSpec) -> tvm.IRModule:
+    return ms.tir_integration._normalize_mod(make_kernel(spec))
+
+
+def _cases(isa: str) -> list[KernelSpec]:
+    return [
+        KernelSpec("conv2d", (1, 16, 12, 12), (16, 16, 3, 3), "i8", "u8", (1, 1), (1, 1), epilogue=("relu",),
+                   dot_isa=isa),  # the 16x4 dot on VNNI, 16x2 on AVX-512BW
+        KernelSpec("conv2d", (1, 16, 12, 12), (32, 16, 3, 3), "i4p", "u8", (2, 2), (1, 1), epilogue=("add", "relu"),
+                   dot_isa=isa),  # packed int4 weights, stride 2, a residual
+        KernelSpec("conv2d", (1, 32, 7, 7), (16, 32, 3, 3), "i8", "s8", (1, 1), (1, 1), dot_isa=isa),  # 16x2
+        KernelSpec("conv2d", (1, 16, 8, 8), (16, 16, 3, 3), "i8", "z8", (1, 1), (1, 1), dot_isa=isa),  # zero point
+        KernelSpec("conv2d", (1, 32, 8, 8), (64, 32, 1, 1), "i8", "u8", dot_isa=isa),  # a 1x1 projection
+    ]
+
+
+def _args(spec: KernelSpec, rng: np.random.Generator) -> list[np.ndarray]:
+    arrays = []
+    for name, shape, dtype in spec.inputs():
+        if name == "qp":
+            lo, hi = (-128, 127) if spec.a_mode == "s8" else (0, 255)
+            arrays.append(np.array([10.0, lo, hi, 0.1, 7.0][:shape[0]], np.float32))
+        elif dtype.startswith("float"):
+            arrays.append(rng.standard_normal(shape).astype(dtype) * (3 if name == "x" else 1))
+        else:
+            arrays.append(rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max, shape, endpoint=True).astype(dtype))
+    return arrays + [np.zeros(spec.out_shape, np.float32)]
+
+
+def _tile(sch: s_tir.Schedule) -> int:
+    """The tile width the schedule sampled."""
+    inst = next(i for i in sch.trace.insts if i.kind.name == "SampleCategorical")
+    return [int(c) for c in inst.attrs[0]][int(sch.trace.decisions[inst])]
+
+
+def _run(lib, arrays: list[np.ndarray]) -> np.ndarray:
+    tensors = [tvm.runtime.tensor(a) for a in arrays]
+    lib["main"](*tensors)
+    return tensors[-1].numpy()
+
+
+def test_pixel_tiles_keep_enough_accumulators_and_fit_the_registers():
+    assert pixel_tiles(28) == [4, 7, 14]
+    assert pixel_tiles(14) == [7, 14]
+    assert pixel_tiles(7) == [7]
+    assert pixel_tiles(112) == [4, 7, 8, 14, 16]
+    assert pixel_tiles(3) == [3]  # no divisor of 4 or more: the whole row
+    assert pixel_tiles(17) == [1]  # a prime wider than the maximum: one pixel at a time
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_every_sampled_tile_is_exact_and_runs_the_int8_dot(case):
+    isa = _host_isa()
+    register_intrinsics()
+    spec = _cases(isa)[case]
+    mod = _mod(spec)
+    arrays = _args(spec, np.random.default_rng(case))
+    want = _run(tvm.compile(mod, target=_host()).jit(), arrays)  # the kernel's own loops, unscheduled
+    intrinsic = _intrinsic(s_tir.Schedule(mod), isa)
+    seen = set()
+    for seed in range(1, 13):
+        sch = s_tir.Schedule(mod, seed=seed)
+        schedule_conv(sch, intrinsic)
+        tile = _tile(sch)
+        if tile in seen:
+            continue
+        seen.add(tile)
+        lib = tvm.compile(sch.mod, target=_host())
+        np.testing.assert_array_equal(_run(lib.jit(), arrays), want, err_msg=f"{spec} at {tile}-pixel tiles")
+        asm = lib.mod.inspect_source("s")
+        assert "vpdpbusd" in asm or "vpmaddwd" in asm, "the schedule did not reach the int8 dot instructions"
+    out_w = spec.out_shape[-1]
+    assert {out_w // t for t in seen} == {out_w // t for t in pixel_tiles(out_w)}, "a tile width was never sampled"
+
+
+def test_the_space_has_no_design_for_kernels_it_does_not_fit():
+    space = conv_space("avx512vnni")
+    fp32 = KernelSpec("conv2d", (1, 16, 8, 8), (16, 16, 3, 3), "f32", "f32", (1, 1), (1, 1))
+    linear = KernelSpec("linear", (1, 64), (32, 64), "i8", "u8", dot_isa="avx512vnni")
+    depthwise = KernelSpec("conv2d", (1, 16, 8, 8), (16, 1, 3, 3), "i8", "u8", (1, 1), (1, 1), groups=16,
+                           dot_isa="avx512vnni")
+    for spec in (fp32, linear, depthwise):
+        assert space(s_tir.Schedule(_mod(spec))) == [], spec
+
+
+def test_tuning_samples_the_hand_built_space_beside_the_generic_one():
+    register_intrinsics()
+    target = tvm.target.Target(SKYLAKE)
+    spec = _cases("avx512bw")[0]
+    ctx = ms.TuneContext(mod=_mod(spec), target=target, space_generator=space_generator(target),
+                         search_strategy="replay-trace", task_name="t", num_threads=1)
+    traces = [str(s.trace) for s in ctx.generate_design_space()]
+    tiles = f"candidates={pixel_tiles(spec.out_shape[-1])}"  # the hand-built space's one sampled decision
+    hand = [t for t in traces if tiles in t and "mpsearch_dot_16x2_u8s8_avx512" in t]
+    assert hand, "no design space of the hand-built schedule"
+    assert len(hand) < len(traces), "the generic space is gone"
