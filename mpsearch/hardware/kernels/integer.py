@@ -11,7 +11,7 @@ from collections.abc import Callable
 from tvm import te, tirx, topi
 
 from mpsearch.hardware.kernels.epilogue import epilogue
-from mpsearch.hardware.kernels.spec import KQUAD, LANES, UNPACK_RULE, KernelSpec
+from mpsearch.hardware.kernels.spec import KGROUP, KOCT, LANES, UNPACK_RULE, KernelSpec
 
 
 def quantize(x: tirx.PrimExpr, qp: te.Tensor, dtype: str) -> tirx.PrimExpr:
@@ -43,7 +43,7 @@ def zero_point_input(spec: KernelSpec, x: te.Tensor, qp: te.Tensor) -> tuple[te.
 
 
 def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> tuple[te.Tensor, Callable[..., tirx.PrimExpr]]:
-    """Quantize the input into channel pairs (quads where ``spec.kgroup`` is 4) and reduce against the
+    """Quantize the input into channel groups of ``spec.kgroup`` (2, 4 or 8) and reduce against the
     blocked weights; the int32 accumulator has the 16 output lanes innermost. Returns it and
     ``(n, o, ...) -> acc value``."""
     dtype = "uint8" if spec.a_mode in ("u8", "z8") else "int8"
@@ -52,7 +52,7 @@ def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> t
         packed = w
 
         def unpack(*i: tirx.Var) -> tirx.PrimExpr:
-            if g == KQUAD:  # a lane's quad in two bytes
+            if g > KGROUP:  # a lane's quad (octet) in two (four) bytes
                 byte = packed(*i[:-1], tirx.floordiv(i[-1], 2)).astype("int32")
                 nibble = tirx.bitwise_and(tirx.shift_right(byte, tirx.floormod(i[-1], 2) * 4), 15)
                 return (nibble - 8).astype("int8")
@@ -68,6 +68,15 @@ def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> t
                         name="quantize")
         k2 = te.reduce_axis((0, k // g), name="k2")
         ki = te.reduce_axis((0, g), name="ki")
+        if g == KOCT:  # smmla pairs two batch rows: next to the lanes in the output ([O/16, N, 16]) and
+            # next to their 8 inputs in the quantized input ([K/8, N, 8]: one 16-byte operand)
+            xq = te.compute((k // g, n, g), lambda k2, b, ki: quantize(x[b, k2 * g + ki], qp, dtype), name="quantize")
+            acc = te.compute(
+                (spec.w_shape[0] // LANES, n, LANES),
+                lambda oc, b, oi: te.sum(xq[k2, b, ki].astype("int32") * w[oc, k2, oi, ki].astype("int32"),
+                                         axis=[k2, ki]),
+                name="dot")
+            return acc, lambda b, o: acc[tirx.floordiv(o, LANES), b, tirx.floormod(o, LANES)]
         acc = te.compute(
             (n, spec.w_shape[0] // LANES, LANES),
             lambda b, oc, oi: te.sum(xq[b, k2, ki].astype("int32") * w[oc, k2, oi, ki].astype("int32"),
