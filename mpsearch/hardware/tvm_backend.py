@@ -145,8 +145,11 @@ def space_generator(target: Any) -> Any:
     (``kernels.DOT_INTRINSICS``) and the 16x4 dot of the target's ISA (``kernels.DOT4_INTRINSICS``:
     VNNI vpdpbusd, or vpmaddubsw on the kernels where it cannot saturate, ``KernelSpec.kgroup``). TVM's
     own x86 rule tries only ``dot_16x4_avx512``, whose ``vpmaddubsw`` saturates at int16 on 8-bit x 8-bit
-    codes, and which our kernels' NCHW reductions never matched anyway."""
-    from mpsearch.hardware.kernels import dot_intrinsics_for
+    codes, and which our kernels' NCHW reductions never matched anyway. On aarch64 with dotprod / i8mm
+    the same rules tensorize with the sdot / usdot 16x4 dots and i8mm's smmla / usmmla 2x16x8 tiles
+    (``kernels.dot_intrinsics_for``)."""
+    from mpsearch.hardware.kernels import dot_intrinsics_for, dot_isa
+    from mpsearch.hardware.kernels.spec import ARM_DOT_ISAS
 
     _import_tvm()
     intrins = dot_intrinsics_for(target)
@@ -167,8 +170,11 @@ def space_generator(target: Any) -> Any:
                                      unroll_max_steps=[0, 16, 64, 512], unroll_explicit=True),
         r.RandomComputeLocation(),
     ]
+    # the smmla tile's zeroing is two loops (positions x lanes), which RewriteTensorize's init-loop
+    # vectorizer rejects with an InternalError: on aarch64 the zeroing is left to LLVM
+    arm = dot_isa(target) in ARM_DOT_ISAS
     postprocs = [p.DisallowDynamicLoop(), p.RewriteParallelVectorizeUnroll(), p.RewriteReductionBlock(),
-                 p.RewriteTensorize(vectorize_init_loop=True), p.RewriteLayout()]
+                 p.RewriteTensorize(vectorize_init_loop=not arm), p.RewriteLayout()]
     return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=postprocs, mutator_probs="llvm")
 
 

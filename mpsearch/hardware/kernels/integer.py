@@ -11,7 +11,7 @@ from collections.abc import Callable
 from tvm import te, tirx, topi
 
 from mpsearch.hardware.kernels.epilogue import epilogue
-from mpsearch.hardware.kernels.spec import KGROUP, KOCT, LANES, UNPACK_RULE, KernelSpec
+from mpsearch.hardware.kernels.spec import ARM_DOT_ISAS, KGROUP, KOCT, LANES, UNPACK_RULE, KernelSpec
 
 
 def quantize(x: tirx.PrimExpr, qp: te.Tensor, dtype: str) -> tirx.PrimExpr:
@@ -47,6 +47,11 @@ def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> t
     blocked weights; the int32 accumulator has the 16 output lanes innermost. Returns it and
     ``(n, o, ...) -> acc value``."""
     dtype = "uint8" if spec.a_mode in ("u8", "z8") else "int8"
+    # On ARM the quantized input stays a block of its own (UNPACK_RULE's custom rule): MetaSchedule's
+    # AutoInline would fold it into the dot, whose reads then no longer match any dot intrinsic, and
+    # RewriteTensorize leaves such a sketch untensorized with only a warning. (x86 kernels keep their
+    # code of before, so their tuning records stay valid.)
+    own = {"schedule_rule": UNPACK_RULE} if spec.dot_isa in ARM_DOT_ISAS else None
     g = spec.kgroup  # g == 2 builds exactly the 16x2 dot's code of before: its tuning records stay valid
     if spec.w_mode == "i4p":  # unpacked next to the dot (MetaSchedule places the unpack per tile)
         packed = w
@@ -65,12 +70,13 @@ def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> t
     if spec.op == "linear":
         n, k = spec.x_shape
         xq = te.compute((n, k // g, g), lambda b, k2, ki: quantize(x[b, k2 * g + ki], qp, dtype),
-                        name="quantize")
+                        name="quantize", attrs=own)
         k2 = te.reduce_axis((0, k // g), name="k2")
         ki = te.reduce_axis((0, g), name="ki")
         if g == KOCT:  # smmla pairs two batch rows: next to the lanes in the output ([O/16, N, 16]) and
             # next to their 8 inputs in the quantized input ([K/8, N, 8]: one 16-byte operand)
-            xq = te.compute((k // g, n, g), lambda k2, b, ki: quantize(x[b, k2 * g + ki], qp, dtype), name="quantize")
+            xq = te.compute((k // g, n, g), lambda k2, b, ki: quantize(x[b, k2 * g + ki], qp, dtype), name="quantize",
+                            attrs=own)
             acc = te.compute(
                 (spec.w_shape[0] // LANES, n, LANES),
                 lambda oc, b, oi: te.sum(xq[k2, b, ki].astype("int32") * w[oc, k2, oi, ki].astype("int32"),
@@ -93,7 +99,7 @@ def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> t
         # z8: the border is the code of 0.0, the zero point (the bias-folded -z·rowsum(w) counts it)
         return tirx.if_then_else(inside, v, qp[4].astype(dtype) if spec.a_mode == "z8" else tirx.const(0, dtype))
 
-    xq = te.compute((n, c // g, h + 2 * ph, wd + 2 * pw, g), quantize_pad, name="quantize")
+    xq = te.compute((n, c // g, h + 2 * ph, wd + 2 * pw, g), quantize_pad, name="quantize", attrs=own)
     c2 = te.reduce_axis((0, c // g), name="c2")
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
