@@ -11,7 +11,14 @@ from collections.abc import Callable
 from tvm import te, tirx, topi
 
 from mpsearch.hardware.kernels.epilogue import epilogue
-from mpsearch.hardware.kernels.spec import ARM_DOT_ISAS, KGROUP, KOCT, LANES, UNPACK_RULE, KernelSpec
+from mpsearch.hardware.kernels.spec import (
+    ARM_DOT_ISAS,
+    KGROUP,
+    KOCT,
+    LANES,
+    UNPACK_RULE,
+    KernelSpec,
+)
 
 
 def quantize(x: tirx.PrimExpr, qp: te.Tensor, dtype: str) -> tirx.PrimExpr:
