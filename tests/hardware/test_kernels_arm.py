@@ -178,6 +178,44 @@ def test_arm_layouts_only_where_the_instruction_is_exact() -> None:
     assert with_(conv, dot_isa="sdot", a_bits=7) != with_(conv, dot_isa="i8mm", a_bits=7)
 
 
+@pytest.fixture(scope="module")
+def wide(tiny_batches):
+    """TinyResNet with 16/32 channels and a 16-class head: every layer but the 1-channel stem tiles."""
+    from mpsearch.quant.calibration import calibrate
+    from mpsearch.quant.prepare import prepare_model
+    from mpsearch.testing import TinyResNet
+
+    torch.manual_seed(3)
+    prepared = prepare_model(TinyResNet(channels=16, num_classes=16).eval(), (1, 1, 8, 8))
+    return prepared, calibrate(prepared.graph_module, prepared.layer_names, tiny_batches)
+
+
+@pytest.mark.parametrize("isa, kgroups", [
+    ("sdot", {"conv1": 2, "conv2": 4, "down": 4, "fc": 2}),  # 8-bit u8: plain 16x2; 6/7-bit: sdot
+    ("i8mm", {"conv1": 4, "conv2": 8, "down": 4, "fc": 8}),  # stride 2: usdot; pairs: usmmla
+])
+def test_lowered_model_in_arm_layouts_matches_simulation(isa: str, kgroups: dict, wide, tiny_batches) -> None:
+    """A model lowered for each ARM ISA (weights packed in its layouts, the i8mm linear's [O/16, N, 16]
+    accumulator) computes what the fake-quant model does; built for this host, untensorized."""
+    from mpsearch.candidate import Candidate
+    from mpsearch.hardware.lowering import lower
+    from mpsearch.quant.fake import quantize_
+
+    prepared, ranges = wide
+    bits = {"conv1": (4, 8), "conv2": (8, 6), "down": (8, 7), "fc": (8, 8)} if isa == "sdot" else \
+        {"conv1": (4, 8), "conv2": (8, 8), "down": (8, 8), "fc": (4, 8)}
+    cand = Candidate({n: bits.get(n, (8, 8)) for n in prepared.layer_names})
+    x = tiny_batches[0][0][:4]
+    lowered = lower(prepared, cand, ranges, batch=4, dot_isa=isa)
+    assert {n: s.kgroup for n, s in lowered.kernels.items() if s.packed} == kgroups
+    exe = tvm.relax.build(lowered.mod, target=tvm.target.Target({"kind": "llvm"}))
+    vm = tvm.relax.VirtualMachine(exe, tvm.cpu())
+    out = vm["main"](*[tvm.runtime.tensor(a) for a in [x.numpy(), *lowered.params]]).numpy()
+    with torch.no_grad():
+        ref = quantize_(prepared.copy_module(), cand, ranges)(x).numpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
 # -- TVM: tensorized for aarch64 -------------------------------------------------------------------------
 
 
