@@ -63,6 +63,14 @@ CASES = {
                           ARM_DOT4_INTRINSICS["i8mm"]["u8"], "usdot"),
     "i8mm-linear-W4A8s": (I8MM, KernelSpec("linear", (2, 32), (32, 32), "i4p", "s8", dot_isa="i8mm"),
                           MMLA_INTRINSICS["s8"], "smmla"),
+    # zero-point activations: uint8 codes (conv borders padded with the zero point) on the u8 dots
+    "sdot-conv-W8A6z": (SDOT, KernelSpec("conv2d", (1, 8, 5, 5), (16, 8, 3, 3), "i8", "z8", padding=(1, 1),
+                                         epilogue=("relu",), a_bits=6, dot_isa="sdot"),
+                        ARM_DOT4_INTRINSICS["sdot"]["u8"], "sdot"),
+    "i8mm-conv-W4A8z": (I8MM, KernelSpec("conv2d", (1, 8, 6, 6), (16, 8, 3, 3), "i4p", "z8", padding=(1, 1),
+                                         dot_isa="i8mm"), MMLA_INTRINSICS["u8"], "usmmla"),
+    "i8mm-linear-W8A8z": (I8MM, KernelSpec("linear", (1, 32), (32, 32), "i8", "z8", dot_isa="i8mm"),
+                          ARM_DOT4_INTRINSICS["i8mm"]["u8"], "usdot"),
     "i8mm-linear-W8A8u-batch4": (I8MM, KernelSpec("linear", (4, 16), (16, 16), "i8", "u8", dot_isa="i8mm"),
                                  MMLA_INTRINSICS["u8"], "usmmla"),
 }
@@ -77,7 +85,8 @@ def _target(name: str) -> object:
 
 
 def _act(spec: KernelSpec) -> ActQuant:
-    return ActQuant(spec.a_bits, SCALE, signed=spec.a_mode == "s8")
+    zero_point = (2**spec.a_bits - 1) // 3 if spec.a_mode == "z8" else 0
+    return ActQuant(spec.a_bits, SCALE, signed=spec.a_mode == "s8", zero_point=zero_point)
 
 
 def _codes_and_input(spec: KernelSpec, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -92,18 +101,26 @@ def _codes_and_input(spec: KernelSpec, seed: int = 0) -> tuple[np.ndarray, np.nd
 
 
 def _reference(spec: KernelSpec, codes: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """relu(sum(a * w)) from the fake-quant activation codes, in float64 (exact at these sizes)."""
-    a = quantize_act(torch.from_numpy(x).double(), _act(spec))
+    """relu(sum(a * w)) from the fake-quant activation codes, in float64 (exact at these sizes). z8: the
+    codes include the zero point, and a conv's border is the code of 0.0, the zero point (the kernel's
+    bias carries -z·rowsum(w); here the bias is 0, so the raw code sums are compared)."""
+    act = _act(spec)
+    a = quantize_act(torch.from_numpy(x).double(), act)
     w = torch.from_numpy(codes).double()
-    acc = (torch.nn.functional.conv2d(a, w, stride=spec.stride, padding=spec.padding, dilation=spec.dilation)
-           if spec.op == "conv2d" else a @ w.T).numpy()
+    if spec.op == "linear":
+        acc = (a @ w.T).numpy()
+    else:
+        (ph, pw) = spec.padding
+        a = torch.nn.functional.pad(a, (pw, pw, ph, ph), value=float(act.zero_point))
+        acc = torch.nn.functional.conv2d(a, w, stride=spec.stride, dilation=spec.dilation).numpy()
     return np.maximum(acc, 0) if spec.epilogue == ("relu",) else acc
 
 
 def _args(spec: KernelSpec, codes: np.ndarray, x: np.ndarray) -> list[np.ndarray]:
     act, o = _act(spec), spec.w_shape[0]  # scale 1, bias 0: the output is the integer accumulator
     return [x, pack_weight(spec, codes), np.ones(o, np.float32), np.zeros(o, np.float32),
-            np.array([act.inv_scale, act.qmin, act.qmax, act.scale], np.float32),
+            np.array([act.inv_scale, act.qmin, act.qmax, act.scale, *([act.zero_point] if act.zero_point else [])],
+                     np.float32),
             np.zeros(spec.out_shape, np.float32)]
 
 
@@ -159,7 +176,9 @@ def test_arm_layouts_only_where_the_instruction_is_exact() -> None:
     assert with_(conv, dot_isa="sdot", a_mode="s8").kgroup == 4
     assert with_(conv, dot_isa="sdot", a_bits=7).kgroup == 4
     assert with_(conv, dot_isa="sdot").kgroup == 2  # u8 codes up to 255: the exact 16x2 plain loops
-    assert with_(conv, dot_isa="sdot", a_mode="z8", a_bits=4).kgroup == 2  # zero point: not on the dot
+    assert with_(conv, dot_isa="sdot", a_mode="z8", a_bits=4).kgroup == 4  # zero point: uint8 codes too
+    assert with_(conv, dot_isa="sdot", a_mode="z8").kgroup == 2
+    assert with_(conv, dot_isa="i8mm", a_mode="z8").kgroup == 8
     # i8mm: usdot makes every u8 exact; smmla where two output positions pair
     assert with_(conv, dot_isa="i8mm").kgroup == 8
     assert with_(conv, dot_isa="i8mm", stride=(2, 2)).kgroup == 4  # pairs would read 2 bytes apart
@@ -306,3 +325,26 @@ def test_metaschedule_space_tensorizes_and_stays_exact_under_qemu(label: str, qe
             dump = subprocess.run([OBJDUMP, "-d", str(work / "kernel.so")], capture_output=True, text=True,
                                   check=True).stdout
             assert sum(_instructions(dump)[i] for i in SPELLINGS[instr]) > 0
+
+
+@pytest.mark.parametrize("w_bits", [8, 4])
+def test_zero_point_layer_on_usmmla_matches_the_quant_layer_under_qemu(w_bits: int, qemu: None, tmp_path: Path) -> None:
+    """A z8 conv with the lowering's own arrays (-scale·z·rowsum(w) folded into the bias, zero-point
+    borders), tensorized with usmmla for the i8mm board, matches the PyTorch QuantLayer under qemu."""
+    from torch import nn
+
+    from mpsearch.hardware.lowering import kernel_arrays, kernel_spec
+    from mpsearch.hardware.qemu import run_kernel
+    from mpsearch.quant.fake import QuantLayer
+
+    torch.manual_seed(0)
+    module = nn.Conv2d(16, 32, 3, padding=1).eval()
+    act = ActQuant.from_range(-0.6, 3.4, 8, "asymmetric")
+    x = torch.rand(1, 16, 6, 6) * 5.0 - 1.1  # beyond the range on both sides: clipping too
+    spec = kernel_spec(module, (1, 16, 6, 6), w_bits, act, (), "i8mm")
+    assert spec.a_mode == "z8" and act.zero_point > 0 and spec.kgroup == 8
+    arrays = [x.numpy(), *kernel_arrays(module, spec, w_bits, act), np.zeros(spec.out_shape, np.float32)]
+    out = run_kernel(load_profile(I8MM), _tensorized(spec, MMLA_INTRINSICS["u8"]), arrays, tmp_path)
+    with torch.no_grad():
+        ref = QuantLayer(module, w_bits, act)(x).numpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=2e-6 * np.abs(ref).max())

@@ -61,9 +61,10 @@ class KernelSpec:
         activations (2 * 15 * 128 = 3840) or 4-bit weights (2 * 255 * 8 = 4080).
 
         aarch64 (:func:`_arm_kgroup`): ``sdot`` adds four s8 x s8 products into each int32 lane, exact
-        with no saturation, so s8 activations take it, and u8 ones whose codes fit in s8 (``a_bits`` <=
-        7). 8-bit u8 activations on a dotprod-only target keep the 16x2 layout (plain loops, exact).
-        i8mm adds ``usdot`` (u8 x s8) and ``smmla`` / ``usmmla``: every u8 and s8 activation is exact.
+        with no saturation, so s8 activations take it, and u8 / z8 ones whose codes fit in s8 (``a_bits``
+        <= 7). 8-bit u8 / z8 activations on a dotprod-only target keep the 16x2 layout (plain loops,
+        exact). i8mm adds ``usdot`` (u8 x s8) and ``smmla`` / ``usmmla``: every u8, z8 and s8 activation
+        is exact.
 
         ``a_bits`` must match the runtime clip (``qp[2]``), which
         :func:`~mpsearch.hardware.lowering.kernel_spec` guarantees."""
@@ -79,9 +80,10 @@ class KernelSpec:
         """The ARM layouts: 8 where i8mm's ``smmla`` tile of two output positions maps onto the kernel
         (a stride-1 conv with an even output width, whose two neighbouring pixels read 16 contiguous
         input bytes; a linear layer with an even batch), 4 for the other exact ``sdot`` / ``usdot``
-        cases, else 2. z8 (zero-point) activations stay on the 16x2 layout."""
+        cases, else 2. z8 (zero-point) activations are uint8 codes like u8 (their zero-point correction
+        is in the bias), so they take the u8 dots."""
         reduce_dim = self.w_shape[1]
-        if not self.integer or self.bitserial or self.groups != 1 or self.a_mode not in ("u8", "s8") \
+        if not self.integer or self.bitserial or self.groups != 1 or self.a_mode not in ("u8", "s8", "z8") \
                 or reduce_dim % KQUAD:
             return KGROUP
         if self.dot_isa == "i8mm":
