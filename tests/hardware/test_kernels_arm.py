@@ -39,12 +39,16 @@ OBJDUMP = "aarch64-linux-gnu-objdump"
 SCALE = 0.125  # a power of two: the fake-quant codes are exact floats
 #: label -> (profile, spec, intrinsic it must be tensorized with, the instruction that intrinsic emits)
 CASES = {
-    # dotprod: s8 x s8 at any width, u8 codes that fit in s8 (7-bit)
+    # dotprod: s8 x s8 at any width, u8 codes that fit in s8 (7-bit), 8-bit uint8 codes shifted by -128
     "sdot-conv-W8A8s": (SDOT, KernelSpec("conv2d", (1, 8, 5, 5), (16, 8, 3, 3), "i8", "s8", (2, 2), (1, 1),
                                          epilogue=("relu",), dot_isa="sdot"), ARM_DOT4_INTRINSICS["sdot"]["s8"], "sdot"),
     "sdot-conv-W4A7u": (SDOT, KernelSpec("conv2d", (1, 8, 6, 6), (16, 8, 3, 3), "i4p", "u8", padding=(1, 1),
                                          epilogue=("relu",), a_bits=7, dot_isa="sdot"),
                         ARM_DOT4_INTRINSICS["sdot"]["u8"], "sdot"),
+    "sdot-conv-W8A8u": (SDOT, KernelSpec("conv2d", (1, 8, 6, 6), (16, 8, 3, 3), "i8", "u8", padding=(1, 1),
+                                         dot_isa="sdot"), ARM_DOT4_INTRINSICS["sdot"]["s8"], "sdot"),
+    "sdot-linear-W4A8z": (SDOT, KernelSpec("linear", (2, 32), (32, 32), "i4p", "z8", dot_isa="sdot"),
+                          ARM_DOT4_INTRINSICS["sdot"]["s8"], "sdot"),
     "sdot-linear-W8A8s": (SDOT, KernelSpec("linear", (1, 32), (32, 32), "i8", "s8", dot_isa="sdot"),
                           ARM_DOT4_INTRINSICS["sdot"]["s8"], "sdot"),
     "sdot-linear-W4A8s": (SDOT, KernelSpec("linear", (2, 32), (32, 32), "i4p", "s8", dot_isa="sdot"),
@@ -117,8 +121,11 @@ def _reference(spec: KernelSpec, codes: np.ndarray, x: np.ndarray) -> np.ndarray
 
 
 def _args(spec: KernelSpec, codes: np.ndarray, x: np.ndarray) -> list[np.ndarray]:
-    act, o = _act(spec), spec.w_shape[0]  # scale 1, bias 0: the output is the integer accumulator
-    return [x, pack_weight(spec, codes), np.ones(o, np.float32), np.zeros(o, np.float32),
+    """Scale 1 and bias 0 (the lowering's offset·rowsum(w) where the codes are shifted): the output is
+    the integer accumulator of the codes."""
+    act, o = _act(spec), spec.w_shape[0]
+    bias = (spec.a_offset * codes.reshape(o, -1).astype(np.int64).sum(1)).astype(np.float32)
+    return [x, pack_weight(spec, codes), np.ones(o, np.float32), bias,
             np.array([act.inv_scale, act.qmin, act.qmax, act.scale, *([act.zero_point] if act.zero_point else [])],
                      np.float32),
             np.zeros(spec.out_shape, np.float32)]
@@ -175,9 +182,13 @@ def test_arm_layouts_only_where_the_instruction_is_exact() -> None:
     # dotprod: s8 always; u8 only while its codes fit in s8 (sdot is signed x signed)
     assert with_(conv, dot_isa="sdot", a_mode="s8").kgroup == 4
     assert with_(conv, dot_isa="sdot", a_bits=7).kgroup == 4
-    assert with_(conv, dot_isa="sdot").kgroup == 2  # u8 codes up to 255: the exact 16x2 plain loops
+    assert with_(conv, dot_isa="sdot", a_bits=7).a_offset == 0
+    assert with_(conv, dot_isa="sdot").kgroup == 4 and with_(conv, dot_isa="sdot").a_offset == 128  # u - 128
     assert with_(conv, dot_isa="sdot", a_mode="z8", a_bits=4).kgroup == 4  # zero point: uint8 codes too
-    assert with_(conv, dot_isa="sdot", a_mode="z8").kgroup == 2
+    assert with_(conv, dot_isa="sdot", a_mode="z8").a_offset == 128
+    assert with_(conv, dot_isa="sdot", a_mode="s8").a_offset == 0 and with_(conv, dot_isa="i8mm").a_offset == 0
+    assert with_(conv, dot_isa="avx512vnni").a_offset == 0 and with_(conv, dot_isa="").a_offset == 0
+    assert with_(conv, dot_isa="sdot", w_shape=(32, 6, 3, 3), x_shape=(1, 6, 8, 8)).a_offset == 0  # 16x2: as is
     assert with_(conv, dot_isa="i8mm", a_mode="z8").kgroup == 8
     # i8mm: usdot makes every u8 exact; smmla where two output positions pair
     assert with_(conv, dot_isa="i8mm").kgroup == 8
@@ -210,7 +221,7 @@ def wide(tiny_batches):
 
 
 @pytest.mark.parametrize("isa, kgroups", [
-    ("sdot", {"conv1": 2, "conv2": 4, "down": 4, "fc": 2}),  # 8-bit u8: plain 16x2; 6/7-bit: sdot
+    ("sdot", {"conv1": 4, "conv2": 4, "down": 4, "fc": 4}),  # 8-bit u8 shifted by -128, 6/7-bit as is
     ("i8mm", {"conv1": 4, "conv2": 8, "down": 4, "fc": 8}),  # stride 2: usdot; pairs: usmmla
 ])
 def test_lowered_model_in_arm_layouts_matches_simulation(isa: str, kgroups: dict, wide, tiny_batches) -> None:
@@ -227,6 +238,8 @@ def test_lowered_model_in_arm_layouts_matches_simulation(isa: str, kgroups: dict
     x = tiny_batches[0][0][:4]
     lowered = lower(prepared, cand, ranges, batch=4, dot_isa=isa)
     assert {n: s.kgroup for n, s in lowered.kernels.items() if s.packed} == kgroups
+    shifted = {n for n, s in lowered.kernels.items() if s.a_offset}
+    assert shifted == ({"conv1", "fc"} if isa == "sdot" else set())  # the bias carries 128·rowsum(w) back
     exe = tvm.relax.build(lowered.mod, target=tvm.target.Target({"kind": "llvm"}))
     vm = tvm.relax.VirtualMachine(exe, tvm.cpu())
     out = vm["main"](*[tvm.runtime.tensor(a) for a in [x.numpy(), *lowered.params]]).numpy()
@@ -252,10 +265,11 @@ def test_tensorized_kernel_compiles_to_the_instruction(label: str) -> None:
 
 
 def test_plain_kernel_of_an_arm_profile_has_no_dot() -> None:
-    """Negative control: the same u8 W8A8 conv on the dotprod board keeps the 16x2 loops, untensorized."""
-    spec = dataclasses.replace(CASES["i8mm-conv-W8A8u"][1], dot_isa="sdot")
-    assert spec.kgroup == 2
-    asm = tvm.compile(make_kernel(spec).with_attr("global_symbol", "main"), target=_target(SDOT)).mod.inspect_source("asm")
+    """Negative control: the same u8 W8A8 conv for the Raspberry Pi 4 (no dot product) keeps the 16x2
+    loops, and its code has none of the instructions the checks look for."""
+    spec = dataclasses.replace(CASES["i8mm-conv-W8A8u"][1], dot_isa=dot_isa(_target("rpi4")))
+    assert spec.kgroup == 2 and spec.dot_isa == ""
+    asm = tvm.compile(make_kernel(spec).with_attr("global_symbol", "main"), target=_target("rpi4")).mod.inspect_source("asm")
     assert not any(_instructions(asm).values())
 
 
@@ -291,7 +305,8 @@ def test_tensorized_kernel_is_bit_exact_under_qemu(label: str, qemu: None, tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("label", ["sdot-conv-W8A8s", "i8mm-conv-W8A8u", "i8mm-linear-W8A8u", "i8mm-linear-W4A8s"])
+@pytest.mark.parametrize("label", ["sdot-conv-W8A8s", "sdot-conv-W8A8u", "i8mm-conv-W8A8u", "i8mm-linear-W8A8u",
+                                   "i8mm-linear-W4A8s"])
 def test_metaschedule_space_tensorizes_and_stays_exact_under_qemu(label: str, qemu: None, tmp_path: Path) -> None:
     """mpsearch's MetaSchedule space for the profile's target (``tvm_backend.space_generator``) tiles the
     kernel with the ARM intrinsic, and each such sketch, post-processed as a tuning trial is, compiles
@@ -327,10 +342,12 @@ def test_metaschedule_space_tensorizes_and_stays_exact_under_qemu(label: str, qe
             assert sum(_instructions(dump)[i] for i in SPELLINGS[instr]) > 0
 
 
-@pytest.mark.parametrize("w_bits", [8, 4])
-def test_zero_point_layer_on_usmmla_matches_the_quant_layer_under_qemu(w_bits: int, qemu: None, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("isa", "w_bits"), [("i8mm", 8), ("i8mm", 4), ("sdot", 8)])
+def test_zero_point_layer_matches_the_quant_layer_under_qemu(isa: str, w_bits: int, qemu: None,
+                                                             tmp_path: Path) -> None:
     """A z8 conv with the lowering's own arrays (-scale·z·rowsum(w) folded into the bias, zero-point
-    borders), tensorized with usmmla for the i8mm board, matches the PyTorch QuantLayer under qemu."""
+    borders), tensorized with usmmla for the i8mm board and with sdot on codes shifted by -128 (the bias
+    also carrying +128·scale·rowsum(w)) for the dotprod one, matches the PyTorch QuantLayer under qemu."""
     from torch import nn
 
     from mpsearch.hardware.lowering import kernel_arrays, kernel_spec
@@ -341,10 +358,12 @@ def test_zero_point_layer_on_usmmla_matches_the_quant_layer_under_qemu(w_bits: i
     module = nn.Conv2d(16, 32, 3, padding=1).eval()
     act = ActQuant.from_range(-0.6, 3.4, 8, "asymmetric")
     x = torch.rand(1, 16, 6, 6) * 5.0 - 1.1  # beyond the range on both sides: clipping too
-    spec = kernel_spec(module, (1, 16, 6, 6), w_bits, act, (), "i8mm")
-    assert spec.a_mode == "z8" and act.zero_point > 0 and spec.kgroup == 8
+    spec = kernel_spec(module, (1, 16, 6, 6), w_bits, act, (), isa)
+    assert spec.a_mode == "z8" and act.zero_point > 0
+    assert (spec.kgroup, spec.a_offset) == ((8, 0) if isa == "i8mm" else (4, 128))
+    intrin = MMLA_INTRINSICS["u8"] if isa == "i8mm" else ARM_DOT4_INTRINSICS["sdot"]["s8"]
     arrays = [x.numpy(), *kernel_arrays(module, spec, w_bits, act), np.zeros(spec.out_shape, np.float32)]
-    out = run_kernel(load_profile(I8MM), _tensorized(spec, MMLA_INTRINSICS["u8"]), arrays, tmp_path)
+    out = run_kernel(load_profile(I8MM if isa == "i8mm" else SDOT), _tensorized(spec, intrin), arrays, tmp_path)
     with torch.no_grad():
         ref = QuantLayer(module, w_bits, act)(x).numpy()
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=2e-6 * np.abs(ref).max())

@@ -61,10 +61,9 @@ class KernelSpec:
         activations (2 * 15 * 128 = 3840) or 4-bit weights (2 * 255 * 8 = 4080).
 
         aarch64 (:func:`_arm_kgroup`): ``sdot`` adds four s8 x s8 products into each int32 lane, exact
-        with no saturation, so s8 activations take it, and u8 / z8 ones whose codes fit in s8 (``a_bits``
-        <= 7). 8-bit u8 / z8 activations on a dotprod-only target keep the 16x2 layout (plain loops,
-        exact). i8mm adds ``usdot`` (u8 x s8) and ``smmla`` / ``usmmla``: every u8, z8 and s8 activation
-        is exact.
+        with no saturation, so s8 activations take it, u8 / z8 ones whose codes fit in s8 (``a_bits`` <=
+        7), and 8-bit u8 / z8 ones shifted into s8 (:attr:`a_offset`). i8mm adds ``usdot`` (u8 x s8) and
+        ``smmla`` / ``usmmla``: every u8, z8 and s8 activation is exact as it is.
 
         ``a_bits`` must match the runtime clip (``qp[2]``), which
         :func:`~mpsearch.hardware.lowering.kernel_spec` guarantees."""
@@ -90,7 +89,17 @@ class KernelSpec:
             pairs = self.stride == (1, 1) and self.out_shape[3] % 2 == 0 if self.op == "conv2d" \
                 else self.x_shape[0] % 2 == 0
             return KOCT if pairs and reduce_dim % KOCT == 0 else KQUAD
-        return KQUAD if self.a_mode == "s8" or self.a_bits <= 7 else KGROUP
+        return KQUAD  # sdot: s8, 7-bit codes as they are, 8-bit uint8 codes shifted (a_offset)
+
+    @property
+    def a_offset(self) -> int:
+        """What a packed kernel subtracts from its activation codes before the dot: 128 where 8-bit
+        uint8 codes (u8, z8) meet the s8 x s8 ``sdot`` of a dotprod-only target, so they fit in s8
+        (``u - 128``); the lowering adds the ``128 * scale * rowsum(w)`` this takes away to the bias
+        (:func:`~mpsearch.hardware.lowering.kernel_arrays`), and conv borders hold the shifted code of
+        0.0. 0 elsewhere: the codes go into the dot as they are."""
+        shifted = self.dot_isa == "sdot" and self.a_mode in ("u8", "z8") and self.a_bits > 7
+        return 128 if shifted and self.packed and self.kgroup == KQUAD else 0
 
     @property
     def packed(self) -> bool:
