@@ -23,7 +23,8 @@ DOT_INTRINSICS = {"u8": "mpsearch_dot_16x2_u8s8_avx512", "s8": "mpsearch_dot_16x
 DOT4_INTRINSICS = {"avx512bw": "mpsearch_dot_16x4_u8s8_avx512", "avx512vnni": "mpsearch_dot_16x4_u8s8_vnni"}
 # aarch64 (KernelSpec._arm_kgroup says which kernels take which): the 16x4 dot as four 4-lane
 # ``sdot``s / ``usdot``s over the same [16, 4] tiles as x86, and i8mm's 2x16x8 tile as eight 2x2
-# ``smmla``s / ``usmmla``s. "u7" is the sdot on uint8 codes <= 127 (a_bits <= 7), read as int8 bytes.
+# ``smmla``s / ``usmmla``s. "u7" is the sdot on uint8 codes <= 127 (a_bits <= 7), read as int8 bytes;
+# 8-bit uint8 codes reach the s8 one shifted by -128 (KernelSpec.a_offset).
 ARM_DOT4_INTRINSICS = {"sdot": {"s8": "mpsearch_dot_16x4_s8s8_sdot", "u8": "mpsearch_dot_16x4_u7s8_sdot"},
                        "i8mm": {"s8": "mpsearch_dot_16x4_s8s8_sdot", "u8": "mpsearch_dot_16x4_u8s8_usdot"}}
 MMLA_INTRINSICS = {"s8": "mpsearch_mmla_2x16x8_s8s8_smmla", "u8": "mpsearch_mmla_2x16x8_u8s8_usmmla"}
@@ -242,9 +243,10 @@ def dot_intrinsics_for(target: object) -> list[str]:
     """The dot intrinsics ``target`` can run, else ``[]``. AVX-512BW x86 CPUs: the exact 16x2 dots and
     the 16x4 dot of its ISA, only that one: both 16x4 dots share a description, and the vpmaddubsw one
     would be inexact on the 8-bit kernels a VNNI target blocks 16x4. aarch64: the sdot / usdot 16x4
-    dots of its ISA (a dotprod-only target gets the "u7" sdot, which :attr:`KernelSpec.kgroup` gives
-    only 7-bit u8 kernels; an i8mm one the exact usdot instead) and, with i8mm, the smmla / usmmla
-    2x16x8 tiles of the kgroup-8 layout. The 16x2 layout has no ARM intrinsic: plain loops."""
+    dots of its ISA (a dotprod-only target gets the "u7" sdot, which only <= 7-bit uint8 codes reach:
+    8-bit ones are shifted into int8 there, :attr:`KernelSpec.a_offset`; an i8mm one the exact usdot
+    instead) and, with i8mm, the smmla / usmmla 2x16x8 tiles of the kgroup-8 layout. The 16x2 layout
+    has no ARM intrinsic: plain loops."""
     isa = dot_isa(target)
     if isa in ARM_DOT4_INTRINSICS:
         mmla = list(MMLA_INTRINSICS.values()) if isa == "i8mm" else []
