@@ -369,7 +369,7 @@ class TVMBackend(Backend):
         self.target = resolve_target(profile)
         from mpsearch.hardware.kernels import dot_isa
 
-        self.dot_isa = dot_isa(self.target)  # picks each integer kernel's exact dot layout (16x2 / 16x4)
+        self.dot_isa = dot_isa(self.target)  # picks each integer kernel's exact dot layout (16x2 / 16x4 / 2x16x8)
         self.device = make_device(profile)
         self.device.check()
         self._active: Session | None = None
