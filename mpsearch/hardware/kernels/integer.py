@@ -79,8 +79,6 @@ def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> t
         w = te.compute(spec.dot_tile_shape(), unpack, name="unpack_int4", attrs={"schedule_rule": UNPACK_RULE})
     if spec.op == "linear":
         n, k = spec.x_shape
-        xq = te.compute((n, k // g, g), lambda b, k2, ki: quantize(x[b, k2 * g + ki], qp, dtype, off),
-                        name="quantize", attrs=own)
         k2 = te.reduce_axis((0, k // g), name="k2")
         ki = te.reduce_axis((0, g), name="ki")
         if g == KOCT:  # smmla pairs two batch rows: next to the lanes in the output ([O/16, N, 16]) and
@@ -93,6 +91,8 @@ def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> t
                                          axis=[k2, ki]),
                 name="dot")
             return acc, lambda b, o: acc[tirx.floordiv(o, LANES), b, tirx.floormod(o, LANES)]
+        xq = te.compute((n, k // g, g), lambda b, k2, ki: quantize(x[b, k2 * g + ki], qp, dtype, off),
+                        name="quantize", attrs=own)
         acc = te.compute(
             (n, spec.w_shape[0] // LANES, LANES),
             lambda b, oc, oi: te.sum(xq[b, k2, ki].astype("int32") * w[oc, k2, oi, ki].astype("int32"),
