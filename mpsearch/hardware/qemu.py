@@ -61,7 +61,8 @@ def run_kernel(profile: HwProfile, func: Any, arrays: list[np.ndarray], work_dir
         path = work / f"arg{i}.bin"
         np.ascontiguousarray(a).tofile(path)
         specs.append(f"{a.dtype}:{'x'.join(str(d) for d in a.shape) or '1'}:{path}")
-    _check(subprocess.run([f"qemu-{arch}", "-L", SYSROOTS[arch], str(driver), str(lib), "__tvm_ffi_main", *specs],
+    # -cpu max: every extension qemu emulates (dotprod, i8mm, fp16), so any board's kernels run
+    _check(subprocess.run([f"qemu-{arch}", "-cpu", "max", "-L", SYSROOTS[arch], str(driver), str(lib), "__tvm_ffi_main", *specs],
                           capture_output=True, text=True, timeout=300), f"running the kernel under qemu-{arch}")
     out = arrays[-1]
     return np.fromfile(work / f"arg{len(arrays) - 1}.bin", dtype=out.dtype).reshape(out.shape)

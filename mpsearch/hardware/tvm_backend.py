@@ -145,11 +145,14 @@ def space_generator(target: Any) -> Any:
     (``kernels.DOT_INTRINSICS``) and the 16x4 dot of the target's ISA (``kernels.DOT4_INTRINSICS``:
     VNNI vpdpbusd, or vpmaddubsw on the kernels where it cannot saturate, ``KernelSpec.kgroup``). TVM's
     own x86 rule tries only ``dot_16x4_avx512``, whose ``vpmaddubsw`` saturates at int16 on 8-bit x 8-bit
-    codes, and which our kernels' NCHW reductions never matched anyway. Beside that space, the
-    hand-built one of the blocked int8 convs (:func:`~mpsearch.hardware.kernels.schedules.conv_space`):
-    MetaSchedule samples both and keeps the faster schedule."""
+    codes, and which our kernels' NCHW reductions never matched anyway. On aarch64 with dotprod / i8mm
+    the same rules tensorize with the sdot / usdot 16x4 dots and i8mm's smmla / usmmla 2x16x8 tiles
+    (``kernels.dot_intrinsics_for``). On x86, beside that space, the hand-built one of the blocked int8
+    convs (:func:`~mpsearch.hardware.kernels.schedules.conv_space`): MetaSchedule samples both and keeps
+    the faster schedule."""
     from mpsearch.hardware.kernels import dot_intrinsics_for, dot_isa
     from mpsearch.hardware.kernels.schedules import conv_space
+    from mpsearch.hardware.kernels.spec import ARM_DOT_ISAS
 
     _import_tvm()
     intrins = dot_intrinsics_for(target)
@@ -170,9 +173,14 @@ def space_generator(target: Any) -> Any:
                                      unroll_max_steps=[0, 16, 64, 512], unroll_explicit=True),
         r.RandomComputeLocation(),
     ]
+    # the smmla tile's zeroing is two loops (positions x lanes), which RewriteTensorize's init-loop
+    # vectorizer rejects with an InternalError: on aarch64 the zeroing is left to LLVM
+    arm = dot_isa(target) in ARM_DOT_ISAS
     postprocs = [p.DisallowDynamicLoop(), p.RewriteParallelVectorizeUnroll(), p.RewriteReductionBlock(),
-                 p.RewriteTensorize(vectorize_init_loop=True), p.RewriteLayout()]
+                 p.RewriteTensorize(vectorize_init_loop=not arm), p.RewriteLayout()]
     generic = ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=postprocs, mutator_probs="llvm")
+    if arm:
+        return generic
     # beside it, the hand-built space of blocked int8 convs (kernels/schedules.py): both are sampled,
     # the faster schedule is kept
     template = ms.space_generator.ScheduleFn(conv_space(dot_isa(target)), sch_rules=[], postprocs=[],
@@ -372,7 +380,7 @@ class TVMBackend(Backend):
         self.target = resolve_target(profile)
         from mpsearch.hardware.kernels import dot_isa
 
-        self.dot_isa = dot_isa(self.target)  # picks each integer kernel's exact dot layout (16x2 / 16x4)
+        self.dot_isa = dot_isa(self.target)  # picks each integer kernel's exact dot layout (16x2 / 16x4 / 2x16x8)
         self.device = make_device(profile)
         self.device.check()
         self._active: Session | None = None

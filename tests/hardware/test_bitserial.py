@@ -114,7 +114,7 @@ def test_profile_flag_is_typed_and_validated() -> None:
     with pytest.raises(ConfigError, match="bit-serial kernels are W2A2 .* add 2 to both") as info:
         profile_from_dict({**base, "precisions": {"bitserial": True, "w_bits": [4, 8, 32], "a_bits": [2, 8, 32]}})
     assert "\n" not in str(info.value)
-    for name in ("host_cpu", "host_cpu_1t", "rpi4", "arm_a76_dotprod", "x86_vnni_server"):
+    for name in ("host_cpu", "host_cpu_1t", "rpi4", "arm_a76_dotprod", "arm_neoverse_v1_i8mm", "x86_vnni_server"):
         assert isinstance(load_profile(name).precisions.bitserial, bool)
 
 

@@ -70,6 +70,7 @@ def test_run_config_selects_the_cost_mode() -> None:
 
 @pytest.mark.parametrize("overrides, expected", [
     (["hw_profile=rpi4_estimated"], ("rpi4", "estimated")),
+    (["hw_profile=arm_neoverse_v1_i8mm_estimated"], ("arm_neoverse_v1_i8mm", "estimated")),
     (["hw_profile=jetson_orin", "hw_profile.cost=estimated"], ("jetson_orin", "estimated")),
     (["hw_profile=rpi4"], ("rpi4", None)),
 ])

@@ -74,7 +74,7 @@ def test_fp16_only_where_the_profile_has_it() -> None:
     with pytest.raises(ConfigError, match="'host_cpu' does not support w_bits 16: 16 is fp16 .* no half-precision") as info:
         host.precisions.check(host.name, [(32, 32), (16, 16)])
     assert "\n" not in str(info.value)
-    for name in ("arm_a76_dotprod", "jetson_orin", "nvidia_h100"):
+    for name in ("arm_a76_dotprod", "arm_neoverse_v1_i8mm", "jetson_orin", "nvidia_h100"):
         p = load_profile(name)
         assert p.precisions.fp16 and p.peak.fp16_gflops > 0
         p.precisions.check(p.name, [(16, 16), (8, 16)])

@@ -27,15 +27,17 @@ def test_every_shipped_profile_loads(name: str) -> None:
 def test_the_issue_targets_are_shipped() -> None:
     """Each deployment class the project promises has a profile with the right TVM target."""
     targets = {n: load_profile(n) for n in ("host_cpu", "x86_vnni_server", "rpi4", "arm_a76_dotprod",
-                                            "jetson_orin", "nvidia_h100")}
+                                            "arm_neoverse_v1_i8mm", "jetson_orin", "nvidia_h100")}
     assert targets["host_cpu"].target["mcpu"] == "auto" and targets["host_cpu"].device == "local"
     assert targets["x86_vnni_server"].target["mcpu"] in ("cascadelake", "icelake-server", "sapphirerapids")
-    for arm, cpu in (("rpi4", "cortex-a72"), ("arm_a76_dotprod", "cortex-a76")):
+    for arm, cpu in (("rpi4", "cortex-a72"), ("arm_a76_dotprod", "cortex-a76"), ("arm_neoverse_v1_i8mm", "neoverse-v1")):
         p = targets[arm]
         assert p.target["mtriple"].startswith("aarch64") and p.target["mcpu"] == cpu and p.device == "rpc"
         assert p.cross_compiler.startswith("aarch64-linux-gnu-")
     assert "+dotprod" in targets["arm_a76_dotprod"].target["mattr"]
     assert "+dotprod" not in targets["rpi4"].target["mattr"]
+    assert {"+i8mm", "+dotprod", "+neon"} <= set(targets["arm_neoverse_v1_i8mm"].target["mattr"])
+    assert "+i8mm" not in targets["arm_a76_dotprod"].target["mattr"]
     orin, h100 = targets["jetson_orin"], targets["nvidia_h100"]
     assert (orin.target["arch"], orin.device, orin.cpu_target["mtriple"]) == ("sm_87", "rpc", "aarch64-linux-gnu")
     assert (h100.target["arch"], h100.device) == ("sm_90", "cuda") and h100.is_gpu and h100.precisions.fp16

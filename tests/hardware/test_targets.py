@@ -38,7 +38,7 @@ def test_elf_header_reader(tmp_path: Path) -> None:
         elf_info(tmp_path / "x")
 
 
-@pytest.mark.parametrize("name", ["rpi4", "arm_a76_dotprod", "jetson_orin"])
+@pytest.mark.parametrize("name", ["rpi4", "arm_a76_dotprod", "arm_neoverse_v1_i8mm", "jetson_orin"])
 def test_aarch64_profiles_cannot_be_measured_locally(name: str, tmp_path: Path) -> None:
     """A board's code is never run (or priced) on this machine by mistake."""
     import dataclasses
@@ -70,7 +70,7 @@ def test_gpu_profile_says_it_cannot_measure_here(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @needs_cross
-@pytest.mark.parametrize("name", ["rpi4", "arm_a76_dotprod"])
+@pytest.mark.parametrize("name", ["rpi4", "arm_a76_dotprod", "arm_neoverse_v1_i8mm"])
 def test_tiny_model_builds_as_an_aarch64_shared_object(name: str, tmp_path: Path, tiny_prepared,
                                                         tiny_ranges) -> None:
     from mpsearch.hardware.build import build_untuned

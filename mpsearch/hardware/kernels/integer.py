@@ -11,14 +11,23 @@ from collections.abc import Callable
 from tvm import te, tirx, topi
 
 from mpsearch.hardware.kernels.epilogue import epilogue
-from mpsearch.hardware.kernels.spec import KQUAD, LANES, UNPACK_RULE, KernelSpec
+from mpsearch.hardware.kernels.spec import (
+    ARM_DOT_ISAS,
+    KGROUP,
+    KOCT,
+    LANES,
+    UNPACK_RULE,
+    KernelSpec,
+)
 
 
-def quantize(x: tirx.PrimExpr, qp: te.Tensor, dtype: str) -> tirx.PrimExpr:
+def quantize(x: tirx.PrimExpr, qp: te.Tensor, dtype: str, offset: int = 0) -> tirx.PrimExpr:
+    """The activation code of ``x`` (``offset``: subtracted after clipping, :attr:`KernelSpec.a_offset`)."""
     v = tirx.floor(x * qp[0] + 0.5)
     if int(qp.shape[0]) == 5:  # z8: unsigned codes around the zero point qp[4] (u8/s8 code unchanged)
         v = v + qp[4]
-    return te.max(te.min(v, qp[2]), qp[1]).astype(dtype)
+    v = te.max(te.min(v, qp[2]), qp[1])
+    return (v - float(offset) if offset else v).astype(dtype)
 
 
 def zero_point_input(spec: KernelSpec, x: te.Tensor, qp: te.Tensor) -> tuple[te.Tensor, tuple[int, int]]:
@@ -43,16 +52,22 @@ def zero_point_input(spec: KernelSpec, x: te.Tensor, qp: te.Tensor) -> tuple[te.
 
 
 def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> tuple[te.Tensor, Callable[..., tirx.PrimExpr]]:
-    """Quantize the input into channel pairs (quads where ``spec.kgroup`` is 4) and reduce against the
+    """Quantize the input into channel groups of ``spec.kgroup`` (2, 4 or 8) and reduce against the
     blocked weights; the int32 accumulator has the 16 output lanes innermost. Returns it and
     ``(n, o, ...) -> acc value``."""
-    dtype = "uint8" if spec.a_mode in ("u8", "z8") else "int8"
+    off = spec.a_offset
+    dtype = "uint8" if spec.a_mode in ("u8", "z8") and not off else "int8"
+    # On ARM the quantized input stays a block of its own (UNPACK_RULE's custom rule): MetaSchedule's
+    # AutoInline would fold it into the dot, whose reads then no longer match any dot intrinsic, and
+    # RewriteTensorize leaves such a sketch untensorized with only a warning. (x86 kernels keep their
+    # code of before, so their tuning records stay valid.)
+    own = {"schedule_rule": UNPACK_RULE} if spec.dot_isa in ARM_DOT_ISAS else None
     g = spec.kgroup  # g == 2 builds exactly the 16x2 dot's code of before: its tuning records stay valid
     if spec.w_mode == "i4p":  # unpacked next to the dot (MetaSchedule places the unpack per tile)
         packed = w
 
         def unpack(*i: tirx.Var) -> tirx.PrimExpr:
-            if g == KQUAD:  # a lane's quad in two bytes
+            if g > KGROUP:  # a lane's quad (octet) in two (four) bytes
                 byte = packed(*i[:-1], tirx.floordiv(i[-1], 2)).astype("int32")
                 nibble = tirx.bitwise_and(tirx.shift_right(byte, tirx.floormod(i[-1], 2) * 4), 15)
                 return (nibble - 8).astype("int8")
@@ -64,10 +79,20 @@ def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> t
         w = te.compute(spec.dot_tile_shape(), unpack, name="unpack_int4", attrs={"schedule_rule": UNPACK_RULE})
     if spec.op == "linear":
         n, k = spec.x_shape
-        xq = te.compute((n, k // g, g), lambda b, k2, ki: quantize(x[b, k2 * g + ki], qp, dtype),
-                        name="quantize")
         k2 = te.reduce_axis((0, k // g), name="k2")
         ki = te.reduce_axis((0, g), name="ki")
+        if g == KOCT:  # smmla pairs two batch rows: next to the lanes in the output ([O/16, N, 16]) and
+            # next to their 8 inputs in the quantized input ([K/8, N, 8]: one 16-byte operand)
+            xq = te.compute((k // g, n, g), lambda k2, b, ki: quantize(x[b, k2 * g + ki], qp, dtype, off), name="quantize",
+                            attrs=own)
+            acc = te.compute(
+                (spec.w_shape[0] // LANES, n, LANES),
+                lambda oc, b, oi: te.sum(xq[k2, b, ki].astype("int32") * w[oc, k2, oi, ki].astype("int32"),
+                                         axis=[k2, ki]),
+                name="dot")
+            return acc, lambda b, o: acc[tirx.floordiv(o, LANES), b, tirx.floormod(o, LANES)]
+        xq = te.compute((n, k // g, g), lambda b, k2, ki: quantize(x[b, k2 * g + ki], qp, dtype, off),
+                        name="quantize", attrs=own)
         acc = te.compute(
             (n, spec.w_shape[0] // LANES, LANES),
             lambda b, oc, oi: te.sum(xq[b, k2, ki].astype("int32") * w[oc, k2, oi, ki].astype("int32"),
@@ -80,11 +105,13 @@ def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> t
 
     def quantize_pad(b: tirx.Var, c2: tirx.Var, i: tirx.Var, j: tirx.Var, ci: tirx.Var) -> tirx.PrimExpr:
         inside = tirx.all(i >= ph, i < h + ph, j >= pw, j < wd + pw)
-        v = quantize(x[b, c2 * g + ci, i - ph, j - pw], qp, dtype)
-        # z8: the border is the code of 0.0, the zero point (the bias-folded -z·rowsum(w) counts it)
-        return tirx.if_then_else(inside, v, qp[4].astype(dtype) if spec.a_mode == "z8" else tirx.const(0, dtype))
+        v = quantize(x[b, c2 * g + ci, i - ph, j - pw], qp, dtype, off)
+        # z8: the border is the code of 0.0, the zero point (the bias-folded -z·rowsum(w) counts it);
+        # shifted codes (a_offset): the code of 0.0 shifted too
+        zero = (qp[4] - float(off)).astype(dtype) if spec.a_mode == "z8" else tirx.const(-off, dtype)
+        return tirx.if_then_else(inside, v, zero)
 
-    xq = te.compute((n, c // g, h + 2 * ph, wd + 2 * pw, g), quantize_pad, name="quantize")
+    xq = te.compute((n, c // g, h + 2 * ph, wd + 2 * pw, g), quantize_pad, name="quantize", attrs=own)
     c2 = te.reduce_axis((0, c // g), name="c2")
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tvm import tirx
 
-from mpsearch.hardware.kernels.spec import KGROUP, KQUAD, LANES
+from mpsearch.hardware.kernels.spec import KGROUP, KOCT, KQUAD, LANES
 
 # -- the int8 dot product as a tensor intrinsic ---------------------------------------------------
 #
@@ -21,6 +21,13 @@ DOT_INTRINSICS = {"u8": "mpsearch_dot_16x2_u8s8_avx512", "s8": "mpsearch_dot_16x
 # registered under mpsearch's names so that replaying a tuned schedule needs no import of
 # tvm.s_tir.tensor_intrin (~60 s: every target's intrinsics) and keeps working with TVM's VNNI one broken.
 DOT4_INTRINSICS = {"avx512bw": "mpsearch_dot_16x4_u8s8_avx512", "avx512vnni": "mpsearch_dot_16x4_u8s8_vnni"}
+# aarch64 (KernelSpec._arm_kgroup says which kernels take which): the 16x4 dot as four 4-lane
+# ``sdot``s / ``usdot``s over the same [16, 4] tiles as x86, and i8mm's 2x16x8 tile as eight 2x2
+# ``smmla``s / ``usmmla``s. "u7" is the sdot on uint8 codes <= 127 (a_bits <= 7), read as int8 bytes;
+# 8-bit uint8 codes reach the s8 one shifted by -128 (KernelSpec.a_offset).
+ARM_DOT4_INTRINSICS = {"sdot": {"s8": "mpsearch_dot_16x4_s8s8_sdot", "u8": "mpsearch_dot_16x4_u7s8_sdot"},
+                       "i8mm": {"s8": "mpsearch_dot_16x4_s8s8_sdot", "u8": "mpsearch_dot_16x4_u8s8_usdot"}}
+MMLA_INTRINSICS = {"s8": "mpsearch_mmla_2x16x8_s8s8_smmla", "u8": "mpsearch_mmla_2x16x8_u8s8_usmmla"}
 _registered = False
 
 
@@ -107,9 +114,83 @@ def _dot4_intrinsic(isa: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
     return _dot_desc(KQUAD, "uint8"), vnni if isa == "avx512vnni" else avx512
 
 
+def _arm_dot4_intrinsic(name: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+    """16 lanes x 4: four ``sdot`` / ``usdot`` (each: 4 int32 lanes += 4 products of 8-bit pairs,
+    no saturation) against the broadcast activation quad. The ``[16, 4]`` weight tile is the four
+    16-byte operands in order."""
+    from tvm.script import tirx as T
+
+    a_dtype = "int8" if "_s8s8_" in name else "uint8"
+    instr, bytes_ = ("usdot", "uint8x16") if name.endswith("_usdot") else ("sdot", "int8x16")
+    llvm_name = f"llvm.aarch64.neon.{instr}.v4i32.v16i8"
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (KQUAD,), a_dtype, offset_factor=1)
+        B = T.match_buffer(b, (LANES, KQUAD), "int8", offset_factor=1)
+        C = T.match_buffer(c, (LANES,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:LANES], A[0:KQUAD], B[0:LANES, 0:KQUAD])
+            T.writes(C[0:LANES])
+            quad = T.reinterpret(A.vload([0], a_dtype + "x4"), dtype="int32")
+            a16 = T.reinterpret(T.broadcast(quad, 4), dtype=bytes_)
+            for q in T.serial(0, 4):
+                C[T.ramp(q * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(llvm_name), C.vload([q * 4], dtype="int32x4"), a16,
+                    B.vload([q * 4, 0], dtype="int8x16"), dtype="int32x4")
+
+    return _dot_desc(KQUAD, a_dtype), impl
+
+
+def _mmla_intrinsic(a_mode: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+    """Two output positions x 16 lanes x 8: ``C[p, l] += sum_k A[p, k] * B[l, k]`` as eight
+    ``smmla`` / ``usmmla`` (2x8 by 8x2 int8 into a 2x2 int32 tile, no saturation), one per lane pair.
+    The two positions' rows (A, C) may lie apart (a linear layer's batch rows); a lane pair's weights
+    are 16 contiguous bytes of the ``[16, 8]`` tile."""
+    from tvm.script import tirx as T
+
+    a_dtype = "int8" if a_mode == "s8" else "uint8"
+    llvm_name = f"llvm.aarch64.neon.{'smmla' if a_mode == 's8' else 'usmmla'}.v4i32.v16i8"
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (2, KOCT), a_dtype, offset_factor=1)
+        B = T.match_buffer(b, (LANES, KOCT), "int8", offset_factor=1)
+        C = T.match_buffer(c, (2, LANES), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:2, 0:LANES], A[0:2, 0:KOCT], B[0:LANES, 0:KOCT])
+            T.writes(C[0:2, 0:LANES])
+            for p, i, j in T.grid(2, LANES, KOCT):
+                with T.sblock("update"):
+                    vp, vi, vj = T.axis.remap("SSR", [p, i, j])
+                    C[vp, vi] = C[vp, vi] + T.cast(A[vp, vj], "int32") * T.cast(B[vi, vj], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (2, KOCT), a_dtype, offset_factor=1, strides=[T.int32(), 1])
+        B = T.match_buffer(b, (LANES, KOCT), "int8", offset_factor=1)
+        C = T.match_buffer(c, (2, LANES), "int32", offset_factor=1, strides=[T.int32(), 1])
+        with T.sblock("root"):
+            T.reads(C[0:2, 0:LANES], A[0:2, 0:KOCT], B[0:LANES, 0:KOCT])
+            T.writes(C[0:2, 0:LANES])
+            rows = T.vectorcombine(A.vload([0, 0], a_dtype + "x8"), A.vload([1, 0], a_dtype + "x8"),
+                                   dtype=a_dtype + "x16")
+            for q in T.serial(0, LANES // 2):
+                # the 2x2 tile, row-major: C[0, 2q:2q+2] then C[1, 2q:2q+2]
+                tile = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(llvm_name),
+                    T.vectorcombine(C.vload([0, q * 2], "int32x2"), C.vload([1, q * 2], "int32x2"), dtype="int32x4"),
+                    rows, B.vload([q * 2, 0], dtype="int8x16"), dtype="int32x4")
+                C[0, T.ramp(q * 2, 1, 2)] = T.vectorlow(tile, dtype="int32x2")
+                C[1, T.ramp(q * 2, 1, 2)] = T.vectorhigh(tile, dtype="int32x2")
+
+    return desc, impl
+
+
 def register_intrinsics() -> None:
-    """Register :data:`DOT_INTRINSICS` with TVM (idempotent). Needed wherever a tuned schedule that
-    uses them is replayed, not only while tuning."""
+    """Register every intrinsic of this module with TVM, x86 and aarch64 alike (idempotent; which a
+    target may use is :func:`dot_intrinsics_for`'s choice). Needed wherever a tuned schedule that uses
+    them is replayed, not only while tuning."""
     global _registered
     if _registered:
         return
@@ -121,31 +202,57 @@ def register_intrinsics() -> None:
     for isa, name in DOT4_INTRINSICS.items():
         if TensorIntrin.get(name, allow_missing=True) is None:
             TensorIntrin.register(name, *_dot4_intrinsic(isa))
+    for name in {n for by_mode in ARM_DOT4_INTRINSICS.values() for n in by_mode.values()}:
+        if TensorIntrin.get(name, allow_missing=True) is None:
+            TensorIntrin.register(name, *_arm_dot4_intrinsic(name))
+    for a_mode, name in MMLA_INTRINSICS.items():
+        if TensorIntrin.get(name, allow_missing=True) is None:
+            TensorIntrin.register(name, *_mmla_intrinsic(a_mode))
     _registered = True
 
 
 def dot_isa(target: object) -> str:
     """The int8 dot instructions of ``target`` that the kernels use (:attr:`KernelSpec.dot_isa`):
     ``"avx512vnni"`` (vpdpbusd, e.g. mcpu cascadelake / icelake-server), ``"avx512bw"`` (vpmaddwd,
-    vpmaddubsw) or ``""`` (none: a non-x86 or pre-AVX-512 target)."""
+    vpmaddubsw), ``"i8mm"`` (aarch64 with FEAT_I8MM: smmla, usmmla, usdot, and sdot), ``"sdot"``
+    (aarch64 with the dot-product extension) or ``""`` (none: e.g. a Cortex-A72, a pre-AVX-512 x86, a
+    GPU). Read from LLVM's view of the target (its mcpu and mattr together); a target LLVM cannot
+    describe (unknown triple) has none."""
     from tvm.target import codegen
 
     if getattr(getattr(target, "kind", None), "name", "") != "llvm":
         return ""
+    triple = str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
+    arch = {"arm64": "aarch64"}.get(triple.split("-")[0], triple.split("-")[0])
+    # asking LLVM about a triple it has no backend for crashes the process (TVM 0.27, LLVM 22)
+    if arch not in ("x86_64", "i386", "aarch64") or arch not in list(codegen.llvm_get_targets()):
+        return ""
     try:
-        if not codegen.target_has_features(["avx512bw", "avx512f"], target):
+        if arch != "aarch64":
+            if not codegen.target_has_features(["avx512bw", "avx512f"], target):
+                return ""
+            return "avx512vnni" if codegen.target_has_features(["avx512vnni"], target) else "avx512bw"
+        if not codegen.target_has_features(["neon", "dotprod"], target):
             return ""
-        return "avx512vnni" if codegen.target_has_features(["avx512vnni"], target) else "avx512bw"
-    except Exception:  # a target LLVM cannot describe (unknown triple): no intrinsic
+        return "i8mm" if codegen.target_has_features(["i8mm"], target) else "sdot"
+    except Exception:  # a target LLVM cannot describe: no intrinsic
         return ""
 
 
 def dot_intrinsics_for(target: object) -> list[str]:
-    """The dot intrinsics ``target`` can run (AVX-512BW x86 CPUs), else ``[]``: the exact 16x2 dots and
-    the 16x4 dot of its ISA. Only that one: both 16x4 dots share a description, and the vpmaddubsw one
-    would be inexact on the 8-bit kernels a VNNI target blocks 16x4."""
+    """The dot intrinsics ``target`` can run, else ``[]``. AVX-512BW x86 CPUs: the exact 16x2 dots and
+    the 16x4 dot of its ISA, only that one: both 16x4 dots share a description, and the vpmaddubsw one
+    would be inexact on the 8-bit kernels a VNNI target blocks 16x4. aarch64: the sdot / usdot 16x4
+    dots of its ISA (a dotprod-only target gets the "u7" sdot, which only <= 7-bit uint8 codes reach:
+    8-bit ones are shifted into int8 there, :attr:`KernelSpec.a_offset`; an i8mm one the exact usdot
+    instead) and, with i8mm, the smmla / usmmla 2x16x8 tiles of the kgroup-8 layout. The 16x2 layout
+    has no ARM intrinsic: plain loops."""
     isa = dot_isa(target)
+    if isa in ARM_DOT4_INTRINSICS:
+        mmla = list(MMLA_INTRINSICS.values()) if isa == "i8mm" else []
+        return [*mmla, *ARM_DOT4_INTRINSICS[isa].values()]
     return [DOT4_INTRINSICS[isa], *DOT_INTRINSICS.values()] if isa else []  # the denser dot tried first
 
 
-__all__ = ["DOT4_INTRINSICS", "DOT_INTRINSICS", "dot_intrinsics_for", "dot_isa", "register_intrinsics"]
+__all__ = ["ARM_DOT4_INTRINSICS", "DOT4_INTRINSICS", "DOT_INTRINSICS", "MMLA_INTRINSICS", "dot_intrinsics_for",
+           "dot_isa", "register_intrinsics"]

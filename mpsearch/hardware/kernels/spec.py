@@ -11,7 +11,9 @@ from mpsearch.hardware.memory import bitserial_weight_shape, bitserial_word_bits
 OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps keeps the kernel whole and alone
 LANES = 16  # output channels per int8 dot (one 512-bit int32 accumulator)
 KGROUP = 2  # reduction elements per lane per dot (one vpmaddwd pair)
-KQUAD = 4  # reduction elements per lane of the 16x4 dot (vpmaddubsw + vpmaddwd, or one VNNI vpdpbusd)
+KQUAD = 4  # reduction elements per lane of the 16x4 dot (vpmaddubsw + vpmaddwd, VNNI vpdpbusd, ARM sdot/usdot)
+KOCT = 8  # reduction elements per lane of the i8mm layout (smmla / usmmla: 2x8 by 8x2 int8 -> 2x2 int32)
+ARM_DOT_ISAS = ("sdot", "i8mm")  # aarch64 dot_isa values (intrinsics.dot_isa)
 UNPACK_RULE = "mpsearch_unpack_int4"  # MetaSchedule custom rule of the in-kernel int4 unpack (tvm_backend)
 
 
@@ -32,7 +34,7 @@ class KernelSpec:
     groups: int = 1
     epilogue: tuple[str, ...] = ()  # sequence of "relu" | "add"
     a_bits: int = 8  # activation bit width of an integer kernel (u8 codes <= 2**a_bits - 1)
-    dot_isa: str = ""  # int8 dot instructions of the target: "" | "avx512bw" | "avx512vnni" (dot_isa())
+    dot_isa: str = ""  # int8 dot instructions of the target: "" | "avx512bw" | "avx512vnni" | "sdot" | "i8mm"
 
     @property
     def integer(self) -> bool:
@@ -49,33 +51,70 @@ class KernelSpec:
 
     @property
     def kgroup(self) -> int:
-        """Reduction elements per lane of the blocked dot: 4 (``[O/16, K/4, 16, 4]`` tiles, the 16x4 dot)
-        where that dot is exact on the target, else 2 (the exact 16x2 ``vpmaddwd`` dot).
+        """Reduction elements per lane of the blocked dot: 8 (``[O/16, K/8, 16, 8]`` tiles, the i8mm
+        2x16x8 matrix multiply), 4 (``[O/16, K/4, 16, 4]``, the 16x4 dot) where that dot is exact on the
+        target, else 2 (the 16x2 layout: the exact ``vpmaddwd`` dot on x86, plain loops elsewhere).
 
-        The 16x4 dot multiplies u8 activations by s8 weights. VNNI's ``vpdpbusd`` adds the four products
-        straight into int32: exact for any u8 activation. AVX-512BW's ``vpmaddubsw`` first adds product
-        pairs into int16 with saturation, exact only while 2 * amax * |wmax| <= 32767: 4-bit activations
-        (2 * 15 * 128 = 3840) or 4-bit weights (2 * 255 * 8 = 4080). ``a_bits`` must then match the
-        runtime clip (``qp[2]``), which :func:`~mpsearch.hardware.lowering.kernel_spec` guarantees."""
+        x86: the 16x4 dot multiplies u8 activations by s8 weights. VNNI's ``vpdpbusd`` adds the four
+        products straight into int32: exact for any u8 activation. AVX-512BW's ``vpmaddubsw`` first adds
+        product pairs into int16 with saturation, exact only while 2 * amax * |wmax| <= 32767: 4-bit
+        activations (2 * 15 * 128 = 3840) or 4-bit weights (2 * 255 * 8 = 4080).
+
+        aarch64 (:func:`_arm_kgroup`): ``sdot`` adds four s8 x s8 products into each int32 lane, exact
+        with no saturation, so s8 activations take it, u8 / z8 ones whose codes fit in s8 (``a_bits`` <=
+        7), and 8-bit u8 / z8 ones shifted into s8 (:attr:`a_offset`). i8mm adds ``usdot`` (u8 x s8) and
+        ``smmla`` / ``usmmla``: every u8, z8 and s8 activation is exact as it is.
+
+        ``a_bits`` must match the runtime clip (``qp[2]``), which
+        :func:`~mpsearch.hardware.lowering.kernel_spec` guarantees."""
+        if self.dot_isa in ARM_DOT_ISAS:
+            return self._arm_kgroup()
         if not self.integer or self.groups != 1 or self.a_mode != "u8" or self.w_shape[1] % KQUAD:
             return KGROUP
         exact = self.dot_isa == "avx512vnni" or (
             self.dot_isa == "avx512bw" and (self.a_bits <= 4 or self.w_mode == "i4p"))
         return KQUAD if exact else KGROUP
 
+    def _arm_kgroup(self) -> int:
+        """The ARM layouts: 8 where i8mm's ``smmla`` tile of two output positions maps onto the kernel
+        (a stride-1 conv with an even output width, whose two neighbouring pixels read 16 contiguous
+        input bytes; a linear layer with an even batch), 4 for the other exact ``sdot`` / ``usdot``
+        cases, else 2. z8 (zero-point) activations are uint8 codes like u8 (their zero-point correction
+        is in the bias), so they take the u8 dots."""
+        reduce_dim = self.w_shape[1]
+        if not self.integer or self.bitserial or self.groups != 1 or self.a_mode not in ("u8", "s8", "z8") \
+                or reduce_dim % KQUAD:
+            return KGROUP
+        if self.dot_isa == "i8mm":
+            pairs = self.stride == (1, 1) and self.out_shape[3] % 2 == 0 if self.op == "conv2d" \
+                else self.x_shape[0] % 2 == 0
+            return KOCT if pairs and reduce_dim % KOCT == 0 else KQUAD
+        return KQUAD  # sdot: s8, 7-bit codes as they are, 8-bit uint8 codes shifted (a_offset)
+
+    @property
+    def a_offset(self) -> int:
+        """What a packed kernel subtracts from its activation codes before the dot: 128 where 8-bit
+        uint8 codes (u8, z8) meet the s8 x s8 ``sdot`` of a dotprod-only target, so they fit in s8
+        (``u - 128``); the lowering adds the ``128 * scale * rowsum(w)`` this takes away to the bias
+        (:func:`~mpsearch.hardware.lowering.kernel_arrays`), and conv borders hold the shifted code of
+        0.0. 0 elsewhere: the codes go into the dot as they are."""
+        shifted = self.dot_isa == "sdot" and self.a_mode in ("u8", "z8") and self.a_bits > 7
+        return 128 if shifted and self.packed and self.kgroup == KQUAD else 0
+
     @property
     def packed(self) -> bool:
         """Whether the int8 reduction runs as a blocked dot product: weights packed at prepare time
-        into ``[O/16, K/2, 16, 2]`` tiles (conv: ``[O/16, C/2, kh, kw, 16, 2]``; ``/4`` and ``4`` where
-        :attr:`kgroup` is 4), the input quantized into channel pairs (quads), so MetaSchedule can
-        tensorize the reduction with :data:`DOT_INTRINSICS` (:data:`DOT4_INTRINSICS`).
+        into ``[O/16, K/2, 16, 2]`` tiles (conv: ``[O/16, C/2, kh, kw, 16, 2]``; ``/g`` and ``g`` where
+        :attr:`kgroup` is 4 or 8), the input quantized into channel groups of that size, so MetaSchedule
+        can tensorize the reduction with the target's dot intrinsics (:func:`~.intrinsics.dot_intrinsics_for`).
         Shapes that do not tile (e.g. a 1-channel stem, a 10-class head) keep the plain layout."""
         if not self.integer or self.groups != 1 or self.bitserial:
             return False
-        if self.w_mode == "i4p" and self.op == "linear":
+        if self.w_mode == "i4p" and self.op == "linear" and not (self.dot_isa in ARM_DOT_ISAS and self.x_shape[0] > 1):
             # a GEMV reads each weight once: unpacking the whole int4 matrix into an int8 buffer for
             # the dot costs more than it saves (measured 0.37x of fp32 vs 0.87x unpacked in the loop;
-            # through the 16x4 dot still 0.79x vs 0.93x: 1024x1024, one thread, 8 trials each)
+            # through the 16x4 dot still 0.79x vs 0.93x: 1024x1024, one thread, 8 trials each, x86).
+            # On ARM a batch of rows shares the unpack (and i8mm's smmla pairs the rows); not timed there
             return False
         reduce_dim = self.w_shape[1]  # input channels (conv) or K (linear)
         return self.w_shape[0] % LANES == 0 and reduce_dim % KGROUP == 0
@@ -134,4 +173,4 @@ class KernelSpec:
         return 2 * math.prod(self.out_shape) * (self.k if self.op == "conv2d" else self.w_shape[1])
 
 
-__all__ = ["KGROUP", "KQUAD", "KernelSpec", "LANES", "OPAQUE", "UNPACK_RULE"]
+__all__ = ["ARM_DOT_ISAS", "KGROUP", "KOCT", "KQUAD", "KernelSpec", "LANES", "OPAQUE", "UNPACK_RULE"]
