@@ -89,7 +89,7 @@ def _run(cfg: RunConfig, backend_factory: BackendFactory, run_dir: Path, tvm_log
     todo = to_evaluate(searched.chosen, loaded.layers, loaded.given, searched.pick)
     with timer.stage("evaluation"):
         evaluation = evaluate(todo, accuracy, backend, prepared, ranges, table, sens.score, sens.joint,
-                              s.max_failure_rate)
+                              s.max_failure_rate, cfg.progress)
     notes = evaluation.notes
     if wants_learning(s):
         with timer.stage("learned quantization"):

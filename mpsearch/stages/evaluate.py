@@ -63,7 +63,7 @@ def check_failure_rate(todo: Sequence[tuple[Any, ...]], measurements: list[Any],
 def evaluate(todo: list[Todo], accuracy: Callable[[Candidate], float], backend: Backend, prepared: PreparedModel,
              ranges: Mapping[str, tuple[float, float]], table: LayerCostTable,
              score: Mapping[str, Mapping[Bits, float]], joint: Callable[[Candidate], float] | None,
-             max_failure_rate: float) -> Evaluation:
+             max_failure_rate: float, progress: bool = False) -> Evaluation:
     """Accuracy of every candidate, then one interleaved end-to-end measurement of them all.
 
     Args:
@@ -71,12 +71,16 @@ def evaluate(todo: list[Todo], accuracy: Callable[[Candidate], float], backend: 
             (:func:`~mpsearch.stages.accuracy.cached_accuracy`).
         score: The additive proxy (NaN for a candidate with a pair outside it); ``joint`` replaces it.
         max_failure_rate: ``search.max_failure_rate``.
+        progress: Show a progress bar (with ETA) over the candidates' accuracy runs, the stage's long part.
 
     Raises:
         HardwareError: More measurements failed than ``max_failure_rate`` allows.
     """
+    from tqdm import tqdm
+
     layers = prepared.layer_names
-    accuracies = [accuracy(t.candidate) for t in todo]
+    accuracies = [accuracy(t.candidate) for t in tqdm(todo, desc="evaluate accuracy", unit="candidate",
+                                                      disable=not progress, leave=False)]
     measurements = backend.measure_many(prepared, [t.candidate for t in todo], ranges)
     check_failure_rate(todo, measurements, max_failure_rate)
     evaluated, notes = [], []

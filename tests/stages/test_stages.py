@@ -267,6 +267,15 @@ def test_evaluate_reports_accuracy_proxy_and_latency(loaded, ranges, sens, table
     assert [e.proxy for e in joint.candidates] == [42.0] * 3
 
 
+def test_evaluation_shows_a_progress_bar_over_the_accuracy_runs(loaded, ranges, sens, table, capsys) -> None:
+    todo = to_evaluate([], LAYERS)
+    evaluate(todo, lambda c: 0.5, TableBackend(), loaded.prepared, ranges, table, sens.score, None, 0.5, progress=True)
+    bar = capsys.readouterr().err
+    assert "evaluate accuracy" in bar and f"0/{len(todo)}" in bar  # the bar counts the candidates
+    evaluate(todo, lambda c: 0.5, TableBackend(), loaded.prepared, ranges, table, sens.score, None, 0.5)
+    assert "evaluate accuracy" not in capsys.readouterr().err  # progress off: nothing
+
+
 def test_failed_measurements_are_notes_until_the_failure_rate(loaded, ranges, sens, table) -> None:
     todo = to_evaluate([], LAYERS)
     broken = TableBackend(fail=[todo[1].candidate.key()])
