@@ -1,9 +1,16 @@
-"""Speedup at iso-accuracy and what users would pick instead, one run, one machine, pinned threads.
+"""Is the pick the fastest way to run the model here? mpsearch beside what users would pick instead.
 
-Rows: PyTorch FP32 eager; ONNX Runtime FP32 and ONNX Runtime INT8 (static QDQ quantization, per-channel
-weights, min-max calibration on the same calibration images); TVM FP32 and uniform INT8 (tuned, the
-same kernels mpsearch uses); mpsearch's pick: the fastest measured candidate of the default search's
-front within 1 point of FP32 accuracy. All latencies are batch 1, median of repeats.
+Per model and batch size, one row per way of running it, all timed in the same rounds (every row once
+per round, rounds interleaved, so the machine's drift hits all rows alike), threads pinned:
+
+- PyTorch FP32 eager; ONNX Runtime FP32; ONNX Runtime INT8 static (QDQ, per-channel weights, min-max
+  calibration on the search's calibration images); for transformers, ONNX Runtime INT8 dynamic;
+- TVM FP32 and TVM uniform INT8 (tuned: the same kernels and tuning budget mpsearch uses);
+- mpsearch's pick: the fastest candidate of the search's front within ``ISO_POINTS`` of FP32 accuracy,
+  timed as the compiled library it exports.
+
+The headline is **pick latency / fastest ONNX Runtime row** (below 1: the pick is faster than the best
+peer). Batch 1 is what the search optimizes; batch 8 runs the same picks with kernels tuned for batch 8.
 """
 
 from __future__ import annotations
@@ -11,7 +18,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,49 +29,64 @@ from benchmarks.common import BenchmarkResult, median_time_s
 from mpsearch.report.markdown import markdown_table
 
 NAME = "baselines"
-TITLE = "Speedup at iso-accuracy, and mpsearch beside PyTorch and ONNX Runtime (default model, host CPU)"
+TITLE = "Is the pick the fastest way to run the model here? mpsearch beside PyTorch and ONNX Runtime"
 ISO_POINTS = 1.0  # accuracy points within FP32 that count as iso-accuracy
 TRIALS = 32  # per kernel, for all TVM rows alike (the host profile's default, 8, is for a quick first run)
+BATCHES = (1, 8)
+PEERS = ("ort_fp32", "ort_int8_static", "ort_int8_dynamic")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of framework timings (median taken)")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (median taken)")
     parser.add_argument("--trials", type=int, default=TRIALS,
                         help="MetaSchedule trials per kernel for every TVM row (the pick's search, FP32, INT8)")
+    parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES), help="batch sizes timed")
 
 
-def _accuracy(predict, data) -> float:
+def _accuracy(predict: Callable[[torch.Tensor], Any], data: list) -> float:
     correct = total = 0
     for x, y in data:
-        correct += int((predict(x).argmax(1) == y).sum())
+        correct += int((torch.as_tensor(predict(x)).argmax(1) == y).sum())
         total += len(y)
     return correct / total
 
 
-def _onnx_models(model: torch.nn.Module, calib: list, workdir: Path, threads: int) -> dict[str, Path]:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+def onnx_models(model: torch.nn.Module, example: torch.Tensor, calib: list[torch.Tensor], workdir: Path,
+                transformer: bool = False) -> dict[str, Path]:
+    """The model as ONNX (FP32) and quantized by ONNX Runtime: static QDQ INT8 (per-channel weights,
+    calibrated on ``calib``) and, for transformers, dynamic INT8."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fp32 = workdir / "model.onnx"
-    torch.onnx.export(model, (torch.zeros(1, 1, 28, 28),), str(fp32), dynamo=False, input_names=["x"],
-                      output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17)
+    torch.onnx.export(model, (example,), str(fp32), dynamo=False, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17)
     pre = workdir / "model.pre.onnx"
     quant_pre_process(str(fp32), str(pre))
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.it = iter([{"x": x.numpy()} for x, _ in calib])
+            self.it = iter([{"x": x.numpy()} for x in calib])
 
         def get_next(self):  # noqa: ANN201 - ORT's interface
             return next(self.it, None)
 
-    int8 = workdir / "model.int8.onnx"
-    quantize_static(str(pre), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
-    return {"ort_fp32": fp32, "ort_int8": int8}
+    paths = {"ort_fp32": fp32, "ort_int8_static": workdir / "model.int8.onnx"}
+    quantize_static(str(pre), str(paths["ort_int8_static"]), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    if transformer:
+        paths["ort_int8_dynamic"] = workdir / "model.dyn.onnx"
+        quantize_dynamic(str(pre), str(paths["ort_int8_dynamic"]), weight_type=QuantType.QInt8)
+    return paths
 
 
-def _ort_session(path: Path, threads: int):
+def ort_session(path: Path, threads: int) -> Any:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -72,89 +96,146 @@ def _ort_session(path: Path, threads: int):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def run(args: argparse.Namespace) -> BenchmarkResult:
+def _tvm_callable(backend: Any, prepared: Any, candidate: Any, ranges: Any, batch: int,
+                  x: np.ndarray) -> Callable[[], Any]:
+    """One call of ``candidate``'s compiled library at ``batch`` (its kernels tuned for that batch first),
+    inputs and parameters bound, as the exported library runs it."""
+    import tvm
+
+    from mpsearch.hardware.tvm_backend import _hash_mod
+
+    lowered = backend.lower(prepared, candidate, ranges, batch=batch)
+    kernels = {}
+    for name, spec in lowered.kernels.items():
+        mod = backend._kernel_mod(spec)
+        kernels[_hash_mod(mod)] = (f"{name.replace('.', '_')}_b{batch}", mod)
+    backend.tune(kernels)  # a no-op at batch 1: the search tuned them
+    exe, lowered, _ = backend._compile(prepared, candidate, ranges, batch=batch, keep=64, lowered=lowered)
+    dev = tvm.cpu()
+    vm = tvm.relax.VirtualMachine(exe, dev)
+    vm.set_input("main", *[tvm.runtime.tensor(a, dev) for a in [x, *lowered.params]])
+    return lambda: vm.invoke_stateful("main")
+
+
+def _time_interleaved(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """Milliseconds per call of every function, each timed once per round, rounds interleaved."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                samples[name].append(median_time_s(fn, repeat=3, number=10)[0] * 1e3)
+    return samples
+
+
+def _default_case(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The default search (tuning records and caches reused), its front, and every row of the table."""
     from mpsearch.config import RunConfig
     from mpsearch.hardware.tvm_backend import TVMBackend
-    from mpsearch.pipeline import build_model, configured_profile, run as run_search
+    from mpsearch.pipeline import batches, build_model, configured_profile, load_data
+    from mpsearch.pipeline import run as run_search
+    from mpsearch.quant.calibration import calibrate
+    from mpsearch.quant.prepare import prepare_model
 
-    work = Path(tempfile.mkdtemp(prefix="mpsearch-bench-"))
     cfg = RunConfig(results_dir=str(work / "results"), cache_dir=str(args.cache_dir), progress=False)
     cfg.hw_profile.threads = args.threads
     cfg.hw_profile.trials_per_task = args.trials
     if args.quick:
         cfg.data.test_samples, cfg.search.n_trials, cfg.search.measure_front = 1000, 60, 3
-    outcome = run_search(cfg)  # the default search (tuning records and caches reused)
+    outcome = run_search(cfg)
     evs = {e.label: e for e in outcome.summary.candidates}
     fp32_acc = evs["fp32"].accuracy
 
-    # Time every TVM candidate anew, interleaved, so all TVM rows share one machine state.
     backend = TVMBackend(configured_profile(cfg), Path(args.cache_dir), progress=False)
-    backend.record_timings_in(work / "costs.jsonl")
-    from mpsearch.pipeline import batches, load_data
-    from mpsearch.quant.calibration import calibrate
-    from mpsearch.quant.prepare import prepare_model
-
-    model = build_model(cfg)
+    backend.record_timings_in(work / "costs.jsonl")  # every figure from this run, none from a cache
+    model = build_model(cfg).eval()
     prepared = prepare_model(model, tuple(cfg.model.input_shape))
     calib = batches(load_data(cfg, "calib", cfg.data.calib_samples), cfg.data.batch_size)
     test = batches(load_data(cfg, "test", cfg.data.test_samples), cfg.data.batch_size)
     ranges = calibrate(prepared.graph_module, prepared.layer_names, calib, cfg.search.calibration,
                        cfg.search.percentile)
-    tvm_labels = [label for label, e in evs.items() if e.kind in ("pareto", "ilp") or label in ("fp32", "int8")]
-    meas = backend.measure_many(prepared, [evs[label].candidate for label in tvm_labels], ranges)
-    tvm_ms = {label: m.latency_s * 1e3 for label, m in zip(tvm_labels, meas) if m.ok}
-    iso = [label for label in tvm_labels if label in tvm_ms and evs[label].kind != "baseline"
-           and evs[label].accuracy >= fp32_acc - ISO_POINTS / 100]
-    pick = min(iso, key=tvm_ms.get) if iso else None
+    # the pick: the front's fastest candidate within ISO_POINTS of FP32, timed now, interleaved
+    front = [label for label, e in evs.items() if e.kind in ("pareto", "ilp")
+             and e.accuracy is not None and e.accuracy >= fp32_acc - ISO_POINTS / 100]
+    meas = backend.measure_many(prepared, [evs[label].candidate for label in front], ranges)
+    timed = {label: m.latency_s for label, m in zip(front, meas) if m.ok}
+    pick = min(timed, key=timed.get) if timed else None
 
-    # Frameworks users would reach for instead, same threads, same batch-1 input.
-    x1 = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype("float32"))
-    onnx = _onnx_models(model, [(x, y) for x, y in calib][:4], work, args.threads)
-    sessions = {name: _ort_session(path, args.threads) for name, path in onnx.items()}
-    frameworks = {
-        "pytorch_fp32": lambda: model(x1),
-        **{name: (lambda s=s: s.run(None, {"x": x1.numpy()})) for name, s in sessions.items()},
-    }
-    samples: dict[str, list[float]] = {name: [] for name in frameworks}
-    with torch.inference_mode():
-        for _ in range(args.rounds):
-            for name, fn in frameworks.items():
-                samples[name].append(median_time_s(fn, repeat=5, number=20)[0] * 1e3)
-        accuracy = {"pytorch_fp32": _accuracy(model, test)}
+    shape = tuple(cfg.model.input_shape)
+    onnx = onnx_models(model, torch.zeros(1, *shape), [x for x, _ in calib][:4], work)
+    sessions = {name: ort_session(path, args.threads) for name, path in onnx.items()}
+    accuracy = {"pytorch_fp32": _accuracy(model, test), "tvm_fp32": fp32_acc, "tvm_int8": evs["int8"].accuracy}
     for name, s in sessions.items():
-        accuracy[name] = _accuracy(lambda x, s=s: torch.from_numpy(s.run(None, {"x": x.numpy()})[0]), test)
-
-    rows = [
-        ("PyTorch FP32 (eager)", accuracy["pytorch_fp32"], statistics.median(samples["pytorch_fp32"]), None),
-        ("ONNX Runtime FP32", accuracy["ort_fp32"], statistics.median(samples["ort_fp32"]), None),
-        ("ONNX Runtime INT8 (static QDQ, per-channel)", accuracy["ort_int8"], statistics.median(samples["ort_int8"]),
-         None),
-        ("TVM FP32 (tuned)", evs["fp32"].accuracy, tvm_ms.get("fp32"), evs["fp32"].weight_bytes),
-        ("TVM INT8 uniform (tuned)", evs["int8"].accuracy, tvm_ms.get("int8"), evs["int8"].weight_bytes),
-    ]
+        accuracy[name] = _accuracy(lambda x, s=s: s.run(None, {"x": x.numpy()})[0], test)
     if pick:
-        rows.append((f"mpsearch pick ({pick}: {evs[pick].candidate.describe()})", evs[pick].accuracy, tvm_ms[pick],
-                     evs[pick].weight_bytes))
-    ref = statistics.median(samples["pytorch_fp32"])
-    faster_uniform = min(v for v in (tvm_ms.get("fp32"), tvm_ms.get("int8")) if v is not None)
-    table = markdown_table(
-        ["method", "top-1 %", "latency ms", "× vs PyTorch FP32", "× vs faster TVM uniform", "weight KiB"],
-        [[name, f"{acc * 100:.2f}", f"{ms:.3f}" if ms else "n/a", f"{ref / ms:.2f}" if ms else "",
-          f"{faster_uniform / ms:.2f}" if ms else "", f"{wb / 1024:.1f}" if wb else ""]
-         for name, acc, ms, wb in rows])
-    speedup = faster_uniform / tvm_ms[pick] if pick else None
-    data = {
-        "fp32_accuracy": fp32_acc, "iso_points": ISO_POINTS, "pick": pick,
-        "pick_candidate": evs[pick].candidate.to_json() if pick else None,
-        "speedup_vs_faster_uniform": speedup, "target_speedup": 1.3,
-        "rows": [{"method": n, "accuracy": a, "latency_ms": ms, "weight_bytes": wb} for n, a, ms, wb in rows],
-        "tvm_candidates_ms": tvm_ms, "framework_samples_ms": samples, "test_images": sum(len(y) for _, y in test),
-        "device": backend.describe(), "trials_per_kernel": args.trials,
-    }
-    verdict = (f"Speedup of the pick over the faster tuned uniform baseline: **{speedup:.2f}×** (target ≥ 1.3×)."
-               if speedup else "No front candidate came within 1 point of FP32 accuracy.")
-    text = "\n".join([
-        f"Top-1 on {data['test_images']} Fashion-MNIST test images; latency batch 1 on {data['device']}. "
-        f"Every TVM kernel tuned with MetaSchedule ({backend.profile.tuning.strategy}, {args.trials} trials). "
-        f"Iso-accuracy: within {ISO_POINTS:g} point of FP32.", "", table, "", verdict, ""])
+        accuracy["pick"] = evs[pick].accuracy
+    tvm_rows = {"tvm_fp32": evs["fp32"].candidate, "tvm_int8": evs["int8"].candidate,
+                **({"pick": evs[pick].candidate} if pick else {})}
+
+    per_batch = {}
+    rng = np.random.default_rng(0)
+    for batch in args.batches:
+        x = rng.standard_normal((batch, *shape)).astype("float32")
+        xt = torch.from_numpy(x)
+        fns: dict[str, Callable[[], Any]] = {"pytorch_fp32": lambda xt=xt: model(xt)}
+        fns.update({name: (lambda s=s, x=x: s.run(None, {"x": x})) for name, s in sessions.items()})
+        for row, cand in tvm_rows.items():
+            fns[row] = _tvm_callable(backend, prepared, cand, ranges, batch, x)
+        per_batch[batch] = _time_interleaved(fns, args.rounds)
+    return {"model": cfg.model.name, "fp32_accuracy": fp32_acc, "pick": pick,
+            "pick_candidate": evs[pick].candidate.describe() if pick else None,
+            "pick_weight_bytes": evs[pick].weight_bytes if pick else None,
+            "accuracy": accuracy, "samples_ms": per_batch, "test_images": sum(len(y) for _, y in test),
+            "device": backend.describe(), "strategy": backend.profile.tuning.strategy}
+
+
+LABELS = {
+    "pytorch_fp32": "PyTorch FP32 (eager)", "ort_fp32": "ONNX Runtime FP32",
+    "ort_int8_static": "ONNX Runtime INT8 static (QDQ, per-channel)", "ort_int8_dynamic": "ONNX Runtime INT8 dynamic",
+    "tvm_fp32": "TVM FP32 (tuned)", "tvm_int8": "TVM INT8 uniform (tuned)", "pick": "mpsearch pick",
+}
+
+
+def _rows(case: dict[str, Any], batch: int) -> list[dict[str, Any]]:
+    samples = case["samples_ms"][batch]
+    return [{"method": LABELS[name], "key": name, "latency_ms": statistics.median(s),
+             "accuracy": case["accuracy"].get(name)} for name, s in samples.items()]
+
+
+def summarize(cases: list[dict[str, Any]], batches: list[int], trials: int, rounds: int) -> tuple[dict, str]:
+    """The JSON data (per model, per batch, one ``rows`` list and the headline ratio) and the Markdown
+    tables of measured ``cases``."""
+    models, lines = [], []
+    for case in cases:
+        entry = {k: v for k, v in case.items() if k != "samples_ms"}
+        entry["batches"] = {}
+        intro = (f"Top-1 on {case['test_images']} test images; TVM on {case['device']}, every kernel tuned with "
+                 f"MetaSchedule ({case['strategy']}, {trials} trials; kernels of batch > 1 tuned for their batch). "
+                 f"Pick: the front's fastest candidate within {ISO_POINTS:g} point of FP32 "
+                 f"({case['pick'] or 'none'}: {case['pick_candidate'] or 'no candidate qualified'}). "
+                 f"Median of {rounds} interleaved rounds.")
+        lines += [f"## {case['model']}", "", intro, ""]
+        for batch in batches:
+            rows = _rows(case, batch)
+            by_key = {r["key"]: r for r in rows}
+            peer = min((r for r in rows if r["key"] in PEERS), key=lambda r: r["latency_ms"])
+            ratio = by_key["pick"]["latency_ms"] / peer["latency_ms"] if "pick" in by_key else None
+            entry["batches"][str(batch)] = {"rows": rows, "fastest_peer": peer["method"],
+                                            "pick_over_fastest_peer": ratio}
+            table = markdown_table(
+                ["method", "top-1 %", "latency ms", "÷ fastest ONNX Runtime"],
+                [[r["method"], f"{r['accuracy'] * 100:.2f}" if r["accuracy"] is not None else "",
+                  f"{r['latency_ms']:.3f}", f"{r['latency_ms'] / peer['latency_ms']:.2f}"] for r in rows])
+            verdict = "No front candidate came within the iso-accuracy band."
+            if ratio is not None:
+                verdict = (f"Pick ÷ fastest ONNX Runtime ({peer['method']}): **{ratio:.2f}** "
+                           f"({'faster' if ratio < 1 else 'slower'}; target ≤ 1.0)")
+            lines += [f"### batch {batch}", "", table, "", verdict, ""]
+        models.append(entry)
+    data = {"iso_points": ISO_POINTS, "trials_per_kernel": trials, "rounds": rounds, "models": models}
+    return data, "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> BenchmarkResult:
+    work = Path(tempfile.mkdtemp(prefix="mpsearch-bench-"))
+    data, text = summarize([_default_case(args, work)], args.batches, args.trials, args.rounds)
     return BenchmarkResult(NAME, TITLE, data, text)

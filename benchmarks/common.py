@@ -42,6 +42,24 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+#: the CPU flags that decide which kernels and peers run fast (Linux /proc/cpuinfo names)
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8",
+                "amx_bf16", "asimddp", "i8mm")
+
+
+def cpu_features() -> list[str]:
+    """Which of :data:`CPU_FEATURES` this CPU has (empty where /proc/cpuinfo cannot be read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[1].split())
+    return [f for f in CPU_FEATURES if f in flags]
+
+
 def load_average() -> list[float]:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -59,6 +77,7 @@ def machine_info(threads: int) -> dict[str, Any]:
     return {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_model(),
+        "cpu_features": cpu_features(),
         "cores": os.cpu_count(),
         "threads": threads,
         "load_average_1_5_15": load_average(),
@@ -104,7 +123,8 @@ def write_result(result: BenchmarkResult, out_dir: Path = RESULTS_DIR) -> tuple[
     header = [
         f"# {result.title}",
         "",
-        f"Measured {m.get('date')} on {m.get('cpu')} ({m.get('cores')} cores, {m.get('threads')} threads "
+        f"Measured {m.get('date')} on {m.get('cpu')} ({m.get('cores')} cores, "
+        f"{', '.join(m.get('cpu_features') or []) or 'no listed ISA features'}; {m.get('threads')} threads "
         f"pinned; load average {m.get('load_average_1_5_15')}); wall time {result.wall_s:.0f} s. "
         f"Regenerate with `python -m benchmarks {result.name}`.",
         "",

@@ -20,6 +20,8 @@ def test_result_files_carry_machine_and_date(tmp_path: Path) -> None:
     payload = json.loads(js.read_text())
     assert payload["data"] == {"ratio": 1.5} and payload["machine"]["threads"] == 2
     assert payload["machine"]["cpu"] and payload["machine"]["date"].endswith("UTC")
+    features = payload["machine"]["cpu_features"]
+    assert isinstance(features, list) and all(f in md.read_text() for f in features)
     text = md.read_text()
     assert text.startswith("# A demo") and payload["machine"]["cpu"] in text and "| 1 |" in text
 
@@ -51,3 +53,23 @@ def test_random_candidates_are_distinct_and_mixed() -> None:
     assert len({c.key() for c in cands}) == 20
     assert all(len(set(c.values())) > 1 and set(c) == set(layers) for c in cands)
     assert [c.key() for c in cands] == [c.key() for c in random_candidates(layers, pairs, 20, seed=1)]
+
+
+def test_baselines_headline_is_the_pick_over_the_fastest_onnx_runtime_row() -> None:
+    from benchmarks.baselines import summarize
+
+    case = {"model": "m", "fp32_accuracy": 0.9, "pick": "pareto-1", "pick_candidate": "W8A8x3",
+            "pick_weight_bytes": 10, "test_images": 100, "device": "cpu", "strategy": "replay-trace",
+            "accuracy": {"pytorch_fp32": 0.9, "ort_fp32": 0.9, "ort_int8_static": 0.89, "tvm_fp32": 0.9,
+                         "tvm_int8": 0.9, "pick": 0.895},
+            "samples_ms": {b: {"pytorch_fp32": [5.0 * b] * 3, "ort_fp32": [1.0 * b, 1.2 * b, 0.8 * b],
+                               "ort_int8_static": [0.9 * b] * 3, "tvm_fp32": [3.0 * b] * 3,
+                               "tvm_int8": [1.5 * b] * 3, "pick": [0.72 * b] * 3} for b in (1, 8)}}
+    data, text = summarize([case], [1, 8], trials=4, rounds=3)
+    for batch in ("1", "8"):
+        entry = data["models"][0]["batches"][batch]
+        assert entry["fastest_peer"] == "ONNX Runtime INT8 static (QDQ, per-channel)"
+        assert abs(entry["pick_over_fastest_peer"] - 0.8) < 1e-9  # 0.72 / 0.9, never against TVM itself
+        assert {r["key"] for r in entry["rows"]} == set(case["samples_ms"][1])
+        assert all({"method", "latency_ms", "accuracy"} <= set(r) for r in entry["rows"])
+    assert "**0.80**" in text and "faster" in text and "### batch 8" in text
