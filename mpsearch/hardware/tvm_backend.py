@@ -134,13 +134,15 @@ def _register_unpack_rule() -> None:
     def rule(sch: Any, block: Any) -> list:
         return [sch]
 
-    name = f"s_tir.meta_schedule.cpu.{UNPACK_RULE}"
-    if tvm_ffi.get_global_func(name, allow_missing=True) is None:
-        tvm_ffi.register_global_func(name, rule)
+    for kind in ("cpu", "cuda"):  # on a GPU the unbound block is then bound by RewriteUnboundBlock
+        name = f"s_tir.meta_schedule.{kind}.{UNPACK_RULE}"
+        if tvm_ffi.get_global_func(name, allow_missing=True) is None:
+            tvm_ffi.register_global_func(name, rule)
 
 
-def space_generator(target: Any) -> Any:
-    """MetaSchedule's design space for ``target``: the default post-order space, plus, on AVX-512BW
+def space_generator(target: Any, mod: Any = None) -> Any:
+    """MetaSchedule's design space for kernel ``mod`` on ``target``. CUDA: ``cuda_schedule.space_generator``
+    (dp4a and tensor-core tiling). CPUs: the default post-order space, plus, on AVX-512BW
     CPUs, multi-level tiling that tensorizes int8 reductions with mpsearch's exact 16x2 dot
     (``kernels.DOT_INTRINSICS``) and the 16x4 dot of the target's ISA (``kernels.DOT4_INTRINSICS``:
     VNNI vpdpbusd, or vpmaddubsw on the kernels where it cannot saturate, ``KernelSpec.kgroup``). TVM's
@@ -149,6 +151,10 @@ def space_generator(target: Any) -> Any:
     from mpsearch.hardware.kernels import dot_intrinsics_for
 
     _import_tvm()
+    if target.kind.name == "cuda":
+        from mpsearch.hardware.cuda_schedule import space_generator as cuda_space
+
+        return cuda_space(target, mod)
     intrins = dot_intrinsics_for(target)
     if not intrins:
         return "post-order-apply"
@@ -524,7 +530,7 @@ class TVMBackend(Backend):
         threads = self.profile.resolved_threads()
         contexts = [
             # a kernel tuned further draws from a new random state, not the samples it already has
-            ms.TuneContext(mod=mod, target=self.target, space_generator=space_generator(self.target),
+            ms.TuneContext(mod=mod, target=self.target, space_generator=space_generator(self.target, mod),
                            search_strategy=t.strategy, task_name=name, logger=logger,
                            rand_state=t.seed + i + 100_003 * done[key], num_threads=threads).clone()
             for i, ((key, (_, mod)), name, logger) in enumerate(zip(pending.items(), names, loggers))

@@ -127,10 +127,16 @@ def register_intrinsics() -> None:
 def dot_isa(target: object) -> str:
     """The int8 dot instructions of ``target`` that the kernels use (:attr:`KernelSpec.dot_isa`):
     ``"avx512vnni"`` (vpdpbusd, e.g. mcpu cascadelake / icelake-server), ``"avx512bw"`` (vpmaddwd,
-    vpmaddubsw) or ``""`` (none: a non-x86 or pre-AVX-512 target)."""
+    vpmaddubsw), ``"dp4a"`` (a CUDA GPU of sm_61 or later: ``__dp4a``) or ``""`` (none: a non-x86 or
+    pre-AVX-512 CPU, an older GPU)."""
     from tvm.target import codegen
 
-    if getattr(getattr(target, "kind", None), "name", "") != "llvm":
+    kind = getattr(getattr(target, "kind", None), "name", "")
+    if kind == "cuda":
+        arch = str(target.attrs.get("arch", ""))  # "sm_90"
+        digits = arch.removeprefix("sm_").rstrip("abf")
+        return "dp4a" if digits.isdigit() and int(digits) >= 61 else ""
+    if kind != "llvm":
         return ""
     try:
         if not codegen.target_has_features(["avx512bw", "avx512f"], target):
@@ -145,6 +151,8 @@ def dot_intrinsics_for(target: object) -> list[str]:
     the 16x4 dot of its ISA. Only that one: both 16x4 dots share a description, and the vpmaddubsw one
     would be inexact on the 8-bit kernels a VNNI target blocks 16x4."""
     isa = dot_isa(target)
+    if isa == "dp4a":  # GPU tiling rules live in cuda_schedule.py
+        return []
     return [DOT4_INTRINSICS[isa], *DOT_INTRINSICS.values()] if isa else []  # the denser dot tried first
 
 

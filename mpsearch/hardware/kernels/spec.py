@@ -32,7 +32,7 @@ class KernelSpec:
     groups: int = 1
     epilogue: tuple[str, ...] = ()  # sequence of "relu" | "add"
     a_bits: int = 8  # activation bit width of an integer kernel (u8 codes <= 2**a_bits - 1)
-    dot_isa: str = ""  # int8 dot instructions of the target: "" | "avx512bw" | "avx512vnni" (dot_isa())
+    dot_isa: str = ""  # int8 dot instructions of the target: "" | "avx512bw" | "avx512vnni" | "dp4a" (dot_isa())
 
     @property
     def integer(self) -> bool:
@@ -56,8 +56,15 @@ class KernelSpec:
         straight into int32: exact for any u8 activation. AVX-512BW's ``vpmaddubsw`` first adds product
         pairs into int16 with saturation, exact only while 2 * amax * |wmax| <= 32767: 4-bit activations
         (2 * 15 * 128 = 3840) or 4-bit weights (2 * 255 * 8 = 4080). ``a_bits`` must then match the
-        runtime clip (``qp[2]``), which :func:`~mpsearch.hardware.lowering.kernel_spec` guarantees."""
-        if not self.integer or self.groups != 1 or self.a_mode != "u8" or self.w_shape[1] % KQUAD:
+        runtime clip (``qp[2]``), which :func:`~mpsearch.hardware.lowering.kernel_spec` guarantees.
+
+        CUDA's ``dp4a`` (sm_61 on) adds four int8 x int8 (or uint8 x int8) products into int32 with no
+        intermediate width at all: exact for every 8-bit activation, signed, unsigned or zero-pointed."""
+        if not self.integer or self.groups != 1 or self.w_shape[1] % KQUAD:
+            return KGROUP
+        if self.dot_isa == "dp4a":
+            return KQUAD if self.a_mode in ("u8", "s8", "z8") else KGROUP
+        if self.a_mode != "u8":
             return KGROUP
         exact = self.dot_isa == "avx512vnni" or (
             self.dot_isa == "avx512bw" and (self.a_bits <= 4 or self.w_mode == "i4p"))
