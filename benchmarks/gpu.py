@@ -1,0 +1,362 @@
+"""GPU device check (issue #18): FP32, FP16, uniform INT8 and the search's pick on an NVIDIA GPU,
+beside PyTorch (or ONNX Runtime) on the same GPU. Run by ``benchmarks/device_check.sh``.
+
+Every run, with or without a GPU, does the GPU-free half for each model and candidate: lowering, the
+CUDA layer kernels' default schedules (``cuda_schedule.py``: dp4a for int8, wmma for fp16 linear
+layers), CUDA code generation and nvcc compilation for the profile's arch (sm_90), and records which
+hardware instructions the code uses. ``--dry`` stops there and writes ``gpu.json`` with
+``"measured": false`` into a temporary folder (never into ``results/``).
+
+The measured half needs a CUDA GPU and a CUDA-enabled TVM runtime (pip's ``apache-tvm`` has none):
+each candidate's kernels are tuned with MetaSchedule at a small budget (``--trials``, 8 by default;
+builds on all cores), then every candidate is timed end to end, batch 1, interleaved, with CUDA events
+(``session.CudaSession``). Without that runtime the TVM rows stay unmeasured and say why. The peer is
+PyTorch eager on the GPU (FP32, FP16) if ``torch.cuda.is_available()``, else ONNX Runtime's CUDA
+provider (FP32), else it is reported missing.
+
+The pick: the default search run with the profile priced by roofline (``cost: estimated``, no tuning,
+so the check fits its time), the fastest front candidate within 1 point of FP32 accuracy. ``--dry``
+takes the committed reference run's pick instead (``results/reference``, a host_cpu search).
+
+Sized for one H200 and 16 cores in at most 8 minutes (``--budget-s``, 420 s by default: the larger
+model is skipped when the default model's part used more than half of it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import RESULTS_DIR, BenchmarkResult
+from mpsearch.candidate import Candidate
+from mpsearch.report.markdown import markdown_table
+
+log = logging.getLogger(__name__)
+
+NAME = "gpu"
+TITLE = "GPU device check: FP32, FP16, uniform INT8 and the search's pick (NVIDIA GPU, TVM CUDA kernels)"
+PROFILE = "nvidia_h100"  # covers H100 and H200 (both sm_90)
+TRIALS = 8  # MetaSchedule trials per kernel: small, so the whole check fits in 8 minutes
+BUDGET_S = 420.0
+ISO_POINTS = 1.0
+REFERENCE_PICK = Path(__file__).resolve().parent.parent / "results" / "reference" / "candidates" / "pareto-0.json"
+CASES = ("resnet20_fmnist", "resnet18", "tiny")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry", action="store_true",
+                        help="only what needs no GPU (lower, schedule, CUDA codegen, nvcc); writes gpu.json marked "
+                             "measured: false into a temporary folder, never into results/")
+    parser.add_argument("--trials", type=int, default=TRIALS, help="MetaSchedule trials per kernel")
+    parser.add_argument("--profile", default=PROFILE, help="the GPU's hardware profile")
+    parser.add_argument("--case", choices=CASES, default="resnet20_fmnist",
+                        help="the model (tiny: the tests' 5-layer CNN, for a fast dry run)")
+    parser.add_argument("--larger", choices=("resnet18", "none"), default="resnet18",
+                        help="the larger model measured after the default one, time allowing")
+    parser.add_argument("--budget-s", type=float, default=BUDGET_S, help="wall-time budget of the check")
+    parser.add_argument("--pick", type=Path, default=None, help="a candidate JSON to use as the pick (no search)")
+
+
+# -- facts about the machine -------------------------------------------------------------------------
+
+def _command(args: list[str]) -> str | None:
+    if shutil.which(args[0]) is None:
+        return None
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def gpu_facts() -> dict[str, Any]:
+    """The GPU (nvidia-smi), nvcc, and what can run on it: TVM's CUDA runtime, CUDA PyTorch, ORT-CUDA."""
+    import tvm
+
+    facts: dict[str, Any] = {"gpus": [], "nvcc": None, "tvm_cuda_runtime": bool(tvm.runtime.enabled("cuda"))}
+    smi = _command(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,compute_cap",
+                    "--format=csv,noheader"])
+    if smi:
+        facts["gpus"] = [dict(zip(("name", "driver", "memory", "compute_capability"),
+                                  (p.strip() for p in line.split(",")))) for line in smi.splitlines()]
+    nvcc = _command(["nvcc", "--version"])
+    facts["nvcc"] = nvcc.splitlines()[-1] if nvcc else None
+    facts["tvm_gpu"] = bool(facts["tvm_cuda_runtime"] and tvm.cuda(0).exist)
+    try:
+        import torch
+
+        facts["torch"] = torch.__version__
+        facts["torch_cuda"] = bool(torch.cuda.is_available())
+        if facts["torch_cuda"] and not facts["gpus"]:
+            facts["gpus"] = [{"name": torch.cuda.get_device_name(0)}]
+    except ImportError:
+        facts["torch_cuda"] = False
+    try:
+        import onnxruntime as ort
+
+        facts["ort_cuda"] = "CUDAExecutionProvider" in ort.get_available_providers()
+    except ImportError:
+        facts["ort_cuda"] = False
+    return facts
+
+
+# -- the models and candidates -------------------------------------------------------------------------
+
+def load_case(name: str) -> Any:
+    from benchmarks.cases import CASES as BENCH_CASES
+    from benchmarks.cases import Case
+
+    if name == "tiny":
+        from mpsearch.quant.calibration import calibrate
+        from mpsearch.quant.prepare import prepare_model
+        from mpsearch.testing import synthetic_split, tiny_resnet
+
+        prepared = prepare_model(tiny_resnet(), (1, 1, 8, 8))
+        ds = synthetic_split("calib", 64)
+        ranges = calibrate(prepared.graph_module, prepared.layer_names, [(ds.tensors[0], ds.tensors[1])])
+        return Case("tiny", "the tests' 5-layer residual CNN, 1x8x8 (plumbing only)", prepared, ranges)
+    return BENCH_CASES[name]()
+
+
+def search_pick(case_name: str, profile: str, work: Path, cache_dir: Path) -> tuple[Candidate | None, str]:
+    """The default search's pick with the profile priced by roofline: the fastest front candidate within
+    ``ISO_POINTS`` of FP32 accuracy (by the search's own latency figures)."""
+    from mpsearch.config import RunConfig
+    from mpsearch.pipeline import run as run_search
+
+    if case_name != "resnet20_fmnist":
+        return None, "no search for this model (its data is random: accuracy means nothing)"
+    cfg = RunConfig(results_dir=str(work / "search"), cache_dir=str(cache_dir), progress=False)
+    cfg.hw_profile.name = profile
+    cfg.hw_profile.cost = "estimated"
+    cfg.data.test_samples, cfg.search.n_trials = 2000, 100
+    outcome = run_search(cfg)
+    evs = outcome.summary.candidates
+    fp32 = next(e for e in evs if e.label == "fp32")
+    iso = [e for e in evs if e.kind in ("pareto", "ilp") and e.accuracy >= fp32.accuracy - ISO_POINTS / 100]
+    if not iso:
+        return None, "no front candidate within 1 point of FP32"
+    best = min(iso, key=lambda e: e.predicted_latency_ms if e.predicted_latency_ms is not None else float("inf"))
+    return best.candidate, (f"{best.label} of the default search priced by roofline ({profile}, cost: estimated; "
+                            f"{cfg.search.n_trials} trials, accuracy on {cfg.data.test_samples} test images)")
+
+
+def candidates(case: Any, pick: Candidate | None, pick_source: str) -> list[tuple[str, Candidate, str]]:
+    names = case.prepared.layer_names
+    rows = [("FP32", Candidate.uniform(names, 32, 32), "uniform"),
+            ("FP16", Candidate.uniform(names, 16, 16), "uniform"),
+            ("INT8 uniform", Candidate.uniform(names, 8, 8), "uniform")]
+    if pick is not None:
+        rows.append((f"mpsearch pick ({pick.describe()})", pick, pick_source))
+    return rows
+
+
+# -- GPU-free half: lower, schedule, generate CUDA, compile with nvcc ---------------------------------
+
+def build_all(profile: Any, case: Any, rows: list[tuple[str, Candidate, str]], out: Path) -> list[dict[str, Any]]:
+    from mpsearch.errors import MPSearchError
+    from mpsearch.hardware.build import build_untuned
+    from mpsearch.hardware.cuda_schedule import instructions
+
+    built = []
+    for i, (label, cand, source) in enumerate(rows):
+        start = time.perf_counter()
+        rec: dict[str, Any] = {"label": label, "candidate": json.loads(cand.to_json()), "pick_source": source}
+        try:
+            art = build_untuned(profile, case.prepared, cand, case.ranges, out / case.name, name=f"v{i}")
+        except MPSearchError as e:
+            rec["build"] = {"ok": False, "error": str(e)}
+        else:
+            how = art.kernel_schedules or {}
+            rec["build"] = {
+                "ok": True, "target": art.target, "fatbin_bytes": art.device_code.stat().st_size,
+                "instructions": sorted(instructions(art.cuda_source.read_text())),
+                "layer_kernels_default_schedule": sum(v == "default" for v in how.values()),
+                "layer_kernels_dlight_fallback": sum(v == "fallback" for v in how.values()),
+                "seconds": round(time.perf_counter() - start, 1)}
+        built.append(rec)
+        log.info("built %s: %s", label, rec["build"])
+    return built
+
+
+# -- measured half --------------------------------------------------------------------------------------
+
+def measure_tvm(profile: Any, case: Any, rows: list[tuple[str, Candidate, str]], trials: int,
+                cache_dir: Path) -> tuple[list[dict[str, Any]], str]:
+    """Tune each candidate's kernels at ``trials`` and time all candidates end to end (CUDA events)."""
+    from mpsearch.hardware.tvm_backend import TVMBackend
+
+    profile = replace(profile, tuning=replace(profile.tuning, trials_per_task=trials,
+                                              trials_per_iter=min(trials, profile.tuning.trials_per_iter)))
+    backend = TVMBackend(profile, cache_dir, progress=False)
+    backend.record_timings_in(Path(tempfile.mkdtemp(prefix="mpsearch-gpu-")) / "costs.jsonl")
+    for _, cand, _ in rows:
+        backend.tune_candidate(case.prepared, cand, case.ranges)
+    meas = backend.measure_many(case.prepared, [c for _, c, _ in rows], case.ranges)
+    backend.close()
+    return [{"latency_ms": m.latency_s * 1e3 if m.ok else None, "std_ms": m.std_s * 1e3 if m.ok else None,
+             "error": m.error} for m in meas], backend.describe()
+
+
+def _torch_model(case_name: str) -> Any:
+    if case_name == "resnet20_fmnist":
+        from mpsearch.models.registry import resnet20_fmnist
+
+        return resnet20_fmnist()
+    if case_name == "resnet18":
+        from mpsearch.models.registry import resnet18_random
+
+        return resnet18_random()
+    from mpsearch.testing import tiny_resnet
+
+    return tiny_resnet()
+
+
+def measure_peer(case: Any, facts: dict[str, Any]) -> dict[str, Any]:
+    """PyTorch eager on the GPU (CUDA events), else ONNX Runtime's CUDA provider, else missing."""
+    import torch
+
+    shape = tuple(case.prepared.inputs[0].shape)  # batch 1
+    model = _torch_model(case.name).eval()
+    if facts.get("torch_cuda"):
+        rows = {}
+        for label, dtype in (("PyTorch FP32 (eager, CUDA)", torch.float32), ("PyTorch FP16 (eager, CUDA)", torch.float16)):
+            m = model.to("cuda", dtype)
+            x = torch.randn(shape, device="cuda", dtype=dtype)
+            with torch.inference_mode():
+                for _ in range(10):
+                    m(x)
+                samples = []
+                for _ in range(7):
+                    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    for _ in range(50):
+                        m(x)
+                    stop.record()
+                    stop.synchronize()
+                    samples.append(start.elapsed_time(stop) / 50)
+            rows[label] = {"latency_ms": statistics.median(samples), "timing": "CUDA events, median of 7 x 50 calls"}
+        return {"peer": "pytorch", "rows": rows}
+    if facts.get("ort_cuda"):
+        import numpy as np
+        import onnxruntime as ort
+
+        path = Path(tempfile.mkdtemp(prefix="mpsearch-gpu-")) / "model.onnx"
+        torch.onnx.export(model, (torch.zeros(shape),), str(path), dynamo=False, input_names=["x"],
+                          output_names=["y"], opset_version=17)
+        sess = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider"])
+        x = np.random.default_rng(0).standard_normal(shape).astype("float32")
+        for _ in range(10):
+            sess.run(None, {"x": x})
+        samples = []
+        for _ in range(7):
+            start = time.perf_counter()
+            for _ in range(50):
+                sess.run(None, {"x": x})
+            samples.append((time.perf_counter() - start) / 50 * 1e3)
+        return {"peer": "onnxruntime-cuda", "rows": {"ONNX Runtime FP32 (CUDA provider)": {
+            "latency_ms": statistics.median(samples),
+            "timing": "host clock around synchronous run() calls (input and output copies included)"}}}
+    return {"peer": None, "missing": (
+        "no GPU peer: torch.cuda.is_available() is False (pip's torch==2.13.0 is a CPU wheel; a CUDA wheel "
+        "could not be installed here) and onnxruntime has no CUDAExecutionProvider (onnxruntime-gpu not installed)")}
+
+
+# -- the check ---------------------------------------------------------------------------------------------
+
+def run(args: argparse.Namespace) -> BenchmarkResult:
+    from mpsearch.hardware.build import nvcc_available
+    from mpsearch.hardware.profile import load_profile
+
+    started = time.monotonic()
+    if args.dry:
+        if args.out is None:
+            args.out = Path(tempfile.mkdtemp(prefix="mpsearch-gpu-dry-"))
+        if Path(args.out).resolve() == RESULTS_DIR.resolve():
+            raise SystemExit("gpu --dry never writes into results/benchmarks: its figures are not measurements")
+    if not nvcc_available():
+        raise SystemExit("gpu: nvcc not found (CUDA_HOME or PATH); it compiles the generated CUDA code")
+    profile = load_profile(args.profile)
+    facts = gpu_facts()
+    can_time = facts["tvm_gpu"] and not args.dry
+    why_unmeasured = ("--dry: nothing is run on a GPU" if args.dry else None if can_time else
+                      "TVM's runtime here has no CUDA support (pip's apache-tvm is built without it): the TVM "
+                      "kernels were compiled for the GPU but cannot be run by TVM" if not facts["tvm_cuda_runtime"]
+                      else "no CUDA GPU visible to TVM")
+    work = Path(tempfile.mkdtemp(prefix="mpsearch-gpu-work-"))
+    cases_out = []
+    names = [args.case] + ([args.larger] if args.larger != "none" and args.case == "resnet20_fmnist" else [])
+    for n, case_name in enumerate(names):
+        if n and time.monotonic() - started > args.budget_s / 2:
+            cases_out.append({"case": case_name, "skipped": f"over half the {args.budget_s:.0f} s budget already used"})
+            continue
+        case = load_case(case_name)
+        if args.pick is not None:
+            pick, source = Candidate.from_json(Path(args.pick).read_text()), f"given: {args.pick}"
+        elif args.dry or case_name != "resnet20_fmnist":
+            pick, source = ((Candidate.from_json(REFERENCE_PICK.read_text()), "results/reference (host_cpu search)")
+                            if case_name == "resnet20_fmnist" else (None, "no pick (random weights)"))
+        else:
+            pick, source = search_pick(case_name, args.profile, work, Path(args.cache_dir))
+        rows = candidates(case, pick, source)
+        built = build_all(profile, case, rows, work)
+        device = None
+        if can_time:
+            timed, device = measure_tvm(profile, case, rows, args.trials, Path(args.cache_dir))
+            for rec, t in zip(built, timed):
+                rec.update(t)
+        peer = measure_peer(case, facts) if not args.dry else {"peer": None, "missing": "--dry"}
+        cases_out.append({"case": case.name, "description": case.description, "variants": built, "peer": peer,
+                          "device": device})
+    measured = any(v.get("latency_ms") is not None for c in cases_out for v in c.get("variants", []))
+    data = {"measured": measured, "dry": bool(args.dry), "why_unmeasured": None if measured else why_unmeasured,
+            "profile": args.profile, "gpu": facts, "trials_per_kernel": args.trials,
+            "budget": f"sized for one H200 + 16 cores in <= 8 min: {args.trials} MetaSchedule trials per kernel "
+                      "(small: the figures are a floor of what tuning reaches, not tuned performance)",
+            "cases": cases_out}
+    return BenchmarkResult(NAME, TITLE, data, summary(data))
+
+
+def summary(data: dict[str, Any]) -> str:
+    gpus = ", ".join(g.get("name", "?") for g in data["gpu"]["gpus"]) or "none found"
+    runtime = "yes" if data["gpu"]["tvm_cuda_runtime"] else "no"
+    lines = [f"GPU: {gpus}; profile {data['profile']}; nvcc: {data['gpu']['nvcc'] or 'none'}; "
+             f"TVM CUDA runtime: {runtime}. {data['budget']}.", ""]
+    if not data["measured"]:
+        lines += [f"**Not measured** ({data['why_unmeasured']}): the TVM rows show what was compiled, no latency.", ""]
+    for case in data["cases"]:
+        if "skipped" in case:
+            lines += [f"## {case['case']}", "", f"Skipped: {case['skipped']}.", ""]
+            continue
+        table = []
+        for v in case["variants"]:
+            b = v["build"]
+            built = (f"{', '.join(b['instructions']) or 'plain loops'}; {b['layer_kernels_default_schedule']} default / "
+                     f"{b['layer_kernels_dlight_fallback']} fallback" if b["ok"] else f"failed: {b['error']}")
+            ms = v.get("latency_ms")
+            table.append([v["label"], built, f"{ms:.3f}" if ms is not None else "unmeasured"])
+        peer = case["peer"]
+        for label, r in (peer.get("rows") or {}).items():
+            table.append([label, r["timing"], f"{r['latency_ms']:.3f}"])
+        lines += [f"## {case['description']}", "",
+                  markdown_table(["method", "sm_90 code (instructions; layer kernels' schedules)", "latency ms"], table),
+                  ""]
+        if peer.get("missing"):
+            lines += [f"Peer: {peer['missing']}.", ""]
+        picks = {v["pick_source"] for v in case["variants"] if v["pick_source"] != "uniform"}
+        if picks:
+            lines += [f"Pick: {picks.pop()}.", ""]
+    return "\n".join(lines)
+
+
+__all__ = ["gpu_facts", "run", "summary"]
+
