@@ -329,8 +329,9 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
 def summary(data: dict[str, Any]) -> str:
     gpus = ", ".join(g.get("name", "?") for g in data["gpu"]["gpus"]) or "none found"
     runtime = "yes" if data["gpu"]["tvm_cuda_runtime"] else "no"
-    lines = [f"GPU: {gpus}; profile {data['profile']}; nvcc: {data['gpu']['nvcc'] or 'none'}; "
-             f"TVM CUDA runtime: {runtime}. {data['budget']}.", ""]
+    head = (f"GPU: {gpus}; profile {data['profile']}; nvcc: {data['gpu']['nvcc'] or 'none'}; "
+            f"TVM CUDA runtime: {runtime}. {data['budget']}.")
+    lines = [head, ""]
     if not data["measured"]:
         lines += [f"**Not measured** ({data['why_unmeasured']}): the TVM rows show what was compiled, no latency.", ""]
     for case in data["cases"]:
