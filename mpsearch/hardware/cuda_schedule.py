@@ -45,9 +45,9 @@ def space_generator(target: Any, mod: Any = None) -> Any:
     """MetaSchedule's design space for kernel ``mod`` on a CUDA ``target`` (see the module docstring)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from mpsearch.hardware.tvm_backend import _import_tensor_intrinsics
+    from mpsearch.hardware.kernels.intrinsics import import_tensor_intrinsics
 
-    _import_tensor_intrinsics()  # registers the wmma and dp4a intrinsics the rules name
+    import_tensor_intrinsics()  # registers the wmma and dp4a intrinsics the rules name
     r = ms.schedule_rule
     kind = "cuda" if _is_conv(mod) else "cuda-tensorcore"
     base = r.ScheduleRule.create(kind)  # [ApplyCustomRule, (tensor-core MLT x2), MLT, ...]

@@ -63,34 +63,10 @@ def _import_tvm() -> None:
 
 
 def _import_tensor_intrinsics() -> None:
-    """Import ``tvm.s_tir.tensor_intrin`` (every target's tensor intrinsics; each MetaSchedule
-    ``TuneContext`` imports it) in seconds instead of minutes.
+    """``tvm.s_tir.tensor_intrin`` in seconds (:func:`~mpsearch.hardware.kernels.intrinsics.import_tensor_intrinsics`)."""
+    from mpsearch.hardware.kernels.intrinsics import import_tensor_intrinsics
 
-    Its ~250 TVMScript functions each call ``inspect.stack()``, which looks up every frame's module.
-    The import machinery's frames (``<frozen importlib._bootstrap>``) are in no module's file, so
-    ``inspect.getmodule`` misses its cache and rescans all of ``sys.modules`` for each of them: 73-83 s
-    in a process that has torch loaded (3,100 modules), 6-7 s with those lookups answered at once. For
-    a frame whose file name is ``<...>`` the answer is ``None`` either way (a frame has neither
-    ``__module__`` nor ``__name__``, and no module's file is such a name); measured: the same 124
-    intrinsics registered, structurally equal.
-    """
-    import inspect
-    import sys
-
-    if "tvm.s_tir.tensor_intrin" in sys.modules:
-        return
-    real = inspect.getmodule
-
-    def getmodule(obj: Any, _filename: str | None = None) -> Any:
-        if inspect.isframe(obj) and (_filename or obj.f_code.co_filename).startswith("<"):
-            return None
-        return real(obj, _filename)
-
-    inspect.getmodule = getmodule
-    try:
-        import tvm.s_tir.tensor_intrin  # noqa: F401
-    finally:
-        inspect.getmodule = real
+    import_tensor_intrinsics()
 
 
 @contextlib.contextmanager

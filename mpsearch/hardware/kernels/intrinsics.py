@@ -3,6 +3,8 @@ them a target can run."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from tvm import tirx
 
 from mpsearch.hardware.kernels.spec import KGROUP, KQUAD, LANES
@@ -124,6 +126,37 @@ def register_intrinsics() -> None:
     _registered = True
 
 
+def import_tensor_intrinsics() -> None:
+    """Import ``tvm.s_tir.tensor_intrin`` (every target's tensor intrinsics; each MetaSchedule
+    ``TuneContext`` imports it) in seconds instead of minutes.
+
+    Its ~250 TVMScript functions each call ``inspect.stack()``, which looks up every frame's module.
+    The import machinery's frames (``<frozen importlib._bootstrap>``) are in no module's file, so
+    ``inspect.getmodule`` misses its cache and rescans all of ``sys.modules`` for each of them: 73-83 s
+    in a process that has torch loaded (3,100 modules), 6-7 s with those lookups answered at once. For
+    a frame whose file name is ``<...>`` the answer is ``None`` either way (a frame has neither
+    ``__module__`` nor ``__name__``, and no module's file is such a name); measured: the same 124
+    intrinsics registered, structurally equal.
+    """
+    import inspect
+    import sys
+
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+    real = inspect.getmodule
+
+    def getmodule(obj: Any, _filename: str | None = None) -> Any:
+        if inspect.isframe(obj) and (_filename or obj.f_code.co_filename).startswith("<"):
+            return None
+        return real(obj, _filename)
+
+    inspect.getmodule = getmodule
+    try:
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+    finally:
+        inspect.getmodule = real
+
+
 def dot_isa(target: object) -> str:
     """The int8 dot instructions of ``target`` that the kernels use (:attr:`KernelSpec.dot_isa`):
     ``"avx512vnni"`` (vpdpbusd, e.g. mcpu cascadelake / icelake-server), ``"avx512bw"`` (vpmaddwd,
@@ -156,4 +189,5 @@ def dot_intrinsics_for(target: object) -> list[str]:
     return [DOT4_INTRINSICS[isa], *DOT_INTRINSICS.values()] if isa else []  # the denser dot tried first
 
 
-__all__ = ["DOT4_INTRINSICS", "DOT_INTRINSICS", "dot_intrinsics_for", "dot_isa", "register_intrinsics"]
+__all__ = ["DOT4_INTRINSICS", "DOT_INTRINSICS", "dot_intrinsics_for", "dot_isa", "import_tensor_intrinsics",
+           "register_intrinsics"]
