@@ -207,8 +207,11 @@ def measure_tvm(profile: Any, case: Any, rows: list[tuple[str, Candidate, str]],
                                               trials_per_iter=min(trials, profile.tuning.trials_per_iter)))
     backend = TVMBackend(profile, cache_dir, progress=False)
     backend.record_timings_in(Path(tempfile.mkdtemp(prefix="mpsearch-gpu-")) / "costs.jsonl")
+    kernels = {}  # every candidate's kernels in one MetaSchedule run: one builder pool, not one per candidate
     for _, cand, _ in rows:
-        backend.tune_candidate(case.prepared, cand, case.ranges)
+        _, per_layer = backend.layer_kernels(case.prepared, cand, case.ranges)
+        kernels.update({key: (label, mod) for key, label, mod in per_layer.values()})
+    backend.tune(kernels)
     meas = backend.measure_many(case.prepared, [c for _, c, _ in rows], case.ranges)
     backend.close()
     return [{"latency_ms": m.latency_s * 1e3 if m.ok else None, "std_ms": m.std_s * 1e3 if m.ok else None,
