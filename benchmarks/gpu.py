@@ -7,10 +7,14 @@ layers), CUDA code generation and nvcc compilation for the profile's arch (sm_90
 hardware instructions the code uses. ``--dry`` stops there and writes ``gpu.json`` with
 ``"measured": false`` into a temporary folder (never into ``results/``).
 
-The measured half needs a CUDA GPU and a CUDA-enabled TVM runtime (pip's ``apache-tvm`` has none):
-each candidate's kernels are tuned with MetaSchedule at a small budget (``--trials``, 8 by default;
-builds on all cores), then every candidate is timed end to end, batch 1, interleaved, with CUDA events
-(``session.CudaSession``). Without that runtime the TVM rows stay unmeasured and say why. The peer is
+The measured half, with a CUDA-enabled TVM runtime: each candidate's kernels are tuned with
+MetaSchedule at a small budget (``--trials``; builds on all cores), then every candidate is timed end
+to end, batch 1, interleaved, with CUDA events (``session.CudaSession``). pip's ``apache-tvm`` has no
+CUDA runtime; then, where the NVIDIA driver is, each distinct layer kernel is default-scheduled
+(untuned), compiled to a cubin on all cores, run through the driver API (``cuda_driver.py``),
+checked against the host build and timed alone with CUDA events, and a candidate's figure is the sum
+of its layer kernels (labelled so: not an end-to-end latency). Otherwise the TVM rows stay unmeasured
+and say why. The peer is
 PyTorch eager on the GPU (FP32, FP16) if ``torch.cuda.is_available()``, else ONNX Runtime's CUDA
 provider (FP32), else it is reported missing.
 
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import statistics
 import subprocess
@@ -218,6 +223,71 @@ def measure_tvm(profile: Any, case: Any, rows: list[tuple[str, Candidate, str]],
              "error": m.error} for m in meas], backend.describe()
 
 
+def measure_driver(profile_name: str, case: Any, rows: list[tuple[str, Candidate, str]], work: Path,
+                   repeat: int = 7) -> list[dict[str, Any]]:
+    """Without a CUDA-enabled TVM runtime: each distinct layer kernel of each candidate, default-
+    scheduled (untuned), compiled to a cubin on all cores, loaded through the driver API, checked
+    against the host build and timed alone with CUDA events; a candidate's figure is the sum over its
+    layers (no pooling / reshape ops, no VM: a kernel sum, not an end-to-end latency)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    import numpy as np
+
+    from mpsearch.hardware.cuda_driver import (
+        OUTPUT,
+        DriverKernel,
+        host_reference,
+        prepare,
+        random_arrays,
+    )
+    from mpsearch.hardware.kernels import dot_isa
+    from mpsearch.hardware.lowering import lower
+    from mpsearch.hardware.profile import MeasureSettings, load_profile
+    from mpsearch.hardware.tvm_backend import resolve_target
+
+    isa = dot_isa(resolve_target(load_profile(profile_name)))
+    layer_specs = [lower(case.prepared, cand, case.ranges, dot_isa=isa).kernels for _, cand, _ in rows]
+    distinct = list(dict.fromkeys(spec for kernels in layer_specs for spec in kernels.values()))
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1, mp_context=get_context("spawn")) as pool:
+        prepared = dict(zip(distinct, pool.map(prepare, distinct, [profile_name] * len(distinct),
+                                               [work / "cubin"] * len(distinct))))
+    m = MeasureSettings(number=20, repeat=repeat, min_repeat_ms=10, warmup=5)
+    timed: dict[Any, dict[str, Any]] = {}
+    for spec, ready in prepared.items():
+        if isinstance(ready, str):
+            timed[spec] = {"error": ready}
+            continue
+        device_plan, cubin = ready
+        arrays = random_arrays(spec)
+        kernel = None
+        try:
+            kernel = DriverKernel(device_plan, cubin, {n: (a.shape, str(a.dtype)) for n, a in arrays.items()})
+            kernel.run(arrays)
+            out, ref = kernel.output(OUTPUT), host_reference(spec, arrays)
+            tol = 2.0**-22 if spec.integer else 1e-3
+            ok = bool(np.allclose(out, ref, rtol=tol, atol=0 if spec.integer else 1e-3 * float(np.abs(ref).max())))
+            for _ in range(m.warmup):
+                kernel.launch()
+            samples = kernel.time(m)
+            timed[spec] = {"latency_s": float(np.median(samples)), "matches_host": ok}
+        except Exception as e:  # noqa: BLE001 - a kernel that fails on the device is a value in the report
+            timed[spec] = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200] if str(e).strip() else ''}"}
+        finally:
+            if kernel is not None:
+                kernel.close()
+    out_rows = []
+    for kernels in layer_specs:
+        recs = [timed[spec] for spec in kernels.values()]
+        errors = [r["error"] for r in recs if "error" in r]
+        out_rows.append({
+            "kernel_sum_ms": None if errors else sum(r["latency_s"] for r in recs) * 1e3,
+            "layer_kernels_match_host": None if errors else all(r["matches_host"] for r in recs),
+            "error": errors[0] if errors else None,
+            "timing": "sum of the untuned layer kernels, each timed alone with CUDA events through the driver API"})
+    return out_rows
+
+
 def _torch_model(case_name: str) -> Any:
     if case_name == "resnet20_fmnist":
         from mpsearch.models.registry import resnet20_fmnist
@@ -299,10 +369,16 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
     profile = load_profile(args.profile)
     facts = gpu_facts()
     can_time = facts["tvm_gpu"] and not args.dry
-    why_unmeasured = ("--dry: nothing is run on a GPU" if args.dry else None if can_time else
-                      "TVM's runtime here has no CUDA support (pip's apache-tvm is built without it): the TVM "
-                      "kernels were compiled for the GPU but cannot be run by TVM" if not facts["tvm_cuda_runtime"]
-                      else "no CUDA GPU visible to TVM")
+    from mpsearch.hardware.cuda_driver import driver_available
+
+    driver_why = None if args.dry or can_time else driver_available()
+    if args.dry:
+        why_unmeasured = "--dry: nothing is run on a GPU"
+    elif not facts["tvm_cuda_runtime"]:
+        why_unmeasured = ("TVM's runtime here has no CUDA support (pip's apache-tvm is built without it), and the "
+                          f"driver-API fallback cannot run either ({driver_why})")
+    else:
+        why_unmeasured = "no CUDA GPU visible to TVM"
     work = Path(tempfile.mkdtemp(prefix="mpsearch-gpu-work-"))
     cases_out = []
     names = [args.case] + ([args.larger] if args.larger != "none" and args.case == "resnet20_fmnist" else [])
@@ -332,10 +408,15 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
             timed, device = measure_tvm(profile, case, rows, args.trials, Path(args.cache_dir))
             for rec, t in zip(built, timed):
                 rec.update(t)
+        elif not args.dry and driver_why is None:
+            for rec, t in zip(built, measure_driver(args.profile, case, rows, work)):
+                rec.update(t)
+            device = "GPU 0 through the CUDA driver API (libcuda), kernels compiled by nvcc"
         peer = measure_peer(case, facts) if not args.dry else {"peer": None, "missing": "--dry"}
         cases_out.append({"case": case.name, "description": case.description, "variants": built, "peer": peer,
                           "device": device})
-    measured = any(v.get("latency_ms") is not None for c in cases_out for v in c.get("variants", []))
+    measured = any(v.get("latency_ms") is not None or v.get("kernel_sum_ms") is not None
+                   for c in cases_out for v in c.get("variants", []))
     data = {"measured": measured, "dry": bool(args.dry), "why_unmeasured": None if measured else why_unmeasured,
             "profile": args.profile, "gpu": facts, "trials_per_kernel": args.trials,
             "budget": f"sized for one H200 + 16 cores in <= 8 min: {args.trials} MetaSchedule trials per kernel "
@@ -366,8 +447,15 @@ def summary(data: dict[str, Any]) -> str:
                          f"default / {b['layer_kernels_dlight_fallback']} fallback")
             else:
                 built = f"failed: {b['error']}"
-            ms = v.get("latency_ms")
-            table.append([v["label"], built, f"{ms:.3f}" if ms is not None else "unmeasured"])
+            ms, ksum = v.get("latency_ms"), v.get("kernel_sum_ms")
+            if ms is not None:
+                figure = f"{ms:.3f}"
+            elif ksum is not None:
+                match = "match the host build" if v["layer_kernels_match_host"] else "**differ from the host build**"
+                figure = f"{ksum:.3f} (sum of untuned layer kernels; they {match})"
+            else:
+                figure = f"unmeasured{': ' + v['error'] if v.get('error') else ''}"
+            table.append([v["label"], built, figure])
         peer = case["peer"]
         for label, r in (peer.get("rows") or {}).items():
             table.append([label, r["timing"], f"{r['latency_ms']:.3f}"])

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,3 +45,47 @@ def test_dry_mode_never_writes_into_results() -> None:
     args = argparse.Namespace(dry=True, out=RESULTS_DIR)
     with pytest.raises(SystemExit, match="never writes into results"):
         gpu.run(args)
+
+
+@pytest.mark.tvm
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed (kernels are compiled to cubins)")
+def test_driver_path_sums_checked_layer_kernels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The path for a GPU machine whose TVM has no CUDA runtime, up to the GPU: every distinct layer
+    kernel planned and compiled to a cubin in a process pool; the device itself is faked (it echoes the
+    host build, one 'millisecond' a kernel), so the plumbing and the kernel sum are what is checked."""
+    pytest.importorskip("tvm")
+    from benchmarks import gpu
+    from mpsearch.hardware import cuda_driver
+
+    seen = []
+
+    class FakeKernel:
+        def __init__(self, device_plan: cuda_driver.DevicePlan, cubin: bytes, buffers: dict) -> None:
+            assert cubin[:4] == b"\x7fELF" and device_plan.launches
+            seen.append(device_plan)
+            self.out = None
+
+        def run(self, arrays: dict) -> None:
+            self.arrays = arrays
+
+        def output(self, name: str) -> np.ndarray:
+            return np.zeros(1)
+
+        def launch(self) -> None:
+            pass
+
+        def time(self, m: object) -> list[float]:
+            return [1e-3] * 3
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(cuda_driver, "DriverKernel", FakeKernel)
+    monkeypatch.setattr(cuda_driver, "host_reference", lambda spec, arrays: np.zeros(1))
+    case = gpu.load_case("tiny")
+    rows = gpu.candidates(case, None, "")
+    out = gpu.measure_driver("nvidia_h100", case, rows, tmp_path)
+    layers = len(case.prepared.layer_names)
+    assert [r["kernel_sum_ms"] for r in out] == [pytest.approx(layers * 1.0)] * 3, [r["error"] for r in out]
+    assert all(r["error"] is None and r["layer_kernels_match_host"] for r in out), [r["error"] for r in out]
+    assert len(seen) >= 3  # distinct kernels of FP32, FP16 and INT8, each planned once

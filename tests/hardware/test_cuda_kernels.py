@@ -151,3 +151,52 @@ def test_gpu_kernels_match_the_host_build(spec: KernelSpec, expected: set[str]) 
         np.testing.assert_allclose(out, ref, rtol=2.0**-22, atol=0)
     else:
         np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
+
+
+@needs_nvcc
+def test_driver_plan_reads_the_launches_from_tvms_lowering(tmp_path: Path) -> None:
+    """Without a CUDA-enabled TVM runtime, kernels run through the driver API (cuda_driver.py): the plan
+    names each device kernel, its buffers, grid and block, and the global buffers between kernels."""
+    from mpsearch.hardware.cuda_driver import OUTPUT, prepare
+
+    spec = KernelSpec("conv2d", (1, 16, 14, 14), (32, 16, 3, 3), "i4p", "u8", padding=(1, 1), dot_isa="dp4a")
+    ready = prepare(spec, "nvidia_h100", tmp_path)
+    assert not isinstance(ready, str), ready
+    device_plan, cubin = ready
+    assert cubin[:4] == b"\x7fELF"  # a cubin for the driver's cuModuleLoadData
+    names = {n for n, _, _ in spec.inputs()} | {OUTPUT} | set(device_plan.workspaces)
+    assert all(set(launch.buffers) <= names for launch in device_plan.launches)
+    assert all(min(launch.grid) >= 1 and 1 <= launch.block[0] <= 1024 for launch in device_plan.launches)
+    assert OUTPUT in device_plan.launches[-1].buffers
+    if len(device_plan.launches) > 1:  # the int4 unpack runs first, into a global buffer the dot reads
+        assert device_plan.workspaces and "__dp4a" in device_plan.source
+
+
+@pytest.mark.parametrize(("spec", "expected"), [k[1:] for k in KERNELS], ids=[k[0] for k in KERNELS])
+def test_driver_kernels_match_the_host_build(spec: KernelSpec, expected: set[str], tmp_path: Path) -> None:
+    """On a GPU, through the driver API: the same comparison as test_gpu_kernels_match_the_host_build."""
+    from mpsearch.hardware.cuda_driver import (
+        OUTPUT,
+        DriverKernel,
+        driver_available,
+        host_reference,
+        prepare,
+        random_arrays,
+    )
+
+    why = driver_available() or (None if shutil.which("nvcc") else "nvcc not installed")
+    if why:
+        pytest.skip(why)
+    device_plan, cubin = prepare(spec, "nvidia_h100", tmp_path)
+    arrays = random_arrays(spec)
+    kernel = DriverKernel(device_plan, cubin, {n: (a.shape, str(a.dtype)) for n, a in arrays.items()})
+    try:
+        kernel.run(arrays)
+        out, ref = kernel.output(OUTPUT), host_reference(spec, arrays)
+    finally:
+        kernel.close()
+    assert np.abs(ref).max() > 0
+    if spec.integer:
+        np.testing.assert_allclose(out, ref, rtol=2.0**-22, atol=0)
+    else:
+        np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
