@@ -2,7 +2,8 @@
 
 For targets this machine cannot run (an aarch64 board, a GPU) this checks that code generation,
 cross-linking and, for CUDA, device compilation by ``nvcc`` succeed, and leaves the library to deploy.
-The code is *untuned* (TVM's default schedules: plain loops on CPUs, dlight's fallback rule on GPUs),
+The code is *untuned* (TVM's default schedules: plain loops on CPUs; on GPUs each layer kernel gets
+``cuda_schedule.default_schedule``, dp4a / tensor-core tiling, and everything else dlight's fallback rule),
 so a :class:`BuildArtifact` carries no latency at all: measuring needs the device (``session.py``), and
 pricing needs tuned kernels (``TVMBackend`` refuses untuned ones). Imports TVM: load lazily.
 """
@@ -58,6 +59,8 @@ class BuildArtifact:
     library: Path  # shared library for the device (host code; CUDA kernels embedded as source)
     elf: ElfInfo
     device_code: Path | None = None  # CUDA: the kernels compiled by nvcc for the profile's arch
+    cuda_source: Path | None = None  # CUDA: the generated source nvcc compiled
+    kernel_schedules: dict[str, str] | None = None  # CUDA: layer kernel -> "default" | "fallback" (dlight)
     tuned: bool = False
     status: str = "built, not measured (untuned default schedules)"
 
@@ -66,27 +69,34 @@ def cuda_arch(profile: HwProfile) -> str:
     return str(profile.target["arch"])
 
 
-def _schedule_for_gpu(mod: Any, target: Any) -> Any:
-    """Give every PrimFunc a GPU schedule. Relax ops are legalized first; then dlight's fallback rule
-    binds each kernel's spatial loops to blocks and threads (its GEMV rule rejects the quantize-inside
-    layer kernels, so the default CUDA pipeline cannot be used as is)."""
+def schedule_for_gpu(mod: Any, target: Any) -> tuple[Any, dict[str, str]]:
+    """Give every PrimFunc a GPU schedule. Relax ops are legalized first; each layer kernel then gets
+    its deterministic default schedule (:func:`~mpsearch.hardware.cuda_schedule.default_schedule`:
+    dp4a for the blocked int8 dot, wmma for fp16 linear layers, shared-memory tiling), and dlight's
+    fallback rule binds the spatial loops of every other kernel, and of a layer kernel no design space
+    schedules, to blocks and threads (its GEMV rule rejects the quantize-inside layer kernels, so the
+    default CUDA pipeline cannot be used as is). Returns the module and how each layer was scheduled."""
     from tvm import relax
     from tvm.s_tir import dlight as dl
 
+    from mpsearch.hardware.cuda_schedule import schedule_layer_kernels
+
     mod = relax.transform.LegalizeOps()(mod)
+    mod, how = schedule_layer_kernels(mod, target)
     with target:
-        return dl.ApplyDefaultSchedule(dl.gpu.Fallback())(mod)
+        return dl.ApplyDefaultSchedule(dl.gpu.Fallback())(mod), how
 
 
-def compile_cuda_source(source: str, target: Any, out: Path) -> Path:
+def compile_cuda_source(source: str, target: Any, out: Path, target_format: str = "fatbin") -> Path:
     """Compile generated CUDA source for the target's ``arch`` with nvcc (what the GPU machine's TVM
-    runtime does when it loads the library)."""
+    runtime does when it loads the library); ``target_format`` ``"ptx"`` keeps the assembly, whose
+    instructions (``dp4a``, ``wmma``/``mma``) tests can read."""
     import tvm.support.nvcc as nvcc
 
     arch = str(target.attrs["arch"])
     try:
         with target:  # nvcc.compile_cuda reads the arch (-gencode compute_XX,sm_XX) from the current target
-            binary = nvcc.compile_cuda(source, target_format="fatbin", compiler="nvcc")
+            binary = nvcc.compile_cuda(source, target_format=target_format, compiler="nvcc")
     except Exception as e:
         lines = [line for line in str(e).splitlines() if "error" in line.lower()] or str(e).splitlines() or [""]
         raise HardwareError(f"nvcc could not compile the generated CUDA code for {arch}: {lines[0].strip()}") from None
@@ -127,7 +137,10 @@ def build_untuned(
     target = resolve_target(profile)
     lowered = lower(prepared, candidate, ranges, bitserial=profile.precisions.bitserial,
                     dot_isa=dot_isa(target))
-    mod = _schedule_for_gpu(lowered.mod, target) if profile.is_gpu else lowered.mod
+    how = None
+    mod = lowered.mod
+    if profile.is_gpu:
+        mod, how = schedule_for_gpu(mod, target)
     try:
         exe = tvm.relax.build(mod, target=target)
     except Exception as e:
@@ -137,16 +150,19 @@ def build_untuned(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     library = export_library(exe, out_dir / f"{name}.so", profile)
-    device_code = None
+    device_code = cuda_source = None
     if profile.is_gpu:
         sources = _cuda_sources(exe.mod)
         if not sources:
             raise HardwareError(f"profile {profile.name!r}: the build contains no CUDA kernels")
+        from mpsearch.storage import atomic_write_text
+
+        cuda_source = atomic_write_text(out_dir / f"{name}.cu", "\n".join(sources))
         device_code = compile_cuda_source("\n".join(sources), target, out_dir / f"{name}.{cuda_arch(profile)}.fatbin")
     info = elf_info(library)
     log.info("built %s for %s: %s (%s %s)%s", candidate.describe(), profile.name, library, info.machine, info.type,
              f", {device_code.name}" if device_code else "")
-    return BuildArtifact(profile.name, str(target), library, info, device_code)
+    return BuildArtifact(profile.name, str(target), library, info, device_code, cuda_source, how)
 
 
 def nvcc_available() -> bool:

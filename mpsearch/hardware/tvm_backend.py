@@ -63,34 +63,10 @@ def _import_tvm() -> None:
 
 
 def _import_tensor_intrinsics() -> None:
-    """Import ``tvm.s_tir.tensor_intrin`` (every target's tensor intrinsics; each MetaSchedule
-    ``TuneContext`` imports it) in seconds instead of minutes.
+    """``tvm.s_tir.tensor_intrin`` in seconds (:func:`~mpsearch.hardware.kernels.intrinsics.import_tensor_intrinsics`)."""
+    from mpsearch.hardware.kernels.intrinsics import import_tensor_intrinsics
 
-    Its ~250 TVMScript functions each call ``inspect.stack()``, which looks up every frame's module.
-    The import machinery's frames (``<frozen importlib._bootstrap>``) are in no module's file, so
-    ``inspect.getmodule`` misses its cache and rescans all of ``sys.modules`` for each of them: 73-83 s
-    in a process that has torch loaded (3,100 modules), 6-7 s with those lookups answered at once. For
-    a frame whose file name is ``<...>`` the answer is ``None`` either way (a frame has neither
-    ``__module__`` nor ``__name__``, and no module's file is such a name); measured: the same 124
-    intrinsics registered, structurally equal.
-    """
-    import inspect
-    import sys
-
-    if "tvm.s_tir.tensor_intrin" in sys.modules:
-        return
-    real = inspect.getmodule
-
-    def getmodule(obj: Any, _filename: str | None = None) -> Any:
-        if inspect.isframe(obj) and (_filename or obj.f_code.co_filename).startswith("<"):
-            return None
-        return real(obj, _filename)
-
-    inspect.getmodule = getmodule
-    try:
-        import tvm.s_tir.tensor_intrin  # noqa: F401
-    finally:
-        inspect.getmodule = real
+    import_tensor_intrinsics()
 
 
 @contextlib.contextmanager
@@ -134,13 +110,15 @@ def _register_unpack_rule() -> None:
     def rule(sch: Any, block: Any) -> list:
         return [sch]
 
-    name = f"s_tir.meta_schedule.cpu.{UNPACK_RULE}"
-    if tvm_ffi.get_global_func(name, allow_missing=True) is None:
-        tvm_ffi.register_global_func(name, rule)
+    for kind in ("cpu", "cuda"):  # on a GPU the unbound block is then bound by RewriteUnboundBlock
+        name = f"s_tir.meta_schedule.{kind}.{UNPACK_RULE}"
+        if tvm_ffi.get_global_func(name, allow_missing=True) is None:
+            tvm_ffi.register_global_func(name, rule)
 
 
-def space_generator(target: Any) -> Any:
-    """MetaSchedule's design space for ``target``: the default post-order space, plus, on AVX-512BW
+def space_generator(target: Any, mod: Any = None) -> Any:
+    """MetaSchedule's design space for kernel ``mod`` on ``target``. CUDA: ``cuda_schedule.space_generator``
+    (dp4a and tensor-core tiling). CPUs: the default post-order space, plus, on AVX-512BW
     CPUs, multi-level tiling that tensorizes int8 reductions with mpsearch's exact 16x2 dot
     (``kernels.DOT_INTRINSICS``) and the 16x4 dot of the target's ISA (``kernels.DOT4_INTRINSICS``:
     VNNI vpdpbusd, or vpmaddubsw on the kernels where it cannot saturate, ``KernelSpec.kgroup``). TVM's
@@ -155,6 +133,10 @@ def space_generator(target: Any) -> Any:
     from mpsearch.hardware.kernels.spec import ARM_DOT_ISAS
 
     _import_tvm()
+    if target.kind.name == "cuda":
+        from mpsearch.hardware.cuda_schedule import space_generator as cuda_space
+
+        return cuda_space(target, mod)
     intrins = dot_intrinsics_for(target)
     if not intrins:
         return "post-order-apply"
@@ -541,7 +523,7 @@ class TVMBackend(Backend):
         threads = self.profile.resolved_threads()
         contexts = [
             # a kernel tuned further draws from a new random state, not the samples it already has
-            ms.TuneContext(mod=mod, target=self.target, space_generator=space_generator(self.target),
+            ms.TuneContext(mod=mod, target=self.target, space_generator=space_generator(self.target, mod),
                            search_strategy=t.strategy, task_name=name, logger=logger,
                            rand_state=t.seed + i + 100_003 * done[key], num_threads=threads).clone()
             for i, ((key, (_, mod)), name, logger) in enumerate(zip(pending.items(), names, loggers))

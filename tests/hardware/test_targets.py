@@ -101,6 +101,11 @@ def test_tiny_model_cuda_code_compiles_for_the_gpu(name: str, arch: str, host: s
     assert fatbin[:4] == bytes.fromhex("50ed55ba")  # the fatbin magic 0xBA55ED50
     assert f"-arch {arch}".encode() in fatbin
     assert b"__global__" not in fatbin  # compiled code, not the source
+    # the W8A8 layers' blocked dot runs on __dp4a under the deterministic default schedule, not dlight's loops
+    from mpsearch.hardware.cuda_schedule import instructions
+
+    assert "dp4a" in instructions(art.cuda_source.read_text())
+    assert "default" in art.kernel_schedules.values()
 
 
 @pytest.mark.slow

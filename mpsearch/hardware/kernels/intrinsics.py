@@ -3,6 +3,8 @@ them a target can run."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from tvm import tirx
 
 from mpsearch.hardware.kernels.spec import KGROUP, KOCT, KQUAD, LANES
@@ -211,16 +213,52 @@ def register_intrinsics() -> None:
     _registered = True
 
 
+def import_tensor_intrinsics() -> None:
+    """Import ``tvm.s_tir.tensor_intrin`` (every target's tensor intrinsics; each MetaSchedule
+    ``TuneContext`` imports it) in seconds instead of minutes.
+
+    Its ~250 TVMScript functions each call ``inspect.stack()``, which looks up every frame's module.
+    The import machinery's frames (``<frozen importlib._bootstrap>``) are in no module's file, so
+    ``inspect.getmodule`` misses its cache and rescans all of ``sys.modules`` for each of them: 73-83 s
+    in a process that has torch loaded (3,100 modules), 6-7 s with those lookups answered at once. For
+    a frame whose file name is ``<...>`` the answer is ``None`` either way (a frame has neither
+    ``__module__`` nor ``__name__``, and no module's file is such a name); measured: the same 124
+    intrinsics registered, structurally equal.
+    """
+    import inspect
+    import sys
+
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+    real = inspect.getmodule
+
+    def getmodule(obj: Any, _filename: str | None = None) -> Any:
+        if inspect.isframe(obj) and (_filename or obj.f_code.co_filename).startswith("<"):
+            return None
+        return real(obj, _filename)
+
+    inspect.getmodule = getmodule
+    try:
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+    finally:
+        inspect.getmodule = real
+
+
 def dot_isa(target: object) -> str:
     """The int8 dot instructions of ``target`` that the kernels use (:attr:`KernelSpec.dot_isa`):
     ``"avx512vnni"`` (vpdpbusd, e.g. mcpu cascadelake / icelake-server), ``"avx512bw"`` (vpmaddwd,
     vpmaddubsw), ``"i8mm"`` (aarch64 with FEAT_I8MM: smmla, usmmla, usdot, and sdot), ``"sdot"``
-    (aarch64 with the dot-product extension) or ``""`` (none: e.g. a Cortex-A72, a pre-AVX-512 x86, a
-    GPU). Read from LLVM's view of the target (its mcpu and mattr together); a target LLVM cannot
-    describe (unknown triple) has none."""
+    (aarch64 with the dot-product extension), ``"dp4a"`` (a CUDA GPU of sm_61 or later: ``__dp4a``) or
+    ``""`` (none: e.g. a Cortex-A72, a pre-AVX-512 x86, an older GPU). CPUs: read from LLVM's view of
+    the target (its mcpu and mattr together); a target LLVM cannot describe (unknown triple) has none."""
     from tvm.target import codegen
 
-    if getattr(getattr(target, "kind", None), "name", "") != "llvm":
+    kind = getattr(getattr(target, "kind", None), "name", "")
+    if kind == "cuda":
+        arch = str(target.attrs.get("arch", ""))  # "sm_90"
+        digits = arch.removeprefix("sm_").rstrip("abf")
+        return "dp4a" if digits.isdigit() and int(digits) >= 61 else ""
+    if kind != "llvm":
         return ""
     triple = str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
     arch = {"arm64": "aarch64"}.get(triple.split("-")[0], triple.split("-")[0])
@@ -248,6 +286,8 @@ def dot_intrinsics_for(target: object) -> list[str]:
     instead) and, with i8mm, the smmla / usmmla 2x16x8 tiles of the kgroup-8 layout. The 16x2 layout
     has no ARM intrinsic: plain loops."""
     isa = dot_isa(target)
+    if isa == "dp4a":  # GPU tiling rules live in cuda_schedule.py
+        return []
     if isa in ARM_DOT4_INTRINSICS:
         mmla = list(MMLA_INTRINSICS.values()) if isa == "i8mm" else []
         return [*mmla, *ARM_DOT4_INTRINSICS[isa].values()]
@@ -255,4 +295,4 @@ def dot_intrinsics_for(target: object) -> list[str]:
 
 
 __all__ = ["ARM_DOT4_INTRINSICS", "DOT4_INTRINSICS", "DOT_INTRINSICS", "MMLA_INTRINSICS", "dot_intrinsics_for",
-           "dot_isa", "register_intrinsics"]
+           "dot_isa", "import_tensor_intrinsics", "register_intrinsics"]

@@ -34,7 +34,7 @@ class KernelSpec:
     groups: int = 1
     epilogue: tuple[str, ...] = ()  # sequence of "relu" | "add"
     a_bits: int = 8  # activation bit width of an integer kernel (u8 codes <= 2**a_bits - 1)
-    dot_isa: str = ""  # int8 dot instructions of the target: "" | "avx512bw" | "avx512vnni" | "sdot" | "i8mm"
+    dot_isa: str = ""  # int8 dot instructions of the target: "" | "avx512bw" | "avx512vnni" | "sdot" | "i8mm" | "dp4a"
 
     @property
     def integer(self) -> bool:
@@ -65,10 +65,16 @@ class KernelSpec:
         7), and 8-bit u8 / z8 ones shifted into s8 (:attr:`a_offset`). i8mm adds ``usdot`` (u8 x s8) and
         ``smmla`` / ``usmmla``: every u8, z8 and s8 activation is exact as it is.
 
+        CUDA's ``dp4a`` (sm_61 on) adds four int8 x int8 (or uint8 x int8) products into int32 with no
+        intermediate width at all: exact for every 8-bit activation, signed, unsigned or zero-pointed.
+
         ``a_bits`` must match the runtime clip (``qp[2]``), which
         :func:`~mpsearch.hardware.lowering.kernel_spec` guarantees."""
         if self.dot_isa in ARM_DOT_ISAS:
             return self._arm_kgroup()
+        if self.dot_isa == "dp4a":
+            tiles = self.integer and self.groups == 1 and self.w_shape[1] % KQUAD == 0
+            return KQUAD if tiles and self.a_mode in ("u8", "s8", "z8") else KGROUP
         if not self.integer or self.groups != 1 or self.a_mode != "u8" or self.w_shape[1] % KQUAD:
             return KGROUP
         exact = self.dot_isa == "avx512vnni" or (
