@@ -160,7 +160,7 @@ def _default_case(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     timed = {label: m.latency_s for label, m in zip(front, meas) if m.ok}
     pick = min(timed, key=timed.get) if timed else None
 
-    shape = tuple(cfg.model.input_shape)
+    shape = tuple(cfg.model.input_shape)[1:]  # one input row
     onnx = onnx_models(model, torch.zeros(1, *shape), [x for x, _ in calib][:4], work)
     sessions = {name: ort_session(path, args.threads) for name, path in onnx.items()}
     accuracy = {"pytorch_fp32": _accuracy(model, test), "tvm_fp32": fp32_acc, "tvm_int8": evs["int8"].accuracy}
