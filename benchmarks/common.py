@@ -42,6 +42,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The instruction-set features that decide which kernels are fast (int8 dots: VNNI; bit-serial: VPOPCNTDQ).
+SIMD_FLAGS = ("sse4_2", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_vpopcntdq",
+              "avx512_bf16", "amx_int8", "asimd", "asimddp", "i8mm", "sve")
+
+
+def cpu_features() -> list[str]:
+    """The :data:`SIMD_FLAGS` this CPU reports in ``/proc/cpuinfo`` (empty where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in SIMD_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
 def load_average() -> list[float]:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -59,6 +76,7 @@ def machine_info(threads: int) -> dict[str, Any]:
     return {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_model(),
+        "cpu_features": cpu_features(),
         "cores": os.cpu_count(),
         "threads": threads,
         "load_average_1_5_15": load_average(),
@@ -105,7 +123,10 @@ def write_result(result: BenchmarkResult, out_dir: Path = RESULTS_DIR) -> tuple[
         f"# {result.title}",
         "",
         f"Measured {m.get('date')} on {m.get('cpu')} ({m.get('cores')} cores, {m.get('threads')} threads "
-        f"pinned; load average {m.get('load_average_1_5_15')}); wall time {result.wall_s:.0f} s. "
+        f"pinned; load average {m.get('load_average_1_5_15')}"
+        + (f", after {m['load_average_after']}" if m.get("load_average_after") else "")
+        + (f"; {' '.join(m['cpu_features'])}" if m.get("cpu_features") else "")
+        + f"); wall time {result.wall_s:.0f} s. "
         f"Regenerate with `python -m benchmarks {result.name}`.",
         "",
     ]

@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
@@ -42,7 +43,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmarks.common import BenchmarkResult
+from benchmarks.common import BenchmarkResult, load_average
 from mpsearch.config import RunConfig
 from mpsearch.storage import atomic_write_text
 
@@ -412,11 +413,11 @@ def load_test_labels(cfg: RunConfig) -> torch.Tensor:
     return torch.stack([torch.as_tensor(ds[i][1]) for i in range(len(ds))])
 
 
-def render(results: dict[str, dict[str, Any]], quick: bool) -> str:
-    """The Markdown summary: one table per model, then the stage times."""
+def render(results: dict[str, dict[str, Any]], quick: bool, notes: Sequence[str] = ()) -> str:
+    """The Markdown summary: ``notes`` first, then per model its table and its stage times."""
     from mpsearch.report.markdown import markdown_table
 
-    lines: list[str] = []
+    lines = ["", *(part for note in notes for part in (note, ""))]
     for key, d in results.items():
         if "skipped" in d:
             lines += [f"## {key}", "", f"Skipped: {d['skipped']}", ""]
@@ -449,10 +450,15 @@ def render(results: dict[str, dict[str, Any]], quick: bool) -> str:
             f"{d['device']}; MetaSchedule {d['trials_per_kernel']} trials per kernel; sensitivity "
             f"{d['sensitivity']}; {d['search_trials']} search trials; bits W4/W8/FP32 × A8/FP32."), "",
             markdown_table(header, body), "",
+            ("*weight KiB*: the quantizable conv/linear layers' weights at their bit-widths (biases, norms and "
+            "embedding tables not counted); *latency*: end to end, TVM-compiled, mean ± standard deviation "
+            "over repeats, all candidates timed interleaved; *× vs FP32*: TVM FP32 latency / the row's."), "",
             f"Wall time per stage: {stages}; whole pipeline {d['pipeline_wall_s']:.0f} s. "
             + (f"Kernels tuned: {d['kernels_tuned']}; kernels timed: {d['kernels_measured']}; models compiled "
                f"end to end: {d['models_compiled']}." if d["kernels_tuned"] is not None else
-               "Nothing tuned or timed (estimated costs)."), "",
+               "Nothing tuned or timed (estimated costs).")
+            + (f" Load average (1, 5, 15 min) after this model: {d['load_average_after']}."
+               if d.get("load_average_after") else ""), "",
         ]
     if quick:
         lines += ["(--quick: estimated costs, tiny budgets; not a result.)"]
@@ -473,6 +479,7 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
             results[key] = {"skipped": f"not installed: {', '.join(missing)} (pip install -e '.[bench]')"}
             continue
         results[key] = run_case(CASES[key], args, work)
+        results[key]["load_average_after"] = load_average()  # 2-core hosts are often shared: the ± shows it
         # each model's numbers on their own as soon as they exist: a later model's failure keeps them
         atomic_write_text(work / f"{key}.json", json.dumps(results[key], indent=2, default=str) + "\n")
         log.info("%s done in %.0f s (%s)", key, results[key]["pipeline_wall_s"], work / f"{key}.json")
