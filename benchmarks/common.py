@@ -42,22 +42,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-#: the CPU flags that decide which kernels and peers run fast (Linux /proc/cpuinfo names)
-CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8",
-                "amx_bf16", "asimddp", "i8mm")
+# The instruction-set features that decide which kernels are fast (int8 dots: VNNI; bit-serial: VPOPCNTDQ).
+SIMD_FLAGS = ("sse4_2", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_vpopcntdq",
+              "avx512_bf16", "amx_int8", "asimd", "asimddp", "i8mm", "sve")
 
 
 def cpu_features() -> list[str]:
-    """Which of :data:`CPU_FEATURES` this CPU has (empty where /proc/cpuinfo cannot be read)."""
+    """The :data:`SIMD_FLAGS` this CPU reports in ``/proc/cpuinfo`` (empty where there is none)."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in SIMD_FLAGS if f in have]
     except OSError:
-        return []
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            flags.update(line.split(":", 1)[1].split())
-    return [f for f in CPU_FEATURES if f in flags]
+        pass
+    return []
 
 
 def load_average() -> list[float]:
@@ -123,9 +122,11 @@ def write_result(result: BenchmarkResult, out_dir: Path = RESULTS_DIR) -> tuple[
     header = [
         f"# {result.title}",
         "",
-        f"Measured {m.get('date')} on {m.get('cpu')} ({m.get('cores')} cores, "
-        f"{', '.join(m.get('cpu_features') or []) or 'no listed ISA features'}; {m.get('threads')} threads "
-        f"pinned; load average {m.get('load_average_1_5_15')}); wall time {result.wall_s:.0f} s. "
+        f"Measured {m.get('date')} on {m.get('cpu')} ({m.get('cores')} cores, {m.get('threads')} threads "
+        f"pinned; load average {m.get('load_average_1_5_15')}"
+        + (f", after {m['load_average_after']}" if m.get("load_average_after") else "")
+        + (f"; {' '.join(m['cpu_features'])}" if m.get("cpu_features") else "")
+        + f"); wall time {result.wall_s:.0f} s. "
         f"Regenerate with `python -m benchmarks {result.name}`.",
         "",
     ]

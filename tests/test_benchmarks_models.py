@@ -1,0 +1,97 @@
+"""``python -m benchmarks models``: its configs, its packaged data and its report (no tuning here). The
+pretrained models come from the ``bench`` extra; without it the data tests are skipped with the reason."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import models as bench
+from mpsearch.config import RunConfig, validate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _args(tmp_path: Path, quick: bool) -> argparse.Namespace:
+    return argparse.Namespace(quick=quick, threads=2, cache_dir=tmp_path / "cache", trials=None, calib_samples=None,
+                              test_samples=None, search_trials=None, models=",".join(bench.CASES))
+
+
+def _need(case: bench.ModelCase) -> None:
+    missing = bench.missing_packages(case)
+    if missing:
+        pytest.skip(f"{case.key} needs {', '.join(missing)} (pip install -e '.[bench]')")
+
+
+@pytest.mark.parametrize("quick", [True, False])
+@pytest.mark.parametrize("key", list(bench.CASES))
+def test_every_case_is_a_valid_run_config(tmp_path: Path, key: str, quick: bool) -> None:
+    cfg = bench.run_config(bench.CASES[key], _args(tmp_path, quick), tmp_path)
+    assert validate(RunConfig.from_dict(cfg.to_dict())) is not None  # round-trips, and passes validation
+    # the quick mode never tunes; the real one measures on this host at a small, fixed budget
+    assert (cfg.hw_profile.cost == "estimated") is quick and cfg.hw_profile.name == "host_cpu"
+    assert cfg.search.w_bits == [4, 8, 32] and cfg.search.a_bits == [8, 32] and cfg.search.proxy_validation == 0
+    assert cfg.model.factory.startswith("benchmarks.models:") and cfg.data.factory.startswith("benchmarks.models:")
+    assert len(cfg.model.input_specs()) == len(bench.CASES[key].inputs)
+
+
+def test_report_says_what_the_accuracy_column_is() -> None:
+    row = {"label": "fp32", "kind": "baseline", "bits": "W32A32x2", "accuracy": 1.0, "latency_ms": 2.0,
+           "latency_std_ms": 0.1, "weight_kib": 10.0, "fp32_agreement": 1.0}
+    common = {"layers": 2, "data": "d", "calib_samples": 4, "test_samples": 8, "latency_source": "measured",
+              "device": "cpu", "trials_per_kernel": 4, "sensitivity": "fisher", "search_trials": 10,
+              "stage_s": {"load": 1.0, "hardware cost": 2.0}, "pipeline_wall_s": 3.0, "kernels_tuned": 5,
+              "kernels_measured": 5, "models_compiled": 2}
+    text = bench.render({
+        "cnn": {**common, "model": "CNN", "labels": "fp32_top1", "rows": [row, {**row, "label": "int8", "latency_ms": 1.0}]},
+        "enc": {**common, "model": "Encoder", "labels": "true", "rows": [row]},
+        "gone": {"skipped": "not installed: x"},
+    }, quick=False)
+    assert "top-1 agreement with FP32 %" in text and "not ImageNet accuracy" in text
+    assert "topic top-1 %" in text and "agreement with FP32 %" in text
+    assert "| int8 | W32A32x2 | 100.0 | 1.00 ± 0.10 | 2.00 |" in text  # speedup over FP32 in its own column
+    assert "hardware cost 2 s" in text and "Kernels tuned: 5" in text and "Skipped: not installed: x" in text
+
+
+def test_docstring_sentences_are_real_labelled_and_split() -> None:
+    case = bench.CASES["minilm_l6"]
+    _need(case)
+    calib, test = bench.docstring_split("calib", None), bench.docstring_split("test", 24)
+    assert len(test) == 24 and {int(test[i][1]) for i in range(len(bench.TOPICS))} == set(range(len(bench.TOPICS)))
+    (ids, mask), y = calib[0]
+    assert ids.shape == mask.shape == (bench.SEQ,) and ids.dtype == mask.dtype == torch.int64 and y.ndim == 0
+    sentences = bench.docstring_sentences()
+    for c, t in sentences.values():
+        assert c and t and not set(c) & set(t)  # no sentence in both splits
+    model = bench.minilm_topics()
+    with torch.no_grad():
+        logits = model(*bench.tokenize(["Return the number of items in the queue."]))
+    assert logits.shape == (1, len(bench.TOPICS))
+
+
+def test_photo_views_come_from_packaged_photos() -> None:
+    case = bench.CASES["efficientnet_lite0"]
+    _need(case)
+    assert not set(bench.CALIB_PHOTOS) & set(bench.TEST_PHOTOS)
+    views = bench.photo_views(bench.TEST_PHOTOS[0])
+    assert views.shape == (bench.VIEWS_PER_PHOTO, 3, bench.IMAGE, bench.IMAGE)
+    assert views.std() > 0.1 and not torch.equal(views[0], views[1])  # real content; the mirror differs
+    with torch.no_grad():
+        assert bench.efficientnet_lite0()(views[:2]).shape == (2, 1000)
+
+
+@pytest.mark.slow
+def test_quick_run_writes_both_tables(tmp_path: Path) -> None:
+    for case in bench.CASES.values():
+        _need(case)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "models", "--quick", "--threads", "2", "--cache-dir",
+                           str(tmp_path / "cache"), "--out", str(tmp_path)], check=False, cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (tmp_path / "models.md").read_text()
+    assert "## EfficientNet-Lite0 (ImageNet)" in text and "## all-MiniLM-L6-v2" in text and "not a result" in text
