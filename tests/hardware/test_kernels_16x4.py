@@ -25,9 +25,9 @@ from mpsearch.hardware.kernels import (  # noqa: E402
     dot_isa,
     make_kernel,
     pack_weight,
-    register_intrinsics,
 )
 from mpsearch.hardware.lowering import kernel_spec, lower  # noqa: E402
+from mpsearch.testing.kernels import tensorized  # noqa: E402
 
 SKYLAKE = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"}
 CASCADELAKE = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake"}
@@ -47,21 +47,6 @@ def _spec(op: str, w_mode: str, a_bits: int, isa: str = "avx512bw") -> KernelSpe
 def _host_has(isa: str) -> bool:
     host = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
     return dot_isa(host) in ((isa, "avx512vnni") if isa == "avx512bw" else (isa,))
-
-
-def _tensorized(spec: KernelSpec, intrin: str) -> tvm.IRModule:
-    """The kernel with its dot block tiled and tensorized by ``intrin`` (as MetaSchedule's rule does)."""
-    from tvm import s_tir
-    from tvm.s_tir.schedule.transform import tile_with_tensor_intrin
-
-    register_intrinsics()
-    sch = s_tir.Schedule(tvm.IRModule({"main": make_kernel(spec).with_attr("global_symbol", "main")}))
-    block = sch.get_sblock("dot")
-    loop = tile_with_tensor_intrin(sch, block, intrin)
-    assert loop is not None, f"{intrin} does not match the dot block of {spec}"
-    sch.decompose_reduction(block, sch.get_loops(block)[0])
-    sch.tensorize(loop, intrin)
-    return sch.mod
 
 
 def _run_exact(lib, spec: KernelSpec, codes: np.ndarray, qmax: int, seed: int = 0) -> tuple[bool, float]:
@@ -126,7 +111,7 @@ def test_16x4_vpmaddubsw_is_exact_at_the_full_code_range(op, pair) -> None:
     untuned = tvm.compile(tvm.IRModule({"main": make_kernel(spec).with_attr("global_symbol", "main")}),
                           target="llvm")
     assert _run_exact(untuned, spec, codes, 2**a_bits - 1)[0]  # the blocked layout and the int4 packing
-    lib = tvm.compile(_tensorized(spec, DOT4_INTRINSICS["avx512bw"]), target=SKYLAKE)
+    lib = tvm.compile(tensorized(spec, DOT4_INTRINSICS["avx512bw"]), target=SKYLAKE)
     assert "vpmaddubsw" in lib.mod.inspect_source("asm")
     if not _host_has("avx512bw"):
         pytest.skip("host CPU has no AVX-512BW: the tensorized kernel compiled but cannot run")
@@ -142,7 +127,7 @@ def test_vpmaddubsw_would_saturate_w8a8_which_is_why_it_stays_16x2() -> None:
     spec = _spec("conv2d", "i8", 8, isa="avx512vnni")  # blocked 16x4, as for a VNNI target
     assert spec.kgroup == 4 and dataclasses.replace(spec, dot_isa="avx512bw").kgroup == 2
     codes = np.random.default_rng(1).choice(np.array([-128, 127, -127], np.int8), spec.w_shape)
-    lib = tvm.compile(_tensorized(spec, DOT4_INTRINSICS["avx512bw"]), target=SKYLAKE)
+    lib = tvm.compile(tensorized(spec, DOT4_INTRINSICS["avx512bw"]), target=SKYLAKE)
     assert not _run_exact(lib, spec, codes, 255)[0]
 
 
@@ -150,7 +135,7 @@ def test_vnni_target_compiles_the_16x4_dot_to_vpdpbusd() -> None:
     """The VNNI kernel (any u8 activation) compiles for mcpu cascadelake to vpdpbusd; this host has no
     VNNI, so it runs only where the host does."""
     spec = _spec("conv2d", "i8", 8, isa="avx512vnni")
-    lib = tvm.compile(_tensorized(spec, DOT4_INTRINSICS["avx512vnni"]), target=CASCADELAKE)
+    lib = tvm.compile(tensorized(spec, DOT4_INTRINSICS["avx512vnni"]), target=CASCADELAKE)
     asm = lib.mod.inspect_source("asm")
     assert "vpdpbusd" in asm and "vpmaddubsw" not in asm
     if _host_has("avx512vnni"):
@@ -189,9 +174,8 @@ def test_16x4_tuned_kernels_are_tensorized_and_exact(tmp_path: Path) -> None:
     """MetaSchedule (2 trials) tensorizes W4A8 conv and W8A4 linear with the vpmaddubsw 16x4 dot,
     the tuned kernels are exact at the full code range, and W8A8 stays on the 16x2 vpmaddwd dot (on a
     VNNI host all three take vpdpbusd)."""
-    from tests.hardware.test_tvm_backend import tiny_profile
-
     from mpsearch.hardware.tvm_backend import TVMBackend, _hash_mod
+    from tests.hardware.test_tvm_backend import tiny_profile
 
     backend = TVMBackend(tiny_profile(), tmp_path, progress=False)
     isa = backend.dot_isa

@@ -30,9 +30,9 @@ from mpsearch.hardware.kernels import (  # noqa: E402
     dot_isa,
     make_kernel,
     pack_weight,
-    register_intrinsics,
 )
 from mpsearch.hardware.tvm_backend import resolve_target  # noqa: E402
+from mpsearch.testing.kernels import tensorized  # noqa: E402
 
 SDOT, I8MM = "arm_a76_dotprod", "arm_neoverse_v1_i8mm"
 OBJDUMP = "aarch64-linux-gnu-objdump"
@@ -129,22 +129,6 @@ def _args(spec: KernelSpec, codes: np.ndarray, x: np.ndarray) -> list[np.ndarray
             np.array([act.inv_scale, act.qmin, act.qmax, act.scale, *([act.zero_point] if act.zero_point else [])],
                      np.float32),
             np.zeros(spec.out_shape, np.float32)]
-
-
-def _tensorized(spec: KernelSpec, intrin: str) -> object:
-    """The kernel's PrimFunc with its dot block tiled and tensorized by ``intrin`` (as MetaSchedule's
-    MultiLevelTilingWithIntrin rule does)."""
-    from tvm import s_tir
-    from tvm.s_tir.schedule.transform import tile_with_tensor_intrin
-
-    register_intrinsics()
-    sch = s_tir.Schedule(tvm.IRModule({"main": make_kernel(spec).with_attr("global_symbol", "main")}))
-    block = sch.get_sblock("dot")
-    loop = tile_with_tensor_intrin(sch, block, intrin)
-    assert loop is not None, f"{intrin} does not match the dot block of {spec}"
-    sch.decompose_reduction(block, sch.get_loops(block)[0])
-    sch.tensorize(loop, intrin)
-    return sch.mod["main"]
 
 
 def _instructions(asm: str) -> dict[str, int]:
@@ -258,7 +242,7 @@ def test_tensorized_kernel_compiles_to_the_instruction(label: str) -> None:
     profile, spec, intrin, instr = CASES[label]
     assert spec.packed and spec.kgroup == (8 if intrin in MMLA_INTRINSICS.values() else 4)
     assert intrin in dot_intrinsics_for(_target(profile))
-    asm = tvm.compile(_tensorized(spec, intrin), target=_target(profile)).mod.inspect_source("asm")
+    asm = tvm.compile(tensorized(spec, intrin)["main"], target=_target(profile)).mod.inspect_source("asm")
     found = _instructions(asm)
     assert sum(found[i] for i in SPELLINGS[instr]) > 0, found
     assert all(n == 0 for i, n in found.items() if i not in SPELLINGS[instr]), found
@@ -295,7 +279,7 @@ def test_tensorized_kernel_is_bit_exact_under_qemu(label: str, qemu: None, tmp_p
     profile, spec, intrin, instr = CASES[label]
     codes, x = _codes_and_input(spec)
     ref = _reference(spec, codes, x)
-    out = run_kernel(load_profile(profile), _tensorized(spec, intrin), _args(spec, codes, x), tmp_path)
+    out = run_kernel(load_profile(profile), tensorized(spec, intrin)["main"], _args(spec, codes, x), tmp_path)
     assert np.abs(ref).max() > 2**11  # a real accumulation at the ends of the ranges
     assert np.array_equal(out, ref.astype(np.float32))
     if shutil.which(OBJDUMP):
@@ -363,7 +347,7 @@ def test_zero_point_layer_matches_the_quant_layer_under_qemu(isa: str, w_bits: i
     assert (spec.kgroup, spec.a_offset) == ((8, 0) if isa == "i8mm" else (4, 128))
     intrin = MMLA_INTRINSICS["u8"] if isa == "i8mm" else ARM_DOT4_INTRINSICS["sdot"]["s8"]
     arrays = [x.numpy(), *kernel_arrays(module, spec, w_bits, act), np.zeros(spec.out_shape, np.float32)]
-    out = run_kernel(load_profile(I8MM if isa == "i8mm" else SDOT), _tensorized(spec, intrin), arrays, tmp_path)
+    out = run_kernel(load_profile(I8MM if isa == "i8mm" else SDOT), tensorized(spec, intrin)["main"], arrays, tmp_path)
     with torch.no_grad():
         ref = QuantLayer(module, w_bits, act)(x).numpy()
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=2e-6 * np.abs(ref).max())
