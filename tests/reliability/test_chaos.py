@@ -95,9 +95,9 @@ def test_kill_9_in_every_stage_then_rerun_gives_the_uninterrupted_report(tmp_pat
 @pytest.mark.parametrize("seed", [7, 8])  # two seeded moments in each
 def test_kill_9_while_tuning_and_timing_kernels_then_rerun_loses_nothing(tmp_path: Path, seed: int) -> None:
     """Real MetaSchedule tuning (1 trial a kernel), kernel timing and end-to-end timing, killed at seeded
-    moments of each (the first two in the hardware-cost stage, the last within the first second or so of
-    evaluation, which takes the tiny model's accuracies in a few tenths of a second, then compiles and
-    times the chosen and baseline models): the re-run finishes, every complete line of the tuning database and
+    moments of each (the first two in the hardware-cost stage, the last within the first 0.3 s of
+    evaluation, while it takes the tiny model's accuracies; the compile and timing after them can
+    end in under a second now that baselines' timings are cached, and seed 8's 1.1 s outlived it): the re-run finishes, every complete line of the tuning database and
     the timing caches is still there (a repaired database drops only unfinished lines), and the report
     is written. Latencies differ from run to run, so the front is not compared here."""
     rng = random.Random(seed)
@@ -109,7 +109,7 @@ def test_kill_9_while_tuning_and_timing_kernels_then_rerun_loses_nothing(tmp_pat
              "min_lines": rng.randint(1, 8)},
             {"cwd": str(tmp_path), "signal": "KILL", "file": ".mpsearch-cache/tvm/*/costs.jsonl",
              "min_lines": rng.randint(1, 10)},
-            {"cwd": str(tmp_path), "signal": "KILL", "stage": "evaluation", "delay_s": rng.uniform(0.3, 1.2)}]
+            {"cwd": str(tmp_path), "signal": "KILL", "stage": "evaluation", "delay_s": rng.uniform(0.05, 0.3)}]
     runs += [{"cwd": str(tmp_path)}]
     res = drive(tmp_path, argv, runs, backend=None, timeout=1500)
     *killed, final = res["runs"]
