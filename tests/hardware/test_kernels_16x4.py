@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mpsearch.candidate import Candidate
-from mpsearch.quant.fake import ActQuant, quantize_
+from mpsearch.quant.fake import ActQuant
 from mpsearch.quant.prepare import prepare_model
 
 tvm = pytest.importorskip("tvm")
@@ -27,7 +27,7 @@ from mpsearch.hardware.kernels import (  # noqa: E402
     pack_weight,
 )
 from mpsearch.hardware.lowering import kernel_spec, lower  # noqa: E402
-from mpsearch.testing.kernels import tensorized  # noqa: E402
+from tests.hardware.kernel_helpers import assert_runs_as_simulated, tensorized  # noqa: E402
 
 SKYLAKE = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"}
 CASCADELAKE = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake"}
@@ -161,12 +161,7 @@ def test_lowered_model_takes_16x4_where_exact_and_matches_simulation(wide, tiny_
     lowered = lower(prepared, cand, ranges, batch=4, dot_isa="avx512bw")
     assert {n: s.kgroup for n, s in lowered.kernels.items() if s.packed} == {"conv1": 4, "conv2": 4, "down": 2}
     assert lowered.kernels["conv2"].a_bits == 4
-    exe = tvm.relax.build(lowered.mod, target=tvm.target.Target({"kind": "llvm"}))
-    vm = tvm.relax.VirtualMachine(exe, tvm.cpu())
-    out = vm["main"](*[tvm.runtime.tensor(a) for a in [x.numpy(), *lowered.params]]).numpy()
-    with torch.no_grad():
-        ref = quantize_(prepared.copy_module(), cand, ranges)(x).numpy()
-    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    assert_runs_as_simulated(lowered, prepared, cand, ranges, x)
 
 
 @pytest.mark.slow

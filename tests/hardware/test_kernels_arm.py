@@ -32,7 +32,7 @@ from mpsearch.hardware.kernels import (  # noqa: E402
     pack_weight,
 )
 from mpsearch.hardware.tvm_backend import resolve_target  # noqa: E402
-from mpsearch.testing.kernels import tensorized  # noqa: E402
+from tests.hardware.kernel_helpers import assert_runs_as_simulated, tensorized  # noqa: E402
 
 SDOT, I8MM = "arm_a76_dotprod", "arm_neoverse_v1_i8mm"
 OBJDUMP = "aarch64-linux-gnu-objdump"
@@ -213,7 +213,6 @@ def test_lowered_model_in_arm_layouts_matches_simulation(isa: str, kgroups: dict
     accumulator) computes what the fake-quant model does; built for this host, untensorized."""
     from mpsearch.candidate import Candidate
     from mpsearch.hardware.lowering import lower
-    from mpsearch.quant.fake import quantize_
 
     prepared, ranges = wide
     bits = {"conv1": (4, 8), "conv2": (8, 6), "down": (8, 7), "fc": (8, 8)} if isa == "sdot" else \
@@ -224,12 +223,7 @@ def test_lowered_model_in_arm_layouts_matches_simulation(isa: str, kgroups: dict
     assert {n: s.kgroup for n, s in lowered.kernels.items() if s.packed} == kgroups
     shifted = {n for n, s in lowered.kernels.items() if s.a_offset}
     assert shifted == ({"conv1", "fc"} if isa == "sdot" else set())  # the bias carries 128·rowsum(w) back
-    exe = tvm.relax.build(lowered.mod, target=tvm.target.Target({"kind": "llvm"}))
-    vm = tvm.relax.VirtualMachine(exe, tvm.cpu())
-    out = vm["main"](*[tvm.runtime.tensor(a) for a in [x.numpy(), *lowered.params]]).numpy()
-    with torch.no_grad():
-        ref = quantize_(prepared.copy_module(), cand, ranges)(x).numpy()
-    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    assert_runs_as_simulated(lowered, prepared, cand, ranges, x)
 
 
 # -- TVM: tensorized for aarch64 -------------------------------------------------------------------------
