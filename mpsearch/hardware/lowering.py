@@ -2,7 +2,8 @@
 
 mpsearch owns only the quantized layers. The prepared graph (``torch.export``, BatchNorm folded;
 :mod:`mpsearch.quant.prepare`) is exported once more at the lowering batch with each quantizable
-layer, and the ReLU / residual-add chain that follows it, replaced by one opaque ``mpsearch::layer``
+layer, and the elementwise chain that follows it (ReLU, ReLU6 and other clamps, SiLU, hardswish,
+sigmoid, residual adds), replaced by one opaque ``mpsearch::layer``
 op; TVM's own Relax importer (``from_exported_program``) lowers every other op, and a custom
 converter turns each ``mpsearch::layer`` into the layer's kernel (:mod:`.kernels`): conv 1-D/2-D
 (grouped, depthwise, any padding/stride/dilation), linear on 2-D or token inputs ``(B, T, D)`` (the 2-D
@@ -28,6 +29,7 @@ from tvm import IRModule, relax
 from mpsearch.candidate import Candidate
 from mpsearch.errors import LoweringError
 from mpsearch.hardware.kernels import KernelSpec, make_kernel, pack_weight
+from mpsearch.hardware.kernels.spec import clamp_op
 from mpsearch.hardware.kernels.bitserial import route as bitserial_route
 from mpsearch.hardware.memory import weight_mode
 from mpsearch.quant.fake import ActQuant, QuantLayer, act_quantizers, quantize_weight
@@ -124,20 +126,43 @@ def _(x: torch.Tensor, extras: list[torch.Tensor], name: str, epilogue: str, out
     return x.new_empty(out_shape)
 
 
-_RELU = (_aten.relu.default, _aten.relu_.default)
 _ADD = (_aten.add.Tensor, _aten.add_.Tensor)
+_UNARY = {_aten.relu.default: "relu", _aten.relu_.default: "relu", _aten.silu.default: "silu",
+          _aten.silu_.default: "silu", _aten.hardswish.default: "hardswish", _aten.hardswish_.default: "hardswish",
+          _aten.sigmoid.default: "sigmoid", _aten.sigmoid_.default: "sigmoid"}
+# (op, default lower bound, default upper bound): ReLU6 and hardtanh export as hardtanh
+_CLAMPS = {_aten.relu6.default: (0.0, 6.0), _aten.hardtanh.default: (-1.0, 1.0), _aten.hardtanh_.default: (-1.0, 1.0),
+           _aten.clamp.default: (None, None), _aten.clamp_.default: (None, None)}
+
+
+def _clamp(user: fx.Node) -> str | None:
+    """The epilogue op of a clamp / hardtanh node with constant bounds (None if a bound is a tensor)."""
+    lo, hi = _CLAMPS[user.target]
+    if user.target is _aten.relu6.default:
+        return clamp_op(lo, hi)
+    names = ("min_val", "max_val") if "hardtanh" in str(user.target) else ("min", "max")
+    args = list(user.args[1:3])
+    bounds = [args[i] if i < len(args) else user.kwargs.get(names[i], (lo, hi)[i]) for i in range(2)]
+    if not all(b is None or isinstance(b, (int, float)) for b in bounds) or bounds == [None, None]:
+        return None
+    return clamp_op(*bounds)
 
 
 def _absorb_epilogue(node: fx.Node, order: dict[fx.Node, int], shape: tuple[int, ...]) -> tuple[list[str], list[fx.Node], fx.Node]:
-    """Follow single-user ReLUs and adds whose other operand is computed before the layer and has its
-    output shape (a broadcast add, e.g. of a positional embedding, stays a Relax op)."""
+    """Follow the single-user elementwise chain after a layer: ReLU, clamps with constant bounds (ReLU6),
+    SiLU, hardswish, sigmoid, and adds whose other operand is computed before the layer and has its
+    output shape (a broadcast add, e.g. of a positional embedding, stays a Relax op). Each becomes part
+    of the layer kernel's epilogue instead of another pass over its float output."""
     ops: list[str] = []
     extra: list[fx.Node] = []
     cur = node
     while len(cur.users) == 1:
         user = next(iter(cur.users))
-        if user.op == "call_function" and user.target in _RELU:
-            ops.append("relu")
+        if user.op == "call_function" and user.target in _UNARY and len(user.args) == 1 and not user.kwargs:
+            ops.append(_UNARY[user.target])
+        elif user.op == "call_function" and user.target in _CLAMPS and user.args[0] is cur \
+                and (op := _clamp(user)) is not None:
+            ops.append(op)
         elif user.op == "call_function" and user.target in _ADD and len(user.args) == 2 and not user.kwargs:
             other = user.args[1] if user.args[0] is cur else user.args[0]
             meta = other.meta.get("tensor_meta") if isinstance(other, fx.Node) else None

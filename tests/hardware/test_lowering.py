@@ -139,3 +139,42 @@ def test_blocked_dot_is_exact_at_full_int8_range(op: str, a_mode: str) -> None:
     ref = (torch.nn.functional.conv2d(xq, w, stride=2, padding=1) if op == "conv2d" else xq @ w.T).numpy()
     assert np.abs(ref).max() > 2 ** 15  # the range that int16 intermediates would lose
     assert np.array_equal(out.numpy(), ref.astype(np.float32))
+
+
+class _Activations(torch.nn.Module):
+    """One layer per fusable activation: ReLU6 (hardtanh), SiLU, hardswish, sigmoid, a one-sided clamp."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.c2 = torch.nn.Conv2d(16, 16, 1)
+        self.c3 = torch.nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.c4 = torch.nn.Conv2d(16, 16, 1)
+        self.fc = torch.nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.relu6(self.c1(x))
+        x = torch.nn.functional.silu(self.c2(x))
+        x = torch.nn.functional.hardswish(self.c3(x))
+        x = torch.sigmoid(self.c4(x)) * x  # sigmoid fused; the product (two users of x) stays a Relax op
+        return self.fc(x.mean((2, 3))).clamp(max=0.5)
+
+
+@pytest.mark.parametrize("pair", [(8, 8), (32, 32)])
+def test_activation_epilogues_are_fused_and_exact(pair: tuple[int, int]) -> None:
+    from mpsearch.quant.calibration import calibrate
+
+    torch.manual_seed(0)
+    model = _Activations().eval()
+    prepared = prepare_model(model, (1, 3, 8, 8))
+    x = torch.randn(4, 3, 8, 8) * 2
+    ranges = calibrate(prepared.graph_module, prepared.layer_names, [(x, None)])
+    cand = Candidate({n: pair for n in prepared.layer_names})
+    lowered = lower(prepared, cand, ranges, batch=4)
+    assert {n: s.epilogue for n, s in lowered.kernels.items()} == {
+        "c1": ("clamp:0.0:6.0",), "c2": ("silu",), "c3": ("hardswish",), "c4": ("sigmoid",), "fc": ("clamp::0.5",)}
+    text = lowered.mod.script()
+    assert "clip" not in text and "hardswish" not in text and "silu" not in text  # no separate passes
+    with torch.no_grad():
+        sim = quantize_(prepared.copy_module(), cand, ranges)(x).numpy()
+    np.testing.assert_allclose(_run(lowered, x.numpy()), sim, rtol=1e-4, atol=1e-5)

@@ -1,4 +1,6 @@
-"""The end every layer kernel shares: dequantize, bias, fused ReLU / residual adds (imports TVM)."""
+"""The end every layer kernel shares: dequantize, bias, then the fused elementwise chain that followed
+the layer in the model (ReLU, clamps such as ReLU6, SiLU, hardswish, sigmoid, residual adds), so that
+none of them is another pass over the float activation (imports TVM)."""
 
 from __future__ import annotations
 
@@ -6,11 +8,32 @@ from collections.abc import Callable
 
 from tvm import te, tirx
 
-from mpsearch.hardware.kernels.spec import KernelSpec
+from mpsearch.hardware.kernels.spec import KernelSpec, clamp_bounds
+
+
+def _apply(op: str, v: tirx.PrimExpr, residual: Callable[[], tirx.PrimExpr]) -> tirx.PrimExpr:
+    f32 = "float32"
+    if op == "relu":
+        return te.max(v, tirx.const(0.0, f32))
+    if op == "add":
+        return v + residual()
+    if op == "silu":
+        return v * tirx.sigmoid(v)
+    if op == "sigmoid":
+        return tirx.sigmoid(v)
+    if op == "hardswish":  # x * relu6(x + 3) / 6, as torch computes it
+        return v * te.min(te.max(v + tirx.const(3.0, f32), tirx.const(0.0, f32)), tirx.const(6.0, f32)) \
+            / tirx.const(6.0, f32)
+    lo, hi = clamp_bounds(op)
+    if lo is not None:
+        v = te.max(v, tirx.const(lo, f32))
+    if hi is not None:
+        v = te.min(v, tirx.const(hi, f32))
+    return v
 
 
 def epilogue(spec: KernelSpec, t: dict[str, te.Tensor], acc_at: Callable[..., tirx.PrimExpr]) -> te.Tensor:
-    """Dequantize (integer kernels), add the bias, then the fused ReLU / residual adds."""
+    """Dequantize (integer kernels), add the bias, then the fused ops of ``spec.epilogue`` in order."""
     residuals = [t[f"res{i}"] for i, e in enumerate(spec.epilogue) if e == "add"]
 
     def value(*i: tirx.Var) -> tirx.PrimExpr:
@@ -20,7 +43,7 @@ def epilogue(spec: KernelSpec, t: dict[str, te.Tensor], acc_at: Callable[..., ti
         v = v + t["bias"][i[1]]
         res = iter(residuals)
         for op in spec.epilogue:
-            v = te.max(v, tirx.const(0.0, "float32")) if op == "relu" else v + next(res)(*i)
+            v = _apply(op, v, lambda: next(res)(*i))
         return v
 
     return te.compute(spec.out_shape, value, name="epilogue")

@@ -32,7 +32,7 @@ class KernelSpec:
     padding: tuple[int, int] = (0, 0)
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
-    epilogue: tuple[str, ...] = ()  # sequence of "relu" | "add"
+    epilogue: tuple[str, ...] = ()  # fused ops in order: "relu" | "add" | "silu" | "hardswish" | "sigmoid" | clamp_op()
     a_bits: int = 8  # activation bit width of an integer kernel (u8 codes <= 2**a_bits - 1)
     dot_isa: str = ""  # int8 dot instructions of the target: "" | "avx512bw" | "avx512vnni" | "sdot" | "i8mm" | "dp4a"
 
@@ -179,4 +179,25 @@ class KernelSpec:
         return 2 * math.prod(self.out_shape) * (self.k if self.op == "conv2d" else self.w_shape[1])
 
 
-__all__ = ["ARM_DOT_ISAS", "KGROUP", "KOCT", "KQUAD", "KernelSpec", "LANES", "OPAQUE", "UNPACK_RULE"]
+#: The elementwise ops a layer kernel's epilogue can absorb besides clamps and residual adds.
+UNARY_EPILOGUES = ("relu", "silu", "hardswish", "sigmoid")
+
+
+def clamp_op(lo: float | None, hi: float | None) -> str:
+    """The epilogue op clamping to ``[lo, hi]`` (None: unbounded on that side), e.g. ReLU6's ``clamp:0.0:6.0``."""
+    def bound(v: float | None) -> str:
+        return "" if v is None else repr(float(v))
+
+    return f"clamp:{bound(lo)}:{bound(hi)}"
+
+
+def clamp_bounds(op: str) -> tuple[float | None, float | None]:
+    """The bounds of a :func:`clamp_op` string (ValueError for any other op)."""
+    kind, lo, hi = op.split(":") if op.count(":") == 2 else (op, "", "")
+    if kind != "clamp":
+        raise ValueError(f"unknown epilogue op {op!r}")
+    return (float(lo) if lo else None), (float(hi) if hi else None)
+
+
+__all__ = ["ARM_DOT_ISAS", "KGROUP", "KOCT", "KQUAD", "KernelSpec", "LANES", "OPAQUE", "UNARY_EPILOGUES", "UNPACK_RULE",
+           "clamp_bounds", "clamp_op"]
