@@ -54,6 +54,9 @@ def _cases(isa: str) -> list[KernelSpec]:
         KernelSpec("conv2d", (1, 32, 7, 7), (16, 32, 3, 3), "i8", "s8", (1, 1), (1, 1), dot_isa=isa),  # 16x2
         KernelSpec("conv2d", (1, 16, 8, 8), (16, 16, 3, 3), "i8", "z8", (1, 1), (1, 1), dot_isa=isa),  # zero point
         KernelSpec("conv2d", (1, 32, 8, 8), (64, 32, 1, 1), "i8", "u8", dot_isa=isa),  # a 1x1 projection
+        # channels that do not tile: 24 outputs (two lane tiles, the second half zero weights), 3 inputs
+        KernelSpec("conv2d", (1, 40, 8, 8), (24, 40, 1, 1), "i8", "u8", epilogue=("clamp:0.0:6.0",), dot_isa=isa),
+        KernelSpec("conv2d", (1, 3, 9, 9), (16, 3, 3, 3), "i8", "u8", (2, 2), (1, 1), dot_isa=isa),  # an RGB stem
     ]
 
 

@@ -149,8 +149,11 @@ def test_estimate_backend_contract(tiny_prepared, tiny_ranges, tmp_path: Path) -
     for li in tiny_prepared.layers:
         spec = lowered.kernels[li.name]
         assert table.latency_s[li.name][(4, 8)] == pytest.approx(estimate_kernel(spec, profile.peak).latency_s)
-        for pair in pairs:  # weight bytes exact, as in the measured mode
-            assert table.weight_bytes[li.name][pair] == weight_storage_bytes(li.weight_shape, *pair)
+    for pair in pairs:  # weight bytes exact, as in the measured mode (zero weights padding blocked tiles too)
+        kernels = lower(tiny_prepared, Candidate.uniform(layers, *pair), tiny_ranges).kernels
+        for li in tiny_prepared.layers:
+            assert table.weight_bytes[li.name][pair] == \
+                weight_storage_bytes(li.weight_shape, *pair) + kernels[li.name].weight_padding_bytes
             assert table.workspace_bytes[li.name][pair] >= 0
     assert table.activation_bytes == plan_activation_memory(lowered.mod).planned_bytes > 0
     assert table.other_s > 0  # pooling: one launch at least

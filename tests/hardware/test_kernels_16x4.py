@@ -76,7 +76,9 @@ def test_16x4_layout_only_where_the_target_runs_it_exactly() -> None:
     assert with_(conv, dot_isa="avx512bw", a_bits=4).kgroup == 4  # W8A4
     assert with_(conv, dot_isa="avx512bw", w_mode="i4p").kgroup == 4  # W4A8
     assert with_(conv, dot_isa="avx512bw", a_bits=4, a_mode="s8").kgroup == 2  # u8 x s8 instruction only
-    assert with_(conv, dot_isa="avx512bw", a_bits=4, w_shape=(32, 6, 3, 3), x_shape=(1, 6, 8, 8)).kgroup == 2
+    # 6 channels: padded to 8 for the 16x4 dot (zero weights)
+    six = with_(conv, dot_isa="avx512bw", a_bits=4, w_shape=(32, 6, 3, 3), x_shape=(1, 6, 8, 8))
+    assert six.kgroup == 4 and six.k_padded == 8
     assert with_(conv, dot_isa="avx512bw", a_bits=4, a_mode="f32").kgroup == 2  # weight-only: no dot
     # VNNI (vpdpbusd, int32 accumulation): any unsigned activation; no ISA: the portable 16x2 layout
     assert with_(conv, dot_isa="avx512vnni").kgroup == 4
@@ -159,7 +161,10 @@ def test_lowered_model_takes_16x4_where_exact_and_matches_simulation(wide, tiny_
     cand = Candidate({n: bits.get(n, (8, 8)) for n in prepared.layer_names})
     x = tiny_batches[0][0][:4]
     lowered = lower(prepared, cand, ranges, batch=4, dot_isa="avx512bw")
-    assert {n: s.kgroup for n, s in lowered.kernels.items() if s.packed} == {"conv1": 4, "conv2": 4, "down": 2}
+    # the 1-channel stem and the 10-class head take the blocked dot too, padded with zero weights
+    assert {n: s.kgroup for n, s in lowered.kernels.items() if s.packed} == {
+        "conv1": 4, "conv2": 4, "down": 2, "stem": 2, "fc": 2}
+    assert lowered.kernels["stem"].k_padded == 2 and lowered.kernels["fc"].o_tiles == 1
     assert lowered.kernels["conv2"].a_bits == 4
     assert_runs_as_simulated(lowered, prepared, cand, ranges, x)
 

@@ -194,7 +194,8 @@ def test_arm_layouts_only_where_the_instruction_is_exact() -> None:
 
 @pytest.fixture(scope="module")
 def wide(tiny_batches):
-    """TinyResNet with 16/32 channels and a 16-class head: every layer but the 1-channel stem tiles."""
+    """TinyResNet with 16/32 channels and a 16-class head: every layer but the 1-channel stem tiles (the
+    stem's input is padded to a channel pair with zero weights)."""
     from mpsearch.quant.calibration import calibrate
     from mpsearch.quant.prepare import prepare_model
     from mpsearch.testing import TinyResNet
@@ -205,8 +206,8 @@ def wide(tiny_batches):
 
 
 @pytest.mark.parametrize("isa, kgroups", [
-    ("sdot", {"conv1": 4, "conv2": 4, "down": 4, "fc": 4}),  # 8-bit u8 shifted by -128, 6/7-bit as is
-    ("i8mm", {"conv1": 4, "conv2": 8, "down": 4, "fc": 8}),  # stride 2: usdot; pairs: usmmla
+    ("sdot", {"stem": 2, "conv1": 4, "conv2": 4, "down": 4, "fc": 4}),  # 8-bit u8 shifted by -128, 6/7-bit as is
+    ("i8mm", {"stem": 2, "conv1": 4, "conv2": 8, "down": 4, "fc": 8}),  # stride 2: usdot; pairs: usmmla
 ])
 def test_lowered_model_in_arm_layouts_matches_simulation(isa: str, kgroups: dict, wide, tiny_batches) -> None:
     """A model lowered for each ARM ISA (weights packed in its layouts, the i8mm linear's [O/16, N, 16]

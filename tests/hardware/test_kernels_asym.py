@@ -20,14 +20,18 @@ from mpsearch.hardware.lowering import kernel_arrays, kernel_spec, lower  # noqa
 
 SKEWED = (-0.6, 3.4)  # a signed range with most of its mass above 0: symmetric wastes ~40% of the codes
 
-# (module, input shape): packed 16x2 layout (O % 16 == 0, C even) and the plain layout (stem-like 3
-# channels, a 10-class head); every conv is padded, one strided
+# (module, input shape): packed 16x2 layout (O % 16 == 0, C even); channels that do not tile (stem-like
+# 3 channels, a 10-class head) in the blocked layout padded with zero weights, and in the plain layout
+# (which CUDA's dp4a kernels keep for them: PLAIN); every conv is padded, one strided
 LAYERS = {
     "conv_packed": (lambda: nn.Conv2d(16, 32, 3, padding=1), (2, 16, 6, 6)),
+    "conv_padded": (lambda: nn.Conv2d(3, 10, 3, stride=2, padding=1), (2, 3, 7, 7)),
     "conv_plain": (lambda: nn.Conv2d(3, 10, 3, stride=2, padding=1), (2, 3, 7, 7)),
     "linear_packed": (lambda: nn.Linear(32, 48), (3, 32)),
+    "linear_padded": (lambda: nn.Linear(30, 10), (3, 30)),
     "linear_plain": (lambda: nn.Linear(30, 10), (3, 30)),
 }
+PLAIN = "dp4a"  # the dot_isa whose kernels keep the plain layout for shapes that do not tile
 
 
 def _layer(name: str, seed: int = 0) -> tuple[nn.Module, tuple[int, ...], torch.Tensor]:
@@ -41,7 +45,8 @@ def _layer(name: str, seed: int = 0) -> tuple[nn.Module, tuple[int, ...], torch.
 
 # conv (padded; the 16x2 dot layout and the plain one) and linear at W8 and W4, and fp32 / fp16 weights
 CASES = [("conv_packed", 8), ("conv_packed", 4), ("conv_packed", 32), ("conv_packed", 16), ("conv_plain", 8),
-         ("conv_plain", 4), ("linear_packed", 8), ("linear_packed", 4), ("linear_plain", 8)]
+         ("conv_plain", 4), ("conv_padded", 8), ("conv_padded", 4), ("linear_packed", 8), ("linear_packed", 4),
+         ("linear_plain", 8), ("linear_padded", 8)]
 
 
 @pytest.mark.parametrize(("name", "w_bits"), CASES)
@@ -49,10 +54,11 @@ def test_z8_kernel_matches_the_fake_quant_reference(name: str, w_bits: int) -> N
     module, shape, x = _layer(name)
     act = ActQuant.from_range(*SKEWED, 8, "asymmetric")
     assert act.zero_point > 0 and not act.signed
-    spec = kernel_spec(module, shape, w_bits, act, ())
+    spec = kernel_spec(module, shape, w_bits, act, (), dot_isa=PLAIN if name.endswith("plain") else "")
     assert spec.a_mode == "z8" and spec.integer == (w_bits <= 8)
-    # the 16x2 dot layout where it tiles (int4 GEMVs keep the plain layout: KernelSpec.packed)
-    assert spec.packed == (name == "conv_packed" and w_bits <= 8 or name == "linear_packed" and w_bits == 8)
+    # the 16x2 dot layout, padded where channels do not tile (int4 GEMVs keep the plain layout: KernelSpec.packed)
+    blocked = name.startswith("conv") and w_bits <= 8 or name.startswith("linear") and w_bits == 8
+    assert spec.packed == (blocked and not name.endswith("plain"))
     lib = tvm.compile(tvm.IRModule({"main": make_kernel(spec).with_attr("global_symbol", "main")}), target="llvm")
 
     def call(arrays: list[np.ndarray], x: np.ndarray) -> np.ndarray:
@@ -68,7 +74,8 @@ def test_z8_kernel_matches_the_fake_quant_reference(name: str, w_bits: int) -> N
         ref = QuantLayer(module, w_bits, act)(x).numpy()
     np.testing.assert_allclose(call(arrays, x.numpy()), ref, rtol=1e-5, atol=2e-6 * np.abs(ref).max())
     assert sum(a.nbytes for a in arrays) == weight_storage_bytes(tuple(module.weight.shape), w_bits, 8,
-                                                                 zero_point=True)
+                                                                 zero_point=True) + spec.weight_padding_bytes
+    assert (spec.weight_padding_bytes > 0) == (spec.packed and name.endswith("padded"))
     if w_bits > 8:
         return
     # 2. Bit-exact: with scale 1 and the bias of a bias-free layer (-z·rowsum, as folded), the output is the
@@ -118,7 +125,7 @@ def test_whole_model_lowers_with_asymmetric_activations(tiny_prepared, tiny_batc
     out = vm["main"](*[tvm.runtime.tensor(a) for a in [x.numpy(), *lowered.params]]).numpy()
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
     assert lowered.weight_bytes == sum(weight_storage_bytes(li.weight_shape, *pair, zero_point=li.name in zero_point)
-                                       for li in tiny_prepared.layers)
+                                       + lowered.kernels[li.name].weight_padding_bytes for li in tiny_prepared.layers)
 
 
 @pytest.mark.slow

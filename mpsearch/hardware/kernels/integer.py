@@ -77,24 +77,28 @@ def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> t
         # Its own schedule rule (tvm_backend) keeps it from being inlined into the dot, which would
         # block tensorizing: the weights are unpacked once per call, then go through the int8 dot.
         w = te.compute(spec.dot_tile_shape(), unpack, name="unpack_int4", attrs={"schedule_rule": UNPACK_RULE})
+    tiles, kp = spec.o_tiles, spec.k_padded
     if spec.op == "linear":
         n, k = spec.x_shape
-        k2 = te.reduce_axis((0, k // g), name="k2")
+
+        def code(b: tirx.Var, kk: tirx.PrimExpr) -> tirx.PrimExpr:  # padded inputs: code 0, zero weights
+            v = quantize(x[b, kk], qp, dtype, off)
+            return v if kp == k else tirx.if_then_else(kk < k, v, tirx.const(0, dtype))
+
+        k2 = te.reduce_axis((0, kp // g), name="k2")
         ki = te.reduce_axis((0, g), name="ki")
         if g == KOCT:  # smmla pairs two batch rows: next to the lanes in the output ([O/16, N, 16]) and
             # next to their 8 inputs in the quantized input ([K/8, N, 8]: one 16-byte operand)
-            xq = te.compute((k // g, n, g), lambda k2, b, ki: quantize(x[b, k2 * g + ki], qp, dtype, off), name="quantize",
-                            attrs=own)
+            xq = te.compute((kp // g, n, g), lambda k2, b, ki: code(b, k2 * g + ki), name="quantize", attrs=own)
             acc = te.compute(
-                (spec.w_shape[0] // LANES, n, LANES),
+                (tiles, n, LANES),
                 lambda oc, b, oi: te.sum(xq[k2, b, ki].astype("int32") * w[oc, k2, oi, ki].astype("int32"),
                                          axis=[k2, ki]),
                 name="dot")
             return acc, lambda b, o: acc[tirx.floordiv(o, LANES), b, tirx.floormod(o, LANES)]
-        xq = te.compute((n, k // g, g), lambda b, k2, ki: quantize(x[b, k2 * g + ki], qp, dtype, off),
-                        name="quantize", attrs=own)
+        xq = te.compute((n, kp // g, g), lambda b, k2, ki: code(b, k2 * g + ki), name="quantize", attrs=own)
         acc = te.compute(
-            (n, spec.w_shape[0] // LANES, LANES),
+            (n, tiles, LANES),
             lambda b, oc, oi: te.sum(xq[b, k2, ki].astype("int32") * w[oc, k2, oi, ki].astype("int32"),
                                      axis=[k2, ki]),
             name="dot")
@@ -105,20 +109,22 @@ def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> t
 
     def quantize_pad(b: tirx.Var, c2: tirx.Var, i: tirx.Var, j: tirx.Var, ci: tirx.Var) -> tirx.PrimExpr:
         inside = tirx.all(i >= ph, i < h + ph, j >= pw, j < wd + pw)
+        if kp != c:  # padded input channels (zero weights) read as the border code
+            inside = tirx.all(inside, c2 * g + ci < c)
         v = quantize(x[b, c2 * g + ci, i - ph, j - pw], qp, dtype, off)
         # z8: the border is the code of 0.0, the zero point (the bias-folded -z·rowsum(w) counts it);
         # shifted codes (a_offset): the code of 0.0 shifted too
         zero = (qp[4] - float(off)).astype(dtype) if spec.a_mode == "z8" else tirx.const(-off, dtype)
         return tirx.if_then_else(inside, v, zero)
 
-    xq = te.compute((n, c // g, h + 2 * ph, wd + 2 * pw, g), quantize_pad, name="quantize", attrs=own)
-    c2 = te.reduce_axis((0, c // g), name="c2")
+    xq = te.compute((n, kp // g, h + 2 * ph, wd + 2 * pw, g), quantize_pad, name="quantize", attrs=own)
+    c2 = te.reduce_axis((0, kp // g), name="c2")
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
     ci = te.reduce_axis((0, g), name="ci")
     _, _, oh, ow = spec.out_shape
     acc = te.compute(
-        (n, spec.w_shape[0] // LANES, oh, ow, LANES),
+        (n, tiles, oh, ow, LANES),
         lambda b, oc, y, xx, oi: te.sum(
             xq[b, c2, y * sh + ry * dh, xx * sw + rx * dw, ci].astype("int32")
             * w[oc, c2, ry, rx, oi, ci].astype("int32"), axis=[c2, ry, rx, ci]),

@@ -34,12 +34,15 @@ def pack_weight(spec: KernelSpec, codes: np.ndarray) -> np.ndarray:
         return pack_bitserial(spec, codes)
     if not spec.packed:
         return pack_int4(codes) if spec.w_mode == "i4p" else codes.astype(np.int8)
-    o, g = spec.w_shape[0], spec.kgroup
+    g, o, k = spec.kgroup, spec.o_tiles * LANES, spec.k_padded
+    codes = codes.reshape(spec.w_shape)
+    pad = [(0, o - codes.shape[0]), (0, k - codes.shape[1])] + [(0, 0)] * (codes.ndim - 2)
+    codes = np.pad(codes, pad) if any(p for _, p in pad) else codes  # zero weights: padded lanes / inputs
     if spec.op == "linear":
-        tiles = codes.reshape(o // LANES, LANES, -1, g).transpose(0, 2, 1, 3)
+        tiles = codes.reshape(o // LANES, LANES, k // g, g).transpose(0, 2, 1, 3)
     else:
-        _, c, kh, kw = spec.w_shape
-        tiles = codes.reshape(o // LANES, LANES, c // g, g, kh, kw).transpose(0, 2, 4, 5, 1, 3)
+        _, _, kh, kw = spec.w_shape
+        tiles = codes.reshape(o // LANES, LANES, k // g, g, kh, kw).transpose(0, 2, 4, 5, 1, 3)
     if spec.w_mode == "i4p":  # code pairs of one lane in one byte: low nibble first, stored as code + 8
         tiles = tiles.astype(np.int16) + 8
         pairs = (tiles[..., 0::2] | (tiles[..., 1::2] << 4)).astype(np.uint8)

@@ -75,7 +75,7 @@ class KernelSpec:
         if self.dot_isa == "dp4a":
             tiles = self.integer and self.groups == 1 and self.w_shape[1] % KQUAD == 0
             return KQUAD if tiles and self.a_mode in ("u8", "s8", "z8") else KGROUP
-        if not self.integer or self.groups != 1 or self.a_mode != "u8" or self.w_shape[1] % KQUAD:
+        if not self.integer or self.groups != 1 or self.a_mode != "u8":
             return KGROUP
         exact = self.dot_isa == "avx512vnni" or (
             self.dot_isa == "avx512bw" and (self.a_bits <= 4 or self.w_mode == "i4p"))
@@ -113,7 +113,9 @@ class KernelSpec:
         into ``[O/16, K/2, 16, 2]`` tiles (conv: ``[O/16, C/2, kh, kw, 16, 2]``; ``/g`` and ``g`` where
         :attr:`kgroup` is 4 or 8), the input quantized into channel groups of that size, so MetaSchedule
         can tensorize the reduction with the target's dot intrinsics (:func:`~.intrinsics.dot_intrinsics_for`).
-        Shapes that do not tile (e.g. a 1-channel stem, a 10-class head) keep the plain layout."""
+        Channel counts that do not tile are padded with zero weights (:attr:`o_tiles`, :attr:`k_padded`):
+        a 24-channel projection, a 3-channel stem and a 1000-class head take the blocked dot too (not on
+        CUDA's ``dp4a`` kernels, whose schedule assumes whole tiles: they keep the plain layout)."""
         if not self.integer or self.groups != 1 or self.bitserial:
             return False
         if self.w_mode == "i4p" and self.op == "linear" and not (self.dot_isa in ARM_DOT_ISAS and self.x_shape[0] > 1):
@@ -122,16 +124,39 @@ class KernelSpec:
             # through the 16x4 dot still 0.79x vs 0.93x: 1024x1024, one thread, 8 trials each, x86).
             # On ARM a batch of rows shares the unpack (and i8mm's smmla pairs the rows); not timed there
             return False
-        reduce_dim = self.w_shape[1]  # input channels (conv) or K (linear)
-        return self.w_shape[0] % LANES == 0 and reduce_dim % KGROUP == 0
+        if self.dot_isa == "dp4a":
+            return self.w_shape[0] % LANES == 0 and self.w_shape[1] % KGROUP == 0
+        return True
+
+    @property
+    def o_tiles(self) -> int:
+        """Output-channel tiles of 16 lanes of a ``packed`` kernel (the last padded with zero weights)."""
+        return -(-self.w_shape[0] // LANES)
+
+    @property
+    def k_padded(self) -> int:
+        """The reduction length (input channels of a conv, K of a linear) of a ``packed`` kernel, rounded up
+        to :attr:`kgroup`: the padded inputs are read as code 0 against zero weights."""
+        g = self.kgroup
+        return -(-self.w_shape[1] // g) * g
+
+    @property
+    def weight_padding_bytes(self) -> int:
+        """Bytes the stored weight array holds beyond the layer's own codes: the zero output lanes and
+        inputs of a ``packed`` kernel whose channels do not tile (0 where they do)."""
+        if not self.packed:
+            return 0
+        per_ch = math.prod(self.w_shape[1:])
+        codes = self.w_shape[0] * (per_ch if self.w_mode == "i8" else -(-per_ch // 2))
+        return math.prod(self.stored_weight_shape()) - codes
 
     def dot_tile_shape(self) -> tuple[int, ...]:
         """The blocked int8 weight layout of a ``packed`` kernel."""
-        o, g = self.w_shape[0], self.kgroup
+        g = self.kgroup
         if self.op == "linear":
-            return (o // LANES, self.w_shape[1] // g, LANES, g)
-        _, c, kh, kw = self.w_shape
-        return (o // LANES, c // g, kh, kw, LANES, g)
+            return (self.o_tiles, self.k_padded // g, LANES, g)
+        _, _, kh, kw = self.w_shape
+        return (self.o_tiles, self.k_padded // g, kh, kw, LANES, g)
 
     def stored_weight_shape(self) -> tuple[int, ...]:
         """int4 weights keep the blocked layout with each lane's code pair in one byte (a 16x4 tile
