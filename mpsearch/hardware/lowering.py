@@ -54,10 +54,11 @@ class LoweredModel:
 
 def kernel_spec(
     module: nn.Module, x_shape: tuple[int, ...], w_bits: int, act: ActQuant | None, epilogue: tuple[str, ...],
-    dot_isa: str = "",
+    dot_isa: str = "", extra_pad: tuple[int, int] = (0, 0),
 ) -> KernelSpec:
     """The kernel of one layer. ``dot_isa`` (:func:`~mpsearch.hardware.kernels.dot_isa` of the target)
-    and the activation's bit width pick the blocked dot layout that is exact for them."""
+    and the activation's bit width pick the blocked dot layout that is exact for them. ``extra_pad``:
+    zero padding (rows, columns) of a ``pad`` op folded into the conv (:func:`_folded_pad`)."""
     a_mode = "f32" if act is None else "f16" if act.half else \
         ("z8" if act.asymmetric else "s8" if act.signed else "u8")
     a_bits = act.bits if act is not None and not act.half else 8
@@ -69,10 +70,11 @@ def kernel_spec(
                             "use integer zero padding")
     if isinstance(module, nn.Conv1d):  # a 1-D conv is a 2-D conv over (1, L): x (N, C, 1, L)
         return KernelSpec("conv2d", x_shape, (*module.weight.shape[:2], 1, module.weight.shape[2]),
-                          weight_mode(w_bits), a_mode, (1, module.stride[0]), (0, module.padding[0]),
+                          weight_mode(w_bits), a_mode, (1, module.stride[0]), (0, module.padding[0] + extra_pad[1]),
                           (1, module.dilation[0]), module.groups, epilogue, a_bits=a_bits, dot_isa=dot_isa)
+    padding = (module.padding[0] + extra_pad[0], module.padding[1] + extra_pad[1])
     return KernelSpec("conv2d", x_shape, tuple(module.weight.shape), weight_mode(w_bits), a_mode,
-                      tuple(module.stride), tuple(module.padding), tuple(module.dilation), module.groups,
+                      tuple(module.stride), padding, tuple(module.dilation), module.groups,
                       epilogue, a_bits=a_bits, dot_isa=dot_isa)
 
 
@@ -116,14 +118,39 @@ def kernel_arrays(module: nn.Module, spec: KernelSpec, w_bits: int, act: ActQuan
 
 @torch.library.custom_op("mpsearch::layer", mutates_args=())
 def _layer_op(x: torch.Tensor, extras: list[torch.Tensor], name: str, epilogue: str,
-              out_shape: list[int]) -> torch.Tensor:
-    """Stands for layer ``name`` (and its ``epilogue``) in the graph handed to TVM; never run for values."""
+              out_shape: list[int], pad: list[int]) -> torch.Tensor:
+    """Stands for layer ``name`` (its ``epilogue``, and a zero ``pad`` (rows, columns) of its input folded
+    into the conv) in the graph handed to TVM; never run for values."""
     return x.new_zeros(out_shape)
 
 
 @_layer_op.register_fake
-def _(x: torch.Tensor, extras: list[torch.Tensor], name: str, epilogue: str, out_shape: list[int]) -> torch.Tensor:
+def _(x: torch.Tensor, extras: list[torch.Tensor], name: str, epilogue: str, out_shape: list[int],
+      pad: list[int]) -> torch.Tensor:
     return x.new_empty(out_shape)
+
+
+_PAD = (_aten.pad.default, _aten.constant_pad_nd.default)
+
+
+def _folded_pad(node: fx.Node, module: nn.Module) -> tuple[fx.Node, list[int]]:
+    """The input of conv layer ``node`` and the zero padding (rows, columns) to fold into its kernel: a
+    symmetric constant-zero ``pad`` of the spatial dims whose only user is the layer (TF-style "same"
+    padding written as ``F.pad`` before a stride-1 conv) needs no pass of its own. Anything else
+    (asymmetric, non-zero, reflect) stays a Relax op: ``(input, [0, 0])``."""
+    x = node.args[0]
+    if not isinstance(module, (nn.Conv1d, nn.Conv2d)) or not isinstance(x, fx.Node) or x.op != "call_function" \
+            or x.target not in _PAD or len(x.users) != 1:
+        return x, [0, 0]
+    pads = list(x.args[1]) if len(x.args) > 1 else []
+    mode = x.args[2] if len(x.args) > 2 else x.kwargs.get("mode", "constant")
+    value = x.args[3] if len(x.args) > 3 else x.kwargs.get("value", 0.0)
+    spatial = 2 if isinstance(module, nn.Conv2d) else 1
+    if mode != "constant" or value not in (None, 0, 0.0) or len(pads) != 2 * spatial \
+            or not all(isinstance(p, int) and p >= 0 for p in pads) or pads[0::2] != pads[1::2]:
+        return x, [0, 0]
+    cols, rows = pads[0], pads[2] if spatial == 2 else 0  # F.pad lists the last dim first
+    return x.args[0], [rows, cols]
 
 
 _ADD = (_aten.add.Tensor, _aten.add_.Tensor)
@@ -177,6 +204,10 @@ def _absorb_epilogue(node: fx.Node, order: dict[fx.Node, int], shape: tuple[int,
     return ops, extra, cur
 
 
+def _plain_layer(module: nn.Module) -> nn.Module:
+    return module.layer if isinstance(module, QuantLayer) else module
+
+
 def _same_symbolic_shape(a: fx.Node, b: fx.Node) -> bool:
     """Equal shapes at every batch (export's symbolic batch), not only at the probe's batch of 1:
     a (1, T, D) positional embedding is not a (B, T, D) residual."""
@@ -210,16 +241,20 @@ def lowering_program(prepared: PreparedModel, batch: int) -> torch.export.Export
             continue
         out_shape = tuple(node.meta["tensor_meta"].shape)
         ops, extra, last = _absorb_epilogue(node, order, out_shape)
+        x, pad = _folded_pad(node, _plain_layer(gm.get_submodule(node.target)))
+        folded = node.args[0] if x is not node.args[0] else None
         with gm.graph.inserting_after(last):
             new = gm.graph.call_function(
                 torch.ops.mpsearch.layer.default,
-                (node.args[0], extra, str(node.target), ",".join(ops), list(out_shape)))
+                (x, extra, str(node.target), ",".join(ops), list(out_shape), pad))
         new.meta["tensor_meta"] = last.meta.get("tensor_meta")
         new.meta["val"] = last.meta.get("val")
         order[new] = order[last]
         last.replace_all_uses_with(new)
         for n in reversed([node, *_chain(node, last)]):
             gm.graph.erase_node(n)
+        if folded is not None:  # the pad now done by the kernel
+            gm.graph.erase_node(folded)
     for name in names:  # the layer weights travel as kernel arrays, not as exported parameters
         owner, _, attr = name.rpartition(".")
         parent = gm.get_submodule(owner) if owner else gm
@@ -318,10 +353,8 @@ def lower(
     for node in ep.graph.nodes:
         if node.target is not torch.ops.mpsearch.layer.default:
             continue
-        x_node, _, name, epi, out_shape = node.args
-        module = gm.get_submodule(name)
-        if isinstance(module, QuantLayer):
-            module = module.layer
+        x_node, _, name, epi, out_shape, pad = node.args
+        module = _plain_layer(gm.get_submodule(name))
         x_shape = tuple(int(d) for d in x_node.meta["val"].shape)
         if isinstance(module, nn.Linear):
             k_in = (math.prod(x_shape[:-1]), x_shape[-1])
@@ -331,7 +364,7 @@ def lower(
             k_in = x_shape
         w_bits, _ = candidate[name]
         epilogue = tuple(e for e in epi.split(",") if e)
-        spec = kernel_spec(module, k_in, w_bits, acts[name], epilogue, dot_isa)
+        spec = kernel_spec(module, k_in, w_bits, acts[name], epilogue, dot_isa, tuple(pad))
         if bitserial and not getattr(acts[name], "asymmetric", False):  # bit-planes have no zero point
             spec = bitserial_route(spec, w_bits, acts[name])
         arrays = kernel_arrays(module, spec, w_bits, acts[name])
@@ -350,7 +383,7 @@ def lower(
 
     def convert(node: fx.Node, importer: Any) -> relax.Expr:
         bb = importer.block_builder
-        x_node, extras, name, _, _ = node.args
+        x_node, extras, name, *_ = node.args
         spec, variables, k_in, out_shape = plans[name]
         x = importer.env[x_node]
         if _shape(x) != k_in:
