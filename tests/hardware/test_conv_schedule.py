@@ -120,13 +120,49 @@ def test_every_sampled_tile_is_exact_and_runs_the_int8_dot(case):
     assert {out_w // t for t in seen} == {out_w // t for t in pixel_tiles(out_w)}, "a tile width was never sampled"
 
 
+DEPTHWISE = [
+    KernelSpec("conv2d", (1, 16, 14, 14), (16, 1, 3, 3), "i8", "u8", (1, 1), (1, 1), groups=16,
+               epilogue=("clamp:0.0:6.0",)),  # stride 1, padded
+    KernelSpec("conv2d", (1, 16, 15, 15), (16, 1, 3, 3), "i8", "z8", (2, 2), (0, 0), groups=16),  # stride 2, zero point
+    KernelSpec("conv2d", (1, 32, 11, 11), (32, 1, 5, 5), "i4p", "s8", (2, 2), (2, 2), groups=32,
+               epilogue=("add", "relu")),  # 5x5, int4 weights, signed codes, a residual
+]
+
+
+@pytest.mark.parametrize("case", range(len(DEPTHWISE)))
+def test_every_sampled_depthwise_tile_is_exact(case):
+    """The depthwise recipe (vector accumulators across the taps, the phase-split input) at every tile
+    width it samples computes what the kernel's own loops do, to the bit."""
+    from mpsearch.hardware.kernels.schedules import schedule_depthwise
+
+    spec = DEPTHWISE[case]
+    assert spec.depthwise
+    mod = _mod(spec)
+    arrays = _args(spec, np.random.default_rng(case))
+    want = _run(tvm.compile(mod, target=_host()).jit(), arrays)
+    seen = set()
+    for seed in range(1, 13):
+        sch = s_tir.Schedule(mod, seed=seed)
+        schedule_depthwise(sch)
+        tile = _tile(sch)
+        if tile in seen:
+            continue
+        seen.add(tile)
+        lib = tvm.compile(sch.mod, target=_host())
+        np.testing.assert_array_equal(_run(lib.jit(), arrays), want, err_msg=f"{spec} at {tile}-pixel tiles")
+    out_w = spec.out_shape[-1]
+    assert {out_w // t for t in seen} == {out_w // t for t in pixel_tiles(out_w)}, "a tile width was never sampled"
+    assert conv_space("avx512vnni")(s_tir.Schedule(mod)), "the space offers no depthwise design"
+
+
 def test_the_space_has_no_design_for_kernels_it_does_not_fit():
     space = conv_space("avx512vnni")
     fp32 = KernelSpec("conv2d", (1, 16, 8, 8), (16, 16, 3, 3), "f32", "f32", (1, 1), (1, 1))
     linear = KernelSpec("linear", (1, 64), (32, 64), "i8", "u8", dot_isa="avx512vnni")
-    depthwise = KernelSpec("conv2d", (1, 16, 8, 8), (16, 1, 3, 3), "i8", "u8", (1, 1), (1, 1), groups=16,
-                           dot_isa="avx512vnni")
-    for spec in (fp32, linear, depthwise):
+    fp32_depthwise = KernelSpec("conv2d", (1, 16, 8, 8), (16, 1, 3, 3), "f32", "f32", (1, 1), (1, 1), groups=16)
+    grouped = KernelSpec("conv2d", (1, 16, 8, 8), (16, 4, 3, 3), "i8", "u8", (1, 1), (1, 1), groups=4,
+                         dot_isa="avx512vnni")  # grouped, not depthwise: the topi grouped conv
+    for spec in (fp32, linear, fp32_depthwise, grouped):
         assert space(s_tir.Schedule(_mod(spec))) == [], spec
 
 

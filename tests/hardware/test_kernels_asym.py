@@ -27,6 +27,8 @@ LAYERS = {
     "conv_packed": (lambda: nn.Conv2d(16, 32, 3, padding=1), (2, 16, 6, 6)),
     "conv_padded": (lambda: nn.Conv2d(3, 10, 3, stride=2, padding=1), (2, 3, 7, 7)),
     "conv_plain": (lambda: nn.Conv2d(3, 10, 3, stride=2, padding=1), (2, 3, 7, 7)),
+    # depthwise (integer.depthwise_dot): stride 2 over an odd padded width, the phase rows padded too
+    "conv_depthwise": (lambda: nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16), (2, 16, 7, 7)),
     "linear_packed": (lambda: nn.Linear(32, 48), (3, 32)),
     "linear_padded": (lambda: nn.Linear(30, 10), (3, 30)),
     "linear_plain": (lambda: nn.Linear(30, 10), (3, 30)),
@@ -45,7 +47,8 @@ def _layer(name: str, seed: int = 0) -> tuple[nn.Module, tuple[int, ...], torch.
 
 # conv (padded; the 16x2 dot layout and the plain one) and linear at W8 and W4, and fp32 / fp16 weights
 CASES = [("conv_packed", 8), ("conv_packed", 4), ("conv_packed", 32), ("conv_packed", 16), ("conv_plain", 8),
-         ("conv_plain", 4), ("conv_padded", 8), ("conv_padded", 4), ("linear_packed", 8), ("linear_packed", 4),
+         ("conv_plain", 4), ("conv_padded", 8), ("conv_padded", 4), ("conv_depthwise", 8), ("conv_depthwise", 4),
+         ("linear_packed", 8), ("linear_packed", 4),
          ("linear_plain", 8), ("linear_padded", 8)]
 
 
@@ -58,7 +61,8 @@ def test_z8_kernel_matches_the_fake_quant_reference(name: str, w_bits: int) -> N
     assert spec.a_mode == "z8" and spec.integer == (w_bits <= 8)
     # the 16x2 dot layout, padded where channels do not tile (int4 GEMVs keep the plain layout: KernelSpec.packed)
     blocked = name.startswith("conv") and w_bits <= 8 or name.startswith("linear") and w_bits == 8
-    assert spec.packed == (blocked and not name.endswith("plain"))
+    assert spec.packed == (blocked and not name.endswith(("plain", "depthwise")))
+    assert spec.depthwise == (name == "conv_depthwise" and w_bits <= 8)
     lib = tvm.compile(tvm.IRModule({"main": make_kernel(spec).with_attr("global_symbol", "main")}), target="llvm")
 
     def call(arrays: list[np.ndarray], x: np.ndarray) -> np.ndarray:
@@ -86,7 +90,7 @@ def test_z8_kernel_matches_the_fake_quant_reference(name: str, w_bits: int) -> N
     arrays[2] = (-act.zero_point * codes.reshape(o, -1).double().sum(1)).numpy().astype(np.float32)
     xq = (quantize_act(x, act) - act.zero_point).double()
     w = codes.double()
-    exact = (torch.nn.functional.conv2d(xq, w, stride=module.stride, padding=module.padding)
+    exact = (torch.nn.functional.conv2d(xq, w, stride=module.stride, padding=module.padding, groups=module.groups)
              if isinstance(module, nn.Conv2d) else xq @ w.T)
     np.testing.assert_array_equal(call(arrays, x.numpy()), exact.numpy().astype(np.float32))
     # 3. The code of 0.0 is z, so an all-zero input gives exactly 0 everywhere, borders included (padding

@@ -132,6 +132,55 @@ def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> t
     return acc, lambda b, o, y, xx: acc[b, tirx.floordiv(o, LANES), y, xx, tirx.floormod(o, LANES)]
 
 
+def _unpack_plain(spec: KernelSpec, packed: te.Tensor) -> te.Tensor:
+    """int4 weight codes of the plain layout (two per byte, :func:`~.packing.pack_int4`) as int8 ``w_shape``."""
+    inner = spec.w_shape[1:]
+
+    def unpack(o: tirx.Var, *rest: tirx.Var) -> tirx.PrimExpr:
+        idx = rest[0]
+        for axis, extent in zip(rest[1:], inner[1:]):
+            idx = idx * extent + axis
+        byte = packed[o, tirx.floordiv(idx, 2)].astype("int32")
+        nibble = tirx.bitwise_and(tirx.shift_right(byte, tirx.floormod(idx, 2) * 4), 15)
+        return (nibble - 8).astype("int8")
+
+    return te.compute(spec.w_shape, unpack, name="unpack_int4")
+
+
+def depthwise_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> te.Tensor:
+    """The int32 accumulator ``(n, c, oh, ow)`` of a depthwise conv (:attr:`KernelSpec.depthwise`).
+
+    The input is quantized and padded once into ``(n, c, rows, phase, cols)``, column ``j * sw + phase``
+    of the padded row at ``[.., phase, j]``: output column ``xx`` then reads tap ``rx`` at
+    ``[.., (rx * dw) % sw, xx + (rx * dw) // sw]``, contiguous in ``xx`` for any stride (a stride-2 row
+    read straight from the padded layout is a gather)."""
+    n, c, h, wd = spec.x_shape
+    (ph, pw), (sh, sw), (dh, dw) = spec.padding, spec.stride, spec.dilation
+    _, _, kh, kw = spec.w_shape
+    _, _, oh, ow = spec.out_shape
+    dtype = "int8" if spec.a_mode == "s8" else "uint8"
+    zero = qp[4].astype(dtype) if spec.a_mode == "z8" else tirx.const(0, dtype)
+    cols = -(-(wd + 2 * pw) // sw)
+
+    def quantize_pad(b: tirx.Var, ch: tirx.Var, i: tirx.Var, p: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
+        col = j * sw + p
+        inside = tirx.all(i >= ph, i < h + ph, col >= pw, col < wd + pw)
+        # a select of an in-bounds (clamped) read, not a branch: the row vectorizes, borders included
+        row = te.max(te.min(i - ph, h - 1), 0)
+        column = te.max(te.min(col - pw, wd - 1), 0)
+        return tirx.Select(inside, quantize(x[b, ch, row, column], qp, dtype), zero)
+
+    xq = te.compute((n, c, h + 2 * ph, sw, cols), quantize_pad, name="quantize")
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    return te.compute(
+        (n, c, oh, ow),
+        lambda b, ch, y, xx: te.sum(
+            xq[b, ch, y * sh + ry * dh, tirx.floormod(rx * dw, sw), xx + tirx.floordiv(rx * dw, sw)].astype("int32")
+            * w[ch, 0, ry, rx].astype("int32"), axis=[ry, rx]),
+        name="depthwise")
+
+
 def int_compute(spec: KernelSpec, t: dict[str, te.Tensor]) -> te.Tensor:
     """The output tensor of an integer, fp32 or weight-only kernel; ``t`` maps ``spec.inputs()`` names to
     placeholders."""
@@ -139,6 +188,12 @@ def int_compute(spec: KernelSpec, t: dict[str, te.Tensor]) -> te.Tensor:
     if spec.packed:
         _, acc_at = packed_dot(spec, x, w, t["qp"])
         return epilogue(spec, t, acc_at)
+    if spec.depthwise:
+        w = t["w"]
+        if spec.w_mode == "i4p":
+            w = _unpack_plain(spec, w)
+        acc = depthwise_dot(spec, x, w, t["qp"])
+        return epilogue(spec, t, lambda b, o, y, xx: acc[b, o, y, xx])
     padding = spec.padding
     if spec.a_mode == "z8":
         x, padding = zero_point_input(spec, x, t["qp"])
@@ -153,17 +208,7 @@ def int_compute(spec: KernelSpec, t: dict[str, te.Tensor]) -> te.Tensor:
         x = xq if spec.w_mode != "f32" else te.compute(
             xq.shape, lambda *i: xq(*i).astype("float32") * qp[3], name="dequantize_x")
     if spec.w_mode == "i4p":
-        packed, shape, inner = w, spec.w_shape, spec.w_shape[1:]
-
-        def unpack(o: tirx.Var, *rest: tirx.Var) -> tirx.PrimExpr:
-            idx = rest[0]
-            for axis, extent in zip(rest[1:], inner[1:]):
-                idx = idx * extent + axis
-            byte = packed[o, tirx.floordiv(idx, 2)].astype("int32")
-            nibble = tirx.bitwise_and(tirx.shift_right(byte, tirx.floormod(idx, 2) * 4), 15)
-            return (nibble - 8).astype("int8")
-
-        w = te.compute(shape, unpack, name="unpack_int4")
+        w = _unpack_plain(spec, w)
     if spec.w_mode != "f32" and spec.a_mode == "f32":  # weight-only: dequantize weights in-kernel
         wq, scale = w, t["scale"]
         w = te.compute(wq.shape, lambda o, *r: wq(o, *r).astype("float32") * scale[o], name="dequantize_w")
@@ -183,4 +228,4 @@ def int_compute(spec: KernelSpec, t: dict[str, te.Tensor]) -> te.Tensor:
     return epilogue(spec, t, acc)
 
 
-__all__ = ["int_compute", "quantize", "zero_point_input"]
+__all__ = ["depthwise_dot", "int_compute", "quantize", "zero_point_input"]

@@ -47,6 +47,14 @@ def _dot_block(sch: Any) -> Any | None:
     return block
 
 
+def _has_block(sch: Any, name: str) -> bool:
+    try:
+        sch.get_sblock(name)
+    except Exception:  # noqa: BLE001 - no such block
+        return False
+    return True
+
+
 def _intrinsic(sch: Any, dot_isa: str) -> str | None:
     """The dot intrinsic the blocked layout of this kernel was built for (:attr:`KernelSpec.kgroup`)."""
     block = sch.get(sch.get_sblock("quantize"))
@@ -97,23 +105,48 @@ def schedule_conv(sch: Any, intrinsic: str) -> None:
     _parallel_vectorized(sch, unpack, 2)
 
 
+def schedule_depthwise(sch: Any) -> None:
+    """Schedule an integer depthwise conv kernel (:func:`~.integer.depthwise_dot`) in place: output rows
+    in parallel, each split into tiles of ``xb`` pixels (sampled among :func:`pixel_tiles`) whose int32
+    accumulators are one vector across the taps (every tap one contiguous load of ``xb`` codes, thanks to
+    the phase-split input, and one multiply-add by the tap's weight), the epilogue per tile, vectorized;
+    the input quantized and padded once, vectorized along its rows."""
+    conv = sch.get_sblock("depthwise")
+    b, c, y, x, ry, rx = sch.get_loops(conv)
+    tiles = pixel_tiles(int(sch.get(x).extent))
+    tile = sch.sample_categorical(tiles, [1 / len(tiles)] * len(tiles))
+    xo, xi = sch.split(x, [None, tile])
+    sch.reorder(b, c, y, xo, ry, rx, xi)
+    out = sch.get_sblock("epilogue")
+    sch.reverse_compute_at(out, xo, preserve_unit_loops=True)
+    sch.vectorize(sch.get_loops(out)[-1])
+    sch.vectorize(xi)
+    sch.parallel(sch.fuse(b, c, y))
+    sch.decompose_reduction(conv, ry)
+    _parallel_vectorized(sch, sch.get_sblock("quantize"), 1)  # (..., phase) x column
+
+
 def conv_space(dot_isa: str) -> Callable[[Any], list[Any]]:
     """The design space of a blocked int8 conv kernel on a target with ``dot_isa``: the schedule of
     :func:`schedule_conv` (``COPIES`` times, so that replay-trace samples it as often as a few of the
     generic space's sketches); no design space for any other kernel."""
 
     def space(sch: Any) -> list[Any]:
-        if _dot_block(sch) is None:
-            return []
-        intrinsic = _intrinsic(sch, dot_isa)
-        if intrinsic is None:
-            return []
+        if _has_block(sch, "depthwise"):
+            recipe: Callable[[Any], None] = schedule_depthwise
+        else:
+            if _dot_block(sch) is None:
+                return []
+            intrinsic = _intrinsic(sch, dot_isa)
+            if intrinsic is None:
+                return []
+            recipe = lambda s: schedule_conv(s, intrinsic)  # noqa: E731
         spaces = []
         for _ in range(COPIES):
             copy = sch.copy()
             copy.seed(sch.fork_seed())
             try:
-                schedule_conv(copy, intrinsic)
+                recipe(copy)
             except Exception:  # noqa: BLE001 - a layout this recipe does not fit: the generic space has it
                 return []
             spaces.append(copy)
@@ -122,4 +155,4 @@ def conv_space(dot_isa: str) -> Callable[[Any], list[Any]]:
     return space
 
 
-__all__ = ["conv_space", "pixel_tiles", "schedule_conv"]
+__all__ = ["conv_space", "pixel_tiles", "schedule_conv", "schedule_depthwise"]

@@ -129,6 +129,16 @@ class KernelSpec:
         return True
 
     @property
+    def depthwise(self) -> bool:
+        """An integer depthwise conv (one input channel per output channel) that runs as
+        :func:`~mpsearch.hardware.kernels.integer.depthwise_dot`: its input quantized once into rows split
+        by column phase (``stride`` of them), so that every tap reads a contiguous run of codes whatever
+        the stride. Not on CUDA's ``dp4a`` kernels (their schedule takes the plain layout)."""
+        return self.integer and not self.bitserial and self.op == "conv2d" and self.groups > 1 \
+            and self.groups == self.x_shape[1] == self.w_shape[0] and self.w_shape[1] == 1 \
+            and self.dot_isa != "dp4a"
+
+    @property
     def o_tiles(self) -> int:
         """Output-channel tiles of 16 lanes of a ``packed`` kernel (the last padded with zero weights)."""
         return -(-self.w_shape[0] // LANES)
