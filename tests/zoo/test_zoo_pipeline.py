@@ -60,17 +60,21 @@ def test_whole_pipeline_in_estimate_mode(tmp_path: Path, name: str) -> None:
     assert summary["model"] == f"model_{name}"
     measured = [c for c in summary["candidates"] if c["accuracy"] is not None]
     assert measured and all(c["measured_latency_ms"] for c in measured)
+    # labels are the FP32 model's own top-1 (per position for GPT-2): FP32 scores 100%, quantized less or equal
+    fp32 = next(c for c in summary["candidates"] if c["label"] == "fp32")
+    assert fp32["accuracy"] == 1.0 and all(0.0 <= c["accuracy"] <= 1.0 for c in measured)
     assert any(n.startswith(f"Layers: {len(summary['layers'])} quantizable") and "none left in float" in n
                for n in summary["notes"])
     assert (run_dir / "report.md").is_file()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["audio_conv1d", "bert"])
+@pytest.mark.parametrize("name", list(ZOO))
 def test_whole_pipeline_with_tvm_measurements_then_export(tmp_path: Path, name: str) -> None:
     """The real TVM backend at a tiny budget (1 trial a kernel, W4/W8 x A8): kernels tuned and timed,
     the front measured end to end on the model's own typed inputs, then a mixed W4A8/W8A8 candidate
-    exported with the run's schedules and checked against the simulation on the test split."""
+    exported with the run's schedules and checked against the simulation on the test split (top-1
+    per sample, or per position for GPT-2, and a max relative error of 1e-3)."""
     import os
 
     from mpsearch.candidate import Candidate
@@ -82,7 +86,7 @@ def test_whole_pipeline_with_tvm_measurements_then_export(tmp_path: Path, name: 
 
     if name not in HAND_WRITTEN:
         pytest.importorskip("transformers")
-    cfg = pipeline_config(tmp_path, name)
+    cfg = pipeline_config(tmp_path, name, ESTIMATOR.get(name, "fisher"))
     cfg.hw_profile.name, cfg.hw_profile.cost, cfg.hw_profile.trials_per_task = "host_cpu_1t", None, 1
     cfg.search.w_bits, cfg.search.a_bits = [4, 8], [8]
     cfg.search.n_trials, cfg.search.measure_front, cfg.search.proxy_validation = 10, 1, 0
@@ -137,10 +141,24 @@ def test_qat_of_a_several_input_model_in_the_pipeline(tmp_path: Path) -> None:
     assert list((run_dir / "candidates").glob("pareto-*.learned.pt"))
 
 
-def test_a_language_model_output_is_one_line_before_the_search(tmp_path: Path) -> None:
+def gpt2_one_label_per_sample(split: str, limit: int | None) -> torch.utils.data.Dataset:
+    """GPT-2's inputs with a label per sequence (its last token's top-1): neither layout the search scores."""
+    from tests.zoo.models import data_gpt2
+
+    ds = data_gpt2(split, limit)
+    ds.y = ds.y[:, -1]
+    return ds
+
+
+def test_labels_that_match_neither_layout_are_one_line_before_the_search(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     from mpsearch.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"^the model returns \(16, 12, 64\) for a batch of 16; the search scores "
-                                          r"top-1 accuracy of \(batch, classes\) logits"):
-        run(pipeline_config(tmp_path, "gpt2"))
+    cfg = pipeline_config(tmp_path, "gpt2")
+    cfg.data.factory = "tests.zoo.test_zoo_pipeline:gpt2_one_label_per_sample"
+    with pytest.raises(ConfigError, match=r"^the model returns \(16, 12, 64\) for labels of shape \(16,\); the search "
+                                          r"scores top-1 of \(batch, classes\) logits against \(batch,\) labels, or of "
+                                          r"\(batch, positions, vocab\) logits against \(batch, positions\) labels") as e:
+        run(cfg)
+    assert "\n" not in str(e.value)
+    assert not list((tmp_path / "results").glob("*/summary.json"))
