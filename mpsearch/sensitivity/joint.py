@@ -158,7 +158,10 @@ class SecondOrderEstimator(JointEstimator):
             if a < FLOAT_BITS and X_PREFIX + name in point:
                 # per sample, as the perturbation is ((n * k, ...) inputs as (n, k, ...): GPT-2's Conv1D)
                 x, shape, n = self._inputs[name], point[X_PREFIX + name].shape, len(self.samples)
-                x = x.reshape(x.shape[0], n, *shape[2:])[:, lo:hi] if calls[name] > 1 else x.reshape(n, *shape[1:])[lo:hi]
+                if calls[name] > 1:
+                    x = x.reshape(x.shape[0], n, *shape[2:])[:, lo:hi]
+                else:
+                    x = x.reshape(n, *shape[1:])[lo:hi]
                 delta[X_PREFIX + name] = fake_quant_act(x, ActQuant.for_layer(self.ranges, name, a)) - x
         return delta
 

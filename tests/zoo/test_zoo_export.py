@@ -29,9 +29,8 @@ pytestmark = pytest.mark.tvm
 MIXED = [(8, 8), (4, 8), (8, 4), (4, 4)]
 
 
-# the deepest (MobileNetV2, EfficientNet: 54-72 s here on 2 cores) are exported and checked by the slow
-# tests/zoo/test_zoo_pipeline.py::test_whole_pipeline_with_tvm_measurements_then_export, as every arch is
-@pytest.mark.parametrize("name", [n for n in ZOO if n not in SLOW])
+# the deepest (MobileNetV2, EfficientNet) take 54-72 s here on 2 cores: the slow suite
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else []) for n in ZOO])
 def test_exported_library_agrees_with_the_simulation(tmp_path: Path, name: str,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     if name not in HAND_WRITTEN:
