@@ -44,6 +44,8 @@ from mpsearch.errors import MPSearchError
 from mpsearch.hashing import file_sha256
 from mpsearch.quant.fake import ActQuant, QuantLayer, act_quantizers, quantize_, quantize_weight
 from mpsearch.quant.prepare import PreparedModel, call_model
+from mpsearch.scoring import agreement as top1_agreement
+from mpsearch.scoring import top1_hits
 from mpsearch.storage import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -318,7 +320,8 @@ def export_run(run_dir: str | Path, label: str | None = None, budget_ms: float |
         ref = np.concatenate([call_model(fake_quant, xb).numpy() for xb, _ in test])
     labels = np.concatenate([yb.numpy() for _, yb in test])
     if limit is None or limit == cfg.data.test_samples:
-        _check_reproduced(run, label, float((ref.argmax(1) == labels).mean()))
+        hits, decisions = top1_hits(ref, labels)
+        _check_reproduced(run, label, hits / decisions)
 
     # manifest.json, written last, is what marks an export finished: a new export into this folder
     # first removes the old one, so an export killed half-way is never taken for a finished one.
@@ -342,7 +345,7 @@ def export_run(run_dir: str | Path, label: str | None = None, budget_ms: float |
         out = export_lib.run_library(built.library, params, x, threads=profile.resolved_threads(),
                                      specs=prepared.inputs)
         n = len(x[0])
-        agreement = float((out.argmax(1) == ref.argmax(1)).mean())
+        agreement = top1_agreement(out, ref)
         max_diff = float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-12))
         log.info("library vs fake-quant model on %d test inputs: top-1 agreement %.2f%%, max relative "
                  "output difference %.2g", n, 100 * agreement, max_diff)

@@ -28,6 +28,7 @@ from mpsearch.quant.fake import ActQuant, act_quantizers, fake_quant_weight, wei
 from mpsearch.quant.learned import Batches, LearnedModel, Learner
 from mpsearch.quant.lsq import LsqActQuant, fake_quant_act_ste
 from mpsearch.quant.prepare import PreparedModel
+from mpsearch.scoring import decisions
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +135,11 @@ class QatKd(Learner):
             for i in range(per_epoch):
                 idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
                 logits = student(*[t[idx] for t in x_all])
-                kd = F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(t_logits[idx] / t, 1), reduction="batchmean",
+                # one row per decision: per sample, or per position of (B, T, V) logits
+                (logits, teacher_logits), y = decisions((logits, t_logits[idx]), y_all[idx])
+                kd = F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(teacher_logits / t, 1), reduction="batchmean",
                               log_target=True) * t * t
-                loss = cfg.alpha * kd + (1 - cfg.alpha) * F.cross_entropy(logits, y_all[idx])
+                loss = cfg.alpha * kd + (1 - cfg.alpha) * F.cross_entropy(logits, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -6,8 +6,9 @@ without labels.
 
 The loss (:class:`Objective`) follows from the labels and the model's output:
 
-* ``ce``: integer class labels that match the output (``(N, C, ...)`` logits, labels ``(N, ...)``):
-  the mean cross-entropy, as before.
+* ``ce``: integer class labels that match the output (``(N, C, ...)`` logits, labels ``(N, ...)``;
+  or a language model's ``(N, T, V)`` logits, labels ``(N, T)``): the cross-entropy summed over the
+  positions, mean over the samples.
 * ``kl``: no such labels and a 2-D ``(N, C)`` output: the mean ``KL(p_fp32 ‖ p)`` of the softmax from
   the FP32 model's own predictions. Zero with zero gradient at the FP32 weights; its Hessian there
   is the Gauss-Newton matrix (the Fisher of the model's predictive distribution).
@@ -140,11 +141,23 @@ def first_samples(batches: Sequence[Batch], n: int | None) -> Samples:
     return Samples(inputs, torch.cat(labels))  # type: ignore[arg-type]
 
 
-def _is_class_labels(labels: Tensor | None, out: Tensor) -> bool:
-    """Integer labels of one class per sample (or per position of an ``(N, C, ...)`` output)."""
-    return (labels is not None and not labels.is_floating_point() and not labels.is_complex()
-            and out.is_floating_point() and out.dim() >= 2 and labels.dim() >= 1
-            and tuple(labels.shape[1:]) == tuple(out.shape[2:]))
+def _class_axis(labels: Tensor | None, out: Tensor) -> int | None:
+    """The output's class axis for integer labels of one class per sample (or per position): 1 for
+    ``(N, C, ...)`` logits and ``(N, ...)`` labels, -1 for a language model's ``(N, T, V)`` logits and
+    ``(N, T)`` labels; None when the labels are not classes of this output."""
+    if (labels is None or labels.is_floating_point() or labels.is_complex() or not out.is_floating_point()
+            or out.dim() < 2 or labels.dim() < 1):
+        return None
+    if tuple(labels.shape[1:]) == tuple(out.shape[2:]):
+        return 1
+    if out.dim() == 3 and tuple(labels.shape[1:]) == tuple(out.shape[1:2]):
+        return -1
+    return None
+
+
+def _class_logits(out: Tensor, target: Tensor) -> Tensor:
+    """``out`` with its classes on axis 1, as ``F.cross_entropy`` takes them."""
+    return out.movedim(-1, 1) if _class_axis(target, out) == -1 else out
 
 
 @torch.no_grad()
@@ -157,11 +170,12 @@ def with_objective(model: nn.Module, samples: Samples, chunk: int, estimator: st
     """The samples with their objective and target (one FP32 forward pass unless the labels are classes)."""
     with torch.no_grad():
         probe = output_tensor(model(*samples.slice(0, 1).inputs))
-    if _is_class_labels(samples.labels, probe):
+    axis = _class_axis(samples.labels, probe)
+    if axis is not None:
         assert samples.labels is not None
-        if samples.labels.min() < 0 or samples.labels.max() >= probe.shape[1]:
+        if samples.labels.min() < 0 or samples.labels.max() >= probe.shape[axis]:
             raise ConfigError(f"labels run {int(samples.labels.min())}..{int(samples.labels.max())} but the model "
-                              f"has {probe.shape[1]} outputs; give class indices below it (or no labels)")
+                              f"has {probe.shape[axis]} outputs; give class indices below it (or no labels)")
         return Samples(samples.inputs, samples.labels, "ce", samples.labels)
     ref = reference_output(model, samples, chunk)
     labels = samples.labels
@@ -183,7 +197,7 @@ def objective_loss(out: object, objective: str, target: Tensor, total: int) -> T
     number of samples; a chunk's share of the mean over all samples otherwise)."""
     out = output_tensor(out)
     if objective == "ce":
-        return F.cross_entropy(out, target, reduction="sum") / total
+        return F.cross_entropy(_class_logits(out, target), target, reduction="sum") / total
     if objective == "kl":
         return F.kl_div(F.log_softmax(out.float(), 1), target, log_target=True, reduction="sum") / total
     if objective == "mse":

@@ -156,8 +156,12 @@ class SecondOrderEstimator(JointEstimator):
                 weight = point[W_PREFIX + name]
                 delta[W_PREFIX + name] = fake_quant_weight(weight, w) - weight
             if a < FLOAT_BITS and X_PREFIX + name in point:
-                x = self._inputs[name]
-                x = x[:, lo:hi] if calls[name] > 1 else x[lo:hi]
+                # per sample, as the perturbation is ((n * k, ...) inputs as (n, k, ...): GPT-2's Conv1D)
+                x, shape, n = self._inputs[name], point[X_PREFIX + name].shape, len(self.samples)
+                if calls[name] > 1:
+                    x = x.reshape(x.shape[0], n, *shape[2:])[:, lo:hi]
+                else:
+                    x = x.reshape(n, *shape[1:])[lo:hi]
                 delta[X_PREFIX + name] = fake_quant_act(x, ActQuant.for_layer(self.ranges, name, a)) - x
         return delta
 

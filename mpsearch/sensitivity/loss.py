@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 
 from mpsearch.errors import ConfigError
 from mpsearch.sensitivity.base import Batch, LayerSensitivity, SensitivityError
@@ -93,13 +95,39 @@ def called_layers(model: nn.Module, layers: Sequence[str], samples: Samples) -> 
     return seen
 
 
+def _relu6(x: Tensor) -> Tensor:
+    return torch.clamp(x + 3.0, 0.0, 6.0)
+
+
+class _TwiceDifferentiable(TorchFunctionMode):
+    """``hardsigmoid`` and ``hardswish`` (MobileNetV3's activations) as ``relu6(x + 3) / 6`` and
+    ``x * relu6(x + 3) / 6``: the same values and first derivatives (but at the kinks ``x = ±3``), built
+    from ops that have double backward and forward-mode derivatives (torch's hardsigmoid kernel has
+    neither). Catches the module and functional calls (``nn.Hardswish``, ``F.hardsigmoid``) and an
+    exported graph's aten ops."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        # torch's kernels' formulas in their order of operations: the same values bit for bit
+        if func in _HARDSIGMOID:
+            return _relu6(args[0]) / 6.0
+        if func in _HARDSWISH:
+            return args[0] * _relu6(args[0]) / 6.0
+        return func(*args, **kwargs)
+
+
+_HARDSIGMOID = {F.hardsigmoid, torch.ops.aten.hardsigmoid.default}
+_HARDSWISH = {F.hardswish, torch.ops.aten.hardswish.default}
+
+
 @contextlib.contextmanager
 def second_order_ops() -> Iterator[None]:
     """Ops with second derivatives: the math kernel of ``F.scaled_dot_product_attention`` (the fused CPU
-    and flash kernels have no double backward)."""
+    and flash kernels have no double backward), and twice-differentiable ``hardsigmoid``/``hardswish``
+    (:class:`_TwiceDifferentiable`), exact in value."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    with sdpa_kernel(SDPBackend.MATH):
+    with sdpa_kernel(SDPBackend.MATH), _TwiceDifferentiable():
         yield
 
 
@@ -189,6 +217,7 @@ def layer_loss(model: nn.Module, layers: list[str], samples: Samples, total: int
     call_index: dict[str, int] = {}
     recording = True
     multi: set[str] = set()
+    flat: set[str] = set()  # inputs of (n * k, ...) rows: perturbed per sample as (n, k, ...)
 
     def make_hook(name: str) -> Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...] | None]:
         def hook(_mod: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
@@ -204,6 +233,8 @@ def layer_loss(model: nn.Module, layers: list[str], samples: Samples, total: int
                 i = call_index.get(name, 0)
                 call_index[name] = i + 1
                 delta = delta[i]
+            if name in flat:  # (n, k, ...) per sample onto the layer's (n * k, ...) input
+                delta = delta.reshape(args[0].shape)
             return (args[0] + delta,) + tuple(args[1:])
         return hook
 
@@ -211,6 +242,22 @@ def layer_loss(model: nn.Module, layers: list[str], samples: Samples, total: int
     try:
         with torch.no_grad():
             model(*samples.inputs)
+            first = {name: got[0][0] for name, got in shapes.items() if got and len(got[0])}
+            rows: dict[str, int] = {}
+            if any(f != n for f in first.values()) or n == 1:
+                # a layer input's first dimension may hold the batch flattened with other axes (GPT-2's
+                # Conv1D: (n * tokens, features)): rows per sample, where it scales with a second batch size
+                m = 1 if n > 1 else 2
+                other = samples.slice(0, 1).inputs if n > 1 else tuple(torch.cat([t, t]) for t in samples.inputs)
+                kept = {name: list(got) for name, got in shapes.items()}
+                for got in shapes.values():
+                    got.clear()
+                model(*other)
+                for name, f in first.items():
+                    g = shapes[name][0][0] if shapes[name] and len(shapes[name][0]) else None
+                    if g is not None and f % n == 0 and g == f // n * m:
+                        rows[name] = f // n
+                shapes.update(kept)
         recording = False
         skipped: dict[str, str] = {}
         calls: dict[str, int] = {}
@@ -225,12 +272,15 @@ def layer_loss(model: nn.Module, layers: list[str], samples: Samples, total: int
                 skipped[name] = f"called {len(got)} times per forward on inputs of different shapes"
             elif not dtypes[name].is_floating_point:
                 skipped[name] = f"its input is {dtypes[name]}, not float"
-            elif len(got[0]) == 0 or (n > 1 and got[0][0] != n):
+            elif len(got[0]) == 0 or (rows.get(name, 1) == 1 and got[0][0] != n):
                 skipped[name] = (f"its input {tuple(got[0])} does not have the batch ({n}) as first dimension; "
                                  "sensitivities need batch-first layer inputs")
             else:
                 calls[name] = len(got)
                 per_sample[name] = tuple(got[0][1:])
+                if rows.get(name, 1) > 1:
+                    flat.add(name)
+                    per_sample[name] = (rows[name], *per_sample[name])
                 if len(got) > 1:
                     multi.add(name)
 

@@ -12,6 +12,7 @@ from mpsearch.candidate import Candidate
 from mpsearch.hashing import content_hash
 from mpsearch.quant.fake import quantize_
 from mpsearch.quant.prepare import PreparedModel, call_model
+from mpsearch.scoring import top1_hits
 from mpsearch.storage import JsonLines
 
 
@@ -40,12 +41,14 @@ class AccuracyCache:
 @torch.no_grad()
 def evaluate_accuracy(prepared: PreparedModel, candidate: Candidate, ranges: Mapping[str, tuple[float, float]],
                       data: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """Top-1 accuracy of the fake-quantized model (the same arithmetic the TVM kernels run)."""
+    """Top-1 accuracy of the fake-quantized model (the same arithmetic the TVM kernels run): over the
+    samples, or over every position of a ``(B, T, V)`` output (:mod:`mpsearch.scoring`)."""
     model = quantize_(prepared.copy_module(), candidate, ranges).eval()
     correct = total = 0
     for x, y in data:
-        correct += int((call_model(model, x).argmax(1) == y).sum())
-        total += len(y)
+        hits, n = top1_hits(call_model(model, x), y)
+        correct += hits
+        total += n
     return correct / total
 
 

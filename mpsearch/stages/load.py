@@ -16,6 +16,7 @@ from mpsearch.config import DataConfig, ModelConfig, RunConfig
 from mpsearch.errors import ConfigError
 from mpsearch.models.registry import load_state_dict, resolve
 from mpsearch.quant.prepare import PreparedModel, as_inputs, call_model, prepare_model
+from mpsearch.scoring import layout
 from mpsearch.search.groups import check_candidate, layer_groups
 
 Batch = tuple[Any, torch.Tensor]
@@ -98,13 +99,12 @@ def check_data(prepared: PreparedModel, batch: tuple[Any, Any], factory: str) ->
     if not isinstance(y, torch.Tensor) or len(y) != len(given[0]):
         raise ConfigError(f"data.factory {factory!r}: labels are not one tensor entry per sample; make each "
                           "sample ((input, ...), label)")
-    with torch.no_grad():  # the search scores top-1 of class logits: say so now, not after the search
+    with torch.no_grad():  # the search scores top-1 of logits against labels: say so now, not after the search
         out = call_model(prepared.graph_module, x)
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or len(out) != len(y):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ConfigError(f"the model returns {shape} for a batch of {len(y)}; the search scores top-1 accuracy "
-                          "of (batch, classes) logits, so wrap the model to return them (a language model: "
-                          "the last token's or pooled logits)")
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError(f"the model returns a {type(out).__name__} for a batch of {len(y)}; return the logits "
+                          "tensor")
+    layout(out.shape, y.shape)  # (batch, classes) and (batch,), or (batch, positions, vocab) and (batch, positions)
 
 
 def preflight(prepared: PreparedModel) -> None:

@@ -21,7 +21,7 @@ class ZooModel:
     name: str
     build: Callable[[], nn.Module]
     inputs: tuple[InputSpec, ...]
-    classifier: bool = True  # logits (B, classes); else a non-classifier output compared by relative error
+    positions: bool = False  # (B, T, vocab) next-token logits, a top-1 per position; else (B, classes)
 
     def sample(self, batch: int, seed: int) -> tuple[torch.Tensor, ...]:
         g = torch.Generator().manual_seed(seed)
@@ -145,7 +145,7 @@ ZOO: dict[str, ZooModel] = {m.name: m for m in [
                                **_TEXT), (_IDS, InputSpec((1, SEQ), "int64"))),
     ZooModel("gpt2", _hf("GPT2LMHeadModel", "GPT2Config", ("input_ids",), vocab_size=VOCAB, n_positions=32,
                          n_embd=32, n_layer=2, n_head=2, use_cache=False), (_IDS,),
-             classifier=False),
+             positions=True),
     ZooModel("vit", _hf("ViTForImageClassification", "ViTConfig", ("pixel_values",), image_size=IMAGE,
                         patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, num_labels=5), (_IMG,)),
@@ -179,14 +179,15 @@ def weight_modules(model: nn.Module) -> int:
 
 
 class _Split(torch.utils.data.Dataset):
-    """Random, correctly typed inputs labelled by the FP32 model's own top-1 (accuracy = agreement with FP32)."""
+    """Random, correctly typed inputs labelled by the FP32 model's own top-1 (accuracy = agreement with FP32):
+    a class per sample, or GPT-2's next token per position (labels ``(T,)`` per sample)."""
 
     def __init__(self, z: ZooModel, split: str, limit: int | None) -> None:
         n = min(limit or 64, 64)
         self.x = z.sample(n, seed=1 if split == "calib" else 2)
         with torch.no_grad():
             logits = z.build()(*self.x)
-        self.y = logits.reshape(n, -1).argmax(-1)
+        self.y = logits.argmax(-1)
 
     def __len__(self) -> int:
         return len(self.y)

@@ -52,5 +52,4 @@ def test_library_agrees_with_simulation_at_a_mixed_4_8_bit_candidate(name: str) 
     assert np.abs(sim - fp32).max() > 1e-3 * np.abs(fp32).max()  # the candidate really quantizes
     rel = np.abs(out - sim).max() / np.abs(sim).max()
     assert rel < 1e-3, f"max relative error {rel:.2e}"
-    if z.classifier:
-        assert (out.argmax(-1) == sim.argmax(-1)).mean() >= 0.99
+    assert (out.argmax(-1) == sim.argmax(-1)).mean() >= 0.99  # per sample, or per position (GPT-2)

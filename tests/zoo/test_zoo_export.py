@@ -1,5 +1,6 @@
 """A zoo model's run exported (``mpsearch.export``) and loaded back (``mpsearch.deploy``): the library
-agrees with the fake-quant simulation at a mixed 4/8-bit candidate, several typed inputs included.
+agrees with the fake-quant simulation at a mixed 4/8-bit candidate (top-1 per sample, or per position
+for GPT-2's next-token logits, and a max relative error of 1e-3), several typed inputs included.
 
 The run is estimated (no tuning) and the export compiles with TVM's default schedules (the tuning
 step is patched out, as in tests/test_deploy.py): what is tested is the export path, not tuning."""
@@ -19,7 +20,8 @@ from mpsearch.export import RunFolder, export_run, rebuild
 from mpsearch.pipeline import run
 from mpsearch.quant.fake import quantize_
 from tests.zoo.models import HAND_WRITTEN, ZOO
-from tests.zoo.test_zoo_pipeline import pipeline_config
+from tests.zoo.test_zoo_pipeline import SLOW, pipeline_config
+
 
 pytest.importorskip("tvm")
 pytestmark = pytest.mark.tvm
@@ -27,7 +29,8 @@ pytestmark = pytest.mark.tvm
 MIXED = [(8, 8), (4, 8), (8, 4), (4, 4)]
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v3_block", "bert"])
+# the deepest (MobileNetV2, EfficientNet) take 54-72 s here on 2 cores: the slow suite
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else []) for n in ZOO])
 def test_exported_library_agrees_with_the_simulation(tmp_path: Path, name: str,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     if name not in HAND_WRITTEN:
@@ -35,7 +38,7 @@ def test_exported_library_agrees_with_the_simulation(tmp_path: Path, name: str,
     from mpsearch.hardware.tvm_backend import TVMBackend
 
     cfg = pipeline_config(tmp_path, name)
-    cfg.search.proxy_validation = 0
+    cfg.search.n_trials, cfg.search.measure_front, cfg.search.proxy_validation, cfg.search.ilp_budgets = 8, 1, 0, 1
     run(cfg)
     [run_dir] = (tmp_path / "results").iterdir()
     names = json.loads((run_dir / "summary.json").read_text())["layers"]
@@ -59,7 +62,7 @@ def test_exported_library_agrees_with_the_simulation(tmp_path: Path, name: str,
     model = deploy.load(result.out_dir)
     out = model(*x)
     assert isinstance(out, torch.Tensor) and out.shape == sim.shape
-    assert (out.numpy().argmax(-1) == sim.argmax(-1)).mean() >= 0.99
+    assert (out.numpy().argmax(-1) == sim.argmax(-1)).mean() >= 0.99  # per sample, or per position (GPT-2)
     assert np.abs(out.numpy() - sim).max() < 1e-3 * np.abs(sim).max()
     one = model(*[t[3] for t in x])  # one sample of each input, without the batch dimension
     assert np.array_equal(one.numpy(), out.numpy()[3])
