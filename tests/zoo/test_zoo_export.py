@@ -1,9 +1,11 @@
-"""A zoo model's run exported (``mpsearch.export``) and loaded back (``mpsearch.deploy``): the library
-agrees with the fake-quant simulation at a mixed 4/8-bit candidate (top-1 per sample, or per position
-for GPT-2's next-token logits, and a max relative error of 1e-3), several typed inputs included.
+"""Every zoo model through the whole pipeline in estimate mode (roofline cost from the lowered Relax
+module, no tuning): calibration -> sensitivity -> cost -> search -> evaluation -> report, then its run
+exported (``mpsearch.export``) and loaded back (``mpsearch.deploy``): the library agrees with the
+fake-quant simulation at a mixed 4/8-bit candidate (top-1 per sample, or per position for GPT-2's
+next-token logits, and a max relative error of 1e-3), several typed inputs included.
 
-The run is estimated (no tuning) and the export compiles with TVM's default schedules (the tuning
-step is patched out, as in tests/test_deploy.py): what is tested is the export path, not tuning."""
+The export compiles with TVM's default schedules (the tuning step is patched out, as in
+tests/test_deploy.py): what is tested is the export path, not tuning (tests/zoo/test_zoo_pipeline.py)."""
 
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ from mpsearch.candidate import Candidate
 from mpsearch.export import RunFolder, export_run, rebuild
 from mpsearch.pipeline import run
 from mpsearch.quant.fake import quantize_
-from tests.zoo.models import HAND_WRITTEN, ZOO
-from tests.zoo.test_zoo_pipeline import SLOW, pipeline_config
+from tests.zoo.models import HAND_WRITTEN, ZOO, weight_modules
+from tests.zoo.test_zoo_pipeline import ESTIMATOR, SLOW, pipeline_config
 
 
 pytest.importorskip("tvm")
@@ -31,17 +33,29 @@ MIXED = [(8, 8), (4, 8), (8, 4), (4, 4)]
 
 # the deepest (MobileNetV2, EfficientNet) take 54-72 s here on 2 cores: the slow suite
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else []) for n in ZOO])
-def test_exported_library_agrees_with_the_simulation(tmp_path: Path, name: str,
+def test_whole_pipeline_in_estimate_mode_then_export(tmp_path: Path, name: str,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     if name not in HAND_WRITTEN:
         pytest.importorskip("transformers")
     from mpsearch.hardware.tvm_backend import TVMBackend
 
-    cfg = pipeline_config(tmp_path, name)
-    cfg.search.n_trials, cfg.search.measure_front, cfg.search.proxy_validation, cfg.search.ilp_budgets = 8, 1, 0, 1
+    cfg = pipeline_config(tmp_path, name, ESTIMATOR.get(name, "fisher"))
     run(cfg)
     [run_dir] = (tmp_path / "results").iterdir()
-    names = json.loads((run_dir / "summary.json").read_text())["layers"]
+    assert run_dir.name.startswith(f"model_{name}-host_cpu-estimated-")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    names = summary["layers"]
+    assert len(names) == weight_modules(ZOO[name].build())  # every conv/linear searched
+    assert summary["model"] == f"model_{name}"
+    measured = [c for c in summary["candidates"] if c["accuracy"] is not None]
+    assert measured and all(c["measured_latency_ms"] for c in measured)
+    # labels are the FP32 model's own top-1 (per position for GPT-2): FP32 scores 100%, quantized less or equal
+    fp32 = next(c for c in summary["candidates"] if c["label"] == "fp32")
+    assert fp32["accuracy"] == 1.0 and all(0.0 <= c["accuracy"] <= 1.0 for c in measured)
+    assert any(n.startswith(f"Layers: {len(names)} quantizable") and "none left in float" in n
+               for n in summary["notes"])
+    assert (run_dir / "report.md").is_file()
+
     cand = Candidate({n: MIXED[i % len(MIXED)] for i, n in enumerate(names)})
     (run_dir / "candidates" / "mixed.json").write_text(cand.to_json())
     monkeypatch.setattr(TVMBackend, "tune_candidate", lambda self, *a, **k: None)  # default schedules

@@ -1,6 +1,7 @@
-"""Zoo models through the whole pipeline in estimate mode (roofline cost from the lowered Relax module,
-no tuning): calibration -> sensitivity -> cost -> search -> evaluation -> report, several and typed
-inputs included (BERT: token ids, attention mask, token type ids).
+"""Zoo models through the whole pipeline with real TVM tuning and timing (slow), and the estimate-mode
+config every arch's pipeline-then-export test shares (tests/zoo/test_zoo_export.py): calibration ->
+sensitivity -> cost -> search -> evaluation -> report -> export, several and typed inputs included
+(BERT: token ids, attention mask, token type ids).
 
 GPT-2's output is ``(B, T, vocab)`` next-token logits: its labels are ``(B, T)`` tokens, and accuracy is
 the top-1 per position (cross-entropy over all positions for the sensitivity)."""
@@ -45,27 +46,6 @@ def pipeline_config(tmp_path: Path, name: str, estimator: str = "fisher") -> Run
     cfg.search.sensitivity = estimator
     cfg.search.proxy_estimators = [estimator]
     return cfg
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else []) for n in ZOO])
-def test_whole_pipeline_in_estimate_mode(tmp_path: Path, name: str) -> None:
-    if name not in HAND_WRITTEN:
-        pytest.importorskip("transformers")
-    run(pipeline_config(tmp_path, name, ESTIMATOR.get(name, "fisher")))
-    [run_dir] = (tmp_path / "results").iterdir()
-    assert run_dir.name.startswith(f"model_{name}-host_cpu-estimated-")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert len(summary["layers"]) == weight_modules(ZOO[name].build())  # every conv/linear searched
-    assert summary["model"] == f"model_{name}"
-    measured = [c for c in summary["candidates"] if c["accuracy"] is not None]
-    assert measured and all(c["measured_latency_ms"] for c in measured)
-    # labels are the FP32 model's own top-1 (per position for GPT-2): FP32 scores 100%, quantized less or equal
-    fp32 = next(c for c in summary["candidates"] if c["label"] == "fp32")
-    assert fp32["accuracy"] == 1.0 and all(0.0 <= c["accuracy"] <= 1.0 for c in measured)
-    assert any(n.startswith(f"Layers: {len(summary['layers'])} quantizable") and "none left in float" in n
-               for n in summary["notes"])
-    assert (run_dir / "report.md").is_file()
 
 
 # Real tuning and timing take 60-90 s an arch on 2 cores (GPT-2 86 s, ResNet 64 s), so CI runs the ones
