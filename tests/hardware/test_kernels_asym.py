@@ -21,12 +21,12 @@ from mpsearch.hardware.lowering import kernel_arrays, kernel_spec, lower  # noqa
 SKEWED = (-0.6, 3.4)  # a signed range with most of its mass above 0: symmetric wastes ~40% of the codes
 
 # (module, input shape): packed 16x2 layout (O % 16 == 0, C even); channels that do not tile (stem-like
-# 3 channels, a 10-class head) in the blocked layout padded with zero weights, and in the plain layout
+# 3 channels, a 12-channel conv, a 10-class head) in the blocked layout padded with zero weights, and in the plain layout
 # (which CUDA's dp4a kernels keep for them: PLAIN); every conv is padded, one strided
 LAYERS = {
     "conv_packed": (lambda: nn.Conv2d(16, 32, 3, padding=1), (2, 16, 6, 6)),
-    "conv_padded": (lambda: nn.Conv2d(3, 10, 3, stride=2, padding=1), (2, 3, 7, 7)),
-    "conv_plain": (lambda: nn.Conv2d(3, 10, 3, stride=2, padding=1), (2, 3, 7, 7)),
+    "conv_padded": (lambda: nn.Conv2d(3, 12, 3, stride=2, padding=1), (2, 3, 7, 7)),
+    "conv_plain": (lambda: nn.Conv2d(3, 12, 3, stride=2, padding=1), (2, 3, 7, 7)),
     # depthwise (integer.depthwise_dot): stride 2 over an odd padded width, the phase rows padded too
     "conv_depthwise": (lambda: nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16), (2, 16, 7, 7)),
     "linear_packed": (lambda: nn.Linear(32, 48), (3, 32)),

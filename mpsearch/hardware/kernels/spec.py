@@ -14,6 +14,7 @@ KGROUP = 2  # reduction elements per lane per dot (one vpmaddwd pair)
 KQUAD = 4  # reduction elements per lane of the 16x4 dot (vpmaddubsw + vpmaddwd, VNNI vpdpbusd, ARM sdot/usdot)
 KOCT = 8  # reduction elements per lane of the i8mm layout (smmla / usmmla: 2x8 by 8x2 int8 -> 2x2 int32)
 ARM_DOT_ISAS = ("sdot", "i8mm")  # aarch64 dot_isa values (intrinsics.dot_isa)
+MAX_PADDING = 2  # the most a packed kernel's zero padding may multiply its weight codes by (KernelSpec.packed)
 UNPACK_RULE = "mpsearch_unpack_int4"  # MetaSchedule custom rule of the in-kernel int4 unpack (tvm_backend)
 
 
@@ -113,9 +114,10 @@ class KernelSpec:
         into ``[O/16, K/2, 16, 2]`` tiles (conv: ``[O/16, C/2, kh, kw, 16, 2]``; ``/g`` and ``g`` where
         :attr:`kgroup` is 4 or 8), the input quantized into channel groups of that size, so MetaSchedule
         can tensorize the reduction with the target's dot intrinsics (:func:`~.intrinsics.dot_intrinsics_for`).
-        Channel counts that do not tile are padded with zero weights (:attr:`o_tiles`, :attr:`k_padded`):
-        a 24-channel projection, a 3-channel stem and a 1000-class head take the blocked dot too (not on
-        CUDA's ``dp4a`` kernels, whose schedule assumes whole tiles: they keep the plain layout)."""
+        Channel counts that do not tile are padded with zero weights (:attr:`o_tiles`, :attr:`k_padded`)
+        where that at most doubles the weights (``MAX_PADDING``): a 24-channel projection, a 3-channel stem
+        and a 1000-class head take the blocked dot too; a 3-class head keeps the plain layout, and so do
+        CUDA's ``dp4a`` kernels, whose schedule assumes whole tiles."""
         if not self.integer or self.groups != 1 or self.bitserial:
             return False
         if self.w_mode == "i4p" and self.op == "linear" and not (self.dot_isa in ARM_DOT_ISAS and self.x_shape[0] > 1):
@@ -126,7 +128,9 @@ class KernelSpec:
             return False
         if self.dot_isa == "dp4a":
             return self.w_shape[0] % LANES == 0 and self.w_shape[1] % KGROUP == 0
-        return True
+        # padding at most doubles the codes (a 4-output, 1-input stem would take 8x): the weights stay
+        # smaller than fp32's at any bit width, and the wasted multiply-adds far fewer than the dot saves
+        return self.o_tiles * LANES * self.k_padded <= MAX_PADDING * self.w_shape[0] * self.w_shape[1]
 
     @property
     def depthwise(self) -> bool:
