@@ -103,19 +103,26 @@ def test_every_sampled_tile_is_exact_and_runs_the_int8_dot(case):
     arrays = _args(spec, np.random.default_rng(case))
     want = _run(tvm.compile(mod, target=_host()).jit(), arrays)  # the kernel's own loops, unscheduled
     intrinsic = _intrinsic(s_tir.Schedule(mod), isa)
+    for lib in _each_sampled_tile(spec, mod, lambda sch: schedule_conv(sch, intrinsic), arrays, want):
+        asm = lib.mod.inspect_source("s")
+        # vpmaddwd + vpaddd become one vpdpwssd where the CPU has VNNI
+        assert any(op in asm for op in ("vpdpbusd", "vpmaddwd", "vpdpwssd")), "no int8 dot instructions"
+
+
+def _each_sampled_tile(spec: KernelSpec, mod: tvm.IRModule, recipe, arrays: list[np.ndarray], want: np.ndarray):
+    """Schedule ``mod`` with ``recipe`` from seeds until every tile width of :func:`pixel_tiles` was
+    sampled; each one's library is checked bit-exact against ``want`` and yielded."""
     seen = set()
     for seed in range(1, 13):
         sch = s_tir.Schedule(mod, seed=seed)
-        schedule_conv(sch, intrinsic)
+        recipe(sch)
         tile = _tile(sch)
         if tile in seen:
             continue
         seen.add(tile)
         lib = tvm.compile(sch.mod, target=_host())
         np.testing.assert_array_equal(_run(lib.jit(), arrays), want, err_msg=f"{spec} at {tile}-pixel tiles")
-        asm = lib.mod.inspect_source("s")
-        # vpmaddwd + vpaddd become one vpdpwssd where the CPU has VNNI
-        assert any(op in asm for op in ("vpdpbusd", "vpmaddwd", "vpdpwssd")), "no int8 dot instructions"
+        yield lib
     out_w = spec.out_shape[-1]
     assert {out_w // t for t in seen} == {out_w // t for t in pixel_tiles(out_w)}, "a tile width was never sampled"
 
@@ -140,18 +147,8 @@ def test_every_sampled_depthwise_tile_is_exact(case):
     mod = _mod(spec)
     arrays = _args(spec, np.random.default_rng(case))
     want = _run(tvm.compile(mod, target=_host()).jit(), arrays)
-    seen = set()
-    for seed in range(1, 13):
-        sch = s_tir.Schedule(mod, seed=seed)
-        schedule_depthwise(sch)
-        tile = _tile(sch)
-        if tile in seen:
-            continue
-        seen.add(tile)
-        lib = tvm.compile(sch.mod, target=_host())
-        np.testing.assert_array_equal(_run(lib.jit(), arrays), want, err_msg=f"{spec} at {tile}-pixel tiles")
-    out_w = spec.out_shape[-1]
-    assert {out_w // t for t in seen} == {out_w // t for t in pixel_tiles(out_w)}, "a tile width was never sampled"
+    for _ in _each_sampled_tile(spec, mod, schedule_depthwise, arrays, want):
+        pass
     assert conv_space("avx512vnni")(s_tir.Schedule(mod)), "the space offers no depthwise design"
 
 
