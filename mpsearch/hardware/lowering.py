@@ -157,7 +157,7 @@ _ADD = (_aten.add.Tensor, _aten.add_.Tensor)
 _UNARY = {_aten.relu.default: "relu", _aten.relu_.default: "relu", _aten.silu.default: "silu",
           _aten.silu_.default: "silu", _aten.hardswish.default: "hardswish", _aten.hardswish_.default: "hardswish",
           _aten.sigmoid.default: "sigmoid", _aten.sigmoid_.default: "sigmoid"}
-# (op, default lower bound, default upper bound): ReLU6 and hardtanh export as hardtanh
+# op -> its (lower, upper) bound where the call gives none: relu6 has no bound arguments at all
 _CLAMPS = {_aten.relu6.default: (0.0, 6.0), _aten.hardtanh.default: (-1.0, 1.0), _aten.hardtanh_.default: (-1.0, 1.0),
            _aten.clamp.default: (None, None), _aten.clamp_.default: (None, None)}
 
@@ -165,8 +165,6 @@ _CLAMPS = {_aten.relu6.default: (0.0, 6.0), _aten.hardtanh.default: (-1.0, 1.0),
 def _clamp(user: fx.Node) -> str | None:
     """The epilogue op of a clamp / hardtanh node with constant bounds (None if a bound is a tensor)."""
     lo, hi = _CLAMPS[user.target]
-    if user.target is _aten.relu6.default:
-        return clamp_op(lo, hi)
     names = ("min_val", "max_val") if "hardtanh" in str(user.target) else ("min", "max")
     args = list(user.args[1:3])
     bounds = [args[i] if i < len(args) else user.kwargs.get(names[i], (lo, hi)[i]) for i in range(2)]

@@ -192,8 +192,7 @@ def int_compute(spec: KernelSpec, t: dict[str, te.Tensor]) -> te.Tensor:
         w = t["w"]
         if spec.w_mode == "i4p":
             w = _unpack_plain(spec, w)
-        acc = depthwise_dot(spec, x, w, t["qp"])
-        return epilogue(spec, t, lambda b, o, y, xx: acc[b, o, y, xx])
+        return epilogue(spec, t, depthwise_dot(spec, x, w, t["qp"]))
     padding = spec.padding
     if spec.a_mode == "z8":
         x, padding = zero_point_input(spec, x, t["qp"])

@@ -36,10 +36,9 @@ COPIES = 3  # the template's share of a replay-trace budget, beside the generic 
 def _dot_block(sch: Any) -> Any | None:
     """The blocked conv's ``dot`` block (5 spatial iterators, the last the 16 lanes, then 4 reduction
     ones, the last the channel group), or None if this kernel is not one."""
-    try:
-        block = sch.get_sblock("dot")
-    except Exception:  # noqa: BLE001 - no such block: not an integer kernel
+    if not _has_block(sch, "dot"):  # not an integer kernel
         return None
+    block = sch.get_sblock("dot")
     iters = sch.get(block).iter_vars
     kinds = [int(v.iter_type) for v in iters]  # 0: data parallel, 2: reduction
     if kinds != [0] * 5 + [2] * 4 or int(iters[4].dom.extent) != LANES:
@@ -98,11 +97,8 @@ def schedule_conv(sch: Any, intrinsic: str) -> None:
     sch.tensorize(dots, intrinsic)
     sch.unroll(xi)
     _parallel_vectorized(sch, sch.get_sblock("quantize"), 2)  # (..., column, channel group)
-    try:
-        unpack = sch.get_sblock("unpack_int4")
-    except Exception:  # noqa: BLE001 - int8 weights: nothing to unpack
-        return
-    _parallel_vectorized(sch, unpack, 2)
+    if _has_block(sch, "unpack_int4"):  # int4 weights
+        _parallel_vectorized(sch, sch.get_sblock("unpack_int4"), 2)
 
 
 def schedule_depthwise(sch: Any) -> None:
@@ -127,9 +123,10 @@ def schedule_depthwise(sch: Any) -> None:
 
 
 def conv_space(dot_isa: str) -> Callable[[Any], list[Any]]:
-    """The design space of a blocked int8 conv kernel on a target with ``dot_isa``: the schedule of
-    :func:`schedule_conv` (``COPIES`` times, so that replay-trace samples it as often as a few of the
-    generic space's sketches); no design space for any other kernel."""
+    """The design space of a blocked int8 conv kernel on a target with ``dot_isa`` (the schedule of
+    :func:`schedule_conv`) or of an integer depthwise one (:func:`schedule_depthwise`), ``COPIES`` times,
+    so that replay-trace samples it as often as a few of the generic space's sketches; no design space
+    for any other kernel."""
 
     def space(sch: Any) -> list[Any]:
         if _has_block(sch, "depthwise"):

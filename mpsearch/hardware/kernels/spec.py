@@ -218,10 +218,6 @@ class KernelSpec:
         return 2 * math.prod(self.out_shape) * (self.k if self.op == "conv2d" else self.w_shape[1])
 
 
-#: The elementwise ops a layer kernel's epilogue can absorb besides clamps and residual adds.
-UNARY_EPILOGUES = ("relu", "silu", "hardswish", "sigmoid")
-
-
 def clamp_op(lo: float | None, hi: float | None) -> str:
     """The epilogue op clamping to ``[lo, hi]`` (None: unbounded on that side), e.g. ReLU6's ``clamp:0.0:6.0``."""
     def bound(v: float | None) -> str:
@@ -238,5 +234,5 @@ def clamp_bounds(op: str) -> tuple[float | None, float | None]:
     return (float(lo) if lo else None), (float(hi) if hi else None)
 
 
-__all__ = ["ARM_DOT_ISAS", "KGROUP", "KOCT", "KQUAD", "KernelSpec", "LANES", "OPAQUE", "UNARY_EPILOGUES", "UNPACK_RULE",
+__all__ = ["ARM_DOT_ISAS", "KGROUP", "KOCT", "KQUAD", "KernelSpec", "LANES", "OPAQUE", "UNPACK_RULE",
            "clamp_bounds", "clamp_op"]
