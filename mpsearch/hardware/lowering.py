@@ -86,7 +86,7 @@ def kernel_arrays(module: nn.Module, spec: KernelSpec, w_bits: int, act: ActQuan
     arrays: list[np.ndarray] = []
     int_act = act is not None and not act.half
     if spec.w_mode == "f32":
-        arrays.append(weight.numpy())
+        arrays.append(pack_weight(spec, weight.numpy()) if spec.float_blocked else weight.numpy())
     elif spec.w_mode == "f16":  # IEEE half, 2 bytes a weight (round to nearest even, as torch's .half())
         arrays.append(weight.half().numpy())
     else:

@@ -152,6 +152,56 @@ def test_every_sampled_depthwise_tile_is_exact(case):
     assert conv_space("avx512vnni")(s_tir.Schedule(mod)), "the space offers no depthwise design"
 
 
+FLOAT = [
+    KernelSpec("conv2d", (1, 16, 12, 12), (16, 16, 3, 3), "f32", "f32", (1, 1), (1, 1), epilogue=("relu",),
+               dot_isa="avx512vnni"),  # 3x3, padded: the zero-padding pass
+    KernelSpec("conv2d", (1, 40, 8, 8), (24, 40, 1, 1), "f32", "f32", epilogue=("add", "clamp:0.0:6.0"),
+               dot_isa="avx512bw"),  # 24 outputs: a second lane tile of zero weights; a residual
+    KernelSpec("conv2d", (1, 3, 15, 15), (32, 3, 3, 3), "f32", "f32", (2, 2), (1, 1), epilogue=("hardswish",),
+               dot_isa="avx512vnni"),  # an RGB stem, stride 2
+    KernelSpec("conv2d", (1, 24, 13, 13), (24, 1, 5, 5), "f32", "f32", (2, 2), (2, 2), groups=24,
+               epilogue=("clamp:0.0:6.0",), dot_isa="avx512vnni"),  # depthwise 5x5, stride 2
+]
+
+
+@pytest.mark.parametrize("case", range(len(FLOAT)))
+def test_every_sampled_fp32_tile_sums_in_the_kernels_order(case):
+    """The fp32 recipes (a tile of pixels x 16 channels of accumulators, broadcast FMAs; the depthwise one
+    on float values) at every tile width they sample add the same products in the same order as the
+    kernel's own loops: equal to the bit, with vector FMAs in the code. On a CPU without AVX-512 the
+    kernels are not used (topi's conv runs) but their code is the same: the test builds for the host."""
+    from mpsearch.hardware.kernels.schedules import schedule_depthwise, schedule_float_conv
+
+    spec = FLOAT[case]
+    assert spec.float_depthwise if spec.groups > 1 else spec.float_blocked
+    mod = _mod(spec)
+    arrays = _args(spec, np.random.default_rng(case))
+    want = _run(tvm.compile(mod, target=_host()).jit(), arrays)
+    recipe = schedule_depthwise if spec.groups > 1 else schedule_float_conv
+    for lib in _each_sampled_tile(spec, mod, recipe, arrays, want):
+        asm = lib.mod.inspect_source("s")
+        assert "vfmadd" in asm or "vmulps" in asm, "no vector multiply-adds"
+    assert conv_space(spec.dot_isa)(s_tir.Schedule(mod)), "the space offers no fp32 design"
+
+
+def test_blocked_fp32_weights_are_the_logical_ones_with_zero_lanes():
+    """The prepacked ``[O/16, C, kh, kw, 16]`` array holds every weight where the kernel reads it, the
+    padded output lanes zero; their bytes are counted as the spec's padding."""
+    from mpsearch.hardware.kernels import pack_weight
+
+    spec = FLOAT[1]  # 24 outputs: 32 lanes stored
+    w = np.random.default_rng(0).standard_normal(spec.w_shape).astype(np.float32)
+    packed = pack_weight(spec, w)
+    assert packed.shape == spec.stored_weight_shape() == (2, 40, 1, 1, 16)
+    for o in range(32):
+        lane = packed[o // 16, :, :, :, o % 16]
+        np.testing.assert_array_equal(lane, w[o] if o < 24 else np.zeros_like(w[0]))
+    assert spec.weight_padding_bytes == 8 * 40 * 4
+    # no AVX-512 dot_isa (an AVX2 x86, an ARM board, a GPU), or lanes padded more than 2x: topi's conv
+    assert not KernelSpec("conv2d", (1, 40, 8, 8), (24, 40, 1, 1), "f32", "f32").float_blocked
+    assert not KernelSpec("conv2d", (1, 40, 8, 8), (4, 40, 1, 1), "f32", "f32", dot_isa="avx512vnni").float_blocked
+
+
 def test_the_space_has_no_design_for_kernels_it_does_not_fit():
     space = conv_space("avx512vnni")
     fp32 = KernelSpec("conv2d", (1, 16, 8, 8), (16, 16, 3, 3), "f32", "f32", (1, 1), (1, 1))

@@ -1,7 +1,8 @@
 """Integer layer kernels (imports TVM: load lazily): quantize the float input in the kernel, then an
 int8 x int8 -> int32 convolution / matmul (packed int4 weights unpacked in the kernel; the blocked dot of
 :attr:`KernelSpec.packed`), dequantize and the shared epilogue. The same code with a float accumulator
-builds the fp32 and weight-only kernels.
+builds the fp32 and weight-only kernels; on AVX-512 hosts fp32 convs take a blocked layout of their own
+(:func:`float_blocked_conv`) and fp32 depthwise convs the phase-split input of :func:`depthwise_dot`.
 """
 
 from __future__ import annotations
@@ -147,19 +148,26 @@ def _unpack_plain(spec: KernelSpec, packed: te.Tensor) -> te.Tensor:
     return te.compute(spec.w_shape, unpack, name="unpack_int4")
 
 
-def depthwise_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> te.Tensor:
-    """The int32 accumulator ``(n, c, oh, ow)`` of a depthwise conv (:attr:`KernelSpec.depthwise`).
+def depthwise_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor | None) -> te.Tensor:
+    """The accumulator ``(n, c, oh, ow)`` of a depthwise conv: int32 for an integer one
+    (:attr:`KernelSpec.depthwise`), fp32 for a float one (:attr:`KernelSpec.float_depthwise`, ``qp`` None).
 
-    The input is quantized and padded once into ``(n, c, rows, phase, cols)``, column ``j * sw + phase``
-    of the padded row at ``[.., phase, j]``: output column ``xx`` then reads tap ``rx`` at
-    ``[.., (rx * dw) % sw, xx + (rx * dw) // sw]``, contiguous in ``xx`` for any stride (a stride-2 row
+    The input is quantized (float: copied) and padded once into ``(n, c, rows, phase, cols)``, column
+    ``j * sw + phase`` of the padded row at ``[.., phase, j]``: output column ``xx`` then reads tap ``rx``
+    at ``[.., (rx * dw) % sw, xx + (rx * dw) // sw]``, contiguous in ``xx`` for any stride (a stride-2 row
     read straight from the padded layout is a gather)."""
     n, c, h, wd = spec.x_shape
     (ph, pw), (sh, sw), (dh, dw) = spec.padding, spec.stride, spec.dilation
     _, _, kh, kw = spec.w_shape
     _, _, oh, ow = spec.out_shape
-    dtype = "int8" if spec.a_mode == "s8" else "uint8"
-    zero = qp[4].astype(dtype) if spec.a_mode == "z8" else tirx.const(0, dtype)
+    if qp is None:
+        dtype, acc, zero, name = "float32", "float32", tirx.const(0.0, "float32"), "pad"
+        code: Callable[[tirx.PrimExpr], tirx.PrimExpr] = lambda v: v  # noqa: E731
+    else:
+        dtype = "int8" if spec.a_mode == "s8" else "uint8"
+        acc, name = "int32", "quantize"
+        zero = qp[4].astype(dtype) if spec.a_mode == "z8" else tirx.const(0, dtype)
+        code = lambda v: quantize(v, qp, dtype)  # noqa: E731
     cols = -(-(wd + 2 * pw) // sw)
 
     def quantize_pad(b: tirx.Var, ch: tirx.Var, i: tirx.Var, p: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
@@ -168,17 +176,44 @@ def depthwise_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -
         # a select of an in-bounds (clamped) read, not a branch: the row vectorizes, borders included
         row = te.max(te.min(i - ph, h - 1), 0)
         column = te.max(te.min(col - pw, wd - 1), 0)
-        return tirx.Select(inside, quantize(x[b, ch, row, column], qp, dtype), zero)
+        return tirx.Select(inside, code(x[b, ch, row, column]), zero)
 
-    xq = te.compute((n, c, h + 2 * ph, sw, cols), quantize_pad, name="quantize")
+    xq = te.compute((n, c, h + 2 * ph, sw, cols), quantize_pad, name=name)
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
     return te.compute(
         (n, c, oh, ow),
         lambda b, ch, y, xx: te.sum(
-            xq[b, ch, y * sh + ry * dh, tirx.floormod(rx * dw, sw), xx + tirx.floordiv(rx * dw, sw)].astype("int32")
-            * w[ch, 0, ry, rx].astype("int32"), axis=[ry, rx]),
+            xq[b, ch, y * sh + ry * dh, tirx.floormod(rx * dw, sw), xx + tirx.floordiv(rx * dw, sw)].astype(acc)
+            * w[ch, 0, ry, rx].astype(acc), axis=[ry, rx]),
         name="depthwise")
+
+
+def float_blocked_conv(spec: KernelSpec, x: te.Tensor, w: te.Tensor) -> Callable[..., tirx.PrimExpr]:
+    """The fp32 accumulator of a blocked fp32 conv (:attr:`KernelSpec.float_blocked`), ``(n, o, y, x) ->
+    value``: the input zero-padded once (no pass where the conv has no padding), the reduction over
+    input channels and taps against ``[O/16, C, kh, kw, 16]`` weights into ``(n, O/16, oh, ow, 16)``."""
+    n, c, h, wd = spec.x_shape
+    (ph, pw), (sh, sw), (dh, dw) = spec.padding, spec.stride, spec.dilation
+    _, _, kh, kw = spec.w_shape
+    _, _, oh, ow = spec.out_shape
+    xp = x
+    if ph or pw:
+        def pad(b: tirx.Var, ch: tirx.Var, i: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
+            inside = tirx.all(i >= ph, i < h + ph, j >= pw, j < wd + pw)
+            row, col = te.max(te.min(i - ph, h - 1), 0), te.max(te.min(j - pw, wd - 1), 0)
+            return tirx.Select(inside, x[b, ch, row, col], tirx.const(0.0, "float32"))
+
+        xp = te.compute((n, c, h + 2 * ph, wd + 2 * pw), pad, name="pad")
+    rc = te.reduce_axis((0, c), name="rc")
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    acc = te.compute(
+        (n, spec.o_tiles, oh, ow, LANES),
+        lambda b, oc, y, xx, oi: te.sum(xp[b, rc, y * sh + ry * dh, xx * sw + rx * dw] * w[oc, rc, ry, rx, oi],
+                                        axis=[rc, ry, rx]),
+        name="fdot")
+    return lambda b, o, y, xx: acc[b, tirx.floordiv(o, LANES), y, xx, tirx.floormod(o, LANES)]
 
 
 def int_compute(spec: KernelSpec, t: dict[str, te.Tensor]) -> te.Tensor:
@@ -193,6 +228,10 @@ def int_compute(spec: KernelSpec, t: dict[str, te.Tensor]) -> te.Tensor:
         if spec.w_mode == "i4p":
             w = _unpack_plain(spec, w)
         return epilogue(spec, t, depthwise_dot(spec, x, w, t["qp"]))
+    if spec.float_depthwise:
+        return epilogue(spec, t, depthwise_dot(spec, x, w, None))
+    if spec.float_blocked:
+        return epilogue(spec, t, float_blocked_conv(spec, x, w))
     padding = spec.padding
     if spec.a_mode == "z8":
         x, padding = zero_point_input(spec, x, t["qp"])
@@ -227,4 +266,4 @@ def int_compute(spec: KernelSpec, t: dict[str, te.Tensor]) -> te.Tensor:
     return epilogue(spec, t, acc)
 
 
-__all__ = ["depthwise_dot", "int_compute", "quantize", "zero_point_input"]
+__all__ = ["depthwise_dot", "float_blocked_conv", "int_compute", "quantize", "zero_point_input"]

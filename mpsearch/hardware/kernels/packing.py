@@ -29,9 +29,14 @@ def unpack_int4(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 def pack_weight(spec: KernelSpec, codes: np.ndarray) -> np.ndarray:
     """The weight array the kernel of ``spec`` takes, from integer codes in the logical (O, ...) layout:
     int4 packed two per byte, int8 blocked into dot tiles when ``spec.packed`` (same bytes, reordered),
-    2-bit codes as two's-complement bit-planes when ``spec.bitserial``."""
+    2-bit codes as two's-complement bit-planes when ``spec.bitserial``; fp32 weights (``codes`` then the
+    float weights) blocked by 16 output channels when ``spec.float_blocked``."""
     if spec.bitserial:
         return pack_bitserial(spec, codes)
+    if spec.float_blocked:  # fp32 weights, [O/16, C, kh, kw, 16]
+        o = spec.o_tiles * LANES
+        w = np.pad(codes, [(0, o - codes.shape[0])] + [(0, 0)] * (codes.ndim - 1)).astype(np.float32)
+        return np.ascontiguousarray(w.reshape(o // LANES, LANES, *w.shape[1:]).transpose(0, 2, 3, 4, 1))
     if not spec.packed:
         return pack_int4(codes) if spec.w_mode == "i4p" else codes.astype(np.int8)
     g, o, k = spec.kgroup, spec.o_tiles * LANES, spec.k_padded

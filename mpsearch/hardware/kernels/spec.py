@@ -14,6 +14,7 @@ KGROUP = 2  # reduction elements per lane per dot (one vpmaddwd pair)
 KQUAD = 4  # reduction elements per lane of the 16x4 dot (vpmaddubsw + vpmaddwd, VNNI vpdpbusd, ARM sdot/usdot)
 KOCT = 8  # reduction elements per lane of the i8mm layout (smmla / usmmla: 2x8 by 8x2 int8 -> 2x2 int32)
 ARM_DOT_ISAS = ("sdot", "i8mm")  # aarch64 dot_isa values (intrinsics.dot_isa)
+X86_DOT_ISAS = ("avx512bw", "avx512vnni")  # AVX-512 x86 dot_isa values: 16 fp32 lanes a vector too
 MAX_PADDING = 2  # the most a packed kernel's zero padding may multiply its weight codes by (KernelSpec.packed)
 UNPACK_RULE = "mpsearch_unpack_int4"  # MetaSchedule custom rule of the in-kernel int4 unpack (tvm_backend)
 
@@ -143,6 +144,27 @@ class KernelSpec:
             and self.dot_isa != "dp4a"
 
     @property
+    def float_blocked(self) -> bool:
+        """An fp32 convolution (groups 1) on an AVX-512 x86 target, run as :func:`~.integer.float_blocked_conv`:
+        weights prepacked ``[O/16, C, kh, kw, 16]`` (output channels padded with zero weights to whole
+        16-lane tiles where that at most doubles them, ``MAX_PADDING``), so that the hand-built schedule
+        (:func:`~.schedules.schedule_float_conv`) keeps a tile of pixels x 16 output channels of fp32
+        accumulators in vector registers, one weight vector and one broadcast input per FMA. TVM's
+        generic NCHW conv, tuned at a run's few trials, reached ~30 GFLOP/s on EfficientNet-Lite0's 1x1
+        convs on a VNNI EPYC (one thread). Other targets keep topi's conv."""
+        return self.w_mode == "f32" and self.a_mode == "f32" and self.op == "conv2d" and self.groups == 1 \
+            and self.dot_isa in X86_DOT_ISAS and self.o_tiles * LANES <= MAX_PADDING * self.w_shape[0]
+
+    @property
+    def float_depthwise(self) -> bool:
+        """An fp32 depthwise conv on an AVX-512 x86 target: the phase-split input of
+        :func:`~.integer.depthwise_dot` (contiguous reads for every tap, any stride) with float values and
+        the same hand-built schedule as the integer one."""
+        return self.w_mode == "f32" and self.a_mode == "f32" and self.op == "conv2d" and self.groups > 1 \
+            and self.groups == self.x_shape[1] == self.w_shape[0] and self.w_shape[1] == 1 \
+            and self.dot_isa in X86_DOT_ISAS
+
+    @property
     def o_tiles(self) -> int:
         """Output-channel tiles of 16 lanes of a ``packed`` kernel (the last padded with zero weights)."""
         return -(-self.w_shape[0] // LANES)
@@ -158,6 +180,8 @@ class KernelSpec:
     def weight_padding_bytes(self) -> int:
         """Bytes the stored weight array holds beyond the layer's own codes: the zero output lanes and
         inputs of a ``packed`` kernel whose channels do not tile (0 where they do)."""
+        if self.float_blocked:
+            return 4 * (math.prod(self.stored_weight_shape()) - math.prod(self.w_shape))
         if not self.packed:
             return 0
         per_ch = math.prod(self.w_shape[1:])
@@ -177,6 +201,8 @@ class KernelSpec:
         ``[..., 16, 4]`` is stored ``[..., 16, 2]``). Bit-serial weights: two packed bit-planes."""
         if self.bitserial:
             return bitserial_weight_shape(self.w_shape)
+        if self.float_blocked:
+            return (self.o_tiles, *self.w_shape[1:], LANES)
         if self.packed:
             tiles = self.dot_tile_shape()
             if self.w_mode == "i4p":
@@ -234,5 +260,5 @@ def clamp_bounds(op: str) -> tuple[float | None, float | None]:
     return (float(lo) if lo else None), (float(hi) if hi else None)
 
 
-__all__ = ["ARM_DOT_ISAS", "KGROUP", "KOCT", "KQUAD", "KernelSpec", "LANES", "OPAQUE", "UNPACK_RULE",
+__all__ = ["ARM_DOT_ISAS", "KGROUP", "KOCT", "KQUAD", "KernelSpec", "LANES", "OPAQUE", "UNPACK_RULE", "X86_DOT_ISAS",
            "clamp_bounds", "clamp_op"]
