@@ -123,7 +123,7 @@ def _each_sampled_tile(spec: KernelSpec, mod: tvm.IRModule, recipe, arrays: list
         lib = tvm.compile(sch.mod, target=_host())
         np.testing.assert_array_equal(_run(lib.jit(), arrays), want, err_msg=f"{spec} at {tile}-pixel tiles")
         yield lib
-    out_w = spec.out_shape[-1]
+    out_w = spec.x_shape[0] if spec.op == "linear" else spec.out_shape[-1]  # a linear layer tiles its rows
     assert {out_w // t for t in seen} == {out_w // t for t in pixel_tiles(out_w)}, "a tile width was never sampled"
 
 
@@ -161,13 +161,17 @@ FLOAT = [
                dot_isa="avx512vnni"),  # an RGB stem, stride 2
     KernelSpec("conv2d", (1, 24, 13, 13), (24, 1, 5, 5), "f32", "f32", (2, 2), (2, 2), groups=24,
                epilogue=("clamp:0.0:6.0",), dot_isa="avx512vnni"),  # depthwise 5x5, stride 2
+    KernelSpec("linear", (12, 40), (48, 40), "f32", "f32", epilogue=("add",),
+               dot_isa="avx512vnni"),  # token rows (the rows are the tiled pixels), a residual
+    KernelSpec("linear", (1, 64), (24, 64), "f32", "f32", epilogue=("silu",),
+               dot_isa="avx512bw"),  # one row, 24 outputs (a padded lane tile)
 ]
 
 
 @pytest.mark.parametrize("case", range(len(FLOAT)))
 def test_every_sampled_fp32_tile_sums_in_the_kernels_order(case):
-    """The fp32 recipes (a tile of pixels x 16 channels of accumulators, broadcast FMAs; the depthwise one
-    on float values) at every tile width they sample add the same products in the same order as the
+    """The fp32 recipes (a tile of pixels -- a linear layer's rows -- x 16 channels of accumulators,
+    broadcast FMAs; the depthwise one on float values) at every tile width they sample add the same products in the same order as the
     kernel's own loops: equal to the bit, with vector FMAs in the code. On a CPU without AVX-512 the
     kernels are not used (topi's conv runs) but their code is the same: the test builds for the host."""
     from mpsearch.hardware.kernels.schedules import schedule_depthwise, schedule_float_conv

@@ -185,7 +185,8 @@ def test_arm_layouts_only_where_the_instruction_is_exact() -> None:
     # W4 linear: a batch-1 GEMV stays unpacked in the loop (measured on x86); a batch shares the unpack
     w4 = with_(lin, w_mode="i4p", a_mode="s8")
     assert not with_(w4, dot_isa="i8mm").packed and with_(w4, dot_isa="i8mm", x_shape=(2, 64)).packed
-    assert not with_(w4, dot_isa="avx512vnni", x_shape=(2, 64)).packed  # x86 unchanged
+    assert not with_(w4, dot_isa="avx512vnni").packed  # x86 too: a GEMV unpacks in the loop,
+    assert with_(w4, dot_isa="avx512vnni", x_shape=(2, 64)).packed  # rows share the unpack
     spec = with_(conv, dot_isa="i8mm", w_mode="i4p")  # int4 [16, 8] tiles: a lane's octet in four bytes
     assert spec.dot_tile_shape() == (2, 2, 3, 3, 16, 8) and spec.stored_weight_shape() == (2, 2, 3, 3, 16, 4)
     # the ISA is in the spec, so the cache keys of two targets' kernels differ

@@ -192,7 +192,14 @@ def depthwise_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor | 
 def float_blocked_conv(spec: KernelSpec, x: te.Tensor, w: te.Tensor) -> Callable[..., tirx.PrimExpr]:
     """The fp32 accumulator of a blocked fp32 conv (:attr:`KernelSpec.float_blocked`), ``(n, o, y, x) ->
     value``: the input zero-padded once (no pass where the conv has no padding), the reduction over
-    input channels and taps against ``[O/16, C, kh, kw, 16]`` weights into ``(n, O/16, oh, ow, 16)``."""
+    input channels and taps against ``[O/16, C, kh, kw, 16]`` weights into ``(n, O/16, oh, ow, 16)``.
+    A linear layer: ``(rows, O/16, 16)`` against ``[O/16, K, 16]``, ``(row, o) -> value``."""
+    if spec.op == "linear":
+        rows, k = spec.x_shape
+        rk = te.reduce_axis((0, k), name="rk")
+        acc = te.compute((rows, spec.o_tiles, LANES),
+                         lambda m, oc, oi: te.sum(x[m, rk] * w[oc, rk, oi], axis=rk), name="fdot")
+        return lambda m, o: acc[m, tirx.floordiv(o, LANES), tirx.floormod(o, LANES)]
     n, c, h, wd = spec.x_shape
     (ph, pw), (sh, sw), (dh, dw) = spec.padding, spec.stride, spec.dilation
     _, _, kh, kw = spec.w_shape

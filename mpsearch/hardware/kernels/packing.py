@@ -36,7 +36,8 @@ def pack_weight(spec: KernelSpec, codes: np.ndarray) -> np.ndarray:
     if spec.float_blocked:  # fp32 weights, [O/16, C, kh, kw, 16]
         o = spec.o_tiles * LANES
         w = np.pad(codes, [(0, o - codes.shape[0])] + [(0, 0)] * (codes.ndim - 1)).astype(np.float32)
-        return np.ascontiguousarray(w.reshape(o // LANES, LANES, *w.shape[1:]).transpose(0, 2, 3, 4, 1))
+        w = w.reshape(o // LANES, LANES, *w.shape[1:])
+        return np.ascontiguousarray(np.moveaxis(w, 1, -1))
     if not spec.packed:
         return pack_int4(codes) if spec.w_mode == "i4p" else codes.astype(np.int8)
     g, o, k = spec.kgroup, spec.o_tiles * LANES, spec.k_padded

@@ -138,6 +138,9 @@ def schedule_float_conv(sch: Any) -> None:
     channels and taps (each step: one 16-lane weight load, ``xb`` broadcast inputs and FMAs), the
     epilogue per tile, the zero padding (if any) one vectorized pass."""
     dot = sch.get_sblock("fdot")
+    if len(sch.get_loops(dot)) == 4:  # a linear layer: its rows are the pixels
+        _schedule_float_linear(sch, dot)
+        return
     b, oc, y, x, oi, rc, ry, rx = sch.get_loops(dot)
     tiles = pixel_tiles(int(sch.get(x).extent))
     tile = sch.sample_categorical(tiles, [1 / len(tiles)] * len(tiles))
@@ -153,6 +156,24 @@ def schedule_float_conv(sch: Any) -> None:
     sch.vectorize(sch.get_loops(init)[-1])
     if _has_block(sch, "pad"):
         _parallel_vectorized(sch, sch.get_sblock("pad"), 1)
+
+
+def _schedule_float_linear(sch: Any, dot: Any) -> None:
+    """:func:`schedule_float_conv` for a linear layer: tiles of rows x 16 output channels of accumulators
+    across the whole reduction, channel blocks and row tiles in parallel."""
+    m, oc, oi, k = sch.get_loops(dot)
+    tiles = pixel_tiles(int(sch.get(m).extent))
+    tile = sch.sample_categorical(tiles, [1 / len(tiles)] * len(tiles))
+    mo, mi = sch.split(m, [None, tile])
+    sch.reorder(oc, mo, k, mi, oi)
+    out = sch.get_sblock("epilogue")
+    sch.reverse_compute_at(out, mo, preserve_unit_loops=True)
+    sch.vectorize(sch.get_loops(out)[-1])
+    sch.parallel(sch.fuse(oc, mo))
+    sch.unroll(mi)
+    sch.vectorize(oi)
+    init = sch.decompose_reduction(dot, k)
+    sch.vectorize(sch.get_loops(init)[-1])
 
 
 def conv_space(dot_isa: str) -> Callable[[Any], list[Any]]:

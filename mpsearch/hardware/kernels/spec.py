@@ -121,11 +121,12 @@ class KernelSpec:
         CUDA's ``dp4a`` kernels, whose schedule assumes whole tiles."""
         if not self.integer or self.groups != 1 or self.bitserial:
             return False
-        if self.w_mode == "i4p" and self.op == "linear" and not (self.dot_isa in ARM_DOT_ISAS and self.x_shape[0] > 1):
+        if self.w_mode == "i4p" and self.op == "linear" and self.x_shape[0] == 1:
             # a GEMV reads each weight once: unpacking the whole int4 matrix into an int8 buffer for
             # the dot costs more than it saves (measured 0.37x of fp32 vs 0.87x unpacked in the loop;
             # through the 16x4 dot still 0.79x vs 0.93x: 1024x1024, one thread, 8 trials each, x86).
-            # On ARM a batch of rows shares the unpack (and i8mm's smmla pairs the rows); not timed there
+            # Rows share the unpack: token rows and batches take the blocked dot (x86: 32 x 384 -> 1536,
+            # 3.2 ms in the plain layout against 0.1 for int8 blocked; ARM: i8mm's smmla pairs the rows)
             return False
         if self.dot_isa == "dp4a":
             return self.w_shape[0] % LANES == 0 and self.w_shape[1] % KGROUP == 0
@@ -145,14 +146,16 @@ class KernelSpec:
 
     @property
     def float_blocked(self) -> bool:
-        """An fp32 convolution (groups 1) on an AVX-512 x86 target, run as :func:`~.integer.float_blocked_conv`:
-        weights prepacked ``[O/16, C, kh, kw, 16]`` (output channels padded with zero weights to whole
+        """An fp32 convolution (groups 1) or linear layer on an AVX-512 x86 target, run as
+        :func:`~.integer.float_blocked_conv`: weights prepacked ``[O/16, C, kh, kw, 16]`` (linear:
+        ``[O/16, K, 16]``, its rows playing the pixels; output channels padded with zero weights to whole
         16-lane tiles where that at most doubles them, ``MAX_PADDING``), so that the hand-built schedule
         (:func:`~.schedules.schedule_float_conv`) keeps a tile of pixels x 16 output channels of fp32
         accumulators in vector registers, one weight vector and one broadcast input per FMA. TVM's
         generic NCHW conv, tuned at a run's few trials, reached ~30 GFLOP/s on EfficientNet-Lite0's 1x1
-        convs on a VNNI EPYC (one thread). Other targets keep topi's conv."""
-        return self.w_mode == "f32" and self.a_mode == "f32" and self.op == "conv2d" and self.groups == 1 \
+        convs on a VNNI EPYC (one thread), and ~32 GFLOP/s on MiniLM's linear layers at 128 tokens.
+        Other targets keep topi's conv and the plain matmul."""
+        return self.w_mode == "f32" and self.a_mode == "f32" and self.groups == 1 \
             and self.dot_isa in X86_DOT_ISAS and self.o_tiles * LANES <= MAX_PADDING * self.w_shape[0]
 
     @property
