@@ -1,23 +1,34 @@
 """CUDA schedules of the layer kernels: the MetaSchedule design space that tuning searches, and the
 deterministic default schedule of untuned builds (imports TVM: load lazily).
 
-The space is TVM's own ``cuda-tensorcore`` rule set (multi-level tiling onto the wmma tensor-core
-intrinsics, then plain multi-level tiling, inlining, cross-thread reduction, unrolling, thread
-binding) with, in front of it, multi-level tiling that tensorizes int8 reductions with TVM's
-registered ``dp4a`` intrinsics (``dp4a_u8s8s32`` / ``dp4a_s8s8s32``: ``__dp4a``, four int8 products
-added into int32, exact). What takes which instructions:
+Which unit a layer takes is the kernel's choice (:attr:`KernelSpec.tensor_core`, on an sm_72+ target
+whose ``dot_isa`` is ``"wmma"``), and the space follows it:
 
-- integer kernels whose dot is blocked 16x4 (:attr:`KernelSpec.kgroup` is 4 when ``dot_isa`` is
-  ``"dp4a"``): the four reduction elements of a lane go through one ``__dp4a``;
-- fp16 kernels (both operands half) of a linear layer: wmma 16x16x16 f16 x f16 -> f32 (batch-1 rows
-  padded to 16 by the rule). Convolutions get TVM's plain ``cuda`` rules (plus dp4a): TVM 0.27 maps
-  our NCHW fp16 convolutions onto wmma, but none of those samples lowers (``tvm_access_ptr element type
-  must match the source buffer``), which would leave an fp16 conv with no valid schedule at all;
-- everything else (fp32, weight-only, the 16x2 dot's odd shapes): plain multi-level tiling.
+- tensor-core kernels (int8 or int4 weights with integer activations, and fp16 x fp16, whose output
+  channels and reduction fill 16-tiles): one GEMM (``kernels/gemm.py``, convolutions through im2col)
+  that TVM's own ``cuda-tensorcore`` rule set tiles onto its registered wmma intrinsics, m16n16k16
+  ``wmma_sync_16x16x16_s8s8s32`` (int8 x int8 -> int32: exact) and ``..._f16f16f32`` (fp16 x fp16 ->
+  fp32), with 8-bit uint8 codes shifted into int8 (PTX's integer mma takes ``.s8.s8`` or ``.u8.u8``,
+  no mixed pair); no dp4a rule in front, which would take the GEMM first;
+- other integer kernels whose dot is blocked 16x4 (:attr:`KernelSpec.kgroup` is 4 on a CUDA target):
+  multi-level tiling that tensorizes the reduction with TVM's registered ``dp4a`` intrinsics
+  (``dp4a_u8s8s32`` / ``dp4a_s8s8s32``: ``__dp4a``, four int8 products added into int32, exact), in
+  front of TVM's ``cuda-tensorcore`` rules (``cuda`` for topi's convolutions);
+- everything else (fp32: no TF32, fp16 with a float32 operand, grouped and depthwise convs, the 16x2
+  dot's odd shapes): plain multi-level tiling.
+
+TVM 0.27 lowers only some of the tensor-core space's samples. Its StorageRewrite pass lets the shared
+memory of the operand tiles (int8 / fp16) and of the accumulator tile (int32 / fp32) share one
+allocation and leaves the ``tvm_access_ptr`` type of the other dtype in place (``tvm_access_ptr element
+type must match the source buffer``; ``tirx.disable_storage_rewrite`` avoids it); and its CUDA codegen
+writes some samples' vectorized int64 index arithmetic as ``make_longlong4`` with eight arguments,
+which nvcc rejects. :func:`default_schedule` skips both kinds of sample; for the fp16 3x3 conv of the
+tests no sample of the first space lowers (~25 s of trying before the second space's do).
 
 The default schedule of an untuned build (:func:`default_schedule`) is the first design space, in the
 rules' order, whose sample under a fixed seed passes MetaSchedule's GPU postprocessors (thread and
-shared-memory limits, tensorization) and compiles: the same every run, and it uses dp4a or the tensor
+shared-memory limits, tensorization) and compiles (TVM's lowering, then nvcc where this TVM cannot
+compile CUDA itself): the same every run, and it uses dp4a or the tensor
 cores wherever the space does. It is a sample, not a tuned schedule: nothing here says it is fast, only
 that it is the hardware's instructions with shared-memory tiling instead of dlight's one-thread-per-
 output fallback. Timing it needs the GPU (``benchmarks/device_check.sh``).
@@ -34,11 +45,23 @@ log = logging.getLogger(__name__)
 #: TVM's registered dp4a intrinsics (tvm/s_tir/tensor_intrin/dot_product_common.py), by activation code type
 DP4A_INTRINSICS = ("dp4a_u8s8s32", "dp4a_s8s8s32")
 DEFAULT_SEEDS = 48  # seeded samples tried per design space by default_schedule
-_INSTRUCTIONS = {"dp4a": r"__dp4a|dp4a\.", "wmma": r"wmma[:.]", "mma": r"\bmma\.sync|\bmma::|wmma::mma_sync"}
+_INSTRUCTIONS = {
+    "dp4a": r"__dp4a|dp4a\.", "wmma": r"wmma[:.]", "mma": r"\bmma\.sync|\bmma::|wmma::mma_sync",
+    # the tensor cores by operand type: int8 (PTX ".s32.s8.s8.s32"; CUDA fragments of signed / unsigned char)
+    # and fp16 (PTX wmma names only the accumulator types, ".f32.f32": the operands are f16 then)
+    "imma": r"mma\.sync\S*\.[su]8\b|wmma::matrix_[ab], 16, 16, 16, (?:signed|unsigned) char",
+    "hmma": r"wmma\.mma\.sync\S*\.f(?:16|32)\.f(?:16|32)\s|\bmma\.sync\S*\.f16\.f16|wmma::matrix_[ab], 16, 16, 16, half",
+}
 
 
 def _is_conv(mod: Any) -> bool:
     return mod is not None and "conv2d" in str(mod)  # topi's conv2d_nchw / group_conv2d_nchw blocks
+
+
+def _is_tensor_core_gemm(mod: Any) -> bool:
+    from mpsearch.hardware.kernels.gemm import GEMM_BLOCK
+
+    return mod is not None and f'"{GEMM_BLOCK}"' in str(mod)  # KernelSpec.tensor_core kernels (kernels/gemm.py)
 
 
 def space_generator(target: Any, mod: Any = None) -> Any:
@@ -46,11 +69,16 @@ def space_generator(target: Any, mod: Any = None) -> Any:
     from tvm.s_tir import meta_schedule as ms
 
     from mpsearch.hardware.kernels.intrinsics import import_tensor_intrinsics
+    from mpsearch.hardware.tvm_backend import register_unpack_rule
 
     import_tensor_intrinsics()  # registers the wmma and dp4a intrinsics the rules name
+    register_unpack_rule()  # the int4 unpack of a tensor-core kernel stays a block of its own
     r = ms.schedule_rule
     kind = "cuda" if _is_conv(mod) else "cuda-tensorcore"
     base = r.ScheduleRule.create(kind)  # [ApplyCustomRule, (tensor-core MLT x2), MLT, ...]
+    if _is_tensor_core_gemm(mod):  # the spec chose the tensor cores: dp4a's tiling would take the GEMM first
+        return ms.space_generator.PostOrderApply(
+            sch_rules=base, postprocs=ms.postproc.Postproc.create("cuda-tensorcore"), mutator_probs=kind)
     dp4a = [
         r.MultiLevelTilingWithIntrin(
             name, structure="SSSRRSRS", tile_binds=["blockIdx.x", "vthread.x", "threadIdx.x"],
@@ -86,12 +114,36 @@ def default_schedule(mod: Any, target: Any, seeds: int = DEFAULT_SEEDS) -> Any |
             if not all(pp.apply(sch) for pp in ctx.space_generator.postprocs):
                 continue
             try:  # TVM 0.27 passes some tensor-core samples that its lowering then rejects
-                tvm.compile(sch.mod, target=target)
+                lib = tvm.compile(sch.mod, target=target)
             except Exception as e:  # noqa: BLE001
                 log.debug("sample %d of a design space does not compile: %s", seed, str(e).strip()[-200:])
                 continue
+            if not _nvcc_accepts(lib, target):
+                log.debug("sample %d of a design space: nvcc rejects TVM's CUDA code", seed)
+                continue
             return sch.mod
     return None
+
+
+def _nvcc_accepts(lib: Any, target: Any) -> bool:
+    """Whether nvcc compiles the CUDA code of ``lib``. A CUDA-enabled TVM runtime compiles it inside
+    ``tvm.compile`` already; pip's TVM only generates the source, and TVM 0.27's codegen writes some
+    samples' vectorized int64 index arithmetic (an im2col gather's) as ``make_longlong4`` with eight
+    arguments, which nvcc rejects. Without nvcc nothing can be checked (nor compiled for the GPU)."""
+    import tvm
+
+    from mpsearch.hardware.build import nvcc_available
+
+    if tvm.runtime.enabled("cuda") or not nvcc_available():
+        return True
+    from tvm.support import nvcc
+
+    try:
+        with target:
+            nvcc.compile_cuda(lib.mod.imports[0].inspect_source(), target_format="ptx", compiler="nvcc")
+    except Exception:  # noqa: BLE001 - nvcc's error text: a sample to skip
+        return False
+    return True
 
 
 def schedule_layer_kernels(mod: Any, target: Any) -> tuple[Any, dict[str, str]]:
@@ -124,7 +176,9 @@ def schedule_layer_kernels(mod: Any, target: Any) -> tuple[Any, dict[str, str]]:
 
 def instructions(code: str) -> set[str]:
     """Which of the GPU's arithmetic units ``code`` (CUDA source or PTX) uses: ``dp4a``, ``wmma``,
-    ``mma`` (tensor-core matrix multiply-accumulate)."""
+    ``mma`` (tensor-core matrix multiply-accumulate), and which tensor-core arithmetic: ``imma`` (int8
+    x int8 -> int32), ``hmma`` (fp16 x fp16). Read PTX for proof: TVM's CUDA source declares
+    ``__dp4a`` in its preamble whenever a kernel has int8 buffers, used or not."""
     return {name for name, pattern in _INSTRUCTIONS.items() if re.search(pattern, code)}
 
 
