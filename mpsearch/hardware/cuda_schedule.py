@@ -177,8 +177,10 @@ def schedule_layer_kernels(mod: Any, target: Any) -> tuple[Any, dict[str, str]]:
 def instructions(code: str) -> set[str]:
     """Which of the GPU's arithmetic units ``code`` (CUDA source or PTX) uses: ``dp4a``, ``wmma``,
     ``mma`` (tensor-core matrix multiply-accumulate), and which tensor-core arithmetic: ``imma`` (int8
-    x int8 -> int32), ``hmma`` (fp16 x fp16). Read PTX for proof: TVM's CUDA source declares
-    ``__dp4a`` in its preamble whenever a kernel has int8 buffers, used or not."""
+    x int8 -> int32), ``hmma`` (fp16 x fp16). In CUDA source only the kernels count: TVM's preamble
+    defines ``__dp4a`` (inline PTX) whenever a kernel has int8 buffers, used or not."""
+    start = code.find("__global__")
+    code = code[start:] if start >= 0 else code
     return {name for name, pattern in _INSTRUCTIONS.items() if re.search(pattern, code)}
 
 
