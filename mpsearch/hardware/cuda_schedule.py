@@ -4,8 +4,8 @@ deterministic default schedule of untuned builds (imports TVM: load lazily).
 Which unit a layer takes is the kernel's choice (:attr:`KernelSpec.tensor_core`, on an sm_72+ target
 whose ``dot_isa`` is ``"wmma"``), and the space follows it:
 
-- tensor-core kernels (int8 or int4 weights with integer activations, and fp16 x fp16, whose output
-  channels and reduction fill 16-tiles): one GEMM (``kernels/gemm.py``, convolutions through im2col)
+- tensor-core kernels (int8 or int4 weights with integer activations; fp16 activations with fp16
+  weights or weight-only int8 / int4 codes; output channels and reduction filling 16-tiles): one GEMM (``kernels/gemm.py``, convolutions through im2col)
   that TVM's own ``cuda-tensorcore`` rule set tiles onto its registered wmma intrinsics, m16n16k16
   ``wmma_sync_16x16x16_s8s8s32`` (int8 x int8 -> int32: exact) and ``..._f16f16f32`` (fp16 x fp16 ->
   fp32), with 8-bit uint8 codes shifted into int8 (PTX's integer mma takes ``.s8.s8`` or ``.u8.u8``,

@@ -17,7 +17,11 @@ Arithmetic, the same as the other kernels':
   :attr:`KernelSpec.a_offset`, the lowering's bias adds ``128 · scale · rowsum(w)`` back), int4 weights
   unpacked to int8, and int8 x int8 products summed in int32: exact, so the output is bit-identical to
   the host build of the same kernel;
-- fp16: the input cast to half, half weights, products summed in fp32 (the wmma ``f32`` accumulator).
+- fp16: the input cast to half, half weights, products summed in fp32 (the wmma ``f32`` accumulator);
+  int8 / int4 weight codes against half activations (weight-only quantization with fp16 compute) go
+  into the mma as halves, which hold every code exactly, and their per-channel scale multiplies the
+  fp32 sum: ``sum(x · q) · s`` is ``sum(x · q·s)`` up to fp32 rounding, where dequantizing into half
+  weights first would round ``q·s`` to 11 bits.
 """
 
 from __future__ import annotations
@@ -79,15 +83,25 @@ def gemm_compute(spec: KernelSpec, t: dict[str, te.Tensor]) -> te.Tensor:
     else:
         rows = im2col(spec, lambda *i: x(*i).astype("float16"), tirx.const(0.0, "float16"), "cast_x_f16")
         w, acc_dtype = t["w"], "float32"
+        if spec.w_mode == "i4p":
+            w = unpack_plain(spec, w, {"schedule_rule": UNPACK_RULE})
+        if spec.w_mode != "f16":  # weight-only codes as halves (exact); the scale comes after the sum
+            codes = w
+            w = te.compute(spec.w_shape, lambda *i: codes(*i).astype("float16"), name="codes_f16")
     w = weight_rows(spec, w)
     r = te.reduce_axis((0, spec.k), name="k")
     acc = te.compute((rows.shape[0], spec.w_shape[0]),
                      lambda m, o: te.sum(rows[m, r].astype(acc_dtype) * w[o, r].astype(acc_dtype), axis=r),
                      name=GEMM_BLOCK)
+    scaled = not spec.integer and "scale" in t  # weight-only: the epilogue scales integer kernels only
+
+    def acc_at(m: tirx.PrimExpr, o: tirx.PrimExpr) -> tirx.PrimExpr:
+        return acc[m, o] * t["scale"][o] if scaled else acc[m, o]
+
     if spec.op == "linear":
-        return epilogue(spec, t, lambda b, o: acc[b, o])
+        return epilogue(spec, t, acc_at)
     _, _, oh, ow = spec.out_shape
-    return epilogue(spec, t, lambda b, o, y, xx: acc[(b * oh + y) * ow + xx, o])
+    return epilogue(spec, t, lambda b, o, y, xx: acc_at((b * oh + y) * ow + xx, o))
 
 
 __all__ = ["GEMM_BLOCK", "gemm_compute", "im2col", "weight_rows"]

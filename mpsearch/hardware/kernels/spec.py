@@ -107,8 +107,10 @@ class KernelSpec:
         """Whether the kernel runs as one GEMM on a CUDA GPU's tensor cores (:mod:`.gemm`: a linear layer
         as it is, a conv through im2col), wmma m16n16k16: int8 x int8 -> int32 for integer kernels
         (int8 or unpacked int4 weights; uint8 activation codes shifted into int8, :attr:`a_offset`), and
-        fp16 x fp16 -> fp32 for kernels whose both operands are half. The one place that picks the
-        tensor cores over ``__dp4a`` (or the CUDA cores' fp16 loops) on a ``"wmma"`` target.
+        fp16 x fp16 -> fp32 for kernels whose activations are half and whose weights are half or
+        integer codes (weight-only int8 / int4: the codes are exact in fp16, the per-channel scale is
+        applied to the fp32 sum). The one place that picks the tensor cores over ``__dp4a`` (or the
+        CUDA cores' fp16 loops) on a ``"wmma"`` target.
 
         Taken where the output channels and the reduction (K of a linear layer, ``C * kh * kw`` of a conv)
         are whole 16-tiles: then no multiply-add of the mma is spent on padding in those two dimensions.
@@ -120,7 +122,7 @@ class KernelSpec:
         if self.dot_isa != "wmma" or self.groups != 1 or self.bitserial:
             return False
         integer = self.integer and self.w_mode in ("i8", "i4p")
-        half = self.w_mode == "f16" and self.a_mode == "f16"
+        half = self.a_mode == "f16" and self.w_mode in ("f16", "i8", "i4p")
         return (integer or half) and self.w_shape[0] % MMA_TILE == 0 and self.k % MMA_TILE == 0
 
     @property
