@@ -47,8 +47,8 @@ KERNELS = [
     ("w8_fp16_conv1x1", KernelSpec("conv2d", (1, 32, 14, 14), (64, 32, 1, 1), "i8", "f16", dot_isa=TC),
      {"wmma", "hmma"}),
 ]
-# compiled in the slow suite only: the fp16 conv's default schedule takes ~25 s (TVM 0.27 lowers none of its
-# first space's samples), the others repeat a path the default selection compiles (~5-10 s each)
+# compiled in the slow suite only: the fp16 conv's default schedule takes ~10 s, twice (TVM 0.27 lowers none
+# of its first space's samples), the others repeat a path the default selection compiles (~5-10 s each)
 SLOW = {"fp16_conv", "int8_conv1x1_z8_stride2", "int8_linear_dp4a", "w8_fp16_conv1x1"}
 PARAMS = [pytest.param(spec, expected, id=name, marks=[pytest.mark.slow] if name in SLOW else [])
           for name, spec, expected in KERNELS]
