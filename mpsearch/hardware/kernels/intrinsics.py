@@ -259,7 +259,7 @@ def dot_isa(target: object) -> str:
         arch = str(target.attrs.get("arch", ""))  # "sm_90"
         digits = arch.removeprefix("sm_").rstrip("abf")
         sm = int(digits) if digits.isdigit() else 0
-        return "wmma" if sm >= 72 else "dp4a" if sm >= 61 else ""  # int8 wmma: Turing's sm_72 on
+        return "wmma" if sm >= 72 else "dp4a" if sm >= 61 else ""  # int8 wmma: sm_72 (Xavier) on
     if kind != "llvm":
         return ""
     triple = str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())

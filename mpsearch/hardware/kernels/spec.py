@@ -39,7 +39,8 @@ class KernelSpec:
     groups: int = 1
     epilogue: tuple[str, ...] = ()  # fused ops in order: "relu" | "add" | "silu" | "hardswish" | "sigmoid" | clamp_op()
     a_bits: int = 8  # activation bit width of an integer kernel (u8 codes <= 2**a_bits - 1)
-    dot_isa: str = ""  # int8 dot instructions of the target: "" | "avx512bw" | "avx512vnni" | "sdot" | "i8mm" | "dp4a" | "wmma"
+    # int8 dot instructions of the target: "" | "avx512bw" | "avx512vnni" | "sdot" | "i8mm" | "dp4a" | "wmma"
+    dot_isa: str = ""
 
     @property
     def integer(self) -> bool:
@@ -149,7 +150,8 @@ class KernelSpec:
         Channel counts that do not tile are padded with zero weights (:attr:`o_tiles`, :attr:`k_padded`)
         where that at most doubles the weights (``MAX_PADDING``): a 24-channel projection, a 3-channel stem
         and a 1000-class head take the blocked dot too; a 3-class head keeps the plain layout, and so do
-        CUDA's ``dp4a`` kernels, whose schedule assumes whole tiles."""
+        CUDA's ``dp4a`` kernels, whose schedule assumes whole tiles, and the tensor-core GEMMs
+        (:attr:`tensor_core`), which read the weights in their logical order."""
         if not self.integer or self.groups != 1 or self.bitserial or self.tensor_core:
             return False
         if self.w_mode == "i4p" and self.op == "linear" and not (self.dot_isa in ARM_DOT_ISAS and self.x_shape[0] > 1):
