@@ -24,7 +24,9 @@ type must match the source buffer``; ``tirx.disable_storage_rewrite`` avoids it)
 writes some samples' vectorized int64 index arithmetic as ``make_longlong4`` with eight arguments,
 which nvcc rejects. :func:`default_schedule` skips both kinds of sample, and moves on from a space
 after ``MAX_COMPILE_FAILURES`` of them: no sample of a 3x3 fp16 conv's first space lowers (all 48
-seeds: ~25 s; 12: ~8 s before the second space's first sample does).
+seeds: ~25 s; 12: ~8 s before the second space's first sample does). Where no tensor-core sample
+lowers at all (a 16-channel 3x3 fp16 conv on 28x28: two of ResNet-20's), the kernel gets CUDA-core
+tiling instead, after ~20 s of trying.
 
 The default schedule of an untuned build (:func:`default_schedule`) is the first design space, in the
 rules' order, whose sample under a fixed seed passes MetaSchedule's GPU postprocessors (thread and
@@ -66,8 +68,10 @@ def _is_tensor_core_gemm(mod: Any) -> bool:
     return mod is not None and f'"{GEMM_BLOCK}"' in str(mod)  # KernelSpec.tensor_core kernels (kernels/gemm.py)
 
 
-def space_generator(target: Any, mod: Any = None) -> Any:
-    """MetaSchedule's design space for kernel ``mod`` on a CUDA ``target`` (see the module docstring)."""
+def space_generator(target: Any, mod: Any = None, tensor_cores: bool = True) -> Any:
+    """MetaSchedule's design space for kernel ``mod`` on a CUDA ``target`` (see the module docstring).
+    ``tensor_cores`` False: a tensor-core GEMM gets the CUDA-core space instead (``cuda`` rules, dp4a
+    in front), the default schedule's fallback where TVM lowers no tensor-core sample."""
     from tvm.s_tir import meta_schedule as ms
 
     from mpsearch.hardware.kernels.intrinsics import import_tensor_intrinsics
@@ -76,9 +80,10 @@ def space_generator(target: Any, mod: Any = None) -> Any:
     import_tensor_intrinsics()  # registers the wmma and dp4a intrinsics the rules name
     register_unpack_rule()  # the int4 unpack of a tensor-core kernel stays a block of its own
     r = ms.schedule_rule
-    kind = "cuda" if _is_conv(mod) else "cuda-tensorcore"
+    gemm = _is_tensor_core_gemm(mod)
+    kind = "cuda" if _is_conv(mod) or (gemm and not tensor_cores) else "cuda-tensorcore"
     base = r.ScheduleRule.create(kind)  # [ApplyCustomRule, (tensor-core MLT x2), MLT, ...]
-    if _is_tensor_core_gemm(mod):  # the spec chose the tensor cores: dp4a's tiling would take the GEMM first
+    if gemm and tensor_cores:  # the spec chose the tensor cores: dp4a's tiling would take the GEMM first
         return ms.space_generator.PostOrderApply(
             sch_rules=base, postprocs=ms.postproc.Postproc.create("cuda-tensorcore"), mutator_probs=kind)
     dp4a = [
@@ -99,14 +104,26 @@ def default_schedule(mod: Any, target: Any, seeds: int = DEFAULT_SEEDS) -> Any |
     ``target``. A space whose first ``MAX_COMPILE_FAILURES`` compiled samples all fail is left for the
     next one (TVM 0.27 rejects whole spaces at lowering, e.g. every sample of the first tensor-core
     space of a 3x3 fp16 conv); only when no space yields a schedule that way are all seeds of every
-    space tried. Returns the scheduled IRModule, or None when no space yields one (the caller then
-    falls back to dlight)."""
+    space tried. A tensor-core GEMM whose tensor-core spaces yield nothing even then (TVM 0.27 lowers
+    no sample of a 16-channel 3x3 fp16 conv on 28x28) is scheduled on the CUDA cores instead, as the
+    kernels of other layers are. Returns the scheduled IRModule, or None when no space yields
+    one (the caller then falls back to dlight)."""
+    if _is_tensor_core_gemm(mod):
+        found = _first_sample(mod, target, space_generator(target, mod), seeds)
+        if found is not None:
+            return found
+        log.info("no tensor-core sample of %s lowers: CUDA-core tiling", mod["main"].attrs.get("global_symbol"))
+        return _first_sample(mod, target, space_generator(target, mod, tensor_cores=False), seeds)
+    return _first_sample(mod, target, space_generator(target, mod), seeds)
+
+
+def _first_sample(mod: Any, target: Any, generator: Any, seeds: int) -> Any | None:
+    """:func:`default_schedule` over the spaces of ``generator``."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.schedule import Trace
 
-    ctx = ms.TuneContext(mod=mod, target=target, space_generator=space_generator(target, mod), rand_state=0,
-                         task_name="default")
+    ctx = ms.TuneContext(mod=mod, target=target, space_generator=generator, rand_state=0, task_name="default")
     spaces = [space.trace.insts for space in ctx.generate_design_space()]
     tried: set[tuple[int, int]] = set()  # (space, seed) samples already compiled in vain
     for cap in (MAX_COMPILE_FAILURES, seeds):

@@ -269,6 +269,28 @@ def test_default_schedule_compiles_for_sm90_with_the_hardware_instructions(spec:
     assert b"-arch sm_90" in fatbin
 
 
+@needs_nvcc
+@pytest.mark.slow
+def test_a_tensor_core_kernel_tvm_cannot_lower_gets_the_cuda_cores(tmp_path: Path) -> None:
+    """TVM 0.27 lowers no tensor-core sample of this fp16 conv (StorageRewrite, cuda_schedule.py): its
+    default schedule is CUDA-core tiling (~20 s of failing samples first), not dlight's fallback."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from mpsearch.hardware.build import compile_cuda_source
+    from mpsearch.hardware.cuda_schedule import default_schedule, instructions
+    from mpsearch.hardware.kernels import make_kernel
+
+    spec = KernelSpec("conv2d", (1, 16, 28, 28), (16, 16, 3, 3), "f16", "f16", padding=(1, 1), dot_isa=TC)
+    assert spec.tensor_core
+    target = cuda_target()
+    scheduled = default_schedule(ms.tir_integration._normalize_mod(make_kernel(spec)), target)
+    assert scheduled is not None
+    source = tvm.compile(scheduled, target=target).mod.imports[0].inspect_source()
+    ptx = compile_cuda_source(source, target, tmp_path / "k.ptx", target_format="ptx").read_text()
+    assert ".target sm_90" in ptx and not instructions(ptx) & {"wmma", "mma"}  # TVM 0.27: no tensor core
+
+
 def _gpu_reason() -> str | None:
     import tvm
 
