@@ -2,8 +2,8 @@
 beside PyTorch (or ONNX Runtime) on the same GPU. Run by ``benchmarks/device_check.sh``.
 
 Every run, with or without a GPU, does the GPU-free half for each model and candidate: lowering, the
-CUDA layer kernels' default schedules (``cuda_schedule.py``: dp4a for int8, wmma for fp16 linear
-layers), CUDA code generation and nvcc compilation for the profile's arch (sm_90), and records which
+CUDA layer kernels' default schedules (``cuda_schedule.py``: wmma tensor cores for int8 and fp16
+layers whose channels fill 16-tiles, dp4a for the other int8 layers), CUDA code generation and nvcc compilation for the profile's arch (sm_90), and records which
 hardware instructions the code uses. ``--dry`` stops there and writes ``gpu.json`` with
 ``"measured": false`` into a temporary folder (never into ``results/``).
 

@@ -82,8 +82,9 @@ def kernel_bytes(spec: Any) -> int:
 def kernel_arithmetic(spec: Any) -> str:
     """The arithmetic a kernel's inner loop runs: int8 x int8 -> int32 when both operands are integer
     (packed int4 weights are unpacked to int8 inside the kernel), fp16 x fp16 with fp32 accumulation
-    when both are half (``kernels/fp16.py``), fp32 otherwise."""
-    if spec.w_mode == "f16" and spec.a_mode == "f16":
+    when both are half (``kernels/fp16.py``) or when half activations meet integer weight codes on a
+    GPU's tensor cores (``kernels/gemm.py``), fp32 otherwise."""
+    if spec.a_mode == "f16" and (spec.w_mode == "f16" or spec.tensor_core):
         return "fp16"
     return "int8" if spec.integer else "fp32"  # u8 / s8 / z8 (zero-point) codes against int8 / int4 weights
 

@@ -59,7 +59,7 @@ def _import_tvm() -> None:
         from mpsearch.hardware.kernels import register_intrinsics
 
         register_intrinsics()  # tuned schedules that tensorize with them are replayed in this process
-        _register_unpack_rule()
+        register_unpack_rule()
 
 
 def _import_tensor_intrinsics() -> None:
@@ -97,7 +97,7 @@ def _task_loggers(log_dir: Path, names: Sequence[str]) -> Iterator[list[logging.
         handler.close()
 
 
-def _register_unpack_rule() -> None:
+def register_unpack_rule() -> None:
     """MetaSchedule rule for the blocks a kernel marks ``schedule_rule = UNPACK_RULE`` (the int4
     unpack feeding the int8 dot): leave it a block of its own. Inlined into the dot it would stop the
     dot from tensorizing; computed at a loop of the dot (sampled here, before the dot is tiled) it

@@ -143,7 +143,7 @@ def test_dot_isa_of_each_profile_and_of_targets_llvm_cannot_describe() -> None:
     assert dot_isa(_target("rpi4")) == ""  # Cortex-A72: no dot product
     assert dot_isa(_target(SDOT)) == "sdot"
     assert dot_isa(_target(I8MM)) == "i8mm"
-    assert dot_isa(_target("jetson_orin")) == "dp4a"  # a CUDA sm_87 target: the GPU's int8 dot, no ARM one
+    assert dot_isa(_target("jetson_orin")) == "wmma"  # a CUDA sm_87 target: the GPU's dp4a and tensor cores, no ARM dot
     assert dot_isa(_target("x86_vnni_server")) == "avx512vnni"  # x86 unchanged
     arm = {"kind": "llvm", "mtriple": "aarch64-linux-gnu"}
     assert dot_isa(tvm.target.Target({**arm, "mcpu": "cortex-a72", "mattr": ["+neon", "+dotprod"]})) == "sdot"

@@ -2,7 +2,8 @@
 
 One module per concern, in dependency order: :mod:`.spec` (what determines a kernel's code, no TVM),
 :mod:`.epilogue` (dequantize, bias, ReLU / residual adds, shared by every kernel), :mod:`.integer`
-(integer, fp32 and weight-only kernels), :mod:`.fp16` (an fp16 operand), :mod:`.bitserial` (W2A2
+(integer, fp32 and weight-only kernels), :mod:`.fp16` (an fp16 operand), :mod:`.gemm` (one GEMM for a
+CUDA GPU's tensor cores, convolutions through im2col), :mod:`.bitserial` (W2A2
 popcounts), :mod:`.packing` (weight arrays in the kernels' layouts), :mod:`.primfunc` (the PrimFunc of a
 spec) and :mod:`.intrinsics` (mpsearch's int8 dot tensor intrinsics). The names below are the public ones.
 """

@@ -133,8 +133,9 @@ def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> t
     return acc, lambda b, o, y, xx: acc[b, tirx.floordiv(o, LANES), y, xx, tirx.floormod(o, LANES)]
 
 
-def _unpack_plain(spec: KernelSpec, packed: te.Tensor) -> te.Tensor:
-    """int4 weight codes of the plain layout (two per byte, :func:`~.packing.pack_int4`) as int8 ``w_shape``."""
+def unpack_plain(spec: KernelSpec, packed: te.Tensor, attrs: dict[str, str] | None = None) -> te.Tensor:
+    """int4 weight codes of the plain layout (two per byte, :func:`~.packing.pack_int4`) as int8 ``w_shape``
+    (``attrs``: the block's annotations, e.g. its own schedule rule)."""
     inner = spec.w_shape[1:]
 
     def unpack(o: tirx.Var, *rest: tirx.Var) -> tirx.PrimExpr:
@@ -145,7 +146,7 @@ def _unpack_plain(spec: KernelSpec, packed: te.Tensor) -> te.Tensor:
         nibble = tirx.bitwise_and(tirx.shift_right(byte, tirx.floormod(idx, 2) * 4), 15)
         return (nibble - 8).astype("int8")
 
-    return te.compute(spec.w_shape, unpack, name="unpack_int4")
+    return te.compute(spec.w_shape, unpack, name="unpack_int4", attrs=attrs)
 
 
 def depthwise_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor | None) -> te.Tensor:
@@ -233,7 +234,7 @@ def int_compute(spec: KernelSpec, t: dict[str, te.Tensor]) -> te.Tensor:
     if spec.depthwise:
         w = t["w"]
         if spec.w_mode == "i4p":
-            w = _unpack_plain(spec, w)
+            w = unpack_plain(spec, w)
         return epilogue(spec, t, depthwise_dot(spec, x, w, t["qp"]))
     if spec.float_depthwise:
         return epilogue(spec, t, depthwise_dot(spec, x, w, None))
@@ -253,7 +254,7 @@ def int_compute(spec: KernelSpec, t: dict[str, te.Tensor]) -> te.Tensor:
         x = xq if spec.w_mode != "f32" else te.compute(
             xq.shape, lambda *i: xq(*i).astype("float32") * qp[3], name="dequantize_x")
     if spec.w_mode == "i4p":
-        w = _unpack_plain(spec, w)
+        w = unpack_plain(spec, w)
     if spec.w_mode != "f32" and spec.a_mode == "f32":  # weight-only: dequantize weights in-kernel
         wq, scale = w, t["scale"]
         w = te.compute(wq.shape, lambda o, *r: wq(o, *r).astype("float32") * scale[o], name="dequantize_w")
@@ -273,4 +274,4 @@ def int_compute(spec: KernelSpec, t: dict[str, te.Tensor]) -> te.Tensor:
     return epilogue(spec, t, acc)
 
 
-__all__ = ["depthwise_dot", "float_blocked_conv", "int_compute", "quantize", "zero_point_input"]
+__all__ = ["depthwise_dot", "float_blocked_conv", "int_compute", "quantize", "unpack_plain", "zero_point_input"]

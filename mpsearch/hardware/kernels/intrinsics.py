@@ -7,7 +7,7 @@ from typing import Any
 
 from tvm import tirx
 
-from mpsearch.hardware.kernels.spec import KGROUP, KOCT, KQUAD, LANES
+from mpsearch.hardware.kernels.spec import CUDA_DOT_ISAS, KGROUP, KOCT, KQUAD, LANES
 
 # -- the int8 dot product as a tensor intrinsic ---------------------------------------------------
 #
@@ -248,8 +248,9 @@ def dot_isa(target: object) -> str:
     """The int8 dot instructions of ``target`` that the kernels use (:attr:`KernelSpec.dot_isa`):
     ``"avx512vnni"`` (vpdpbusd, e.g. mcpu cascadelake / icelake-server), ``"avx512bw"`` (vpmaddwd,
     vpmaddubsw), ``"i8mm"`` (aarch64 with FEAT_I8MM: smmla, usmmla, usdot, and sdot), ``"sdot"``
-    (aarch64 with the dot-product extension), ``"dp4a"`` (a CUDA GPU of sm_61 or later: ``__dp4a``) or
-    ``""`` (none: e.g. a Cortex-A72, a pre-AVX-512 x86, an older GPU). CPUs: read from LLVM's view of
+    (aarch64 with the dot-product extension), ``"wmma"`` (a CUDA GPU of sm_72 or later: ``__dp4a`` and
+    the int8 / fp16 tensor cores, :attr:`KernelSpec.tensor_core`), ``"dp4a"`` (sm_61 to sm_70:
+    ``__dp4a``) or ``""`` (none: e.g. a Cortex-A72, a pre-AVX-512 x86, an older GPU). CPUs: read from LLVM's view of
     the target (its mcpu and mattr together); a target LLVM cannot describe (unknown triple) has none."""
     from tvm.target import codegen
 
@@ -257,7 +258,8 @@ def dot_isa(target: object) -> str:
     if kind == "cuda":
         arch = str(target.attrs.get("arch", ""))  # "sm_90"
         digits = arch.removeprefix("sm_").rstrip("abf")
-        return "dp4a" if digits.isdigit() and int(digits) >= 61 else ""
+        sm = int(digits) if digits.isdigit() else 0
+        return "wmma" if sm >= 72 else "dp4a" if sm >= 61 else ""  # int8 wmma: sm_72 (Xavier) on
     if kind != "llvm":
         return ""
     triple = str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
@@ -286,7 +288,7 @@ def dot_intrinsics_for(target: object) -> list[str]:
     instead) and, with i8mm, the smmla / usmmla 2x16x8 tiles of the kgroup-8 layout. The 16x2 layout
     has no ARM intrinsic: plain loops."""
     isa = dot_isa(target)
-    if isa == "dp4a":  # GPU tiling rules live in cuda_schedule.py
+    if isa in CUDA_DOT_ISAS:  # GPU tiling rules live in cuda_schedule.py
         return []
     if isa in ARM_DOT4_INTRINSICS:
         mmla = list(MMLA_INTRINSICS.values()) if isa == "i8mm" else []

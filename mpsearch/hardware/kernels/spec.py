@@ -15,6 +15,9 @@ KQUAD = 4  # reduction elements per lane of the 16x4 dot (vpmaddubsw + vpmaddwd,
 KOCT = 8  # reduction elements per lane of the i8mm layout (smmla / usmmla: 2x8 by 8x2 int8 -> 2x2 int32)
 ARM_DOT_ISAS = ("sdot", "i8mm")  # aarch64 dot_isa values (intrinsics.dot_isa)
 X86_DOT_ISAS = ("avx512bw", "avx512vnni")  # AVX-512 x86 dot_isa values: 16 fp32 lanes a vector too
+# CUDA dot_isa values: "dp4a" (sm_61 on: __dp4a only), "wmma" (sm_72 on: __dp4a and the int8 / fp16 tensor cores)
+CUDA_DOT_ISAS = ("dp4a", "wmma")
+MMA_TILE = 16  # the wmma m16n16k16 tile: output channels and reduction of a tensor-core kernel are multiples of it
 MAX_PADDING = 2  # the most a packed kernel's zero padding may multiply its weight codes by (KernelSpec.packed)
 UNPACK_RULE = "mpsearch_unpack_int4"  # MetaSchedule custom rule of the in-kernel int4 unpack (tvm_backend)
 
@@ -36,7 +39,8 @@ class KernelSpec:
     groups: int = 1
     epilogue: tuple[str, ...] = ()  # fused ops in order: "relu" | "add" | "silu" | "hardswish" | "sigmoid" | clamp_op()
     a_bits: int = 8  # activation bit width of an integer kernel (u8 codes <= 2**a_bits - 1)
-    dot_isa: str = ""  # int8 dot instructions of the target: "" | "avx512bw" | "avx512vnni" | "sdot" | "i8mm" | "dp4a"
+    # int8 dot instructions of the target: "" | "avx512bw" | "avx512vnni" | "sdot" | "i8mm" | "dp4a" | "wmma"
+    dot_isa: str = ""
 
     @property
     def integer(self) -> bool:
@@ -74,7 +78,7 @@ class KernelSpec:
         :func:`~mpsearch.hardware.lowering.kernel_spec` guarantees."""
         if self.dot_isa in ARM_DOT_ISAS:
             return self._arm_kgroup()
-        if self.dot_isa == "dp4a":
+        if self.dot_isa in CUDA_DOT_ISAS:
             tiles = self.integer and self.groups == 1 and self.w_shape[1] % KQUAD == 0
             return KQUAD if tiles and self.a_mode in ("u8", "s8", "z8") else KGROUP
         if not self.integer or self.groups != 1 or self.a_mode != "u8":
@@ -100,14 +104,42 @@ class KernelSpec:
         return KQUAD  # sdot: s8, 7-bit codes as they are, 8-bit uint8 codes shifted (a_offset)
 
     @property
+    def tensor_core(self) -> bool:
+        """Whether the kernel runs as one GEMM on a CUDA GPU's tensor cores (:mod:`.gemm`: a linear layer
+        as it is, a conv through im2col), wmma m16n16k16: int8 x int8 -> int32 for integer kernels
+        (int8 or unpacked int4 weights; uint8 activation codes shifted into int8, :attr:`a_offset`), and
+        fp16 x fp16 -> fp32 for kernels whose activations are half and whose weights are half or
+        integer codes (weight-only int8 / int4: the codes are exact in fp16, the per-channel scale is
+        applied to the fp32 sum). The one place that picks the tensor cores over ``__dp4a`` (or the
+        CUDA cores' fp16 loops) on a ``"wmma"`` target.
+
+        Taken where the output channels and the reduction (K of a linear layer, ``C * kh * kw`` of a conv)
+        are whole 16-tiles: then no multiply-add of the mma is spent on padding in those two dimensions.
+        The rows (batch, or batch x output pixels) are padded to 16 by TVM's tensor-core rule: a batch-1
+        linear layer uses 1/16 of the tile, which costs nothing that matters, as a GEMV reads every
+        weight once and is bound by memory, not by either unit. Channels that do not tile keep the
+        blocked ``__dp4a`` dot (:attr:`kgroup`) or the plain loops. Grouped and depthwise convs are
+        not GEMMs: plain loops."""
+        if self.dot_isa != "wmma" or self.groups != 1 or self.bitserial:
+            return False
+        integer = self.integer and self.w_mode in ("i8", "i4p")
+        half = self.a_mode == "f16" and self.w_mode in ("f16", "i8", "i4p")
+        return (integer or half) and self.w_shape[0] % MMA_TILE == 0 and self.k % MMA_TILE == 0
+
+    @property
     def a_offset(self) -> int:
-        """What a packed kernel subtracts from its activation codes before the dot: 128 where 8-bit
-        uint8 codes (u8, z8) meet the s8 x s8 ``sdot`` of a dotprod-only target, so they fit in s8
-        (``u - 128``); the lowering adds the ``128 * scale * rowsum(w)`` this takes away to the bias
+        """What a packed or tensor-core kernel subtracts from its activation codes before the dot: 128
+        where 8-bit uint8 codes (u8, z8) meet an s8 x s8 dot, so they fit in s8 (``u - 128``): the
+        ``sdot`` of a dotprod-only target, and the tensor cores, whose mma takes both operands of one
+        signedness (PTX ``wmma.mma.sync`` ``.s8.s8`` or ``.u8.u8``: no u8 x s8) and TVM registers the s8
+        one. The lowering adds the ``128 * scale * rowsum(w)`` this takes away to the bias
         (:func:`~mpsearch.hardware.lowering.kernel_arrays`), and conv borders hold the shifted code of
-        0.0. 0 elsewhere: the codes go into the dot as they are."""
-        shifted = self.dot_isa == "sdot" and self.a_mode in ("u8", "z8") and self.a_bits > 7
-        return 128 if shifted and self.packed and self.kgroup == KQUAD else 0
+        0.0. 0 elsewhere: the codes go into the dot as they are (uint8 codes <= 127 are int8 codes)."""
+        if self.a_mode not in ("u8", "z8") or self.a_bits <= 7:
+            return 0
+        if self.tensor_core:
+            return 128
+        return 128 if self.dot_isa == "sdot" and self.packed and self.kgroup == KQUAD else 0
 
     @property
     def packed(self) -> bool:
@@ -118,8 +150,9 @@ class KernelSpec:
         Channel counts that do not tile are padded with zero weights (:attr:`o_tiles`, :attr:`k_padded`)
         where that at most doubles the weights (``MAX_PADDING``): a 24-channel projection, a 3-channel stem
         and a 1000-class head take the blocked dot too; a 3-class head keeps the plain layout, and so do
-        CUDA's ``dp4a`` kernels, whose schedule assumes whole tiles."""
-        if not self.integer or self.groups != 1 or self.bitserial:
+        CUDA's ``dp4a`` kernels, whose schedule assumes whole tiles, and the tensor-core GEMMs
+        (:attr:`tensor_core`), which read the weights in their logical order."""
+        if not self.integer or self.groups != 1 or self.bitserial or self.tensor_core:
             return False
         if self.w_mode == "i4p" and self.op == "linear" and self.x_shape[0] == 1:
             # a GEMV reads each weight once: unpacking the whole int4 matrix into an int8 buffer for
@@ -128,7 +161,7 @@ class KernelSpec:
             # Rows share the unpack: token rows and batches take the blocked dot (x86: 32 x 384 -> 1536,
             # 3.2 ms in the plain layout against 0.1 for int8 blocked; ARM: i8mm's smmla pairs the rows)
             return False
-        if self.dot_isa == "dp4a":
+        if self.dot_isa in CUDA_DOT_ISAS:
             return self.w_shape[0] % LANES == 0 and self.w_shape[1] % KGROUP == 0
         # padding at most doubles the codes (a 4-output, 1-input stem would take 8x): the weights stay
         # smaller than fp32's at any bit width, and the wasted multiply-adds far fewer than the dot saves
@@ -142,7 +175,7 @@ class KernelSpec:
         the stride. Not on CUDA's ``dp4a`` kernels (their schedule takes the plain layout)."""
         return self.integer and not self.bitserial and self.op == "conv2d" and self.groups > 1 \
             and self.groups == self.x_shape[1] == self.w_shape[0] and self.w_shape[1] == 1 \
-            and self.dot_isa != "dp4a"
+            and self.dot_isa not in CUDA_DOT_ISAS
 
     @property
     def float_blocked(self) -> bool:
@@ -263,5 +296,5 @@ def clamp_bounds(op: str) -> tuple[float | None, float | None]:
     return (float(lo) if lo else None), (float(hi) if hi else None)
 
 
-__all__ = ["ARM_DOT_ISAS", "KGROUP", "KOCT", "KQUAD", "KernelSpec", "LANES", "OPAQUE", "UNPACK_RULE", "X86_DOT_ISAS",
-           "clamp_bounds", "clamp_op"]
+__all__ = ["ARM_DOT_ISAS", "CUDA_DOT_ISAS", "KGROUP", "KOCT", "KQUAD", "KernelSpec", "LANES", "MMA_TILE", "OPAQUE",
+           "UNPACK_RULE", "X86_DOT_ISAS", "clamp_bounds", "clamp_op"]
