@@ -355,7 +355,7 @@ def measure_peer(case: Any, facts: dict[str, Any]) -> dict[str, Any]:
 # -- the check ---------------------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> BenchmarkResult:
-    from mpsearch.hardware.build import nvcc_available
+    from mpsearch.hardware.cuda_schedule import nvcc_available
     from mpsearch.hardware.profile import load_profile
 
     started = time.monotonic()

@@ -11,7 +11,6 @@ pricing needs tuned kernels (``TVMBackend`` refuses untuned ones). Imports TVM: 
 from __future__ import annotations
 
 import logging
-import os
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -164,9 +163,3 @@ def build_untuned(
              f", {device_code.name}" if device_code else "")
     return BuildArtifact(profile.name, str(target), library, info, device_code, cuda_source, how)
 
-
-def nvcc_available() -> bool:
-    """Whether nvcc can be found the way TVM looks for it (CUDA_HOME, then PATH)."""
-    from shutil import which
-
-    return bool(which("nvcc") or (os.environ.get("CUDA_HOME") and Path(os.environ["CUDA_HOME"], "bin", "nvcc").exists()))

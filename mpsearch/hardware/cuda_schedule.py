@@ -75,7 +75,7 @@ def space_generator(target: Any, mod: Any = None, tensor_cores: bool = True) -> 
     from tvm.s_tir import meta_schedule as ms
 
     from mpsearch.hardware.kernels.intrinsics import import_tensor_intrinsics
-    from mpsearch.hardware.tvm_backend import register_unpack_rule
+    from mpsearch.hardware.kernels.intrinsics import register_unpack_rule
 
     import_tensor_intrinsics()  # registers the wmma and dp4a intrinsics the rules name
     register_unpack_rule()  # the int4 unpack of a tensor-core kernel stays a block of its own
@@ -163,7 +163,6 @@ def _nvcc_accepts(lib: Any, target: Any) -> bool:
     arguments, which nvcc rejects. Without nvcc nothing can be checked (nor compiled for the GPU)."""
     import tvm
 
-    from mpsearch.hardware.build import nvcc_available
 
     if tvm.runtime.enabled("cuda") or not nvcc_available():
         return True
@@ -205,6 +204,15 @@ def schedule_layer_kernels(mod: Any, target: Any) -> tuple[Any, dict[str, str]]:
     return mod, how
 
 
+def nvcc_available() -> bool:
+    """Whether nvcc can be found the way TVM looks for it (CUDA_HOME, then PATH)."""
+    import os
+    from pathlib import Path
+    from shutil import which
+
+    return bool(which("nvcc") or (os.environ.get("CUDA_HOME") and Path(os.environ["CUDA_HOME"], "bin", "nvcc").exists()))
+
+
 def instructions(code: str) -> set[str]:
     """Which of the GPU's arithmetic units ``code`` (CUDA source or PTX) uses: ``dp4a``, ``wmma``,
     ``mma`` (tensor-core matrix multiply-accumulate), and which tensor-core arithmetic: ``imma`` (int8
@@ -215,4 +223,5 @@ def instructions(code: str) -> set[str]:
     return {name for name, pattern in _INSTRUCTIONS.items() if re.search(pattern, code)}
 
 
-__all__ = ["DP4A_INTRINSICS", "default_schedule", "instructions", "schedule_layer_kernels", "space_generator"]
+__all__ = ["DP4A_INTRINSICS", "default_schedule", "instructions", "nvcc_available", "schedule_layer_kernels",
+           "space_generator"]

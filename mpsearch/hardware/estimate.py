@@ -246,7 +246,7 @@ class EstimateBackend(Backend):
     # -- compile-only ------------------------------------------------------------------------------
 
     def _missing_toolchain(self) -> str | None:
-        from mpsearch.hardware.build import nvcc_available
+        from mpsearch.hardware.cuda_schedule import nvcc_available
 
         if self.profile.is_gpu and not nvcc_available():
             return "nvcc not found (install the CUDA toolkit to compile the GPU kernels)"

@@ -57,6 +57,7 @@ def _import_tvm() -> None:
 
         tvm, ms = _tvm, _ms
         from mpsearch.hardware.kernels import register_intrinsics
+        from mpsearch.hardware.kernels.intrinsics import register_unpack_rule
 
         register_intrinsics()  # tuned schedules that tensorize with them are replayed in this process
         register_unpack_rule()
@@ -95,25 +96,6 @@ def _task_loggers(log_dir: Path, names: Sequence[str]) -> Iterator[list[logging.
         for logger in loggers:
             logger.removeHandler(handler)
         handler.close()
-
-
-def register_unpack_rule() -> None:
-    """MetaSchedule rule for the blocks a kernel marks ``schedule_rule = UNPACK_RULE`` (the int4
-    unpack feeding the int8 dot): leave it a block of its own. Inlined into the dot it would stop the
-    dot from tensorizing; computed at a loop of the dot (sampled here, before the dot is tiled) it
-    breaks ``GetTensorizeLoopMapping`` (TVM 0.27 InternalError). So the packed tile is unpacked once
-    per call into an int8 buffer, vectorized by ParallelizeVectorizeUnroll's later passes."""
-    import tvm_ffi
-
-    from mpsearch.hardware.kernels import UNPACK_RULE
-
-    def rule(sch: Any, block: Any) -> list:
-        return [sch]
-
-    for kind in ("cpu", "cuda"):  # on a GPU the unbound block is then bound by RewriteUnboundBlock
-        name = f"s_tir.meta_schedule.{kind}.{UNPACK_RULE}"
-        if tvm_ffi.get_global_func(name, allow_missing=True) is None:
-            tvm_ffi.register_global_func(name, rule)
 
 
 def space_generator(target: Any, mod: Any = None) -> Any:

@@ -7,7 +7,7 @@ from typing import Any
 
 from tvm import tirx
 
-from mpsearch.hardware.kernels.spec import CUDA_DOT_ISAS, KGROUP, KOCT, KQUAD, LANES
+from mpsearch.hardware.kernels.spec import CUDA_DOT_ISAS, KGROUP, KOCT, KQUAD, LANES, UNPACK_RULE
 
 # -- the int8 dot product as a tensor intrinsic ---------------------------------------------------
 #
@@ -296,5 +296,23 @@ def dot_intrinsics_for(target: object) -> list[str]:
     return [DOT4_INTRINSICS[isa], *DOT_INTRINSICS.values()] if isa else []  # the denser dot tried first
 
 
-__all__ = ["ARM_DOT4_INTRINSICS", "DOT4_INTRINSICS", "DOT_INTRINSICS", "MMLA_INTRINSICS", "dot_intrinsics_for",
-           "dot_isa", "import_tensor_intrinsics", "register_intrinsics"]
+def register_unpack_rule() -> None:
+    """MetaSchedule rule for the blocks a kernel marks ``schedule_rule = UNPACK_RULE`` (the int4
+    unpack feeding the int8 dot): leave it a block of its own. Inlined into the dot it would stop the
+    dot from tensorizing; computed at a loop of the dot (sampled here, before the dot is tiled) it
+    breaks ``GetTensorizeLoopMapping`` (TVM 0.27 InternalError). So the packed tile is unpacked once
+    per call into an int8 buffer, vectorized by ParallelizeVectorizeUnroll's later passes."""
+    import tvm_ffi
+
+    def rule(sch: Any, block: Any) -> list:
+        return [sch]
+
+    for kind in ("cpu", "cuda"):  # on a GPU the unbound block is then bound by RewriteUnboundBlock
+        name = f"s_tir.meta_schedule.{kind}.{UNPACK_RULE}"
+        if tvm_ffi.get_global_func(name, allow_missing=True) is None:
+            tvm_ffi.register_global_func(name, rule)
+
+
+__all__ = ["ARM_DOT4_INTRINSICS", "DOT4_INTRINSICS", "DOT_INTRINSICS", "MMLA_INTRINSICS",
+           "dot_intrinsics_for", "dot_isa", "import_tensor_intrinsics", "register_intrinsics",
+           "register_unpack_rule"]
