@@ -1,8 +1,9 @@
 """Integer layer kernels (imports TVM: load lazily): quantize the float input in the kernel, then an
 int8 x int8 -> int32 convolution / matmul (packed int4 weights unpacked in the kernel; the blocked dot of
 :attr:`KernelSpec.packed`), dequantize and the shared epilogue. The same code with a float accumulator
-builds the fp32 and weight-only kernels; on AVX-512 hosts fp32 convs take a blocked layout of their own
-(:func:`float_blocked_conv`) and fp32 depthwise convs the phase-split input of :func:`depthwise_dot`.
+builds the fp32 and weight-only kernels; on AVX-512 hosts fp32 convs and linear layers take a blocked
+layout of their own (:func:`float_blocked_conv`) and fp32 depthwise convs the phase-split input of
+:func:`depthwise_dot`.
 """
 
 from __future__ import annotations
@@ -232,7 +233,6 @@ def int_compute(spec: KernelSpec, t: dict[str, te.Tensor]) -> te.Tensor:
         _, acc_at = packed_dot(spec, x, w, t["qp"])
         return epilogue(spec, t, acc_at)
     if spec.depthwise:
-        w = t["w"]
         if spec.w_mode == "i4p":
             w = unpack_plain(spec, w)
         return epilogue(spec, t, depthwise_dot(spec, x, w, t["qp"]))

@@ -174,9 +174,14 @@ class KernelSpec:
         :func:`~mpsearch.hardware.kernels.integer.depthwise_dot`: its input quantized once into rows split
         by column phase (``stride`` of them), so that every tap reads a contiguous run of codes whatever
         the stride. Not on CUDA's ``dp4a`` kernels (their schedule takes the plain layout)."""
-        return self.integer and not self.bitserial and self.op == "conv2d" and self.groups > 1 \
-            and self.groups == self.x_shape[1] == self.w_shape[0] and self.w_shape[1] == 1 \
+        return self.integer and not self.bitserial and self._one_channel_per_group \
             and self.dot_isa not in CUDA_DOT_ISAS
+
+    @property
+    def _one_channel_per_group(self) -> bool:
+        """A depthwise conv's shape: one input and one output channel per group."""
+        return self.op == "conv2d" and self.groups > 1 and self.groups == self.x_shape[1] == self.w_shape[0] \
+            and self.w_shape[1] == 1
 
     @property
     def float_blocked(self) -> bool:
@@ -197,8 +202,7 @@ class KernelSpec:
         """An fp32 depthwise conv on an AVX-512 x86 target: the phase-split input of
         :func:`~.integer.depthwise_dot` (contiguous reads for every tap, any stride) with float values and
         the same hand-built schedule as the integer one."""
-        return self.w_mode == "f32" and self.a_mode == "f32" and self.op == "conv2d" and self.groups > 1 \
-            and self.groups == self.x_shape[1] == self.w_shape[0] and self.w_shape[1] == 1 \
+        return self.w_mode == "f32" and self.a_mode == "f32" and self._one_channel_per_group \
             and self.dot_isa in X86_DOT_ISAS
 
     @property
