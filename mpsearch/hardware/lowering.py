@@ -8,7 +8,8 @@ op; TVM's own Relax importer (``from_exported_program``) lowers every other op, 
 converter turns each ``mpsearch::layer`` into the layer's kernel (:mod:`.kernels`): conv 1-D/2-D
 (grouped, depthwise, any padding/stride/dilation), linear on 2-D or token inputs ``(B, T, D)`` (the 2-D
 kernel on ``(B*T, D)``), ``matmul`` by a constant. Only those layers' weights and input activations are
-quantized; every other op runs in fp32, exactly as the PyTorch fake-quant simulation does. Layer
+quantized; every other op runs in fp32, as the PyTorch fake-quant simulation does (softmax, exp, erf,
+tanh and GELU as vectorizable approximations within float rounding: :mod:`.fast_math`). Layer
 kernel arrays are function inputs after the model inputs (``main(*inputs, *params)``), not constants,
 so nothing is folded back to wider types at compile time; the model's other tensors are constants.
 """
@@ -28,6 +29,7 @@ from tvm import IRModule, relax
 
 from mpsearch.candidate import Candidate
 from mpsearch.errors import LoweringError
+from mpsearch.hardware.fast_math import fast_math
 from mpsearch.hardware.kernels import KernelSpec, make_kernel, pack_weight
 from mpsearch.hardware.kernels.spec import clamp_op
 from mpsearch.hardware.kernels.bitserial import route as bitserial_route
@@ -404,5 +406,5 @@ def lower(
     except Exception as e:  # the importer raises AssertionError/ValueError/TVMError on what it cannot take
         raise LoweringError(f"TVM's Relax importer failed on the model ({type(e).__name__}: "
                             f"{' '.join(str(e).split())[:240]}); rewrite the op it names with supported ops") from None
-    lowered.mod = mod
+    lowered.mod = fast_math(mod)
     return lowered

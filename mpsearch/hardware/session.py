@@ -99,7 +99,7 @@ class Session(ABC):
     def tensor(self, array: np.ndarray) -> Any:
         import tvm
 
-        return tvm.runtime.tensor(np.ascontiguousarray(array), self.device)
+        return tvm.runtime.tensor(np.require(array, requirements="C"), self.device)  # keeps 0-d arrays 0-d
 
     def time(self, module: Any, func_name: str, args: Sequence[Any], m: MeasureSettings,
              repeat: int | None = None) -> list[float]:

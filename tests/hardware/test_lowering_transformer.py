@@ -57,6 +57,10 @@ def _relax_ops(lowered) -> set[str]:
     return set(re.findall(r"R\.((?:nn\.)?[a-z_]+)\(", lowered.mod["main"].script()))
 
 
+def _functions(lowered) -> set[str]:
+    return {gv.name_hint for gv, _ in lowered.mod.functions_items()}
+
+
 @pytest.fixture(scope="module")
 def encoder():
     return _prepared(TinyTransformer(), seed=0)
@@ -66,8 +70,11 @@ def test_encoder_fp32_matches_pytorch(encoder) -> None:
     prepared, ranges = encoder
     lowered, ref, fp32 = _build_and_compare(prepared, ranges, Candidate.uniform(prepared.layer_names, 32, 32))
     np.testing.assert_allclose(ref, fp32, rtol=1e-5, atol=1e-6)  # fp32 candidate = the float model
-    # the non-layer ops are Relax ops TVM legalizes and fuses (fp32), not layer kernels
-    assert {"nn.layer_norm", "nn.gelu", "nn.softmax", "matmul", "permute_dims", "mean"} <= _relax_ops(lowered)
+    # the non-layer ops are Relax ops TVM legalizes and fuses (fp32), not layer kernels; GELU and softmax
+    # are the vectorizable fast versions (mpsearch/hardware/fast_math.py), which still match PyTorch above
+    assert {"nn.layer_norm", "matmul", "permute_dims", "mean"} <= _relax_ops(lowered)
+    assert not {"nn.gelu", "nn.softmax", "exp", "erf"} & _relax_ops(lowered)
+    assert {"fast_gelu", "fast_softmax"} <= _functions(lowered)
 
 
 def test_encoder_mixed_candidate_runs_integer_kernels_on_token_rows(encoder) -> None:
@@ -91,8 +98,9 @@ def test_vit_style_encoder_with_sdpa_class_token_and_tanh_gelu() -> None:
     assert prepared.layer_names[:3] == ["embed", "blocks.0.qkv", "blocks.0.proj"]
     lowered, ref, fp32 = _build_and_compare(prepared, ranges, _mixed(prepared.layer_names), batch=4)
     assert np.abs(ref - fp32).max() > 1e-3
-    # TVM's importer lowers every float op (the class-token select included)
-    assert {"nn.gelu_tanh", "concat", "broadcast_to", "nn.layer_norm"} <= _relax_ops(lowered)
+    # TVM's importer lowers every float op (the class-token select included); tanh-GELU runs the fast tanh
+    assert {"concat", "broadcast_to", "nn.layer_norm"} <= _relax_ops(lowered)
+    assert "fast_gelu_tanh" in _functions(lowered) and "nn.gelu_tanh" not in _relax_ops(lowered)
     assert lowered.kernels["blocks.0.qkv"].x_shape == (4 * 9, 16)  # class token + 8 columns
 
 

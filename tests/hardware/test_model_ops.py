@@ -1,0 +1,109 @@
+"""Real TVM: the fused ops outside the layer kernels (attention's matmuls, softmax, LayerNorm, GELU) are
+found as the compiled model looks them up, the ones that matter are tuned, and the model then runs them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from mpsearch.candidate import Candidate
+from mpsearch.hardware.profile import load_profile
+from tests.hardware.test_lowering_transformer import _prepared
+from tests.sensitivity.other_models import TinyTransformer
+
+tvm = pytest.importorskip("tvm")
+pytestmark = pytest.mark.tvm
+
+from mpsearch.hardware import tvm_backend  # noqa: E402
+from mpsearch.hardware.tvm_backend import TVMBackend, _hash_mod, fuse_for_database  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    prepared, ranges = _prepared(TinyTransformer(dim=32, heads=2), seed=0)
+    p = load_profile("host_cpu")
+    profile = dataclasses.replace(
+        p, measure=dataclasses.replace(p.measure, number=5, repeat=3, min_repeat_ms=5),
+        tuning=dataclasses.replace(p.tuning, trials_per_task=2, trials_per_iter=2))
+    backend = TVMBackend(profile, tmp_path_factory.mktemp("cache"), progress=False)
+    lowered = backend.lower(prepared, Candidate.uniform(prepared.layer_names, 8, 8), ranges)
+    return backend, lowered
+
+
+def _scheduled(backend, lowered) -> set[str]:
+    """Names of the functions the compiled model takes from the tuning database."""
+    from tvm import relax
+
+    with backend.target, backend.db, tvm.transform.PassContext(opt_level=3):
+        mod = relax.transform.MetaScheduleApplyDatabase()(fuse_for_database(lowered.mod, backend.target))
+    return {gv.name_hint for gv, f in mod.functions_items()
+            if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and "tirx.is_scheduled" in f.attrs}
+
+
+def test_model_ops_are_the_fused_functions_outside_the_layer_kernels(model) -> None:
+    backend, lowered = model
+    ops = backend.model_ops(lowered)
+    names = {name for name, _, _ in ops.values()}
+    layers = {_hash_mod(backend._kernel_mod(spec)) for spec in lowered.kernels.values()}
+    assert not layers & set(ops)
+    assert not names & {f"layer_{n.replace('.', '_')}" for n in lowered.kernels}
+    # attention's two batched matmuls, the fast softmax and GELU, LayerNorm: each fused on its own
+    for part in ("matmul", "fast_softmax", "fast_gelu", "layer_norm"):
+        assert any(part in n for n in names), (part, sorted(names))
+    assert all(calls >= 1 for _, _, calls in ops.values())
+
+
+@pytest.mark.slow
+def test_tuned_model_ops_are_the_functions_the_compiled_model_runs(model, monkeypatch) -> None:
+    backend, lowered = model
+    key_before = backend._e2e_key(lowered)
+    assert _scheduled(backend, lowered) == set()  # nothing tuned yet: not even the layer kernels
+    monkeypatch.setattr(tvm_backend, "MODEL_OP_SHARE", 0.15)  # only the largest ops of this small model
+    done = backend.tune_model_ops([lowered], layers_s=0.0)
+    ops = backend.model_ops(lowered)
+    assert done["ops"] == len(ops) and 1 <= len(done["tuned"]) < len(ops)
+    assert backend.stats["tuned_model_ops"] == len(done["tuned"]) and backend.stats["tuned_kernels"] == 0
+    # what was tuned is exactly what compile_relax now takes from the database
+    assert _scheduled(backend, lowered) == set(done["tuned"])
+    # timings made with the untuned ops are not reused for the model that runs the tuned ones
+    assert backend._e2e_key(lowered) != key_before
+    # the small ops were timed (untuned) and left alone
+    untuned = backend.untuned_op_costs(ops)
+    small = [h for h, (name, _, _) in ops.items() if name not in done["tuned"]]
+    assert small and all(untuned[h] > 0 for h in ops)
+
+
+@pytest.mark.parametrize("op, exact, lo, hi, tol", [
+    ("exp", torch.exp, -80, 80, ("rel", 5e-6)),
+    ("erf", torch.erf, -12, 12, ("abs", 2e-6)),
+    ("tanh", torch.tanh, -12, 12, ("abs", 2e-6)),
+    ("gelu", F.gelu, -12, 12, ("abs", 2e-6)),
+    ("gelu_tanh", lambda t: F.gelu(t, approximate="tanh"), -12, 12, ("abs", 2e-6)),
+    ("softmax", lambda t: torch.softmax(t, -1), -40, 40, ("abs", 2e-6)),
+])
+def test_fast_math_is_within_float_rounding_of_the_exact_function(op, exact, lo, hi, tol) -> None:
+    from tvm import relax
+
+    from mpsearch.hardware.fast_math import fast_math
+
+    x = np.linspace(lo, hi, 64 * 1001, dtype=np.float32).reshape(64, 1001)
+    relax_op = {"exp": relax.op.exp, "erf": relax.op.erf, "tanh": relax.op.tanh, "gelu": relax.op.nn.gelu,
+                "gelu_tanh": relax.op.nn.gelu_tanh, "softmax": lambda v: relax.op.nn.softmax(v, -1)}[op]
+    bb = relax.BlockBuilder()
+    v = relax.Var("x", relax.TensorType(x.shape, "float32"))
+    with bb.function("main", [v]):
+        with bb.dataflow():
+            out = bb.emit_output(relax_op(v))
+        bb.emit_func_output(out)
+    mod = fast_math(bb.get())
+    assert "fast" in " ".join(gv.name_hint for gv, _ in mod.functions_items())  # rewritten, not TVM's own
+    vm = relax.VirtualMachine(relax.build(mod, target=tvm.target.Target({"kind": "llvm"})), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x)).numpy().astype(np.float64)
+    ref = exact(torch.from_numpy(x).double()).numpy()
+    kind, bound = tol
+    err = np.abs(got - ref) / (np.abs(ref) if kind == "rel" else 1.0)
+    assert err.max() <= bound, (op, err.max())
