@@ -109,6 +109,35 @@ def test_every_sampled_tile_is_exact_and_runs_the_int8_dot(case):
         assert any(op in asm for op in ("vpdpbusd", "vpmaddwd", "vpdpwssd")), "no int8 dot instructions"
 
 
+def _linear_cases(isa: str) -> list[KernelSpec]:
+    return [
+        KernelSpec("linear", (12, 40), (48, 40), "i8", "u8", epilogue=("add",), dot_isa=isa),  # token rows,
+        # 40 inputs (padded to the channel group), a residual
+        KernelSpec("linear", (16, 64), (24, 64), "i4p", "u8", epilogue=("relu",), dot_isa=isa),  # int4 weights
+        # unpacked once per call; 24 outputs (a lane tile of zero weights)
+        KernelSpec("linear", (8, 32), (32, 32), "i8", "s8", dot_isa=isa),  # signed codes: the 16x2 dot
+        KernelSpec("linear", (6, 64), (16, 64), "i8", "z8", epilogue=("silu",), dot_isa=isa),  # zero point
+        KernelSpec("linear", (1, 96), (32, 96), "i8", "u8", dot_isa=isa),  # one row (a GEMV)
+    ]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_every_sampled_linear_tile_is_exact_and_runs_the_int8_dot(case):
+    """The int8 linear recipe (a tile of rows x 16 lanes of int32 accumulators in registers across the
+    whole reduction) at every row tile it samples is the kernel's own loops, to the bit."""
+    isa = _host_isa()
+    register_intrinsics()
+    spec = _linear_cases(isa)[case]
+    mod = _mod(spec)
+    arrays = _args(spec, np.random.default_rng(case))
+    want = _run(tvm.compile(mod, target=_host()).jit(), arrays)
+    intrinsic = _intrinsic(s_tir.Schedule(mod), isa)
+    for lib in _each_sampled_tile(spec, mod, lambda sch: schedule_conv(sch, intrinsic), arrays, want):
+        asm = lib.mod.inspect_source("s")
+        assert any(op in asm for op in ("vpdpbusd", "vpmaddwd", "vpdpwssd")), "no int8 dot instructions"
+    assert conv_space(isa)(s_tir.Schedule(mod)), "the space offers no int8 linear design"
+
+
 def _each_sampled_tile(spec: KernelSpec, mod: tvm.IRModule, recipe, arrays: list[np.ndarray], want: np.ndarray):
     """Schedule ``mod`` with ``recipe`` from seeds until every tile width of :func:`pixel_tiles` was
     sampled; each one's library is checked bit-exact against ``want`` and yielded."""
@@ -209,7 +238,7 @@ def test_blocked_fp32_weights_are_the_logical_ones_with_zero_lanes():
 def test_the_space_has_no_design_for_kernels_it_does_not_fit():
     space = conv_space("avx512vnni")
     fp32 = KernelSpec("conv2d", (1, 16, 8, 8), (16, 16, 3, 3), "f32", "f32", (1, 1), (1, 1))
-    linear = KernelSpec("linear", (1, 64), (32, 64), "i8", "u8", dot_isa="avx512vnni")
+    linear = KernelSpec("linear", (1, 64), (32, 64), "f32", "f32")  # no AVX-512 dot_isa: the plain matmul
     fp32_depthwise = KernelSpec("conv2d", (1, 16, 8, 8), (16, 1, 3, 3), "f32", "f32", (1, 1), (1, 1), groups=16)
     grouped = KernelSpec("conv2d", (1, 16, 8, 8), (16, 4, 3, 3), "i8", "u8", (1, 1), (1, 1), groups=4,
                          dot_isa="avx512vnni")  # grouped, not depthwise: the topi grouped conv

@@ -1,4 +1,5 @@
-"""A hand-built design space for the blocked int8 and fp32 convolutions (imports TVM: load lazily).
+"""A hand-built design space for the blocked int8 and fp32 convolutions and linear layers (imports TVM:
+load lazily).
 
 MetaSchedule's generic multi-level tiling reaches the int8 dot's arithmetic but, in the few trials a
 run affords, rarely the rest of the kernel: tuned on a VNNI host at 16 replay-trace trials, a ResNet-20
@@ -15,6 +16,11 @@ written by hand:
 - the input is quantized once per call into the channel-group layout, vectorized, and the packed
   int4 weights (if any) are unpacked once per call, vectorized;
 - output rows (and channel blocks) are the parallel loop.
+
+Integer linear layers take it too, their rows as the pixels (a tile of rows x 16 lanes of int32
+accumulators across the whole reduction): MiniLM's 128 x 384 -> 384 W8A8 layer ran 0.36 ms with the
+generic space at 8 trials, 0.12 ms with this recipe untuned (fp32: 0.23 ms), its 384 -> 1536 one
+1.16 -> 0.45 ms (one thread of an AVX-512 VNNI Xeon).
 
 The fp32 convolutions of AVX-512 hosts take the same recipe with FMAs for the dot
 (:func:`schedule_float_conv`: weights prepacked by 16 output channels, one broadcast input and one FMA
@@ -42,16 +48,18 @@ COPIES = 3  # the template's share of a replay-trace budget, beside the generic 
 
 
 def _dot_block(sch: Any) -> Any | None:
-    """The blocked conv's ``dot`` block (5 spatial iterators, the last the 16 lanes, then 4 reduction
-    ones, the last the channel group), or None if this kernel is not one."""
+    """The blocked ``dot`` block of an integer conv (5 spatial iterators, the last the 16 lanes, then 4
+    reduction ones, the last the channel group) or linear layer (rows, lane tiles, the 16 lanes, then
+    the channel groups and the group), or None if this kernel is neither."""
     if not _has_block(sch, "dot"):  # not an integer kernel
         return None
     block = sch.get_sblock("dot")
     iters = sch.get(block).iter_vars
     kinds = [int(v.iter_type) for v in iters]  # 0: data parallel, 2: reduction
-    if kinds != [0] * 5 + [2] * 4 or int(iters[4].dom.extent) != LANES:
-        return None
-    return block
+    for spatial, reduction in ((5, 4), (3, 2)):
+        if kinds == [0] * spatial + [2] * reduction and int(iters[spatial - 1].dom.extent) == LANES:
+            return block
+    return None
 
 
 def _has_block(sch: Any, name: str) -> bool:
@@ -89,8 +97,12 @@ def _parallel_vectorized(sch: Any, block: Any, inner: int) -> None:
 
 
 def schedule_conv(sch: Any, intrinsic: str) -> None:
-    """Schedule a blocked int8 conv kernel in place (the module docstring's recipe)."""
+    """Schedule a blocked int8 conv or linear kernel in place (the module docstring's recipe; a linear
+    layer's rows are the pixels)."""
     dot = sch.get_sblock("dot")
+    if len(sch.get_loops(dot)) == 5:
+        _schedule_linear(sch, dot, intrinsic)
+        return
     b, oc, y, x, oi, c2, ry, rx, ci = sch.get_loops(dot)
     tiles = pixel_tiles(int(sch.get(x).extent))
     tile = sch.sample_categorical(tiles, [1 / len(tiles)] * len(tiles))
@@ -100,11 +112,32 @@ def schedule_conv(sch: Any, intrinsic: str) -> None:
     sch.reverse_compute_at(out, xo, preserve_unit_loops=True)  # a loop count that no tile size changes
     sch.vectorize(sch.get_loops(out)[-1])
     sch.parallel(sch.fuse(b, oc, y))
-    dots = sch.blockize(oi)
-    sch.decompose_reduction(dots, c2)
+    _tensorize_tile(sch, oi, c2, xi, intrinsic)
+
+
+def _schedule_linear(sch: Any, dot: Any, intrinsic: str) -> None:
+    """:func:`schedule_conv` for a linear layer: tiles of rows x 16 output lanes of int32 accumulators
+    across the whole reduction, lane tiles and row tiles in parallel."""
+    m, oc, oi, k2, ki = sch.get_loops(dot)
+    tiles = pixel_tiles(int(sch.get(m).extent))
+    tile = sch.sample_categorical(tiles, [1 / len(tiles)] * len(tiles))
+    mo, mi = sch.split(m, [None, tile])
+    sch.reorder(oc, mo, k2, mi, oi, ki)
+    out = sch.get_sblock("epilogue")
+    sch.reverse_compute_at(out, mo, preserve_unit_loops=True)
+    sch.vectorize(sch.get_loops(out)[-1])
+    sch.parallel(sch.fuse(oc, mo))
+    _tensorize_tile(sch, oi, k2, mi, intrinsic)
+
+
+def _tensorize_tile(sch: Any, lanes: Any, reduction: Any, tile: Any, intrinsic: str) -> None:
+    """The dot under ``lanes`` as one ``intrinsic`` call, its zeroing outside ``reduction``, the tile's
+    pixels (rows) unrolled; the input quantized (and int4 weights unpacked) once, vectorized."""
+    dots = sch.blockize(lanes)
+    sch.decompose_reduction(dots, reduction)
     sch.tensorize(dots, intrinsic)
-    sch.unroll(xi)
-    _parallel_vectorized(sch, sch.get_sblock("quantize"), 2)  # (..., column, channel group)
+    sch.unroll(tile)
+    _parallel_vectorized(sch, sch.get_sblock("quantize"), 2)  # (..., column or channel groups, group)
     if _has_block(sch, "unpack_int4"):  # int4 weights
         _parallel_vectorized(sch, sch.get_sblock("unpack_int4"), 2)
 
