@@ -104,7 +104,7 @@ def kernel_arrays(module: nn.Module, spec: KernelSpec, w_bits: int, act: ActQuan
             # kernel keeps the symmetric epilogue (conv borders are padded with z: kernels._zero_point_input)
             rowsum = codes_np.reshape(out_ch, -1).astype(np.int64).sum(1)
             bias = bias.astype(np.float64) - scale.astype(np.float64) * act.zero_point * rowsum
-        if spec.a_offset:  # the kernel's dot takes codes - offset (sdot is s8 x s8; VNNI u8 x s8): add offset·rowsum(w) back
+        if spec.a_offset:  # the kernel's dot takes codes - offset (sdot is s8 x s8): add offset·rowsum(w) back
             rowsum = codes_np.reshape(out_ch, -1).astype(np.int64).sum(1)
             bias = bias.astype(np.float64) + scale.astype(np.float64) * spec.a_offset * rowsum
     arrays.append(bias.astype(np.float32))

@@ -58,8 +58,7 @@ def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> t
     blocked weights; the int32 accumulator has the 16 output lanes innermost. Returns it and
     ``(n, o, ...) -> acc value``."""
     off = spec.a_offset
-    # u8 / z8 codes as they are, or s8 ones shifted up (VNNI); u8 shifted down (sdot, tensor cores), s8: int8
-    dtype = "uint8" if (spec.a_mode in ("u8", "z8") and not off) or off < 0 else "int8"
+    dtype = "uint8" if spec.a_mode in ("u8", "z8") and not off else "int8"
     # On ARM the quantized input stays a block of its own (UNPACK_RULE's custom rule): MetaSchedule's
     # AutoInline would fold it into the dot, whose reads then no longer match any dot intrinsic, and
     # RewriteTensorize leaves such a sketch untensorized with only a warning. (x86 kernels keep their

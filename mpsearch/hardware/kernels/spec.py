@@ -62,8 +62,7 @@ class KernelSpec:
         target, else 2 (the 16x2 layout: the exact ``vpmaddwd`` dot on x86, plain loops elsewhere).
 
         x86: the 16x4 dot multiplies u8 activations by s8 weights. VNNI's ``vpdpbusd`` adds the four
-        products straight into int32: exact for any u8 activation, and for s8 ones shifted into u8
-        (:attr:`a_offset`; a LayerNorm's signed outputs feeding a transformer's linear layers). AVX-512BW's ``vpmaddubsw`` first adds
+        products straight into int32: exact for any u8 activation. AVX-512BW's ``vpmaddubsw`` first adds
         product pairs into int16 with saturation, exact only while 2 * amax * |wmax| <= 32767: 4-bit
         activations (2 * 15 * 128 = 3840) or 4-bit weights (2 * 255 * 8 = 4080).
 
@@ -82,10 +81,8 @@ class KernelSpec:
         if self.dot_isa in CUDA_DOT_ISAS:
             tiles = self.integer and self.groups == 1 and self.w_shape[1] % KQUAD == 0
             return KQUAD if tiles and self.a_mode in ("u8", "s8", "z8") else KGROUP
-        if not self.integer or self.groups != 1 or self.a_mode not in ("u8", "s8"):
+        if not self.integer or self.groups != 1 or self.a_mode != "u8":
             return KGROUP
-        if self.a_mode == "s8":  # VNNI: shifted into u8 (a_offset), exact; vpmaddubsw would saturate on them
-            return KQUAD if self.dot_isa == "avx512vnni" and self.w_mode in ("i8", "i4p") else KGROUP
         exact = self.dot_isa == "avx512vnni" or (
             self.dot_isa == "avx512bw" and (self.a_bits <= 4 or self.w_mode == "i4p"))
         return KQUAD if exact else KGROUP
@@ -137,11 +134,7 @@ class KernelSpec:
         signedness (PTX ``wmma.mma.sync`` ``.s8.s8`` or ``.u8.u8``: no u8 x s8) and TVM registers the s8
         one. The lowering adds the ``128 * scale * rowsum(w)`` this takes away to the bias
         (:func:`~mpsearch.hardware.lowering.kernel_arrays`), and conv borders hold the shifted code of
-        0.0. -128 where s8 codes meet VNNI's u8 x s8 ``vpdpbusd`` (``s + 128``, the bias then takes
-        ``128 * scale * rowsum(w)`` off, conv borders hold 128). 0 elsewhere: the codes go into the dot as
-        they are (uint8 codes <= 127 are int8 codes)."""
-        if self.a_mode == "s8" and self.dot_isa == "avx512vnni" and self.packed and self.kgroup == KQUAD:
-            return -128  # s8 codes + 128 are u8 codes for vpdpbusd (u8 x s8); the bias takes 128·rowsum(w) off
+        0.0. 0 elsewhere: the codes go into the dot as they are (uint8 codes <= 127 are int8 codes)."""
         if self.a_mode not in ("u8", "z8") or self.a_bits <= 7:
             return 0
         if self.tensor_core:
