@@ -722,14 +722,15 @@ class TVMBackend(Backend):
             for h, (name, mod, calls) in self.model_ops(low).items():
                 ops[h] = (name, mod, max(calls, ops[h][2] if h in ops else 0))
         untuned = self.untuned_op_costs(ops)
-        total = layers_s + sum(untuned[h] * calls for h, (_, _, calls) in ops.items())
-        chosen = {h: (f"op_{name}", mod) for h, (name, mod, calls) in ops.items()
-                  if untuned[h] > 0 and untuned[h] * calls >= MODEL_OP_SHARE * total}
+        cost = {h: untuned[h] * calls for h, (_, _, calls) in ops.items()}  # per model call, untuned
+        total = layers_s + sum(cost.values())
+        chosen = {h: (f"op_{ops[h][0]}", ops[h][1]) for h in ops
+                  if untuned[h] > 0 and cost[h] >= MODEL_OP_SHARE * total}
         if chosen:
             self.tune(chosen, required=False)
-        untuned_s = sum(untuned[h] * ops[h][2] for h in chosen)
+        untuned_s = sum(cost[h] for h in chosen)
         log.info("%d op(s) outside the layer kernels, %d worth tuning (%.3f of %.3f ms untuned)",
-                 len(ops), len(chosen), untuned_s * 1e3, sum(untuned[h] * c for h, (_, _, c) in ops.items()) * 1e3)
+                 len(ops), len(chosen), untuned_s * 1e3, sum(cost.values()) * 1e3)
         return {"ops": len(ops), "tuned": sorted(ops[h][0] for h in chosen if self._has_record(ops[h][1])),
                 "untuned_ms": round(untuned_s * 1e3, 4)}
 
