@@ -1,7 +1,8 @@
 """A fixed-seed run gives the candidates and accuracies stored before the pipeline was split into stages.
 
 ``tests/data/stored_runs.json`` was written by this file's ``__main__`` at ffc0e72, before
-``mpsearch/stages/`` existed; latencies (and timings) are left out, everything else a run decides is
+``mpsearch/stages/`` existed, and rewritten once when the KL objective moved to float64 (its float32
+value for near-equal predictions was rounding noise, 11% apart between two ISAs); latencies (and timings) are left out, everything else a run decides is
 compared: the candidates' bits, kinds, trials and accuracies, the proxy validation, the notes and the
 run folder's files. ``default_model`` is the shipped ResNet-20 on Fashion-MNIST at the default settings
 (slow: minutes on two cores); the others are the tiny model. Costs come from the table backend, so the
@@ -36,6 +37,15 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 }
 GIVEN = {"stem": [8, 8], "conv1": [4, 4], "conv2": [4, 8], "down": [8, 8], "fc": [32, 32]}
 _SECONDS = re.compile(r"\d+(\.\d+)? s\b")
+# Float32 kernels differ by ISA (AVX2, AVX-512, AMX), and a fake-quantized activation whose value sits
+# on a rounding tie rounds the other way: measured on one host between torch's AVX2 and AVX-512 kernels
+# (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA), the default model's candidates gain or lose up to 3 of
+# 10,000 test images, and its calibration KL moves up to 0.6%. What the run decides (bits, kinds,
+# trials, notes, files) is compared exactly; a measured value to REL of the larger of itself and the
+# largest value of its quantity (a per-layer trace near zero is noise-level there); an accuracy to a
+# few images (SAMPLES: absolute, in the value's unit).
+REL = 1e-2
+SAMPLES = {"accuracy": 1e-3, "accuracy_rtn": 1e-3, "acc_drop_pts": 0.2}
 
 
 def _round(x: Any) -> Any:
@@ -79,17 +89,38 @@ def run_scenario(name: str, root: Path) -> RunOutcome:
     return run(cfg, table_backend_factory)
 
 
-def _close(got: Any, want: Any, where: str = "") -> None:
+def _child(key: str, k: str) -> str:
+    """The quantity ``key.k`` is part of: a sensitivity estimator's values over the layers are one."""
+    return f"{key}.*" if key.startswith(".sensitivity.") else f"{key}.{k}"
+
+
+def _scales(want: Any, where: str = "", out: dict[str, float] | None = None) -> dict[str, float]:
+    """The largest magnitude of each quantity (its path, every list index as ``[0]``; see _child)."""
+    out = {} if out is None else out
+    if isinstance(want, dict):
+        for k, v in want.items():
+            _scales(v, _child(where, k), out)
+    elif isinstance(want, list):
+        for v in want:
+            _scales(v, f"{where}[0]", out)
+    elif isinstance(want, float):
+        out[where] = max(out.get(where, 0.0), abs(want))
+    return out
+
+
+def _close(got: Any, want: Any, scales: dict[str, float], where: str = "", key: str = "") -> None:
     if isinstance(want, float) and isinstance(got, float):
-        assert got == pytest.approx(want, rel=1e-5, abs=1e-9), where  # float32 sums differ by ISA
+        name = key.rsplit(".", 1)[-1]
+        tol = SAMPLES[name] if name in SAMPLES else REL * max(abs(want), scales.get(key, 0.0))
+        assert abs(got - want) <= tol, f"{where}: got {got!r}, stored {want!r} (tolerance {tol:.3g})"
     elif isinstance(want, dict) and isinstance(got, dict):
         assert got.keys() == want.keys(), where
         for k in want:
-            _close(got[k], want[k], f"{where}.{k}")
+            _close(got[k], want[k], scales, f"{where}.{k}", _child(key, k))
     elif isinstance(want, list) and isinstance(got, list):
         assert len(got) == len(want), where
         for i, (g, w) in enumerate(zip(got, want)):
-            _close(g, w, f"{where}[{i}]")
+            _close(g, w, scales, f"{where}[{i}]", f"{key}[0]")
     else:
         assert got == want, where
 
@@ -101,7 +132,7 @@ def test_fixed_seed_run_matches_the_stored_summary(name: str, tmp_path: Path) ->
     # the candidates first: the clearest message when the search or the evaluation changed
     assert [(c["label"], c["bits"]) for c in got["candidates"]] == \
         [(c["label"], c["bits"]) for c in want["candidates"]]
-    _close(got, want)
+    _close(got, want, _scales(want))
 
 
 if __name__ == "__main__":

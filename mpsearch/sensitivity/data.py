@@ -183,7 +183,7 @@ def with_objective(model: nn.Module, samples: Samples, chunk: int, estimator: st
         kind, target = "mse", labels.float()
         why = "float labels shaped like the output: squared error to them"
     elif ref.dim() == 2 and ref.shape[1] >= 2:
-        kind, target = "kl", F.log_softmax(ref, 1)
+        kind, target = "kl", F.log_softmax(ref.double(), 1)  # float64: KL of near-equal predictions cancels
         why = "no class labels for the (N, C) output: KL divergence from the FP32 predictions"
     else:
         kind, target = "mse", ref
@@ -199,7 +199,7 @@ def objective_loss(out: object, objective: str, target: Tensor, total: int) -> T
     if objective == "ce":
         return F.cross_entropy(_class_logits(out, target), target, reduction="sum") / total
     if objective == "kl":
-        return F.kl_div(F.log_softmax(out.float(), 1), target, log_target=True, reduction="sum") / total
+        return F.kl_div(F.log_softmax(out.double(), 1), target.double(), log_target=True, reduction="sum") / total
     if objective == "mse":
         return 0.5 * (out.float() - target).pow(2).sum() / total
     raise ConfigError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
