@@ -99,15 +99,11 @@ def kernel_arrays(module: nn.Module, spec: KernelSpec, w_bits: int, act: ActQuan
         if int_act:  # integer kernel: dequantize the int32 accumulator in one multiply
             scale = (scale * np.float32(act.scale)).astype(np.float32)
         arrays.append(scale)
-        if spec.integer and act.asymmetric:
-            # sum((q - z)·w) = sum(q·w) - z·rowsum(w): the constant per channel joins the bias, so the
-            # kernel keeps the symmetric epilogue (conv borders are padded with z: kernels._zero_point_input)
-            rowsum = codes_np.reshape(out_ch, -1).astype(np.int64).sum(1)
-            bias = bias.astype(np.float64) - scale.astype(np.float64) * act.zero_point * rowsum
-        if spec.a_offset:  # the kernel's dot takes codes - offset (sdot is s8 x s8): add offset·rowsum(w) back
-            rowsum = codes_np.reshape(out_ch, -1).astype(np.int64).sum(1)
-            bias = bias.astype(np.float64) + scale.astype(np.float64) * spec.a_offset * rowsum
     arrays.append(bias.astype(np.float32))
+    if spec.acc_offset:  # (a_offset - z) * rowsum(w), added to the int32 accumulator
+        rowsum = codes_np.reshape(out_ch, -1).astype(np.int64).sum(1)
+        zero = int(round(act.zero_point)) if act.asymmetric else 0
+        arrays.append(((spec.a_offset - zero) * rowsum).astype(np.int32))
     if int_act:
         qp = [act.inv_scale, act.qmin, act.qmax, act.scale] + ([act.zero_point] if act.asymmetric else [])
         arrays.append(np.array(qp, dtype=np.float32))

@@ -44,13 +44,18 @@ def weight_storage_bytes(weight_shape: tuple[int, ...], w_bits: int, a_bits: int
     ``bitserial``: the profile runs W2A2 layers bit-serial (``precisions.bitserial``), so such a layer
     stores two bit-planes of packed words (:func:`bitserial_weight_shape`) instead of packed int4.
     ``zero_point``: the layer's activations are asymmetric (``z8`` kernels), whose quantizer holds a fifth
-    float, the zero point (the ``-z·rowsum(w)`` correction is folded into the bias: no further bytes).
+    float, the zero point, and an int32 per output channel, the accumulator's ``-z·rowsum(w)``
+    (:attr:`~mpsearch.hardware.kernels.KernelSpec.acc_offset`). A target whose dot takes shifted codes
+    (``a_offset``: sdot, VNNI on s8, tensor cores) holds that int32 for other layers too: 4 bytes per
+    output channel this does not count.
     """
     out_ch = weight_shape[0]
     per_ch = math.prod(weight_shape[1:])
     mode = weight_mode(w_bits)
     # + (inv_scale, qmin, qmax, scale[, zero point])
     bias = 4 * out_ch + ((20 if zero_point else 16) if is_integer_bits(a_bits) else 0)
+    if zero_point and is_integer_bits(a_bits) and mode in ("i8", "i4p"):
+        bias += 4 * out_ch  # the int32 accumulator offset
     if bitserial and w_bits <= BITSERIAL_MAX_BITS and a_bits <= BITSERIAL_MAX_BITS and not zero_point:
         word_bytes = bitserial_word_bits(weight_shape[1]) // 8
         return math.prod(bitserial_weight_shape(weight_shape)) * word_bytes + 4 * out_ch + bias

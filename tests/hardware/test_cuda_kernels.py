@@ -148,8 +148,8 @@ def _run(lib: object, arrays: list[np.ndarray]) -> np.ndarray:
 @pytest.mark.parametrize("spec", EXACT, ids=lambda s: f"{s.op}-{s.w_mode}-{s.a_mode}{s.a_bits}-{s.w_shape}")
 def test_tensor_core_kernel_is_exact_on_the_host(spec: KernelSpec) -> None:
     """The integer tensor-core kernels' arithmetic, built for this host: im2col (padding, stride,
-    dilation), uint8 codes shifted into int8 with the bias carrying ``128·rowsum(w)`` back (as
-    lowering.kernel_arrays folds it), int4 unpacked. With scale 1 the output is the integer sum of the
+    dilation), uint8 codes shifted into int8 with the int32 offset carrying ``128·rowsum(w)`` back (as
+    lowering.kernel_arrays computes it), int4 unpacked. With scale 1 the output is the integer sum of the
     PyTorch fake-quant codes, bit for bit (a conv's border is the code of 0.0: the zero point)."""
     from mpsearch.hardware.kernels import pack_weight
 
@@ -161,9 +161,10 @@ def test_tensor_core_kernel_is_exact_on_the_host(spec: KernelSpec) -> None:
     # inputs whose codes hit qmin, qmax (clipped beyond them) and values between
     x = rng.choice(np.array([act.qmin * SCALE - 9, act.qmax * SCALE + 9, 0.3, -0.3, 1.0, 2.5], np.float32),
                    spec.x_shape)
-    bias = (spec.a_offset * codes.reshape(o, -1).astype(np.int64).sum(1)).astype(np.float32)  # exact: < 2**24
+    offset = (spec.a_offset * codes.reshape(o, -1).astype(np.int64).sum(1)).astype(np.int32)
     qp = [act.inv_scale, act.qmin, act.qmax, act.scale, *([act.zero_point] if spec.a_mode == "z8" else [])]
-    out = _run(_host(spec), [x, pack_weight(spec, codes), np.ones(o, np.float32), bias, np.array(qp, np.float32),
+    out = _run(_host(spec), [x, pack_weight(spec, codes), np.ones(o, np.float32), np.zeros(o, np.float32),
+                             *([offset] if spec.acc_offset else []), np.array(qp, np.float32),
                              np.zeros(spec.out_shape, np.float32)])
     a = quantize_act(torch.from_numpy(x).double(), act)
     w = torch.from_numpy(codes).double()

@@ -199,3 +199,28 @@ def test_16x4_tuned_kernels_are_tensorized_and_exact(tmp_path: Path) -> None:
         codes = np.random.default_rng(2).choice(np.array(values, np.int8), spec.w_shape)
         exact, amax = _run_exact(tvm.compile(sch.mod, target=backend.target), spec, codes, 2**a_bits - 1)
         assert exact and amax > 2**12, name
+
+
+def test_vnni_takes_signed_activations_shifted_into_u8_and_matches_simulation() -> None:
+    """A transformer's linear layers after LayerNorm see signed (s8) codes. On VNNI they take the 16x4
+    ``vpdpbusd`` dot (u8 x s8) as ``s + 128``, the int32 accumulator taking ``128 * rowsum(w)`` back off:
+    the lowered model (its kernels' own loops, on any CPU) equals the fake-quant simulation. Without
+    VNNI (``vpmaddubsw`` would saturate on the shifted codes) they keep the exact 16x2 dot."""
+    from tests.hardware.test_lowering_transformer import _prepared
+    from tests.sensitivity.other_models import TinyTransformer
+    from mpsearch.testing import synthetic_split
+
+    prepared, ranges = _prepared(TinyTransformer(dim=32, heads=2), seed=0)
+    cand = Candidate.uniform(prepared.layer_names, 8, 8)
+    lowered = lower(prepared, cand, ranges, batch=2, dot_isa="avx512vnni")
+    signed = {n: s for n, s in lowered.kernels.items() if s.a_mode == "s8" and s.packed}
+    assert "block.q" in signed  # LayerNorm's output (the 3-class head keeps the plain layout, unshifted)
+    for spec in signed.values():
+        assert (spec.kgroup, spec.a_offset) == (4, -128)
+        assert (dataclasses.replace(spec, dot_isa="avx512bw").kgroup,
+                dataclasses.replace(spec, dot_isa="avx512bw").a_offset) == (2, 0)
+    assert all(s.a_offset == 0 for n, s in lowered.kernels.items() if n not in signed)
+    assert_runs_as_simulated(lowered, prepared, cand, ranges, synthetic_split("test", 2).tensors[0])
+    spec = signed["block.q"]
+    lib = tvm.compile(tensorized(spec, DOT4_INTRINSICS["avx512vnni"]), target=CASCADELAKE)
+    assert "vpdpbusd" in lib.mod.inspect_source("asm")

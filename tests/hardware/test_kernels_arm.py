@@ -106,8 +106,8 @@ def _codes_and_input(spec: KernelSpec, seed: int = 0) -> tuple[np.ndarray, np.nd
 
 def _reference(spec: KernelSpec, codes: np.ndarray, x: np.ndarray) -> np.ndarray:
     """relu(sum(a * w)) from the fake-quant activation codes, in float64 (exact at these sizes). z8: the
-    codes include the zero point, and a conv's border is the code of 0.0, the zero point (the kernel's
-    bias carries -z·rowsum(w); here the bias is 0, so the raw code sums are compared)."""
+    codes include the zero point, and a conv's border is the code of 0.0, the zero point (the lowering's
+    int32 offset carries -z·rowsum(w); here it does not, so the raw code sums are compared)."""
     act = _act(spec)
     a = quantize_act(torch.from_numpy(x).double(), act)
     w = torch.from_numpy(codes).double()
@@ -121,11 +121,12 @@ def _reference(spec: KernelSpec, codes: np.ndarray, x: np.ndarray) -> np.ndarray
 
 
 def _args(spec: KernelSpec, codes: np.ndarray, x: np.ndarray) -> list[np.ndarray]:
-    """Scale 1 and bias 0 (the lowering's offset·rowsum(w) where the codes are shifted): the output is
-    the integer accumulator of the codes."""
+    """Scale 1, bias 0 and the int32 offset a_offset·rowsum(w) (where the codes are shifted; the zero
+    point left in): the output is the integer accumulator of the raw codes."""
     act, o = _act(spec), spec.w_shape[0]
-    bias = (spec.a_offset * codes.reshape(o, -1).astype(np.int64).sum(1)).astype(np.float32)
-    return [x, pack_weight(spec, codes), np.ones(o, np.float32), bias,
+    offset = (spec.a_offset * codes.reshape(o, -1).astype(np.int64).sum(1)).astype(np.int32)
+    return [x, pack_weight(spec, codes), np.ones(o, np.float32), np.zeros(o, np.float32),
+            *([offset] if spec.acc_offset else []),
             np.array([act.inv_scale, act.qmin, act.qmax, act.scale, *([act.zero_point] if act.zero_point else [])],
                      np.float32),
             np.zeros(spec.out_shape, np.float32)]
@@ -224,7 +225,7 @@ def test_lowered_model_in_arm_layouts_matches_simulation(isa: str, kgroups: dict
     lowered = lower(prepared, cand, ranges, batch=4, dot_isa=isa)
     assert {n: s.kgroup for n, s in lowered.kernels.items() if s.packed} == kgroups
     shifted = {n for n, s in lowered.kernels.items() if s.a_offset}
-    assert shifted == ({"conv1", "fc"} if isa == "sdot" else set())  # the bias carries 128·rowsum(w) back
+    assert shifted == ({"conv1", "fc"} if isa == "sdot" else set())  # the int32 offset carries 128·rowsum(w) back
     assert_runs_as_simulated(lowered, prepared, cand, ranges, x)
 
 
@@ -325,9 +326,9 @@ def test_metaschedule_space_tensorizes_and_stays_exact_under_qemu(label: str, qe
 @pytest.mark.parametrize(("isa", "w_bits"), [("i8mm", 8), ("i8mm", 4), ("sdot", 8)])
 def test_zero_point_layer_matches_the_quant_layer_under_qemu(isa: str, w_bits: int, qemu: None,
                                                              tmp_path: Path) -> None:
-    """A z8 conv with the lowering's own arrays (-scale·z·rowsum(w) folded into the bias, zero-point
-    borders), tensorized with usmmla for the i8mm board and with sdot on codes shifted by -128 (the bias
-    also carrying +128·scale·rowsum(w)) for the dotprod one, matches the PyTorch QuantLayer under qemu."""
+    """A z8 conv with the lowering's own arrays (the int32 offset -z·rowsum(w), zero-point borders),
+    tensorized with usmmla for the i8mm board and with sdot on codes shifted by -128 (the offset then
+    (128 - z)·rowsum(w)) for the dotprod one, matches the PyTorch QuantLayer under qemu."""
     from torch import nn
 
     from mpsearch.hardware.lowering import kernel_arrays, kernel_spec

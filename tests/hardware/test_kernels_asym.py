@@ -71,7 +71,8 @@ def test_z8_kernel_matches_the_fake_quant_reference(name: str, w_bits: int) -> N
         lib["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in [x, *arrays]], out)
         return out.numpy()
 
-    # 1. The lowering's real arrays (bias with -scale·z·rowsum folded in, 5-entry qp) against QuantLayer;
+    # 1. The lowering's real arrays (integer weights: the int32 accumulator offset -z·rowsum(w); 5-entry qp)
+    #    against QuantLayer;
     #    float weights (fp32, fp16): the input is dequantized in-kernel, (q - z)·scale.
     arrays = kernel_arrays(module, spec, w_bits, act)
     assert arrays[-1].tolist() == pytest.approx([act.inv_scale, act.qmin, act.qmax, act.scale, act.zero_point])
@@ -83,12 +84,16 @@ def test_z8_kernel_matches_the_fake_quant_reference(name: str, w_bits: int) -> N
     assert (spec.weight_padding_bytes > 0) == (spec.packed and name.endswith("padded"))
     if w_bits > 8:
         return
-    # 2. Bit-exact: with scale 1 and the bias of a bias-free layer (-z·rowsum, as folded), the output is the
-    #    integer sum((q - z)·w) of the PyTorch fake-quant codes, padded borders included.
+    # 2. Bit-exact: with scale 1 and no bias, the output is the integer sum((q - z)·w) of the PyTorch
+    #    fake-quant codes, padded borders included (the lowering's int32 offset is -z·rowsum(w)).
     codes, _ = quantize_weight(module.weight.detach(), w_bits)
     o = codes.shape[0]
-    arrays[1] = np.ones(o, np.float32)
-    arrays[2] = (-act.zero_point * codes.reshape(o, -1).double().sum(1)).numpy().astype(np.float32)
+    names = [n for n, _, _ in spec.inputs()[1:]]
+    offset = arrays[names.index("offset")]
+    assert offset.dtype == np.int32
+    np.testing.assert_array_equal(offset, -act.zero_point * codes.reshape(o, -1).long().sum(1).numpy())
+    arrays[names.index("scale")] = np.ones(o, np.float32)
+    arrays[names.index("bias")] = np.zeros(o, np.float32)
     xq = (quantize_act(x, act) - act.zero_point).double()
     w = codes.double()
     exact = (torch.nn.functional.conv2d(xq, w, stride=module.stride, padding=module.padding, groups=module.groups)
@@ -159,12 +164,12 @@ def test_z8_dot_is_tensorized_and_exact(tmp_path) -> None:
     codes = rng.integers(-128, 128, spec.w_shape).astype(np.int8)
     act = ActQuant.from_range(-3.0, 22.5, 8, "asymmetric")  # z = 30
     x = rng.uniform(-5, 30, spec.x_shape).astype(np.float32)
-    bias = (-act.zero_point * codes.reshape(16, -1).astype(np.int64).sum(1)).astype(np.float32)
+    offset = (-act.zero_point * codes.reshape(16, -1).astype(np.int64).sum(1)).astype(np.int32)
     qp = np.array([act.inv_scale, act.qmin, act.qmax, act.scale, act.zero_point], np.float32)
     lib = tvm.compile(sch.mod, target=backend.target)
     out = tvm.runtime.tensor(np.zeros(spec.out_shape, np.float32))
-    lib["main"](*[tvm.runtime.tensor(a) for a in (x, pack_weight(spec, codes), np.ones(16, np.float32), bias, qp)],
-                out)
+    args = (x, pack_weight(spec, codes), np.ones(16, np.float32), np.zeros(16, np.float32), offset, qp)
+    lib["main"](*[tvm.runtime.tensor(a) for a in args], out)
     xq = (quantize_act(torch.tensor(x), act) - act.zero_point).double()
     acc = torch.nn.functional.conv2d(xq, torch.tensor(codes, dtype=torch.float64), padding=1).numpy()
     assert np.abs(acc).max() > 2 ** 15

@@ -111,8 +111,10 @@ def test_config_and_storage() -> None:
     with pytest.raises(ConfigError, match=r"^search.act_scheme='asym' is unknown; use one of symmetric, asymmetric$"):
         validate(cfg)
     shape = (32, 16, 3, 3)
-    for w_bits in (32, 8, 4):  # the fifth quantizer float, the zero point; the rowsum is folded into the bias
-        assert weight_storage_bytes(shape, w_bits, 8, zero_point=True) == weight_storage_bytes(shape, w_bits, 8) + 4
+    # the fifth quantizer float, the zero point; integer weights: an int32 -z·rowsum(w) per output channel
+    assert weight_storage_bytes(shape, 32, 8, zero_point=True) == weight_storage_bytes(shape, 32, 8) + 4
+    for w_bits in (8, 4):
+        assert weight_storage_bytes(shape, w_bits, 8, zero_point=True) == weight_storage_bytes(shape, w_bits, 8) + 4 + 4 * 32
     assert weight_storage_bytes(shape, 8, 32, zero_point=True) == weight_storage_bytes(shape, 8, 32)
 
 

@@ -33,11 +33,15 @@ def _apply(op: str, v: tirx.PrimExpr, residual: Callable[[], tirx.PrimExpr]) -> 
 
 
 def epilogue(spec: KernelSpec, t: dict[str, te.Tensor], acc_at: Callable[..., tirx.PrimExpr]) -> te.Tensor:
-    """Dequantize (integer kernels), add the bias, then the fused ops of ``spec.epilogue`` in order."""
+    """Add the int32 ``offset`` (:attr:`KernelSpec.acc_offset`), dequantize (integer kernels), add the bias,
+    then the fused ops of ``spec.epilogue`` in order."""
     residuals = [t[f"res{i}"] for i, e in enumerate(spec.epilogue) if e == "add"]
 
     def value(*i: tirx.Var) -> tirx.PrimExpr:
-        v = acc_at(*i).astype("float32")
+        v = acc_at(*i)
+        if spec.acc_offset:
+            v = v + t["offset"][i[1]]
+        v = v.astype("float32")
         if spec.integer:
             v = v * t["scale"][i[1]]
         v = v + t["bias"][i[1]]

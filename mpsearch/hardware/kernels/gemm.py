@@ -14,7 +14,7 @@ shared-memory copy). TVM 0.27 does not lower its wmma tiling of topi's NCHW conv
 Arithmetic, the same as the other kernels':
 
 - integer: the activation codes are quantized into int8 (8-bit uint8 codes shifted by -128,
-  :attr:`KernelSpec.a_offset`, the lowering's bias adds ``128 · scale · rowsum(w)`` back), int4 weights
+  :attr:`KernelSpec.a_offset`, the int32 accumulator gets ``128 · rowsum(w)`` back, :attr:`KernelSpec.acc_offset`), int4 weights
   unpacked to int8, and int8 x int8 products summed in int32: exact, so the output is bit-identical to
   the host build of the same kernel;
 - fp16: the input cast to half, half weights, products summed in fp32 (the wmma ``f32`` accumulator);

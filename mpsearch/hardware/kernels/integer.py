@@ -35,7 +35,7 @@ def quantize(x: tirx.PrimExpr, qp: te.Tensor, dtype: str, offset: int = 0) -> ti
 def zero_point_input(spec: KernelSpec, x: te.Tensor, qp: te.Tensor) -> tuple[te.Tensor, tuple[int, int]]:
     """The z8 input of a plain-layout kernel and the padding left for the conv. Against integer weights:
     uint8 codes, a conv's padding filled here with the code of 0.0 (the zero point ``qp[4]``, not code 0),
-    so that the bias-folded ``-z·rowsum(w)`` holds at the borders too. Against float weights: dequantized,
+    so that the accumulator offset ``-z·rowsum(w)`` (:attr:`KernelSpec.acc_offset`) holds at the borders too. Against float weights: dequantized,
     ``(q - z) · scale``, whose zero padding is then exact."""
     if spec.w_mode not in ("i8", "i4p"):
         xq = te.compute(x.shape, lambda *i: quantize(x(*i), qp, "uint8"), name="quantize")
@@ -58,7 +58,8 @@ def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> t
     blocked weights; the int32 accumulator has the 16 output lanes innermost. Returns it and
     ``(n, o, ...) -> acc value``."""
     off = spec.a_offset
-    dtype = "uint8" if spec.a_mode in ("u8", "z8") and not off else "int8"
+    # u8 / z8 codes as they are, or s8 ones shifted up (VNNI); u8 shifted down (sdot, tensor cores), s8: int8
+    dtype = "uint8" if (spec.a_mode in ("u8", "z8") and not off) or off < 0 else "int8"
     # On ARM the quantized input stays a block of its own (UNPACK_RULE's custom rule): MetaSchedule's
     # AutoInline would fold it into the dot, whose reads then no longer match any dot intrinsic, and
     # RewriteTensorize leaves such a sketch untensorized with only a warning. (x86 kernels keep their
@@ -114,7 +115,7 @@ def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> t
         if kp != c:  # padded input channels (zero weights) read as the border code
             inside = tirx.all(inside, c2 * g + ci < c)
         v = quantize(x[b, c2 * g + ci, i - ph, j - pw], qp, dtype, off)
-        # z8: the border is the code of 0.0, the zero point (the bias-folded -z·rowsum(w) counts it);
+        # z8: the border is the code of 0.0, the zero point (the accumulator offset -z·rowsum(w) counts it);
         # shifted codes (a_offset): the code of 0.0 shifted too
         zero = (qp[4] - float(off)).astype(dtype) if spec.a_mode == "z8" else tirx.const(-off, dtype)
         return tirx.if_then_else(inside, v, zero)

@@ -62,7 +62,8 @@ class KernelSpec:
         target, else 2 (the 16x2 layout: the exact ``vpmaddwd`` dot on x86, plain loops elsewhere).
 
         x86: the 16x4 dot multiplies u8 activations by s8 weights. VNNI's ``vpdpbusd`` adds the four
-        products straight into int32: exact for any u8 activation. AVX-512BW's ``vpmaddubsw`` first adds
+        products straight into int32: exact for any u8 activation, and for s8 ones shifted into u8
+        (:attr:`a_offset`; a LayerNorm's signed outputs feeding a transformer's linear layers). AVX-512BW's ``vpmaddubsw`` first adds
         product pairs into int16 with saturation, exact only while 2 * amax * |wmax| <= 32767: 4-bit
         activations (2 * 15 * 128 = 3840) or 4-bit weights (2 * 255 * 8 = 4080).
 
@@ -81,8 +82,10 @@ class KernelSpec:
         if self.dot_isa in CUDA_DOT_ISAS:
             tiles = self.integer and self.groups == 1 and self.w_shape[1] % KQUAD == 0
             return KQUAD if tiles and self.a_mode in ("u8", "s8", "z8") else KGROUP
-        if not self.integer or self.groups != 1 or self.a_mode != "u8":
+        if not self.integer or self.groups != 1 or self.a_mode not in ("u8", "s8"):
             return KGROUP
+        if self.a_mode == "s8":  # VNNI: shifted into u8 (a_offset), exact; vpmaddubsw would saturate on them
+            return KQUAD if self.dot_isa == "avx512vnni" and self.w_mode in ("i8", "i4p") else KGROUP
         exact = self.dot_isa == "avx512vnni" or (
             self.dot_isa == "avx512bw" and (self.a_bits <= 4 or self.w_mode == "i4p"))
         return KQUAD if exact else KGROUP
@@ -132,14 +135,27 @@ class KernelSpec:
         where 8-bit uint8 codes (u8, z8) meet an s8 x s8 dot, so they fit in s8 (``u - 128``): the
         ``sdot`` of a dotprod-only target, and the tensor cores, whose mma takes both operands of one
         signedness (PTX ``wmma.mma.sync`` ``.s8.s8`` or ``.u8.u8``: no u8 x s8) and TVM registers the s8
-        one. The lowering adds the ``128 * scale * rowsum(w)`` this takes away to the bias
-        (:func:`~mpsearch.hardware.lowering.kernel_arrays`), and conv borders hold the shifted code of
-        0.0. 0 elsewhere: the codes go into the dot as they are (uint8 codes <= 127 are int8 codes)."""
+        one; conv borders hold the shifted code of 0.0. -128 where s8 codes meet VNNI's u8 x s8
+        ``vpdpbusd`` (``s + 128``; conv borders hold 128). 0 elsewhere: the codes go into the dot as they
+        are (uint8 codes <= 127 are int8 codes). The int32 accumulator gets ``offset * rowsum(w)`` back
+        before it is dequantized (:attr:`acc_offset`)."""
+        if self.a_mode == "s8" and self.dot_isa == "avx512vnni" and self.packed and self.kgroup == KQUAD:
+            return -128  # s8 codes + 128 are u8 codes for vpdpbusd (u8 x s8); the bias takes 128·rowsum(w) off
         if self.a_mode not in ("u8", "z8") or self.a_bits <= 7:
             return 0
         if self.tensor_core:
             return 128
         return 128 if self.dot_isa == "sdot" and self.packed and self.kgroup == KQUAD else 0
+
+    @property
+    def acc_offset(self) -> bool:
+        """Whether the kernel takes ``offset``, an int32 per output channel added to the accumulator before
+        it is dequantized: ``(a_offset - z) * rowsum(w)`` (:func:`~mpsearch.hardware.lowering.kernel_arrays`),
+        which gives back what :attr:`a_offset` took from the codes and takes the zero point ``z`` of z8
+        codes off (``sum((q - z) * w) = sum(q * w) - z * rowsum(w)``). Exact in int32: folded into the
+        float bias instead it cancels against the accumulator (a shifted s8 linear layer's outputs near
+        zero lost 0.4% of their value that way)."""
+        return self.integer and (self.a_offset != 0 or self.a_mode == "z8")
 
     @property
     def packed(self) -> bool:
@@ -274,6 +290,8 @@ class KernelSpec:
         if self.w_mode in ("i8", "i4p", "b2"):
             args.append(("scale", (o,), "float32"))
         args.append(("bias", (o,), "float32"))
+        if self.acc_offset:
+            args.append(("offset", (o,), "int32"))
         if self.a_mode in ("u8", "s8", "b2"):
             args.append(("qp", (4,), "float32"))  # inv_scale, qmin, qmax, scale
         elif self.a_mode == "z8":
