@@ -56,11 +56,12 @@ class LoweredModel:
 
 def kernel_spec(
     module: nn.Module, x_shape: tuple[int, ...], w_bits: int, act: ActQuant | None, epilogue: tuple[str, ...],
-    dot_isa: str = "", extra_pad: tuple[int, int] = (0, 0),
+    dot_isa: str = "", extra_pad: tuple[int, ...] = (0, 0, 0, 0),
 ) -> KernelSpec:
     """The kernel of one layer. ``dot_isa`` (:func:`~mpsearch.hardware.kernels.dot_isa` of the target)
     and the activation's bit width pick the blocked dot layout that is exact for them. ``extra_pad``:
-    zero padding (rows, columns) of a ``pad`` op folded into the conv (:func:`_folded_pad`)."""
+    zero padding (top, left, bottom, right) of a ``pad`` op folded into the conv (:func:`_folded_pad`),
+    the bottom and right at least the top and left (what runs past them is ``KernelSpec.pad_end``)."""
     a_mode = "f32" if act is None else "f16" if act.half else \
         ("z8" if act.asymmetric else "s8" if act.signed else "u8")
     a_bits = act.bits if act is not None and not act.half else 8
@@ -73,11 +74,13 @@ def kernel_spec(
     if isinstance(module, nn.Conv1d):  # a 1-D conv is a 2-D conv over (1, L): x (N, C, 1, L)
         return KernelSpec("conv2d", x_shape, (*module.weight.shape[:2], 1, module.weight.shape[2]),
                           weight_mode(w_bits), a_mode, (1, module.stride[0]), (0, module.padding[0] + extra_pad[1]),
-                          (1, module.dilation[0]), module.groups, epilogue, a_bits=a_bits, dot_isa=dot_isa)
-    padding = (module.padding[0] + extra_pad[0], module.padding[1] + extra_pad[1])
+                          (1, module.dilation[0]), module.groups, epilogue, a_bits=a_bits, dot_isa=dot_isa,
+                          pad_end=(0, extra_pad[3] - extra_pad[1]))
+    top, left, bottom, right = extra_pad
+    padding = (module.padding[0] + top, module.padding[1] + left)
     return KernelSpec("conv2d", x_shape, tuple(module.weight.shape), weight_mode(w_bits), a_mode,
                       tuple(module.stride), padding, tuple(module.dilation), module.groups,
-                      epilogue, a_bits=a_bits, dot_isa=dot_isa)
+                      epilogue, a_bits=a_bits, dot_isa=dot_isa, pad_end=(bottom - top, right - left))
 
 
 def kernel_arrays(module: nn.Module, spec: KernelSpec, w_bits: int, act: ActQuant | None) -> list[np.ndarray]:
@@ -117,8 +120,8 @@ def kernel_arrays(module: nn.Module, spec: KernelSpec, w_bits: int, act: ActQuan
 @torch.library.custom_op("mpsearch::layer", mutates_args=())
 def _layer_op(x: torch.Tensor, extras: list[torch.Tensor], name: str, epilogue: str,
               out_shape: list[int], pad: list[int]) -> torch.Tensor:
-    """Stands for layer ``name`` (its ``epilogue``, and a zero ``pad`` (rows, columns) of its input folded
-    into the conv) in the graph handed to TVM; never run for values."""
+    """Stands for layer ``name`` (its ``epilogue``, and a zero ``pad`` (top, left, bottom, right) of its
+    input folded into the conv) in the graph handed to TVM; never run for values."""
     return x.new_zeros(out_shape)
 
 
@@ -132,23 +135,26 @@ _PAD = (_aten.pad.default, _aten.constant_pad_nd.default)
 
 
 def _folded_pad(node: fx.Node, module: nn.Module) -> tuple[fx.Node, list[int]]:
-    """The input of conv layer ``node`` and the zero padding (rows, columns) to fold into its kernel: a
-    symmetric constant-zero ``pad`` of the spatial dims whose only user is the layer (TF-style "same"
-    padding written as ``F.pad`` before a stride-1 conv) needs no pass of its own. Anything else
-    (asymmetric, non-zero, reflect) stays a Relax op: ``(input, [0, 0])``."""
+    """The input of conv layer ``node`` and the zero padding (top, left, bottom, right) to fold into its
+    kernel: a constant-zero ``pad`` of the spatial dims whose only user is the layer, at least as much at
+    the end as at the start (TF-style "same" padding written as ``F.pad``: symmetric before a stride-1
+    conv, one more row and column at the end before a stride-2 one) needs no pass of its own. Anything
+    else (more at the start, non-zero, reflect) stays a Relax op: ``(input, [0, 0, 0, 0])``."""
     x = node.args[0]
+    none = [0, 0, 0, 0]
     if not isinstance(module, (nn.Conv1d, nn.Conv2d)) or not isinstance(x, fx.Node) or x.op != "call_function" \
             or x.target not in _PAD or len(x.users) != 1:
-        return x, [0, 0]
+        return x, none
     pads = list(x.args[1]) if len(x.args) > 1 else []
     mode = x.args[2] if len(x.args) > 2 else x.kwargs.get("mode", "constant")
     value = x.args[3] if len(x.args) > 3 else x.kwargs.get("value", 0.0)
     spatial = 2 if isinstance(module, nn.Conv2d) else 1
     if mode != "constant" or value not in (None, 0, 0.0) or len(pads) != 2 * spatial \
-            or not all(isinstance(p, int) and p >= 0 for p in pads) or pads[0::2] != pads[1::2]:
-        return x, [0, 0]
-    cols, rows = pads[0], pads[2] if spatial == 2 else 0  # F.pad lists the last dim first
-    return x.args[0], [rows, cols]
+            or not all(isinstance(p, int) and p >= 0 for p in pads) \
+            or any(end < start for start, end in zip(pads[0::2], pads[1::2])):
+        return x, none
+    left, right, top, bottom = pads if spatial == 2 else (*pads, 0, 0)  # F.pad lists the last dim first
+    return x.args[0], [top, left, bottom, right]
 
 
 _ADD = (_aten.add.Tensor, _aten.add_.Tensor)

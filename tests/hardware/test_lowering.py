@@ -187,28 +187,33 @@ def test_activation_epilogues_are_fused_and_exact(pair: tuple[int, int]) -> None
 
 
 class _SamePadded(torch.nn.Module):
-    """TF-style "same" padding written as F.pad: symmetric before stride-1 convs (folded into the kernel),
-    asymmetric before a stride-2 one and a non-zero pad (both kept as Relax ops)."""
+    """TF-style "same" padding written as F.pad: symmetric before stride-1 convs, one more row and column
+    at the end before a stride-2 one (all folded into the kernel); more at the start and a non-zero pad
+    (both kept as Relax ops)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.c1 = torch.nn.Conv2d(3, 16, 3)
         self.c2 = torch.nn.Conv2d(16, 16, 5, groups=16)
         self.c3 = torch.nn.Conv2d(16, 16, 3, stride=2)
+        self.d3 = torch.nn.Conv2d(16, 16, 3, stride=2, groups=16)
         self.c4 = torch.nn.Conv2d(16, 16, 1)
+        self.c5 = torch.nn.Conv2d(16, 16, 3, padding=1)
         self.a1 = torch.nn.Conv1d(16, 8, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         F = torch.nn.functional
         x = F.relu6(self.c1(F.pad(x, [1, 1, 1, 1])))
         x = F.relu6(self.c2(F.pad(x, [2, 2, 2, 2])))
-        x = F.relu6(self.c3(F.pad(x, [0, 1, 0, 1])))
+        x = F.relu6(self.d3(F.pad(x, [0, 1, 0, 1])) + self.c3(F.pad(x, [0, 1, 0, 1])))
         x = self.c4(F.pad(x, [1, 1, 1, 1], value=0.5))
-        return self.a1(F.pad(x.mean(2), [1, 1]))
+        x = self.c5(F.pad(x, [1, 0, 1, 0]))
+        return self.a1(F.pad(x.mean(2), [1, 2]))
 
 
+@pytest.mark.parametrize("dot_isa", ["", "avx512bw"])  # plain kernels; blocked, depthwise and fp32-blocked
 @pytest.mark.parametrize("pair", [(8, 8), (4, 8), (32, 32)])
-def test_symmetric_zero_pads_fold_into_the_conv_and_stay_exact(pair: tuple[int, int]) -> None:
+def test_same_zero_pads_fold_into_the_conv_and_stay_exact(pair: tuple[int, int], dot_isa: str) -> None:
     from mpsearch.quant.calibration import calibrate
 
     torch.manual_seed(0)
@@ -216,10 +221,29 @@ def test_symmetric_zero_pads_fold_into_the_conv_and_stay_exact(pair: tuple[int, 
     x = torch.randn(4, 3, 10, 10)
     ranges = calibrate(prepared.graph_module, prepared.layer_names, [(x, None)])
     cand = Candidate({n: pair for n in prepared.layer_names})
-    lowered = lower(prepared, cand, ranges, batch=4)
-    assert {n: s.padding for n, s in lowered.kernels.items()} == {
-        "c1": (1, 1), "c2": (2, 2), "c3": (0, 0), "c4": (0, 0), "a1": (0, 1)}
-    assert lowered.mod.script().count("R.nn.pad") == 2  # the asymmetric and the non-zero pad only
+    lowered = lower(prepared, cand, ranges, batch=4, dot_isa=dot_isa)
+    assert {n: s.pads for n, s in lowered.kernels.items()} == {
+        "c1": (1, 1, 1, 1), "c2": (2, 2, 2, 2), "c3": (0, 0, 1, 1), "d3": (0, 0, 1, 1), "c4": (0, 0, 0, 0),
+        "c5": (1, 1, 1, 1), "a1": (0, 1, 0, 2)}
+    assert lowered.mod.script().count("R.nn.pad") == 2  # the non-zero pad and the one with more at the start
+    if dot_isa:
+        kinds = {n: (s.packed, s.depthwise or s.float_depthwise, s.float_blocked) for n, s in lowered.kernels.items()}
+        assert kinds["d3"][1] and (kinds["c3"][0] or kinds["c3"][2])
+    with torch.no_grad():
+        sim = quantize_(prepared.copy_module(), cand, ranges)(x).numpy()
+    np.testing.assert_allclose(_run(lowered, x.numpy()), sim, rtol=1e-4, atol=1e-5 * np.abs(sim).max())
+
+
+def test_same_zero_pads_fold_into_bit_serial_kernels_too() -> None:
+    from mpsearch.quant.calibration import calibrate
+
+    torch.manual_seed(0)
+    prepared = prepare_model(_SamePadded().eval(), (1, 3, 10, 10))
+    x = torch.randn(4, 3, 10, 10)
+    ranges = calibrate(prepared.graph_module, prepared.layer_names, [(x, None)])
+    cand = Candidate({n: (2, 2) for n in prepared.layer_names})
+    lowered = lower(prepared, cand, ranges, batch=4, bitserial=True)
+    assert lowered.kernels["c3"].bitserial and lowered.kernels["c3"].pads == (0, 0, 1, 1)
     with torch.no_grad():
         sim = quantize_(prepared.copy_module(), cand, ranges)(x).numpy()
     np.testing.assert_allclose(_run(lowered, x.numpy()), sim, rtol=1e-4, atol=1e-5 * np.abs(sim).max())

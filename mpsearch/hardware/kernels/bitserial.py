@@ -162,9 +162,9 @@ def bitserial_compute(spec: KernelSpec, t: dict[str, te.Tensor]) -> te.Tensor:
     n, _, h, wd = spec.x_shape
     xq = te.compute((n, padded, h, wd), filled, name="quantize")
     xp = topi.nn.bitpack(xq, PLANES, pack_axis=1, bit_axis=2, pack_type=pack)  # (N, words, planes, H, W)
-    (ph, pw), (sh, sw) = spec.padding, spec.stride
-    if ph or pw:
-        xp = topi.nn.pad(xp, [0, 0, 0, ph, pw], [0, 0, 0, ph, pw], name="pad_temp")
+    (top, left, bottom, right), (sh, sw) = spec.pads, spec.stride
+    if top or left or bottom or right:
+        xp = topi.nn.pad(xp, [0, 0, 0, top, left], [0, 0, 0, bottom, right], name="pad_temp")
     _, _, kh, kwid = spec.w_shape
     rc = te.reduce_axis((0, padded // word), name="rc")
     ry = te.reduce_axis((0, kh), name="ry")

@@ -77,9 +77,9 @@ def half_compute(spec: KernelSpec, t: dict[str, te.Tensor]) -> te.Tensor:
                          lambda n, o: te.sum(x[n, r].astype("float32") * w[o, r].astype("float32"), axis=r),
                          name="matmul_f32acc")
     elif spec.groups == 1:  # topi widens both operands to out_dtype before the multiply
-        acc = topi.nn.conv2d_nchw(x, w, spec.stride, spec.padding, spec.dilation, out_dtype="float32")
+        acc = topi.nn.conv2d_nchw(x, w, spec.stride, spec.pads, spec.dilation, out_dtype="float32")
     else:
-        acc = topi.nn.group_conv2d_nchw(x, w, spec.stride, spec.padding, spec.dilation, spec.groups,
+        acc = topi.nn.group_conv2d_nchw(x, w, spec.stride, spec.pads, spec.dilation, spec.groups,
                                         out_dtype="float32")
     return epilogue(spec, t, acc)
 

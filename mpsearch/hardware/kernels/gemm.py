@@ -52,7 +52,7 @@ def im2col(spec: KernelSpec, value: Callable[..., tirx.PrimExpr], border: tirx.P
         b, y, xx = tirx.floordiv(m, oh * ow), tirx.floormod(tirx.floordiv(m, ow), oh), tirx.floormod(m, ow)
         ch, ry, rx = tirx.floordiv(k, kh * kw), tirx.floormod(tirx.floordiv(k, kw), kh), tirx.floormod(k, kw)
         i, j = y * sh + ry * dh - ph, xx * sw + rx * dw - pw
-        if spec.padding == (0, 0):
+        if not any(spec.pads):
             return value(b, ch, i, j)
         return tirx.if_then_else(tirx.all(i >= 0, i < h, j >= 0, j < wd), value(b, ch, i, j), border)
 

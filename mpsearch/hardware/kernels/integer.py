@@ -32,17 +32,17 @@ def quantize(x: tirx.PrimExpr, qp: te.Tensor, dtype: str, offset: int = 0) -> ti
     return (v - float(offset) if offset else v).astype(dtype)
 
 
-def zero_point_input(spec: KernelSpec, x: te.Tensor, qp: te.Tensor) -> tuple[te.Tensor, tuple[int, int]]:
-    """The z8 input of a plain-layout kernel and the padding left for the conv. Against integer weights:
+def zero_point_input(spec: KernelSpec, x: te.Tensor, qp: te.Tensor) -> tuple[te.Tensor, tuple[int, ...]]:
+    """The z8 input of a plain-layout kernel and the padding (top, left, bottom, right) left for the conv. Against integer weights:
     uint8 codes, a conv's padding filled here with the code of 0.0 (the zero point ``qp[4]``, not code 0),
     so that the accumulator offset ``-z·rowsum(w)`` (:attr:`KernelSpec.acc_offset`) holds at the borders too. Against float weights: dequantized,
     ``(q - z) · scale``, whose zero padding is then exact."""
     if spec.w_mode not in ("i8", "i4p"):
         xq = te.compute(x.shape, lambda *i: quantize(x(*i), qp, "uint8"), name="quantize")
         return te.compute(xq.shape, lambda *i: (xq(*i).astype("float32") - qp[4]) * qp[3],
-                          name="dequantize_x"), spec.padding
-    if spec.op == "linear" or spec.padding == (0, 0):
-        return te.compute(x.shape, lambda *i: quantize(x(*i), qp, "uint8"), name="quantize"), spec.padding
+                          name="dequantize_x"), spec.pads
+    if spec.op == "linear" or not any(spec.pads):
+        return te.compute(x.shape, lambda *i: quantize(x(*i), qp, "uint8"), name="quantize"), spec.pads
     n, c, h, wd = spec.x_shape
     ph, pw = spec.padding
 
@@ -50,7 +50,7 @@ def zero_point_input(spec: KernelSpec, x: te.Tensor, qp: te.Tensor) -> tuple[te.
         inside = tirx.all(i >= ph, i < h + ph, j >= pw, j < wd + pw)
         return tirx.if_then_else(inside, quantize(x[b, ch, i - ph, j - pw], qp, "uint8"), qp[4].astype("uint8"))
 
-    return te.compute((n, c, h + 2 * ph, wd + 2 * pw), quantize_pad, name="quantize"), (0, 0)
+    return te.compute((n, c, *spec.padded_hw), quantize_pad, name="quantize"), (0, 0, 0, 0)
 
 
 def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> tuple[te.Tensor, Callable[..., tirx.PrimExpr]]:
@@ -120,7 +120,7 @@ def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> t
         zero = (qp[4] - float(off)).astype(dtype) if spec.a_mode == "z8" else tirx.const(-off, dtype)
         return tirx.if_then_else(inside, v, zero)
 
-    xq = te.compute((n, kp // g, h + 2 * ph, wd + 2 * pw, g), quantize_pad, name="quantize", attrs=own)
+    xq = te.compute((n, kp // g, *spec.padded_hw, g), quantize_pad, name="quantize", attrs=own)
     c2 = te.reduce_axis((0, kp // g), name="c2")
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
@@ -171,7 +171,7 @@ def depthwise_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor | 
         acc, name = "int32", "quantize"
         zero = qp[4].astype(dtype) if spec.a_mode == "z8" else tirx.const(0, dtype)
         code = lambda v: quantize(v, qp, dtype)  # noqa: E731
-    cols = -(-(wd + 2 * pw) // sw)
+    rows, cols = spec.padded_hw[0], -(-spec.padded_hw[1] // sw)
 
     def quantize_pad(b: tirx.Var, ch: tirx.Var, i: tirx.Var, p: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
         col = j * sw + p
@@ -181,7 +181,7 @@ def depthwise_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor | 
         column = te.max(te.min(col - pw, wd - 1), 0)
         return tirx.Select(inside, code(x[b, ch, row, column]), zero)
 
-    xq = te.compute((n, c, h + 2 * ph, sw, cols), quantize_pad, name=name)
+    xq = te.compute((n, c, rows, sw, cols), quantize_pad, name=name)
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
     return te.compute(
@@ -208,13 +208,13 @@ def float_blocked_conv(spec: KernelSpec, x: te.Tensor, w: te.Tensor) -> Callable
     _, _, kh, kw = spec.w_shape
     _, _, oh, ow = spec.out_shape
     xp = x
-    if ph or pw:
+    if any(spec.pads):
         def pad(b: tirx.Var, ch: tirx.Var, i: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
             inside = tirx.all(i >= ph, i < h + ph, j >= pw, j < wd + pw)
             row, col = te.max(te.min(i - ph, h - 1), 0), te.max(te.min(j - pw, wd - 1), 0)
             return tirx.Select(inside, x[b, ch, row, col], tirx.const(0.0, "float32"))
 
-        xp = te.compute((n, c, h + 2 * ph, wd + 2 * pw), pad, name="pad")
+        xp = te.compute((n, c, *spec.padded_hw), pad, name="pad")
     rc = te.reduce_axis((0, c), name="rc")
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
@@ -241,7 +241,7 @@ def int_compute(spec: KernelSpec, t: dict[str, te.Tensor]) -> te.Tensor:
         return epilogue(spec, t, depthwise_dot(spec, x, w, None))
     if spec.float_blocked:
         return epilogue(spec, t, float_blocked_conv(spec, x, w))
-    padding = spec.padding
+    padding = spec.pads
     if spec.a_mode == "z8":
         x, padding = zero_point_input(spec, x, t["qp"])
     elif spec.a_mode != "f32":

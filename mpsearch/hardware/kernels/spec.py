@@ -41,6 +41,21 @@ class KernelSpec:
     a_bits: int = 8  # activation bit width of an integer kernel (u8 codes <= 2**a_bits - 1)
     # int8 dot instructions of the target: "" | "avx512bw" | "avx512vnni" | "sdot" | "i8mm" | "dp4a" | "wmma"
     dot_isa: str = ""
+    # zero rows and columns after the input beyond ``padding`` (bottom, right): TF-style "same" padding
+    # before a stride-2 conv pads one more at the end than at the start (lowering._folded_pad)
+    pad_end: tuple[int, int] = (0, 0)
+
+    @property
+    def pads(self) -> tuple[int, int, int, int]:
+        """The conv's zero padding as (top, left, bottom, right)."""
+        (ph, pw), (eh, ew) = self.padding, self.pad_end
+        return ph, pw, ph + eh, pw + ew
+
+    @property
+    def padded_hw(self) -> tuple[int, int]:
+        """Rows and columns of the zero-padded input of a conv."""
+        top, left, bottom, right = self.pads
+        return self.x_shape[2] + top + bottom, self.x_shape[3] + left + right
 
     @property
     def integer(self) -> bool:
@@ -275,10 +290,10 @@ class KernelSpec:
         o = self.w_shape[0]
         if self.op == "linear":
             return (n, o)
-        _, _, h, w = self.x_shape
+        h, w = self.padded_hw
         kh, kw = self.w_shape[2:]
-        oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        oh = (h - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        ow = (w - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
         return (n, o, oh, ow)
 
     def inputs(self) -> list[tuple[str, tuple[int, ...], str]]:
