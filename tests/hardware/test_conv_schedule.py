@@ -4,6 +4,8 @@ space wherever a target has them."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -20,7 +22,10 @@ from mpsearch.hardware.kernels import (
     register_intrinsics,
 )
 from mpsearch.hardware.kernels.schedules import (
+    MAX_ACCUMULATORS,
+    MAX_PIXEL_TILE,
     _intrinsic,
+    channel_blocks,
     conv_space,
     pixel_tiles,
     schedule_conv,
@@ -92,6 +97,8 @@ def test_pixel_tiles_keep_enough_accumulators_and_fit_the_registers():
     assert pixel_tiles(112) == [4, 7, 8, 14, 16]
     assert pixel_tiles(3) == [3]  # no divisor of 4 or more: the whole row
     assert pixel_tiles(17) == [1]  # a prime wider than the maximum: one pixel at a time
+    assert pixel_tiles(28, MAX_ACCUMULATORS // 2) == [4, 7, 14] and pixel_tiles(28, MAX_ACCUMULATORS // 3) == [4, 7]
+    assert channel_blocks(72) == [1, 2, 3, 4] and channel_blocks(7) == [1] and channel_blocks(9) == [1, 3]
 
 
 @pytest.mark.parametrize("case", range(5))
@@ -138,9 +145,10 @@ def test_every_sampled_linear_tile_is_exact_and_runs_the_int8_dot(case):
     assert conv_space(isa)(s_tir.Schedule(mod)), "the space offers no int8 linear design"
 
 
-def _each_sampled_tile(spec: KernelSpec, mod: tvm.IRModule, recipe, arrays: list[np.ndarray], want: np.ndarray):
-    """Schedule ``mod`` with ``recipe`` from seeds until every tile width of :func:`pixel_tiles` was
-    sampled; each one's library is checked bit-exact against ``want`` and yielded."""
+def _each_sampled_tile(spec: KernelSpec, mod: tvm.IRModule, recipe, arrays: list[np.ndarray], want: np.ndarray,
+                       most: int = MAX_PIXEL_TILE):
+    """Schedule ``mod`` with ``recipe`` from seeds until every tile width of :func:`pixel_tiles` (up to
+    ``most``) was sampled; each one's library is checked bit-exact against ``want`` and yielded."""
     seen = set()
     for seed in range(1, 13):
         sch = s_tir.Schedule(mod, seed=seed)
@@ -153,7 +161,7 @@ def _each_sampled_tile(spec: KernelSpec, mod: tvm.IRModule, recipe, arrays: list
         np.testing.assert_array_equal(_run(lib.jit(), arrays), want, err_msg=f"{spec} at {tile}-pixel tiles")
         yield lib
     out_w = spec.x_shape[0] if spec.op == "linear" else spec.out_shape[-1]  # a linear layer tiles its rows
-    assert {out_w // t for t in seen} == {out_w // t for t in pixel_tiles(out_w)}, "a tile width was never sampled"
+    assert {out_w // t for t in seen} == {out_w // t for t in pixel_tiles(out_w, most)}, "a tile width was never sampled"
 
 
 DEPTHWISE = [
@@ -197,8 +205,9 @@ FLOAT = [
 ]
 
 
+@pytest.mark.parametrize("blocks", [1, 2, 3])
 @pytest.mark.parametrize("case", range(len(FLOAT)))
-def test_every_sampled_fp32_tile_sums_in_the_kernels_order(case):
+def test_every_sampled_fp32_tile_sums_in_the_kernels_order(case, blocks):
     """The fp32 recipes (a tile of pixels -- a linear layer's rows -- x 16 channels of accumulators,
     broadcast FMAs; the depthwise one on float values) at every tile width they sample add the same products in the same order as the
     kernel's own loops: equal to the bit, with vector FMAs in the code. On a CPU without AVX-512 the
@@ -207,14 +216,28 @@ def test_every_sampled_fp32_tile_sums_in_the_kernels_order(case):
 
     spec = FLOAT[case]
     assert spec.float_depthwise if spec.groups > 1 else spec.float_blocked
+    if spec.groups > 1 and blocks > 1:
+        pytest.skip("the depthwise recipe has no channel blocks")
+    if blocks not in channel_blocks(spec.o_tiles):
+        pytest.skip(f"{spec.o_tiles} channel tile(s) do not split into {blocks} blocks")
     mod = _mod(spec)
     arrays = _args(spec, np.random.default_rng(case))
     want = _run(tvm.compile(mod, target=_host()).jit(), arrays)
-    recipe = schedule_depthwise if spec.groups > 1 else schedule_float_conv
-    for lib in _each_sampled_tile(spec, mod, recipe, arrays, want):
+    recipe = schedule_depthwise if spec.groups > 1 else functools.partial(schedule_float_conv, blocks=blocks)
+    most = MAX_ACCUMULATORS // blocks if blocks > 1 else MAX_PIXEL_TILE
+    for lib in _each_sampled_tile(spec, mod, recipe, arrays, want, most):
         asm = lib.mod.inspect_source("s")
         assert "vfmadd" in asm or "vmulps" in asm, "no vector multiply-adds"
     assert conv_space(spec.dot_isa)(s_tir.Schedule(mod)), "the space offers no fp32 design"
+
+
+def test_the_fp32_space_offers_every_channel_block_split():
+    """Copies of the fp32 recipe span one to four output-channel tiles per pixel tile: each divisor of the
+    tile count is among the copies MetaSchedule samples."""
+    spec = KernelSpec("conv2d", (1, 64, 7, 7), (96, 64, 1, 1), "f32", "f32", dot_isa="avx512vnni")  # 6 tiles
+    spaces = conv_space(spec.dot_isa)(s_tir.Schedule(_mod(spec)))
+    seen = {b for sch in spaces for b in channel_blocks(spec.o_tiles) if f"factors=[None, {b}]" in str(sch.trace)}
+    assert seen == {1, 2, 3} == set(channel_blocks(spec.o_tiles))
 
 
 def test_blocked_fp32_weights_are_the_logical_ones_with_zero_lanes():

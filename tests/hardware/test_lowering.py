@@ -147,6 +147,36 @@ def test_blocked_dot_is_exact_at_full_int8_range(op: str, a_mode: str) -> None:
     assert np.array_equal(out.numpy(), ref.astype(np.float32))
 
 
+@pytest.mark.parametrize("a_mode", ["u8", "s8", "z8"])
+def test_depthwise_sums_in_float_are_the_integer_ones_at_full_range(a_mode: str) -> None:
+    """An integer depthwise conv sums its codes with fp32 FMAs (KernelSpec.depthwise_in_float): at a 7x7
+    kernel's extreme codes (255 or -128 against -128 and 127 weights, a zero point of 37) every partial
+    sum is an integer below 2**24, so the output is the exact integer sum, to the bit."""
+    from mpsearch.hardware.kernels import KernelSpec, make_kernel
+
+    spec = KernelSpec("conv2d", (1, 16, 9, 9), (16, 1, 7, 7), "i8", a_mode, (1, 1), (3, 3), groups=16)
+    assert spec.depthwise and spec.depthwise_in_float and "float32" in make_kernel(spec).script()
+    rng = np.random.default_rng(0)
+    codes = rng.choice(np.array([-128, 127, -127], np.int8), spec.w_shape)
+    qmin, qmax = (-128, 127) if a_mode == "s8" else (0, 255)
+    x = rng.choice(np.array([-20.0, 20.0, 0.3], np.float32), spec.x_shape)  # codes clip to qmin/qmax
+    zero = 37.0 if a_mode == "z8" else 0.0
+    qp = [10.0, qmin, qmax, 0.1] + ([zero] if a_mode == "z8" else [])
+    o = spec.w_shape[0]
+    args = [x, codes, np.ones(o, np.float32), np.zeros(o, np.float32)]
+    if spec.acc_offset:  # z8: the zero point's correction, -z * rowsum(w)
+        args.append((-zero * codes.reshape(o, -1).sum(1)).astype(np.int32))
+    args.append(np.array(qp, np.float32))
+    lib = tvm.compile(tvm.IRModule({"main": make_kernel(spec).with_attr("global_symbol", "main")}), target="llvm")
+    out = tvm.runtime.tensor(np.zeros(spec.out_shape, np.float32))
+    lib["main"](*[tvm.runtime.tensor(a) for a in args], out)
+    xq = np.clip(np.floor(x * 10 + 0.5) + zero, qmin, qmax) - zero  # the zero-point padding counts as 0
+    ref = torch.nn.functional.conv2d(torch.tensor(xq, dtype=torch.float64), torch.tensor(codes, dtype=torch.float64),
+                                     padding=3, groups=16).numpy()
+    assert np.abs(ref).max() > 2 ** 17  # sums far beyond what float16 or int16 would hold
+    assert np.array_equal(out.numpy(), ref.astype(np.float32))
+
+
 class _Activations(torch.nn.Module):
     """One layer per fusable activation: ReLU6 (hardtanh), SiLU, hardswish, sigmoid, a one-sided clamp."""
 

@@ -39,8 +39,9 @@ def epilogue(spec: KernelSpec, t: dict[str, te.Tensor], acc_at: Callable[..., ti
 
     def value(*i: tirx.Var) -> tirx.PrimExpr:
         v = acc_at(*i)
-        if spec.acc_offset:
-            v = v + t["offset"][i[1]]
+        if spec.acc_offset:  # int32, added exactly to an int32 or (depthwise_in_float) an fp32 sum of integers
+            offset = t["offset"][i[1]]
+            v = v + (offset.astype("float32") if spec.depthwise_in_float else offset)
         v = v.astype("float32")
         if spec.integer:
             v = v * t["scale"][i[1]]

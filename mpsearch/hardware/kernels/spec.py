@@ -209,6 +209,14 @@ class KernelSpec:
             and self.dot_isa not in CUDA_DOT_ISAS
 
     @property
+    def depthwise_in_float(self) -> bool:
+        """An integer depthwise conv that stages its codes as fp32 values and sums them with FMAs
+        (:func:`~.integer.depthwise_dot`): exact where every partial sum (and the int32 offset) is an
+        integer below 2**24 in magnitude, at most 255 x 128 per tap (codes up to 255, weights down to
+        -128): up to 256 taps, a 7x7 kernel's 49 about 1.6 M."""
+        return self.depthwise and 2 * self.w_shape[2] * self.w_shape[3] * 255 * 128 < 2**24
+
+    @property
     def _one_channel_per_group(self) -> bool:
         """A depthwise conv's shape: one input and one output channel per group."""
         return self.op == "conv2d" and self.groups > 1 and self.groups == self.x_shape[1] == self.w_shape[0] \
