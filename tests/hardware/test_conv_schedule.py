@@ -28,6 +28,7 @@ from mpsearch.hardware.kernels.schedules import (
     channel_blocks,
     conv_space,
     pixel_tiles,
+    row_tiles,
     schedule_conv,
 )
 from mpsearch.hardware.tvm_backend import space_generator
@@ -78,10 +79,11 @@ def _args(spec: KernelSpec, rng: np.random.Generator) -> list[np.ndarray]:
     return arrays + [np.zeros(spec.out_shape, np.float32)]
 
 
-def _tile(sch: s_tir.Schedule) -> int:
-    """The tile width the schedule sampled."""
-    inst = next(i for i in sch.trace.insts if i.kind.name == "SampleCategorical")
-    return [int(c) for c in inst.attrs[0]][int(sch.trace.decisions[inst])]
+def _tile(sch: s_tir.Schedule) -> tuple[int, ...]:
+    """The tile sizes the schedule sampled: its width in pixels (a linear layer's rows), then, for a
+    depthwise conv, its height in rows."""
+    return tuple([int(c) for c in inst.attrs[0]][int(sch.trace.decisions[inst])]
+                 for inst in sch.trace.insts if inst.kind.name == "SampleCategorical")
 
 
 def _run(lib, arrays: list[np.ndarray]) -> np.ndarray:
@@ -99,6 +101,7 @@ def test_pixel_tiles_keep_enough_accumulators_and_fit_the_registers():
     assert pixel_tiles(17) == [1]  # a prime wider than the maximum: one pixel at a time
     assert pixel_tiles(28, MAX_ACCUMULATORS // 2) == [4, 7, 14] and pixel_tiles(28, MAX_ACCUMULATORS // 3) == [4, 7]
     assert channel_blocks(72) == [1, 2, 3, 4] and channel_blocks(7) == [1] and channel_blocks(9) == [1, 3]
+    assert row_tiles(7) == [1, 7] and row_tiles(14) == [1, 2, 7] and row_tiles(56) == [1, 2, 4, 7, 8]
 
 
 @pytest.mark.parametrize("case", range(5))
@@ -148,9 +151,10 @@ def test_every_sampled_linear_tile_is_exact_and_runs_the_int8_dot(case):
 def _each_sampled_tile(spec: KernelSpec, mod: tvm.IRModule, recipe, arrays: list[np.ndarray], want: np.ndarray,
                        most: int = MAX_PIXEL_TILE):
     """Schedule ``mod`` with ``recipe`` from seeds until every tile width of :func:`pixel_tiles` (up to
-    ``most``) was sampled; each one's library is checked bit-exact against ``want`` and yielded."""
+    ``most``) and, for a depthwise conv, every tile height of :func:`row_tiles` was sampled; each tile's
+    library is checked bit-exact against ``want`` and yielded."""
     seen = set()
-    for seed in range(1, 13):
+    for seed in range(1, 25):
         sch = s_tir.Schedule(mod, seed=seed)
         recipe(sch)
         tile = _tile(sch)
@@ -158,10 +162,12 @@ def _each_sampled_tile(spec: KernelSpec, mod: tvm.IRModule, recipe, arrays: list
             continue
         seen.add(tile)
         lib = tvm.compile(sch.mod, target=_host())
-        np.testing.assert_array_equal(_run(lib.jit(), arrays), want, err_msg=f"{spec} at {tile}-pixel tiles")
+        np.testing.assert_array_equal(_run(lib.jit(), arrays), want, err_msg=f"{spec} at {tile} tiles")
         yield lib
     out_w = spec.x_shape[0] if spec.op == "linear" else spec.out_shape[-1]  # a linear layer tiles its rows
-    assert {out_w // t for t in seen} == {out_w // t for t in pixel_tiles(out_w, most)}, "a tile width was never sampled"
+    assert {out_w // t[0] for t in seen} == {out_w // t for t in pixel_tiles(out_w, most)}, "a tile width was never sampled"
+    if spec.groups > 1:
+        assert {t[1] for t in seen} == set(row_tiles(spec.out_shape[2])), "a tile height was never sampled"
 
 
 DEPTHWISE = [
