@@ -111,3 +111,16 @@ def test_token_models_get_onnx_runtimes_dynamic_int8_row_too(tmp_path: Path) -> 
         assert out.shape == want.shape, key
         if key == "ort_fp32":
             np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+
+
+def test_the_pick_is_chosen_among_the_front_and_the_uniform_baselines_within_one_point() -> None:
+    from types import SimpleNamespace as E
+
+    from benchmarks.baselines import iso_accuracy_labels
+
+    evs = {"fp32": E(kind="baseline", accuracy=1.0), "int8": E(kind="baseline", accuracy=0.94),
+           "pareto-0": E(kind="pareto", accuracy=0.985), "ilp@9ms": E(kind="ilp", accuracy=0.995),
+           "random-3": E(kind="random", accuracy=1.0), "pareto-1": E(kind="pareto", accuracy=None)}
+    assert iso_accuracy_labels(evs) == ["fp32", "ilp@9ms"]  # INT8 5 points below, pareto-0 1.5 below
+    evs["int8"] = E(kind="baseline", accuracy=0.995)
+    assert iso_accuracy_labels(evs) == ["fp32", "int8", "ilp@9ms"]  # a baseline may beat the front

@@ -22,11 +22,11 @@ from mpsearch.hardware.kernels import (
     register_intrinsics,
 )
 from mpsearch.hardware.kernels.schedules import (
-    MAX_ACCUMULATORS,
     MAX_PIXEL_TILE,
     _intrinsic,
     channel_blocks,
     conv_space,
+    most_pixels,
     pixel_tiles,
     row_tiles,
     schedule_conv,
@@ -99,7 +99,7 @@ def test_pixel_tiles_keep_enough_accumulators_and_fit_the_registers():
     assert pixel_tiles(112) == [4, 7, 8, 14, 16]
     assert pixel_tiles(3) == [3]  # no divisor of 4 or more: the whole row
     assert pixel_tiles(17) == [1]  # a prime wider than the maximum: one pixel at a time
-    assert pixel_tiles(28, MAX_ACCUMULATORS // 2) == [4, 7, 14] and pixel_tiles(28, MAX_ACCUMULATORS // 3) == [4, 7]
+    assert pixel_tiles(28, most_pixels(2)) == [4, 7, 14] and pixel_tiles(28, most_pixels(3)) == [4, 7]
     assert channel_blocks(72) == [1, 2, 3, 4] and channel_blocks(7) == [1] and channel_blocks(9) == [1, 3]
     assert row_tiles(7) == [1, 7] and row_tiles(14) == [1, 2, 7] and row_tiles(56) == [1, 2, 4, 7, 8]
 
@@ -109,7 +109,7 @@ def _blocks_or_skip(spec: KernelSpec, blocks: int) -> int:
     the kernel's channel tiles do not split into ``blocks``."""
     if blocks not in channel_blocks(spec.o_tiles):
         pytest.skip(f"{spec.o_tiles} channel tile(s) do not split into {blocks} blocks")
-    return MAX_ACCUMULATORS // blocks if blocks > 1 else MAX_PIXEL_TILE
+    return most_pixels(blocks)
 
 
 @pytest.mark.parametrize("blocks", [1, 2])

@@ -46,10 +46,10 @@ from mpsearch.hardware.kernels.intrinsics import DOT4_INTRINSICS, DOT_INTRINSICS
 from mpsearch.hardware.kernels.spec import KQUAD, LANES
 
 MIN_PIXEL_TILE, MAX_PIXEL_TILE = 4, 16  # output pixels whose 16-lane int32 accumulators stay in registers
-# fp32 accumulator vectors a tile of pixels x channel blocks keeps: 32 zmm registers, less the blocks'
-# weight vectors and the broadcast input
+# accumulator vectors a tile of pixels x channel blocks keeps: 32 zmm registers, less the blocks' weight
+# vectors and the broadcast input
 MAX_ACCUMULATORS = 28
-MAX_CHANNEL_BLOCKS = 4  # 16-lane output-channel tiles one fp32 pixel tile spans
+MAX_CHANNEL_BLOCKS = 4  # 16-lane output-channel tiles one tile of pixels spans
 MAX_DEPTHWISE_ROWS = 8  # output rows one depthwise tile spans: a vector accumulator each
 # The template's share of a replay-trace budget: replay-trace draws each trial's design space uniformly,
 # and the generic space has about three sketches per kernel. Three copies (half the trials) left 4 of 42
@@ -101,9 +101,15 @@ def pixel_tiles(width: int, most: int = MAX_PIXEL_TILE) -> list[int]:
 
 
 def channel_blocks(o_tiles: int) -> list[int]:
-    """How many 16-lane output-channel tiles an fp32 tile of pixels may span (:func:`schedule_float_conv`):
-    the divisors of ``o_tiles`` up to ``MAX_CHANNEL_BLOCKS``."""
+    """How many 16-lane output-channel tiles a tile of pixels may span (:func:`schedule_conv`,
+    :func:`schedule_float_conv`): the divisors of ``o_tiles`` up to ``MAX_CHANNEL_BLOCKS``."""
     return [b for b in range(1, MAX_CHANNEL_BLOCKS + 1) if o_tiles % b == 0]
+
+
+def most_pixels(blocks: int) -> int:
+    """The widest tile of pixels (a linear layer's rows) at ``blocks`` channel blocks: ``MAX_PIXEL_TILE``
+    for one, else as many as keep ``MAX_ACCUMULATORS`` vectors in registers."""
+    return MAX_ACCUMULATORS // blocks if blocks > 1 else MAX_PIXEL_TILE
 
 
 def _parallel_vectorized(sch: Any, block: Any, inner: int) -> None:
@@ -125,7 +131,7 @@ def schedule_conv(sch: Any, intrinsic: str, blocks: int = 1) -> None:
         _schedule_linear(sch, dot, intrinsic, blocks)
         return
     b, oc, y, x, oi, c2, ry, rx, ci = sch.get_loops(dot)
-    tiles = pixel_tiles(int(sch.get(x).extent), MAX_ACCUMULATORS // blocks if blocks > 1 else MAX_PIXEL_TILE)
+    tiles = pixel_tiles(int(sch.get(x).extent), most_pixels(blocks))
     tile = sch.sample_categorical(tiles, [1 / len(tiles)] * len(tiles))
     xo, xi = sch.split(x, [None, tile])
     oc, ob = sch.split(oc, [None, blocks])
@@ -142,7 +148,7 @@ def _schedule_linear(sch: Any, dot: Any, intrinsic: str, blocks: int) -> None:
     """:func:`schedule_conv` for a linear layer: tiles of rows x ``blocks`` x 16 output lanes of int32
     accumulators across the whole reduction, lane tiles and row tiles in parallel."""
     m, oc, oi, k2, ki = sch.get_loops(dot)
-    tiles = pixel_tiles(int(sch.get(m).extent), MAX_ACCUMULATORS // blocks if blocks > 1 else MAX_PIXEL_TILE)
+    tiles = pixel_tiles(int(sch.get(m).extent), most_pixels(blocks))
     tile = sch.sample_categorical(tiles, [1 / len(tiles)] * len(tiles))
     mo, mi = sch.split(m, [None, tile])
     oc, ob = sch.split(oc, [None, blocks])
@@ -229,7 +235,7 @@ def schedule_float_conv(sch: Any, blocks: int = 1) -> None:
         _schedule_float_linear(sch, dot, blocks)
         return
     b, oc, y, x, oi, rc, ry, rx = sch.get_loops(dot)
-    tiles = pixel_tiles(int(sch.get(x).extent), MAX_ACCUMULATORS // blocks if blocks > 1 else MAX_PIXEL_TILE)
+    tiles = pixel_tiles(int(sch.get(x).extent), most_pixels(blocks))
     tile = sch.sample_categorical(tiles, [1 / len(tiles)] * len(tiles))
     xo, xi = sch.split(x, [None, tile])
     oc, ob = sch.split(oc, [None, blocks])
@@ -251,7 +257,7 @@ def _schedule_float_linear(sch: Any, dot: Any, blocks: int) -> None:
     """:func:`schedule_float_conv` for a linear layer: tiles of rows x ``blocks`` x 16 output channels of
     accumulators across the whole reduction, channel blocks and row tiles in parallel."""
     m, oc, oi, k = sch.get_loops(dot)
-    tiles = pixel_tiles(int(sch.get(m).extent), MAX_ACCUMULATORS // blocks if blocks > 1 else MAX_PIXEL_TILE)
+    tiles = pixel_tiles(int(sch.get(m).extent), most_pixels(blocks))
     tile = sch.sample_categorical(tiles, [1 / len(tiles)] * len(tiles))
     mo, mi = sch.split(m, [None, tile])
     oc, ob = sch.split(oc, [None, blocks])
@@ -302,5 +308,6 @@ def conv_space(dot_isa: str) -> Callable[[Any], list[Any]]:
     return space
 
 
-__all__ = ["channel_blocks", "conv_space", "pixel_tiles", "row_tiles", "schedule_conv", "schedule_depthwise", "schedule_float_conv"]
+__all__ = ["channel_blocks", "conv_space", "most_pixels", "pixel_tiles", "row_tiles", "schedule_conv", "schedule_depthwise",
+           "schedule_float_conv"]
 
