@@ -104,27 +104,24 @@ def test_pixel_tiles_keep_enough_accumulators_and_fit_the_registers():
     assert row_tiles(7) == [1, 7] and row_tiles(14) == [1, 2, 7] and row_tiles(56) == [1, 2, 4, 7, 8]
 
 
-def _blocks_or_skip(spec: KernelSpec, blocks: int) -> int:
-    """The accumulator tile's widest pixel (row) count at ``blocks`` channel tiles; skips the test where
-    the kernel's channel tiles do not split into ``blocks``."""
-    if blocks not in channel_blocks(spec.o_tiles):
-        pytest.skip(f"{spec.o_tiles} channel tile(s) do not split into {blocks} blocks")
-    return most_pixels(blocks)
+def _each_block_and_tile(spec: KernelSpec, mod: tvm.IRModule, recipe, arrays: list[np.ndarray], want: np.ndarray):
+    """:func:`_each_sampled_tile` of ``recipe`` at every channel-block split of the kernel (``blocks=``)."""
+    for blocks in channel_blocks(spec.o_tiles):
+        yield from _each_sampled_tile(spec, mod, functools.partial(recipe, blocks=blocks), arrays, want,
+                                      most_pixels(blocks))
 
 
-@pytest.mark.parametrize("blocks", [1, 2])
 @pytest.mark.parametrize("case", range(5))
-def test_every_sampled_tile_is_exact_and_runs_the_int8_dot(case, blocks):
+def test_every_sampled_tile_is_exact_and_runs_the_int8_dot(case):
     isa = _host_isa()
     register_intrinsics()
     spec = _cases(isa)[case]
-    most = _blocks_or_skip(spec, blocks)
     mod = _mod(spec)
     arrays = _args(spec, np.random.default_rng(case))
     want = _run(tvm.compile(mod, target=_host()).jit(), arrays)  # the kernel's own loops, unscheduled
     intrinsic = _intrinsic(s_tir.Schedule(mod), isa)
-    recipe = functools.partial(schedule_conv, intrinsic=intrinsic, blocks=blocks)
-    for lib in _each_sampled_tile(spec, mod, recipe, arrays, want, most):
+    recipe = functools.partial(schedule_conv, intrinsic=intrinsic)
+    for lib in _each_block_and_tile(spec, mod, recipe, arrays, want):
         asm = lib.mod.inspect_source("s")
         # vpmaddwd + vpaddd become one vpdpwssd where the CPU has VNNI
         assert any(op in asm for op in ("vpdpbusd", "vpmaddwd", "vpdpwssd")), "no int8 dot instructions"
@@ -142,22 +139,20 @@ def _linear_cases(isa: str) -> list[KernelSpec]:
     ]
 
 
-@pytest.mark.parametrize("blocks", [1, 2, 3])
 @pytest.mark.parametrize("case", range(5))
-def test_every_sampled_linear_tile_is_exact_and_runs_the_int8_dot(case, blocks):
+def test_every_sampled_linear_tile_is_exact_and_runs_the_int8_dot(case):
     """The int8 linear recipe (a tile of rows x 16 lanes -- or a few 16-lane blocks -- of int32
     accumulators in registers across the whole reduction) at every row tile it samples is the kernel's
     own loops, to the bit."""
     isa = _host_isa()
     register_intrinsics()
     spec = _linear_cases(isa)[case]
-    most = _blocks_or_skip(spec, blocks)
     mod = _mod(spec)
     arrays = _args(spec, np.random.default_rng(case))
     want = _run(tvm.compile(mod, target=_host()).jit(), arrays)
     intrinsic = _intrinsic(s_tir.Schedule(mod), isa)
-    recipe = functools.partial(schedule_conv, intrinsic=intrinsic, blocks=blocks)
-    for lib in _each_sampled_tile(spec, mod, recipe, arrays, want, most):
+    recipe = functools.partial(schedule_conv, intrinsic=intrinsic)
+    for lib in _each_block_and_tile(spec, mod, recipe, arrays, want):
         asm = lib.mod.inspect_source("s")
         assert any(op in asm for op in ("vpdpbusd", "vpmaddwd", "vpdpwssd")), "no int8 dot instructions"
     assert conv_space(isa)(s_tir.Schedule(mod)), "the space offers no int8 linear design"
@@ -226,9 +221,8 @@ FLOAT = [
 ]
 
 
-@pytest.mark.parametrize("blocks", [1, 2, 3])
 @pytest.mark.parametrize("case", range(len(FLOAT)))
-def test_every_sampled_fp32_tile_sums_in_the_kernels_order(case, blocks):
+def test_every_sampled_fp32_tile_sums_in_the_kernels_order(case):
     """The fp32 recipes (a tile of pixels -- a linear layer's rows -- x 16 channels of accumulators,
     broadcast FMAs; the depthwise one on float values) at every tile width they sample add the same products in the same order as the
     kernel's own loops: equal to the bit, with vector FMAs in the code. On a CPU without AVX-512 the
@@ -237,14 +231,12 @@ def test_every_sampled_fp32_tile_sums_in_the_kernels_order(case, blocks):
 
     spec = FLOAT[case]
     assert spec.float_depthwise if spec.groups > 1 else spec.float_blocked
-    if spec.groups > 1 and blocks > 1:
-        pytest.skip("the depthwise recipe has no channel blocks")
-    most = _blocks_or_skip(spec, blocks)
     mod = _mod(spec)
     arrays = _args(spec, np.random.default_rng(case))
     want = _run(tvm.compile(mod, target=_host()).jit(), arrays)
-    recipe = schedule_depthwise if spec.groups > 1 else functools.partial(schedule_float_conv, blocks=blocks)
-    for lib in _each_sampled_tile(spec, mod, recipe, arrays, want, most):
+    libs = _each_sampled_tile(spec, mod, schedule_depthwise, arrays, want) if spec.groups > 1 \
+        else _each_block_and_tile(spec, mod, schedule_float_conv, arrays, want)  # depthwise: no channel blocks
+    for lib in libs:
         asm = lib.mod.inspect_source("s")
         assert "vfmadd" in asm or "vmulps" in asm, "no vector multiply-adds"
     assert conv_space(spec.dot_isa)(s_tir.Schedule(mod)), "the space offers no fp32 design"
