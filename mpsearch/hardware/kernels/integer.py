@@ -175,10 +175,9 @@ def depthwise_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor | 
         dtype, acc, zero, name = "float32", "float32", tirx.const(0.0, "float32"), "pad"
         code: Callable[[tirx.PrimExpr], tirx.PrimExpr] = lambda v: v  # noqa: E731
     else:
-        dtype = "int8" if spec.a_mode == "s8" else "uint8"
-        if spec.depthwise_in_float:
-            dtype = "float32"  # the codes' integer values
-        acc, name = ("float32" if dtype == "float32" else "int32"), "quantize"
+        acc, name = ("float32" if spec.depthwise_in_float else "int32"), "quantize"
+        # fp32 sums stage the codes' integer values as fp32 too
+        dtype = acc if spec.depthwise_in_float else "int8" if spec.a_mode == "s8" else "uint8"
         zero = qp[4].astype(dtype) if spec.a_mode == "z8" else tirx.const(0, dtype)
         code = lambda v: quantize(v, qp, dtype)  # noqa: E731
     rows, cols = spec.padded_hw[0], -(-spec.padded_hw[1] // sw)

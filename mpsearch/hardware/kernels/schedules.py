@@ -283,17 +283,17 @@ def conv_space(dot_isa: str) -> Callable[[Any], list[Any]]:
     def space(sch: Any) -> list[Any]:
         if _has_block(sch, "depthwise"):
             recipes: list[Callable[[Any], None]] = [schedule_depthwise]
-        elif _has_block(sch, "fdot"):
-            o_tiles = int(sch.get(sch.get_sblock("fdot")).iter_vars[1].dom.extent)
-            recipes = [functools.partial(schedule_float_conv, blocks=b) for b in channel_blocks(o_tiles)]
         else:
-            if _dot_block(sch) is None:
-                return []
-            intrinsic = _intrinsic(sch, dot_isa)
-            if intrinsic is None:
-                return []
-            o_tiles = int(sch.get(_dot_block(sch)).iter_vars[1].dom.extent)
-            recipes = [functools.partial(schedule_conv, intrinsic=intrinsic, blocks=b) for b in channel_blocks(o_tiles)]
+            if _has_block(sch, "fdot"):
+                block, recipe = sch.get_sblock("fdot"), schedule_float_conv
+            else:
+                block = _dot_block(sch)
+                intrinsic = _intrinsic(sch, dot_isa) if block is not None else None
+                if intrinsic is None:
+                    return []
+                recipe = functools.partial(schedule_conv, intrinsic=intrinsic)
+            o_tiles = int(sch.get(block).iter_vars[1].dom.extent)  # the 16-lane output-channel tiles
+            recipes = [functools.partial(recipe, blocks=b) for b in channel_blocks(o_tiles)]
         spaces = []
         for i in range(COPIES):
             copy = sch.copy()
