@@ -124,3 +124,32 @@ def test_the_pick_is_chosen_among_the_front_and_the_uniform_baselines_within_one
     assert iso_accuracy_labels(evs) == ["fp32", "ilp@9ms"]  # INT8 5 points below, pareto-0 1.5 below
     evs["int8"] = E(kind="baseline", accuracy=0.995)
     assert iso_accuracy_labels(evs) == ["fp32", "int8", "ilp@9ms"]  # a baseline may beat the front
+
+
+def test_layers_maps_the_ith_layer_call_to_the_ith_layer_and_checks_the_count() -> None:
+    """The layers benchmark's bookkeeping: each run's layer calls, in order, are the model's layers (the
+    rest summed apart); the per-layer figure is the median over runs, position by position; a run with
+    another number of layer calls is an error, not a shifted table."""
+    from benchmarks.layers import in_call_order, per_layer_medians
+
+    is_layer = lambda name: name.startswith("layer")  # noqa: E731
+    runs = [in_call_order([("layer_a", 1.0), ("vm.alloc", 0.5), ("layer_b", 2.0), ("layer_a", 3.0)], is_layer),
+            in_call_order([("layer_a", 2.0), ("layer_b", 4.0), ("vm.check", 0.25), ("layer_a", 5.0)], is_layer),
+            in_call_order([("layer_a", 9.0), ("layer_b", 3.0), ("layer_a", 4.0)], is_layer)]
+    assert runs[0] == ([1.0, 2.0, 3.0], 0.5)
+    layers, rest = per_layer_medians(runs, 3, "test")
+    assert layers == [2.0, 3.0, 4.0] and rest == 0.25
+    with pytest.raises(RuntimeError, match="ran 3 layer kernels for a model of 4 layers"):
+        per_layer_medians(runs, 4, "test")
+
+
+def test_layers_names_each_layers_kind_from_its_module() -> None:
+    from benchmarks.layers import _kind
+    from mpsearch.quant.prepare import LayerInfo
+
+    dw = LayerInfo("dw", "conv2d", (96, 1, 3, 3), (1, 96, 113, 113), (1, 96, 56, 56))
+    pw = LayerInfo("pw", "conv2d", (24, 96, 1, 1), (1, 96, 56, 56), (1, 24, 56, 56))
+    fc = LayerInfo("fc", "linear", (1000, 1280), (1, 1280), (1, 1000))
+    assert _kind(dw, torch.nn.Conv2d(96, 96, 3, stride=2, groups=96)) == "dw3x3/2 96 @113"
+    assert _kind(pw, torch.nn.Conv2d(96, 24, 1)) == "1x1 96->24 @56"
+    assert _kind(fc, torch.nn.Linear(1280, 1000)) == "fc 1280->1000"
