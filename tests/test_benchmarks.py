@@ -153,3 +153,28 @@ def test_layers_names_each_layers_kind_from_its_module() -> None:
     assert _kind(dw, torch.nn.Conv2d(96, 96, 3, stride=2, groups=96)) == "dw3x3/2 96 @113"
     assert _kind(pw, torch.nn.Conv2d(96, 24, 1)) == "1x1 96->24 @56"
     assert _kind(fc, torch.nn.Linear(1280, 1000)) == "fc 1280->1000"
+
+
+def test_roofline_bounds_a_kernel_by_the_cache_level_its_traffic_fits(tmp_path: Path) -> None:
+    """The roofline benchmark's roofs: cache sizes read as the kernel reports them (instruction caches
+    left out), a kernel's traffic served by the smallest level that holds it, its bound the lower of
+    the compute peak and intensity x that level's bandwidth."""
+    from benchmarks.roofline import cache_levels, memory_level, roof
+
+    for i, (kind, level, size) in enumerate([("Data", 1, "48K"), ("Instruction", 1, "32K"), ("Unified", 2, "2048K"),
+                                             ("Unified", 3, "32M")]):
+        d = tmp_path / f"index{i}"
+        d.mkdir()
+        (d / "type").write_text(kind + "\n")
+        (d / "level").write_text(f"{level}\n")
+        (d / "size").write_text(size + "\n")
+    levels = cache_levels(tmp_path)
+    assert levels == [("L1", 48 << 10), ("L2", 2 << 20), ("L3", 32 << 20)]
+    assert memory_level(40 << 10, levels) == "L1" and memory_level(1 << 20, levels) == "L2"
+    assert memory_level(1 << 30, levels) == "DRAM"
+    bw = {"L1": 400.0, "L2": 200.0, "L3": 30.0, "DRAM": 15.0}
+    # 1 MFLOP over 100 KiB (L2): 10 FLOP/B x 200 GB/s = 2000 GFLOP/s, above a 250 GFLOP/s peak: compute
+    assert roof(1e6, 100 << 10, 250.0, levels, bw) == (250.0, "compute")
+    # 1 MFLOP over 512 MiB: DRAM-bound at 1e6 / 2**29 FLOP/B x 15 GB/s
+    bound, by = roof(1e6, 1 << 29, 250.0, levels, bw)
+    assert by == "DRAM" and bound == pytest.approx(1e6 / (1 << 29) * 15.0)
