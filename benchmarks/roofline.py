@@ -1,17 +1,21 @@
-"""Roofline: each tuned kernel of the default model against this host's measured roofs.
+"""Roofline: each tuned kernel of a model (default: the default model) against this host's measured roofs.
 
-The roofs are measured here by micro-kernels TVM compiles for the profile's own target, at the pinned
-thread count (one core's rate; the kernels are timed on one core too when ``--threads 1``):
+The roofs are measured here by micro-kernels TVM compiles for the profile's own target, on one core
+(a compute or private-cache rate x the pinned threads; the kernels are timed on one core with
+``--threads 1``):
 
-* compute: fp32 FMAs (``llvm.fma``, 512-bit where the target has AVX-512) and, for the integer
-  kernels, the int8 dot instruction they are built on (:attr:`TVMBackend.dot_isa`): VNNI
-  ``vpdpbusd``, or AVX-512BW ``vpmaddwd``; on a target without either, the integer kernels are held
-  to the fp32 roof. Twelve independent register accumulators, operands in L1: the instruction's peak
-  rate, not a library's.
+* compute: twelve independent 16-lane accumulator chains of one instruction sequence, operands in
+  registers: the instruction's peak rate, not a library's. fp32: ``llvm.fma``. int8: each dot the
+  integer kernels are built on (kernels/intrinsics.py) that the target has (:attr:`TVMBackend.dot_isa`):
+  VNNI's 16x4 ``vpdpbusd``; AVX-512BW's 16x4 ``vpmaddubsw`` + ``vpmaddwd``; the 16x2 ``vpmaddwd`` +
+  add (``vpdpwssd`` on VNNI targets). Each kernel is held to the peak of the densest of these its
+  tuned, compiled code contains, else (fp32 kernels, integer depthwise convs summed with FMAs, targets
+  without these dots) to the fp32 peak.
 * memory: a vectorized streaming read of a buffer half the size of each cache level the host reports
-  (L1d, L2, L3; L3 capped at 32 MiB) and of 1 GiB (DRAM). A kernel's memory roof is its arithmetic
-  intensity times the bandwidth of the smallest level that holds its compulsory traffic (weights at
-  their storage size, fp32 input and output: the kernels exchange fp32 tensors).
+  (L1d, L2, L3; L3 capped at 32 MiB) and of 1 GiB (DRAM), repeated to ~256 MiB a call. A kernel's
+  memory roof is its arithmetic intensity times the bandwidth of the smallest level that holds its
+  compulsory traffic: its parameters (weights at their storage size, bias and scales), its input and
+  its output, both fp32 (integer kernels quantize their fp32 input inside and write fp32).
 
 A kernel's roofline bound is the lower of the two; its share is achieved / bound.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,13 +32,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.cases import default_case
-from benchmarks.common import BenchmarkResult, median_time_s
+from benchmarks.cases import CASES
+from benchmarks.common import BenchmarkResult, cpu_features, median_time_s
 from mpsearch.report.markdown import markdown_table
 from mpsearch.search import bit_pairs, pair_label
 
 NAME = "roofline"
-TITLE = "Roofline: tuned kernels of the default model against the host's measured peaks"
+TITLE = "Roofline: tuned kernels against the host's measured peaks"
 ACCUMULATORS = 12  # independent chains: more than latency x ports of any FMA / dot unit
 L3_CAP = 32 << 20  # an L3 reported as hundreds of MiB (a VM's view of a socket) is read at 32 MiB
 DRAM_BYTES = 1 << 30
@@ -90,80 +95,110 @@ def _best_s(mod: Any, args: list[Any]) -> float:
     return min(mod.time_evaluator("main", tvm.cpu(), number=5, repeat=5)(*args).results)
 
 
-def compute_peaks(target: Any, dot_isa: str, iterations: int = 200_000) -> dict[str, float | None]:
-    """fp32 FMA and int8 dot peaks (GFLOP/s, GOP/s; a multiply-add counts two) of one core of ``target``."""
+# The x86 int8 dots of mpsearch's integer kernels (kernels/intrinsics.py), densest first, each with the
+# mnemonics that show it in a kernel's code: the VNNI 16x4 dot (vpdpbusd), AVX-512BW's 16x4 dot
+# (vpmaddubsw, then vpmaddwd against ones) and the 16x2 dot (vpmaddwd; LLVM fuses vpmaddwd + vpaddd into
+# VNNI's vpdpwssd where the target has it). A kernel is held to the peak of the densest dot its compiled
+# code contains; code with none (fp32 kernels, integer depthwise convs summed with FMAs, integer kernels
+# on targets without these dots) to the fp32 FMA peak.
+DOTS = {"vpdpbusd": ("vpdpbusd",), "vpmaddubsw": ("vpmaddubsw",), "vpmaddwd": ("vpmaddwd", "vpdpwssd")}
+FMA = "fma"
+
+
+def kernel_instruction(asm: str) -> str:
+    """The roof a kernel's assembly ``asm`` is held to: the densest of :data:`DOTS` it contains, else
+    :data:`FMA`."""
+    return next((dot for dot, names in DOTS.items() if any(re.search(rf"\b{n}\b", asm) for n in names)), FMA)
+
+
+def compute_roof(instruction: str, peaks: dict[str, float]) -> tuple[str, float]:
+    """``(roof name, GOP/s)`` of a kernel built on ``instruction``: its measured peak, or the FMA peak
+    where this host's peaks lack it."""
+    return (instruction, peaks[instruction]) if instruction in peaks else (FMA, peaks[FMA])
+
+
+def _chains(a: tuple[int, str], b: tuple[int, str], acc_dtype: str, step: Any, iterations: int) -> Any:
+    """A micro-kernel of :data:`ACCUMULATORS` independent 16-lane chains ``c = step(c, x, y)``, each run
+    ``iterations`` times, on the operands ``x``, ``y`` (``(elements, dtype)``, loaded once): the
+    instructions' throughput with register operands, no load or broadcast in the way."""
+    from tvm.script import tirx as T
+
+    acc = ACCUMULATORS
+
+    @T.prim_func
+    def chains(x: T.Buffer((a[0],), a[1]), y: T.Buffer((b[0],), b[1]), out: T.Buffer((acc * 16,), acc_dtype)):
+        T.func_attr({"tirx.noalias": True})
+        c = T.alloc_buffer((acc * 16,), acc_dtype, scope="local")
+        for k in T.unroll(acc):
+            c[T.ramp(k * 16, 1, 16)] = T.broadcast(T.Cast(acc_dtype, 0), 16)
+        for i in range(iterations):
+            for k in T.unroll(acc):
+                c[T.ramp(k * 16, 1, 16)] = step(c[T.ramp(k * 16, 1, 16)], x[T.ramp(0, 1, a[0])], y[T.ramp(0, 1, b[0])])
+        for k in T.unroll(acc):
+            out[T.ramp(k * 16, 1, 16)] = c[T.ramp(k * 16, 1, 16)]
+
+    return chains
+
+
+def compute_peaks(target: Any, dot_isa: str, iterations: int = 200_000) -> dict[str, float]:
+    """Peaks of one core of ``target`` (GFLOP/s, GOP/s; a multiply-add counts two): ``"fma"`` (fp32
+    ``llvm.fma``) and each of :data:`DOTS` that ``dot_isa`` has, built from the LLVM intrinsics the
+    kernels' dots (kernels/intrinsics.py) use: ``vpdpbusd``; ``vpmaddubsw``, its int16 pairs summed by
+    ``vpmaddwd`` against ones and added; ``vpmaddwd`` and an add (VNNI targets: ``vpdpwssd``). Where an
+    instruction does not take the accumulator, its first operand is the accumulator's bits, so that LLVM
+    can neither hoist it out of the loop nor share it between chains."""
     import tvm
     from tvm.script import tirx as T
     from tvm.target import codegen
 
-    acc, lanes = ACCUMULATORS, 16
+    def llvm(name: str, dtype: str, *args: Any) -> Any:
+        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(name), *args, dtype=dtype)
 
-    @T.prim_func
-    def fma(a: T.Buffer((16,), "float32"), b: T.Buffer((16,), "float32"), out: T.Buffer((acc * 16,), "float32")):
-        T.func_attr({"tirx.noalias": True})
-        c = T.alloc_buffer((acc * 16,), "float32", scope="local")
-        for k in T.unroll(acc):
-            c[T.ramp(k * 16, 1, 16)] = T.broadcast(T.float32(0), 16)
-        for i in range(iterations):
-            for k in T.unroll(acc):
-                c[T.ramp(k * 16, 1, 16)] = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id("llvm.fma.v16f32"), c[T.ramp(k * 16, 1, 16)], a[T.ramp(0, 1, 16)],
-                    b[T.ramp(0, 1, 16)], dtype="float32x16")
-        for k in T.unroll(acc):
-            out[T.ramp(k * 16, 1, 16)] = c[T.ramp(k * 16, 1, 16)]
-
-    def float_args() -> list[Any]:
-        return [tvm.runtime.tensor(np.full(16, v, "float32")) for v in (1.0, 1e-6)] \
-            + [tvm.runtime.tensor(np.zeros(acc * lanes, "float32"))]
-
-    peaks: dict[str, float | None] = {
-        "fp32_gflops": iterations * acc * lanes * 2 / _best_s(_compile(fma, target), float_args()) / 1e9,
-        "int8_gops": None}
-    if dot_isa == "avx512vnni":
-        operand = "int8x64" if codegen.llvm_version_major() >= 21 else "int32x16"
-
-        @T.prim_func
-        def dot(a: T.Buffer((64,), "uint8"), b: T.Buffer((64,), "int8"), out: T.Buffer((acc * 16,), "int32")):
-            T.func_attr({"tirx.noalias": True})
-            c = T.alloc_buffer((acc * 16,), "int32", scope="local")
-            for k in T.unroll(acc):
-                c[T.ramp(k * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
-            for i in range(iterations):
-                for k in T.unroll(acc):
-                    c[T.ramp(k * 16, 1, 16)] = T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), c[T.ramp(k * 16, 1, 16)],
-                        T.reinterpret(a[T.ramp(0, 1, 64)], dtype=operand),
-                        T.reinterpret(b[T.ramp(0, 1, 64)], dtype=operand), dtype="int32x16")
-            for k in T.unroll(acc):
-                out[T.ramp(k * 16, 1, 16)] = c[T.ramp(k * 16, 1, 16)]
-
-        macs = 64  # 16 lanes x 4 byte products
-    elif dot_isa == "avx512bw":
-
-        @T.prim_func
-        def dot(a: T.Buffer((32,), "int16"), b: T.Buffer((32,), "int16"), out: T.Buffer((acc * 16,), "int32")):
-            T.func_attr({"tirx.noalias": True})
-            c = T.alloc_buffer((acc * 16,), "int32", scope="local")
-            for k in T.unroll(acc):
-                c[T.ramp(k * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
-            for i in range(iterations):
-                for k in T.unroll(acc):
-                    c[T.ramp(k * 16, 1, 16)] = c[T.ramp(k * 16, 1, 16)] + T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddw.d.512"), a[T.ramp(0, 1, 32)],
-                        b[T.ramp(0, 1, 32)], dtype="int32x16")
-            for k in T.unroll(acc):
-                out[T.ramp(k * 16, 1, 16)] = c[T.ramp(k * 16, 1, 16)]
-
-        macs = 32  # 16 lanes x 2 int16 products (the 16x2 dot: exact for 8-bit codes)
-    else:
-        return peaks
-    a_dtype = "uint8" if dot_isa == "avx512vnni" else "int16"
-    b_dtype = "int8" if dot_isa == "avx512vnni" else "int16"
-    n = 64 if dot_isa == "avx512vnni" else 32
-    args = [tvm.runtime.tensor(np.ones(n, a_dtype)), tvm.runtime.tensor(np.ones(n, b_dtype)),
-            tvm.runtime.tensor(np.zeros(acc * lanes, "int32"))]
-    peaks["int8_gops"] = iterations * acc * macs * 2 / _best_s(_compile(dot, target), args) / 1e9
+    byte = "int8x64" if codegen.llvm_version_major() >= 21 else "int32x16"  # vpdpbusd's operands (intrinsics.py)
+    madd = "llvm.x86.avx512.pmaddw.d.512"
+    # name -> (x operand, y operand, accumulator, step, multiply-adds per step and lane)
+    kinds: dict[str, tuple[Any, ...]] = {
+        FMA: ((16, "float32"), (16, "float32"), "float32",
+              lambda c, x, y: llvm("llvm.fma.v16f32", "float32x16", c, x, y), 1),
+        "vpdpbusd": ((64, "uint8"), (64, "int8"), "int32", lambda c, x, y: llvm(
+            "llvm.x86.avx512.vpdpbusd.512", "int32x16", c, T.reinterpret(x, dtype=byte), T.reinterpret(y, dtype=byte)), 4),
+        "vpmaddubsw": ((64, "uint8"), (64, "int8"), "int32", lambda c, x, y: c + llvm(madd, "int32x16", llvm(
+            "llvm.x86.avx512.pmaddubs.w.512", "int16x32", T.reinterpret(c, dtype="uint8x64"), y),
+            T.broadcast(T.int16(1), 32)), 4),
+        "vpmaddwd": ((32, "int16"), (32, "int16"), "int32", lambda c, x, y: c + llvm(
+            madd, "int32x16", T.reinterpret(c, dtype="int16x32"), y), 2),
+    }
+    have = {"avx512vnni": [FMA, *DOTS], "avx512bw": [FMA, "vpmaddubsw", "vpmaddwd"]}.get(dot_isa, [FMA])
+    peaks = {}
+    for name in have:
+        a, b, acc_dtype, step, macs = kinds[name]
+        args = [tvm.runtime.tensor(np.ones(n, dtype)) for n, dtype in (a, b)] \
+            + [tvm.runtime.tensor(np.zeros(ACCUMULATORS * 16, acc_dtype))]
+        seconds = _best_s(_compile(_chains(a, b, acc_dtype, step, iterations), target), args)
+        peaks[name] = iterations * ACCUMULATORS * 16 * macs * 2 / seconds / 1e9
     return peaks
+
+
+def kernel_code(backend: Any, mod: Any) -> str:
+    """The assembly of kernel ``mod`` as tuned in ``backend``'s database ("" where it has no record)."""
+    import tvm
+
+    sch = backend.db.query_schedule(mod, backend.target, workload_name="main")
+    if sch is None:
+        return ""
+    return tvm.compile(sch.mod, target=backend.target).mod.inspect_source("asm")
+
+
+def vendor_int8_gops(threads: int, n: int = 2048) -> float | None:
+    """``torch._int_mm`` (s8 x s8 -> s32 GEMM, oneDNN: AMX where the host has it) at ``n``^3, GOP/s; None
+    where this PyTorch has no CPU kernel for it. A vendor library's rate, for reference only."""
+    torch.set_num_threads(threads)
+    a, b = (torch.randint(-128, 128, (n, n), dtype=torch.int8) for _ in range(2))
+    try:
+        t, _ = median_time_s(lambda: torch._int_mm(a, b), repeat=5, number=2, warmup=1)
+    except (RuntimeError, AttributeError):
+        return None
+    return 2 * n**3 / t / 1e9
 
 
 def read_bandwidths(target: Any, levels: list[tuple[str, int]]) -> dict[str, float]:
@@ -202,13 +237,17 @@ def read_bandwidths(target: Any, levels: list[tuple[str, int]]) -> dict[str, flo
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cached-timings", action="store_true", help="reuse kernel timings of earlier runs")
+    parser.add_argument("--model", default="resnet20_fmnist", choices=sorted(CASES),
+                        help="the model whose kernels are placed (default: the default model)")
 
 
 def run(args: argparse.Namespace) -> BenchmarkResult:
+    from mpsearch.candidate import Candidate
     from mpsearch.hardware.profile import load_profile
     from mpsearch.hardware.tvm_backend import TVMBackend
 
-    case = default_case()
+    case = CASES[args.model]()
+    layers = case.prepared.layer_names
     pairs = [(32, 32), (8, 8)] if args.quick else bit_pairs([4, 8, 32], [4, 8, 32])
     backend = TVMBackend(load_profile("host_cpu"), Path(args.cache_dir), progress=False)
     levels = cache_levels()
@@ -216,54 +255,76 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
     core_bandwidth = read_bandwidths(backend.target, levels)
     # the micro-kernels run on one core: compute and the private caches (L1, L2) scale with the threads
     # the kernels are timed with; a shared L3 and DRAM do not
-    peaks = {k: (v * args.threads if v is not None else None) for k, v in core.items()}
+    peaks = {k: v * args.threads for k, v in core.items()}
     bandwidth = {k: v * (args.threads if k in ("L1", "L2") else 1) for k, v in core_bandwidth.items()}
     blas = blas_gflops(args.threads)
+    vendor_int8 = vendor_int8_gops(args.threads)
     if not args.cached_timings:
         backend.record_timings_in(Path(tempfile.mkdtemp(prefix="mpsearch-bench-")) / "costs.jsonl")
     table = backend.cost_table(case.prepared, case.ranges, pairs)
+    code: dict[str, str] = {}  # kernel key -> the roof its tuned code is held to
     rows, points = [], []
-    for li in case.prepared.layers:
-        for pair in pairs:
+    for pair in pairs:
+        _, per_layer = backend.layer_kernels(case.prepared, Candidate.uniform(layers, *pair), case.ranges)
+        for li in case.prepared.layers:
+            key, _, mod = per_layer[li.name]
+            if key not in code:
+                code[key] = kernel_instruction(kernel_code(backend, mod))
             t = table.latency_s[li.name][pair]
             flops = 2 * li.macs
-            integer = pair[1] <= 8 and peaks["int8_gops"] is not None
-            peak = float(peaks["int8_gops"] if integer else peaks["fp32_gflops"])  # type: ignore[arg-type]
-            # compulsory traffic: weights at their storage size, fp32 input and output (kernels exchange fp32)
+            by_compute, peak = compute_roof(code[key], peaks)
             traffic = table.weight_bytes[li.name][pair] + 4 * math.prod(li.in_shape) + 4 * math.prod(li.out_shape)
             bound, by = roof(flops, traffic, peak, levels, bandwidth)
             achieved = flops / t / 1e9
             points.append({"layer": li.name, "pair": pair_label(pair), "flops": flops, "bytes": traffic,
                            "latency_us": t * 1e6, "achieved_gflops": achieved, "achieved_gbps": traffic / t / 1e9,
-                           "intensity_flop_per_byte": flops / traffic, "roofline_gflops": bound, "bound_by": by,
-                           "memory_level": memory_level(traffic, levels), "pct_of_roofline": 100 * achieved / bound})
+                           "intensity_flop_per_byte": flops / traffic, "compute_roof": by_compute,
+                           "compute_peak_gflops": peak, "memory_level": memory_level(traffic, levels),
+                           "memory_roof_gflops": flops / traffic * bandwidth[memory_level(traffic, levels)],
+                           "roofline_gflops": bound, "bound_by": by, "pct_of_roofline": 100 * achieved / bound})
     by_pair = {}
     for pair in pairs:
         ps = [p for p in points if p["pair"] == pair_label(pair)]
+        roofs = sorted({p["compute_roof"] for p in ps}, key=lambda r: -sum(p["compute_roof"] == r for p in ps))
         stats = {"median_pct_of_roofline": float(np.median([p["pct_of_roofline"] for p in ps])),
                  "best_gflops": max(p["achieved_gflops"] for p in ps),
                  "total_latency_us": sum(p["latency_us"] for p in ps),
+                 "compute_roofs": {r: sum(p["compute_roof"] == r for p in ps) for r in roofs},
                  "compute_bound_kernels": sum(p["bound_by"] == "compute" for p in ps), "kernels": len(ps)}
         by_pair[pair_label(pair)] = stats
         rows.append([pair_label(pair), f"{stats['total_latency_us']:.0f}", f"{stats['best_gflops']:.1f}",
+                     ", ".join(f"{r} {n}" for r, n in stats["compute_roofs"].items()),
                      f"{stats['compute_bound_kernels']} of {stats['kernels']}",
                      f"{stats['median_pct_of_roofline']:.1f}"])
     detail = sorted(points, key=lambda p: -p["flops"])[: 3 * len(pairs)]
-    int8 = (f"int8 {backend.dot_isa} **{peaks['int8_gops']:.0f} GOP/s**" if peaks["int8_gops"] is not None
-            else "no int8 dot instruction on this target: integer kernels are held to the fp32 roof")
+    names = {FMA: "fp32 FMA", "vpdpbusd": "int8 16x4 vpdpbusd (VNNI)",
+             "vpmaddubsw": "int8 16x4 vpmaddubsw + vpmaddwd", "vpmaddwd": "int8 16x2 vpmaddwd (+ add)"}
+    ordered = list(bandwidth.values()) == sorted(bandwidth.values(), reverse=True)
+    features = cpu_features()
+    vendor = "" if vendor_int8 is None else (
+        f" For reference, not used by mpsearch's kernels: PyTorch's `torch._int_mm` (oneDNN; the host "
+        f"{'has' if 'amx_int8' in features else 'has no'} AMX-INT8) reaches **{vendor_int8:.0f} GOP/s** on an "
+        f"int8 2048³ GEMM, and its fp32 2048³ GEMM {blas:.0f} GFLOP/s.")
     text = "\n".join([
         __doc__.split("\n\n", 1)[1].strip(), "",
-        f"Measured here ({args.threads} thread(s) pinned; one core's rates x the threads for compute and L1/L2), "
-        f"target `{backend.target.attrs.get('mcpu', '')}`: "
-        f"fp32 FMA **{peaks['fp32_gflops']:.0f} GFLOP/s** (PyTorch's BLAS 2048³ GEMM: {blas:.0f}); {int8}; read "
-        "bandwidth " + ", ".join(f"{name} **{bw:.0f} GB/s**" for name, bw in bandwidth.items())
-        + " (cache sizes: " + ", ".join(f"{n} {s >> 10} KiB" for n, s in levels) + ").", "",
-        markdown_table(["precision", "Σ kernel µs", "best GFLOP/s", "compute-bound", "median % of roofline"], rows),
+        f"Measured here ({args.threads} thread(s) pinned; one core's rates x the threads for compute and L1/L2) "
+        f"for target `{backend.target.attrs.get('mcpu', '')}` (int8 dots: `{backend.dot_isa or 'none'}`; "
+        f"host CPU features: {' '.join(features) or 'unknown'}): compute "
+        + ", ".join(f"{names[k]} **{v:.0f} G{'FLOP' if k == FMA else 'OP'}/s**" for k, v in peaks.items())
+        + "; read bandwidth " + ", ".join(f"{name} **{bw:.0f} GB/s**" for name, bw in bandwidth.items())
+        + " (cache sizes: " + ", ".join(f"{n} {s >> 10} KiB" for n, s in levels) + ")."
+        + ("" if ordered else " The bandwidths do not fall level by level: a disturbed measurement.") + vendor,
+        "", f"Model: {case.description}.", "",
+        markdown_table(["precision", "Σ kernel µs", "best GFLOP/s", "compute roofs (kernels)", "compute-bound",
+                        "median % of roofline"], rows),
         "", "Largest kernels:", "",
-        markdown_table(["layer", "precision", "MFLOP", "µs", "GFLOP/s", "FLOP/B", "bound by", "% of roofline"],
+        markdown_table(["layer", "precision", "MFLOP", "µs", "GFLOP/s", "FLOP/B", "compute roof", "memory level",
+                        "bound by", "% of roofline"],
                        [[p["layer"], p["pair"], f"{p['flops'] / 1e6:.2f}", f"{p['latency_us']:.1f}",
-                         f"{p['achieved_gflops']:.2f}", f"{p['intensity_flop_per_byte']:.1f}", p["bound_by"],
-                         f"{p['pct_of_roofline']:.1f}"] for p in detail]), ""])
-    data = {"peaks": peaks, "one_core_peaks": core, "one_core_bandwidth_gbps": core_bandwidth, "blas_fp32_gflops": blas, "bandwidth_gbps": bandwidth, "cache_levels": dict(levels),
-            "dot_isa": backend.dot_isa, "by_precision": by_pair, "kernels": points, "device": backend.describe()}
+                         f"{p['achieved_gflops']:.2f}", f"{p['intensity_flop_per_byte']:.1f}", p["compute_roof"],
+                         p["memory_level"], p["bound_by"], f"{p['pct_of_roofline']:.1f}"] for p in detail]), ""])
+    data = {"model": case.name, "peaks": peaks, "one_core_peaks": core, "one_core_bandwidth_gbps": core_bandwidth,
+            "bandwidth_gbps": bandwidth, "bandwidth_falls_by_level": ordered, "cache_levels": dict(levels),
+            "blas_fp32_gflops": blas, "torch_int_mm_gops": vendor_int8, "dot_isa": backend.dot_isa,
+            "cpu_features": features, "by_precision": by_pair, "kernels": points, "device": backend.describe()}
     return BenchmarkResult(NAME, TITLE, data, text)

@@ -178,3 +178,26 @@ def test_roofline_bounds_a_kernel_by_the_cache_level_its_traffic_fits(tmp_path: 
     # 1 MFLOP over 512 MiB: DRAM-bound at 1e6 / 2**29 FLOP/B x 15 GB/s
     bound, by = roof(1e6, 1 << 29, 250.0, levels, bw)
     assert by == "DRAM" and bound == pytest.approx(1e6 / (1 << 29) * 15.0)
+
+
+def test_roofline_holds_a_kernel_to_the_peak_of_the_dot_its_code_contains() -> None:
+    """A kernel's compute roof: the densest int8 dot in its assembly (the 16x2 dot fused into VNNI's
+    vpdpwssd still counts as vpmaddwd), else the fp32 FMA peak, which also stands in for a dot this
+    host has no peak for; the roof then bounds the kernel with the memory roof of its cache level."""
+    from benchmarks.roofline import FMA, compute_roof, kernel_instruction, roof
+
+    assert kernel_instruction("\tvpbroadcastd\t(%rax), %zmm1\n\tvpdpbusd\t%zmm1, %zmm2, %zmm3\n"
+                              "\tvpdpwssd\t%zmm4, %zmm5, %zmm6\n") == "vpdpbusd"
+    assert kernel_instruction("\tvpmovsxbw\t(%rax), %zmm1\n\tvpdpwssd\t%zmm1, %zmm2, %zmm3\n") == "vpmaddwd"
+    assert kernel_instruction("\tvpmaddubsw\t%zmm1, %zmm2, %zmm3\n\tvpmaddwd\t%zmm3, %zmm4, %zmm3\n") == "vpmaddubsw"
+    assert kernel_instruction("\tvfmadd231ps\t%zmm1, %zmm2, %zmm3\n\tvpdpbusds\t%zmm1, %zmm2, %zmm3\n") == FMA
+    peaks = {FMA: 250.0, "vpdpbusd": 1000.0, "vpmaddwd": 500.0}
+    assert compute_roof("vpdpbusd", peaks) == ("vpdpbusd", 1000.0)
+    assert compute_roof("vpmaddubsw", peaks) == (FMA, 250.0)
+    levels = [("L1", 48 << 10), ("L2", 2 << 20)]
+    bw = {"L1": 400.0, "L2": 200.0, "DRAM": 15.0}
+    # a W8A8 conv: 3.6 MFLOP over 100 KiB (L2): 35 FLOP/B x 200 GB/s = 7 TFLOP/s, above the VNNI peak
+    assert roof(3.6e6, 100 << 10, *compute_roof("vpdpbusd", peaks)[1:], levels, bw) == (1000.0, "compute")
+    # a GEMV: 0.5 MFLOP over 300 KiB: 1.6 FLOP/B x 200 GB/s = 326 GFLOP/s, below the VNNI peak: L2-bound
+    bound, by = roof(0.5e6, 300 << 10, 1000.0, levels, bw)
+    assert by == "L2" and bound == pytest.approx(0.5e6 / (300 << 10) * 200.0)
