@@ -9,8 +9,8 @@ The roofs are measured here by micro-kernels TVM compiles for the profile's own 
   integer kernels are built on (kernels/intrinsics.py) that the target has (:attr:`TVMBackend.dot_isa`):
   VNNI's 16x4 ``vpdpbusd``; AVX-512BW's 16x4 ``vpmaddubsw`` + ``vpmaddwd``; the 16x2 ``vpmaddwd`` +
   add (``vpdpwssd`` on VNNI targets). Each kernel is held to the peak of the densest of these its
-  tuned, compiled code contains, else (fp32 kernels, integer depthwise convs summed with FMAs, targets
-  without these dots) to the fp32 peak.
+  tuned, compiled code contains, else to the fp32 peak: fp32 kernels, and integer kernels with no dot
+  (plain loops, e.g. a 1-channel stem; depthwise convs summed with FMAs; targets without these dots).
 * memory: a vectorized streaming read of a buffer half the size of each cache level the host reports
   (L1d, L2, L3; L3 capped at 32 MiB) and of 1 GiB (DRAM), repeated to ~256 MiB a call. A kernel's
   memory roof is its arithmetic intensity times the bandwidth of the smallest level that holds its
@@ -99,8 +99,8 @@ def _best_s(mod: Any, args: list[Any]) -> float:
 # mnemonics that show it in a kernel's code: the VNNI 16x4 dot (vpdpbusd), AVX-512BW's 16x4 dot
 # (vpmaddubsw, then vpmaddwd against ones) and the 16x2 dot (vpmaddwd; LLVM fuses vpmaddwd + vpaddd into
 # VNNI's vpdpwssd where the target has it). A kernel is held to the peak of the densest dot its compiled
-# code contains; code with none (fp32 kernels, integer depthwise convs summed with FMAs, integer kernels
-# on targets without these dots) to the fp32 FMA peak.
+# code contains; code with none (fp32 kernels; integer kernels in plain loops, depthwise convs summed
+# with FMAs, or on targets without these dots) to the fp32 FMA peak.
 DOTS = {"vpdpbusd": ("vpdpbusd",), "vpmaddubsw": ("vpmaddubsw",), "vpmaddwd": ("vpmaddwd", "vpdpwssd")}
 FMA = "fma"
 
