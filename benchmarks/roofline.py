@@ -90,80 +90,69 @@ def _best_s(mod: Any, args: list[Any]) -> float:
     return min(mod.time_evaluator("main", tvm.cpu(), number=5, repeat=5)(*args).results)
 
 
-def compute_peaks(target: Any, dot_isa: str, iterations: int = 200_000) -> dict[str, float | None]:
-    """fp32 FMA and int8 dot peaks (GFLOP/s, GOP/s; a multiply-add counts two) of one core of ``target``."""
-    import tvm
+#: The instruction each compute peak is measured with: ``(operand dtype a, operand dtype b, operand
+#: lanes, accumulator dtype, multiply-adds per instruction)``; "fma" is the fp32 roof, the others the
+#: integer kernels' dot on that ``dot_isa``.
+PEAK_OPS = {
+    "fma": ("float32", "float32", 16, "float32", 16),
+    "avx512vnni": ("uint8", "int8", 64, "int32", 64),  # vpdpbusd: 16 lanes x 4 byte products
+    "avx512bw": ("int16", "int16", 32, "int32", 32),  # vpmaddwd: 16 lanes x 2 (the exact 16x2 dot)
+}
+
+
+def _peak_kernel(op: str, iterations: int) -> Any:
+    """``ACCUMULATORS`` independent 16-lane accumulators, each updated ``iterations`` times by ``op``'s
+    instruction on operands held in L1."""
     from tvm.script import tirx as T
     from tvm.target import codegen
 
-    acc, lanes = ACCUMULATORS, 16
+    a_dtype, b_dtype, n, acc_dtype, _ = PEAK_OPS[op]
+    acc = ACCUMULATORS
+    # LLVM 21 retyped vpdpbusd's byte operands from <16 x i32> to <64 x i8>
+    vnni_operand = "int8x64" if codegen.llvm_version_major() >= 21 else "int32x16"
 
     @T.prim_func
-    def fma(a: T.Buffer((16,), "float32"), b: T.Buffer((16,), "float32"), out: T.Buffer((acc * 16,), "float32")):
+    def kernel(a: T.Buffer((n,), a_dtype), b: T.Buffer((n,), b_dtype), out: T.Buffer((acc * 16,), acc_dtype)):
         T.func_attr({"tirx.noalias": True})
-        c = T.alloc_buffer((acc * 16,), "float32", scope="local")
+        c = T.alloc_buffer((acc * 16,), acc_dtype, scope="local")
         for k in T.unroll(acc):
-            c[T.ramp(k * 16, 1, 16)] = T.broadcast(T.float32(0), 16)
+            c[T.ramp(k * 16, 1, 16)] = T.broadcast(T.Cast(acc_dtype, 0), 16)
         for i in range(iterations):
             for k in T.unroll(acc):
-                c[T.ramp(k * 16, 1, 16)] = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id("llvm.fma.v16f32"), c[T.ramp(k * 16, 1, 16)], a[T.ramp(0, 1, 16)],
-                    b[T.ramp(0, 1, 16)], dtype="float32x16")
+                if op == "fma":
+                    c[T.ramp(k * 16, 1, 16)] = T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.fma.v16f32"), c[T.ramp(k * 16, 1, 16)], a[T.ramp(0, 1, n)],
+                        b[T.ramp(0, 1, n)], dtype="float32x16")
+                elif op == "avx512vnni":
+                    c[T.ramp(k * 16, 1, 16)] = T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), c[T.ramp(k * 16, 1, 16)],
+                        T.reinterpret(a[T.ramp(0, 1, n)], dtype=vnni_operand),
+                        T.reinterpret(b[T.ramp(0, 1, n)], dtype=vnni_operand), dtype="int32x16")
+                else:  # the accumulator is an operand too: a product of loop invariants would be hoisted
+                    c[T.ramp(k * 16, 1, 16)] = c[T.ramp(k * 16, 1, 16)] + T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddw.d.512"),
+                        T.reinterpret(c[T.ramp(k * 16, 1, 16)], dtype="int16x32"), b[T.ramp(0, 1, n)],
+                        dtype="int32x16")
         for k in T.unroll(acc):
             out[T.ramp(k * 16, 1, 16)] = c[T.ramp(k * 16, 1, 16)]
 
-    def float_args() -> list[Any]:
-        return [tvm.runtime.tensor(np.full(16, v, "float32")) for v in (1.0, 1e-6)] \
-            + [tvm.runtime.tensor(np.zeros(acc * lanes, "float32"))]
+    return kernel
 
-    peaks: dict[str, float | None] = {
-        "fp32_gflops": iterations * acc * lanes * 2 / _best_s(_compile(fma, target), float_args()) / 1e9,
-        "int8_gops": None}
-    if dot_isa == "avx512vnni":
-        operand = "int8x64" if codegen.llvm_version_major() >= 21 else "int32x16"
 
-        @T.prim_func
-        def dot(a: T.Buffer((64,), "uint8"), b: T.Buffer((64,), "int8"), out: T.Buffer((acc * 16,), "int32")):
-            T.func_attr({"tirx.noalias": True})
-            c = T.alloc_buffer((acc * 16,), "int32", scope="local")
-            for k in T.unroll(acc):
-                c[T.ramp(k * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
-            for i in range(iterations):
-                for k in T.unroll(acc):
-                    c[T.ramp(k * 16, 1, 16)] = T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), c[T.ramp(k * 16, 1, 16)],
-                        T.reinterpret(a[T.ramp(0, 1, 64)], dtype=operand),
-                        T.reinterpret(b[T.ramp(0, 1, 64)], dtype=operand), dtype="int32x16")
-            for k in T.unroll(acc):
-                out[T.ramp(k * 16, 1, 16)] = c[T.ramp(k * 16, 1, 16)]
+def compute_peaks(target: Any, dot_isa: str, iterations: int = 200_000) -> dict[str, float | None]:
+    """fp32 FMA and int8 dot peaks (GFLOP/s, GOP/s; a multiply-add counts two) of one core of ``target``;
+    ``int8_gops`` None where ``dot_isa`` has no measured instruction (:data:`PEAK_OPS`)."""
+    import tvm
 
-        macs = 64  # 16 lanes x 4 byte products
-    elif dot_isa == "avx512bw":
+    def rate(op: str) -> float:
+        a_dtype, b_dtype, n, acc_dtype, macs = PEAK_OPS[op]
+        # a = 1, b = 0: every accumulator stays 0 (no overflow, no denormals), which the compiler cannot know
+        args = [tvm.runtime.tensor(np.full(n, v, dtype)) for v, dtype in ((1, a_dtype), (0, b_dtype))]
+        args.append(tvm.runtime.tensor(np.zeros(ACCUMULATORS * 16, acc_dtype)))
+        seconds = _best_s(_compile(_peak_kernel(op, iterations), target), args)
+        return iterations * ACCUMULATORS * macs * 2 / seconds / 1e9
 
-        @T.prim_func
-        def dot(a: T.Buffer((32,), "int16"), b: T.Buffer((32,), "int16"), out: T.Buffer((acc * 16,), "int32")):
-            T.func_attr({"tirx.noalias": True})
-            c = T.alloc_buffer((acc * 16,), "int32", scope="local")
-            for k in T.unroll(acc):
-                c[T.ramp(k * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
-            for i in range(iterations):
-                for k in T.unroll(acc):
-                    c[T.ramp(k * 16, 1, 16)] = c[T.ramp(k * 16, 1, 16)] + T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddw.d.512"), a[T.ramp(0, 1, 32)],
-                        b[T.ramp(0, 1, 32)], dtype="int32x16")
-            for k in T.unroll(acc):
-                out[T.ramp(k * 16, 1, 16)] = c[T.ramp(k * 16, 1, 16)]
-
-        macs = 32  # 16 lanes x 2 int16 products (the 16x2 dot: exact for 8-bit codes)
-    else:
-        return peaks
-    a_dtype = "uint8" if dot_isa == "avx512vnni" else "int16"
-    b_dtype = "int8" if dot_isa == "avx512vnni" else "int16"
-    n = 64 if dot_isa == "avx512vnni" else 32
-    args = [tvm.runtime.tensor(np.ones(n, a_dtype)), tvm.runtime.tensor(np.ones(n, b_dtype)),
-            tvm.runtime.tensor(np.zeros(acc * lanes, "int32"))]
-    peaks["int8_gops"] = iterations * acc * macs * 2 / _best_s(_compile(dot, target), args) / 1e9
-    return peaks
+    return {"fp32_gflops": rate("fma"), "int8_gops": rate(dot_isa) if dot_isa in PEAK_OPS else None}
 
 
 def read_bandwidths(target: Any, levels: list[tuple[str, int]]) -> dict[str, float]:
