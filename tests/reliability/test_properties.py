@@ -8,7 +8,7 @@ import json
 import math
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpsearch.candidate import SUPPORTED_BITS, Candidate
@@ -81,7 +81,7 @@ def mutated_configs(draw) -> tuple[RunConfig, list[str]]:
     return cfg, changed
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300)
 @given(mutated_configs())
 def test_validate_accepts_or_raises_one_config_error(case: tuple[RunConfig, list[str]]) -> None:
     cfg, changed = case
