@@ -107,20 +107,23 @@ def onnx_models(model: torch.nn.Module, example: tuple[torch.Tensor, ...], calib
     return paths
 
 
-def ort_session(path: Path, threads: int) -> Any:
+def ort_session(path: Path, threads: int, profile_prefix: str | None = None) -> Any:
+    """An ONNX Runtime CPU session on ``threads`` threads, every graph optimization on; with
+    ``profile_prefix``, its profiler writes there (``end_profiling()`` names the file)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if profile_prefix is not None:
+        so.enable_profiling, so.profile_file_prefix = True, profile_prefix
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def _tvm_callable(backend: Any, prepared: Any, candidate: Any, ranges: Any, batch: int,
-                  xs: list[np.ndarray]) -> Callable[[], Any]:
-    """One call of ``candidate``'s compiled library at ``batch`` (its kernels tuned for that batch first),
-    inputs and parameters bound, as the exported library runs it."""
+def tvm_vm(backend: Any, prepared: Any, candidate: Any, ranges: Any, batch: int, xs: list[np.ndarray]) -> Any:
+    """``candidate``'s compiled library at ``batch`` (its kernels tuned for that batch first) in a Relax VM,
+    inputs and parameters bound, as the exported library runs it (``invoke_stateful("main")``)."""
     import tvm
 
     from mpsearch.hardware.tvm_backend import _hash_mod
@@ -135,6 +138,13 @@ def _tvm_callable(backend: Any, prepared: Any, candidate: Any, ranges: Any, batc
     dev = tvm.cpu()
     vm = tvm.relax.VirtualMachine(exe, dev)
     vm.set_input("main", *[tvm.runtime.tensor(a, dev) for a in [*xs, *lowered.params]])
+    return vm
+
+
+def _tvm_callable(backend: Any, prepared: Any, candidate: Any, ranges: Any, batch: int,
+                  xs: list[np.ndarray]) -> Callable[[], Any]:
+    """One call of :func:`tvm_vm`'s library."""
+    vm = tvm_vm(backend, prepared, candidate, ranges, batch, xs)
     return lambda: vm.invoke_stateful("main")
 
 

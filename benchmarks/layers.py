@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.baselines import input_names, onnx_models, ort_session
+from benchmarks.baselines import input_names, onnx_models, ort_session, tvm_vm
 from benchmarks.common import BenchmarkResult, median_time_s
 from mpsearch.report.markdown import markdown_table
 
@@ -63,17 +63,7 @@ def per_layer_medians(runs: list[tuple[list[float], float]], n_layers: int, who:
 def tvm_profile(backend: Any, prepared: Any, candidate: Any, ranges: Any, xs: list[np.ndarray],
                 rounds: int) -> dict[str, Any]:
     """Per-layer and rest µs of ``candidate``'s compiled library (VM instrument), and its end-to-end ms."""
-    import tvm
-
-    from mpsearch.hardware.tvm_backend import _hash_mod
-
-    lowered = backend.lower(prepared, candidate, ranges)
-    backend.tune({_hash_mod(backend._kernel_mod(spec)): (name.replace(".", "_"), backend._kernel_mod(spec))
-                  for name, spec in lowered.kernels.items()})
-    exe, lowered, _ = backend._compile(prepared, candidate, ranges, keep=4, lowered=lowered)
-    dev = tvm.cpu()
-    vm = tvm.relax.VirtualMachine(exe, dev)
-    vm.set_input("main", *[tvm.runtime.tensor(a, dev) for a in [*xs, *lowered.params]])
+    vm = tvm_vm(backend, prepared, candidate, ranges, 1, xs)
     call = lambda: vm.invoke_stateful("main")  # noqa: E731
     e2e = median_time_s(call, repeat=7, number=10)[0]
     events: list[tuple[str, float]] = []
@@ -99,15 +89,9 @@ def tvm_profile(backend: Any, prepared: Any, candidate: Any, ranges: Any, xs: li
 def ort_profile(path: Path, threads: int, feed: dict[str, np.ndarray], rounds: int, n_layers: int,
                 work: Path) -> dict[str, Any]:
     """Per-layer and rest µs of an ONNX Runtime session (its profiler), and its end-to-end ms."""
-    import onnxruntime as ort
-
     session = ort_session(path, threads)
     e2e = median_time_s(lambda: session.run(None, feed), repeat=7, number=10)[0]
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.enable_profiling, so.profile_file_prefix = True, str(work / path.stem)
-    profiled = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    profiled = ort_session(path, threads, profile_prefix=str(work / path.stem))
     for _ in range(rounds):
         profiled.run(None, feed)
     trace = json.loads(Path(profiled.end_profiling()).read_text())

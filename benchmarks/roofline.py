@@ -275,12 +275,13 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
             by_compute, peak = compute_roof(code[key], peaks)
             traffic = table.weight_bytes[li.name][pair] + 4 * math.prod(li.in_shape) + 4 * math.prod(li.out_shape)
             bound, by = roof(flops, traffic, peak, levels, bandwidth)
+            level = memory_level(traffic, levels)
             achieved = flops / t / 1e9
             points.append({"layer": li.name, "pair": pair_label(pair), "flops": flops, "bytes": traffic,
                            "latency_us": t * 1e6, "achieved_gflops": achieved, "achieved_gbps": traffic / t / 1e9,
                            "intensity_flop_per_byte": flops / traffic, "compute_roof": by_compute,
-                           "compute_peak_gflops": peak, "memory_level": memory_level(traffic, levels),
-                           "memory_roof_gflops": flops / traffic * bandwidth[memory_level(traffic, levels)],
+                           "compute_peak_gflops": peak, "memory_level": level,
+                           "memory_roof_gflops": flops / traffic * bandwidth[level],
                            "roofline_gflops": bound, "bound_by": by, "pct_of_roofline": 100 * achieved / bound})
     by_pair = {}
     for pair in pairs:
