@@ -19,6 +19,7 @@ pytestmark = pytest.mark.tvm
 
 from mpsearch.hardware.kernels import (  # noqa: E402
     DOT4_INTRINSICS,
+    DOT4_WORD_INTRINSICS,
     DOT_INTRINSICS,
     KernelSpec,
     dot_intrinsics_for,
@@ -42,6 +43,11 @@ def _spec(op: str, w_mode: str, a_bits: int, isa: str = "avx512bw") -> KernelSpe
         return KernelSpec("conv2d", (1, 8, 5, 5), (16, 8, 3, 3), w_mode, "u8", (2, 2), (1, 1),
                           epilogue=("relu",), a_bits=a_bits, dot_isa=isa)
     return KernelSpec("linear", (2, 16), (32, 16), w_mode, "u8", a_bits=a_bits, dot_isa=isa)
+
+
+def _dot4(spec: KernelSpec, isa: str) -> str:
+    """The 16x4 intrinsic of ``isa`` for ``spec``'s input layout: convs read words of four codes."""
+    return (DOT4_WORD_INTRINSICS if spec.word_input else DOT4_INTRINSICS)[isa]
 
 
 def _host_has(isa: str) -> bool:
@@ -82,6 +88,11 @@ def test_16x4_layout_only_where_the_target_runs_it_exactly() -> None:
     assert with_(conv, dot_isa="avx512bw", a_bits=4, a_mode="f32").kgroup == 2  # weight-only: no dot
     # VNNI (vpdpbusd, int32 accumulation): any unsigned activation; no ISA: the portable 16x2 layout
     assert with_(conv, dot_isa="avx512vnni").kgroup == 4
+    # x86 16x4 convs read their input as words of four codes; linear layers' codes are contiguous already
+    assert with_(conv, dot_isa="avx512vnni").word_input and with_(six, w_shape=(32, 6, 3, 3)).word_input
+    assert not with_(conv, dot_isa="avx512bw").word_input  # 16x2
+    assert not with_(lin, dot_isa="avx512vnni", w_mode="i8").word_input
+    assert not with_(conv, dot_isa="sdot", a_mode="s8").word_input  # aarch64: the byte layout
     assert with_(conv, a_bits=4, w_mode="i4p").kgroup == 2
     # W4A8 linear (a GEMV) stays unpacked in the loop: unpacking it for the 16x4 dot measured slower
     assert not with_(lin, dot_isa="avx512bw").packed and with_(lin, dot_isa="avx512bw", w_mode="i8", a_bits=4).packed
@@ -93,7 +104,8 @@ def test_16x4_layout_only_where_the_target_runs_it_exactly() -> None:
     assert dot_isa(tvm.target.Target(SKYLAKE)) == "avx512bw"
     assert dot_isa(tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"})) == ""
     assert DOT4_INTRINSICS["avx512bw"] not in dot_intrinsics_for(tvm.target.Target(CASCADELAKE))
-    assert dot_intrinsics_for(tvm.target.Target(SKYLAKE)) == [DOT4_INTRINSICS["avx512bw"], *DOT_INTRINSICS.values()]
+    assert dot_intrinsics_for(tvm.target.Target(SKYLAKE)) == [DOT4_WORD_INTRINSICS["avx512bw"], DOT4_INTRINSICS["avx512bw"],
+                                                              *DOT_INTRINSICS.values()]
 
 
 def test_kernel_spec_takes_the_activation_bits() -> None:
@@ -113,7 +125,7 @@ def test_16x4_vpmaddubsw_is_exact_at_the_full_code_range(op, pair) -> None:
     untuned = tvm.compile(tvm.IRModule({"main": make_kernel(spec).with_attr("global_symbol", "main")}),
                           target="llvm")
     assert _run_exact(untuned, spec, codes, 2**a_bits - 1)[0]  # the blocked layout and the int4 packing
-    lib = tvm.compile(tensorized(spec, DOT4_INTRINSICS["avx512bw"]), target=SKYLAKE)
+    lib = tvm.compile(tensorized(spec, _dot4(spec, "avx512bw")), target=SKYLAKE)
     assert "vpmaddubsw" in lib.mod.inspect_source("asm")
     if not _host_has("avx512bw"):
         pytest.skip("host CPU has no AVX-512BW: the tensorized kernel compiled but cannot run")
@@ -129,7 +141,7 @@ def test_vpmaddubsw_would_saturate_w8a8_which_is_why_it_stays_16x2() -> None:
     spec = _spec("conv2d", "i8", 8, isa="avx512vnni")  # blocked 16x4, as for a VNNI target
     assert spec.kgroup == 4 and dataclasses.replace(spec, dot_isa="avx512bw").kgroup == 2
     codes = np.random.default_rng(1).choice(np.array([-128, 127, -127], np.int8), spec.w_shape)
-    lib = tvm.compile(tensorized(spec, DOT4_INTRINSICS["avx512bw"]), target=SKYLAKE)
+    lib = tvm.compile(tensorized(spec, _dot4(spec, "avx512bw")), target=SKYLAKE)
     assert not _run_exact(lib, spec, codes, 255)[0]
 
 
@@ -137,7 +149,7 @@ def test_vnni_target_compiles_the_16x4_dot_to_vpdpbusd() -> None:
     """The VNNI kernel (any u8 activation) compiles for mcpu cascadelake to vpdpbusd; this host has no
     VNNI, so it runs only where the host does."""
     spec = _spec("conv2d", "i8", 8, isa="avx512vnni")
-    lib = tvm.compile(tensorized(spec, DOT4_INTRINSICS["avx512vnni"]), target=CASCADELAKE)
+    lib = tvm.compile(tensorized(spec, _dot4(spec, "avx512vnni")), target=CASCADELAKE)
     asm = lib.mod.inspect_source("asm")
     assert "vpdpbusd" in asm and "vpmaddubsw" not in asm
     if _host_has("avx512vnni"):
@@ -195,7 +207,7 @@ def test_16x4_tuned_kernels_are_tensorized_and_exact(tmp_path: Path) -> None:
             assert spec.kgroup == 2 and DOT4_INTRINSICS["avx512bw"] not in trace
             assert DOT_INTRINSICS["u8"] in trace
         else:
-            assert spec.kgroup == 4 and DOT4_INTRINSICS[isa] in trace, name
+            assert spec.kgroup == 4 and _dot4(spec, isa) in trace, name
         codes = np.random.default_rng(2).choice(np.array(values, np.int8), spec.w_shape)
         exact, amax = _run_exact(tvm.compile(sch.mod, target=backend.target), spec, codes, 2**a_bits - 1)
         assert exact and amax > 2**12, name
@@ -222,5 +234,5 @@ def test_vnni_takes_signed_activations_shifted_into_u8_and_matches_simulation() 
     assert all(s.a_offset == 0 for n, s in lowered.kernels.items() if n not in signed)
     assert_runs_as_simulated(lowered, prepared, cand, ranges, synthetic_split("test", 2).tensors[0])
     spec = signed["block.q"]
-    lib = tvm.compile(tensorized(spec, DOT4_INTRINSICS["avx512vnni"]), target=CASCADELAKE)
+    lib = tvm.compile(tensorized(spec, _dot4(spec, "avx512vnni")), target=CASCADELAKE)
     assert "vpdpbusd" in lib.mod.inspect_source("asm")

@@ -17,6 +17,7 @@ from mpsearch.hardware.kernels.spec import (
     ARM_DOT_ISAS,
     KGROUP,
     KOCT,
+    KQUAD,
     LANES,
     UNPACK_RULE,
     KernelSpec,
@@ -51,6 +52,57 @@ def zero_point_input(spec: KernelSpec, x: te.Tensor, qp: te.Tensor) -> tuple[te.
         return tirx.if_then_else(inside, quantize(x[b, ch, i - ph, j - pw], qp, "uint8"), qp[4].astype("uint8"))
 
     return te.compute((n, c, *spec.padded_hw), quantize_pad, name="quantize"), (0, 0, 0, 0)
+
+
+def clamped_read(i: tirx.PrimExpr, j: tirx.PrimExpr, h: int, w: int) -> tuple[tirx.PrimExpr, tirx.PrimExpr]:
+    """``(inside, row)`` for reading element ``(i, j)`` of an ``h x w`` plane that may lie outside it
+    (a padded input): whether it is inside, and the row clamped into the plane. The padded input is then
+    ``Select(inside, x[.., row, j], border)``: a select of a read, not a branch, so that a row
+    vectorizes into contiguous loads, borders included.
+
+    The condition tests the clamped row against the unclamped one: TVM simplifies a select's value under
+    its condition, and a bounds test on the row would let it drop the clamp, the vector loads of a
+    border row then reading a whole row before (after) the input. The column is not clamped (a clamped
+    column is a gather: 0.4 ns an element): a border column reads the previous (next) row's last
+    (first) elements, and only the first (last) row of the whole input reads up to ``pw`` elements
+    before (after) it, never used."""
+    row = te.max(te.min(i, h - 1), 0)
+    return tirx.all(row == i, j >= 0, j < w), row
+
+
+def word_byte(word: tirx.PrimExpr, k: tirx.PrimExpr) -> tirx.PrimExpr:
+    """Byte ``k`` of a uint32 word of four codes (:attr:`KernelSpec.word_input`), as int32: what the
+    word dot intrinsics' description reads (:data:`~.intrinsics.DOT4_WORD_INTRINSICS`)."""
+    return tirx.bitwise_and(tirx.shift_right(word, (k * 8).astype("uint32")),
+                            tirx.const(255, "uint32")).astype("int32")
+
+
+def quantize_words(spec: KernelSpec, x: te.Tensor, qp: te.Tensor) -> te.Tensor:
+    """The padded input of a blocked x86 16x4 conv as uint32 words of four codes
+    (:attr:`KernelSpec.word_input`): ``[n, C/4, rows, cols]``, channel ``4c + k``'s code in byte ``k``.
+    Each word is the or of four shifted codes, each read from its channel's NCHW row at the same column,
+    so a row of words vectorizes into four contiguous loads; the border is a select of an in-bounds
+    (clamped) read, not a branch. Borders and padded input channels hold the code of 0.0 (shifted by
+    :attr:`KernelSpec.a_offset`), as :func:`packed_dot`'s byte layout does."""
+    n, c, h, wd = spec.x_shape
+    ph, pw = spec.padding
+    off = spec.a_offset
+    zero = tirx.const(-off, "float32")
+
+    def word(b: tirx.Var, c2: tirx.Var, i: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
+        inside, row = clamped_read(i - ph, j - pw, h, wd)
+        col = j - pw
+        packed = None
+        for k in range(KQUAD):
+            ch = c2 * KQUAD + k
+            ok = tirx.all(inside, ch < c) if spec.k_padded != c else inside
+            v = quantize(x[b, te.min(ch, c - 1), row, col], qp, "float32", off)
+            code = tirx.Select(ok, v, zero).astype("uint32")
+            code = code if k == 0 else tirx.shift_left(code, tirx.const(8 * k, "uint32"))
+            packed = code if packed is None else tirx.bitwise_or(packed, code)
+        return packed
+
+    return te.compute((n, spec.k_padded // KQUAD, *spec.padded_hw), word, name="quantize")
 
 
 def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> tuple[te.Tensor, Callable[..., tirx.PrimExpr]]:
@@ -120,19 +172,35 @@ def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> t
         zero = (qp[4] - float(off)).astype(dtype) if spec.a_mode == "z8" else tirx.const(-off, dtype)
         return tirx.if_then_else(inside, v, zero)
 
-    xq = te.compute((n, kp // g, *spec.padded_hw, g), quantize_pad, name="quantize", attrs=own)
     c2 = te.reduce_axis((0, kp // g), name="c2")
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
     ci = te.reduce_axis((0, g), name="ci")
     _, _, oh, ow = spec.out_shape
+    if spec.word_input:
+        xw = quantize_words(spec, x, qp)
+        code_at = lambda b, c, i, j, k: word_byte(xw[b, c, i, j], k)  # noqa: E731
+    else:
+        xq = te.compute((n, kp // g, *spec.padded_hw, g), quantize_pad, name="quantize", attrs=own)
+        code_at = lambda b, c, i, j, k: xq[b, c, i, j, k].astype("int32")  # noqa: E731
     acc = te.compute(
         (n, tiles, oh, ow, LANES),
         lambda b, oc, y, xx, oi: te.sum(
-            xq[b, c2, y * sh + ry * dh, xx * sw + rx * dw, ci].astype("int32")
+            code_at(b, c2, y * sh + ry * dh, xx * sw + rx * dw, ci)
             * w[oc, c2, ry, rx, oi, ci].astype("int32"), axis=[c2, ry, rx, ci]),
         name="dot")
-    return acc, lambda b, o, y, xx: acc[b, tirx.floordiv(o, LANES), y, xx, tirx.floormod(o, LANES)]
+    return acc, blocked_reader(spec, acc)
+
+
+def blocked_reader(spec: KernelSpec, acc: te.Tensor) -> Callable[..., tirx.PrimExpr]:
+    """``(n, o, y, x) -> value`` of a conv's blocked accumulator ``(n, O/16, oh, ow, 16)``: read through
+    an ``unblock`` stage ``(n, O/16, oh, 16, ow)`` (each output row's 16 channels of a block as rows of
+    pixels) where :attr:`KernelSpec.unblock`."""
+    if not spec.unblock:
+        return lambda b, o, y, xx: acc[b, tirx.floordiv(o, LANES), y, xx, tirx.floormod(o, LANES)]
+    n, tiles, oh, ow, _ = (int(d) for d in acc.shape)
+    rows = te.compute((n, tiles, oh, LANES, ow), lambda b, t, y, i, xx: acc[b, t, y, xx, i], name="unblock")
+    return lambda b, o, y, xx: rows[b, tirx.floordiv(o, LANES), y, tirx.floormod(o, LANES), xx]
 
 
 def unpack_plain(spec: KernelSpec, packed: te.Tensor, attrs: dict[str, str] | None = None) -> te.Tensor:
@@ -183,12 +251,8 @@ def depthwise_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor | 
     rows, cols = spec.padded_hw[0], -(-spec.padded_hw[1] // sw)
 
     def quantize_pad(b: tirx.Var, ch: tirx.Var, i: tirx.Var, p: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
-        col = j * sw + p
-        inside = tirx.all(i >= ph, i < h + ph, col >= pw, col < wd + pw)
-        # a select of an in-bounds (clamped) read, not a branch: the row vectorizes, borders included
-        row = te.max(te.min(i - ph, h - 1), 0)
-        column = te.max(te.min(col - pw, wd - 1), 0)
-        return tirx.Select(inside, code(x[b, ch, row, column]), zero)
+        inside, row = clamped_read(i - ph, j * sw + p - pw, h, wd)
+        return tirx.Select(inside, code(x[b, ch, row, j * sw + p - pw]), zero)
 
     xq = te.compute((n, c, rows, sw, cols), quantize_pad, name=name)
     ry = te.reduce_axis((0, kh), name="ry")
@@ -219,9 +283,8 @@ def float_blocked_conv(spec: KernelSpec, x: te.Tensor, w: te.Tensor) -> Callable
     xp = x
     if any(spec.pads):
         def pad(b: tirx.Var, ch: tirx.Var, i: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
-            inside = tirx.all(i >= ph, i < h + ph, j >= pw, j < wd + pw)
-            row, col = te.max(te.min(i - ph, h - 1), 0), te.max(te.min(j - pw, wd - 1), 0)
-            return tirx.Select(inside, x[b, ch, row, col], tirx.const(0.0, "float32"))
+            inside, row = clamped_read(i - ph, j - pw, h, wd)
+            return tirx.Select(inside, x[b, ch, row, j - pw], tirx.const(0.0, "float32"))
 
         xp = te.compute((n, c, *spec.padded_hw), pad, name="pad")
     rc = te.reduce_axis((0, c), name="rc")
@@ -232,7 +295,7 @@ def float_blocked_conv(spec: KernelSpec, x: te.Tensor, w: te.Tensor) -> Callable
         lambda b, oc, y, xx, oi: te.sum(xp[b, rc, y * sh + ry * dh, xx * sw + rx * dw] * w[oc, rc, ry, rx, oi],
                                         axis=[rc, ry, rx]),
         name="fdot")
-    return lambda b, o, y, xx: acc[b, tirx.floordiv(o, LANES), y, xx, tirx.floormod(o, LANES)]
+    return blocked_reader(spec, acc)
 
 
 def int_compute(spec: KernelSpec, t: dict[str, te.Tensor]) -> te.Tensor:
@@ -284,4 +347,5 @@ def int_compute(spec: KernelSpec, t: dict[str, te.Tensor]) -> te.Tensor:
     return epilogue(spec, t, acc)
 
 
-__all__ = ["depthwise_dot", "float_blocked_conv", "int_compute", "quantize", "unpack_plain", "zero_point_input"]
+__all__ = ["depthwise_dot", "float_blocked_conv", "int_compute", "quantize", "quantize_words", "unpack_plain", "word_byte",
+           "zero_point_input"]

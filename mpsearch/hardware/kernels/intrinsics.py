@@ -23,6 +23,9 @@ DOT_INTRINSICS = {"u8": "mpsearch_dot_16x2_u8s8_avx512", "s8": "mpsearch_dot_16x
 # registered under mpsearch's names so that replaying a tuned schedule needs no import of
 # tvm.s_tir.tensor_intrin (~60 s: every target's intrinsics) and keeps working with TVM's VNNI one broken.
 DOT4_INTRINSICS = {"avx512bw": "mpsearch_dot_16x4_u8s8_avx512", "avx512vnni": "mpsearch_dot_16x4_u8s8_vnni"}
+# The same dots reading their four codes as one uint32 word (KernelSpec.word_input: the blocked convs'
+# input, quantized a row of words at a time), its byte k the code of channel 4c + k.
+DOT4_WORD_INTRINSICS = {"avx512bw": "mpsearch_dot_16x4w_u8s8_avx512", "avx512vnni": "mpsearch_dot_16x4w_u8s8_vnni"}
 # aarch64 (KernelSpec._arm_kgroup says which kernels take which): the 16x4 dot as four 4-lane
 # ``sdot``s / ``usdot``s over the same [16, 4] tiles as x86, and i8mm's 2x16x8 tile as eight 2x2
 # ``smmla``s / ``usmmla``s. "u7" is the sdot on uint8 codes <= 127 (a_bits <= 7), read as int8 bytes;
@@ -116,6 +119,61 @@ def _dot4_intrinsic(isa: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
     return _dot_desc(KQUAD, "uint8"), vnni if isa == "avx512vnni" else avx512
 
 
+def _dot4_word_intrinsic(isa: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+    """:func:`_dot4_intrinsic` on a uint32 word of four u8 codes (byte ``k``: reduction element ``k``)."""
+    from tvm.script import tirx as T
+    from tvm.target import codegen
+
+    operand = "int8x64" if codegen.llvm_version_major() >= 21 else "int32x16"
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (1,), "uint32", offset_factor=1)
+        B = T.match_buffer(b, (LANES, KQUAD), "int8", offset_factor=1)
+        C = T.match_buffer(c, (LANES,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:LANES], A[0:1], B[0:LANES, 0:KQUAD])
+            T.writes(C[0:LANES])
+            for i in T.serial(0, LANES):
+                for j in T.serial(0, KQUAD):
+                    with T.sblock("update"):
+                        vi, vj = T.axis.remap("SR", [i, j])
+                        C[vi] = C[vi] + T.Cast("int32", T.bitwise_and(T.shift_right(A[0], T.Cast("uint32", vj * 8)),
+                                                                      T.uint32(255))) * T.Cast("int32", B[vi, vj])
+
+    @T.prim_func(s_tir=True)
+    def vnni(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (1,), "uint32", offset_factor=1)
+        B = T.match_buffer(b, (LANES, KQUAD), "int8", offset_factor=1)
+        C = T.match_buffer(c, (LANES,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:LANES], A[0:1], B[0:LANES, 0:KQUAD])
+            T.writes(C[0:LANES])
+            word = T.reinterpret(A[0], dtype="int32")
+            C[T.ramp(T.int32(0), 1, LANES)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), C.vload([0], dtype="int32x16"),
+                T.reinterpret(T.broadcast(word, LANES), dtype=operand),
+                T.reinterpret(B.vload([0, 0], dtype="int8x64"), dtype=operand), dtype="int32x16")
+
+    @T.prim_func(s_tir=True)
+    def avx512(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (1,), "uint32", offset_factor=1)
+        B = T.match_buffer(b, (LANES, KQUAD), "int8", offset_factor=1)
+        C = T.match_buffer(c, (LANES,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:LANES], A[0:1], B[0:LANES, 0:KQUAD])
+            T.writes(C[0:LANES])
+            word = T.reinterpret(A[0], dtype="int32")
+            a8 = T.reinterpret(T.broadcast(word, LANES), dtype="uint8x64")
+            pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddubs.w.512"),
+                                            a8, B.vload([0, 0], dtype="int8x64"), dtype="int16x32")
+            C[T.ramp(T.int32(0), 1, LANES)] += T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddw.d.512"), pairs, T.int16x32(1),
+                dtype="int32x16")
+
+    return desc, vnni if isa == "avx512vnni" else avx512
+
+
 def _arm_dot4_intrinsic(name: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
     """16 lanes x 4: four ``sdot`` / ``usdot`` (each: 4 int32 lanes += 4 products of 8-bit pairs,
     no saturation) against the broadcast activation quad. The ``[16, 4]`` weight tile is the four
@@ -189,6 +247,60 @@ def _mmla_intrinsic(a_mode: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
     return desc, impl
 
 
+def unblock_intrinsic(rows: int, dtype: str) -> str:
+    """Name of the intrinsic that transposes ``rows`` (2-16) pixels' accumulators of 16 output-channel
+    lanes (``[rows, 16]``, ``dtype`` int32 or float32) into 16 channel rows of ``rows`` pixels of an NCHW
+    output (:attr:`KernelSpec.unblock`)."""
+    return f"mpsearch_unblock_{rows}x{LANES}_{dtype}"
+
+
+def _interleave(lo: bool) -> list[int]:
+    """Indices of a two-vector shuffle that interleaves the low (high) halves of two 16-lane vectors."""
+    half = LANES // 2
+    base = 0 if lo else half
+    return [i for k in range(half) for i in (base + k, LANES + base + k)]
+
+
+def _unblock_intrinsic(rows: int, dtype: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+    """The ``[rows, 16] -> [16, rows]`` transpose in registers: the rows loaded as 16-lane vectors (zeros
+    past ``rows``), then four rounds of pairing vector ``i`` with ``i + 8`` into the interleaves of their
+    low and high halves. Each round rotates the 8-bit (row, lane) index of every element left by one bit,
+    so four rounds swap row and lane: 64 two-source shuffles (``vpermt2d`` / ``vpermt2ps``) for 16 x 16
+    elements, where reading each channel's pixels out of the blocked accumulator is one insert per
+    element."""
+    from tvm.script import tirx as T
+
+    lo, hi = _interleave(True), _interleave(False)
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, c: T.handle) -> None:
+        stride = T.int32()
+        A = T.match_buffer(a, (rows, LANES), dtype, offset_factor=1)
+        C = T.match_buffer(c, (LANES, rows), dtype, strides=[stride, 1], offset_factor=1)
+        with T.sblock("root"):
+            T.reads(A[0:rows, 0:LANES])
+            T.writes(C[0:LANES, 0:rows])
+            for i, j in T.grid(LANES, rows):
+                with T.sblock("unblock"):
+                    vi, vj = T.axis.remap("SS", [i, j])
+                    C[vi, vj] = A[vj, vi]
+
+    vectors = [tirx.BufferLoad(desc.params[0], [r, tirx.Ramp(0, 1, LANES)]) for r in range(rows)]
+    vectors += [tirx.Broadcast(tirx.const(0, dtype), LANES)] * (LANES - rows)
+    for _ in range(4):
+        vectors = [tirx.Shuffle([vectors[i], vectors[i + LANES // 2]], idx)
+                   for i in range(LANES // 2) for idx in (lo, hi)]
+    out = desc.params[1]
+    stores = [tirx.BufferStore(out, v if rows == LANES else tirx.Shuffle([v], list(range(rows))),
+                               [i, tirx.Ramp(0, 1, rows)]) for i, v in enumerate(vectors)]
+    root = desc.body.block
+    from tvm.s_tir import SBlock, SBlockRealize
+
+    block = SBlock([], root.reads, root.writes, root.name_hint, tirx.SeqStmt(stores))
+    impl = desc.with_body(SBlockRealize([], True, block))
+    return desc, impl
+
+
 def register_intrinsics() -> None:
     """Register every intrinsic of this module with TVM, x86 and aarch64 alike (idempotent; which a
     target may use is :func:`dot_intrinsics_for`'s choice). Needed wherever a tuned schedule that uses
@@ -204,6 +316,13 @@ def register_intrinsics() -> None:
     for isa, name in DOT4_INTRINSICS.items():
         if TensorIntrin.get(name, allow_missing=True) is None:
             TensorIntrin.register(name, *_dot4_intrinsic(isa))
+    for isa, name in DOT4_WORD_INTRINSICS.items():
+        if TensorIntrin.get(name, allow_missing=True) is None:
+            TensorIntrin.register(name, *_dot4_word_intrinsic(isa))
+    for rows in range(2, LANES + 1):
+        for dtype in ("int32", "float32"):
+            if TensorIntrin.get(unblock_intrinsic(rows, dtype), allow_missing=True) is None:
+                TensorIntrin.register(unblock_intrinsic(rows, dtype), *_unblock_intrinsic(rows, dtype))
     for name in {n for by_mode in ARM_DOT4_INTRINSICS.values() for n in by_mode.values()}:
         if TensorIntrin.get(name, allow_missing=True) is None:
             TensorIntrin.register(name, *_arm_dot4_intrinsic(name))
@@ -293,7 +412,7 @@ def dot_intrinsics_for(target: object) -> list[str]:
     if isa in ARM_DOT4_INTRINSICS:
         mmla = list(MMLA_INTRINSICS.values()) if isa == "i8mm" else []
         return [*mmla, *ARM_DOT4_INTRINSICS[isa].values()]
-    return [DOT4_INTRINSICS[isa], *DOT_INTRINSICS.values()] if isa else []  # the denser dot tried first
+    return [DOT4_WORD_INTRINSICS[isa], DOT4_INTRINSICS[isa], *DOT_INTRINSICS.values()] if isa else []  # denser first
 
 
 def register_unpack_rule() -> None:
@@ -313,6 +432,6 @@ def register_unpack_rule() -> None:
             tvm_ffi.register_global_func(name, rule)
 
 
-__all__ = ["ARM_DOT4_INTRINSICS", "DOT4_INTRINSICS", "DOT_INTRINSICS", "MMLA_INTRINSICS",
+__all__ = ["ARM_DOT4_INTRINSICS", "DOT4_INTRINSICS", "DOT4_WORD_INTRINSICS", "DOT_INTRINSICS", "MMLA_INTRINSICS",
            "dot_intrinsics_for", "dot_isa", "import_tensor_intrinsics", "register_intrinsics",
-           "register_unpack_rule"]
+           "register_unpack_rule", "unblock_intrinsic"]

@@ -42,7 +42,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from mpsearch.hardware.kernels.intrinsics import DOT4_INTRINSICS, DOT_INTRINSICS
+from mpsearch.hardware.kernels.intrinsics import DOT4_INTRINSICS, DOT4_WORD_INTRINSICS, DOT_INTRINSICS, unblock_intrinsic
 from mpsearch.hardware.kernels.spec import KQUAD, LANES
 
 MIN_PIXEL_TILE, MAX_PIXEL_TILE = 4, 16  # output pixels whose 16-lane int32 accumulators stay in registers
@@ -85,7 +85,9 @@ def _has_block(sch: Any, name: str) -> bool:
 def _intrinsic(sch: Any, dot_isa: str) -> str | None:
     """The dot intrinsic the blocked layout of this kernel was built for (:attr:`KernelSpec.kgroup`)."""
     block = sch.get(sch.get_sblock("quantize"))
-    dtype = str(block.writes[0].source.dtype)  # the quantized input codes: uint8 or int8
+    dtype = str(block.writes[0].source.dtype)  # the quantized input codes: uint8 or int8, or words of four
+    if dtype == "uint32":  # KernelSpec.word_input
+        return DOT4_WORD_INTRINSICS.get(dot_isa)
     group = int(sch.get(sch.get_sblock("dot")).iter_vars[-1].dom.extent)
     if group == KQUAD:
         return DOT4_INTRINSICS.get(dot_isa) if dtype == "uint8" else None
@@ -136,12 +138,31 @@ def schedule_conv(sch: Any, intrinsic: str, blocks: int = 1) -> None:
     xo, xi = sch.split(x, [None, tile])
     oc, ob = sch.split(oc, [None, blocks])
     sch.reorder(b, oc, y, xo, c2, ry, rx, xi, ob, oi, ci)
-    out = sch.get_sblock("epilogue")
-    sch.reverse_compute_at(out, xo, preserve_unit_loops=True)  # a loop count that no tile size changes
-    sch.vectorize(sch.get_loops(out)[-1])
+    _epilogue_at(sch, xo, "int32")
     sch.parallel(sch.fuse(b, oc, y))
     sch.unroll(ob)
     _tensorize_tile(sch, oi, c2, xi, intrinsic)
+
+
+def _epilogue_at(sch: Any, tile: Any, dtype: str) -> None:
+    """The epilogue of a conv's tile of pixels right after the tile's reduction (``tile``: a loop count
+    that no tile size changes), vectorized over the tile's pixels. Where the kernel has an ``unblock``
+    stage (:attr:`KernelSpec.unblock`), the tile's accumulators (its pixels x 16 output-channel lanes,
+    per channel block) are first transposed there in registers (:func:`~.intrinsics.unblock_intrinsic`):
+    the epilogue then reads whole rows of pixels. (Tensorized last: TVM 0.27 cannot compute the epilogue
+    at a loop once its producer is a tensorized block.)"""
+    unblock = sch.get_sblock("unblock") if _has_block(sch, "unblock") else None
+    if unblock is not None:
+        sch.reverse_compute_at(unblock, tile, preserve_unit_loops=True)
+    out = sch.get_sblock("epilogue")
+    sch.reverse_compute_at(out, tile, preserve_unit_loops=True)
+    sch.vectorize(sch.get_loops(out)[-1])
+    if unblock is not None:
+        *_, blocks, _, lanes, x = sch.get_loops(unblock)
+        sch.unroll(blocks)
+        rows = int(sch.get(x).extent)
+        if rows >= 2:  # one pixel a tile (a prime row width above 16): a plain copy
+            sch.tensorize(lanes, unblock_intrinsic(rows, dtype))
 
 
 def _schedule_linear(sch: Any, dot: Any, intrinsic: str, blocks: int) -> None:
@@ -168,7 +189,8 @@ def _tensorize_tile(sch: Any, lanes: Any, reduction: Any, tile: Any, intrinsic: 
     sch.decompose_reduction(dots, reduction)
     sch.tensorize(dots, intrinsic)
     sch.unroll(tile)
-    _parallel_vectorized(sch, sch.get_sblock("quantize"), 2)  # (..., column or channel groups, group)
+    quantize = sch.get_sblock("quantize")  # (..., column or channel groups, group), or (..., column) of words
+    _parallel_vectorized(sch, quantize, 1 if str(sch.get(quantize).writes[0].source.dtype) == "uint32" else 2)
     if _has_block(sch, "unpack_int4"):  # int4 weights
         _parallel_vectorized(sch, sch.get_sblock("unpack_int4"), 2)
 
@@ -240,9 +262,7 @@ def schedule_float_conv(sch: Any, blocks: int = 1) -> None:
     xo, xi = sch.split(x, [None, tile])
     oc, ob = sch.split(oc, [None, blocks])
     sch.reorder(b, oc, y, xo, rc, ry, rx, xi, ob, oi)
-    out = sch.get_sblock("epilogue")
-    sch.reverse_compute_at(out, xo, preserve_unit_loops=True)
-    sch.vectorize(sch.get_loops(out)[-1])
+    _epilogue_at(sch, xo, "float32")
     sch.parallel(sch.fuse(b, oc, y))
     sch.unroll(xi)
     sch.unroll(ob)
