@@ -66,11 +66,13 @@ def test_kill_9_in_every_stage_then_rerun_gives_the_uninterrupted_report(tmp_pat
 
     landed = [k["signalled_in"] for k in killed]
     for k in killed:
-        assert k["rc"] == -9, (k["rc"], k["stderr"][-2000:])  # killed, not finished
+        # killed; or, never signalled, finished before its moment came (see below), with nothing amiss
+        assert k["rc"] == -9 or (k["signalled_in"] is None and k["rc"] == 0), (k["rc"], k["stderr"][-2000:])
         assert k["seconds"] < HANG_FACTOR * ref["seconds"] + 30, k["stages"]  # no re-run hung
     # Seeded moments inside each stage, as fractions of the stage's length in the reference run; on a
-    # loaded machine a stage can run shorter than it did there and be over by then, but most kills land
-    # where they were aimed, and in the long stages.
+    # loaded machine a stage can run shorter than it did there and be over by then (the last one: the
+    # whole run, seen once in CI with other jobs on the machine), but most kills land where they were
+    # aimed, and in the long stages.
     long = {"search", "evaluation", "learned quantization", "report"}
     assert len(long & set(landed)) >= len(long) - 1, landed
     assert sum(a == b for a, b in zip(landed, KILLS)) >= len(KILLS) - 2, (landed, res["reference_durations"])
