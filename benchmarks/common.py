@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from mpsearch.hardware.peaks import cpu_features, cpu_model
 from mpsearch.storage import atomic_write_text
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results" / "benchmarks"
@@ -30,33 +31,6 @@ class BenchmarkResult:
     summary: str
     wall_s: float = 0.0
     machine: dict[str, Any] = field(default_factory=dict)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-# The instruction-set features that decide which kernels are fast (int8 dots: VNNI; bit-serial: VPOPCNTDQ).
-SIMD_FLAGS = ("sse4_2", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_vpopcntdq",
-              "avx512_bf16", "amx_int8", "asimd", "asimddp", "i8mm", "sve")
-
-
-def cpu_features() -> list[str]:
-    """The :data:`SIMD_FLAGS` this CPU reports in ``/proc/cpuinfo`` (empty where there is none)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in SIMD_FLAGS if f in have]
-    except OSError:
-        pass
-    return []
 
 
 def load_average() -> list[float]:

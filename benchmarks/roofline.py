@@ -1,6 +1,7 @@
 """Roofline: each tuned kernel of a model (default: the default model) against this host's measured roofs.
 
-The roofs are measured here by micro-kernels TVM compiles for the profile's own target, on one core
+The roofs are measured here by micro-kernels TVM compiles for the profile's own target
+(``mpsearch/hardware/peaks.py``, which also measures the host profiles' ``peak: measure``), on one core
 (a compute or private-cache rate x the pinned threads; the kernels are timed on one core with
 ``--threads 1``):
 
@@ -33,15 +34,13 @@ import numpy as np
 import torch
 
 from benchmarks.cases import CASES
-from benchmarks.common import BenchmarkResult, cpu_features, median_time_s
+from benchmarks.common import BenchmarkResult, median_time_s
+from mpsearch.hardware.peaks import DOT_NAMES, DOTS, FMA, cache_levels, compute_peaks, cpu_features, read_bandwidths
 from mpsearch.report.markdown import markdown_table
 from mpsearch.search import bit_pairs, pair_label
 
 NAME = "roofline"
 TITLE = "Roofline: tuned kernels against the host's measured peaks"
-ACCUMULATORS = 12  # independent chains: more than latency x ports of any FMA / dot unit
-L3_CAP = 32 << 20  # an L3 reported as hundreds of MiB (a VM's view of a socket) is read at 32 MiB
-DRAM_BYTES = 1 << 30
 
 
 def blas_gflops(threads: int) -> float:
@@ -50,22 +49,6 @@ def blas_gflops(threads: int) -> float:
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     t, _ = median_time_s(lambda: a @ b, repeat=5, number=3, warmup=1)
     return 2 * 2048**3 / t / 1e9
-
-
-def cache_levels(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> list[tuple[str, int]]:
-    """``[("L1", bytes), ("L2", bytes), ...]``: the data and unified caches cpu0 reports, smallest first."""
-    levels = {}
-    for index in sorted(root.glob("index*")):
-        try:
-            kind = (index / "type").read_text().strip()
-            level = int((index / "level").read_text())
-            size = (index / "size").read_text().strip()
-        except (OSError, ValueError):
-            continue
-        if kind in ("Data", "Unified"):
-            scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1], 1)
-            levels[f"L{level}"] = int(size.rstrip("KMG")) * scale
-    return sorted(levels.items(), key=lambda kv: kv[1])
 
 
 def memory_level(traffic: float, levels: list[tuple[str, int]]) -> str:
@@ -82,29 +65,6 @@ def roof(flops: float, traffic: float, peak: float, levels: list[tuple[str, int]
     return (peak, "compute") if peak <= memory else (memory, level)
 
 
-def _compile(func: Any, target: Any) -> Any:
-    import tvm
-
-    lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
-    return getattr(lib, "mod", lib)
-
-
-def _best_s(mod: Any, args: list[Any]) -> float:
-    import tvm
-
-    return min(mod.time_evaluator("main", tvm.cpu(), number=5, repeat=5)(*args).results)
-
-
-# The x86 int8 dots of mpsearch's integer kernels (kernels/intrinsics.py), densest first, each with the
-# mnemonics that show it in a kernel's code: the VNNI 16x4 dot (vpdpbusd), AVX-512BW's 16x4 dot
-# (vpmaddubsw, then vpmaddwd against ones) and the 16x2 dot (vpmaddwd; LLVM fuses vpmaddwd + vpaddd into
-# VNNI's vpdpwssd where the target has it). A kernel is held to the peak of the densest dot its compiled
-# code contains; code with none (fp32 kernels; integer kernels in plain loops, depthwise convs summed
-# with FMAs, or on targets without these dots) to the fp32 FMA peak.
-DOTS = {"vpdpbusd": ("vpdpbusd",), "vpmaddubsw": ("vpmaddubsw",), "vpmaddwd": ("vpmaddwd", "vpdpwssd")}
-FMA = "fma"
-
-
 def kernel_instruction(asm: str) -> str:
     """The roof a kernel's assembly ``asm`` is held to: the densest of :data:`DOTS` it contains, else
     :data:`FMA`."""
@@ -115,68 +75,6 @@ def compute_roof(instruction: str, peaks: dict[str, float]) -> tuple[str, float]
     """``(roof name, GOP/s)`` of a kernel built on ``instruction``: its measured peak, or the FMA peak
     where this host's peaks lack it."""
     return (instruction, peaks[instruction]) if instruction in peaks else (FMA, peaks[FMA])
-
-
-def _chains(a: tuple[int, str], b: tuple[int, str], acc_dtype: str, step: Any, iterations: int) -> Any:
-    """A micro-kernel of :data:`ACCUMULATORS` independent 16-lane chains ``c = step(c, x, y)``, each run
-    ``iterations`` times, on the operands ``x``, ``y`` (``(elements, dtype)``, loaded once): the
-    instructions' throughput with register operands, no load or broadcast in the way."""
-    from tvm.script import tirx as T
-
-    acc = ACCUMULATORS
-
-    @T.prim_func
-    def chains(x: T.Buffer((a[0],), a[1]), y: T.Buffer((b[0],), b[1]), out: T.Buffer((acc * 16,), acc_dtype)):
-        T.func_attr({"tirx.noalias": True})
-        c = T.alloc_buffer((acc * 16,), acc_dtype, scope="local")
-        for k in T.unroll(acc):
-            c[T.ramp(k * 16, 1, 16)] = T.broadcast(T.Cast(acc_dtype, 0), 16)
-        for i in range(iterations):
-            for k in T.unroll(acc):
-                c[T.ramp(k * 16, 1, 16)] = step(c[T.ramp(k * 16, 1, 16)], x[T.ramp(0, 1, a[0])], y[T.ramp(0, 1, b[0])])
-        for k in T.unroll(acc):
-            out[T.ramp(k * 16, 1, 16)] = c[T.ramp(k * 16, 1, 16)]
-
-    return chains
-
-
-def compute_peaks(target: Any, dot_isa: str, iterations: int = 200_000) -> dict[str, float]:
-    """Peaks of one core of ``target`` (GFLOP/s, GOP/s; a multiply-add counts two): ``"fma"`` (fp32
-    ``llvm.fma``) and each of :data:`DOTS` that ``dot_isa`` has, built from the LLVM intrinsics the
-    kernels' dots (kernels/intrinsics.py) use: ``vpdpbusd``; ``vpmaddubsw``, its int16 pairs summed by
-    ``vpmaddwd`` against ones and added; ``vpmaddwd`` and an add (VNNI targets: ``vpdpwssd``). Where an
-    instruction does not take the accumulator, its first operand is the accumulator's bits, so that LLVM
-    can neither hoist it out of the loop nor share it between chains."""
-    import tvm
-    from tvm.script import tirx as T
-    from tvm.target import codegen
-
-    def llvm(name: str, dtype: str, *args: Any) -> Any:
-        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(name), *args, dtype=dtype)
-
-    byte = "int8x64" if codegen.llvm_version_major() >= 21 else "int32x16"  # vpdpbusd's operands (intrinsics.py)
-    madd = "llvm.x86.avx512.pmaddw.d.512"
-    # name -> (x operand, y operand, accumulator, step, multiply-adds per step and lane)
-    kinds: dict[str, tuple[Any, ...]] = {
-        FMA: ((16, "float32"), (16, "float32"), "float32",
-              lambda c, x, y: llvm("llvm.fma.v16f32", "float32x16", c, x, y), 1),
-        "vpdpbusd": ((64, "uint8"), (64, "int8"), "int32", lambda c, x, y: llvm(
-            "llvm.x86.avx512.vpdpbusd.512", "int32x16", c, T.reinterpret(x, dtype=byte), T.reinterpret(y, dtype=byte)), 4),
-        "vpmaddubsw": ((64, "uint8"), (64, "int8"), "int32", lambda c, x, y: c + llvm(madd, "int32x16", llvm(
-            "llvm.x86.avx512.pmaddubs.w.512", "int16x32", T.reinterpret(c, dtype="uint8x64"), y),
-            T.broadcast(T.int16(1), 32)), 4),
-        "vpmaddwd": ((32, "int16"), (32, "int16"), "int32", lambda c, x, y: c + llvm(
-            madd, "int32x16", T.reinterpret(c, dtype="int16x32"), y), 2),
-    }
-    have = {"avx512vnni": [FMA, *DOTS], "avx512bw": [FMA, "vpmaddubsw", "vpmaddwd"]}.get(dot_isa, [FMA])
-    peaks = {}
-    for name in have:
-        a, b, acc_dtype, step, macs = kinds[name]
-        args = [tvm.runtime.tensor(np.ones(n, dtype)) for n, dtype in (a, b)] \
-            + [tvm.runtime.tensor(np.zeros(ACCUMULATORS * 16, acc_dtype))]
-        seconds = _best_s(_compile(_chains(a, b, acc_dtype, step, iterations), target), args)
-        peaks[name] = iterations * ACCUMULATORS * 16 * macs * 2 / seconds / 1e9
-    return peaks
 
 
 def kernel_code(backend: Any, mod: Any) -> str:
@@ -199,40 +97,6 @@ def vendor_int8_gops(threads: int, n: int = 2048) -> float | None:
     except (RuntimeError, AttributeError):
         return None
     return 2 * n**3 / t / 1e9
-
-
-def read_bandwidths(target: Any, levels: list[tuple[str, int]]) -> dict[str, float]:
-    """GB/s of a vectorized streaming read of a buffer half the size of each level (L3 at most
-    ``L3_CAP``), and of ``DRAM_BYTES`` for ``"DRAM"``."""
-    import tvm
-    from tvm.script import tirx as T
-
-    def kernel(floats: int, reps: int) -> Any:
-        chunk = 8 * 16  # eight independent vector sums
-
-        @T.prim_func
-        def read(x: T.Buffer((floats,), "float32"), out: T.Buffer((chunk,), "float32")):
-            T.func_attr({"tirx.noalias": True})
-            c = T.alloc_buffer((chunk,), "float32", scope="local")
-            for k in T.unroll(8):
-                c[T.ramp(k * 16, 1, 16)] = T.broadcast(T.float32(0), 16)
-            for r in range(reps):
-                for i in range(floats // chunk):
-                    for k in T.unroll(8):
-                        c[T.ramp(k * 16, 1, 16)] = c[T.ramp(k * 16, 1, 16)] + x[T.ramp(i * chunk + k * 16, 1, 16)]
-            for k in T.unroll(8):
-                out[T.ramp(k * 16, 1, 16)] = c[T.ramp(k * 16, 1, 16)]
-
-        return read
-
-    out = {}
-    sizes = [(name, min(size // 2, L3_CAP)) for name, size in levels] + [("DRAM", DRAM_BYTES)]
-    for name, size in sizes:
-        floats = size // 4 // 128 * 128
-        reps = max(1, (1 << 30) // (floats * 4) // 4)  # ~256 MiB read per call
-        args = [tvm.runtime.tensor(np.ones(floats, "float32")), tvm.runtime.tensor(np.zeros(128, "float32"))]
-        out[name] = floats * 4 * reps / _best_s(_compile(kernel(floats, reps), target), args) / 1e9
-    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -298,8 +162,6 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
                      f"{stats['compute_bound_kernels']} of {stats['kernels']}",
                      f"{stats['median_pct_of_roofline']:.1f}"])
     detail = sorted(points, key=lambda p: -p["flops"])[: 3 * len(pairs)]
-    names = {FMA: "fp32 FMA", "vpdpbusd": "int8 16x4 vpdpbusd (VNNI)",
-             "vpmaddubsw": "int8 16x4 vpmaddubsw + vpmaddwd", "vpmaddwd": "int8 16x2 vpmaddwd (+ add)"}
     ordered = list(bandwidth.values()) == sorted(bandwidth.values(), reverse=True)
     features = cpu_features()
     vendor = "" if vendor_int8 is None else (
@@ -311,7 +173,7 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
         f"Measured here ({args.threads} thread(s) pinned; one core's rates x the threads for compute and L1/L2) "
         f"for target `{backend.target.attrs.get('mcpu', '')}` (int8 dots: `{backend.dot_isa or 'none'}`; "
         f"host CPU features: {' '.join(features) or 'unknown'}): compute "
-        + ", ".join(f"{names[k]} **{v:.0f} G{'FLOP' if k == FMA else 'OP'}/s**" for k, v in peaks.items())
+        + ", ".join(f"{DOT_NAMES[k]} **{v:.0f} G{'FLOP' if k == FMA else 'OP'}/s**" for k, v in peaks.items())
         + "; read bandwidth " + ", ".join(f"{name} **{bw:.0f} GB/s**" for name, bw in bandwidth.items())
         + " (cache sizes: " + ", ".join(f"{n} {s >> 10} KiB" for n, s in levels) + ")."
         + ("" if ordered else " The bandwidths do not fall level by level: a disturbed measurement.") + vendor,

@@ -226,7 +226,8 @@ def summarize(jobs: Sequence[Job], name: str) -> SweepSummary:
         "per-layer kernel latencies plus its fitted rest-of-model time, not an end-to-end measurement.",
         "*estimated (roofline)*: that profile's runs are estimated (`cost: estimated`; its device is not "
         "measured from here): per kernel max(operations / peak rate, bytes / DRAM bandwidth) + launch overhead, "
-        "from the profile's datasheet peak rates, with its model compiled for the target but never timed. "
+        "from the profile's peak rates (a datasheet's, or this machine's measured ones), with its model "
+        "compiled for the target but never timed. "
         "A roofline is a lower bound real kernels reach only in part: compare estimates with estimates.",
         "vs native: the pick's latency on that profile divided by that profile's own pick at the same budget.",
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ import torch
 from hypothesis import HealthCheck, settings
 
 from mpsearch.candidate import Candidate
-
+from mpsearch.hardware.peaks import PEAKS_DIR_ENV, store_peak
+from mpsearch.hardware.profile import PeakRates, load_profile
 from mpsearch.quant.calibration import calibrate
 from mpsearch.quant.prepare import PreparedModel, prepare_model
 from mpsearch.testing import synthetic_split, tiny_resnet
@@ -26,6 +28,27 @@ settings.load_profile("mpsearch")
 
 #: The default-model sweep's bit pairs (tests/test_sweep.py: search.w_bits = a_bits = [8, 32]).
 DEFAULT_SWEEP_PAIRS = [(32, 32), (8, 8)]
+
+
+#: What ``peak: measure`` profiles (host_cpu, host_cpu_1t) price ``cost: estimated`` with in tests: fixed
+#: rates, so that no test measures this machine on the side (seconds each, and rates that vary by host).
+#: tests/hardware/test_peaks.py measures for real, in a cache folder of its own.
+TEST_HOST_PEAK = PeakRates(fp32_gflops=150.0, int8_gops=600.0, dram_gbps=15.0, launch_us=2.0,
+                           source="fixed test rates (tests/conftest.py), not measured")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fixed_host_peaks(tmp_path_factory) -> Iterator[Path]:
+    """A peaks cache (``$MPSEARCH_PEAKS_DIR``, inherited by the CLI subprocesses) holding
+    :data:`TEST_HOST_PEAK` as this machine's measured peaks of the host profiles at every thread count,
+    for the whole session; the real ``~/.cache`` is never read or written."""
+    folder = tmp_path_factory.mktemp("peaks")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(PEAKS_DIR_ENV, str(folder))
+        for name in ("host_cpu", "host_cpu_1t"):
+            for threads in range(1, (os.cpu_count() or 1) + 1):
+                store_peak(replace(load_profile(name), threads=threads), TEST_HOST_PEAK)
+        yield folder
 
 
 @pytest.fixture(scope="session")

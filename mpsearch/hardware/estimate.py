@@ -17,7 +17,8 @@ fp32 and compute in fp32); bytes = the fp32 input, the weights at their storage 
 packed two per byte, fp16 or fp32), scales,
 bias, quantizer parameters, residual inputs and the fp32 output. The rest of the model (pooling,
 unfused adds) is priced the same way from its Relax ops. Peak rates and their source are the profile's
-``peak`` section.
+``peak`` section: a target's datasheet numbers, or for ``peak: measure`` (the host profiles) this
+machine's, measured by micro-kernels the first time they are needed and cached (``hardware/peaks.py``).
 
 Memory is not estimated: weight bytes are exact (as in the measured mode), the planned activation
 storage comes from TVM's static memory plan (compilation only), and a kernel's workspace is read off
@@ -43,6 +44,7 @@ import numpy as np
 from mpsearch.candidate import Bits, Candidate
 from mpsearch.errors import ConfigError, HardwareError
 from mpsearch.hardware.base import ESTIMATED, Backend, LayerCostTable, Measurement
+from mpsearch.hardware.peaks import resolve_peak
 from mpsearch.hardware.profile import HwProfile, PeakRates
 from mpsearch.hashing import content_hash
 from mpsearch.quant.prepare import PreparedModel
@@ -153,11 +155,13 @@ class EstimateBackend(Backend):
         if not profile.estimated:
             raise ConfigError(f"hardware profile {profile.name!r} has cost {profile.cost!r}; roofline estimates "
                               "are used only when asked for: set hw_profile.cost=estimated")
-        if profile.peak is None:
+        peak = resolve_peak(profile)  # peak: measure: this machine's, cached (measured the first time: seconds)
+        if peak is None:
             raise ConfigError(f"hardware profile {profile.name!r} has no peak section to estimate from; add "
-                              "peak: {fp32_gflops, int8_gops, dram_gbps, launch_us} to its YAML")
+                              "peak: {fp32_gflops, int8_gops, dram_gbps, launch_us} (or peak: measure on this "
+                              "machine) to its YAML")
         self.profile = profile
-        self.peak = profile.peak
+        self.peak = peak
         self.progress = progress
         self.compile_check = compile_check
         ident = content_hash([profile.name, profile.target, profile.cross_compiler], length=12)

@@ -3,7 +3,8 @@
 A profile names the TVM target (a dict, as ``tvm.target.Target`` takes it), how the device is reached
 (``local``: in this process; ``rpc``: a board registered with a TVM RPC tracker under a key; ``cuda``:
 a GPU on this machine), the threads, the bit-widths the target supports and the tuning budget, and
-the target's peak rates (``peak``) with the cost mode (``cost``): ``measured`` (the default: tuned
+the target's peak rates (``peak``: datasheet numbers, or ``measure`` for this machine's, measured on
+first use by ``hardware/peaks.py``) with the cost mode (``cost``): ``measured`` (the default: tuned
 kernels timed on the device) or ``estimated`` (roofline from the peak rates, compile-only; never a
 silent fallback, see ``hardware/estimate.py``).
 
@@ -124,6 +125,8 @@ class PeakRates:
     arithmetic. ``int8_gops``: int8 x int8 -> int32 multiply-accumulate (the integer kernels' inner
     loop). ``launch_us``: fixed cost of one kernel call (VM dispatch, GPU launch). ``source`` names
     where the numbers come from (datasheet, measurement) and is shown wherever an estimate is.
+    ``measure``: a profile of this machine (``peak: measure``) whose rates are measured when first
+    needed (:func:`mpsearch.hardware.peaks.resolve_peak`), not at load time: the rate fields stay 0.
     """
 
     fp32_gflops: float = 0.0
@@ -132,6 +135,7 @@ class PeakRates:
     dram_gbps: float = 0.0
     launch_us: float = 0.0
     source: str = ""
+    measure: bool = False  # YAML ``peak: measure``: read the rates through ``peaks.resolve_peak(profile)``
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,13 @@ def _build(cls: type, data: Any, where: str) -> Any:
               "peak": PeakRates}
     for name, value in data.items():
         expected = fields[name].type
+        if name == "peak" and cls is HwProfile and isinstance(value, str):
+            if value != "measure":
+                raise ConfigError(f"{where}.peak: {value!r} is neither 'measure' nor a mapping of rates; write "
+                                  "peak: measure (this machine's, measured on first use) or give fp32_gflops, "
+                                  "int8_gops, dram_gbps and launch_us")
+            kwargs[name] = PeakRates(measure=True)
+            continue
         if name in nested and cls is HwProfile:
             kwargs[name] = None if value is None and name in ("rpc", "peak") \
                 else _build(nested[name], value, f"{where}.{name}")
@@ -290,7 +301,20 @@ def _validate(p: HwProfile, where: str) -> HwProfile:
                           "do not both list 2; add 2 to both or set bitserial: false")
     if p.cost not in COST_MODES:
         raise ConfigError(f"{where}.cost: {p.cost!r} is not one of {', '.join(COST_MODES)}")
-    if p.peak is not None:
+    if p.peak is not None and p.peak.measure:
+        if p.device != "local" or p.target.get("kind") != "llvm":
+            raise ConfigError(f"{where}.peak: 'measure' times this machine's CPU, but the profile runs on device "
+                              f"{p.device!r} (target kind {p.target.get('kind')!r}); give the target's rates "
+                              "(fp32_gflops, int8_gops, dram_gbps, launch_us) from its datasheet")
+        if p.precisions.fp16:
+            raise ConfigError(f"{where}.peak: 'measure' measures no fp16 rate but precisions.fp16 is true; give "
+                              "the rates, fp16_gflops among them, or set fp16: false")
+        rates = [n for n in ("fp32_gflops", "fp16_gflops", "int8_gops", "dram_gbps", "launch_us", "source")
+                 if getattr(p.peak, n)]
+        if rates:
+            raise ConfigError(f"{where}.peak.{rates[0]}: given with measure: true, which measures every rate; "
+                              "drop the rates or measure: true")
+    elif p.peak is not None:
         for name in ("fp32_gflops", "int8_gops", "dram_gbps"):
             if not getattr(p.peak, name) > 0:
                 raise ConfigError(f"{where}.peak.{name}: must be positive (the target's peak rate, from its "

@@ -16,7 +16,6 @@ import contextlib
 import json
 import logging
 import os
-import platform
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -254,15 +253,9 @@ def resolve_target(profile: HwProfile) -> Any:
 
 
 def host_description() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores"
+    from mpsearch.hardware.peaks import cpu_model
+
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def _last_line(e: Exception) -> str:
