@@ -78,23 +78,26 @@ def _dot_intrinsic(a_dtype: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
     return _dot_desc(KGROUP, a_dtype), impl
 
 
-def _dot4_intrinsic(isa: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+def _dot4_intrinsic(isa: str, word: bool = False) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+    """The x86 16x4 dot of ``isa``; ``word``: its four codes read as one uint32 word
+    (:data:`DOT4_WORD_INTRINSICS`), else as four bytes."""
     from tvm.script import tirx as T
     from tvm.target import codegen
 
     # LLVM 21 retyped vpdpbusd's byte operands from <16 x i32> to <64 x i8> (TVM 0.27's own
     # dot_16x4_vnni still passes i32 vectors and fails LLVM 22's verifier)
     operand = "int8x64" if codegen.llvm_version_major() >= 21 else "int32x16"
+    a_len, a_dtype, a_read = (1, "uint32", "uint32") if word else (KQUAD, "uint8", "uint8x4")
 
     @T.prim_func(s_tir=True)
     def vnni(a: T.handle, b: T.handle, c: T.handle) -> None:  # vpdpbusd: the four products into int32
-        A = T.match_buffer(a, (KQUAD,), "uint8", offset_factor=1)
+        A = T.match_buffer(a, (a_len,), a_dtype, offset_factor=1)
         B = T.match_buffer(b, (LANES, KQUAD), "int8", offset_factor=1)
         C = T.match_buffer(c, (LANES,), "int32", offset_factor=1)
         with T.sblock("root"):
-            T.reads(C[0:LANES], A[0:KQUAD], B[0:LANES, 0:KQUAD])
+            T.reads(C[0:LANES], A[0:a_len], B[0:LANES, 0:KQUAD])
             T.writes(C[0:LANES])
-            quad = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            quad = T.reinterpret(A.vload([0], a_read), dtype="int32")
             C[T.ramp(T.int32(0), 1, LANES)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), C.vload([0], dtype="int32x16"),
                 T.reinterpret(T.broadcast(quad, LANES), dtype=operand),
@@ -102,13 +105,13 @@ def _dot4_intrinsic(isa: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
 
     @T.prim_func(s_tir=True)
     def avx512(a: T.handle, b: T.handle, c: T.handle) -> None:  # vpmaddubsw (saturating s16 pairs), vpmaddwd
-        A = T.match_buffer(a, (KQUAD,), "uint8", offset_factor=1)
+        A = T.match_buffer(a, (a_len,), a_dtype, offset_factor=1)
         B = T.match_buffer(b, (LANES, KQUAD), "int8", offset_factor=1)
         C = T.match_buffer(c, (LANES,), "int32", offset_factor=1)
         with T.sblock("root"):
-            T.reads(C[0:LANES], A[0:KQUAD], B[0:LANES, 0:KQUAD])
+            T.reads(C[0:LANES], A[0:a_len], B[0:LANES, 0:KQUAD])
             T.writes(C[0:LANES])
-            quad = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            quad = T.reinterpret(A.vload([0], a_read), dtype="int32")
             a8 = T.reinterpret(T.broadcast(quad, LANES), dtype="uint8x64")
             pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddubs.w.512"),
                                             a8, B.vload([0, 0], dtype="int8x64"), dtype="int16x32")
@@ -116,15 +119,13 @@ def _dot4_intrinsic(isa: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddw.d.512"), pairs, T.int16x32(1),
                 dtype="int32x16")
 
-    return _dot_desc(KQUAD, "uint8"), vnni if isa == "avx512vnni" else avx512
+    return _dot4_word_desc() if word else _dot_desc(KQUAD, "uint8"), vnni if isa == "avx512vnni" else avx512
 
 
-def _dot4_word_intrinsic(isa: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
-    """:func:`_dot4_intrinsic` on a uint32 word of four u8 codes (byte ``k``: reduction element ``k``)."""
+def _dot4_word_desc() -> tirx.PrimFunc:
+    """What the word 16x4 dots compute: :func:`_dot_desc` with the four codes the bytes of one uint32
+    word (byte ``k``: reduction element ``k``), as :func:`~.integer.word_byte` reads them."""
     from tvm.script import tirx as T
-    from tvm.target import codegen
-
-    operand = "int8x64" if codegen.llvm_version_major() >= 21 else "int32x16"
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -141,37 +142,7 @@ def _dot4_word_intrinsic(isa: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
                         C[vi] = C[vi] + T.Cast("int32", T.bitwise_and(T.shift_right(A[0], T.Cast("uint32", vj * 8)),
                                                                       T.uint32(255))) * T.Cast("int32", B[vi, vj])
 
-    @T.prim_func(s_tir=True)
-    def vnni(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (1,), "uint32", offset_factor=1)
-        B = T.match_buffer(b, (LANES, KQUAD), "int8", offset_factor=1)
-        C = T.match_buffer(c, (LANES,), "int32", offset_factor=1)
-        with T.sblock("root"):
-            T.reads(C[0:LANES], A[0:1], B[0:LANES, 0:KQUAD])
-            T.writes(C[0:LANES])
-            word = T.reinterpret(A[0], dtype="int32")
-            C[T.ramp(T.int32(0), 1, LANES)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), C.vload([0], dtype="int32x16"),
-                T.reinterpret(T.broadcast(word, LANES), dtype=operand),
-                T.reinterpret(B.vload([0, 0], dtype="int8x64"), dtype=operand), dtype="int32x16")
-
-    @T.prim_func(s_tir=True)
-    def avx512(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (1,), "uint32", offset_factor=1)
-        B = T.match_buffer(b, (LANES, KQUAD), "int8", offset_factor=1)
-        C = T.match_buffer(c, (LANES,), "int32", offset_factor=1)
-        with T.sblock("root"):
-            T.reads(C[0:LANES], A[0:1], B[0:LANES, 0:KQUAD])
-            T.writes(C[0:LANES])
-            word = T.reinterpret(A[0], dtype="int32")
-            a8 = T.reinterpret(T.broadcast(word, LANES), dtype="uint8x64")
-            pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddubs.w.512"),
-                                            a8, B.vload([0, 0], dtype="int8x64"), dtype="int16x32")
-            C[T.ramp(T.int32(0), 1, LANES)] += T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddw.d.512"), pairs, T.int16x32(1),
-                dtype="int32x16")
-
-    return desc, vnni if isa == "avx512vnni" else avx512
+    return desc
 
 
 def _arm_dot4_intrinsic(name: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
@@ -318,7 +289,7 @@ def register_intrinsics() -> None:
             TensorIntrin.register(name, *_dot4_intrinsic(isa))
     for isa, name in DOT4_WORD_INTRINSICS.items():
         if TensorIntrin.get(name, allow_missing=True) is None:
-            TensorIntrin.register(name, *_dot4_word_intrinsic(isa))
+            TensorIntrin.register(name, *_dot4_intrinsic(isa, word=True))
     for rows in range(2, LANES + 1):
         for dtype in ("int32", "float32"):
             if TensorIntrin.get(unblock_intrinsic(rows, dtype), allow_missing=True) is None:
