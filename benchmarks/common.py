@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from mpsearch.hardware.peaks import cpu_features, cpu_model
+from mpsearch.hardware.cpu import cpu_features, cpu_model
 from mpsearch.storage import atomic_write_text
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results" / "benchmarks"

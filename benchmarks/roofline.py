@@ -35,7 +35,8 @@ import torch
 
 from benchmarks.cases import CASES
 from benchmarks.common import BenchmarkResult, median_time_s
-from mpsearch.hardware.peaks import DOT_NAMES, DOTS, FMA, cache_levels, compute_peaks, cpu_features, read_bandwidths
+from mpsearch.hardware.cpu import cpu_features
+from mpsearch.hardware.peaks import DOT_NAMES, DOTS, FMA, cache_levels, compute_peaks, read_bandwidths
 from mpsearch.report.markdown import markdown_table
 from mpsearch.search import bit_pairs, pair_label
 

@@ -45,7 +45,6 @@ import datetime as dt
 import json
 import logging
 import os
-import platform
 import time
 from collections.abc import Iterator
 from importlib import metadata
@@ -55,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from mpsearch.errors import HardwareError, MPSearchError
+from mpsearch.hardware.cpu import SIMD_FLAGS, cpu_features, cpu_model
 from mpsearch.hardware.profile import HwProfile, PeakRates
 from mpsearch.hashing import content_hash
 from mpsearch.storage import atomic_write_text
@@ -71,9 +71,6 @@ ITERATIONS = 200_000  # chain steps per compute timing: ~1 ms a call on a 2-3 GH
 #: ``~/.cache/mpsearch/peaks``).
 PEAKS_DIR_ENV = "MPSEARCH_PEAKS_DIR"
 # The instruction-set features that decide which kernels are fast (int8 dots: VNNI; bit-serial: VPOPCNTDQ).
-SIMD_FLAGS = ("sse4_2", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_vpopcntdq",
-              "avx512_bf16", "amx_int8", "asimd", "asimddp", "i8mm", "sve")
-
 # The x86 int8 dots of mpsearch's integer kernels (kernels/intrinsics.py), densest first, each with the
 # mnemonics that show it in a kernel's code: the VNNI 16x4 dot (vpdpbusd), AVX-512BW's 16x4 dot
 # (vpmaddubsw, then vpmaddwd against ones) and the 16x2 dot (vpmaddwd; LLVM fuses vpmaddwd + vpaddd into
@@ -91,29 +88,6 @@ DOT_NAMES = {FMA: "fp32 FMA", "vpdpbusd": "int8 16x4 vpdpbusd (VNNI)",
 
 
 # -- the machine ----------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo``, else what :mod:`platform` says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_features() -> list[str]:
-    """The :data:`SIMD_FLAGS` this CPU reports in ``/proc/cpuinfo`` (empty where there is none)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in SIMD_FLAGS if f in have]
-    except OSError:
-        pass
-    return []
 
 
 def cache_levels(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> list[tuple[str, int]]:

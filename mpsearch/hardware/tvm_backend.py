@@ -253,7 +253,7 @@ def resolve_target(profile: HwProfile) -> Any:
 
 
 def host_description() -> str:
-    from mpsearch.hardware.peaks import cpu_model
+    from mpsearch.hardware.cpu import cpu_model
 
     return f"{cpu_model()}, {os.cpu_count()} cores"
 
