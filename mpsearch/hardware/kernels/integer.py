@@ -81,8 +81,8 @@ def quantize_words(spec: KernelSpec, x: te.Tensor, qp: te.Tensor) -> te.Tensor:
     """The padded input of a blocked x86 16x4 conv as uint32 words of four codes
     (:attr:`KernelSpec.word_input`): ``[n, C/4, rows, cols]``, channel ``4c + k``'s code in byte ``k``.
     Each word is the or of four shifted codes, each read from its channel's NCHW row at the same column,
-    so a row of words vectorizes into four contiguous loads; the border is a select of an in-bounds
-    (clamped) read, not a branch. Borders and padded input channels hold the code of 0.0 (shifted by
+    so a row of words vectorizes into four contiguous loads; the border is a select of a read
+    (:func:`clamped_read`), not a branch. Borders and padded input channels hold the code of 0.0 (shifted by
     :attr:`KernelSpec.a_offset`), as :func:`packed_dot`'s byte layout does."""
     n, c, h, wd = spec.x_shape
     ph, pw = spec.padding

@@ -239,6 +239,7 @@ def _unblock_intrinsic(rows: int, dtype: str) -> tuple[tirx.PrimFunc, tirx.PrimF
     so four rounds swap row and lane: 64 two-source shuffles (``vpermt2d`` / ``vpermt2ps``) for 16 x 16
     elements, where reading each channel's pixels out of the blocked accumulator is one insert per
     element."""
+    from tvm.s_tir import SBlock, SBlockRealize
     from tvm.script import tirx as T
 
     lo, hi = _interleave(True), _interleave(False)
@@ -258,15 +259,13 @@ def _unblock_intrinsic(rows: int, dtype: str) -> tuple[tirx.PrimFunc, tirx.PrimF
 
     vectors = [tirx.BufferLoad(desc.params[0], [r, tirx.Ramp(0, 1, LANES)]) for r in range(rows)]
     vectors += [tirx.Broadcast(tirx.const(0, dtype), LANES)] * (LANES - rows)
-    for _ in range(4):
+    for _ in range(LANES.bit_length() - 1):  # log2(16) rounds
         vectors = [tirx.Shuffle([vectors[i], vectors[i + LANES // 2]], idx)
                    for i in range(LANES // 2) for idx in (lo, hi)]
     out = desc.params[1]
     stores = [tirx.BufferStore(out, v if rows == LANES else tirx.Shuffle([v], list(range(rows))),
                                [i, tirx.Ramp(0, 1, rows)]) for i, v in enumerate(vectors)]
     root = desc.body.block
-    from tvm.s_tir import SBlock, SBlockRealize
-
     block = SBlock([], root.reads, root.writes, root.name_hint, tirx.SeqStmt(stores))
     impl = desc.with_body(SBlockRealize([], True, block))
     return desc, impl
