@@ -43,6 +43,7 @@ SAMPLERS = ("nsga2", "nsga3", "tpe", "random")
 WARM_STARTS = ("ilp", "uniform", "none")
 #: Seconds between a worker's heartbeats on RDB storage, and after which a silent worker's trial is failed.
 HEARTBEAT_S, GRACE_S = 10, 60
+RELATIVE_KEY = 0xC401D  # re-seeds the random state of a trial's joint (relative) draw
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,15 @@ class ResumableSampler(optuna.samplers.BaseSampler):
         return self.inner.infer_relative_search_space(study, trial)
 
     def sample_relative(self, study, trial, search_space):  # type: ignore[no-untyped-def]
+        parents = getattr(self.inner, "get_parent_population", None)  # GA samplers (Optuna >= 4.2)
+        if parents is not None and search_space:
+            # A GA sampler's first trial of a generation selects the parents (drawing from the random
+            # state) and gets them in selection order; later trials read the study's cache of them in
+            # trial order. A run killed in that first trial after the cache was stored would redraw it
+            # from the cache: another order, another child. So every trial reads the cache, and draws
+            # from a state re-seeded after the selection.
+            parents(study, self.inner.get_trial_generation(study, trial))
+            self._reseed(self._n_complete.get(trial._trial_id, _complete(study)), RELATIVE_KEY)
         return self.inner.sample_relative(study, trial, search_space)
 
     def sample_independent(self, study, trial, param_name, param_distribution):  # type: ignore[no-untyped-def]

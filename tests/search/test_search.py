@@ -18,7 +18,8 @@ from mpsearch.search import (
     SearchProblem, SearchSettings, bit_pairs, compare_fronts, exact_latency_front, feasible_front, feasible_points,
     run_search, solve_ilp, spread,
 )
-from mpsearch.search.optuna_search import candidate_from_params, warm_start_candidates
+from mpsearch.search.optuna_search import candidate_from_params, open_study, warm_start_candidates
+from mpsearch.search.space import pair_label
 
 LAYERS = ["a", "b", "c", "d"]
 
@@ -192,3 +193,22 @@ def test_two_objective_mode(tmp_path: Path) -> None:
 def test_spread_keeps_ends() -> None:
     assert spread(list(range(10)), 3) == [0, 4, 9] or spread(list(range(10)), 3) == [0, 5, 9]
     assert spread([1, 2], 5) == [1, 2]
+
+
+@pytest.mark.parametrize("sampler", ["nsga2", "nsga3"])
+def test_a_run_killed_in_the_first_trial_of_a_generation_resumes_to_the_same_study(tmp_path: Path,
+                                                                                  sampler: str) -> None:
+    # That trial selects the generation's parents and stores them; a kill after its first draw left the
+    # resumed run reading them back in another order, so it bred another child (seen in the chaos test).
+    p = make_problem()
+    ref = run_search(p, SearchSettings(sampler, 120, 0), tmp_path / "ref.journal", progress=False)
+    key = f"{type(ref.sampler.inner).__name__}:generation"
+    first = [min(t.number for t in ref.trials if t.system_attrs.get(key) == g) for g in (1, 2)]
+    for n in first + [first[0] + 1]:
+        path = tmp_path / f"killed-{n}.journal"
+        run_search(p, SearchSettings(sampler, n, 0), path, progress=False)
+        study = open_study(p, SearchSettings(sampler, n, 0), path)
+        trial = study.ask()  # the killed process: the trial drew its first parameter, then died
+        trial.suggest_categorical(p.variables[0][0], [pair_label(q) for q in p.pairs])
+        resumed = run_search(p, SearchSettings(sampler, 120, 0), path, progress=False)
+        assert [t.params for t in resumed.trials] == [t.params for t in ref.trials], n
