@@ -105,14 +105,20 @@ def test_pixel_tiles_keep_enough_accumulators_and_fit_the_registers():
 
 
 def _each_block_and_tile(spec: KernelSpec, mod: tvm.IRModule, recipe, arrays: list[np.ndarray], want: np.ndarray):
-    """:func:`_each_sampled_tile` of ``recipe`` at every channel-block split of the kernel (``blocks=``)."""
+    """``recipe`` at every channel-block split (``blocks=``) and tile width (``tile=``) of the kernel the
+    space offers, each library checked bit-exact against ``want`` and yielded."""
+    width = spec.x_shape[0] if spec.op == "linear" else spec.out_shape[-1]  # a linear layer tiles its rows
     for blocks in channel_blocks(spec.o_tiles):
-        yield from _each_sampled_tile(spec, mod, functools.partial(recipe, blocks=blocks), arrays, want,
-                                      most_pixels(blocks))
+        for tile in pixel_tiles(width, most_pixels(blocks)):
+            sch = s_tir.Schedule(mod)
+            recipe(sch, blocks=blocks, tile=tile)
+            lib = tvm.compile(sch.mod, target=_host())
+            np.testing.assert_array_equal(_run(lib.jit(), arrays), want, err_msg=f"{spec} at {blocks} x {tile}")
+            yield lib
 
 
 @pytest.mark.parametrize("case", range(5))
-def test_every_sampled_tile_is_exact_and_runs_the_int8_dot(case):
+def test_every_tile_is_exact_and_runs_the_int8_dot(case):
     isa = _host_isa()
     register_intrinsics()
     spec = _cases(isa)[case]
@@ -140,9 +146,9 @@ def _linear_cases(isa: str) -> list[KernelSpec]:
 
 
 @pytest.mark.parametrize("case", range(5))
-def test_every_sampled_linear_tile_is_exact_and_runs_the_int8_dot(case):
+def test_every_linear_tile_is_exact_and_runs_the_int8_dot(case):
     """The int8 linear recipe (a tile of rows x 16 lanes -- or a few 16-lane blocks -- of int32
-    accumulators in registers across the whole reduction) at every row tile it samples is the kernel's
+    accumulators in registers across the whole reduction) at every row tile it offers is the kernel's
     own loops, to the bit."""
     isa = _host_isa()
     register_intrinsics()
@@ -158,11 +164,10 @@ def test_every_sampled_linear_tile_is_exact_and_runs_the_int8_dot(case):
     assert conv_space(isa)(s_tir.Schedule(mod)), "the space offers no int8 linear design"
 
 
-def _each_sampled_tile(spec: KernelSpec, mod: tvm.IRModule, recipe, arrays: list[np.ndarray], want: np.ndarray,
-                       most: int = MAX_PIXEL_TILE):
-    """Schedule ``mod`` with ``recipe`` from seeds until every tile width of :func:`pixel_tiles` (up to
-    ``most``) and, for a depthwise conv, every tile height of :func:`row_tiles` was sampled; each tile's
-    library is checked bit-exact against ``want`` and yielded."""
+def _each_sampled_tile(spec: KernelSpec, mod: tvm.IRModule, recipe, arrays: list[np.ndarray], want: np.ndarray):
+    """Schedule depthwise ``mod`` with ``recipe`` from seeds until every tile width of :func:`pixel_tiles`
+    and every tile height of :func:`row_tiles` was sampled; each tile's library is checked bit-exact
+    against ``want`` and yielded."""
     seen = set()
     for seed in range(1, 25):
         sch = s_tir.Schedule(mod, seed=seed)
@@ -174,10 +179,9 @@ def _each_sampled_tile(spec: KernelSpec, mod: tvm.IRModule, recipe, arrays: list
         lib = tvm.compile(sch.mod, target=_host())
         np.testing.assert_array_equal(_run(lib.jit(), arrays), want, err_msg=f"{spec} at {tile} tiles")
         yield lib
-    out_w = spec.x_shape[0] if spec.op == "linear" else spec.out_shape[-1]  # a linear layer tiles its rows
-    assert {out_w // t[0] for t in seen} == {out_w // t for t in pixel_tiles(out_w, most)}, "a tile width was never sampled"
-    if spec.groups > 1:
-        assert {t[1] for t in seen} == set(row_tiles(spec.out_shape[2])), "a tile height was never sampled"
+    out_w = spec.out_shape[-1]
+    assert {out_w // t[0] for t in seen} == {out_w // t for t in pixel_tiles(out_w)}, "a tile width was never sampled"
+    assert {t[1] for t in seen} == set(row_tiles(spec.out_shape[2])), "a tile height was never sampled"
 
 
 DEPTHWISE = [
@@ -222,13 +226,14 @@ FLOAT = [
 
 
 @pytest.mark.parametrize("case", range(len(FLOAT)))
-def test_every_sampled_fp32_tile_sums_in_the_kernels_order(case):
+def test_every_fp32_tile_sums_in_the_kernels_order(case):
     """The fp32 recipes (a tile of pixels -- a linear layer's rows -- x 16 channels of accumulators,
-    broadcast FMAs; the depthwise one on float values) at every tile width they sample add the same products in the same order as the
+    broadcast FMAs; the depthwise one on float values) at every tile width they offer add the same products in the same order as the
     kernel's own loops: equal to the bit, with vector FMAs in the code. On a CPU without AVX-512 the
     kernels are not used (topi's conv runs) but their code is the same: the test builds for the host."""
     from mpsearch.hardware.kernels.schedules import schedule_depthwise, schedule_float_conv
 
+    register_intrinsics()  # the tiles' transposes
     spec = FLOAT[case]
     assert spec.float_depthwise if spec.groups > 1 else spec.float_blocked
     mod = _mod(spec)
@@ -286,11 +291,20 @@ def test_tuning_samples_the_hand_built_space_beside_the_generic_one():
     spec = _cases("avx512bw")[0]
     ctx = ms.TuneContext(mod=_mod(spec), target=target, space_generator=space_generator(target),
                          search_strategy="replay-trace", task_name="t", num_threads=1)
-    traces = [str(s.trace) for s in ctx.generate_design_space()]
-    tiles = f"candidates={pixel_tiles(spec.out_shape[-1])}"  # the hand-built space's one sampled decision
-    hand = [t for t in traces if tiles in t and "mpsearch_dot_16x2_u8s8_avx512" in t]
+    spaces = ctx.generate_design_space()
+    hand = [s.trace for s in spaces if "mpsearch_unblock_" in str(s.trace)]  # the generic one tiles for the dot too
+    assert all("mpsearch_dot_16x2_u8s8_avx512" in str(t) for t in hand)
     assert hand, "no design space of the hand-built schedule"
-    assert len(hand) < len(traces), "the generic space is gone"
+    assert len(hand) < len(spaces), "the generic space is gone"
+    # one copy per tile width (a fixed split, each with its own transpose intrinsic) ...
+    widths = {w for w in pixel_tiles(spec.out_shape[-1]) for t in hand if f"unblock_{w}x16" in str(t)}
+    assert widths == set(pixel_tiles(spec.out_shape[-1]))
+    # ... and no sampled decision a replay could redraw: every replay applies (three in four failed
+    # when the width was sampled, the transpose of the first width named in the trace)
+    for trace in hand:
+        assert not trace.decisions
+        s_tir.Trace(trace.simplified(remove_postproc=True).insts, {}).apply_to_schedule(
+            s_tir.Schedule(_mod(spec), seed=7), remove_postproc=True)
 
 
 @pytest.mark.parametrize("dtype", ["int32", "float32"])
@@ -317,3 +331,24 @@ def test_unblock_intrinsic_transposes_every_tile_width(dtype):
             asm = tvm.compile(sch.mod, target=SKYLAKE).mod.inspect_source("s")
             assert asm.count("vpermt2") >= 32  # 64 two-source shuffles, some as in-lane unpacks
             assert "vpinsrd" not in asm and "vinsertps" not in asm  # no element-by-element inserts
+
+
+@pytest.mark.parametrize("group", [2, 4, 8])
+def test_unpack_intrinsic_unpacks_every_code_with_vector_byte_ops(group):
+    """The int4 unpack of a 16-lane weight tile (each lane's ``group`` codes in ``group / 2`` bytes, low
+    nibble first, stored + 8) gives every code -8..7, as :func:`pack_weight` packed it, in whole-vector
+    byte operations: no byte extracted or inserted one at a time (the plain loop's code)."""
+    from mpsearch.hardware.kernels.intrinsics import _unpack_intrinsic
+
+    desc, impl = _unpack_intrinsic(group)
+    codes = np.random.default_rng(group).integers(-8, 8, (16, group)).astype(np.int8)
+    nibbles = codes.astype(np.int16) + 8
+    packed = (nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)).astype(np.uint8)
+    packed = packed[:, 0] if group == 2 else packed
+    for func in (desc, impl):  # what the kernel's unpack computes, and the intrinsic's code
+        lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=SKYLAKE)
+        out = tvm.runtime.tensor(np.zeros((16, group), np.int8))
+        lib["main"](tvm.runtime.tensor(np.ascontiguousarray(packed)), out)
+        np.testing.assert_array_equal(out.numpy(), codes)
+    asm = lib.mod.inspect_source("s")
+    assert "vpinsrb" not in asm and "vpextrb" not in asm and "movzbl" not in asm

@@ -271,6 +271,62 @@ def _unblock_intrinsic(rows: int, dtype: str) -> tuple[tirx.PrimFunc, tirx.PrimF
     return desc, impl
 
 
+def unpack_intrinsic(group: int) -> str:
+    """Name of the intrinsic that unpacks a 16-lane tile of int4 weights, ``group`` (2, 4 or 8) codes a
+    lane in ``group / 2`` bytes (low nibble first, each code stored + 8), into the ``[16, group]`` int8
+    tile the dot reads (:func:`~.integer.packed_dot`'s ``unpack_int4``)."""
+    return f"mpsearch_unpack_int4_{LANES}x{group}"
+
+
+def _unpack_intrinsic(group: int) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+    """The int4 unpack in registers: the tile's ``8 * group`` bytes as one vector, its low and high nibbles
+    (``& 15``, ``>> 4``) interleaved by one two-source shuffle, then ``- 8`` on the int8 bytes. Vectorized over the tile as a plain loop, the
+    byte index ``k // 2`` of code ``k`` made each code a scalar load, shift and insert."""
+    from tvm.s_tir import SBlock, SBlockRealize
+    from tvm.script import tirx as T
+
+    n = LANES * group // 2  # packed bytes
+    shape = (LANES,) if group == KGROUP else (LANES, group // 2)
+
+    if group == KGROUP:
+        @T.prim_func(s_tir=True)
+        def desc(p: T.handle, w: T.handle) -> None:  # one byte a lane: packed_dot's g == KGROUP form
+            P = T.match_buffer(p, shape, "uint8", offset_factor=1)
+            W = T.match_buffer(w, (LANES, group), "int8", offset_factor=1)
+            with T.sblock("root"):
+                T.reads(P[0:LANES])
+                T.writes(W[0:LANES, 0:group])
+                for i, j in T.grid(LANES, group):
+                    with T.sblock("unpack_int4"):
+                        vi, vj = T.axis.remap("SS", [i, j])
+                        W[vi, vj] = T.Cast("int8", T.bitwise_and(T.shift_right(T.Cast("int32", P[vi]), vj * 4), 15)
+                                           - 8)
+    else:
+        @T.prim_func(s_tir=True)
+        def desc(p: T.handle, w: T.handle) -> None:  # a lane's codes in group / 2 bytes
+            P = T.match_buffer(p, shape, "uint8", offset_factor=1)
+            W = T.match_buffer(w, (LANES, group), "int8", offset_factor=1)
+            with T.sblock("root"):
+                T.reads(P[0:LANES, 0:group // 2])
+                T.writes(W[0:LANES, 0:group])
+                for i, j in T.grid(LANES, group):
+                    with T.sblock("unpack_int4"):
+                        vi, vj = T.axis.remap("SS", [i, j])
+                        W[vi, vj] = T.Cast("int8", T.bitwise_and(
+                            T.shift_right(T.Cast("int32", P[vi, vj // 2]), T.floormod(vj, 2) * 4), 15) - 8)
+
+    packed, out = desc.params
+    v = tirx.BufferLoad(packed, [tirx.Ramp(0, 1, n)] if group == KGROUP else [0, tirx.Ramp(0, 1, n)])
+    lo = tirx.bitwise_and(v, tirx.Broadcast(tirx.const(15, "uint8"), n))
+    hi = tirx.shift_right(v, tirx.Broadcast(tirx.const(4, "uint8"), n))
+    codes = tirx.Shuffle([lo, hi], [i for k in range(n) for i in (k, n + k)])
+    codes = tirx.call_intrin(f"int8x{2 * n}", "tirx.reinterpret", codes) - tirx.Broadcast(tirx.const(8, "int8"), 2 * n)
+    store = tirx.BufferStore(out, codes, [0, tirx.Ramp(0, 1, 2 * n)])
+    root = desc.body.block
+    impl = desc.with_body(SBlockRealize([], True, SBlock([], root.reads, root.writes, root.name_hint, store)))
+    return desc, impl
+
+
 def register_intrinsics() -> None:
     """Register every intrinsic of this module with TVM, x86 and aarch64 alike (idempotent; which a
     target may use is :func:`dot_intrinsics_for`'s choice). Needed wherever a tuned schedule that uses
@@ -289,6 +345,9 @@ def register_intrinsics() -> None:
     for isa, name in DOT4_WORD_INTRINSICS.items():
         if TensorIntrin.get(name, allow_missing=True) is None:
             TensorIntrin.register(name, *_dot4_intrinsic(isa, word=True))
+    for group in (KGROUP, KQUAD, KOCT):
+        if TensorIntrin.get(unpack_intrinsic(group), allow_missing=True) is None:
+            TensorIntrin.register(unpack_intrinsic(group), *_unpack_intrinsic(group))
     for rows in range(2, LANES + 1):
         for dtype in ("int32", "float32"):
             if TensorIntrin.get(unblock_intrinsic(rows, dtype), allow_missing=True) is None:
@@ -404,4 +463,4 @@ def register_unpack_rule() -> None:
 
 __all__ = ["ARM_DOT4_INTRINSICS", "DOT4_INTRINSICS", "DOT4_WORD_INTRINSICS", "DOT_INTRINSICS", "MMLA_INTRINSICS",
            "dot_intrinsics_for", "dot_isa", "import_tensor_intrinsics", "register_intrinsics",
-           "register_unpack_rule", "unblock_intrinsic"]
+           "register_unpack_rule", "unblock_intrinsic", "unpack_intrinsic"]

@@ -8,7 +8,7 @@ was the input quantized through a gather, accumulators kept in memory, and a sca
 the blocked accumulator back. This space schedules the kernel as an x86 int8 direct convolution is
 written by hand:
 
-- the output row is split into tiles of ``xb`` pixels (sampled among :func:`pixel_tiles`), whose
+- the output row is split into tiles of ``xb`` pixels (each of :func:`pixel_tiles` a copy of the space), whose
   ``xb x 16`` int32 accumulators stay in vector registers across the whole reduction (input-channel
   groups x kernel taps), each step one broadcast of four input codes and one dot per pixel;
 - the epilogue (dequantize, bias, ReLU, residual add) runs per tile, vectorized, straight from those
@@ -42,7 +42,9 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from mpsearch.hardware.kernels.intrinsics import DOT4_INTRINSICS, DOT4_WORD_INTRINSICS, DOT_INTRINSICS, unblock_intrinsic
+from mpsearch.hardware.kernels.intrinsics import (
+    DOT4_INTRINSICS, DOT4_WORD_INTRINSICS, DOT_INTRINSICS, unblock_intrinsic, unpack_intrinsic,
+)
 from mpsearch.hardware.kernels.spec import KQUAD, LANES
 
 MIN_PIXEL_TILE, MAX_PIXEL_TILE = 4, 16  # output pixels whose 16-lane int32 accumulators stay in registers
@@ -114,6 +116,20 @@ def most_pixels(blocks: int) -> int:
     return MAX_ACCUMULATORS // blocks if blocks > 1 else MAX_PIXEL_TILE
 
 
+def _tile_of(sch: Any, loop: Any, blocks: int, tile: int | None) -> int:
+    """``tile`` (checked against :func:`pixel_tiles` of ``loop``'s extent), or None: the widest one.
+
+    A fixed value, not a sampled decision: the tile's transpose (:func:`_epilogue_at`) is an intrinsic
+    per tile width, named in the trace, so a replay that drew another width failed to apply (three in
+    four replays of the space did); :func:`conv_space` gives each width its own copy instead."""
+    tiles = pixel_tiles(int(sch.get(loop).extent), most_pixels(blocks))
+    if tile is None:
+        return tiles[-1]
+    if tile not in tiles:
+        raise ValueError(f"a tile of {tile} is not one of {tiles}")
+    return tile
+
+
 def _parallel_vectorized(sch: Any, block: Any, inner: int) -> None:
     """Parallel over the outer loops of ``block``, vectorized over its ``inner`` innermost ones."""
     loops = sch.get_loops(block)
@@ -122,20 +138,18 @@ def _parallel_vectorized(sch: Any, block: Any, inner: int) -> None:
     sch.vectorize(sch.fuse(*loops[-inner:]) if inner > 1 else loops[-1])
 
 
-def schedule_conv(sch: Any, intrinsic: str, blocks: int = 1) -> None:
+def schedule_conv(sch: Any, intrinsic: str, blocks: int = 1, tile: int | None = None) -> None:
     """Schedule a blocked int8 conv or linear kernel in place (the module docstring's recipe; a linear
-    layer's rows are the pixels), each tile spanning ``blocks`` 16-lane channel tiles (:func:`channel_blocks`):
-    its ``xb x blocks`` dots reuse each broadcast of four input codes. One thread of a Sapphire Rapids
-    Xeon, the best tile at each: 192 -> 1152 at 7x7 64 -> 49 us (2 blocks), 1152 -> 192 82 -> 69 us,
-    24 -> 144 at 56x56 182 -> 162 us."""
+    layer's rows are the pixels), each tile ``tile`` pixels (one of :func:`pixel_tiles`; None: the
+    widest) by ``blocks`` 16-lane channel tiles (:func:`channel_blocks`): its ``xb x blocks`` dots reuse
+    each broadcast of four input codes. One thread of a Sapphire Rapids Xeon, the best tile at each:
+    192 -> 1152 at 7x7 64 -> 49 us (2 blocks), 1152 -> 192 82 -> 69 us, 24 -> 144 at 56x56 182 -> 162 us."""
     dot = sch.get_sblock("dot")
     if len(sch.get_loops(dot)) == 5:
-        _schedule_linear(sch, dot, intrinsic, blocks)
+        _schedule_linear(sch, dot, intrinsic, blocks, tile)
         return
     b, oc, y, x, oi, c2, ry, rx, ci = sch.get_loops(dot)
-    tiles = pixel_tiles(int(sch.get(x).extent), most_pixels(blocks))
-    tile = sch.sample_categorical(tiles, [1 / len(tiles)] * len(tiles))
-    xo, xi = sch.split(x, [None, tile])
+    xo, xi = sch.split(x, [None, _tile_of(sch, x, blocks, tile)])
     oc, ob = sch.split(oc, [None, blocks])
     sch.reorder(b, oc, y, xo, c2, ry, rx, xi, ob, oi, ci)
     _epilogue_at(sch, xo, "int32")
@@ -165,13 +179,11 @@ def _epilogue_at(sch: Any, tile: Any, dtype: str) -> None:
             sch.tensorize(lanes, unblock_intrinsic(rows, dtype))
 
 
-def _schedule_linear(sch: Any, dot: Any, intrinsic: str, blocks: int) -> None:
+def _schedule_linear(sch: Any, dot: Any, intrinsic: str, blocks: int, tile: int | None) -> None:
     """:func:`schedule_conv` for a linear layer: tiles of rows x ``blocks`` x 16 output lanes of int32
     accumulators across the whole reduction, lane tiles and row tiles in parallel."""
     m, oc, oi, k2, ki = sch.get_loops(dot)
-    tiles = pixel_tiles(int(sch.get(m).extent), most_pixels(blocks))
-    tile = sch.sample_categorical(tiles, [1 / len(tiles)] * len(tiles))
-    mo, mi = sch.split(m, [None, tile])
+    mo, mi = sch.split(m, [None, _tile_of(sch, m, blocks, tile)])
     oc, ob = sch.split(oc, [None, blocks])
     sch.reorder(oc, mo, k2, mi, ob, oi, ki)
     out = sch.get_sblock("epilogue")
@@ -191,8 +203,11 @@ def _tensorize_tile(sch: Any, lanes: Any, reduction: Any, tile: Any, intrinsic: 
     sch.unroll(tile)
     quantize = sch.get_sblock("quantize")  # (..., column or channel groups, group), or (..., column) of words
     _parallel_vectorized(sch, quantize, 1 if str(sch.get(quantize).writes[0].source.dtype) == "uint32" else 2)
-    if _has_block(sch, "unpack_int4"):  # int4 weights
-        _parallel_vectorized(sch, sch.get_sblock("unpack_int4"), 2)
+    if _has_block(sch, "unpack_int4"):  # int4 weights: each 16-lane tile unpacked in registers
+        unpack = sch.get_sblock("unpack_int4")
+        *outer, lanes, group = sch.get_loops(unpack)
+        sch.parallel(sch.fuse(*outer))
+        sch.tensorize(lanes, unpack_intrinsic(int(sch.get(group).extent)))
 
 
 def row_tiles(height: int) -> list[int]:
@@ -240,12 +255,13 @@ def schedule_depthwise(sch: Any) -> None:
     sch.decompose_reduction(conv, ry)
 
 
-def schedule_float_conv(sch: Any, blocks: int = 1) -> None:
+def schedule_float_conv(sch: Any, blocks: int = 1, tile: int | None = None) -> None:
     """Schedule a blocked fp32 conv kernel (:func:`~.integer.float_blocked_conv`) in place, as
     :func:`schedule_conv` does the int8 one: output rows (and channel blocks) in parallel, each row split
     into tiles of ``xb`` pixels whose ``xb x 16 x blocks`` fp32 accumulators stay in vector registers
     across input channels and taps (each step: ``blocks`` 16-lane weight loads, ``xb`` broadcast inputs,
-    ``xb x blocks`` FMAs), the epilogue per tile, the zero padding (if any) one vectorized pass.
+    ``xb x blocks`` FMAs), the epilogue per tile, the zero padding (if any) one vectorized pass;
+    ``tile``: ``xb``, one of :func:`pixel_tiles` (None: the widest).
 
     ``blocks`` > 1 (:func:`channel_blocks`) shares each broadcast input among that many channel tiles: one
     load per FMA at ``blocks`` 1 is as many loads as the two load ports issue beside the two FMA ports,
@@ -254,12 +270,10 @@ def schedule_float_conv(sch: Any, blocks: int = 1) -> None:
     101 us; a 16 -> 96 expansion at 112x112 (its output write the bound) gains nothing."""
     dot = sch.get_sblock("fdot")
     if len(sch.get_loops(dot)) == 4:  # a linear layer: its rows are the pixels
-        _schedule_float_linear(sch, dot, blocks)
+        _schedule_float_linear(sch, dot, blocks, tile)
         return
     b, oc, y, x, oi, rc, ry, rx = sch.get_loops(dot)
-    tiles = pixel_tiles(int(sch.get(x).extent), most_pixels(blocks))
-    tile = sch.sample_categorical(tiles, [1 / len(tiles)] * len(tiles))
-    xo, xi = sch.split(x, [None, tile])
+    xo, xi = sch.split(x, [None, _tile_of(sch, x, blocks, tile)])
     oc, ob = sch.split(oc, [None, blocks])
     sch.reorder(b, oc, y, xo, rc, ry, rx, xi, ob, oi)
     _epilogue_at(sch, xo, "float32")
@@ -273,13 +287,11 @@ def schedule_float_conv(sch: Any, blocks: int = 1) -> None:
         _parallel_vectorized(sch, sch.get_sblock("pad"), 1)
 
 
-def _schedule_float_linear(sch: Any, dot: Any, blocks: int) -> None:
+def _schedule_float_linear(sch: Any, dot: Any, blocks: int, tile: int | None) -> None:
     """:func:`schedule_float_conv` for a linear layer: tiles of rows x ``blocks`` x 16 output channels of
     accumulators across the whole reduction, channel blocks and row tiles in parallel."""
     m, oc, oi, k = sch.get_loops(dot)
-    tiles = pixel_tiles(int(sch.get(m).extent), most_pixels(blocks))
-    tile = sch.sample_categorical(tiles, [1 / len(tiles)] * len(tiles))
-    mo, mi = sch.split(m, [None, tile])
+    mo, mi = sch.split(m, [None, _tile_of(sch, m, blocks, tile)])
     oc, ob = sch.split(oc, [None, blocks])
     sch.reorder(oc, mo, k, mi, ob, oi)
     out = sch.get_sblock("epilogue")
@@ -296,9 +308,12 @@ def _schedule_float_linear(sch: Any, dot: Any, blocks: int) -> None:
 def conv_space(dot_isa: str) -> Callable[[Any], list[Any]]:
     """The design space of a blocked int8 conv kernel on a target with ``dot_isa`` (the schedule of
     :func:`schedule_conv`), of a blocked fp32 one (:func:`schedule_float_conv`) or of an integer or fp32
-    depthwise one (:func:`schedule_depthwise`), ``COPIES`` times,
-    so that replay-trace samples it as often as a few of the generic space's sketches; no design space
-    for any other kernel."""
+    depthwise one (:func:`schedule_depthwise`), at least ``COPIES`` times, so that replay-trace samples
+    it as often as a few of the generic space's sketches; no design space for any other kernel.
+
+    The blocked recipes' copies enumerate their choices: each (channel blocks, tile width) pair is a
+    copy of its own (cycled to ``COPIES``), none a sampled decision, so every replay of a copy applies
+    (:func:`_tile_of`). The depthwise recipe samples its tile, as replays of it always apply."""
 
     def space(sch: Any) -> list[Any]:
         if _has_block(sch, "depthwise"):
@@ -312,10 +327,14 @@ def conv_space(dot_isa: str) -> Callable[[Any], list[Any]]:
                 if intrinsic is None:
                     return []
                 recipe = functools.partial(schedule_conv, intrinsic=intrinsic)
-            o_tiles = int(sch.get(block).iter_vars[1].dom.extent)  # the 16-lane output-channel tiles
-            recipes = [functools.partial(recipe, blocks=b) for b in channel_blocks(o_tiles)]
+            iters = sch.get(block).iter_vars
+            o_tiles = int(iters[1].dom.extent)  # the 16-lane output-channel tiles
+            linear = sum(int(v.iter_type) == 0 for v in iters) == 3  # rows, lane tiles, lanes
+            width = int(iters[0 if linear else 3].dom.extent)  # a linear layer's rows, or a row's pixels
+            recipes = [functools.partial(recipe, blocks=b, tile=t)
+                       for b in channel_blocks(o_tiles) for t in pixel_tiles(width, most_pixels(b))]
         spaces = []
-        for i in range(COPIES):
+        for i in range(max(COPIES, len(recipes))):
             copy = sch.copy()
             copy.seed(sch.fork_seed())
             try:
