@@ -206,7 +206,19 @@ def test_every_sampled_depthwise_tile_is_exact(case):
     want = _run(tvm.compile(mod, target=_host()).jit(), arrays)
     for _ in _each_sampled_tile(spec, mod, schedule_depthwise, arrays, want):
         pass
-    assert conv_space("avx512vnni")(s_tir.Schedule(mod)), "the space offers no depthwise design"
+    if spec.stride[1] > 1:  # the strided input staged in input order, as the space also offers it
+        for _ in _each_sampled_tile(spec, mod, functools.partial(schedule_depthwise, in_order=True), arrays, want):
+            pass
+    spaces = conv_space("avx512vnni")(s_tir.Schedule(mod))
+    assert spaces, "the space offers no depthwise design"
+    orders = {_staged_in_order(sch) for sch in spaces}
+    assert orders == ({False, True} if spec.stride[1] > 1 else {False})
+
+
+def _staged_in_order(sch: s_tir.Schedule) -> bool:
+    """Whether the depthwise staging loop of ``sch`` runs column, then phase (not vectorized by TVM)."""
+    staged = next(sch.get_sblock(n) for n in ("quantize", "pad") if f'sblock("{n}"' in sch.mod.script())
+    return sch.get(sch.get_loops(staged)[-1]).kind != tvm.tirx.ForKind.VECTORIZED
 
 
 FLOAT = [

@@ -216,7 +216,7 @@ def row_tiles(height: int) -> list[int]:
     return [d for d in range(1, min(height, MAX_DEPTHWISE_ROWS) + 1) if height % d == 0]
 
 
-def schedule_depthwise(sch: Any) -> None:
+def schedule_depthwise(sch: Any, in_order: bool = False) -> None:
     """Schedule an integer or fp32 depthwise conv kernel (:func:`~.integer.depthwise_dot`) in place:
     channels in parallel; each channel's input quantized (fp32: copied) and padded into its phase-split
     rows just before its rows are computed, so the staged copy (a channel of a 112x112 map: 51 KB) is
@@ -230,7 +230,13 @@ def schedule_depthwise(sch: Any) -> None:
     0.66 -> 0.44 ms; 144 at 56x56: 0.30 -> 0.17 ms). Rows side by side with the taps unrolled give the
     FMAs ``yb`` independent chains (one row's chain waits four cycles on each multiply-add) without loop
     control between them: 1152 channels at 7x7, 5x5 taps: 134 -> 32 us; 672 at 14x14: 158 -> 109 us;
-    the large maps, bound by memory, gain nothing (a Sapphire Rapids Xeon, one thread)."""
+    the large maps, bound by memory, gain nothing (a Sapphire Rapids Xeon, one thread).
+
+    A strided conv's staging reads each phase's columns a stride apart: vectorized by TVM, a gather of
+    scalar loads. ``in_order`` stages each padded row in input order instead (column, then phase), a
+    plain loop LLVM's vectorizer turns into wide loads and shuffles. Which is faster depends on the
+    shape (one thread, int8: 96 channels at 112x112, 3x3/2 670 -> 455 us; 672 at 14x14, 5x5/2 127 -> 99;
+    240 at 28x28, 3x3/2 93 -> 161), so the space has both (:func:`conv_space`)."""
     conv = sch.get_sblock("depthwise")
     b, c, y, x, ry, rx = sch.get_loops(conv)
     tiles = pixel_tiles(int(sch.get(x).extent))
@@ -251,7 +257,11 @@ def schedule_depthwise(sch: Any) -> None:
     sch.parallel(channels)
     staged = sch.get_sblock("quantize" if _has_block(sch, "quantize") else "pad")  # integer codes, or fp32 values
     sch.compute_at(staged, channels, preserve_unit_loops=True)
-    sch.vectorize(sch.get_loops(staged)[-1])
+    *_, phase, column = sch.get_loops(staged)
+    if in_order:
+        sch.reorder(column, phase)
+    else:
+        sch.vectorize(column)
     sch.decompose_reduction(conv, ry)
 
 
@@ -313,11 +323,16 @@ def conv_space(dot_isa: str) -> Callable[[Any], list[Any]]:
 
     The blocked recipes' copies enumerate their choices: each (channel blocks, tile width) pair is a
     copy of its own (cycled to ``COPIES``), none a sampled decision, so every replay of a copy applies
-    (:func:`_tile_of`). The depthwise recipe samples its tile, as replays of it always apply."""
+    (:func:`_tile_of`). The depthwise recipe samples its tile, as replays of it always apply; a
+    strided one's copies alternate between its two ways of staging the input."""
 
     def space(sch: Any) -> list[Any]:
         if _has_block(sch, "depthwise"):
+            staged = sch.get_sblock("quantize" if _has_block(sch, "quantize") else "pad")
+            strided = int(sch.get(sch.get_loops(staged)[-2]).extent) > 1  # the staged input's phases
             recipes: list[Callable[[Any], None]] = [schedule_depthwise]
+            if strided:
+                recipes.append(functools.partial(schedule_depthwise, in_order=True))
         else:
             if _has_block(sch, "fdot"):
                 block, recipe = sch.get_sblock("fdot"), schedule_float_conv
