@@ -29,7 +29,7 @@ DEVICES = ("local", "rpc", "cuda")
 TARGET_KINDS = ("llvm", "cuda")
 W_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 A_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
-STRATEGIES = ("replay-trace", "evolutionary")
+STRATEGIES = ("replay-spaces", "replay-trace", "evolutionary")
 COST_MODES = ("measured", "estimated")
 # The repository's hw_profiles/, shipped in wheels as package data (mpsearch/hw_profiles links to it in a
 # checkout). Folders in $MPSEARCH_PROFILE_PATH (os.pathsep-separated) are searched first for a profile name.

@@ -155,6 +155,16 @@ def space_generator(target: Any, mod: Any = None) -> Any:
                                                   mutator_probs="llvm")
 
 
+def _search_strategy(name: str) -> Any:
+    """MetaSchedule's strategy of that name, or mpsearch's ``replay-spaces``
+    (:class:`~mpsearch.hardware.strategy.ReplaySpaces`: every design space once per round)."""
+    if name == "replay-spaces":
+        from mpsearch.hardware.strategy import ReplaySpaces
+
+        return ReplaySpaces()
+    return name
+
+
 def _warm_builder() -> None:
     """Builder-worker initializer: import TVM once per worker, outside any build timeout."""
     import tvm.driver  # noqa: F401  (imported for its side effect: loading TVM)
@@ -536,7 +546,7 @@ class TVMBackend(Backend):
         contexts = [
             # a kernel tuned further draws from a new random state, not the samples it already has
             ms.TuneContext(mod=mod, target=self.target, space_generator=space_generator(self.target, mod),
-                           search_strategy=t.strategy, task_name=name, logger=logger,
+                           search_strategy=_search_strategy(t.strategy), task_name=name, logger=logger,
                            rand_state=t.seed + i + 100_003 * done[key], num_threads=threads).clone()
             for i, ((key, (_, mod)), name, logger) in enumerate(zip(pending.items(), names, loggers))
         ]
