@@ -49,6 +49,8 @@ def test_a_budget_the_size_of_the_space_measures_every_design_once():
     drawn = _draw(ctx, len(spaces))
     hashes = [structural_hash(c.sch.mod) for c in drawn]
     assert len(set(hashes)) == len(hashes) == len(spaces)  # no schedule twice
+    generic = [any(i.kind.name == "SamplePerfectTile" for i in c.sch.trace.insts) for c in drawn]
+    assert generic == [False] * combos + [True] * (len(spaces) - combos)  # the hand-built choices first
     # every hand-built choice among them (replay-trace draws spaces at random: some twice, others never)
     tiles = {(b, t) for c in drawn for b in channel_blocks(SPEC.o_tiles) for t in pixel_tiles(12, most_pixels(b))
              if f"factors=[None, {t}]" in str(c.sch.trace) and f"factors=[None, {b}]" in str(c.sch.trace)}

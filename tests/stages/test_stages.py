@@ -346,7 +346,7 @@ def test_report_writes_the_artifacts_and_the_notes(cfg, loaded, ranges, sens, ta
     s = out.summary
     assert s.notes[0] == "first note" and s.notes[1] == "Latencies: TVM-compiled code on table, mean over 7 " \
         "repeats of 20 calls, candidates measured interleaved in rounds so that machine drift hits all alike; " \
-        "kernels tuned with MetaSchedule (replay-trace, 8 trials per kernel). The ± is the standard deviation " \
+        "kernels tuned with MetaSchedule (replay-spaces, 8 trials per kernel). The ± is the standard deviation " \
         "over repeats: on a shared 2-core VM it is large."
     assert s.notes[-1] == searched.comparison.note() and "Layer groups (one precision each, one search variable " \
         "each): conv1 + conv2." in s.notes
