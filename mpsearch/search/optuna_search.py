@@ -115,7 +115,8 @@ class ResumableSampler(optuna.samplers.BaseSampler):
             # from the cache: another order, another child. So every trial reads the cache, and draws
             # from a state re-seeded after the selection.
             parents(study, self.inner.get_trial_generation(study, trial))
-            self._reseed(self._n_complete.get(trial._trial_id, _complete(study)), RELATIVE_KEY)
+            n = self._n_complete.get(trial._trial_id)  # set by before_trial; counted only if not
+            self._reseed(_complete(study) if n is None else n, RELATIVE_KEY)
         return self.inner.sample_relative(study, trial, search_space)
 
     def sample_independent(self, study, trial, param_name, param_distribution):  # type: ignore[no-untyped-def]
