@@ -214,7 +214,7 @@ def measure_case(args: argparse.Namespace, work: Path, cfg: Any, name: str, accu
     from mpsearch.hardware.tvm_backend import TVMBackend
     from mpsearch.pipeline import batches, build_model, configured_profile, load_data
     from mpsearch.pipeline import run as run_search
-    from mpsearch.quant.calibration import calibrate
+    from mpsearch.quant.calibration import calibrate_for
     from mpsearch.quant.prepare import as_inputs, prepare_model
 
     outcome = run_search(cfg)
@@ -228,8 +228,7 @@ def measure_case(args: argparse.Namespace, work: Path, cfg: Any, name: str, accu
     prepared = prepare_model(model, as_inputs(specs))
     calib = batches(load_data(cfg, "calib", cfg.data.calib_samples), cfg.data.batch_size)
     test = batches(load_data(cfg, "test", cfg.data.test_samples), cfg.data.batch_size)
-    ranges = calibrate(prepared.graph_module, prepared.layer_names, calib, cfg.search.calibration,
-                       cfg.search.percentile)
+    ranges = calibrate_for(prepared.graph_module, prepared.layer_names, calib, cfg.search)
     front = iso_accuracy_labels(evs)  # the pick: the fastest of them, timed now, interleaved
     meas = backend.measure_many(prepared, [evs[label].candidate for label in front], ranges)
     timed = {label: m.latency_s for label, m in zip(front, meas) if m.ok}

@@ -114,7 +114,7 @@ def _case(key: str, args: argparse.Namespace, work: Path) -> tuple[str, Any, Any
     """``(name, model, prepared, ranges, calibration inputs, backend)`` of one model."""
     from mpsearch.hardware.tvm_backend import TVMBackend
     from mpsearch.pipeline import batches, build_model, configured_profile, load_data
-    from mpsearch.quant.calibration import calibrate
+    from mpsearch.quant.calibration import calibrate_for
     from mpsearch.quant.prepare import as_inputs, prepare_model
 
     if key == "default":
@@ -131,8 +131,7 @@ def _case(key: str, args: argparse.Namespace, work: Path) -> tuple[str, Any, Any
     model = build_model(cfg).eval()
     prepared = prepare_model(model, as_inputs(cfg.model.input_specs()))
     calib = batches(load_data(cfg, "calib", 16), cfg.data.batch_size)
-    ranges = calibrate(prepared.graph_module, prepared.layer_names, calib, cfg.search.calibration,
-                       cfg.search.percentile)
+    ranges = calibrate_for(prepared.graph_module, prepared.layer_names, calib, cfg.search)
     backend = TVMBackend(configured_profile(cfg), Path(cfg.cache_dir), progress=False)
     return cfg.data.name or key, model, prepared, ranges, [x for x, _ in calib], backend
 

@@ -364,15 +364,14 @@ def _args(x: Any) -> tuple[torch.Tensor, ...]:
 
 def agreement(cfg: RunConfig, candidates: dict[str, Any]) -> dict[str, float]:
     """Top-1 agreement of each candidate's simulated quantized model with FP32 on the test split."""
-    from mpsearch.pipeline import batches, build_model, calibrate, load_data
+    from mpsearch.pipeline import batches, build_model, calibrate_for, load_data
     from mpsearch.quant.fake import quantize_
     from mpsearch.quant.prepare import as_inputs, prepare_model
 
     prepared = prepare_model(build_model(cfg), as_inputs(cfg.model.input_specs()))
     calib = batches(load_data(cfg, "calib", cfg.data.calib_samples), cfg.data.batch_size)
     test = batches(load_data(cfg, "test", cfg.data.test_samples), cfg.data.batch_size)
-    ranges = calibrate(prepared.graph_module, prepared.layer_names, calib, cfg.search.calibration,
-                       cfg.search.percentile)
+    ranges = calibrate_for(prepared.graph_module, prepared.layer_names, calib, cfg.search)
     out = {}
     with torch.no_grad():
         ref = torch.cat([prepared.graph_module(*_args(x)).argmax(-1) for x, _ in test])

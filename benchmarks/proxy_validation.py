@@ -24,7 +24,7 @@ from benchmarks.common import BenchmarkResult
 from mpsearch.candidate import Candidate
 from mpsearch.config import RunConfig
 from mpsearch.pipeline import batches, build_model, cached_accuracy, load_data
-from mpsearch.quant.calibration import calibrate
+from mpsearch.quant.calibration import calibrate_for
 from mpsearch.quant.prepare import prepare_model
 from mpsearch.search import bit_pairs
 from mpsearch.sensitivity import (
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
     n_test = sum(len(y) for _, y in test)
     prepared = prepare_model(model, tuple(cfg.model.input_shape))
     gm, layers = prepared.graph_module, prepared.layer_names
-    ranges = calibrate(gm, layers, calib, s.calibration, s.percentile, s.calibration_bits)
+    ranges = calibrate_for(gm, layers, calib, s)
     pairs = bit_pairs(s.w_bits, s.a_bits, s.weight_only)
     x = torch.cat([b[0] for b in calib])[:s.sensitivity_samples]
     y = torch.cat([b[1] for b in calib])[:s.sensitivity_samples]

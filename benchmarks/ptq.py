@@ -35,7 +35,7 @@ from benchmarks.common import BenchmarkResult
 from mpsearch.candidate import Candidate
 from mpsearch.config import RunConfig
 from mpsearch.pipeline import batches, build_model, cached_accuracy, load_data
-from mpsearch.quant.calibration import calibrate
+from mpsearch.quant.calibration import calibrate_for
 from mpsearch.quant.learned import Learner, cached_learn, off_grid_layers
 from mpsearch.quant.prepare import PreparedModel, prepare_model
 from mpsearch.quant.qat import QatKd, QatSettings
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
     n_calib, n_test = sum(len(y) for _, y in calib), sum(len(y) for _, y in test)
     prepared = prepare_model(model, tuple(cfg.model.input_shape))
     layers = prepared.layer_names
-    ranges = calibrate(prepared.graph_module, layers, calib, cfg.search.calibration, cfg.search.percentile)
+    ranges = calibrate_for(prepared.graph_module, layers, calib, cfg.search)
     cache = Path(args.cache_dir)
     fp32 = cached_accuracy(prepared, ranges, test, cache)(Candidate.uniform(layers, 32, 32))
     rows: list[dict[str, Any]] = []

@@ -34,7 +34,7 @@ from mpsearch.candidate import Candidate
 from mpsearch.config import RunConfig
 from mpsearch.hardware.base import LayerCostTable
 from mpsearch.pipeline import BASELINES, batches, build_model, configured_profile, default_backend, load_data
-from mpsearch.quant.calibration import calibrate
+from mpsearch.quant.calibration import calibrate_for
 from mpsearch.quant.prepare import prepare_model
 from mpsearch.search import (
     SearchProblem, SearchSettings, bit_pairs, compare_fronts, exact_front_bounds, feasible_front, feasible_points,
@@ -70,7 +70,7 @@ def _problem(cfg: RunConfig, args: argparse.Namespace, test_samples: int | None)
     test = batches(load_data(cfg, "test", test_samples), cfg.data.batch_size)
     prepared = prepare_model(model, tuple(cfg.model.input_shape))
     gm, layers = prepared.graph_module, prepared.layer_names
-    ranges = calibrate(gm, layers, calib, s.calibration, s.percentile, s.calibration_bits)
+    ranges = calibrate_for(gm, layers, calib, s)
     pairs = bit_pairs(s.w_bits, s.a_bits, s.weight_only)
     x = torch.cat([b[0] for b in calib])[:s.sensitivity_samples]
     y = torch.cat([b[1] for b in calib])[:s.sensitivity_samples]

@@ -90,6 +90,9 @@ class SearchConfig:
     # symmetric | asymmetric: a signed activation range (lo < 0) as signed symmetric codes, or as unsigned
     # codes [0, 2^b - 1] with an integer zero point (z8 kernels); ranges from 0 (after ReLU) are unsigned either way
     act_scheme: str = "symmetric"
+    # each quantized layer's bias less the mean output shift of its weight rounding, from the channel means of
+    # its calibration inputs (mpsearch/quant/fake.py, corrected_bias); false: the float bias
+    bias_correction: bool = True
     # hutchinson | eigenvalue | fisher | delta_loss | delta_kl: the per-layer signal behind the additive score; or a joint
     # (whole-candidate) proxy second_order | calib_kl as the search's objective, with hutchinson's additive
     # score behind the ILP and the warm start
@@ -168,6 +171,9 @@ class RunConfig:
                 raise ConfigError(f"{where}: unknown key {unknown[0]!r}; it was written by another mpsearch version?")
             return kind(**{k: build(groups[k], v, k) if kind is cls and k in groups else v for k, v in value.items()})
 
+        search = data.get("search") if isinstance(data, dict) else None
+        if isinstance(search, dict) and "bias_correction" not in search:  # written before it existed: it was off
+            data = {**data, "search": {**search, "bias_correction": False}}
         return build(cls, data, "config")
 
     def content_hash(self) -> str:
@@ -180,7 +186,8 @@ class RunConfig:
         if d["hw_profile"].get("cost") is None:  # unset: the same hash as before the field existed
             d["hw_profile"].pop("cost", None)
         for group, key, unset in (("search", "groups", []), ("search", "group_residual", False),
-                                  ("search", "objectives", None), ("budget", "bops_g", None)):
+                                  ("search", "objectives", None), ("budget", "bops_g", None),
+                                  ("search", "bias_correction", False)):
             if d[group].get(key, unset) == unset:  # likewise: runs without them keep their folder
                 d[group].pop(key, None)
         return content_hash(d, length=8)

@@ -42,7 +42,15 @@ from mpsearch.candidate import FLOAT_BITS, HALF_BITS, Candidate
 from mpsearch.config import RunConfig
 from mpsearch.errors import MPSearchError
 from mpsearch.hashing import file_sha256
-from mpsearch.quant.fake import ActQuant, QuantLayer, act_quantizers, quantize_, quantize_weight
+from mpsearch.quant.fake import (
+    INPUT_MEAN,
+    ActQuant,
+    QuantLayer,
+    act_quantizers,
+    corrected_bias,
+    quantize_,
+    quantize_weight,
+)
 from mpsearch.quant.prepare import PreparedModel, call_model
 from mpsearch.scoring import agreement as top1_agreement
 from mpsearch.scoring import top1_hits
@@ -181,7 +189,8 @@ def quantized_state_dict(prepared: PreparedModel, candidate: Candidate,
     """Integer weights, scales and activation quantizers of every layer, as plain tensors and numbers.
 
     Per layer: ``weight`` (int8 codes, or the float32 weight at 32 bits), ``weight_scale`` (float32
-    per output channel; None at 32 bits), ``bias``, ``w_bits``, ``a_bits``, ``act_range`` (the
+    per output channel; None at 32 bits), ``bias`` (less the weight rounding's mean output shift where the
+    run corrects it: :func:`~mpsearch.quant.fake.corrected_bias`), ``w_bits``, ``a_bits``, ``act_range`` (the
     calibrated ``[lo, hi]``) and the activation quantizer it implies (``act_scale``, ``act_signed``,
     ``act_qmin``, ``act_qmax``, ``act_zero_point`` (0 unless ``search.act_scheme=asymmetric``: then
     ``x̂ = (q - act_zero_point) · act_scale``); None at 32 bits). ``other`` holds the BN-folded model's remaining
@@ -195,8 +204,9 @@ def quantized_state_dict(prepared: PreparedModel, candidate: Candidate,
     for name, (w_bits, a_bits) in candidate.items():
         module = gm.get_submodule(name)
         weight = module.weight.detach().float()
-        bias = module.bias.detach().float() if module.bias is not None else torch.zeros(weight.shape[0])
-        owned.update({f"{name}.weight", f"{name}.bias"})
+        bias = corrected_bias(module, w_bits)
+        bias = bias if bias is not None else torch.zeros(weight.shape[0])
+        owned.update({f"{name}.weight", f"{name}.bias", f"{name}.{INPUT_MEAN}"})
         if w_bits >= FLOAT_BITS:
             codes, scale = weight.clone(), None
         elif w_bits == HALF_BITS:  # fp16 weights, stored as the kernels take them
@@ -235,8 +245,6 @@ def model_from_quantized_state(prepared: PreparedModel, state: Mapping[str, Any]
     model.load_state_dict(dict(state["other"]), strict=False)
     for name, rec in state["layers"].items():
         layer = model.get_submodule(name)
-        with torch.no_grad():
-            layer.bias = nn.Parameter(rec["bias"].clone()) if layer.bias is not None else None
         act = None
         if rec["act_scale"] is not None:
             act = ActQuant(int(rec["a_bits"]), float(rec["act_scale"]), bool(rec["act_signed"]),
@@ -248,6 +256,7 @@ def model_from_quantized_state(prepared: PreparedModel, state: Mapping[str, Any]
             shape = (-1,) + (1,) * (rec["weight"].dim() - 1)
             weight_q = rec["weight"].float() * rec["weight_scale"].view(shape)
         quant.weight_q = weight_q.clone()
+        quant.bias_q = rec["bias"].float().clone()  # as stored: corrected for the rounding, if it was
         model.set_submodule(name, quant)
     return model.eval()
 
@@ -274,15 +283,13 @@ def _target_dict(target: str) -> Any:
 def rebuild(cfg: RunConfig) -> tuple[PreparedModel, dict[str, tuple[float, float]]]:
     """The run's BN-folded model and activation ranges, recomputed as the pipeline computed them."""
     from mpsearch import pipeline
-    from mpsearch.quant.calibration import calibrate
+    from mpsearch.quant.calibration import calibrate_for
     from mpsearch.quant.prepare import as_inputs, prepare_model
 
     model = pipeline.build_model(cfg)
     calib = pipeline.batches(pipeline.load_data(cfg, "calib", cfg.data.calib_samples), cfg.data.batch_size)
     prepared = prepare_model(model, as_inputs(cfg.model.input_specs()))
-    s = cfg.search
-    return prepared, calibrate(prepared.graph_module, prepared.layer_names, calib, s.calibration, s.percentile,
-                               s.calibration_bits, s.act_scheme)
+    return prepared, calibrate_for(prepared.graph_module, prepared.layer_names, calib, cfg.search)
 
 
 def _check_reproduced(run: RunFolder, label: str, accuracy: float) -> None:

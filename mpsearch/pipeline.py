@@ -14,7 +14,7 @@ import torch
 
 from mpsearch.config import RunConfig, validate
 from mpsearch.console import RunLog, run_log
-from mpsearch.quant.calibration import calibrate
+from mpsearch.quant.calibration import calibrate, calibrate_for
 from mpsearch.quant.prepare import prepare_model
 from mpsearch.search import bit_pairs
 from mpsearch.stages import (
@@ -66,8 +66,7 @@ def _run(cfg: RunConfig, backend_factory: BackendFactory, run_dir: Path, tvm_log
     with timer.stage("device"):  # before calibration and sensitivity: an unreachable board fails in seconds
         backend = backend_factory(profile, cache_dir, cfg.progress)
     with timer.stage("calibration"):
-        ranges = calibrate(prepared.graph_module, loaded.layers, loaded.calib, s.calibration, s.percentile,
-                           s.calibration_bits, s.act_scheme)
+        ranges = calibrate_for(prepared.graph_module, loaded.layers, loaded.calib, s)
     with timer.stage("sensitivity"):
         sens = estimate_sensitivity(s.sensitivity, prepared, ranges, loaded.calib, pairs, s.sensitivity_samples,
                                     cfg.data.calib_samples, s.seed, cache_dir)
@@ -105,6 +104,6 @@ def _run(cfg: RunConfig, backend_factory: BackendFactory, run_dir: Path, tvm_log
 
 __all__ = [
     "AccuracyCache", "BASELINES", "RunOutcome", "accuracy_context", "batches", "build_model", "cached_accuracy",
-    "calibrate", "check_data", "configured_profile", "default_backend", "evaluate_accuracy", "load_candidate",
-    "load_data", "preflight", "prepare_model", "run",
+    "calibrate", "calibrate_for", "check_data", "configured_profile", "default_backend", "evaluate_accuracy",
+    "load_candidate", "load_data", "preflight", "prepare_model", "run",
 ]

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 from mpsearch.candidate import Candidate
 from mpsearch.hardware.peaks import PEAKS_DIR_ENV, store_peak
 from mpsearch.hardware.profile import PeakRates, load_profile
-from mpsearch.quant.calibration import calibrate
+from mpsearch.quant.calibration import calibrate, record_input_means
 from mpsearch.quant.prepare import PreparedModel, prepare_model
 from mpsearch.testing import synthetic_split, tiny_resnet
 
@@ -65,6 +65,16 @@ def tiny_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
 @pytest.fixture(scope="session")
 def tiny_ranges(tiny_prepared: PreparedModel, tiny_batches: list) -> dict[str, tuple[float, float]]:
     return calibrate(tiny_prepared.graph_module, tiny_prepared.layer_names, tiny_batches)
+
+
+@pytest.fixture(scope="session")
+def tiny_corrected(tiny_batches: list) -> tuple[PreparedModel, dict[str, tuple[float, float]]]:
+    """The tiny CNN prepared afresh and calibrated for bias correction: its layers carry their input
+    channels' means (``record_input_means``), so quantized layers correct their bias. Its ranges."""
+    prepared = prepare_model(tiny_resnet(), (1, 1, 8, 8))
+    ranges = calibrate(prepared.graph_module, prepared.layer_names, tiny_batches)
+    record_input_means(prepared.graph_module, prepared.layer_names, tiny_batches)
+    return prepared, ranges
 
 
 def default_model_candidate(names: list[str]) -> Candidate:

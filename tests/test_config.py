@@ -63,7 +63,14 @@ def test_model_inputs_compose_typed_and_keep_old_hashes() -> None:
     assert cfg.content_hash() != RunConfig().content_hash()
     # unset: one float input of input_shape, and the hash every earlier run folder was named with
     assert RunConfig().model.input_specs() == [{"shape": [1, 1, 28, 28], "dtype": "float32"}]
-    assert RunConfig().content_hash() == "6d737995"  # as before model.inputs existed
+    before = RunConfig()
+    before.search.bias_correction = False  # the behaviour of every earlier run: its folder's hash
+    assert before.content_hash() == "6d737995"  # as before model.inputs existed
+    assert RunConfig().content_hash() != "6d737995"  # bias correction changes the results: a new folder
+    old = RunConfig().to_dict()
+    del old["search"]["bias_correction"]  # a config.json written before bias correction: rebuilt without it
+    assert RunConfig.from_dict(old).search.bias_correction is False
+    assert RunConfig.from_dict(RunConfig().to_dict()).search.bias_correction is True
     with pytest.raises(ConfigError, match=r"model.inputs\[1\].dtype='float64' is unknown"):
         validate(_compose(["model.inputs=[{shape:[1,16],dtype:int64},{shape:[1,16],dtype:float64}]"]))
 

@@ -91,7 +91,11 @@ def test_a_changed_model_is_refused(table_run: RunFolder) -> None:
         _check_reproduced(table_run, "int8", recorded - 0.01)
 
 
-def test_quantized_state_dict_rebuilds_the_fake_quant_model(tiny_prepared, tiny_ranges, tmp_path: Path) -> None:
+@pytest.mark.parametrize("corrected", [False, True])
+def test_quantized_state_dict_rebuilds_the_fake_quant_model(tiny_prepared, tiny_ranges, tiny_corrected, corrected: bool,
+                                                           tmp_path: Path) -> None:
+    if corrected:  # layers that carry their input means: the stored bias is the corrected one
+        tiny_prepared, tiny_ranges = tiny_corrected
     names = tiny_prepared.layer_names
     cand = Candidate({n: p for n, p in zip(names, [(8, 8), (4, 8), (32, 32), (2, 4), (8, 32)])})
     path = tmp_path / "q.pt"
@@ -111,6 +115,10 @@ def test_quantized_state_dict_rebuilds_the_fake_quant_model(tiny_prepared, tiny_
         ref = quantize_(tiny_prepared.copy_module(), cand, tiny_ranges)(x)
         rebuilt = model_from_quantized_state(tiny_prepared, state)(x)
     assert torch.equal(rebuilt, ref)
+    if corrected:
+        conv1 = tiny_prepared.graph_module.get_submodule("conv1")
+        assert not torch.equal(state["layers"]["conv1"]["bias"], conv1.bias.detach())
+        assert not any(k.endswith("input_mean") for k in state["other"])
     # the codes carry the information: perturb one and the outputs move
     state["layers"]["conv1"]["weight"][0].zero_()
     with torch.no_grad():

@@ -34,7 +34,7 @@ from mpsearch.hardware.kernels import KernelSpec, make_kernel, pack_weight
 from mpsearch.hardware.kernels.spec import clamp_op
 from mpsearch.hardware.kernels.bitserial import route as bitserial_route
 from mpsearch.hardware.memory import weight_mode
-from mpsearch.quant.fake import ActQuant, QuantLayer, act_quantizers, quantize_weight
+from mpsearch.quant.fake import ActQuant, QuantLayer, act_quantizers, corrected_bias, quantize_weight
 from mpsearch.quant.prepare import PreparedModel, module_path
 
 _aten = torch.ops.aten
@@ -87,7 +87,8 @@ def kernel_arrays(module: nn.Module, spec: KernelSpec, w_bits: int, act: ActQuan
     """The parameter arrays a layer kernel takes after ``x``, in :meth:`KernelSpec.inputs` order."""
     weight = module.weight.detach().float().reshape(spec.w_shape)
     out_ch = weight.shape[0]
-    bias = (module.bias.detach().float() if module.bias is not None else torch.zeros(out_ch)).numpy()
+    bias = corrected_bias(module, w_bits)  # the fake-quant layer's bias (corrected for the rounding, if it is)
+    bias = (bias if bias is not None else torch.zeros(out_ch)).numpy()
     arrays: list[np.ndarray] = []
     int_act = act is not None and not act.half
     if spec.w_mode == "f32":

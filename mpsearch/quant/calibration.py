@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mpsearch.errors import ConfigError
-from mpsearch.quant.fake import ActQuant, check_act_scheme, fake_quant_act, with_act_scheme
+from mpsearch.quant.fake import INPUT_MEAN, ActQuant, check_act_scheme, fake_quant_act, with_act_scheme
 from mpsearch.quant.prepare import call_model
 
 METHODS = ("minmax", "percentile", "mse")
@@ -86,6 +86,59 @@ def calibrate(
         lo = 0.0 if float(allv.min()) >= 0 else float(q[0])
         ranges[name] = (lo, float(q[1]))
     return with_act_scheme(ranges, scheme)
+
+
+@torch.no_grad()
+def record_input_means(model: nn.Module, layers: Iterable[str],
+                       batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Give each of ``layers`` (convs and linears of ``model``) the mean of each of its input channels
+    over ``batches``, as its :data:`~mpsearch.quant.fake.INPUT_MEAN` buffer: what bias correction
+    (:func:`~mpsearch.quant.fake.corrected_bias`) subtracts the weight rounding's output shift with.
+    Conv inputs ``(N, C, ...)`` average over all but ``C``; linear inputs ``(..., D)`` over all but ``D``."""
+    layers = list(layers)
+    sums: dict[str, torch.Tensor] = {}
+    counts = dict.fromkeys(layers, 0)
+    handles = []
+    for name in layers:
+        module = model.get_submodule(name)
+        channel = -1 if isinstance(module, nn.Linear) else 1
+
+        def hook(_mod: nn.Module, args: tuple[torch.Tensor, ...], name: str = name, channel: int = channel) -> None:
+            x = args[0].detach().double().movedim(channel, -1)
+            x = x.reshape(-1, x.shape[-1])
+            sums[name] = sums.get(name, 0) + x.sum(0)
+            counts[name] += x.shape[0]
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        model.eval()
+        for x, _ in batches:
+            call_model(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+    for name in layers:
+        if not counts[name]:
+            raise ConfigError("the calibration data is empty; give at least one batch")
+        module = model.get_submodule(name)
+        mean = (sums[name] / counts[name]).float()
+        if hasattr(module, INPUT_MEAN):
+            setattr(module, INPUT_MEAN, mean)
+        else:
+            module.register_buffer(INPUT_MEAN, mean)
+
+
+def calibrate_for(model: nn.Module, layers: Iterable[str], batches: list[tuple[torch.Tensor, torch.Tensor]],
+                  settings: object) -> dict[str, tuple[float, float]]:
+    """Calibrate ``model`` as the search settings ``settings`` (:class:`~mpsearch.config.SearchConfig`)
+    say: :func:`calibrate` with their method, percentile, bits and activation scheme, and, with
+    ``bias_correction``, :func:`record_input_means` on the same data. Every place that rebuilds a run's
+    quantized model (the pipeline, export, the benchmarks) calibrates through here, so they agree."""
+    layers = list(layers)
+    s = settings
+    ranges = calibrate(model, layers, batches, s.calibration, s.percentile, s.calibration_bits, s.act_scheme)
+    if s.bias_correction:
+        record_input_means(model, layers, batches)
+    return ranges
 
 
 def quant_mse(x: torch.Tensor, lo: float, hi: float, bits: int, scheme: str = "symmetric") -> float:

@@ -15,6 +15,14 @@ With ``search.act_scheme=asymmetric`` a signed range ``(lo, hi)`` instead maps o
 fp16 and back (``.half().float()``), and the layer computes in fp32. That is what the fp16 kernels
 (``mpsearch/hardware/kernels/fp16.py``) compute: fp16 operands, widened, multiplied and accumulated in
 fp32 (the product of two halves is exact in fp32), so only the summation order differs.
+
+Bias correction (Nagel et al., "Data-Free Quantization Through Weight Equalization and Bias
+Correction", ICCV 2019): rounding a layer's weights shifts the mean of its output by
+``E[(Q(W) - W) x] = (Q(W) - W) · E[x]`` per output channel, an error that does not average out and that
+depthwise convs (few weights per channel) suffer most. Where calibration recorded the mean of each of
+a layer's input channels (:func:`~mpsearch.quant.calibration.record_input_means`, the
+``input_mean`` buffer), the quantized layer's bias is the float bias less that shift
+(:func:`corrected_bias`); the TVM kernels take the same corrected bias, so they stay exact.
 """
 
 from __future__ import annotations
@@ -37,6 +45,9 @@ ACT_SCHEMES = ("symmetric", "asymmetric")
 #: range so that code which copies or hashes ``ranges`` carries the scheme along (and keys caches by it).
 ACT_SCHEME_KEY = "@act_scheme"
 _ASYMMETRIC_MARK = (1.0, 1.0)
+#: Buffer of a float conv / linear layer: the mean of each of its input channels over the calibration
+#: data (a buffer, so the model's state dict, and every cache keyed by it, carries it).
+INPUT_MEAN = "input_mean"
 
 
 @dataclass(frozen=True)
@@ -171,8 +182,29 @@ def weight_error(w: torch.Tensor, bits: int) -> float:
     return float((fake_quant_weight(w, bits) - w.detach()).pow(2).sum())
 
 
+def corrected_bias(layer: nn.Module, w_bits: int) -> torch.Tensor | None:
+    """The bias of ``layer`` quantized to ``w_bits``: its float bias less the mean output shift of the
+    weight rounding, ``(Q(W) - W) · E[x]`` per output channel (the module docstring), where the layer
+    carries its input means (:data:`INPUT_MEAN`); else its own bias (None if it has none)."""
+    bias = None if layer.bias is None else layer.bias.detach().float()
+    mean = getattr(layer, INPUT_MEAN, None)
+    if mean is None or w_bits >= FLOAT_BITS:
+        return bias
+    w = layer.weight.detach().float()
+    dw = fake_quant_weight(w, w_bits) - w
+    if isinstance(layer, nn.Linear):
+        shift = dw @ mean
+    else:  # a conv: each output channel sees its group's input channels, every tap the channel's mean
+        groups = layer.groups
+        per_input = dw.flatten(2).sum(2)  # (out, in / groups)
+        group_means = mean.view(groups, -1).repeat_interleave(dw.shape[0] // groups, 0)
+        shift = (per_input * group_means).sum(1)
+    return -shift if bias is None else bias - shift
+
+
 class QuantLayer(nn.Module):
-    """A conv1d / conv2d / linear layer with fake-quantized weights and input activations."""
+    """A conv1d / conv2d / linear layer with fake-quantized weights and input activations, its bias
+    corrected for the weights' rounding where the layer carries its input means (:func:`corrected_bias`)."""
 
     def __init__(self, layer: nn.Conv1d | nn.Conv2d | nn.Linear, w_bits: int, act: ActQuant | None) -> None:
         super().__init__()
@@ -182,16 +214,18 @@ class QuantLayer(nn.Module):
         self.w_bits = w_bits
         self.act = act
         self.register_buffer("weight_q", fake_quant_weight(layer.weight.detach(), w_bits).clone())
+        bias = corrected_bias(layer, w_bits)
+        self.register_buffer("bias_q", None if bias is None else bias.clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act is not None:
             x = fake_quant_act(x, self.act)
         layer = self.layer
         if isinstance(layer, nn.Linear):
-            return F.linear(x, self.weight_q, layer.bias)
+            return F.linear(x, self.weight_q, self.bias_q)
         if isinstance(layer, nn.Conv1d):
-            return F.conv1d(x, self.weight_q, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
-        return F.conv2d(x, self.weight_q, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+            return F.conv1d(x, self.weight_q, self.bias_q, layer.stride, layer.padding, layer.dilation, layer.groups)
+        return F.conv2d(x, self.weight_q, self.bias_q, layer.stride, layer.padding, layer.dilation, layer.groups)
 
 
 def act_quantizers(

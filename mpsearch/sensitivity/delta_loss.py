@@ -13,7 +13,7 @@ from torch.func import functional_call
 
 from mpsearch.candidate import FLOAT_BITS, Bits, check_bits
 from mpsearch.errors import ConfigError
-from mpsearch.quant.fake import ActQuant, fake_quant_act, fake_quant_weight
+from mpsearch.quant.fake import INPUT_MEAN, ActQuant, corrected_bias, fake_quant_act, fake_quant_weight
 from mpsearch.sensitivity.base import Batch, LayerSensitivity, SensitivityEstimator, SensitivityResult
 from mpsearch.sensitivity.data import Samples, first_samples, objective_loss, with_objective
 from mpsearch.sensitivity.loss import NOT_CALLED, check_layers, planned, resolved
@@ -146,6 +146,9 @@ def _quantized_output(layer: nn.Module, w_bits: int, act: ActQuant | None) -> An
     """A forward hook that replaces the layer's output by the layer run on its fake-quantized input and
     weights (the layer's own ``forward``, so any conv or linear flavour quantizes the same way)."""
     weight_q = fake_quant_weight(layer.weight.detach(), w_bits)
+    shift = None  # the rounding's mean output shift, taken back where the layer's bias is corrected
+    if getattr(layer, INPUT_MEAN, None) is not None and w_bits < FLOAT_BITS:
+        shift = corrected_bias(layer, w_bits) - (0 if layer.bias is None else layer.bias.detach().float())
     busy = [False]
 
     def hook(mod: nn.Module, args: tuple[Any, ...], _out: Any) -> Any:
@@ -154,7 +157,10 @@ def _quantized_output(layer: nn.Module, w_bits: int, act: ActQuant | None) -> An
         busy[0] = True
         try:
             x = args[0] if act is None else fake_quant_act(args[0], act)
-            return functional_call(mod, {"weight": weight_q}, (x, *args[1:]))
+            out = functional_call(mod, {"weight": weight_q}, (x, *args[1:]))
+            if shift is not None:  # per output channel: the last dim of a linear's, dim 1 of a conv's
+                out = out + (shift if isinstance(mod, nn.Linear) else shift.view(-1, *(1,) * (out.dim() - 2)))
+            return out
         finally:
             busy[0] = False
     return hook

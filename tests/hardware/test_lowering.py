@@ -64,6 +64,21 @@ def test_mixed_candidate_matches_simulation_and_fuses_epilogues(tiny_prepared, t
     assert epilogues == {"stem": ("relu",), "conv1": ("relu",), "conv2": (), "down": ("add", "relu"), "fc": ()}
 
 
+def test_bias_corrected_candidate_matches_simulation(tiny_corrected, tiny_prepared, tiny_ranges, tiny_batches) -> None:
+    """Layers carrying their input means: the kernels take the corrected bias the simulation uses."""
+    prepared, ranges = tiny_corrected
+    rng = np.random.default_rng(2)
+    cand = Candidate({n: PAIRS[1 + rng.integers(len(PAIRS) - 1)] for n in prepared.layer_names})
+    x = tiny_batches[1][0]
+    lowered = lower(prepared, cand, ranges, batch=len(x))
+    with torch.no_grad():
+        ref = quantize_(prepared.copy_module(), cand, ranges)(x).numpy()
+    np.testing.assert_allclose(_run(lowered, x.numpy()), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    # the biases differ from the uncorrected model's (same weights, same ranges)
+    plain = lower(tiny_prepared, cand, tiny_ranges, batch=len(x))
+    assert any(a.dtype == np.float32 and not np.array_equal(a, b) for a, b in zip(lowered.params, plain.params))
+
+
 def test_candidate_missing_a_layer_is_rejected(tiny_prepared, tiny_ranges) -> None:
     with pytest.raises(Exception, match="no bits for layer"):
         lower(tiny_prepared, Candidate({"stem": (8, 8)}), tiny_ranges)

@@ -14,7 +14,7 @@ from mpsearch.candidate import Candidate
 from mpsearch.config import validate
 from mpsearch.errors import ConfigError
 from mpsearch.pipeline import batches, build_model, load_data, run
-from mpsearch.quant.calibration import calibrate
+from mpsearch.quant.calibration import calibrate, calibrate_for
 from mpsearch.quant.fake import quantize_
 from mpsearch.quant.prepare import prepare_model
 from mpsearch.sensitivity import (
@@ -143,8 +143,7 @@ def test_search_minimises_the_joint_proxy_with_the_ilp_warm_start(tmp_path):
     # the first objective is the candidate's measured calibration KL, not the additive score
     prepared = prepare_model(build_model(cfg), tuple(cfg.model.input_shape))
     calib = batches(load_data(cfg, "calib", cfg.data.calib_samples), cfg.data.batch_size)
-    ranges = calibrate(prepared.graph_module, prepared.layer_names, calib, cfg.search.calibration,
-                       cfg.search.percentile, cfg.search.calibration_bits)
+    ranges = calibrate_for(prepared.graph_module, prepared.layer_names, calib, cfg.search)
     kl = CalibKLEstimator(prepared.graph_module, prepared.layer_names, calib, ranges,
                           batch_size=cfg.data.calib_samples)
     for t in trials[-3:]:

@@ -110,7 +110,10 @@ def _sample_model(prepared, w, name, xi):
     return F.linear(F.relu(F.linear(xi, w1, b1)), w2, b2)
 
 
-def test_delta_loss_is_the_measured_loss_change(ranges, tiny_prepared, tiny_batches):
+@pytest.mark.parametrize("corrected", [False, True])
+def test_delta_loss_is_the_measured_loss_change(ranges, tiny_prepared, tiny_corrected, tiny_batches, corrected):
+    if corrected:  # bias correction: the measured change is the corrected layer's
+        tiny_prepared, ranges = tiny_corrected
     gm, layers = tiny_prepared.graph_module, tiny_prepared.layer_names
     result = DeltaLossEstimator(ranges, PAIRS).estimate(gm, layers, tiny_batches)
     x = torch.cat([b[0] for b in tiny_batches])
