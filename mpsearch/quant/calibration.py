@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -51,22 +51,12 @@ def calibrate(
     check_act_scheme(scheme)
     layers = list(layers)
     seen: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    handles = []
-    for name in layers:
-        def hook(_mod: nn.Module, args: tuple[torch.Tensor, ...], name: str = name) -> None:
-            x = args[0].detach().flatten()
-            if method == "minmax":
-                seen[name].append(torch.stack([x.min(), x.max()]))
-            else:
-                seen[name].append(x)
-        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
-    try:
-        model.eval()
-        for x, _ in batches:
-            call_model(model, x)
-    finally:
-        for h in handles:
-            h.remove()
+
+    def observe(name: str, x: torch.Tensor) -> None:
+        x = x.detach().flatten()
+        seen[name].append(torch.stack([x.min(), x.max()]) if method == "minmax" else x)
+
+    _observe_inputs(model, layers, batches, observe)
     ranges = {}
     for name, values in seen.items():
         if not values:
@@ -88,6 +78,21 @@ def calibrate(
     return with_act_scheme(ranges, scheme)
 
 
+def _observe_inputs(model: nn.Module, layers: list[str], batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                    observe: Callable[[str, torch.Tensor], None]) -> None:
+    """Run ``batches`` through ``model`` (in eval mode), calling ``observe(layer, its input)`` for each of
+    ``layers`` on every call."""
+    handles = [model.get_submodule(name).register_forward_pre_hook(
+        lambda _mod, args, name=name: observe(name, args[0])) for name in layers]
+    try:
+        model.eval()
+        for x, _ in batches:
+            call_model(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @torch.no_grad()
 def record_input_means(model: nn.Module, layers: Iterable[str],
                        batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -98,24 +103,15 @@ def record_input_means(model: nn.Module, layers: Iterable[str],
     layers = list(layers)
     sums: dict[str, torch.Tensor] = {}
     counts = dict.fromkeys(layers, 0)
-    handles = []
-    for name in layers:
-        module = model.get_submodule(name)
-        channel = -1 if isinstance(module, nn.Linear) else 1
+    channel = {n: -1 if isinstance(model.get_submodule(n), nn.Linear) else 1 for n in layers}
 
-        def hook(_mod: nn.Module, args: tuple[torch.Tensor, ...], name: str = name, channel: int = channel) -> None:
-            x = args[0].detach().double().movedim(channel, -1)
-            x = x.reshape(-1, x.shape[-1])
-            sums[name] = sums.get(name, 0) + x.sum(0)
-            counts[name] += x.shape[0]
-        handles.append(module.register_forward_pre_hook(hook))
-    try:
-        model.eval()
-        for x, _ in batches:
-            call_model(model, x)
-    finally:
-        for h in handles:
-            h.remove()
+    def observe(name: str, x: torch.Tensor) -> None:
+        x = x.detach().double().movedim(channel[name], -1)
+        x = x.reshape(-1, x.shape[-1])
+        sums[name] = sums.get(name, 0) + x.sum(0)
+        counts[name] += x.shape[0]
+
+    _observe_inputs(model, layers, batches, observe)
     for name in layers:
         if not counts[name]:
             raise ConfigError("the calibration data is empty; give at least one batch")
