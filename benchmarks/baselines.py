@@ -123,11 +123,12 @@ def ort_session(path: Path, threads: int, profile_prefix: str | None = None) -> 
 
 
 def tvm_vm(backend: Any, prepared: Any, candidate: Any, ranges: Any, batch: int, xs: list[np.ndarray]) -> Any:
-    """``candidate``'s compiled library at ``batch`` (its kernels tuned for that batch first) in a Relax VM,
-    inputs and parameters bound, as the exported library runs it (``invoke_stateful("main")``)."""
+    """``candidate``'s compiled library at ``batch`` (its kernels, and at batch > 1 the model's other ops
+    that matter, tuned for that batch first) in a Relax VM, inputs and parameters bound, as the exported
+    library runs it (``invoke_stateful("main")``)."""
     import tvm
 
-    from mpsearch.hardware.tvm_backend import _hash_mod
+    from mpsearch.hardware.tvm_backend import _hash_mod, _latency
 
     lowered = backend.lower(prepared, candidate, ranges, batch=batch)
     kernels = {}
@@ -135,6 +136,10 @@ def tvm_vm(backend: Any, prepared: Any, candidate: Any, ranges: Any, batch: int,
         mod = backend._kernel_mod(spec)
         kernels[_hash_mod(mod)] = (f"{name.replace('.', '_')}_b{batch}", mod)
     backend.tune(kernels)  # a no-op at batch 1: the search tuned them
+    if batch > 1:  # the ops outside the layer kernels (attention's matmuls, softmax, LayerNorm), as the
+        # search's cost table tunes them at batch 1: TVM runs an op its database lacks with a serial loop
+        layers_s = sum(_latency(r) for r in backend.measure_kernels(kernels).values())
+        backend.tune_model_ops([lowered], layers_s)
     exe, lowered, _ = backend._compile(prepared, candidate, ranges, batch=batch, keep=64, lowered=lowered)
     dev = tvm.cpu()
     vm = tvm.relax.VirtualMachine(exe, dev)
