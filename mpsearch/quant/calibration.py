@@ -115,12 +115,7 @@ def record_input_means(model: nn.Module, layers: Iterable[str],
     for name in layers:
         if not counts[name]:
             raise ConfigError("the calibration data is empty; give at least one batch")
-        module = model.get_submodule(name)
-        mean = (sums[name] / counts[name]).float()
-        if hasattr(module, INPUT_MEAN):
-            setattr(module, INPUT_MEAN, mean)
-        else:
-            module.register_buffer(INPUT_MEAN, mean)
+        model.get_submodule(name).register_buffer(INPUT_MEAN, (sums[name] / counts[name]).float())  # or replaces it
 
 
 def calibrate_for(model: nn.Module, layers: Iterable[str], batches: list[tuple[torch.Tensor, torch.Tensor]],
