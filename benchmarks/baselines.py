@@ -11,6 +11,11 @@ per round, rounds interleaved, so the machine's drift hits all rows alike), thre
   and its uniform FP32 / INT8 baselines (a user deploys whichever is fastest at that accuracy: FP32
   itself where no quantized candidate keeps it), timed as the compiled library it exports.
 
+At batch > 1 every library also runs a sample at a time: ONNX Runtime a call per sample, TVM the
+batch-1 library looped over the samples inside one call (:func:`~mpsearch.hardware.lowering.per_sample`:
+a CNN's large early maps stay in cache between layers). Those rows are rows like the others: a
+per-sample ONNX Runtime row is a peer, and the pick's latency is that of its faster way.
+
 The headline is **pick latency / fastest ONNX Runtime row** (below 1: the pick is faster than the best
 peer). Batch 1 is what the search optimizes; batch 8 runs the same picks with kernels tuned for batch 8.
 Models (``--models``): the embedded ResNet-20 (batch 1 and 8), the ``models`` benchmark's
@@ -39,7 +44,8 @@ TITLE = "Is the pick the fastest way to run the model here? mpsearch beside PyTo
 ISO_POINTS = 1.0  # accuracy points within FP32 that count as iso-accuracy
 TRIALS = 32  # per kernel, for all TVM rows alike (the host profile's default, 8, is for a quick first run)
 BATCHES = (1, 8)
-PEERS = ("ort_fp32", "ort_int8_static", "ort_int8_dynamic")
+PER_SAMPLE = "_per_sample"  # the row's library run a sample at a time (batch > 1)
+PEERS = tuple(f"{k}{way}" for k in ("ort_fp32", "ort_int8_static", "ort_int8_dynamic") for way in ("", PER_SAMPLE))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,25 +128,32 @@ def ort_session(path: Path, threads: int, profile_prefix: str | None = None) -> 
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def tvm_vm(backend: Any, prepared: Any, candidate: Any, ranges: Any, batch: int, xs: list[np.ndarray]) -> Any:
+def tvm_vm(backend: Any, prepared: Any, candidate: Any, ranges: Any, batch: int, xs: list[np.ndarray],
+           per_sample: bool = False) -> Any:
     """``candidate``'s compiled library at ``batch`` (its kernels, and at batch > 1 the model's other ops
     that matter, tuned for that batch first) in a Relax VM, inputs and parameters bound, as the exported
-    library runs it (``invoke_stateful("main")``)."""
+    library runs it (``invoke_stateful("main")``). ``per_sample``: the batch-1 library run once per
+    sample inside one call (:func:`~mpsearch.hardware.lowering.per_sample`; the search's batch-1 kernels)."""
     import tvm
 
+    from mpsearch.hardware.lowering import per_sample as per_sample_module
     from mpsearch.hardware.tvm_backend import _hash_mod, _latency
 
-    lowered = backend.lower(prepared, candidate, ranges, batch=batch)
-    kernels = {}
-    for name, spec in lowered.kernels.items():
-        mod = backend._kernel_mod(spec)
-        kernels[_hash_mod(mod)] = (f"{name.replace('.', '_')}_b{batch}", mod)
-    backend.tune(kernels)  # a no-op at batch 1: the search tuned them
-    if batch > 1:  # the ops outside the layer kernels (attention's matmuls, softmax, LayerNorm), as the
-        # search's cost table tunes them at batch 1: TVM runs an op its database lacks with a serial loop
-        layers_s = sum(_latency(r) for r in backend.measure_kernels(kernels).values())
-        backend.tune_model_ops([lowered], layers_s)
-    exe, lowered, _ = backend._compile(prepared, candidate, ranges, batch=batch, keep=64, lowered=lowered)
+    if per_sample:
+        lowered = per_sample_module(backend.lower(prepared, candidate, ranges, batch=1), len(xs), batch)
+        exe, lowered, _ = backend._compile(prepared, candidate, ranges, batch=1, keep=64, lowered=lowered)
+    else:
+        lowered = backend.lower(prepared, candidate, ranges, batch=batch)
+        kernels = {}
+        for name, spec in lowered.kernels.items():
+            mod = backend._kernel_mod(spec)
+            kernels[_hash_mod(mod)] = (f"{name.replace('.', '_')}_b{batch}", mod)
+        backend.tune(kernels)  # a no-op at batch 1: the search tuned them
+        if batch > 1:  # the ops outside the layer kernels (attention's matmuls, softmax, LayerNorm), as the
+            # search's cost table tunes them at batch 1: TVM runs an op its database lacks with a serial loop
+            layers_s = sum(_latency(r) for r in backend.measure_kernels(kernels).values())
+            backend.tune_model_ops([lowered], layers_s)
+        exe, lowered, _ = backend._compile(prepared, candidate, ranges, batch=batch, keep=64, lowered=lowered)
     dev = tvm.cpu()
     vm = tvm.relax.VirtualMachine(exe, dev)
     vm.set_input("main", *[tvm.runtime.tensor(a, dev) for a in [*xs, *lowered.params]])
@@ -148,9 +161,9 @@ def tvm_vm(backend: Any, prepared: Any, candidate: Any, ranges: Any, batch: int,
 
 
 def _tvm_callable(backend: Any, prepared: Any, candidate: Any, ranges: Any, batch: int,
-                  xs: list[np.ndarray]) -> Callable[[], Any]:
+                  xs: list[np.ndarray], per_sample: bool = False) -> Callable[[], Any]:
     """One call of :func:`tvm_vm`'s library."""
-    vm = tvm_vm(backend, prepared, candidate, ranges, batch, xs)
+    vm = tvm_vm(backend, prepared, candidate, ranges, batch, xs, per_sample)
     return lambda: vm.invoke_stateful("main")
 
 
@@ -264,6 +277,12 @@ def measure_case(args: argparse.Namespace, work: Path, cfg: Any, name: str, accu
         fns.update({key: (lambda s=s, feed=feed: s.run(None, feed)) for key, s in sessions.items()})
         for row, cand in tvm_rows.items():
             fns[row] = _tvm_callable(backend, prepared, cand, ranges, batch, xs)
+        if batch > 1:  # every library also run a sample at a time (one call; ONNX Runtime: a call a sample)
+            feeds = [{n: x[i:i + 1] for n, x in feed.items()} for i in range(batch)]
+            for key, s in sessions.items():
+                fns[f"{key}{PER_SAMPLE}"] = lambda s=s, feeds=feeds: [s.run(None, f) for f in feeds]
+            for row, cand in tvm_rows.items():
+                fns[f"{row}{PER_SAMPLE}"] = _tvm_callable(backend, prepared, cand, ranges, batch, xs, per_sample=True)
         per_batch[batch] = _time_interleaved(fns, args.rounds)
     return {"model": name, "accuracy_note": accuracy_note, "fp32_accuracy": fp32_acc, "pick": pick,
             "pick_candidate": evs[pick].candidate.describe() if pick else None,
@@ -284,8 +303,18 @@ LABELS = {
 
 def _rows(case: dict[str, Any], batch: int) -> list[dict[str, Any]]:
     samples = case["samples_ms"][batch]
-    return [{"method": LABELS[name], "key": name, "latency_ms": statistics.median(s),
-             "accuracy": case["accuracy"].get(name)} for name, s in samples.items()]
+    rows = []
+    for name, s in samples.items():
+        base = name.removesuffix(PER_SAMPLE)
+        rows.append({"method": LABELS[base] + (", a sample at a time" if base != name else ""), "key": name,
+                     "latency_ms": statistics.median(s), "accuracy": case["accuracy"].get(base)})
+    return rows
+
+
+def pick_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The pick's faster library: batched, or (batch > 1) a sample at a time; None without a pick."""
+    picks = [r for r in rows if r["key"] in ("pick", f"pick{PER_SAMPLE}")]
+    return min(picks, key=lambda r: r["latency_ms"]) if picks else None
 
 
 def summarize(cases: list[dict[str, Any]], rounds: int) -> tuple[dict, str]:
@@ -305,10 +334,11 @@ def summarize(cases: list[dict[str, Any]], rounds: int) -> tuple[dict, str]:
         lines += [f"## {case['model']}", "", intro, ""]
         for batch in case["batches"]:
             rows = _rows(case, batch)
-            by_key = {r["key"]: r for r in rows}
             peer = min((r for r in rows if r["key"] in PEERS), key=lambda r: r["latency_ms"])
-            ratio = by_key["pick"]["latency_ms"] / peer["latency_ms"] if "pick" in by_key else None
+            pick = pick_row(rows)
+            ratio = pick["latency_ms"] / peer["latency_ms"] if pick else None
             entry["batches"][str(batch)] = {"rows": rows, "fastest_peer": peer["method"],
+                                            "pick_method": pick["method"] if pick else None,
                                             "pick_over_fastest_peer": ratio}
             table = markdown_table(
                 ["method", "top-1 %", "latency ms", "÷ fastest ONNX Runtime"],
@@ -316,7 +346,7 @@ def summarize(cases: list[dict[str, Any]], rounds: int) -> tuple[dict, str]:
                   f"{r['latency_ms']:.3f}", f"{r['latency_ms'] / peer['latency_ms']:.2f}"] for r in rows])
             verdict = "No candidate was measured within the iso-accuracy band."
             if ratio is not None:
-                verdict = (f"Pick ÷ fastest ONNX Runtime ({peer['method']}): **{ratio:.2f}** "
+                verdict = (f"Pick ({pick['method']}) ÷ fastest ONNX Runtime ({peer['method']}): **{ratio:.2f}** "
                            f"({'faster' if ratio < 1 else 'slower'}; target ≤ 1.0)")
             lines += [f"### batch {batch}", "", table, "", verdict, ""]
         models.append(entry)

@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default="efficientnet_lite0", help="comma-separated: efficientnet_lite0, default")
     parser.add_argument("--trials", type=int, default=8, help="MetaSchedule trials per kernel")
     parser.add_argument("--rounds", type=int, default=20, help="instrumented / profiled runs per library")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="batch size (> 1: TVM's kernels and the model's other ops tuned for it, as baselines does)")
 
 
 def in_call_order(events: list[tuple[str, float]], is_layer: Any) -> tuple[list[float], float]:
@@ -62,8 +64,9 @@ def per_layer_medians(runs: list[tuple[list[float], float]], n_layers: int, who:
 
 def tvm_profile(backend: Any, prepared: Any, candidate: Any, ranges: Any, xs: list[np.ndarray],
                 rounds: int) -> dict[str, Any]:
-    """Per-layer and rest µs of ``candidate``'s compiled library (VM instrument), and its end-to-end ms."""
-    vm = tvm_vm(backend, prepared, candidate, ranges, 1, xs)
+    """Per-layer and rest µs of ``candidate``'s compiled library at the batch of ``xs`` (VM instrument),
+    and its end-to-end ms."""
+    vm = tvm_vm(backend, prepared, candidate, ranges, len(xs[0]), xs)
     call = lambda: vm.invoke_stateful("main")  # noqa: E731
     e2e = median_time_s(call, repeat=7, number=10)[0]
     events: list[tuple[str, float]] = []
@@ -154,7 +157,7 @@ def measure(key: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     name, model, prepared, ranges, calib, backend = _case(key, args, work)
     names = prepared.layer_names
-    x = calib[0][:1].numpy()
+    x = calib[0][np.arange(args.batch) % len(calib[0])].numpy()
     (work / name).mkdir(parents=True, exist_ok=True)
     onnx = onnx_models(model, (torch.from_numpy(x),), [(c[:1],) for c in calib[:4]], work / name)
     feed = {input_names(1)[0]: x}
@@ -168,7 +171,7 @@ def measure(key: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     layers = [{"name": li.name, "kind": _kind(li, prepared.graph_module.get_submodule(li.name))}
               for li in prepared.layers]
     return {"model": name, "layers": layers, "profiles": rows, "device": backend.describe(),
-            "trials_per_kernel": args.trials}
+            "trials_per_kernel": args.trials, "batch": args.batch}
 
 
 def _kind_group(kind: str) -> str:
@@ -198,7 +201,8 @@ def render(case: dict[str, Any]) -> str:
     head = ["TVM FP32 µs", "ORT FP32 µs", "TVM INT8 µs", "ORT INT8 µs", "FP32 TVM÷ORT", "INT8 TVM÷ORT"]
     return "\n".join([
         f"## {case['model']}", "",
-        f"{case['device']}; every kernel tuned at {case['trials_per_kernel']} trials. Layer kinds: "
+        f"{case['device']}; batch {case.get('batch', 1)}; every kernel tuned at {case['trials_per_kernel']} trials. "
+        "Layer kinds: "
         "`kxk[/stride] in->out @input width`, `dw` depthwise, `fc` fully connected. Layer sums "
         f"{sums[0]:.0f} / {sums[1]:.0f} / {sums[2]:.0f} / {sums[3]:.0f} µs.", "",
         markdown_table(["layers", *head], group_rows), "",

@@ -80,6 +80,29 @@ def test_baselines_headline_is_the_pick_over_the_fastest_onnx_runtime_row() -> N
     assert "**0.80**" in text and "faster" in text and "### batch 8" in text
 
 
+def test_at_batch_8_every_library_also_runs_a_sample_at_a_time_and_the_pick_takes_the_faster_way() -> None:
+    """Per-sample rows (TVM: the batch-1 graph looped inside one call; ONNX Runtime: a call a sample):
+    the pick's headline is its faster way, and a per-sample ONNX Runtime row is a peer like the others."""
+    from benchmarks.baselines import summarize
+
+    case = {"model": "m", "fp32_accuracy": 0.9, "pick": "pareto-1", "pick_candidate": "W8A8x3",
+            "pick_weight_bytes": 10, "test_images": 100, "device": "cpu", "strategy": "replay-trace",
+            "accuracy_note": "top-1", "trials_per_kernel": 4, "batches": [8],
+            "accuracy": {"ort_fp32": 0.9, "ort_int8_static": 0.89, "pick": 0.895},
+            "samples_ms": {8: {"ort_fp32": [8.0] * 3, "ort_int8_static": [6.0] * 3, "pick": [7.0] * 3,
+                               "ort_fp32_per_sample": [9.0] * 3, "ort_int8_static_per_sample": [5.0] * 3,
+                               "pick_per_sample": [4.0] * 3}}}
+    data, text = summarize([case], rounds=3)
+    entry = data["models"][0]["batches"]["8"]
+    assert entry["fastest_peer"] == "ONNX Runtime INT8 static (QDQ, per-channel), a sample at a time"
+    assert entry["pick_method"] == "mpsearch pick, a sample at a time"
+    assert abs(entry["pick_over_fastest_peer"] - 0.8) < 1e-9  # 4 / 5
+    per_sample = next(r for r in entry["rows"] if r["key"] == "pick_per_sample")
+    assert per_sample["accuracy"] == 0.895  # the same arithmetic as the batched pick
+    case["samples_ms"][8]["pick_per_sample"] = [7.5] * 3  # slower than batched: the batched one counts
+    assert summarize([case], rounds=3)[0]["models"][0]["batches"]["8"]["pick_over_fastest_peer"] == 7.0 / 5.0
+
+
 def test_token_models_get_onnx_runtimes_dynamic_int8_row_too(tmp_path: Path) -> None:
     """A model with integer (token) inputs is exported with one ONNX input each, and ONNX Runtime's
     dynamic INT8 (its usual choice for transformers) joins FP32 and static QDQ as a peer; every one runs
