@@ -31,6 +31,7 @@ class BenchmarkResult:
     summary: str
     wall_s: float = 0.0
     machine: dict[str, Any] = field(default_factory=dict)
+    command: str = ""  # how to regenerate it, where not ``python -m benchmarks <name>``
 
 
 def load_average() -> list[float]:
@@ -101,7 +102,7 @@ def write_result(result: BenchmarkResult, out_dir: Path = RESULTS_DIR) -> tuple[
         + (f", after {m['load_average_after']}" if m.get("load_average_after") else "")
         + (f"; {' '.join(m['cpu_features'])}" if m.get("cpu_features") else "")
         + f"); wall time {result.wall_s:.0f} s. "
-        f"Regenerate with `python -m benchmarks {result.name}`.",
+        f"Regenerate with `{result.command or f'python -m benchmarks {result.name}'}`.",
         "",
     ]
     md = atomic_write_text(out_dir / f"{result.name}.md", "\n".join(header) + result.summary.rstrip() + "\n")

@@ -214,4 +214,7 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
     work = Path(tempfile.mkdtemp(prefix="mpsearch-layers-"))
     cases = [measure(key, args, work) for key in args.models.split(",")]
     text = "\n".join([__doc__.split("\n\n")[1].replace("\n", " "), "", *(render(c) for c in cases)])
-    return BenchmarkResult(NAME, TITLE, {"cases": cases}, text)
+    if args.batch == 1:
+        return BenchmarkResult(NAME, TITLE, {"cases": cases}, text)
+    return BenchmarkResult(f"{NAME}_b{args.batch}", f"{TITLE}, batch {args.batch}", {"cases": cases}, text,
+                           command=f"python -m benchmarks layers --batch {args.batch}")
