@@ -4,7 +4,9 @@ Python raises KeyboardInterrupt in whatever Python code runs when SIGINT arrives
 callback (MetaSchedule's builder, runner, cost model or measure callback, called from C++) it becomes
 a TVM error that the tuning loop records and goes on from, so a run would tune to the end. Under
 :func:`sigint_requests_stop` a SIGINT is also remembered; long native loops call :func:`check` at
-their own boundaries (between tuning batches, timing rounds, stages) and stop there.
+their own boundaries (between tuning batches, timing rounds, stages) and stop there; around
+native loops that call back into Python (MetaSchedule's tuning), :func:`deferred` keeps the SIGINT
+from being raised inside those callbacks at all.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 _requested = threading.Event()
+_deferring = False  # inside deferred(): the handler only remembers a SIGINT (main thread only)
 
 
 def requested() -> bool:
@@ -38,7 +41,8 @@ def sigint_requests_stop() -> Iterator[None]:
 
     def handler(signum: int, frame: Any) -> None:
         _requested.set()
-        raise KeyboardInterrupt
+        if not _deferring:
+            raise KeyboardInterrupt
 
     _requested.clear()
     previous = signal.signal(signal.SIGINT, handler)
@@ -49,4 +53,21 @@ def sigint_requests_stop() -> Iterator[None]:
         _requested.clear()
 
 
-__all__ = ["check", "requested", "sigint_requests_stop"]
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Within: a SIGINT under :func:`sigint_requests_stop` is remembered and not raised, so no
+    KeyboardInterrupt unwinds through native frames. MetaSchedule calls Python (its search strategy,
+    measure callbacks) from C++ many times a second, and a KeyboardInterrupt raised asynchronously in
+    one of them unwinds through tvm-ffi's frames: a CI run of the Ctrl-C-during-tuning test ended in
+    SIGSEGV instead of exit 130 (once; it passes otherwise), and this takes that path away. The code
+    inside stops at its own boundaries (:func:`requested`); the caller calls :func:`check` after it."""
+    global _deferring
+    before = _deferring
+    _deferring = True
+    try:
+        yield
+    finally:
+        _deferring = before
+
+
+__all__ = ["check", "deferred", "requested", "sigint_requests_stop"]

@@ -26,6 +26,8 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm_ffi import structural_hash
 
+from mpsearch import interrupt
+
 #: Replays of one space that may fail postprocessing (or repeat a measured schedule) before the
 #: strategy moves on to the next space.
 MAX_FAILS = 4
@@ -64,7 +66,7 @@ class ReplaySpaces(ms.search_strategy.PySearchStrategy):
         pass
 
     def generate_measure_candidates(self) -> list[Any] | None:
-        if self.left <= 0 or not self.traces:
+        if self.left <= 0 or not self.traces or interrupt.requested():  # Ctrl-C: this task ends
             return None
         out = []
         budget = len(self.traces) * MAX_FAILS  # replays this iteration may spend before giving up

@@ -559,18 +559,19 @@ class TVMBackend(Backend):
         builder = make_persistent_builder(os.cpu_count() or 1, t.builder_timeout_s,
                                           export_compiler=self.device.export_compiler)
         try:
-            ms.tune_tasks(
-                tasks=contexts, task_weights=[1.0] * len(contexts), work_dir=work_dir,
-                max_trials_global=len(contexts) * trials, max_trials_per_task=trials,
-                num_trials_per_iter=min(t.trials_per_iter, trials),
-                builder=builder,
-                runner=self.device.runner(ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=10),
-                                          t.runner_timeout_s),
-                database=self.db,
-                cost_model="xgb" if t.strategy == "evolutionary" else "random",
-                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress.callback()],
-                task_scheduler="round-robin",
-            )
+            with interrupt.deferred():  # a Ctrl-C ends every task at the next measure callback (_Progress)
+                ms.tune_tasks(
+                    tasks=contexts, task_weights=[1.0] * len(contexts), work_dir=work_dir,
+                    max_trials_global=len(contexts) * trials, max_trials_per_task=trials,
+                    num_trials_per_iter=min(t.trials_per_iter, trials),
+                    builder=builder,
+                    runner=self.device.runner(ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=10),
+                                              t.runner_timeout_s),
+                    database=self.db,
+                    cost_model="xgb" if t.strategy == "evolutionary" else "random",
+                    measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress.callback()],
+                    task_scheduler="round-robin",
+                )
         finally:
             builder.shutdown()
             progress.close()

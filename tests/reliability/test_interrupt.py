@@ -124,3 +124,37 @@ def test_a_ctrl_c_that_metaschedule_swallowed_ends_tuning_at_the_next_batch(tmp_
     # Without the stop: 2 trials for each of the candidate's kernels; with it, the batch already in flight.
     records = len(backend.db.get_all_tuning_records())
     assert records <= 2, f"tuning went on after the remembered SIGINT ({records} trials)"
+
+
+def test_a_sigint_inside_deferred_is_remembered_not_raised_and_check_raises_after() -> None:
+    """Around MetaSchedule's tuning (which calls Python from C++) a Ctrl-C must not raise inside those
+    calls: it is remembered, the loop stops at its boundary, and check() raises it after; outside
+    deferred() it raises at once as before."""
+    import signal
+
+    from mpsearch import interrupt
+
+    with interrupt.sigint_requests_stop():
+        with interrupt.deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler runs between bytecodes: it would have raised by now
+            assert interrupt.requested()
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.check()
+    assert not interrupt.requested()
+    with pytest.raises(KeyboardInterrupt):
+        with interrupt.sigint_requests_stop():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+
+
+@pytest.mark.tvm
+def test_the_tuning_strategy_proposes_nothing_once_a_sigint_is_remembered(monkeypatch) -> None:
+    from mpsearch import interrupt
+    from mpsearch.hardware.strategy import ReplaySpaces
+
+    strategy = ReplaySpaces()
+    strategy.left, strategy.traces = 4, [object()]
+    monkeypatch.setattr(interrupt, "_requested", type(interrupt._requested)())
+    interrupt._requested.set()
+    assert strategy.generate_measure_candidates() is None
