@@ -424,7 +424,8 @@ def per_sample(lowered: LoweredModel, n_inputs: int, batch: int) -> LoweredModel
     CPU thread the per-sample library can be the faster one (``baselines`` times both)."""
     main = lowered.mod["main"]
     inputs, params = list(main.params[:n_inputs]), list(main.params[n_inputs:])
-    outs = main.ret_ty.fields if isinstance(main.ret_ty, relax.TupleType) else [main.ret_ty]
+    tuple_out = isinstance(main.ret_ty, relax.TupleType)
+    outs = main.ret_ty.fields if tuple_out else [main.ret_ty]
     for what, ty in [*(("input", p.ty) for p in inputs), *(("output", t) for t in outs)]:
         if not isinstance(ty, relax.TensorType) or ty.shape is None or len(ty.shape) == 0 or int(ty.shape[0]) != 1:
             raise LoweringError(f"a per-sample library needs a batch-1 module whose inputs and outputs are "
@@ -439,7 +440,7 @@ def per_sample(lowered: LoweredModel, n_inputs: int, batch: int) -> LoweredModel
         for i in range(batch):
             xs = [bb.emit(relax.op.strided_slice(x, axes=[0], begin=[i], end=[i + 1])) for x in new_inputs]
             results.append(bb.emit(relax.Call(sample, [*xs, *new_params])))
-        if len(outs) == 1 and not isinstance(main.ret_ty, relax.TupleType):
+        if not tuple_out:
             ret = bb.emit(relax.op.concat(results, axis=0))
         else:
             fields = [bb.emit(relax.op.concat([bb.emit(relax.TupleGetItem(r, j)) for r in results], axis=0))

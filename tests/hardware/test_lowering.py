@@ -21,11 +21,13 @@ from mpsearch.hardware.lowering import lower  # noqa: E402
 PAIRS = [(32, 32), (8, 8), (4, 8), (4, 4), (2, 8), (8, 32), (4, 32), (32, 8), (6, 5)]
 
 
+def _run_all(mod, args: list[np.ndarray]):
+    exe = tvm.relax.build(mod, target=tvm.target.Target({"kind": "llvm"}))
+    return tvm.relax.VirtualMachine(exe, tvm.cpu())["main"](*[tvm.runtime.tensor(a) for a in args])
+
+
 def _run(lowered, x: np.ndarray) -> np.ndarray:
-    exe = tvm.relax.build(lowered.mod, target=tvm.target.Target({"kind": "llvm"}))
-    vm = tvm.relax.VirtualMachine(exe, tvm.cpu())
-    args = [tvm.runtime.tensor(x)] + [tvm.runtime.tensor(a) for a in lowered.params]
-    return vm["main"](*args).numpy()
+    return _run_all(lowered.mod, [x, *lowered.params]).numpy()
 
 
 @pytest.mark.parametrize("shape", [(3, 5), (4, 2, 3, 3), (2, 1, 1, 1)])
@@ -292,11 +294,6 @@ def test_same_zero_pads_fold_into_bit_serial_kernels_too() -> None:
     with torch.no_grad():
         sim = quantize_(prepared.copy_module(), cand, ranges)(x).numpy()
     np.testing.assert_allclose(_run(lowered, x.numpy()), sim, rtol=1e-4, atol=1e-5 * np.abs(sim).max())
-
-
-def _run_all(mod, args: list[np.ndarray]):
-    exe = tvm.relax.build(mod, target=tvm.target.Target({"kind": "llvm"}))
-    return tvm.relax.VirtualMachine(exe, tvm.cpu())["main"](*[tvm.runtime.tensor(a) for a in args])
 
 
 def test_a_per_sample_library_equals_the_batched_one(tiny_prepared, tiny_ranges, tiny_batches) -> None:
