@@ -301,8 +301,10 @@ class LocalDevice(Device):
         if mcpu != "auto":
             import tvm
 
-            host = tvm.target.codegen.llvm_get_system_cpu()
-            if mcpu != host:
+            from mpsearch.hardware.cpu import host_llvm_cpu
+
+            host = host_llvm_cpu()
+            if mcpu not in (host, tvm.target.codegen.llvm_get_system_cpu()):
                 # Code for another CPU may use instructions this one lacks (e.g. VNNI): a SIGILL, not a number.
                 raise HardwareError(
                     f"profile {self.profile.name!r}: target mcpu {mcpu} is not this machine's CPU ({host}); "

@@ -28,6 +28,7 @@ from mpsearch import interrupt
 from mpsearch.candidate import Bits, Candidate, random_candidates
 from mpsearch.errors import ConfigError, HardwareError
 from mpsearch.hardware.base import Backend, LayerCostTable, Measurement
+from mpsearch.hardware.cpu import host_llvm_cpu
 from mpsearch.hardware.profile import HwProfile
 from mpsearch.hardware.session import LoopbackDevice, Session, make_device
 from mpsearch.hashing import content_hash
@@ -246,15 +247,16 @@ def make_persistent_builder(max_workers: int, timeout_s: float, recycle_every: i
 
 
 def resolve_target(profile: HwProfile) -> Any:
-    """The profile's TVM target with ``mcpu: auto`` resolved and ``num-cores`` set from its threads."""
+    """The profile's TVM target with ``mcpu: auto`` resolved (:func:`~mpsearch.hardware.cpu.host_llvm_cpu`: the
+    CPU LLVM names, unless the host's features say it is another) and ``num-cores`` set from its threads."""
     _import_tvm()
     spec = dict(profile.target)
     if spec.get("mcpu") == "auto":
-        spec["mcpu"] = tvm.target.codegen.llvm_get_system_cpu()
+        spec["mcpu"] = host_llvm_cpu()
     if spec["kind"] == "llvm":
         spec.setdefault("num-cores", profile.resolved_threads())
     if isinstance(spec.get("host"), dict) and spec["host"].get("mcpu") == "auto":  # a GPU's host CPU
-        spec["host"] = {**spec["host"], "mcpu": tvm.target.codegen.llvm_get_system_cpu()}
+        spec["host"] = {**spec["host"], "mcpu": host_llvm_cpu()}
     try:
         return tvm.target.Target(spec)
     except Exception as e:  # TVM raises its own error types for bad target dicts
