@@ -44,6 +44,9 @@ def use_threads(threads: int) -> None:
     """
     import tvm
 
+    from mpsearch.hardware.fpenv import flush_denormals
+
+    flush_denormals()  # before the pool's threads start: they inherit it
     os.environ["TVM_NUM_THREADS"] = str(max(threads, os.cpu_count() or 1))
     tvm.runtime.num_threads()  # starts the pool, with every core, unless something started it before
     tvm.get_global_func("runtime.config_threadpool")(_AFFINITY_BIG, threads)
@@ -131,6 +134,9 @@ class LoadedLibrary:
                  inputs: Sequence[InputSpec] | None = None) -> None:
         import tvm
 
+        from mpsearch.hardware.fpenv import flush_denormals
+
+        flush_denormals()  # as the library was tuned and measured (fpenv.py)
         if threads:
             use_threads(threads)
         try:

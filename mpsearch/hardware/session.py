@@ -319,7 +319,11 @@ class LocalDevice(Device):
     def runner(self, evaluator_config: Any, timeout_s: float) -> Any:
         from tvm.s_tir import meta_schedule as ms
 
-        return ms.runner.LocalRunner(timeout_sec=timeout_s, evaluator_config=evaluator_config)
+        from mpsearch.hardware.fpenv import flush_denormals
+
+        # timed as the measurements and the deployed model run: denormals flushed (fpenv.py)
+        return ms.runner.LocalRunner(timeout_sec=timeout_s, evaluator_config=evaluator_config,
+                                     initializer=flush_denormals)
 
 
 class CudaDevice(LocalDevice):
