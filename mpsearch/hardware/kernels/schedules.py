@@ -216,7 +216,7 @@ def row_tiles(height: int) -> list[int]:
     return [d for d in range(1, min(height, MAX_DEPTHWISE_ROWS) + 1) if height % d == 0]
 
 
-def schedule_depthwise(sch: Any, in_order: bool = False, ahead: bool = False) -> None:
+def schedule_depthwise(sch: Any, in_order: bool = False) -> None:
     """Schedule an integer or fp32 depthwise conv kernel (:func:`~.integer.depthwise_dot`) in place:
     channels in parallel; each channel's input quantized (fp32: copied) and padded into its phase-split
     rows just before its rows are computed, so the staged copy (a channel of a 112x112 map: 51 KB) is
@@ -236,15 +236,7 @@ def schedule_depthwise(sch: Any, in_order: bool = False, ahead: bool = False) ->
     scalar loads. ``in_order`` stages each padded row in input order instead (column, then phase), a
     plain loop LLVM's vectorizer turns into wide loads and shuffles. Which is faster depends on the
     shape (one thread, int8: 96 channels at 112x112, 3x3/2 670 -> 455 us; 672 at 14x14, 5x5/2 127 -> 99;
-    240 at 28x28, 3x3/2 93 -> 161), so the space has both (:func:`conv_space`).
-
-    ``ahead`` stages every channel in a pass of its own before the conv instead. Staged per channel, a
-    small map's rows are read back while their stores are still in flight, and how long each load then
-    waits depends on how LLVM happens to allocate registers and stack: 1152 channels at 7x7, 5x5 taps,
-    the same schedule ran 50 us compiled for ``sapphirerapids`` or ``skylake-avx512`` and 222 us for
-    ``rocketlake`` (the LLVM CPU name of a Sapphire Rapids VM reporting Rocket Lake's model number);
-    staged ahead, 63-65 us for all three (one thread). The large maps run faster staged per channel
-    (the staged copy stays in cache), so the space has both and MetaSchedule keeps the faster."""
+    240 at 28x28, 3x3/2 93 -> 161), so the space has both (:func:`conv_space`)."""
     conv = sch.get_sblock("depthwise")
     b, c, y, x, ry, rx = sch.get_loops(conv)
     tiles = pixel_tiles(int(sch.get(x).extent))
@@ -264,11 +256,7 @@ def schedule_depthwise(sch: Any, in_order: bool = False, ahead: bool = False) ->
     channels = sch.fuse(b, c)
     sch.parallel(channels)
     staged = sch.get_sblock("quantize" if _has_block(sch, "quantize") else "pad")  # integer codes, or fp32 values
-    if ahead:
-        batch, channel, *_ = sch.get_loops(staged)
-        sch.parallel(sch.fuse(batch, channel))
-    else:
-        sch.compute_at(staged, channels, preserve_unit_loops=True)
+    sch.compute_at(staged, channels, preserve_unit_loops=True)
     *_, phase, column = sch.get_loops(staged)
     if in_order:
         sch.reorder(column, phase)
@@ -336,16 +324,15 @@ def conv_space(dot_isa: str) -> Callable[[Any], list[Any]]:
     The blocked recipes' copies enumerate their choices: each (channel blocks, tile width) pair is a
     copy of its own (cycled to ``COPIES``), none a sampled decision, so every replay of a copy applies
     (:func:`_tile_of`). The depthwise recipe samples its tile, as replays of it always apply; a
-    strided one's copies alternate between its two ways of ordering the staged input, and every
-    depthwise one's between staging each channel as it is used and staging them all ahead."""
+    strided one's copies alternate between its two ways of staging the input."""
 
     def space(sch: Any) -> list[Any]:
         if _has_block(sch, "depthwise"):
             staged = sch.get_sblock("quantize" if _has_block(sch, "quantize") else "pad")
             strided = int(sch.get(sch.get_loops(staged)[-2]).extent) > 1  # the staged input's phases
-            recipes: list[Callable[[Any], None]] = [
-                functools.partial(schedule_depthwise, in_order=in_order, ahead=ahead)
-                for in_order in ((False, True) if strided else (False,)) for ahead in (False, True)]
+            recipes: list[Callable[[Any], None]] = [schedule_depthwise]
+            if strided:
+                recipes.append(functools.partial(schedule_depthwise, in_order=True))
         else:
             if _has_block(sch, "fdot"):
                 block, recipe = sch.get_sblock("fdot"), schedule_float_conv
