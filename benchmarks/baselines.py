@@ -115,7 +115,7 @@ def onnx_models(model: torch.nn.Module, example: tuple[torch.Tensor, ...], calib
 
 
 def ort_session(path: Path, threads: int, profile_prefix: str | None = None) -> Any:
-    """An ONNX Runtime CPU session on ``threads`` threads, every graph optimization on; with
+    """An ONNX Runtime CPU session on ``threads`` threads, every graph optimization on, denormals flushed; with
     ``profile_prefix``, its profiler writes there (``end_profiling()`` names the file)."""
     import onnxruntime as ort
 
@@ -123,6 +123,9 @@ def ort_session(path: Path, threads: int, profile_prefix: str | None = None) -> 
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # denormals flushed, as mpsearch runs TVM's kernels (mpsearch/hardware/fpenv.py); left at its default,
+    # creating the session would also turn the flush off on this thread, under the TVM rows timed after it
+    so.add_session_config_entry("session.set_denormal_as_zero", "1")
     if profile_prefix is not None:
         so.enable_profiling, so.profile_file_prefix = True, profile_prefix
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
@@ -136,6 +139,7 @@ def tvm_vm(backend: Any, prepared: Any, candidate: Any, ranges: Any, batch: int,
     sample inside one call (:func:`~mpsearch.hardware.lowering.per_sample`; the search's batch-1 kernels)."""
     import tvm
 
+    from mpsearch.hardware.fpenv import flush_denormals
     from mpsearch.hardware.lowering import per_sample as per_sample_module
     from mpsearch.hardware.tvm_backend import _hash_mod, _latency
 
@@ -154,6 +158,7 @@ def tvm_vm(backend: Any, prepared: Any, candidate: Any, ranges: Any, batch: int,
             layers_s = sum(_latency(r) for r in backend.measure_kernels(kernels).values())
             backend.tune_model_ops([lowered], layers_s)
         exe, lowered, _ = backend._compile(prepared, candidate, ranges, batch=batch, keep=64, lowered=lowered)
+    flush_denormals()  # again: ONNX Runtime's quantization tools create sessions that turn it off
     dev = tvm.cpu()
     vm = tvm.relax.VirtualMachine(exe, dev)
     vm.set_input("main", *[tvm.runtime.tensor(a, dev) for a in [*xs, *lowered.params]])

@@ -26,6 +26,7 @@ import numpy as np
 from mpsearch.candidate import Candidate
 from mpsearch.errors import ConfigError, HardwareError
 from mpsearch.hardware.profile import HwProfile
+from mpsearch.hardware.fpenv import flush_denormals
 from mpsearch.quant.prepare import InputSpec, PreparedModel, input_arrays
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,6 @@ def use_threads(threads: int) -> None:
     here, then configured down to ``threads``.
     """
     import tvm
-
-    from mpsearch.hardware.fpenv import flush_denormals
 
     flush_denormals()  # before the pool's threads start: they inherit it
     os.environ["TVM_NUM_THREADS"] = str(max(threads, os.cpu_count() or 1))
@@ -134,8 +133,6 @@ class LoadedLibrary:
                  inputs: Sequence[InputSpec] | None = None) -> None:
         import tvm
 
-        from mpsearch.hardware.fpenv import flush_denormals
-
         flush_denormals()  # as the library was tuned and measured (fpenv.py)
         if threads:
             use_threads(threads)
@@ -158,6 +155,7 @@ class LoadedLibrary:
                 raise ConfigError(f"{len(inputs)} input arrays given; this library takes one")
             specs = (InputSpec((1, *np.shape(inputs[0])[1:])),)
         arrays = input_arrays(specs, inputs)
+        flush_denormals()  # again: another library (ONNX Runtime) may have turned it off since
         tensor = self._tvm.runtime.tensor
         outs = [self.vm["main"](*[tensor(a[i:i + 1], self.device) for a in arrays], *self.args).numpy()
                 for i in range(len(arrays[0]))]

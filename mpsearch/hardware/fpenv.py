@@ -14,7 +14,9 @@ quantized layer's (its scales are far above), and none of the models here.
 
 The bits belong to a thread and a new thread starts with its creator's: they are set on the thread that
 starts TVM's pool before it starts it (:func:`mpsearch.hardware.export_lib.use_threads`, the backend,
-:mod:`mpsearch.deploy`) and in MetaSchedule's runner processes (their initializer)."""
+:mod:`mpsearch.deploy`), in MetaSchedule's runner processes (their initializer), and again before each
+measurement and each call of a loaded library, as other libraries reset them: creating an ONNX Runtime
+session turns them off on the calling thread unless its ``session.set_denormal_as_zero`` is set."""
 
 from __future__ import annotations
 

@@ -314,6 +314,9 @@ class LocalDevice(Device):
     def session(self) -> Iterator[Session]:
         import tvm
 
+        from mpsearch.hardware.fpenv import flush_denormals
+
+        flush_denormals()  # again: whatever ran since (an ONNX Runtime session) may have turned it off
         yield LocalSession(tvm.cpu(0))
 
     def runner(self, evaluator_config: Any, timeout_s: float) -> Any:

@@ -53,3 +53,17 @@ def test_the_backend_and_the_tuning_runner_flush_denormals(restore_fp_env, tmp_p
 
     runner = backend.device.runner(ms.runner.EvaluatorConfig(number=1, repeat=1), 10.0)
     assert runner.pool._initializer is flush  # run once in each worker process before it times anything
+
+
+def test_a_local_measurement_session_flushes_again_what_another_library_turned_off(restore_fp_env):
+    """Creating an ONNX Runtime session at its defaults turns the flush off on this thread; the next local
+    measurement session turns it back on before anything is timed."""
+    pytest.importorskip("tvm")
+    from mpsearch.hardware.profile import load_profile
+    from mpsearch.hardware.session import make_device
+
+    if not flush_denormals():
+        pytest.skip("this CPU cannot flush denormals (not x86 with SSE3)")
+    torch.set_flush_denormal(False)  # as an ONNX Runtime session's creation leaves it
+    with make_device(load_profile("host_cpu_1t")).session():
+        assert _flushed()
