@@ -67,8 +67,9 @@ def best_llvm_cpu(detected: str, host: frozenset[str], cpus: dict[str, frozenset
     LLVM names a CPU by its model number, and a virtual machine may report one that does not match its
     features: a Sapphire Rapids Xeon VM (AMX, AVX-512 FP16 and BF16, AVX-VNNI) reporting Rocket Lake's
     model number is compiled for ``rocketlake``, and its tuned EfficientNet-Lite0 ran 4.7% slower in
-    FP32 than compiled for ``sapphirerapids`` (one thread, same tuning budget; ``emeraldrapids``, which
-    LLVM gives the same features, is the name chosen)."""
+    FP32 than compiled for ``sapphirerapids`` (one thread, same tuning budget, measured before denormals
+    were flushed: :mod:`.fpenv`); ``emeraldrapids``, which LLVM gives the same features, is the name
+    chosen."""
     fits = {name: isa for name, isa in cpus.items() if isa <= host}
     if not host or not fits:  # nothing known of the host: LLVM's guess
         return detected

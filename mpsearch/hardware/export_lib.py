@@ -25,8 +25,8 @@ import numpy as np
 
 from mpsearch.candidate import Candidate
 from mpsearch.errors import ConfigError, HardwareError
-from mpsearch.hardware.profile import HwProfile
 from mpsearch.hardware.fpenv import flush_denormals
+from mpsearch.hardware.profile import HwProfile
 from mpsearch.quant.prepare import InputSpec, PreparedModel, input_arrays
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,9 @@ The bits belong to a thread and a new thread starts with its creator's: they are
 starts TVM's pool before it starts it (:func:`mpsearch.hardware.export_lib.use_threads`, the backend,
 :mod:`mpsearch.deploy`), in MetaSchedule's runner processes (their initializer), and again before each
 measurement and each call of a loaded library, as other libraries reset them: creating an ONNX Runtime
-session turns them off on the calling thread unless its ``session.set_denormal_as_zero`` is set."""
+session turns them off on the calling thread unless its ``session.set_denormal_as_zero`` is set. Not
+set: TVM's RPC servers (a board, or the loopback server of ``measure.timeout_s``), which run kernels
+in processes of their own."""
 
 from __future__ import annotations
 

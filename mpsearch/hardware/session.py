@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from mpsearch.errors import HardwareError
+from mpsearch.hardware.fpenv import flush_denormals
 from mpsearch.hardware.profile import HwProfile, MeasureSettings
 
 log = logging.getLogger(__name__)
@@ -314,15 +315,11 @@ class LocalDevice(Device):
     def session(self) -> Iterator[Session]:
         import tvm
 
-        from mpsearch.hardware.fpenv import flush_denormals
-
         flush_denormals()  # again: whatever ran since (an ONNX Runtime session) may have turned it off
         yield LocalSession(tvm.cpu(0))
 
     def runner(self, evaluator_config: Any, timeout_s: float) -> Any:
         from tvm.s_tir import meta_schedule as ms
-
-        from mpsearch.hardware.fpenv import flush_denormals
 
         # timed as the measurements and the deployed model run: denormals flushed (fpenv.py)
         return ms.runner.LocalRunner(timeout_sec=timeout_s, evaluator_config=evaluator_config,
