@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import BenchmarkResult, median_time_s
+from mpsearch.hardware.fpenv import denormals_flushed
 from mpsearch.report.markdown import markdown_table
 
 NAME = "baselines"
@@ -128,7 +129,8 @@ def ort_session(path: Path, threads: int, profile_prefix: str | None = None) -> 
     so.add_session_config_entry("session.set_denormal_as_zero", "1")
     if profile_prefix is not None:
         so.enable_profiling, so.profile_file_prefix = True, profile_prefix
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    with denormals_flushed():  # the session sets the flush on this thread: as it was after (a test's thread)
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def tvm_vm(backend: Any, prepared: Any, candidate: Any, ranges: Any, batch: int, xs: list[np.ndarray],
@@ -158,7 +160,9 @@ def tvm_vm(backend: Any, prepared: Any, candidate: Any, ranges: Any, batch: int,
             layers_s = sum(_latency(r) for r in backend.measure_kernels(kernels).values())
             backend.tune_model_ops([lowered], layers_s)
         exe, lowered, _ = backend._compile(prepared, candidate, ranges, batch=batch, keep=64, lowered=lowered)
-    flush_denormals()  # again: ONNX Runtime's quantization tools create sessions that turn it off
+    # for good in a benchmark's process, whose kernels run as mpsearch measures them (fpenv.py); again after
+    # ONNX Runtime's quantization tools, whose sessions turn it off
+    flush_denormals()
     dev = tvm.cpu()
     vm = tvm.relax.VirtualMachine(exe, dev)
     vm.set_input("main", *[tvm.runtime.tensor(a, dev) for a in [*xs, *lowered.params]])

@@ -59,10 +59,14 @@ def tiny_export(tmp_path_factory, tiny_prepared, tiny_ranges) -> Export:
 
 @pytest.mark.tvm
 def test_deployed_model_equals_the_verification_run(tiny_export: Export) -> None:
+    from mpsearch.hardware.fpenv import flushed
+
+    was = flushed()
     model = deploy.load(tiny_export.dir)
     out = model(tiny_export.x)
     assert isinstance(out, np.ndarray) and out.shape == (24, 3)
     assert np.array_equal(out, tiny_export.verified)
+    assert flushed() == was  # the call ran with denormals flushed (fpenv.py), and left this thread as it was
     # and it is the candidate: the fake-quant model's arithmetic, up to float rounding
     scale = np.abs(tiny_export.fake_quant).max()
     assert np.abs(out - tiny_export.fake_quant).max() <= 1e-3 * scale

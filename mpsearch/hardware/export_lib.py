@@ -25,7 +25,7 @@ import numpy as np
 
 from mpsearch.candidate import Candidate
 from mpsearch.errors import ConfigError, HardwareError
-from mpsearch.hardware.fpenv import flush_denormals
+from mpsearch.hardware.fpenv import denormals_flushed
 from mpsearch.hardware.profile import HwProfile
 from mpsearch.quant.prepare import InputSpec, PreparedModel, input_arrays
 
@@ -45,10 +45,10 @@ def use_threads(threads: int) -> None:
     """
     import tvm
 
-    flush_denormals()  # before the pool's threads start: they inherit it
     os.environ["TVM_NUM_THREADS"] = str(max(threads, os.cpu_count() or 1))
-    tvm.runtime.num_threads()  # starts the pool, with every core, unless something started it before
-    tvm.get_global_func("runtime.config_threadpool")(_AFFINITY_BIG, threads)
+    with denormals_flushed():  # the pool's threads keep the flush they start with (fpenv.py)
+        tvm.runtime.num_threads()  # starts the pool, with every core, unless something started it before
+        tvm.get_global_func("runtime.config_threadpool")(_AFFINITY_BIG, threads)
     os.environ["TVM_NUM_THREADS"] = str(threads)  # what subprocesses (MetaSchedule's runners) inherit
     actual = tvm.runtime.num_threads()
     if actual != threads:
@@ -133,7 +133,6 @@ class LoadedLibrary:
                  inputs: Sequence[InputSpec] | None = None) -> None:
         import tvm
 
-        flush_denormals()  # as the library was tuned and measured (fpenv.py)
         if threads:
             use_threads(threads)
         try:
@@ -155,10 +154,10 @@ class LoadedLibrary:
                 raise ConfigError(f"{len(inputs)} input arrays given; this library takes one")
             specs = (InputSpec((1, *np.shape(inputs[0])[1:])),)
         arrays = input_arrays(specs, inputs)
-        flush_denormals()  # again: another library (ONNX Runtime) may have turned it off since
         tensor = self._tvm.runtime.tensor
-        outs = [self.vm["main"](*[tensor(a[i:i + 1], self.device) for a in arrays], *self.args).numpy()
-                for i in range(len(arrays[0]))]
+        with denormals_flushed():  # as the library was tuned and measured (fpenv.py)
+            outs = [self.vm["main"](*[tensor(a[i:i + 1], self.device) for a in arrays], *self.args).numpy()
+                    for i in range(len(arrays[0]))]
         return np.concatenate(outs) if outs else np.zeros((0,), dtype="float32")
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from mpsearch.errors import HardwareError
-from mpsearch.hardware.fpenv import flush_denormals
+from mpsearch.hardware.fpenv import denormals_flushed, flush_denormals
 from mpsearch.hardware.profile import HwProfile, MeasureSettings
 
 log = logging.getLogger(__name__)
@@ -315,8 +315,8 @@ class LocalDevice(Device):
     def session(self) -> Iterator[Session]:
         import tvm
 
-        flush_denormals()  # again: whatever ran since (an ONNX Runtime session) may have turned it off
-        yield LocalSession(tvm.cpu(0))
+        with denormals_flushed():  # what is timed runs as the deployed model does (fpenv.py)
+            yield LocalSession(tvm.cpu(0))
 
     def runner(self, evaluator_config: Any, timeout_s: float) -> Any:
         from tvm.s_tir import meta_schedule as ms

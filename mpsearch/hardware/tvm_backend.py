@@ -29,7 +29,6 @@ from mpsearch.candidate import Bits, Candidate, random_candidates
 from mpsearch.errors import ConfigError, HardwareError
 from mpsearch.hardware.base import Backend, LayerCostTable, Measurement
 from mpsearch.hardware.cpu import host_llvm_cpu
-from mpsearch.hardware.fpenv import flush_denormals
 from mpsearch.hardware.profile import HwProfile
 from mpsearch.hardware.session import LoopbackDevice, Session, make_device
 from mpsearch.hashing import content_hash
@@ -377,7 +376,6 @@ class TVMBackend(Backend):
         self.profile = profile
         threads = profile.resolved_threads()
         os.environ["TVM_NUM_THREADS"] = str(threads)
-        flush_denormals()  # this thread runs kernels, and starts TVM's pool (fpenv.py)
         _import_tvm()
         self.target = resolve_target(profile)
         from mpsearch.hardware.kernels import dot_isa
