@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import BenchmarkResult, median_time_s
-from mpsearch.hardware.fpenv import denormals_flushed
+from mpsearch.hardware.fpenv import denormals_flushed, flush_denormals
 from mpsearch.report.markdown import markdown_table
 
 NAME = "baselines"
@@ -141,7 +141,6 @@ def tvm_vm(backend: Any, prepared: Any, candidate: Any, ranges: Any, batch: int,
     sample inside one call (:func:`~mpsearch.hardware.lowering.per_sample`; the search's batch-1 kernels)."""
     import tvm
 
-    from mpsearch.hardware.fpenv import flush_denormals
     from mpsearch.hardware.lowering import per_sample as per_sample_module
     from mpsearch.hardware.tvm_backend import _hash_mod, _latency
 

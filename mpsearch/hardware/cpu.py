@@ -4,7 +4,9 @@ descriptions (:mod:`.tvm_backend`), benchmark headers, and the LLVM CPU a host t
 
 from __future__ import annotations
 
+import functools
 import platform
+from collections.abc import Iterable
 from pathlib import Path
 
 # the SIMD features that decide which kernels and dot instructions a host runs (x86, then aarch64)
@@ -44,8 +46,8 @@ X86_ISA = frozenset({
 })
 
 
-def _isa(features: object) -> frozenset[str]:
-    return frozenset(f.lower().replace("_", "").replace("-", "") for f in features) & X86_ISA  # type: ignore[attr-defined]
+def _isa(features: Iterable[str]) -> frozenset[str]:
+    return frozenset(f.lower().replace("_", "").replace("-", "") for f in features) & X86_ISA
 
 
 def host_isa() -> frozenset[str]:
@@ -79,9 +81,10 @@ def best_llvm_cpu(detected: str, host: frozenset[str], cpus: dict[str, frozenset
     return min(name for name, isa in fits.items() if len(isa) == most)
 
 
+@functools.cache
 def host_llvm_cpu() -> str:
     """The LLVM CPU name a host target (``mcpu: auto``) compiles for: :func:`best_llvm_cpu` of LLVM's
-    guess on x86, LLVM's guess elsewhere (imports TVM)."""
+    guess on x86, LLVM's guess elsewhere (imports TVM; the host does not change, so once a process)."""
     import tvm
     from tvm.target import codegen
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from mpsearch.errors import HardwareError
+from mpsearch.hardware.cpu import host_llvm_cpu
 from mpsearch.hardware.fpenv import denormals_flushed, flush_denormals
 from mpsearch.hardware.profile import HwProfile, MeasureSettings
 
@@ -301,8 +302,6 @@ class LocalDevice(Device):
         mcpu = self.profile.cpu_target.get("mcpu", "auto")
         if mcpu != "auto":
             import tvm
-
-            from mpsearch.hardware.cpu import host_llvm_cpu
 
             host = host_llvm_cpu()
             if mcpu not in (host, tvm.target.codegen.llvm_get_system_cpu()):
