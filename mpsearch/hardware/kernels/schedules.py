@@ -130,15 +130,23 @@ def _tile_of(sch: Any, loop: Any, blocks: int, tile: int | None) -> int:
     return tile
 
 
-def _parallel_vectorized(sch: Any, block: Any, inner: int) -> None:
-    """Parallel over the outer loops of ``block``, vectorized over its ``inner`` innermost ones."""
+def _spread(sch: Any, loop: Any, parallel: bool) -> None:
+    """``loop`` run in parallel by TVM's thread pool, unless ``parallel`` is off (a one-core target: see
+    :func:`conv_space`), where it stays a plain loop."""
+    if parallel:
+        sch.parallel(loop)
+
+
+def _parallel_vectorized(sch: Any, block: Any, inner: int, parallel: bool = True) -> None:
+    """Parallel (:func:`_spread`) over the outer loops of ``block``, vectorized over its ``inner``
+    innermost ones."""
     loops = sch.get_loops(block)
     if len(loops) > inner:
-        sch.parallel(sch.fuse(*loops[:-inner]))
+        _spread(sch, sch.fuse(*loops[:-inner]), parallel)
     sch.vectorize(sch.fuse(*loops[-inner:]) if inner > 1 else loops[-1])
 
 
-def schedule_conv(sch: Any, intrinsic: str, blocks: int = 1, tile: int | None = None) -> None:
+def schedule_conv(sch: Any, intrinsic: str, blocks: int = 1, tile: int | None = None, parallel: bool = True) -> None:
     """Schedule a blocked int8 conv or linear kernel in place (the module docstring's recipe; a linear
     layer's rows are the pixels), each tile ``tile`` pixels (one of :func:`pixel_tiles`; None: the
     widest) by ``blocks`` 16-lane channel tiles (:func:`channel_blocks`): its ``xb x blocks`` dots reuse
@@ -146,16 +154,16 @@ def schedule_conv(sch: Any, intrinsic: str, blocks: int = 1, tile: int | None = 
     192 -> 1152 at 7x7 64 -> 49 us (2 blocks), 1152 -> 192 82 -> 69 us, 24 -> 144 at 56x56 182 -> 162 us."""
     dot = sch.get_sblock("dot")
     if len(sch.get_loops(dot)) == 5:
-        _schedule_linear(sch, dot, intrinsic, blocks, tile)
+        _schedule_linear(sch, dot, intrinsic, blocks, tile, parallel)
         return
     b, oc, y, x, oi, c2, ry, rx, ci = sch.get_loops(dot)
     xo, xi = sch.split(x, [None, _tile_of(sch, x, blocks, tile)])
     oc, ob = sch.split(oc, [None, blocks])
     sch.reorder(b, oc, y, xo, c2, ry, rx, xi, ob, oi, ci)
     _epilogue_at(sch, xo, "int32")
-    sch.parallel(sch.fuse(b, oc, y))
+    _spread(sch, sch.fuse(b, oc, y), parallel)
     sch.unroll(ob)
-    _tensorize_tile(sch, oi, c2, xi, intrinsic)
+    _tensorize_tile(sch, oi, c2, xi, intrinsic, parallel)
 
 
 def _epilogue_at(sch: Any, tile: Any, dtype: str) -> None:
@@ -179,7 +187,7 @@ def _epilogue_at(sch: Any, tile: Any, dtype: str) -> None:
             sch.tensorize(lanes, unblock_intrinsic(rows, dtype))
 
 
-def _schedule_linear(sch: Any, dot: Any, intrinsic: str, blocks: int, tile: int | None) -> None:
+def _schedule_linear(sch: Any, dot: Any, intrinsic: str, blocks: int, tile: int | None, parallel: bool) -> None:
     """:func:`schedule_conv` for a linear layer: tiles of rows x ``blocks`` x 16 output lanes of int32
     accumulators across the whole reduction, lane tiles and row tiles in parallel."""
     m, oc, oi, k2, ki = sch.get_loops(dot)
@@ -189,12 +197,12 @@ def _schedule_linear(sch: Any, dot: Any, intrinsic: str, blocks: int, tile: int 
     out = sch.get_sblock("epilogue")
     sch.reverse_compute_at(out, mo, preserve_unit_loops=True)
     sch.vectorize(sch.get_loops(out)[-1])
-    sch.parallel(sch.fuse(oc, mo))
+    _spread(sch, sch.fuse(oc, mo), parallel)
     sch.unroll(ob)
-    _tensorize_tile(sch, oi, k2, mi, intrinsic)
+    _tensorize_tile(sch, oi, k2, mi, intrinsic, parallel)
 
 
-def _tensorize_tile(sch: Any, lanes: Any, reduction: Any, tile: Any, intrinsic: str) -> None:
+def _tensorize_tile(sch: Any, lanes: Any, reduction: Any, tile: Any, intrinsic: str, parallel: bool) -> None:
     """The dot under ``lanes`` as one ``intrinsic`` call, its zeroing outside ``reduction``, the tile's
     pixels (rows) unrolled; the input quantized (and int4 weights unpacked) once, vectorized."""
     dots = sch.blockize(lanes)
@@ -202,11 +210,11 @@ def _tensorize_tile(sch: Any, lanes: Any, reduction: Any, tile: Any, intrinsic: 
     sch.tensorize(dots, intrinsic)
     sch.unroll(tile)
     quantize = sch.get_sblock("quantize")  # (..., column or channel groups, group), or (..., column) of words
-    _parallel_vectorized(sch, quantize, 1 if str(sch.get(quantize).writes[0].source.dtype) == "uint32" else 2)
+    _parallel_vectorized(sch, quantize, 1 if str(sch.get(quantize).writes[0].source.dtype) == "uint32" else 2, parallel)
     if _has_block(sch, "unpack_int4"):  # int4 weights: each 16-lane tile unpacked in registers
         unpack = sch.get_sblock("unpack_int4")
         *outer, lanes, group = sch.get_loops(unpack)
-        sch.parallel(sch.fuse(*outer))
+        _spread(sch, sch.fuse(*outer), parallel)
         sch.tensorize(lanes, unpack_intrinsic(int(sch.get(group).extent)))
 
 
@@ -216,7 +224,7 @@ def row_tiles(height: int) -> list[int]:
     return [d for d in range(1, min(height, MAX_DEPTHWISE_ROWS) + 1) if height % d == 0]
 
 
-def schedule_depthwise(sch: Any, in_order: bool = False) -> None:
+def schedule_depthwise(sch: Any, in_order: bool = False, parallel: bool = True) -> None:
     """Schedule an integer or fp32 depthwise conv kernel (:func:`~.integer.depthwise_dot`) in place:
     channels in parallel; each channel's input quantized (fp32: copied) and padded into its phase-split
     rows just before its rows are computed, so the staged copy (a channel of a 112x112 map: 51 KB) is
@@ -254,7 +262,7 @@ def schedule_depthwise(sch: Any, in_order: bool = False) -> None:
     sch.unroll(rx)
     sch.unroll(ry)
     channels = sch.fuse(b, c)
-    sch.parallel(channels)
+    _spread(sch, channels, parallel)
     staged = sch.get_sblock("quantize" if _has_block(sch, "quantize") else "pad")  # integer codes, or fp32 values
     sch.compute_at(staged, channels, preserve_unit_loops=True)
     *_, phase, column = sch.get_loops(staged)
@@ -265,7 +273,7 @@ def schedule_depthwise(sch: Any, in_order: bool = False) -> None:
     sch.decompose_reduction(conv, ry)
 
 
-def schedule_float_conv(sch: Any, blocks: int = 1, tile: int | None = None) -> None:
+def schedule_float_conv(sch: Any, blocks: int = 1, tile: int | None = None, parallel: bool = True) -> None:
     """Schedule a blocked fp32 conv kernel (:func:`~.integer.float_blocked_conv`) in place, as
     :func:`schedule_conv` does the int8 one: output rows (and channel blocks) in parallel, each row split
     into tiles of ``xb`` pixels whose ``xb x 16 x blocks`` fp32 accumulators stay in vector registers
@@ -280,24 +288,24 @@ def schedule_float_conv(sch: Any, blocks: int = 1, tile: int | None = None) -> N
     101 us; a 16 -> 96 expansion at 112x112 (its output write the bound) gains nothing."""
     dot = sch.get_sblock("fdot")
     if len(sch.get_loops(dot)) == 4:  # a linear layer: its rows are the pixels
-        _schedule_float_linear(sch, dot, blocks, tile)
+        _schedule_float_linear(sch, dot, blocks, tile, parallel)
         return
     b, oc, y, x, oi, rc, ry, rx = sch.get_loops(dot)
     xo, xi = sch.split(x, [None, _tile_of(sch, x, blocks, tile)])
     oc, ob = sch.split(oc, [None, blocks])
     sch.reorder(b, oc, y, xo, rc, ry, rx, xi, ob, oi)
     _epilogue_at(sch, xo, "float32")
-    sch.parallel(sch.fuse(b, oc, y))
+    _spread(sch, sch.fuse(b, oc, y), parallel)
     sch.unroll(xi)
     sch.unroll(ob)
     sch.vectorize(oi)
     init = sch.decompose_reduction(dot, rc)
     sch.vectorize(sch.get_loops(init)[-1])
     if _has_block(sch, "pad"):
-        _parallel_vectorized(sch, sch.get_sblock("pad"), 1)
+        _parallel_vectorized(sch, sch.get_sblock("pad"), 1, parallel)
 
 
-def _schedule_float_linear(sch: Any, dot: Any, blocks: int, tile: int | None) -> None:
+def _schedule_float_linear(sch: Any, dot: Any, blocks: int, tile: int | None, parallel: bool) -> None:
     """:func:`schedule_float_conv` for a linear layer: tiles of rows x ``blocks`` x 16 output channels of
     accumulators across the whole reduction, channel blocks and row tiles in parallel."""
     m, oc, oi, k = sch.get_loops(dot)
@@ -307,7 +315,7 @@ def _schedule_float_linear(sch: Any, dot: Any, blocks: int, tile: int | None) ->
     out = sch.get_sblock("epilogue")
     sch.reverse_compute_at(out, mo, preserve_unit_loops=True)
     sch.vectorize(sch.get_loops(out)[-1])
-    sch.parallel(sch.fuse(oc, mo))
+    _spread(sch, sch.fuse(oc, mo), parallel)
     sch.unroll(mi)
     sch.unroll(ob)
     sch.vectorize(oi)
@@ -315,7 +323,7 @@ def _schedule_float_linear(sch: Any, dot: Any, blocks: int, tile: int | None) ->
     sch.vectorize(sch.get_loops(init)[-1])
 
 
-def conv_space(dot_isa: str) -> Callable[[Any], list[Any]]:
+def conv_space(dot_isa: str, parallel: bool = True) -> Callable[[Any], list[Any]]:
     """The design space of a blocked int8 conv kernel on a target with ``dot_isa`` (the schedule of
     :func:`schedule_conv`), of a blocked fp32 one (:func:`schedule_float_conv`) or of an integer or fp32
     depthwise one (:func:`schedule_depthwise`), at least ``COPIES`` times, so that replay-trace samples
@@ -324,24 +332,29 @@ def conv_space(dot_isa: str) -> Callable[[Any], list[Any]]:
     The blocked recipes' copies enumerate their choices: each (channel blocks, tile width) pair is a
     copy of its own (cycled to ``COPIES``), none a sampled decision, so every replay of a copy applies
     (:func:`_tile_of`). The depthwise recipe samples its tile, as replays of it always apply; a
-    strided one's copies alternate between its two ways of staging the input."""
+    strided one's copies alternate between its two ways of staging the input.
+
+    ``parallel`` off (a target of one core, ``num-cores`` 1): no loop is handed to TVM's thread pool.
+    With one thread the pool runs the loop on the calling thread anyway, and each parallel region still
+    cost a launch: ResNet-20's 16 -> 16 int8 conv at 28x28 (three regions: quantize, int4 unpack, the
+    tiles) ran 12.7 us parallel, 11.1 us plain (one thread of a Sapphire Rapids Xeon)."""
 
     def space(sch: Any) -> list[Any]:
         if _has_block(sch, "depthwise"):
             staged = sch.get_sblock("quantize" if _has_block(sch, "quantize") else "pad")
             strided = int(sch.get(sch.get_loops(staged)[-2]).extent) > 1  # the staged input's phases
-            recipes: list[Callable[[Any], None]] = [schedule_depthwise]
+            recipes: list[Callable[[Any], None]] = [functools.partial(schedule_depthwise, parallel=parallel)]
             if strided:
-                recipes.append(functools.partial(schedule_depthwise, in_order=True))
+                recipes.append(functools.partial(schedule_depthwise, in_order=True, parallel=parallel))
         else:
             if _has_block(sch, "fdot"):
-                block, recipe = sch.get_sblock("fdot"), schedule_float_conv
+                block, recipe = sch.get_sblock("fdot"), functools.partial(schedule_float_conv, parallel=parallel)
             else:
                 block = _dot_block(sch)
                 intrinsic = _intrinsic(sch, dot_isa) if block is not None else None
                 if intrinsic is None:
                     return []
-                recipe = functools.partial(schedule_conv, intrinsic=intrinsic)
+                recipe = functools.partial(schedule_conv, intrinsic=intrinsic, parallel=parallel)
             iters = sch.get(block).iter_vars
             o_tiles = int(iters[1].dom.extent)  # the 16-lane output-channel tiles
             linear = sum(int(v.iter_type) == 0 for v in iters) == 3  # rows, lane tiles, lanes
