@@ -112,7 +112,7 @@ def space_generator(target: Any, mod: Any = None) -> Any:
     the same rules tensorize with the sdot / usdot 16x4 dots and i8mm's smmla / usmmla 2x16x8 tiles
     (``kernels.dot_intrinsics_for``). On x86, beside that space, the hand-built one of the blocked int8
     convs (:func:`~mpsearch.hardware.kernels.schedules.conv_space`): MetaSchedule samples both and keeps
-    the faster schedule. A target of one core (``num-cores`` 1) gets no parallel loop in either."""
+    the faster schedule. On a target of one core (``num-cores`` 1) the hand-built one has no parallel loop."""
     from mpsearch.hardware.kernels import dot_intrinsics_for, dot_isa
     from mpsearch.hardware.kernels.schedules import conv_space
     from mpsearch.hardware.kernels.spec import ARM_DOT_ISAS
@@ -126,8 +126,10 @@ def space_generator(target: Any, mod: Any = None) -> Any:
     if not intrins:
         return "post-order-apply"
     r, p = ms.schedule_rule, ms.postproc
-    # one core (the profile's threads: 1): no loop goes to TVM's thread pool, whose every parallel region
-    # costs a launch even when its one thread runs it (conv_space)
+    # one core (the profile's threads: 1): the hand-built space hands no loop to TVM's thread pool, whose
+    # every parallel region costs a launch even when its one thread runs it (conv_space). The generic
+    # space keeps its parallel rule: without it (max_jobs_per_core=-1), a tuned record of a zoo
+    # EfficientNet kernel failed to replay from the database ("old_outputs.size() == new_outputs.size()")
     parallel = int(target.attrs.get("num-cores", 0)) != 1
     write_reuse = r.ReuseType(req="may", levels=[1, 2], scope="global")
     rules = [
@@ -139,7 +141,7 @@ def space_generator(target: Any, mod: Any = None) -> Any:
         *[r.MultiLevelTilingWithIntrin(name, structure="SSRSRS", max_innermost_factor=64, reuse_write=write_reuse)
           for name in intrins],
         r.MultiLevelTiling(structure="SSRSRS", max_innermost_factor=64, reuse_write=write_reuse),
-        r.ParallelizeVectorizeUnroll(max_jobs_per_core=16 if parallel else -1, max_vectorize_extent=64,
+        r.ParallelizeVectorizeUnroll(max_jobs_per_core=16, max_vectorize_extent=64,
                                      unroll_max_steps=[0, 16, 64, 512], unroll_explicit=True),
         r.RandomComputeLocation(),
     ]
