@@ -126,11 +126,6 @@ def space_generator(target: Any, mod: Any = None) -> Any:
     if not intrins:
         return "post-order-apply"
     r, p = ms.schedule_rule, ms.postproc
-    # one core (the profile's threads: 1): the hand-built space hands no loop to TVM's thread pool, whose
-    # every parallel region costs a launch even when its one thread runs it (conv_space). The generic
-    # space keeps its parallel rule: without it (max_jobs_per_core=-1), a tuned record of a zoo
-    # EfficientNet kernel failed to replay from the database ("old_outputs.size() == new_outputs.size()")
-    parallel = int(target.attrs.get("num-cores", 0)) != 1
     write_reuse = r.ReuseType(req="may", levels=[1, 2], scope="global")
     rules = [
         r.ApplyCustomRule(),
@@ -155,6 +150,11 @@ def space_generator(target: Any, mod: Any = None) -> Any:
         return generic
     # beside it, the hand-built space of blocked int8 convs (kernels/schedules.py): both are sampled,
     # the faster schedule is kept
+    # one core (the profile's threads: 1): the hand-built space hands no loop to TVM's thread pool, whose
+    # every parallel region costs a launch even when its one thread runs it (conv_space). The generic
+    # space keeps its parallel rule: without it (max_jobs_per_core=-1), a tuned record of a zoo
+    # EfficientNet kernel failed to replay from the database ("old_outputs.size() == new_outputs.size()")
+    parallel = int(target.attrs.get("num-cores", 0)) != 1
     template = ms.space_generator.ScheduleFn(conv_space(dot_isa(target), parallel), sch_rules=[], postprocs=[],
                                              mutator_probs={})
     return ms.space_generator.SpaceGeneratorUnion([generic, template], sch_rules=[], postprocs=postprocs,

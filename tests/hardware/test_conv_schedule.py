@@ -319,7 +319,6 @@ def test_tuning_samples_the_hand_built_space_beside_the_generic_one():
             s_tir.Schedule(_mod(spec), seed=7), remove_postproc=True)
 
 
-
 @pytest.mark.parametrize("cores", [1, 2])
 def test_a_one_core_target_hands_no_loop_to_the_thread_pool(cores):
     """On a target of one core (``num-cores`` 1: the profile's threads) no hand-built design space runs
@@ -342,6 +341,7 @@ def test_a_one_core_target_hands_no_loop_to_the_thread_pool(cores):
     want = _run(tvm.compile(mod, target=_host()).jit(), arrays)
     for sch in hand[:2]:
         np.testing.assert_array_equal(_run(tvm.compile(sch.mod, target=_host()).jit(), arrays), want)
+
 
 @pytest.mark.parametrize("dtype", ["int32", "float32"])
 def test_unblock_intrinsic_transposes_every_tile_width(dtype):

@@ -137,7 +137,7 @@ def _spread(sch: Any, loop: Any, parallel: bool) -> None:
         sch.parallel(loop)
 
 
-def _parallel_vectorized(sch: Any, block: Any, inner: int, parallel: bool = True) -> None:
+def _parallel_vectorized(sch: Any, block: Any, inner: int, parallel: bool) -> None:
     """Parallel (:func:`_spread`) over the outer loops of ``block``, vectorized over its ``inner``
     innermost ones."""
     loops = sch.get_loops(block)
