@@ -60,9 +60,13 @@ class MeasureSettings:
 
 @dataclass(frozen=True)
 class TuningSettings:
-    """MetaSchedule settings. ``trials_per_task`` is the budget each kernel gets."""
+    """MetaSchedule settings. ``trials_per_task`` is the budget each layer kernel gets; the ops outside
+    the layer kernels that are worth tuning (attention's matmuls, softmax, LayerNorm, GELU: see
+    ``TVMBackend.tune_model_ops``) get ``op_trials_factor`` times as many, as every candidate runs them
+    and a model has few of them (all-MiniLM-L6-v2: 5 such ops beside 36 layers x every bit pair's kernel)."""
 
     trials_per_task: int = 8
+    op_trials_factor: int = 8
     trials_per_iter: int = 8
     strategy: str = "replay-trace"
     builder_timeout_s: float = 300.0
@@ -277,8 +281,8 @@ def _validate(p: HwProfile, where: str) -> HwProfile:
                           "use at least 1 (seconds), or 0 for no timeout")
     if p.measure.calibration_candidates < 0:
         raise ConfigError(f"{where}.measure.calibration_candidates: must be >= 0 (0 calibrates on uniform candidates only)")
-    if p.tuning.trials_per_task < 1 or p.tuning.trials_per_iter < 1:
-        raise ConfigError(f"{where}.tuning: trials_per_task and trials_per_iter must be at least 1")
+    if p.tuning.trials_per_task < 1 or p.tuning.trials_per_iter < 1 or p.tuning.op_trials_factor < 1:
+        raise ConfigError(f"{where}.tuning: trials_per_task, trials_per_iter and op_trials_factor must be at least 1")
     if p.device == "rpc" and (p.rpc is None or not p.rpc.key):
         raise ConfigError(f"{where}: device 'rpc' needs an rpc section with tracker_host, tracker_port and key")
     if p.rpc is not None:

@@ -72,6 +72,9 @@ def test_tuned_model_ops_are_the_functions_the_compiled_model_runs(model, monkey
     done = backend.tune_model_ops([lowered], layers_s=0.0)
     assert done["ops"] == len(ops) and done["tuned"] == [ops[largest][0]]
     assert backend.stats["tuned_model_ops"] == 1 and backend.stats["tuned_kernels"] == 0
+    # every candidate runs it: tuned with op_trials_factor times a layer kernel's trials (2 x 8)
+    t = backend.profile.tuning
+    assert backend._trials_done(ops[largest][1]) >= tvm_backend.TUNED_SHARE * t.trials_per_task * t.op_trials_factor
     # what was tuned is exactly what compile_relax now takes from the database
     assert _scheduled(backend, lowered) == {ops[largest][0]}
     # timings made with the untuned op are not reused for the model that runs the tuned one

@@ -62,6 +62,7 @@ def test_overrides_and_defaults(tmp_path: Path) -> None:
         ("name: x\ntarget: {kind: llvm}\ndevice: rpc\n", "needs an rpc section"),
         ("name: x\ntarget: {kind: llvm}\ntuning: {strategy: magic}\n", "strategy: 'magic'"),
         ("name: x\ntarget: {kind: llvm}\nmeasure: {repeat: 0}\n", "at least 1"),
+        ("name: x\ntarget: {kind: llvm}\ntuning: {op_trials_factor: 0}\n", "op_trials_factor must be at least 1"),
         ("name: x\ntarget: {kind: llvm}\nmeasure: {timeout_s: 0.5}\n", "measure.timeout_s: 0.5 is too short"),
         ("name: x\ntarget: {kind: llvm}\nmeasure: {timeout_s: forever}\n", "measure.timeout_s: expected float"),
         ("name: x\ntarget: {kind: llvm}\nmeasure: [1, 2]\n", "expected a mapping"),
