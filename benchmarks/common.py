@@ -74,6 +74,17 @@ def pin_threads(threads: int) -> int:
     return n
 
 
+def host_profile(threads: int) -> Any:
+    """The ``host_cpu`` profile for ``threads`` pinned threads: kernels built for that many cores (a
+    target of one core gets kernels with no parallel region, whose launch costs even one thread) and
+    TVM's pool of that size (``TVMBackend`` sets it from the profile)."""
+    import dataclasses
+
+    from mpsearch.hardware.profile import load_profile
+
+    return dataclasses.replace(load_profile("host_cpu"), threads=threads)
+
+
 def median_time_s(fn: Callable[[], Any], repeat: int = 7, number: int = 10, warmup: int = 2) -> tuple[float, float]:
     """Median and standard deviation of the per-call time of ``fn`` over ``repeat`` batches of ``number``."""
     for _ in range(warmup):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.cases import CASES
-from benchmarks.common import BenchmarkResult
+from benchmarks.common import BenchmarkResult, host_profile
 from mpsearch.candidate import Candidate
 from mpsearch.candidate import random_candidates as draw_candidates
 from mpsearch.report.markdown import markdown_table
@@ -38,14 +38,13 @@ def random_candidates(layers: list[str], pairs: list, n: int, seed: int, exclude
 
 
 def run(args: argparse.Namespace) -> BenchmarkResult:
-    from mpsearch.hardware.profile import load_profile
     from mpsearch.hardware.tvm_backend import TVMBackend, calibration_candidates
 
     n = 4 if args.quick else args.candidates
     rounds = 3 if args.quick else args.rounds
     models = ["resnet20_fmnist"] if args.quick else args.models
     pairs = bit_pairs([4, 8, 32], [4, 8, 32])
-    profile = load_profile("host_cpu")
+    profile = host_profile(args.threads)
     backend = TVMBackend(profile, Path(args.cache_dir), progress=False)
     if not args.cached_timings:  # tuned schedules are reused; every timing below is taken in this run
         backend.record_timings_in(Path(tempfile.mkdtemp(prefix="mpsearch-bench-")) / "costs.jsonl")

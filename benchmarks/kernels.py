@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.common import BenchmarkResult
+from benchmarks.common import BenchmarkResult, host_profile
 from mpsearch.report.markdown import markdown_table
 
 NAME = "kernels"
@@ -44,10 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> BenchmarkResult:
     from mpsearch.hardware.kernels import KernelSpec
-    from mpsearch.hardware.profile import load_profile
     from mpsearch.hardware.tvm_backend import TVMBackend
 
-    profile = load_profile("host_cpu")
+    profile = host_profile(args.threads)
     trials = 2 if args.quick else args.trials
     profile = replace(profile, tuning=replace(profile.tuning, trials_per_task=trials,
                                               trials_per_iter=min(trials, profile.tuning.trials_per_iter)))

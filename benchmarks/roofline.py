@@ -2,8 +2,8 @@
 
 The roofs are measured here by micro-kernels TVM compiles for the profile's own target
 (``mpsearch/hardware/peaks.py``, which also measures the host profiles' ``peak: measure``), on one core
-(a compute or private-cache rate x the pinned threads; the kernels are timed on one core with
-``--threads 1``):
+(a compute or private-cache rate x the pinned threads; the kernels are tuned, built and timed for the
+pinned threads: with ``--threads 1``, one core and no parallel region):
 
 * compute: twelve independent 16-lane accumulator chains of one instruction sequence, operands in
   registers: the instruction's peak rate, not a library's. fp32: ``llvm.fma``. int8: each dot the
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from benchmarks.cases import CASES
-from benchmarks.common import BenchmarkResult, median_time_s
+from benchmarks.common import BenchmarkResult, host_profile, median_time_s
 from mpsearch.hardware.cpu import cpu_features
 from mpsearch.hardware.peaks import DOT_NAMES, DOTS, FMA, cache_levels, compute_peaks, read_bandwidths
 from mpsearch.report.markdown import markdown_table
@@ -108,13 +108,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> BenchmarkResult:
     from mpsearch.candidate import Candidate
-    from mpsearch.hardware.profile import load_profile
     from mpsearch.hardware.tvm_backend import TVMBackend
 
     case = CASES[args.model]()
     layers = case.prepared.layer_names
     pairs = [(32, 32), (8, 8)] if args.quick else bit_pairs([4, 8, 32], [4, 8, 32])
-    backend = TVMBackend(load_profile("host_cpu"), Path(args.cache_dir), progress=False)
+    backend = TVMBackend(host_profile(args.threads), Path(args.cache_dir), progress=False)
     levels = cache_levels()
     core = compute_peaks(backend.target, backend.dot_isa)
     core_bandwidth = read_bandwidths(backend.target, levels)
