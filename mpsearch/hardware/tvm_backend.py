@@ -115,8 +115,8 @@ def space_generator(target: Any, mod: Any = None) -> Any:
     codes, and which our kernels' NCHW reductions never matched anyway. On aarch64 with dotprod / i8mm
     the same rules tensorize with the sdot / usdot 16x4 dots and i8mm's smmla / usmmla 2x16x8 tiles
     (``kernels.dot_intrinsics_for``). On x86, beside that space, the hand-built one of the blocked int8
-    convs (:func:`~mpsearch.hardware.kernels.schedules.conv_space`): MetaSchedule samples both and keeps
-    the faster schedule. On a target of one core (``num-cores`` 1) the hand-built one has no parallel loop."""
+    convs and of a softmax (:func:`~mpsearch.hardware.kernels.schedules.conv_space`): MetaSchedule
+    samples both and keeps the faster schedule. On a target of one core (``num-cores`` 1) the hand-built one has no parallel loop."""
     from mpsearch.hardware.kernels import dot_intrinsics_for, dot_isa
     from mpsearch.hardware.kernels.schedules import conv_space
     from mpsearch.hardware.kernels.spec import ARM_DOT_ISAS

@@ -80,6 +80,30 @@ def test_tuned_model_ops_are_the_functions_the_compiled_model_runs(model, monkey
     # timings made with the untuned op are not reused for the model that runs the tuned one
     assert backend._e2e_key(lowered) != key_before
 
+@pytest.mark.parametrize("parallel", [False, True], ids=["one-core", "parallel"])
+def test_the_softmax_has_a_hand_built_schedule_that_computes_what_tvm_does(model, parallel: bool) -> None:
+    """The model's fused softmax (fast_softmax and the ops fused after it) gets a schedule of its own beside
+    MetaSchedule's generic space: its reductions vectorized over 16 lanes (rfactor), one row at a time; its
+    output equals TVM's default lowering of the same function."""
+    from mpsearch.hardware.kernels.schedules import conv_space
+
+    backend, lowered = model
+    name, mod, _ = next(op for op in backend.model_ops(lowered).values() if "fast_softmax" in op[0])
+    spaces = conv_space(backend.dot_isa or "avx512vnni", parallel)(tvm.s_tir.Schedule(mod))
+    assert spaces, name
+    script = spaces[0].mod.script()
+    assert "T_softmax_maxelem_rf_update" in script and "T_softmax_expsum_rf_update" in script
+    assert ("T.parallel" in script) == parallel
+    outs = []
+    with backend.session() as s:
+        for func in (spaces[0].mod, mod):
+            lib = tvm.compile(func, target=backend.target)
+            args = backend._random_args(mod["main"], s, seed=3)
+            lib["main"](*args)
+            outs.append(args[-1].numpy())
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("op, exact, lo, hi, tol", [
     ("exp", torch.exp, -80, 80, ("rel", 5e-6)),
     ("erf", torch.erf, -12, 12, ("abs", 2e-6)),

@@ -323,11 +323,54 @@ def _schedule_float_linear(sch: Any, dot: Any, blocks: int, tile: int | None, pa
     sch.vectorize(sch.get_loops(init)[-1])
 
 
+SOFTMAX_BLOCKS = ("T_softmax_maxelem", "T_fast_exp", "T_softmax_expsum")  # TOPI's fast_softmax (fast_math.py)
+
+
+def schedule_softmax(sch: Any, parallel: bool = True) -> None:
+    """Schedule a softmax over the last axis in place: TOPI's ``fast_softmax`` (mpsearch's fast_math
+    rewrite of every fp32 softmax) with whatever elementwise ops were fused after it (an attention
+    mask's select, a broadcast). One row at a time: its max, its ``exp(x - max)`` (kept in a row of
+    its own, read twice) and their sum, each one vectorized pass over the row, then the output row,
+    vectorized; rows in parallel unless ``parallel`` is off. The two reductions run 16 lanes at a time
+    (8 or 4 on rows of other widths): factored (``rfactor``) into a vector of partial results, one
+    vector operation per 16 elements, which are then reduced one by one. MetaSchedule's generic space at 8-64 trials left the reductions
+    scalar and computed ``exp`` twice (MiniLM's masked softmax, 12 x 128 x 128, one thread: 234 us)."""
+    names = set(SOFTMAX_BLOCKS)
+    maxelem, exp, expsum = (sch.get_sblock(n) for n in SOFTMAX_BLOCKS)
+    root = sch.get_sblock("root")
+    out = sch.get_child_blocks(root)[-1]
+    # vectors of 16 lanes, or 8 or 4 where a row holds no whole number of 16 (a loop split unevenly is
+    # guarded, and the factored reductions then summed the guarded-off lanes: wrong)
+    width = int(sch.get(sch.get_loops(maxelem)[-1]).extent)
+    lanes = next((n for n in (LANES, LANES // 2, LANES // 4) if width % n == 0), None)
+    if lanes is None:
+        raise ValueError(f"softmax rows of {width}: no whole number of 4-lane vectors")
+    for block in sch.get_child_blocks(root)[:-1]:  # the elementwise ops: computed where they are read
+        if sch.get(block).name_hint not in names:
+            sch.compute_inline(block)
+    partials = []
+    for block in (maxelem, expsum):  # factored while each is a loop nest of its own (rfactor needs it)
+        partials.append(sch.rfactor(sch.split(sch.get_loops(block)[-1], [None, lanes])[1], factor_axis=0))
+    *rows, last = sch.get_loops(out)
+    row = sch.fuse(*rows)
+    _spread(sch, row, parallel)
+    sch.vectorize(sch.split(last, [None, lanes])[1])
+    for block in (expsum, partials[1], exp, maxelem, partials[0]):  # each after all that read it
+        sch.compute_at(block, row, preserve_unit_loops=True)
+    sch.vectorize(sch.split(sch.get_loops(exp)[-1], [None, lanes])[1])
+    for partial in partials:  # under the row: (lanes, unit loops, reduction) -> (reduction, lanes), vectorized
+        vector, *_, reduction = sch.get_loops(partial)[1:]
+        sch.reorder(reduction, vector)
+        sch.vectorize(vector)
+        sch.decompose_reduction(partial, reduction)
+
+
 def conv_space(dot_isa: str, parallel: bool = True) -> Callable[[Any], list[Any]]:
     """The design space of a blocked int8 conv kernel on a target with ``dot_isa`` (the schedule of
     :func:`schedule_conv`), of a blocked fp32 one (:func:`schedule_float_conv`) or of an integer or fp32
-    depthwise one (:func:`schedule_depthwise`), at least ``COPIES`` times, so that replay-trace samples
-    it as often as a few of the generic space's sketches; no design space for any other kernel.
+    depthwise one (:func:`schedule_depthwise`), or of a softmax outside the layer kernels
+    (:func:`schedule_softmax`), at least ``COPIES`` times, so that replay-trace samples it as often as a
+    few of the generic space's sketches; no design space for any other kernel.
 
     The blocked recipes' copies enumerate their choices: each (channel blocks, tile width) pair is a
     copy of its own (cycled to ``COPIES``), none a sampled decision, so every replay of a copy applies
@@ -340,7 +383,9 @@ def conv_space(dot_isa: str, parallel: bool = True) -> Callable[[Any], list[Any]
     tiles) ran 12.7 us parallel, 11.1 us plain (one thread of a Sapphire Rapids Xeon)."""
 
     def space(sch: Any) -> list[Any]:
-        if _has_block(sch, "depthwise"):
+        if all(_has_block(sch, name) for name in SOFTMAX_BLOCKS):
+            recipes = [functools.partial(schedule_softmax, parallel=parallel)]
+        elif _has_block(sch, "depthwise"):
             staged = sch.get_sblock("quantize" if _has_block(sch, "quantize") else "pad")
             strided = int(sch.get(sch.get_loops(staged)[-2]).extent) > 1  # the staged input's phases
             recipes: list[Callable[[Any], None]] = [functools.partial(schedule_depthwise, parallel=parallel)]
@@ -376,5 +421,5 @@ def conv_space(dot_isa: str, parallel: bool = True) -> Callable[[Any], list[Any]
 
 
 __all__ = ["channel_blocks", "conv_space", "most_pixels", "pixel_tiles", "row_tiles", "schedule_conv", "schedule_depthwise",
-           "schedule_float_conv"]
+           "schedule_float_conv", "schedule_softmax"]
 
