@@ -116,7 +116,8 @@ def space_generator(target: Any, mod: Any = None) -> Any:
     the same rules tensorize with the sdot / usdot 16x4 dots and i8mm's smmla / usmmla 2x16x8 tiles
     (``kernels.dot_intrinsics_for``). On x86, beside that space, the hand-built one of the blocked int8
     convs and of a softmax (:func:`~mpsearch.hardware.kernels.schedules.conv_space`): MetaSchedule
-    samples both and keeps the faster schedule. On a target of one core (``num-cores`` 1) the hand-built one has no parallel loop."""
+    samples both and keeps the faster schedule. On a target of one core (``num-cores`` 1) the
+    hand-built one has no parallel loop."""
     from mpsearch.hardware.kernels import dot_intrinsics_for, dot_isa
     from mpsearch.hardware.kernels.schedules import conv_space
     from mpsearch.hardware.kernels.spec import ARM_DOT_ISAS
@@ -502,8 +503,9 @@ class TVMBackend(Backend):
         return list(self.db.get_top_k(self.db.commit_workload(mod), k))
 
     def _trials_done(self, mod: Any) -> int:
-        """Valid samples MetaSchedule has measured for ``mod`` (one record each in the database)."""
-        return len(self._top_records(mod, 1 << 20))
+        """Valid samples MetaSchedule has measured for ``mod``: its distinct schedules in the database (a
+        schedule :meth:`_promote` committed again is one sample)."""
+        return len({str(r.as_json()[0]) for r in self._top_records(mod, 1 << 20)})
 
     def schedule_id(self, mod: Any) -> str | None:
         """Identity of the best schedule the database holds for kernel ``mod`` (None: untuned). A price
@@ -708,7 +710,9 @@ class TVMBackend(Backend):
         if not top:
             return []
         best = _mean_run_s(top[0])
-        return [top[0], *(r for r in top[1:] if best is not None and (_mean_run_s(r) or np.inf) <= RERANK_WINDOW * best)]
+        if best is None:
+            return top[:1]
+        return [top[0], *(r for r in top[1:] if (_mean_run_s(r) or np.inf) <= RERANK_WINDOW * best)]
 
     def _promote(self, mod: Any, record: Any) -> None:
         """Make ``record`` (a tuning record of ``mod``, timed faster than the best) the database's best:

@@ -327,14 +327,16 @@ SOFTMAX_BLOCKS = ("T_softmax_maxelem", "T_fast_exp", "T_softmax_expsum")  # TOPI
 
 
 def schedule_softmax(sch: Any, parallel: bool = True) -> None:
-    """Schedule a softmax over the last axis in place: TOPI's ``fast_softmax`` (mpsearch's fast_math
-    rewrite of every fp32 softmax) with whatever elementwise ops were fused after it (an attention
-    mask's select, a broadcast). One row at a time: its max, its ``exp(x - max)`` (kept in a row of
-    its own, read twice) and their sum, each one vectorized pass over the row, then the output row,
+    """Schedule a softmax over the last axis in place: :func:`~mpsearch.hardware.fast_math.fast_softmax`
+    (TOPI's blocks; fast_math rewrites every fp32 softmax to it) with whatever elementwise ops were
+    fused after it (an attention mask's select, a broadcast). One row at a time: its max, its
+    ``exp(x - max)`` (kept in a row of its own, read twice) and their sum, each one vectorized pass
+    over the row, then the output row,
     vectorized; rows in parallel unless ``parallel`` is off. The two reductions run 16 lanes at a time
     (8 or 4 on rows of other widths): factored (``rfactor``) into a vector of partial results, one
-    vector operation per 16 elements, which are then reduced one by one. MetaSchedule's generic space at 8-64 trials left the reductions
-    scalar and computed ``exp`` twice (MiniLM's masked softmax, 12 x 128 x 128, one thread: 234 us)."""
+    vector operation per 16 elements, which are then reduced one by one. MetaSchedule's generic space
+    at 8-64 trials left the reductions scalar and computed ``exp`` twice: MiniLM's masked softmax
+    (12 x 128 x 128, one thread) took 234 us that way, 88 us this way."""
     names = set(SOFTMAX_BLOCKS)
     maxelem, exp, expsum = (sch.get_sblock(n) for n in SOFTMAX_BLOCKS)
     root = sch.get_sblock("root")
