@@ -679,8 +679,9 @@ class TVMBackend(Backend):
                 if r.key not in fastest or r.measurement().latency_s < fastest[r.key].measurement().latency_s:
                     fastest[r.key] = r
             promoted = [r for r in fastest.values() if r.rank > 0]
+            best_s = {r.key: r.tuned_s for r in runs if r.rank == 0}
             for r in promoted:
-                self._promote(kernels[r.key][1], r.record)
+                self._promote(r.record, best_s[r.key])
                 schedules[r.key] = self.schedule_id(kernels[r.key][1])
             if promoted:
                 log.info("%d of %d kernel(s) run a runner-up schedule, faster timed again (%s)", len(promoted),
@@ -714,13 +715,12 @@ class TVMBackend(Backend):
             return top[:1]
         return [top[0], *(r for r in top[1:] if (_mean_run_s(r) or np.inf) <= RERANK_WINDOW * best)]
 
-    def _promote(self, mod: Any, record: Any) -> None:
-        """Make ``record`` (a tuning record of ``mod``, timed faster than the best) the database's best:
-        committed again with a run time just under the best's. The database ranks by that time, which
-        MetaSchedule's runner measured; this one is a rank, set by :meth:`measure_kernels`' timing."""
-        best = _mean_run_s(self._top_records(mod, 1)[0])
+    def _promote(self, record: Any, best_s: float) -> None:
+        """Make ``record`` (a runner-up timed faster than its kernel's best, whose run time is ``best_s``)
+        the database's best: committed again with a run time just under the best's. The database ranks by
+        that time, which MetaSchedule's runner measured; this one is a rank, set by :meth:`measure_kernels`."""
         self.db.commit_tuning_record(ms.database.TuningRecord(
-            record.trace, record.workload, [best * (1 - 1e-6)], record.target, record.args_info))
+            record.trace, record.workload, [best_s * (1 - 1e-6)], record.target, record.args_info))
 
     def kernel_cost(self, spec: Any, name: str) -> dict[str, Any]:
         """Tune (if the database lacks it) and time the kernel of ``spec`` alone: the cost-table

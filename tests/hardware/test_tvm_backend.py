@@ -177,7 +177,7 @@ def test_a_schedule_ranked_first_but_timed_slower_loses_its_rank(tuned, tiny_pre
     best, slow = records[0], records[-1]
     assert _mean_run_s(slow) > 2 * _mean_run_s(best)
     identity = lambda record: content_hash(record.as_json()[0], length=16)  # noqa: E731  (as schedule_id)
-    backend._promote(mod, slow)
+    backend._promote(slow, _mean_run_s(best))
     assert backend.schedule_id(mod) == identity(slow)
     price = backend.measure_kernels({key: (label, mod)})[key]
     assert backend.stats["reranked_kernels"] == 1

@@ -331,8 +331,8 @@ def schedule_softmax(sch: Any, parallel: bool = True) -> None:
     (TOPI's blocks; fast_math rewrites every fp32 softmax to it) with whatever elementwise ops were
     fused after it (an attention mask's select, a broadcast). One row at a time: its max, its
     ``exp(x - max)`` (kept in a row of its own, read twice) and their sum, each one vectorized pass
-    over the row, then the output row,
-    vectorized; rows in parallel unless ``parallel`` is off. The two reductions run 16 lanes at a time
+    over the row, then the output row, vectorized; rows in parallel unless ``parallel`` is off. The
+    two reductions run 16 lanes at a time
     (8 or 4 on rows of other widths): factored (``rfactor``) into a vector of partial results, one
     vector operation per 16 elements, which are then reduced one by one. MetaSchedule's generic space
     at 8-64 trials left the reductions scalar and computed ``exp`` twice: MiniLM's masked softmax
