@@ -105,6 +105,10 @@ class SearchConfig:
     # also validated (calib_kl: the joint calibration-KL proxy, a fraction of a second per candidate)
     proxy_estimators: list[str] = field(default_factory=lambda: ["hutchinson", "fisher", "calib_kl"])
     measure_front: int = 8  # Pareto candidates evaluated for real (accuracy + end-to-end TVM latency)
+    # When no quantized candidate evaluated stays within accuracy_drop_pts of FP32: up to step_back more exact-ILP
+    # candidates at looser latency budgets (bisected), so the run ends with the fastest one that does; 0: off
+    accuracy_drop_pts: float = 1.0
+    step_back: int = 4
     warm_start: str = "ilp"  # first trials: ilp (uniform + exact-ILP picks at ilp_budgets budgets) | uniform | none
     ilp_budgets: int = 8  # budgets of the exact-ILP front (reported beside the search's) and of the warm start
     storage: Optional[str] = None  # None: study.journal in the run folder; or an RDB URL (postgresql://...)
@@ -220,6 +224,7 @@ PTQ_METHODS = ("none", "adaround", "brecq")
 INPUT_DTYPES = ("float32", "int64", "int32", "bool")
 MAX_INPUT_ELEMENTS = 1 << 28  # one input batch of at most 1 GiB of fp32
 MAX_WORKERS, MAX_ILP_BUDGETS = 256, 1000
+MAX_STEP_BACK = 20  # bisection steps: 20 halve a 10x latency range to a millionth
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -262,6 +267,9 @@ def validate(cfg: RunConfig) -> RunConfig:
                           f"(0: off) and search.qat_lr={s.qat_lr} > 0")
     if s.measure_front < 1:
         raise ConfigError(f"search.measure_front={s.measure_front} must be at least 1")
+    if not 0 <= s.step_back <= MAX_STEP_BACK or not 0 < s.accuracy_drop_pts <= 100:
+        raise ConfigError(f"search.step_back={s.step_back} must be between 0 and {MAX_STEP_BACK} and "
+                          f"search.accuracy_drop_pts={s.accuracy_drop_pts} between 0 (excluded) and 100 points")
     if not s.w_bits or not s.a_bits:
         raise ConfigError("search.w_bits and search.a_bits must each list at least one bit-width")
     for name, value in (("budget.latency_ms", b.latency_ms), ("budget.weight_kib", b.weight_kib),

@@ -19,7 +19,7 @@ from mpsearch.quant.prepare import prepare_model
 from mpsearch.search import bit_pairs
 from mpsearch.stages import (
     BASELINES, AccuracyCache, BackendFactory, RunOutcome, StageTimer, accuracy_context, batches, build_model,
-    cached_accuracy, check_data, configured_profile, default_backend, estimate_sensitivity, evaluate,
+    StepBack, cached_accuracy, check_data, configured_profile, default_backend, estimate_sensitivity, evaluate,
     evaluate_accuracy, hardware_cost, learn, load, load_candidate, load_data, open_run_folder, preflight, report,
     search, search_problem, search_settings, to_evaluate, validate_proxy, wants_learning,
 )
@@ -88,7 +88,8 @@ def _run(cfg: RunConfig, backend_factory: BackendFactory, run_dir: Path, tvm_log
     todo = to_evaluate(searched.chosen, loaded.layers, loaded.given, searched.pick)
     with timer.stage("evaluation"):
         evaluation = evaluate(todo, accuracy, backend, prepared, ranges, table, sens.score, sens.joint,
-                              s.max_failure_rate, cfg.progress)
+                              s.max_failure_rate, cfg.progress,
+                              StepBack(problem, s.accuracy_drop_pts, s.step_back, cfg.budget.weight_kib))
     notes = evaluation.notes
     if wants_learning(s):
         with timer.stage("learned quantization"):

@@ -11,7 +11,7 @@ a Ctrl-C stopped.
 from mpsearch.stages.accuracy import AccuracyCache, accuracy_context, cached_accuracy, evaluate_accuracy
 from mpsearch.stages.cost import BASELINES, hardware_cost, search_problem
 from mpsearch.stages.device import BackendFactory, configured_profile, default_backend
-from mpsearch.stages.evaluate import Evaluation, Todo, check_failure_rate, evaluate, to_evaluate
+from mpsearch.stages.evaluate import Evaluation, StepBack, Todo, check_failure_rate, evaluate, to_evaluate
 from mpsearch.stages.learn import learn, wants_learning
 from mpsearch.stages.load import Loaded, batches, build_model, check_data, load, load_candidate, load_data, preflight
 from mpsearch.stages.report import RunOutcome, open_run_folder, report, report_notes, versions, write_artifacts
@@ -22,7 +22,7 @@ from mpsearch.stages.validate import ProxyValidation, validate_proxy
 
 __all__ = [
     "AccuracyCache", "BASELINES", "BackendFactory", "Evaluation", "Loaded", "ProxyValidation", "RunOutcome",
-    "Searched", "Sensitivity", "StageTimer", "Todo", "accuracy_context", "batches", "build_model",
+    "Searched", "Sensitivity", "StageTimer", "StepBack", "Todo", "accuracy_context", "batches", "build_model",
     "cached_accuracy", "check_data", "check_failure_rate", "configured_profile", "default_backend",
     "estimate_sensitivity", "evaluate", "evaluate_accuracy", "hardware_cost", "joint_proxy", "learn", "load",
     "load_candidate", "load_data", "open_run_folder", "preflight", "report", "report_notes", "sample_batch",

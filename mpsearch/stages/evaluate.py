@@ -1,9 +1,12 @@
 """Stage ``evaluation``: real top-1 accuracy (simulated quantization) and end-to-end latency on the
-device of the front's chosen candidates, the baselines, a given candidate and the ILP's pick."""
+device of the front's chosen candidates, the baselines, a given candidate and the ILP's pick; when none
+of the quantized ones keeps the accuracy, the exact ILP's candidates at looser latency budgets
+(:class:`StepBack`)."""
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -13,7 +16,7 @@ from mpsearch.errors import HardwareError
 from mpsearch.hardware.base import Backend, LayerCostTable
 from mpsearch.quant.prepare import PreparedModel
 from mpsearch.report import EvaluatedCandidate
-from mpsearch.search import IlpSolution
+from mpsearch.search import IlpSolution, SearchProblem, solve_ilp
 from mpsearch.stages.cost import BASELINES
 
 log = logging.getLogger("mpsearch.pipeline")  # the run's console lines keep their logger name
@@ -49,6 +52,88 @@ def to_evaluate(chosen: Sequence[tuple[Any, Candidate]], layers: list[str], give
     return todo
 
 
+@dataclass(frozen=True)
+class StepBack:
+    """What the evaluation does when no quantized candidate it evaluated stays within ``drop_pts``
+    accuracy points of FP32: up to ``steps`` more exact-ILP candidates (the proxy's optimum at a latency
+    budget), their budgets bisected in log latency between the most expensive failing ILP candidate (else
+    the cheapest failing candidate) and the proxy's unconstrained optimum, so that the run ends with the fastest candidate it found that keeps the
+    accuracy rather than with FP32 alone.
+
+    Attributes:
+        problem: The search's problem (its proxy, costs and activation / BOPs budgets).
+        drop_pts: ``search.accuracy_drop_pts``.
+        steps: ``search.step_back``; 0: off.
+        weight_kib: The run's weight budget, kept by every step.
+    """
+
+    problem: SearchProblem
+    drop_pts: float
+    steps: int
+    weight_kib: float | None = None
+
+    def candidates(self, todo: Sequence[Todo], accuracies: Sequence[float], accuracy: Callable[[Candidate], float],
+                   predicted_ms: Callable[[Candidate], float]) -> tuple[list[Todo], list[float], str | None]:
+        """The step-back candidates not in ``todo``, their accuracies and the report's note (None: no step).
+
+        Args:
+            todo: The candidates evaluated, ``accuracies`` their accuracies (an ``fp32`` label is the reference).
+            accuracy: The cached accuracy of a candidate.
+            predicted_ms: Its predicted latency (the cost table's, which the ILP's budgets are in).
+        """
+        fp32 = next((a for t, a in zip(todo, accuracies) if t.label == "fp32"), None)
+        if fp32 is None or self.steps <= 0:
+            return [], [], None
+        floor = fp32 - self.drop_pts / 100 - 1e-12
+        reference = Candidate.uniform(self.problem.layers, 32, 32)
+        quantized = [(t, a) for t, a in zip(todo, accuracies) if t.candidate != reference]
+        if not quantized or any(a >= floor for _, a in quantized):
+            return [], [], None
+        top = solve_ilp(self.problem, None, self.weight_kib)
+        if top is None:
+            return [], [], None
+        hi = top.objectives.latency_ms
+        # The ILP's candidates get more accurate as the budget grows, so a failing one bounds the bisection from
+        # below; any other failing candidate says nothing about the ILP's at its latency: the cheapest bounds it.
+        ilp = [predicted_ms(t.candidate) for t, _ in quantized if t.kind == "ilp"]
+        below = [ms for ms in ilp if ms < hi] or [ms for ms in map(predicted_ms, (t.candidate for t, _ in quantized))
+                                                  if ms < hi]
+        if not below:
+            return [], [], None
+        lo = max(below) if ilp else min(below)
+        seen, labels = {t.candidate for t in todo}, {t.label for t in todo}
+        added: list[Todo] = []
+        accs: list[float] = []
+        for _ in range(self.steps):
+            if hi <= lo * 1.001:
+                break
+            budget = math.sqrt(lo * hi)
+            sol = solve_ilp(self.problem, budget, self.weight_kib)
+            if sol is None:
+                lo = budget
+                continue
+            acc = accuracy(sol.candidate)
+            if sol.candidate not in seen and sol.candidate != reference:
+                seen.add(sol.candidate)
+                label = next(f"ilp@{budget:.{d}g}ms" for d in range(4, 18) if f"ilp@{budget:.{d}g}ms" not in labels)
+                labels.add(label)
+                added.append(Todo(label, "ilp", None, sol.candidate))
+                accs.append(acc)
+            if acc >= floor:
+                hi = sol.objectives.latency_ms
+            else:
+                lo = budget
+        label, acc = max(((t.label, a) for t, a in quantized), key=lambda p: p[1])
+        tried = ", ".join(f"{t.label} {100 * a:.2f}%" for t, a in zip(added, accs)) or "none new"
+        held = [t.label for t, a in zip(added, accs) if a >= floor]
+        note = (f"No quantized candidate of the search kept accuracy within {self.drop_pts:g} point"
+                f"{'' if self.drop_pts == 1 else 's'} of FP32 ({100 * fp32:.2f}%; the closest, {label}, "
+                f"{100 * acc:.2f}%), so the exact ILP stepped back to looser latency budgets: {tried}; "
+                + (f"{held[-1]} is the fastest that keeps it." if held else
+                   f"none of them keeps it (search.step_back={self.steps} steps)."))
+        return added, accs, note
+
+
 def check_failure_rate(todo: Sequence[tuple[Any, ...]], measurements: list[Any], max_rate: float) -> None:
     """Failed measurements are values (reported as "not measured"), but past ``max_rate`` the run stops."""
     failed = [(t[0], m.error) for t, m in zip(todo, measurements) if not m.ok]
@@ -63,7 +148,7 @@ def check_failure_rate(todo: Sequence[tuple[Any, ...]], measurements: list[Any],
 def evaluate(todo: list[Todo], accuracy: Callable[[Candidate], float], backend: Backend, prepared: PreparedModel,
              ranges: Mapping[str, tuple[float, float]], table: LayerCostTable,
              score: Mapping[str, Mapping[Bits, float]], joint: Callable[[Candidate], float] | None,
-             max_failure_rate: float, progress: bool = False) -> Evaluation:
+             max_failure_rate: float, progress: bool = False, step_back: StepBack | None = None) -> Evaluation:
     """Accuracy of every candidate, then one interleaved end-to-end measurement of them all.
 
     Args:
@@ -72,6 +157,8 @@ def evaluate(todo: list[Todo], accuracy: Callable[[Candidate], float], backend: 
         score: The additive proxy (NaN for a candidate with a pair outside it); ``joint`` replaces it.
         max_failure_rate: ``search.max_failure_rate``.
         progress: Show a progress bar (with ETA) over the candidates' accuracy runs, the stage's long part.
+        step_back: Where no quantized candidate keeps the accuracy, its exact-ILP candidates are
+            evaluated and measured too (after ``todo``, interleaved with it).
 
     Raises:
         HardwareError: More measurements failed than ``max_failure_rate`` allows.
@@ -81,9 +168,17 @@ def evaluate(todo: list[Todo], accuracy: Callable[[Candidate], float], backend: 
     layers = prepared.layer_names
     accuracies = [accuracy(t.candidate) for t in tqdm(todo, desc="evaluate accuracy", unit="candidate",
                                                       disable=not progress, leave=False)]
+    notes = []
+    if step_back is not None:
+        more, more_acc, note = step_back.candidates(todo, accuracies, accuracy,
+                                                    lambda c: table.predict_latency(c) * 1e3)
+        todo, accuracies = [*todo, *more], [*accuracies, *more_acc]
+        if note:
+            log.info("%s", note)
+            notes.append(note)
     measurements = backend.measure_many(prepared, [t.candidate for t in todo], ranges)
     check_failure_rate(todo, measurements, max_failure_rate)
-    evaluated, notes = [], []
+    evaluated = []
     for (label, kind, trial, cand), acc, meas in zip(todo, accuracies, measurements):
         if not meas.ok:
             notes.append(f"{label}: not measured ({meas.error})")

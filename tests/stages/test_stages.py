@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,11 +16,11 @@ from mpsearch.candidate import Candidate
 from mpsearch.config import RunConfig
 from mpsearch.errors import CandidateError, ConfigError, HardwareError, Interrupted
 from mpsearch.hardware.estimate import EstimateBackend
-from mpsearch.search import SearchSettings
+from mpsearch.search import SearchSettings, solve_ilp
 from mpsearch.sensitivity import ADDITIVE_FALLBACK, SensitivityResult
 from mpsearch.stages import (
-    BASELINES, Loaded, ProxyValidation, StageTimer, Todo, cached_accuracy, check_failure_rate, configured_profile,
-    default_backend, estimate_sensitivity, evaluate, evaluate_accuracy, hardware_cost, learn, load,
+    BASELINES, Loaded, ProxyValidation, StageTimer, StepBack, Todo, cached_accuracy, check_failure_rate,
+    configured_profile, default_backend, estimate_sensitivity, evaluate, evaluate_accuracy, hardware_cost, learn, load,
     open_run_folder, report, report_notes, sample_batch, search, search_problem, search_settings, to_evaluate,
     validate_proxy, wants_learning,
 )
@@ -284,6 +285,60 @@ def test_failed_measurements_are_notes_until_the_failure_rate(loaded, ranges, se
     assert out.candidates[1].measured_latency_ms is None and out.candidates[0].measured_latency_ms is not None
     with pytest.raises(HardwareError, match="1 of 2 end-to-end measurements failed .*int8"):
         evaluate(todo, lambda c: 0.5, broken, loaded.prepared, ranges, table, sens.score, None, 0.4)
+
+
+def _proxy_accuracy(problem, drop_of_int8: float):
+    """A stand-in for real accuracy that falls with the proxy: uniform INT8 loses ``drop_of_int8`` points."""
+    scale = drop_of_int8 / 100 / problem.evaluate(Candidate.uniform(LAYERS, 8, 8)).proxy
+    return lambda c: 0.9 - scale * problem.evaluate(c).proxy
+
+
+def test_step_back_finds_the_fastest_ilp_candidate_that_keeps_the_accuracy(loaded, sens, table) -> None:
+    problem = search_problem(loaded.prepared, PAIRS, sens.score, table, loaded.groups)
+    accuracy = _proxy_accuracy(problem, 2.0)  # INT8 2 points below FP32: nothing evaluated keeps 1 point
+    # the front: all 4-bit, and all FP32 but its most sensitive layer at 4 bits (slow, and it fails too)
+    worst = max(LAYERS, key=lambda n: sens.score[n][(4, 4)])
+    slow = Candidate({n: (4, 4) if n == worst else (32, 32) for n in LAYERS})
+    todo = to_evaluate([(SimpleNamespace(number=0), Candidate.uniform(LAYERS, 4, 4)),
+                        (SimpleNamespace(number=1), slow)], LAYERS)
+    accs = [accuracy(t.candidate) for t in todo]
+    ms = lambda c: table.predict_latency(c) * 1e3  # noqa: E731
+    assert accuracy(slow) < 0.89 and ms(slow) > ms(Candidate.uniform(LAYERS, 8, 8))
+    calls = []
+    counted = lambda c: calls.append(c) or accuracy(c)  # noqa: E731
+    added, added_accs, note = StepBack(problem, 1.0, 6).candidates(todo, accs, counted, ms)
+    assert len(calls) <= 6 and added and all(t.kind == "ilp" and t.label.startswith("ilp@") for t in added)
+    assert added_accs == [accuracy(t.candidate) for t in added] and len({t.label for t in added}) == len(added)
+    held = [t.candidate for t, a in zip(added, added_accs) if a >= 0.9 - 0.01]
+    assert held and min(map(ms, held)) < ms(Candidate.uniform(LAYERS, 32, 32))  # a quantized one, faster than FP32
+    # what a fine sweep of the ILP's budgets finds: the bisection lands within its last step of it
+    fp32_ms = ms(Candidate.uniform(LAYERS, 32, 32))
+    sweep = [solve_ilp(problem, b, None) for b in np.linspace(ms(todo[0].candidate), fp32_ms, 200)]
+    best = min(s.objectives.latency_ms for s in sweep if s is not None and accuracy(s.candidate) >= 0.89)
+    assert best <= min(map(ms, held)) <= best * 1.1
+    assert note.startswith("No quantized candidate of the search kept accuracy within 1 point of FP32 (90.00%")
+    assert "is the fastest that keeps it." in note
+    # one that keeps it already (INT8 half a point below): no step
+    keep = _proxy_accuracy(problem, 0.5)
+    assert StepBack(problem, 1.0, 6).candidates(todo, [keep(t.candidate) for t in todo], keep, ms) == ([], [], None)
+    assert StepBack(problem, 1.0, 0).candidates(todo, accs, accuracy, ms) == ([], [], None)  # off
+    # a failing ILP candidate bounds the budgets from below: every step is dearer than it
+    failing = [s.candidate for s in sweep if s is not None and accuracy(s.candidate) < 0.89][-1]
+    with_ilp = [*todo, Todo("ilp", "ilp", None, failing)]
+    added, _, _ = StepBack(problem, 1.0, 5).candidates(with_ilp, [*accs, accuracy(failing)], accuracy, ms)
+    assert added and all(float(t.label[4:-2]) > ms(failing) for t in added)
+
+
+def test_evaluate_measures_the_step_back_candidates_with_the_rest(loaded, ranges, sens, table) -> None:
+    problem = search_problem(loaded.prepared, PAIRS, sens.score, table, loaded.groups)
+    accuracy = _proxy_accuracy(problem, 3.0)
+    todo = to_evaluate([], LAYERS)
+    out = evaluate(todo, accuracy, TableBackend(), loaded.prepared, ranges, table, sens.score, None, 0.5,
+                   step_back=StepBack(problem, 1.0, 3))
+    stepped = out.candidates[len(todo):]
+    assert stepped and all(e.kind == "ilp" and e.measured_latency_ms is not None for e in stepped)
+    assert [e.accuracy for e in stepped] == [accuracy(e.candidate) for e in stepped]
+    assert out.notes[0].startswith("No quantized candidate") and "int8 87.00%" not in out.notes[0]
 
 
 def test_check_failure_rate_counts_only_failures() -> None:
