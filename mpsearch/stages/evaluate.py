@@ -56,9 +56,9 @@ def to_evaluate(chosen: Sequence[tuple[Any, Candidate]], layers: list[str], give
 class StepBack:
     """What the evaluation does when no quantized candidate it evaluated stays within ``drop_pts``
     accuracy points of FP32: up to ``steps`` more exact-ILP candidates (the proxy's optimum at a latency
-    budget), their budgets bisected in log latency between the most expensive failing ILP candidate (else
-    the cheapest failing candidate) and the proxy's unconstrained optimum, so that the run ends with the fastest candidate it found that keeps the
-    accuracy rather than with FP32 alone.
+    budget), their budgets bisected in log latency between a failing candidate (the dearest failing ILP
+    candidate, else the cheapest failing one) and the proxy's unconstrained optimum, so that the run ends
+    with the fastest candidate it found that keeps the accuracy rather than with FP32 alone.
 
     Attributes:
         problem: The search's problem (its proxy, costs and activation / BOPs budgets).
@@ -89,19 +89,42 @@ class StepBack:
         quantized = [(t, a) for t, a in zip(todo, accuracies) if t.candidate != reference]
         if not quantized or any(a >= floor for _, a in quantized):
             return [], [], None
+        bounds = self._bounds([t for t, _ in quantized], predicted_ms)
+        if bounds is None:
+            return [], [], None
+        added, accs = self._bisect(*bounds, floor, accuracy, {t.candidate for t in todo} | {reference},
+                                   {t.label for t in todo})
+        closest, acc = max(((t.label, a) for t, a in quantized), key=lambda p: p[1])
+        tried = ", ".join(f"{t.label} {100 * a:.2f}%" for t, a in zip(added, accs)) or "none new"
+        held = [t.label for t, a in zip(added, accs) if a >= floor]
+        pts = f"{self.drop_pts:g} point{'' if self.drop_pts == 1 else 's'}"
+        note = (f"No quantized candidate of the search kept accuracy within {pts} of FP32 ({100 * fp32:.2f}%; "
+                f"the closest, {closest}, {100 * acc:.2f}%), so the exact ILP stepped back to looser latency "
+                f"budgets: {tried}; " + (f"{held[-1]} is the fastest of them that keeps it (predicted)." if held else
+                                         f"none of them keeps it (search.step_back={self.steps} steps)."))
+        return added, accs, note
+
+    def _bounds(self, failing: Sequence[Todo],
+                predicted_ms: Callable[[Candidate], float]) -> tuple[float, float] | None:
+        """Predicted latencies (ms) to bisect between, or None where no failing candidate is cheaper than
+        the proxy's optimum. The ILP's candidates get more accurate as its budget grows, so a failing one
+        bounds the bisection from below; any other failing candidate says nothing about the ILP's at its
+        latency: the cheapest of them bounds it."""
         top = solve_ilp(self.problem, None, self.weight_kib)
         if top is None:
-            return [], [], None
+            return None
         hi = top.objectives.latency_ms
-        # The ILP's candidates get more accurate as the budget grows, so a failing one bounds the bisection from
-        # below; any other failing candidate says nothing about the ILP's at its latency: the cheapest bounds it.
-        ilp = [predicted_ms(t.candidate) for t, _ in quantized if t.kind == "ilp"]
-        below = [ms for ms in ilp if ms < hi] or [ms for ms in map(predicted_ms, (t.candidate for t, _ in quantized))
-                                                  if ms < hi]
-        if not below:
-            return [], [], None
-        lo = max(below) if ilp else min(below)
-        seen, labels = {t.candidate for t in todo}, {t.label for t in todo}
+        ilp = [ms for ms in (predicted_ms(t.candidate) for t in failing if t.kind == "ilp") if ms < hi]
+        if ilp:
+            return max(ilp), hi
+        other = [ms for ms in (predicted_ms(t.candidate) for t in failing) if ms < hi]
+        return (min(other), hi) if other else None
+
+    def _bisect(self, lo: float, hi: float, floor: float, accuracy: Callable[[Candidate], float],
+                seen: set[Candidate], labels: set[str]) -> tuple[list[Todo], list[float]]:
+        """At most ``steps`` ILP candidates at budgets bisected in log latency: one that keeps ``floor`` moves
+        the upper bound to its latency, one that does not moves the lower bound to its budget. Those not in
+        ``seen``, labelled ``ilp@<budget>ms`` (digits enough to differ from ``labels``), with accuracies."""
         added: list[Todo] = []
         accs: list[float] = []
         for _ in range(self.steps):
@@ -113,7 +136,7 @@ class StepBack:
                 lo = budget
                 continue
             acc = accuracy(sol.candidate)
-            if sol.candidate not in seen and sol.candidate != reference:
+            if sol.candidate not in seen:
                 seen.add(sol.candidate)
                 label = next(f"ilp@{budget:.{d}g}ms" for d in range(4, 18) if f"ilp@{budget:.{d}g}ms" not in labels)
                 labels.add(label)
@@ -123,15 +146,7 @@ class StepBack:
                 hi = sol.objectives.latency_ms
             else:
                 lo = budget
-        label, acc = max(((t.label, a) for t, a in quantized), key=lambda p: p[1])
-        tried = ", ".join(f"{t.label} {100 * a:.2f}%" for t, a in zip(added, accs)) or "none new"
-        held = [t.label for t, a in zip(added, accs) if a >= floor]
-        note = (f"No quantized candidate of the search kept accuracy within {self.drop_pts:g} point"
-                f"{'' if self.drop_pts == 1 else 's'} of FP32 ({100 * fp32:.2f}%; the closest, {label}, "
-                f"{100 * acc:.2f}%), so the exact ILP stepped back to looser latency budgets: {tried}; "
-                + (f"{held[-1]} is the fastest that keeps it." if held else
-                   f"none of them keeps it (search.step_back={self.steps} steps)."))
-        return added, accs, note
+        return added, accs
 
 
 def check_failure_rate(todo: Sequence[tuple[Any, ...]], measurements: list[Any], max_rate: float) -> None:
