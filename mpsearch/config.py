@@ -178,6 +178,9 @@ class RunConfig:
         search = data.get("search") if isinstance(data, dict) else None
         if isinstance(search, dict) and "bias_correction" not in search:  # written before it existed: it was off
             data = {**data, "search": {**search, "bias_correction": False}}
+            search = data["search"]
+        if isinstance(search, dict) and "step_back" not in search:  # likewise: no run stepped back before it
+            data = {**data, "search": {**search, "step_back": 0}}
         return build(cls, data, "config")
 
     def content_hash(self) -> str:
@@ -194,6 +197,9 @@ class RunConfig:
                                   ("search", "bias_correction", False)):
             if d[group].get(key, unset) == unset:  # likewise: runs without them keep their folder
                 d[group].pop(key, None)
+        if d["search"].get("step_back", 0) == 0:  # no step back: its tolerance changes nothing either
+            d["search"].pop("step_back", None)
+            d["search"].pop("accuracy_drop_pts", None)
         return content_hash(d, length=8)
 
     def default_run_name(self) -> str:

@@ -65,11 +65,18 @@ def test_model_inputs_compose_typed_and_keep_old_hashes() -> None:
     assert RunConfig().model.input_specs() == [{"shape": [1, 1, 28, 28], "dtype": "float32"}]
     before = RunConfig()
     before.search.bias_correction = False  # the behaviour of every earlier run: its folder's hash
+    before.search.step_back = 0
     assert before.content_hash() == "6d737995"  # as before model.inputs existed
+    before.search.accuracy_drop_pts = 2.0  # without a step back the tolerance changes nothing
+    assert before.content_hash() == "6d737995"
     assert RunConfig().content_hash() != "6d737995"  # bias correction changes the results: a new folder
     old = RunConfig().to_dict()
     del old["search"]["bias_correction"]  # a config.json written before bias correction: rebuilt without it
     assert RunConfig.from_dict(old).search.bias_correction is False
+    old = RunConfig().to_dict()
+    del old["search"]["step_back"], old["search"]["accuracy_drop_pts"]  # written before the step back existed
+    assert RunConfig.from_dict(old).search.step_back == 0 and RunConfig().search.step_back == 4
+    assert RunConfig().content_hash() != RunConfig.from_dict(old).content_hash()  # it changes the results
     assert RunConfig.from_dict(RunConfig().to_dict()).search.bias_correction is True
     with pytest.raises(ConfigError, match=r"model.inputs\[1\].dtype='float64' is unknown"):
         validate(_compose(["model.inputs=[{shape:[1,16],dtype:int64},{shape:[1,16],dtype:float64}]"]))
