@@ -505,16 +505,20 @@ class TVMBackend(Backend):
     def _trials_done(self, mod: Any) -> int:
         """Valid samples MetaSchedule has measured for ``mod``: its distinct schedules in the database (a
         schedule :meth:`_promote` committed again is one sample)."""
-        return len({str(r.as_json()[0]) for r in self._top_records(mod, 1 << 20)})
+        return len({_schedule_identity(r) for r in self._top_records(mod, 1 << 20)})
 
     def schedule_id(self, mod: Any) -> str | None:
         """Identity of the best schedule the database holds for kernel ``mod`` (None: untuned). A price
         or an end-to-end timing belongs to the schedules it was measured with: tuning a kernel further
         may find a faster one, and what was timed with the old one is then timed again."""
         record = self.db.query_tuning_record(mod, self.target, "main")
-        if record is None:
-            return None
-        return content_hash(record.as_json()[0], length=16)
+        return None if record is None else _schedule_identity(record)
+
+    def record_schedule(self, mod: Any, record: Any) -> Any:
+        """The schedule of ``mod`` that tuning record ``record`` describes (its trace replayed)."""
+        sch = tvm.s_tir.Schedule(mod)
+        record.trace.apply_to_schedule(sch, remove_postproc=False)
+        return sch
 
     def tune(self, kernels: Mapping[str, tuple[str, Any]], required: bool = True, trials: int | None = None) -> None:
         """Tune every kernel (``key -> (name, IRModule)``) to ``trials`` (default: the profile's
@@ -657,8 +661,7 @@ class TVMBackend(Backend):
                     if not records:
                         raise HardwareError(f"kernel {name} has no tuned schedule; tune it before measuring")
                     for rank, record in enumerate(records):
-                        sch = tvm.s_tir.Schedule(mod)
-                        record.trace.apply_to_schedule(sch, remove_postproc=False)
+                        sch = self.record_schedule(mod, record)
                         lib = s.load(tvm.compile(sch.mod, target=self.target), f"k{key}_{rank}")
                         args = self._random_args(sch.mod["main"], s)
                         for _ in range(m.warmup):
@@ -1037,6 +1040,11 @@ class TVMBackend(Backend):
             outs = [vm["main"](*[s.tensor(a[i:i + 1]) for a in arrays], *params).numpy()
                     for i in range(len(arrays[0]))]
         return np.concatenate(outs)
+
+
+def _schedule_identity(record: Any) -> str:
+    """A tuning record's schedule (its trace), whatever run time it was committed with."""
+    return content_hash(record.as_json()[0], length=16)
 
 
 def _mean_run_s(record: Any) -> float | None:

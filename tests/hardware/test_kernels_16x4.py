@@ -203,11 +203,7 @@ def test_16x4_tuned_kernels_are_tensorized_and_exact(tmp_path: Path) -> None:
     for name, (spec, values, a_bits) in specs.items():
         # The tuned records hold the dot's schedule; the fastest may be another of the space's (on a tiny conv
         # timing noise decides: an AMD EPYC Zen 4 ranked a plain loop first), so each is checked, the dot's too.
-        schedules = []
-        for record in backend._top_records(mods[name], 16):
-            sch = tvm.s_tir.Schedule(mods[name])
-            record.trace.apply_to_schedule(sch, remove_postproc=False)
-            schedules.append(sch)
+        schedules = [backend.record_schedule(mods[name], r) for r in backend._top_records(mods[name], 16)]
         traces = [str(sch.trace) for sch in schedules]
         if name.endswith("W8A8") and isa == "avx512bw":
             assert spec.kgroup == 2 and not any(DOT4_INTRINSICS["avx512bw"] in t for t in traces)
