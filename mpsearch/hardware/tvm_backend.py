@@ -837,13 +837,14 @@ class TVMBackend(Backend):
         # random mixed ones (whose kernels the uniform ones cover): end to end = scale x the kernels
         # timed alone + the rest of the model (pooling, reshapes, VM dispatch), by least squares.
         calib = calibration_candidates(layers, pairs, self.profile.measure.calibration_candidates)
-        points = [(table.kernel_sum(cand), meas.latency_s)
-                  for cand, meas in zip(calib, self.measure_many(prepared, calib, ranges)) if meas.ok]
-        table.calibrate([p for p, _ in points], [m for _, m in points])
+        measured = [(cand, meas) for cand, meas in zip(calib, self.measure_many(prepared, calib, ranges)) if meas.ok]
+        table.calibrate([table.kernel_sum(c) for c, _ in measured], [m.latency_s for _, m in measured])
         table.calibration["candidates"] = [c.key() for c in calib]
+        # what the fit saw, so that a later measurement can tell whether the machine's speed has changed since
+        table.calibration["measured_ms"] = {c.key(): m.latency_s * 1e3 for c, m in measured}
         table.calibration["model_ops"] = model_ops
         log.info("cost table calibrated on %d candidates: in-model = %.3f x standalone + %.3f ms (%s)",
-                 len(points), table.scale, table.other_s * 1e3, table.calibration["method"])
+                 len(measured), table.scale, table.other_s * 1e3, table.calibration["method"])
         return table
 
     def _add_memory(self, table: LayerCostTable, model_mod: Any, kernels: Mapping[str, tuple[str, Any]]) -> None:
@@ -904,27 +905,41 @@ class TVMBackend(Backend):
         """Compile each candidate, then time them interleaved: ``rounds`` rounds, each timing every
         candidate once (``measure.number`` calls x ``ceil(repeat / rounds)`` repeats). On a shared
         machine the speed drifts over seconds; interleaving makes the drift hit all candidates alike,
-        and the median over all samples is reported. Results are cached by the lowered module's hash."""
+        and the median over all samples is reported. Results are cached by the lowered module's hash.
+
+        One call, one machine state: a call whose candidates were all timed before answers from the
+        cache; a call with any candidate to time times the cached ones again in the same rounds (and
+        caches the new timings). The speed of a machine can change for minutes at a time (a 2-vCPU VM
+        ran every 2-thread TVM model 2x slower for such spells, 1-thread runs unchanged), and a
+        timing cached in one spell compared with one taken in another is a wrong ratio."""
         results: dict[int, Measurement] = {}
-        todo = []
+        todo, cached = [], []
         for i, cand in enumerate(candidates):
             try:
                 lowered = self.lower(prepared, cand, ranges)
             except Exception as e:  # noqa: BLE001 - a candidate that does not lower is a value (Backend contract)
                 results[i] = Measurement(error=f"build failed: {type(e).__name__}: {_last_line(e)}")
                 continue
-            cached = self.costs.get(self._e2e_key(lowered))
-            if cached is not None:
-                results[i] = Measurement(_latency(cached), cached["std_s"], None, tuple(cached["samples"]))
-            else:
-                todo.append((i, cand, lowered))
-        if not todo:
+            record = self.costs.get(self._e2e_key(lowered))
+            if record is not None:
+                cached.append((i, Measurement(_latency(record), record["std_s"], None, tuple(record["samples"]))))
+            todo.append((i, cand, lowered))
+        if len(cached) == len(todo):
+            results.update(cached)
             return [results[i] for i in range(len(candidates))]
+        if cached:
+            log.info("timing %d candidate(s) timed before again, in the same rounds as %d new one(s)",
+                     len(cached), len(todo) - len(cached))
         if self.loopback is not None:
             self._measure_bounded(prepared, candidates, ranges, todo, results, rounds)
-            return [results[i] for i in range(len(candidates))]
-        with self.session() as session:
-            self._measure_interleaved(session, prepared, candidates, ranges, todo, results, rounds)
+        else:
+            with self.session() as session:
+                self._measure_interleaved(session, prepared, candidates, ranges, todo, results, rounds)
+        for i, before in cached:  # timed once already: a failure now does not lose that timing
+            if not results[i].ok:
+                log.warning("%s: timing it again failed (%s); its earlier timing is kept",
+                            candidates[i].describe(), results[i].error)
+                results[i] = before
         return [results[i] for i in range(len(candidates))]
 
     def _measure_interleaved(

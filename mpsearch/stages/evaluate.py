@@ -34,7 +34,7 @@ class Todo(NamedTuple):
 @dataclass
 class Evaluation:
     """What the ``evaluation`` stage hands on: the evaluated candidates, in :func:`to_evaluate`'s
-    order, and the report's notes about them (those not measured)."""
+    order, and the report's notes about them (those not measured, a machine whose speed changed)."""
 
     candidates: list[EvaluatedCandidate]
     notes: list[str]
@@ -160,6 +160,29 @@ def check_failure_rate(todo: Sequence[tuple[Any, ...]], measurements: list[Any],
                             "fix the device and re-run to resume")
 
 
+DRIFT = 1.2  # end-to-end latencies this much slower or faster than at calibration: the machine changed
+
+
+def drift_note(todo: Sequence[Todo], measurements: Sequence[Any], table: LayerCostTable) -> str | None:
+    """A note when the candidates the cost table was calibrated on (the uniform baselines among them)
+    now measure ``DRIFT`` x slower or faster than they did then: the machine's speed changed between the
+    two (load, or a VM whose 2-thread TVM runs switch between two speeds for minutes at a time). The
+    candidates of one evaluation are timed in the same rounds, so they still compare with one another;
+    predicted latencies (kernels timed in the earlier state) are off by about that factor."""
+    then = table.calibration.get("measured_ms") or {}
+    ratios = [m.latency_s * 1e3 / then[t.candidate.key()] for t, m in zip(todo, measurements)
+              if m.ok and then.get(t.candidate.key())]
+    if not ratios:
+        return None
+    ratio = sorted(ratios)[len(ratios) // 2]
+    if 1 / DRIFT <= ratio <= DRIFT:
+        return None
+    return (f"the machine ran {max(ratio, 1 / ratio):.2f}x {'slower' if ratio > 1 else 'faster'} during this "
+            f"evaluation than when the cost table was calibrated ({len(ratios)} candidates timed both times, "
+            "median ratio): the candidates here were timed in the same rounds and compare with one another, "
+            "but the predicted latencies are off by about that factor")
+
+
 def evaluate(todo: list[Todo], accuracy: Callable[[Candidate], float], backend: Backend, prepared: PreparedModel,
              ranges: Mapping[str, tuple[float, float]], table: LayerCostTable,
              score: Mapping[str, Mapping[Bits, float]], joint: Callable[[Candidate], float] | None,
@@ -193,6 +216,10 @@ def evaluate(todo: list[Todo], accuracy: Callable[[Candidate], float], backend: 
             notes.append(note)
     measurements = backend.measure_many(prepared, [t.candidate for t in todo], ranges)
     check_failure_rate(todo, measurements, max_failure_rate)
+    drift = drift_note(todo, measurements, table)
+    if drift:
+        log.warning("%s", drift)
+        notes.append(drift)
     evaluated = []
     for (label, kind, trial, cand), acc, meas in zip(todo, accuracies, measurements):
         if not meas.ok:

@@ -287,6 +287,23 @@ def test_failed_measurements_are_notes_until_the_failure_rate(loaded, ranges, se
         evaluate(todo, lambda c: 0.5, broken, loaded.prepared, ranges, table, sens.score, None, 0.4)
 
 
+def test_evaluation_notes_a_machine_that_changed_speed_since_the_cost_table(loaded, ranges, sens, table) -> None:
+    """The baselines were timed end to end when the cost table was calibrated; timed again 2x slower (or
+    faster), the machine changed in between and the predictions are off by that: a note says so."""
+    import copy
+
+    todo = to_evaluate([], LAYERS)
+    steady = evaluate(todo, lambda c: 0.5, TableBackend(), loaded.prepared, ranges, table, sens.score, None, 0.5)
+    now = {e.candidate.key(): e.measured_latency_ms for e in steady.candidates}
+    for factor, note in [(1.1, None), (2.0, "2.00x slower"), (0.25, "4.00x faster")]:
+        then = copy.deepcopy(table)
+        then.calibration["measured_ms"] = {key: ms / factor for key, ms in now.items()}
+        out = evaluate(todo, lambda c: 0.5, TableBackend(), loaded.prepared, ranges, then, sens.score, None, 0.5)
+        drift = [n for n in out.notes if "the cost table was calibrated" in n]
+        assert (drift == []) if note is None else (len(drift) == 1 and f"the machine ran {note}" in drift[0])
+    assert "measured_ms" not in table.calibration or steady.notes == []  # a table without them: no note
+
+
 def _proxy_accuracy(problem, drop_of_int8: float):
     """A stand-in for real accuracy that falls with the proxy: uniform INT8 loses ``drop_of_int8`` points."""
     scale = drop_of_int8 / 100 / problem.evaluate(Candidate.uniform(LAYERS, 8, 8)).proxy
