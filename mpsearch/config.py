@@ -143,6 +143,10 @@ class BudgetConfig:
     bops_g: Optional[float] = None  # giga bit-operations: sum over layers of MACs x w_bits x a_bits
 
 
+#: search fields added after runs were made, and how those runs ran (off), for their config.json files
+_SEARCH_BEFORE = {"bias_correction": False, "step_back": 0}
+
+
 @dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -176,11 +180,8 @@ class RunConfig:
             return kind(**{k: build(groups[k], v, k) if kind is cls and k in groups else v for k, v in value.items()})
 
         search = data.get("search") if isinstance(data, dict) else None
-        if isinstance(search, dict) and "bias_correction" not in search:  # written before it existed: it was off
-            data = {**data, "search": {**search, "bias_correction": False}}
-            search = data["search"]
-        if isinstance(search, dict) and "step_back" not in search:  # likewise: no run stepped back before it
-            data = {**data, "search": {**search, "step_back": 0}}
+        if isinstance(search, dict):  # a config.json written before a field existed ran without it
+            data = {**data, "search": {**_SEARCH_BEFORE, **search}}
         return build(cls, data, "config")
 
     def content_hash(self) -> str:

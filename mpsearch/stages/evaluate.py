@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -174,7 +175,7 @@ def drift_note(todo: Sequence[Todo], measurements: Sequence[Any], table: LayerCo
               if m.ok and then.get(t.candidate.key())]
     if not ratios:
         return None
-    ratio = sorted(ratios)[len(ratios) // 2]
+    ratio = statistics.median(ratios)
     if 1 / DRIFT <= ratio <= DRIFT:
         return None
     return (f"the machine ran {max(ratio, 1 / ratio):.2f}x {'slower' if ratio > 1 else 'faster'} during this "
