@@ -29,6 +29,7 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -64,6 +65,10 @@ CALIB_PHOTOS = ("sklearn:china", "skimage:hubble_deep_field", "skimage:retina", 
                 "skimage:coins", "skimage:brick")
 TEST_PHOTOS = ("sklearn:flower", "skimage:astronaut", "skimage:chelsea", "skimage:coffee", "skimage:rocket")
 VIEWS_PER_PHOTO = 30
+# Every other packaged image no calibration view comes from (``photo_band``'s wider test split): the test
+# photos, matplotlib's portrait, and scikit-image's clock, horse silhouette, moon, logo, page and text.
+WIDE_TEST_PHOTOS = (*TEST_PHOTOS, "matplotlib:grace_hopper.jpg", "skimage:clock", "skimage:logo", "skimage:page",
+                    "skimage:horse", "skimage:moon", "skimage:text")
 
 
 def efficientnet_lite0() -> nn.Module:
@@ -76,15 +81,25 @@ def efficientnet_lite0() -> nn.Module:
 
 
 def _photo(ref: str) -> np.ndarray:
+    """An ``(h, w, 3)`` uint8 image: ``sklearn:<name>``, ``skimage:<name>`` or ``matplotlib:<file>`` (its
+    sample data); grey and binary images as three equal channels, an alpha channel dropped."""
     source, name = ref.split(":")
     if source == "sklearn":
         from sklearn.datasets import load_sample_images
 
         images = load_sample_images()
         return images.images[[Path(f).stem for f in images.filenames].index(name)]
+    if source == "matplotlib":
+        import matplotlib
+        from PIL import Image
+
+        with Image.open(Path(matplotlib.get_data_path()) / "sample_data" / name) as im:
+            return np.array(im.convert("RGB"))
     import skimage.data
 
     img = getattr(skimage.data, name)()
+    if img.dtype == bool:
+        img = img.astype(np.uint8) * 255
     return np.stack([img] * 3, -1) if img.ndim == 2 else img[..., :3]
 
 
@@ -100,6 +115,32 @@ def photo_views(ref: str) -> torch.Tensor:
             crop = F.interpolate(x[..., top:top + s, left:left + s], size=(IMAGE, IMAGE), mode="bilinear",
                                  antialias=True, align_corners=False)
             views += [crop, crop.flip(-1)]
+    return (torch.cat(views) - LITE_MEAN) / LITE_STD
+
+
+def random_views(ref: str, n: int, seed: int) -> torch.Tensor:
+    """``n`` normalised 224×224 random resized crops of one photo (25–100% of its area, aspect 3:4 to 4:3,
+    half of them mirrored: the usual ImageNet training crop), the same for the same ``seed``."""
+    x = torch.from_numpy(np.array(_photo(ref))).permute(2, 0, 1).float()[None] / 255
+    h, w = x.shape[-2:]
+    g = torch.Generator().manual_seed(seed)
+
+    def uniform(lo: float, hi: float) -> float:
+        return lo + (hi - lo) * float(torch.rand(1, generator=g))
+
+    views = []
+    for _ in range(n):
+        ch = cw = min(h, w)  # a square of the short side where ten draws do not fit
+        for _ in range(10):
+            area, ratio = h * w * uniform(0.25, 1.0), math.exp(uniform(math.log(3 / 4), math.log(4 / 3)))
+            tw, th = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+            if tw <= w and th <= h:
+                ch, cw = th, tw
+                break
+        top, left = int(uniform(0, h - ch + 1)), int(uniform(0, w - cw + 1))
+        crop = F.interpolate(x[..., top:top + ch, left:left + cw], size=(IMAGE, IMAGE), mode="bilinear",
+                             antialias=True, align_corners=False)
+        views.append(crop.flip(-1) if uniform(0, 1) < 0.5 else crop)
     return (torch.cat(views) - LITE_MEAN) / LITE_STD
 
 

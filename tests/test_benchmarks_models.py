@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -84,6 +85,32 @@ def test_photo_views_come_from_packaged_photos() -> None:
     with torch.no_grad():
         assert bench.efficientnet_lite0()(views[:2]).shape == (2, 1000)
 
+
+def test_the_wider_photo_split_is_every_other_packaged_image_in_repeatable_random_crops() -> None:
+    _need(bench.CASES["efficientnet_lite0"])
+    assert not set(bench.CALIB_PHOTOS) & set(bench.WIDE_TEST_PHOTOS)
+    assert set(bench.TEST_PHOTOS) < set(bench.WIDE_TEST_PHOTOS)
+    for ref in bench.WIDE_TEST_PHOTOS:  # every source loads as (h, w, 3) uint8: grey, binary, RGBA, matplotlib's
+        img = bench._photo(ref)
+        assert img.ndim == 3 and img.shape[-1] == 3 and img.dtype == np.uint8 and img.max() > img.min(), ref
+    a, b = bench.random_views("skimage:clock", 6, seed=3), bench.random_views("skimage:clock", 6, seed=3)
+    assert a.shape == (6, 3, bench.IMAGE, bench.IMAGE) and torch.equal(a, b)  # the same seed, the same crops
+    assert not torch.equal(a, bench.random_views("skimage:clock", 6, seed=4))
+    assert len({v.sum().item() for v in a}) == 6  # six different crops
+    # normalised as the model expects, in the range of the grid views of the same preprocessing
+    assert -1.01 <= float(a.min()) and float(a.max()) <= 1.01
+
+
+def test_photo_band_table_names_the_band_and_the_views() -> None:
+    from benchmarks import photo_band
+
+    rows = [{"candidate": "top-0 fp32", "fp32_layers": 0, "agreement": 0.9733, "wrong_per_photo": [1, 3]},
+            {"candidate": "top-3 fp32", "fp32_layers": 3, "agreement": 0.9933, "wrong_per_photo": [0, 1]}]
+    split = {"photos": ["a:x", "b:y"], "views_per_photo": 75, "views": 150, "median_fp32_top1_prob": 0.31,
+             "one_view_points": 100 / 150, "rows": rows, "fewest_fp32_layers_in_band": 3}
+    text = photo_band.render({"model": "M", "layers": 50, "proxy": "delta_kl", "splits": {"s": split}})
+    assert "150 views of 2 photos (75 each)" in text and "One view = 0.67 points" in text
+    assert "within 1 point of FP32: **3**" in text and "| top-3 fp32 | 3 | 99.33 | 0 1 |" in text
 
 @pytest.mark.slow
 def test_quick_run_writes_both_tables(tmp_path: Path) -> None:
