@@ -27,7 +27,7 @@ PAIRS = [(32, 32), (8, 8), (4, 8)]
 def tiny_profile(trials: int = 2):
     p = load_profile("host_cpu")
     return dataclasses.replace(
-        p, measure=dataclasses.replace(p.measure, number=5, repeat=3, min_repeat_ms=5),
+        p, measure=dataclasses.replace(p.measure, number=5, repeat=3, min_repeat_ms=5, calibration_candidates=4),
         tuning=dataclasses.replace(p.tuning, trials_per_task=trials, trials_per_iter=trials))
 
 
