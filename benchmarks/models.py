@@ -106,22 +106,30 @@ def _photo(ref: str) -> np.ndarray:
 def photo_views(ref: str) -> torch.Tensor:
     """``VIEWS_PER_PHOTO`` normalised 224×224 views of one photo: square crops of 100/80/60% of its short
     side at the centre and the four corners, each also mirrored."""
-    x = torch.from_numpy(np.array(_photo(ref))).permute(2, 0, 1).float()[None] / 255
+    x = _photo_tensor(ref)
     h, w = x.shape[-2:]
     views = []
     for scale in (1.0, 0.8, 0.6):
         s = int(min(h, w) * scale)
         for top, left in (((h - s) // 2, (w - s) // 2), (0, 0), (0, w - s), (h - s, 0), (h - s, w - s)):
-            crop = F.interpolate(x[..., top:top + s, left:left + s], size=(IMAGE, IMAGE), mode="bilinear",
-                                 antialias=True, align_corners=False)
+            crop = _resized(x[..., top:top + s, left:left + s])
             views += [crop, crop.flip(-1)]
     return (torch.cat(views) - LITE_MEAN) / LITE_STD
+
+
+def _photo_tensor(ref: str) -> torch.Tensor:
+    """One photo as a ``(1, 3, h, w)`` float tensor in [0, 1]."""
+    return torch.from_numpy(np.array(_photo(ref))).permute(2, 0, 1).float()[None] / 255
+
+
+def _resized(crop: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(crop, size=(IMAGE, IMAGE), mode="bilinear", antialias=True, align_corners=False)
 
 
 def random_views(ref: str, n: int, seed: int) -> torch.Tensor:
     """``n`` normalised 224×224 random resized crops of one photo (25–100% of its area, aspect 3:4 to 4:3,
     half of them mirrored: the usual ImageNet training crop), the same for the same ``seed``."""
-    x = torch.from_numpy(np.array(_photo(ref))).permute(2, 0, 1).float()[None] / 255
+    x = _photo_tensor(ref)
     h, w = x.shape[-2:]
     g = torch.Generator().manual_seed(seed)
 
@@ -138,8 +146,7 @@ def random_views(ref: str, n: int, seed: int) -> torch.Tensor:
                 ch, cw = th, tw
                 break
         top, left = int(uniform(0, h - ch + 1)), int(uniform(0, w - cw + 1))
-        crop = F.interpolate(x[..., top:top + ch, left:left + cw], size=(IMAGE, IMAGE), mode="bilinear",
-                             antialias=True, align_corners=False)
+        crop = _resized(x[..., top:top + ch, left:left + cw])
         views.append(crop.flip(-1) if uniform(0, 1) < 0.5 else crop)
     return (torch.cat(views) - LITE_MEAN) / LITE_STD
 

@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
     per = 2 if args.quick else args.views
     wide = bench.WIDE_TEST_PHOTOS
     splits = {
+        # the test split goes round-robin over its photos: view i is of photo i mod 5
         "baselines test split": (bench.TEST_PHOTOS, bench.photo_split("test", None).tensors[0],
                                  torch.arange(bench.VIEWS_PER_PHOTO * len(bench.TEST_PHOTOS)) % len(bench.TEST_PHOTOS),
                                  bench.VIEWS_PER_PHOTO),
