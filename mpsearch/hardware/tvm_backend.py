@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -907,13 +908,14 @@ class TVMBackend(Backend):
         machine the speed drifts over seconds; interleaving makes the drift hit all candidates alike,
         and the median over all samples is reported. Results are cached by the lowered module's hash.
 
-        One call, one machine state: a call whose candidates were all timed before answers from the
-        cache; a call with any candidate to time times the cached ones again in the same rounds (and
-        caches the new timings). The speed of a machine can change for minutes at a time (a 2-vCPU VM
-        ran every 2-thread TVM model 2x slower for such spells, 1-thread runs unchanged), and a
-        timing cached in one spell compared with one taken in another is a wrong ratio."""
+        One call, one machine state: a call whose candidates were all timed before, in one earlier call,
+        answers from the cache; a call with any candidate to time, or whose cached timings come from
+        different calls, times them all again in the same rounds (and caches the new timings under this
+        call's tag). The speed of a machine can change for minutes at a time (a 2-vCPU VM ran every
+        2-thread TVM model 2x slower for such spells, 1-thread runs unchanged), and a timing cached in
+        one spell compared with one taken in another is a wrong ratio."""
         results: dict[int, Measurement] = {}
-        todo, cached = [], []
+        todo, cached, calls = [], [], set()
         for i, cand in enumerate(candidates):
             try:
                 lowered = self.lower(prepared, cand, ranges)
@@ -923,11 +925,15 @@ class TVMBackend(Backend):
             record = self.costs.get(self._e2e_key(lowered))
             if record is not None:
                 cached.append((i, Measurement(_latency(record), record["std_s"], None, tuple(record["samples"]))))
+                calls.add(record.get("call"))  # records from before tags share None: one call
             todo.append((i, cand, lowered))
-        if len(cached) == len(todo):
+        if len(cached) == len(todo) and len(calls) <= 1:
             results.update(cached)
             return [results[i] for i in range(len(candidates))]
-        if cached:
+        if len(cached) == len(todo):
+            log.info("timing %d candidates again: their cached timings come from %d different calls",
+                     len(cached), len(calls))
+        elif cached:
             log.info("timing %d candidate(s) timed before again, in the same rounds as %d new one(s)",
                      len(cached), len(todo) - len(cached))
         if self.loopback is not None:
@@ -976,12 +982,14 @@ class TVMBackend(Backend):
 
     def _store_e2e(self, candidates: Sequence[Candidate], timed: Mapping[int, tuple[str, list[float]]],
                    results: dict[int, Measurement]) -> None:
-        """Cache and return the end-to-end measurement of every timed candidate that did not fail."""
+        """Cache and return the end-to-end measurement of every timed candidate that did not fail, each
+        record tagged with this call (one :meth:`measure_many` call: the same rounds, one machine state)."""
+        call = uuid.uuid4().hex[:12]
         for i, (key, samples) in timed.items():
             if i in results:
                 continue
             meas = Measurement.from_samples(samples)
-            self.costs.put({"key": key, "kind": "e2e", "name": candidates[i].describe(),
+            self.costs.put({"key": key, "kind": "e2e", "call": call, "name": candidates[i].describe(),
                             "latency_s": meas.latency_s, "std_s": meas.std_s, "samples": list(meas.samples)})
             results[i] = meas
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -254,6 +255,25 @@ def test_a_call_with_a_new_candidate_times_the_cached_ones_again_in_its_rounds(
     again, newer_m = backend.measure_many(tiny_prepared, [old, newer], tiny_ranges)
     assert again.samples == old_m.samples and not newer_m.ok  # the earlier timing survives a failed retiming
 
+
+def test_cached_timings_from_different_calls_are_timed_again_together(tuned, tiny_prepared, tiny_ranges,
+                                                                     tmp_path: Path) -> None:
+    """All cached is not enough: timings taken in two calls (two machine states) are not compared; the
+    set is timed again in one call's rounds, and then answers from the cache."""
+    cache, _, _ = tuned
+    backend = TVMBackend(tiny_profile(), cache, progress=False)
+    backend.record_timings_in(tmp_path / "costs.jsonl")
+    names = tiny_prepared.layer_names
+    a, b = (Candidate({n: PAIRS[(i + k) % len(PAIRS)] for i, n in enumerate(names)}) for k in (0, 2))
+    firsts = [backend.measure(tiny_prepared, c, tiny_ranges) for c in (a, b)]  # two calls
+    assert all(m.ok for m in firsts)
+    together = backend.measure_many(tiny_prepared, [a, b], tiny_ranges, rounds=2)
+    assert all(m.ok and m.samples != first.samples for m, first in zip(together, firsts))
+    lines = [json.loads(line) for line in (tmp_path / "costs.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and lines[0]["call"] != lines[1]["call"] and lines[2]["call"] == lines[3]["call"]
+    again = backend.measure_many(tiny_prepared, [a, b], tiny_ranges)
+    assert [m.samples for m in again] == [m.samples for m in together]  # one call's timings: from the cache
+    assert len((tmp_path / "costs.jsonl").read_text().splitlines()) == 4
 
 def _same(a, b) -> bool:
     import tvm_ffi
