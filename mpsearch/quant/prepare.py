@@ -284,6 +284,76 @@ def _fold_batchnorm(gm: fx.GraphModule) -> None:
         gm.graph.erase_node(bn) if not bn.users else None
 
 
+# ops that only re-view or copy a constant: a chain of them alone is left as it is (matmul-by-constant
+# layers see through transposes, and a sliced position-id buffer needs no copy)
+_LAYOUT = {*_TRANSPOSES, _aten.view.default, _aten.reshape.default, _aten.unsqueeze.default, _aten.squeeze.dim,
+           _aten.slice.Tensor, _aten.select.int, _aten.expand.default, _aten.clone.default, _aten.alias.default,
+           _aten.detach.default, _aten.contiguous.default}
+FOLD_MAX_ELEMENTS = 1 << 24  # a computed constant larger than this stays a computation (memory)
+CONSTANTS = "_mpsearch_constants"  # the submodule holding folded constants
+
+
+def _in_place(node: fx.Node) -> bool:
+    """An in-place op (``relu_``: export's graph keeps them) on a computed value nothing else reads: on
+    a copy of that value, it folds like its out-of-place twin."""
+    schema = getattr(node.target, "_schema", None)
+    if schema is None or not schema.is_mutable or not node.args:
+        return False
+    first, mutated = node.args[0], [a.alias_info is not None and a.alias_info.is_write for a in schema.arguments]
+    return (mutated[:1] == [True] and not any(mutated[1:]) and isinstance(first, fx.Node)
+            and first.op == "call_function" and len(first.users) == 1)
+
+
+def _foldable(node: fx.Node) -> bool:
+    if node.op != "call_function" or (node.is_impure() and not _in_place(node)):
+        return False
+    tags = getattr(node.target, "tags", ())
+    return torch.Tag.nondeterministic_seeded not in tags
+
+
+def _fold_constants(gm: fx.GraphModule) -> int:
+    """Compute once what reads no model input, and put the value in the graph as a constant: a conv
+    whose weight is computed from parameters (``weight_norm``'s ``g * v / |v|``, weight standardization)
+    becomes a layer with a weight, and a linear applied to constants (SwinV2's relative-position MLP on
+    a coordinate grid) is no layer at all: its output is a table, not an activation, with no batch to
+    measure a sensitivity on. Returns how many values were folded."""
+    values: dict[fx.Node, Any] = {}
+    computes: dict[fx.Node, bool] = {}  # more than re-viewing a constant
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            values[node], computes[node] = _attr(gm, node.target), False
+        elif _foldable(node) and all(n in values for n in node.all_input_nodes):
+            args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: values[n])
+            if _in_place(node):
+                args = (args[0].clone(), *args[1:])
+            try:
+                with torch.no_grad():
+                    values[node] = node.target(*args, **kwargs)
+            except Exception:  # noqa: BLE001 - not computable here: it stays in the graph
+                continue
+            computes[node] = node.target not in _LAYOUT or any(computes[n] for n in node.all_input_nodes)
+    folded = 0
+    for node in list(gm.graph.nodes):
+        value = values.get(node)
+        if node.op != "call_function" or not computes.get(node) or not isinstance(value, torch.Tensor) \
+                or value.numel() > FOLD_MAX_ELEMENTS or all(u in values for u in node.users):
+            continue  # only the constants that computed values read
+        if not hasattr(gm, CONSTANTS):
+            gm.add_submodule(CONSTANTS, nn.Module())
+        getattr(gm, CONSTANTS).register_buffer(f"c{folded}", value.detach().clone())
+        with gm.graph.inserting_before(node):
+            const = gm.graph.get_attr(f"{CONSTANTS}.c{folded}")
+        const.meta = dict(node.meta)  # nn_module_stack: the layer it feeds keeps its module's name
+        node.replace_all_uses_with(const)
+        folded += 1
+    if folded:
+        for node in reversed(list(gm.graph.nodes)):  # what only the folded values read (in-place ops too)
+            if node in values and node.op == "call_function" and not node.users:
+                gm.graph.erase_node(node)
+        gm.graph.eliminate_dead_code()
+    return folded
+
+
 def _constant_weight(gm: fx.GraphModule, node: Any) -> tuple[torch.Tensor, list[fx.Node]] | None:
     """The 2-D ``(in, out)`` constant that ``x @ node`` multiplies by (through transposes), or None."""
     chain: list[fx.Node] = []
@@ -473,6 +543,7 @@ def _prepare(model: nn.Module, inputs: Sequence[int] | Sequence[InputSpec] | Inp
             gm.graph.erase_node(node)
     if hasattr(gm, "_guards_fn"):
         delattr(gm, "_guards_fn")
+    _fold_constants(gm)
     _fold_batchnorm(gm)
     candidates = [(n, "") for n in gm.graph.nodes if _is_layer_op(n)]
     float_layers: dict[str, str] = {where(n): _FLOAT_CONV[n.target] for n in gm.graph.nodes

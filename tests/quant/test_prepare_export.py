@@ -60,6 +60,49 @@ def test_every_conv_and_linear_computation_is_a_named_layer() -> None:
         torch.testing.assert_close(prepared.graph_module(x), model(x), rtol=1e-4, atol=1e-5)
 
 
+
+class StandardizedConv(nn.Conv2d):
+    """Weight standardization (BiT): the conv's weight is computed from the parameter in forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+class ComputedConstants(nn.Module):
+    """What reads no input: a weight-normed conv (wav2vec2's positional conv), a standardized one, and
+    SwinV2's relative-position MLP (with an in-place ReLU) run on a constant coordinate table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wn = nn.utils.parametrizations.weight_norm(nn.Conv2d(3, 8, 3, padding=1), dim=2)
+        self.ws = StandardizedConv(8, 8, 3, padding=1)
+        self.register_buffer("coords", torch.linspace(-1, 1, 16 * 2).reshape(16, 2), persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(2, 16), nn.ReLU(inplace=True), nn.Linear(16, 8, bias=False))
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.ws(F.relu(self.wn(x))))  # (B, 8, 4, 4)
+        bias = self.mlp(self.coords).t().reshape(1, 8, 4, 4)  # a (1, 8, 4, 4) table, not an activation
+        return self.head((h + bias).mean((2, 3)))
+
+
+def test_what_reads_no_input_is_computed_once_and_is_a_constant() -> None:
+    """Weights computed from parameters are the layers' weights; linears on constants are not layers
+    (their output is a table with no batch, nothing to quantize or measure a sensitivity on)."""
+    torch.manual_seed(0)
+    model = ComputedConstants().eval()
+    prepared = prepare_model(model, (1, 3, 4, 4))
+    assert prepared.layer_names == ["wn", "ws", "head"] and prepared.float_layers == {}
+    assert all(li.in_shape[0] == 1 for li in prepared.layers)
+    x = torch.randn(5, 3, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(prepared.graph_module(x), model(x), rtol=1e-5, atol=1e-6)
+        w = prepared.graph_module.get_submodule("ws").weight
+        torch.testing.assert_close(w.mean((1, 2, 3)), torch.zeros(8), atol=1e-5, rtol=0)  # standardized
+
+
 def test_conv1d_layers_and_default_resnet_names_are_kept(tiny_prepared) -> None:
     model = nn.Sequential(nn.Conv1d(2, 4, 5, stride=2, padding=2), nn.BatchNorm1d(4), nn.ReLU(),
                           nn.Flatten(), nn.Linear(4 * 8, 3)).eval()

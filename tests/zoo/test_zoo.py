@@ -58,3 +58,24 @@ def test_library_agrees_with_simulation_at_a_mixed_4_8_bit_candidate(name: str) 
     rel = np.abs(out - sim).max() / np.abs(sim).max()
     assert rel < 1e-3, f"max relative error {rel:.2e}"
     assert (out.argmax(-1) == sim.argmax(-1)).mean() >= 0.99  # per sample, or per position (GPT-2)
+
+
+def test_constants_computed_from_parameters_lower_and_run_as_simulated() -> None:
+    """Weight-normed and standardized convs, and a position table computed by an MLP on constants
+    (folded by prepare): the library equals the simulation at a mixed candidate."""
+    from tests.quant.test_prepare_export import ComputedConstants
+
+    torch.manual_seed(0)
+    model = ComputedConstants().eval()
+    prepared = prepare_model(model, (1, 3, 4, 4))
+    x = torch.randn(8, 3, 4, 4)
+    ranges = calibrate(prepared.graph_module, prepared.layer_names, [(torch.randn(16, 3, 4, 4), None)])
+    cand = Candidate({n: MIXED[i % len(MIXED)] for i, n in enumerate(prepared.layer_names)})
+    lowered = lower(prepared, cand, ranges, batch=8)
+    assert set(lowered.kernels) == {"wn", "ws", "head"}
+    exe = tvm.relax.build(lowered.mod, target=tvm.target.Target({"kind": "llvm"}))
+    vm = tvm.relax.VirtualMachine(exe, tvm.cpu())
+    out = vm["main"](*[tvm.runtime.tensor(a) for a in [x.numpy(), *lowered.params]]).numpy()
+    with torch.no_grad():
+        sim = quantize_(prepared.copy_module(), cand, ranges)(x).numpy()
+    assert np.abs(out - sim).max() < 1e-4 * np.abs(sim).max()
