@@ -303,6 +303,63 @@ def _importer_class() -> type:
             params.update(self.extra_vars)
             return params, user_inputs, ranges
 
+        def _explicit(self, data: relax.Expr, indices: list, trailing: bool) -> list | None:
+            """``indices`` (``None`` for a whole dim) as index tensors that broadcast the way PyTorch
+            indexes with sliced dims around one block of adjacent index tensors: the sliced dims before
+            it, the block's broadcast shape, then those after it (``trailing``: as index tensors too,
+            else left to the op). None where that is not the pattern, or there is nothing to fix."""
+            indices = list(indices)
+            if not trailing:
+                while indices and indices[-1] is None:
+                    indices.pop()
+            given = [i for i, idx in enumerate(indices) if idx is not None]
+            if not given or given != list(range(given[0], given[-1] + 1)) or len(given) == len(indices):
+                return None
+            lead, trail = given[0], len(indices) - 1 - given[-1]
+            if len(given) < 2 and trail == 0:
+                return None  # one index tensor after slices: TVM's importer takes it right
+            ndim = max(indices[i].ty.ndim for i in given)
+            shape = self.shape_of(data)
+            bb = self.block_builder
+
+            def arange(dim: int, where: list) -> relax.Expr:
+                a = bb.emit(relax.op.arange(relax.prim_value(0), shape[dim], relax.prim_value(1), "int64"))
+                return bb.emit(relax.op.reshape(a, where))
+
+            out = [arange(k, [1] * k + [shape[k]] + [1] * (lead - 1 - k + ndim + trail)) for k in range(lead)]
+            for i in given:
+                idx = indices[i]
+                out.append(idx if not trail else bb.emit(relax.op.reshape(idx, [*idx.ty.shape] + [1] * trail)))
+            for j in range(trail):
+                dim = given[-1] + 1 + j
+                out.append(arange(dim, [1] * (lead + ndim + j) + [shape[dim]] + [1] * (trail - 1 - j)))
+            return out
+
+        def _index_tensor(self, node: fx.Node) -> relax.Var:
+            """``x[:, :, i, j]``: sliced leading dims, then index tensors side by side (``F.unfold``
+            decomposes to it). TVM's importer puts every slice on the same leading axis and fails to
+            broadcast (or, for 1-D indices, takes their outer product where PyTorch zips them)."""
+            data, indices = self.retrieve_args(node)[:2]
+            explicit = self._explicit(data, indices, trailing=False)
+            if explicit is None:
+                return super()._index_tensor(node)
+            return self.block_builder.emit(relax.op.index_tensor(data, explicit))
+
+        def _index_put(self, node: fx.Node) -> relax.Var:
+            """``x[:, :, i, j] = v`` (``F.fold`` decomposes to it, accumulating): the same slices as
+            :meth:`_index_tensor`, given to TVM's converter (which keeps ``index_put_``'s aliasing) as
+            index tensors."""
+            args = list(self.retrieve_args(node))
+            explicit = self._explicit(args[0], args[1], trailing=True) if len(args) > 1 and args[1] else None
+            if explicit is None:
+                return super()._index_put(node)
+            args[1] = explicit
+            self.retrieve_args = lambda n: args if n is node else type(self).retrieve_args(self, n)
+            try:
+                return super()._index_put(node)
+            finally:
+                del self.retrieve_args
+
     return Importer
 
 

@@ -341,3 +341,36 @@ def test_a_per_sample_library_slices_every_input_and_joins_tuple_outputs() -> No
         bb.emit_func_output(bb.emit(relax.op.sum(x)))
     with pytest.raises(LoweringError, match="batch in dim 0.*lower at the batch instead"):
         per_sample(LoweredModel(bb.get(), []), 1, 3)
+
+
+class _Unfold(torch.nn.Module):
+    """``F.unfold`` (ConvBERT's span conv) decomposes to ``x[:, :, i, j]`` with 4-D index tensors,
+    ``F.fold`` (MobileViTV2) to an accumulating ``index_put`` with them; and two 1-D index tensors
+    after slices are zipped, not crossed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+        self.fc = torch.nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        cols = torch.nn.functional.unfold(h, [3, 1], padding=[1, 0])  # (B, 9, 16)
+        h = h + torch.nn.functional.fold(cols, (4, 4), [3, 1], padding=[1, 0])
+        spans = cols.mean(-1)  # (B, 9)
+        zipped = h[:, :, torch.tensor([0, 2, 3]), torch.tensor([1, 1, 0])].flatten(1)  # (B, 9)
+        return self.fc(torch.cat([spans, zipped], 1)[:, :12])
+
+
+@pytest.mark.parametrize("pair", [(32, 32), (8, 8)])
+def test_indexing_after_sliced_dims_lowers_as_pytorch_computes_it(pair: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    model = _Unfold().eval()
+    prepared = prepare_model(model, (1, 3, 4, 4))
+    x = torch.randn(2, 3, 4, 4)
+    ranges = {n: (-3.0, 3.0) for n in prepared.layer_names}
+    cand = Candidate.uniform(prepared.layer_names, *pair)
+    out = _run(lower(prepared, cand, ranges, batch=2), x.numpy())
+    with torch.no_grad():
+        ref = quantize_(prepared.copy_module(), cand, ranges)(x).numpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
