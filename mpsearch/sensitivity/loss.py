@@ -218,6 +218,9 @@ def layer_loss(model: nn.Module, layers: list[str], samples: Samples, total: int
     recording = True
     multi: set[str] = set()
     flat: set[str] = set()  # inputs of (n * k, ...) rows: perturbed per sample as (n, k, ...)
+    interleaved: set[str] = set()  # of those, rows (k, n) flattened: sequence-first (T * B, D)
+    batch_axis: dict[str, int] = {}  # inputs with the batch on this axis (> 0): (T, B, D) sequence-first
+    probe: dict[str, Tensor] = {}  # a layer's input, recorded by the sample-order probe
 
     def make_hook(name: str) -> Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...] | None]:
         def hook(_mod: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
@@ -225,6 +228,8 @@ def layer_loss(model: nn.Module, layers: list[str], samples: Samples, total: int
                 if args and isinstance(args[0], Tensor):
                     shapes[name].append(args[0].shape)
                     dtypes[name] = args[0].dtype
+                    if probing and name not in probe:
+                        probe[name] = args[0].detach().clone()
                 return None
             delta = deltas.get(name)
             if delta is None:
@@ -233,11 +238,16 @@ def layer_loss(model: nn.Module, layers: list[str], samples: Samples, total: int
                 i = call_index.get(name, 0)
                 call_index[name] = i + 1
                 delta = delta[i]
+            if name in interleaved:  # (n, k, ...) per sample onto the layer's (k * n, ...) input
+                delta = delta.transpose(0, 1)
             if name in flat:  # (n, k, ...) per sample onto the layer's (n * k, ...) input
                 delta = delta.reshape(args[0].shape)
+            elif name in batch_axis:  # (n, T, ...) per sample onto the layer's (T, n, ...) input
+                delta = delta.movedim(0, batch_axis[name])
             return (args[0] + delta,) + tuple(args[1:])
         return hook
 
+    probing = False
     handles = [model.get_submodule(name).register_forward_pre_hook(make_hook(name)) for name in layers]
     try:
         with torch.no_grad():
@@ -245,8 +255,10 @@ def layer_loss(model: nn.Module, layers: list[str], samples: Samples, total: int
             first = {name: got[0][0] for name, got in shapes.items() if got and len(got[0])}
             rows: dict[str, int] = {}
             if any(f != n for f in first.values()) or n == 1:
-                # a layer input's first dimension may hold the batch flattened with other axes (GPT-2's
-                # Conv1D: (n * tokens, features)): rows per sample, where it scales with a second batch size
+                # Where a layer input's batch is not its first dimension alone: the axis that scales with a
+                # second batch size. Its first dimension may hold the batch flattened with other axes (GPT-2's
+                # Conv1D: (n * tokens, features)): rows per sample; or the batch may be a later axis
+                # (a sequence-first transformer, nn.TransformerEncoder's default: (tokens, n, features)).
                 m = 1 if n > 1 else 2
                 other = samples.slice(0, 1).inputs if n > 1 else tuple(torch.cat([t, t]) for t in samples.inputs)
                 kept = {name: list(got) for name, got in shapes.items()}
@@ -254,9 +266,34 @@ def layer_loss(model: nn.Module, layers: list[str], samples: Samples, total: int
                     got.clear()
                 model(*other)
                 for name, f in first.items():
-                    g = shapes[name][0][0] if shapes[name] and len(shapes[name][0]) else None
-                    if g is not None and f % n == 0 and g == f // n * m:
+                    if not shapes[name] or len(shapes[name][0]) != len(kept[name][0]):
+                        continue
+                    a, b = kept[name][0], shapes[name][0]
+                    moved = [d for d in range(len(a)) if a[d] != b[d]]
+                    if moved == [0] and f % n == 0 and b[0] == f // n * m:
                         rows[name] = f // n
+                    elif len(moved) == 1 and a[moved[0]] == n and b[moved[0]] == m:
+                        batch_axis[name] = moved[0]
+                if n > 1 and any(k > 1 for k in rows.values()):
+                    # whose rows are sample 0's: the first k ((n, k) flattened) or every n-th ((k, n): a
+                    # sequence-first model's (T * B, D)); seen by giving sample 0 sample 1's inputs
+                    probing = True
+                    runs = []
+                    for inputs in (samples.inputs, tuple(torch.cat([t[1:2], t[1:]]) for t in samples.inputs)):
+                        probe.clear()
+                        model(*inputs)
+                        runs.append(dict(probe))
+                    probing = False
+                    for name, k in rows.items():
+                        if k > 1 and name in runs[0] and name in runs[1]:
+                            changed = (runs[0][name] != runs[1][name]).reshape(n * k, -1).any(1)
+                            if bool(changed.any()) and not bool(changed[k:].any()):
+                                continue  # (n, k): as assumed
+                            if bool(changed.any()) and not bool(changed.reshape(k, n)[:, 1:].any()):
+                                interleaved.add(name)
+                            elif bool(changed.any()):
+                                rows[name] = 0  # neither: not per sample (skipped below)
+                    probe.clear()
                 shapes.update(kept)
         recording = False
         skipped: dict[str, str] = {}
@@ -272,12 +309,16 @@ def layer_loss(model: nn.Module, layers: list[str], samples: Samples, total: int
                 skipped[name] = f"called {len(got)} times per forward on inputs of different shapes"
             elif not dtypes[name].is_floating_point:
                 skipped[name] = f"its input is {dtypes[name]}, not float"
-            elif len(got[0]) == 0 or (rows.get(name, 1) == 1 and got[0][0] != n):
-                skipped[name] = (f"its input {tuple(got[0])} does not have the batch ({n}) as first dimension; "
-                                 "sensitivities need batch-first layer inputs")
+            elif len(got[0]) == 0 or rows.get(name) == 0 or (
+                    rows.get(name, 1) == 1 and got[0][0] != n and name not in batch_axis):
+                skipped[name] = (f"its input {tuple(got[0])} does not hold the batch ({n}) on one axis, or as "
+                                 "rows of one sample after another; sensitivities need per-sample layer inputs")
             else:
                 calls[name] = len(got)
                 per_sample[name] = tuple(got[0][1:])
+                if name in batch_axis:
+                    axis = batch_axis[name]
+                    per_sample[name] = (*got[0][:axis], *got[0][axis + 1:])
                 if rows.get(name, 1) > 1:
                     flat.add(name)
                     per_sample[name] = (rows[name], *per_sample[name])

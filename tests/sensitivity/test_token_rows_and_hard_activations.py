@@ -27,19 +27,27 @@ T, C, V = 5, 6, 7
 
 
 class TokenMLP(nn.Module):
-    """Two linear layers on token rows, ``rows`` flattening the batch with the tokens as GPT-2 does."""
+    """Two linear layers on token rows, ``rows`` flattening the batch with the tokens as GPT-2 does;
+    ``layout``: ``seq`` runs ``fc`` sequence-first, ``(T, N, C)`` (nn.TransformerEncoder's default), and
+    ``seq_rows`` on those flattened, ``(T * N, C)`` (its attention's out_proj)."""
 
-    def __init__(self, rows: bool) -> None:
+    def __init__(self, rows: bool, layout: str = "") -> None:
         super().__init__()
         torch.manual_seed(0)
         self.embed = nn.Embedding(V, C)
         self.fc = nn.Linear(C, C)
         self.head = nn.Linear(C, V)
         self.rows = rows
+        self.layout = layout
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         h = self.embed(tokens)
-        if self.rows:
+        if self.layout == "seq":
+            h = self.fc(h.transpose(0, 1)).transpose(0, 1)
+        elif self.layout == "seq_rows":
+            t = h.transpose(0, 1)
+            h = self.fc(t.reshape(-1, C)).reshape(t.shape).transpose(0, 1)
+        elif self.rows:
             h = self.fc(h.reshape(-1, C)).reshape(h.shape)
         else:
             h = self.fc(h)
@@ -60,6 +68,24 @@ def test_token_rows_are_perturbed_per_sample(estimator: str, samples: int) -> No
     assert not rows.skipped()
     for name in ("fc", "head"):
         a, b = rows.layers[name], seq.layers[name]
+        assert a.act_numel == b.act_numel == samples * T * C
+        assert a.weight_trace == pytest.approx(b.weight_trace, rel=1e-5)
+        assert a.act_trace == pytest.approx(b.act_trace, rel=1e-5)
+        assert a.delta_loss == pytest.approx(b.delta_loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["seq", "seq_rows"])
+@pytest.mark.parametrize("samples", [6, 1])
+@pytest.mark.parametrize("estimator", list(MAKERS))
+def test_sequence_first_layers_are_perturbed_per_sample(estimator: str, samples: int, layout: str) -> None:
+    """A layer whose input holds the batch on axis 1, or as every N-th row: the same sensitivities as the
+    batch-first layer (these were skipped and scored 0, or their rows grouped into the wrong samples)."""
+    data = _tokens(samples)
+    first = MAKERS[estimator]().estimate(TokenMLP(rows=False, layout=layout).eval(), ["fc", "head"], data)
+    batch = MAKERS[estimator]().estimate(TokenMLP(rows=False).eval(), ["fc", "head"], data)
+    assert not first.skipped()
+    for name in ("fc", "head"):
+        a, b = first.layers[name], batch.layers[name]
         assert a.act_numel == b.act_numel == samples * T * C
         assert a.weight_trace == pytest.approx(b.weight_trace, rel=1e-5)
         assert a.act_trace == pytest.approx(b.act_trace, rel=1e-5)
