@@ -290,6 +290,21 @@ def _chain(start: fx.Node, last: fx.Node) -> list[fx.Node]:
     return nodes
 
 
+def _naming_failures(op: str, convert: Any) -> Any:
+    def converted(node: fx.Node, *rest: Any) -> Any:
+        try:
+            return convert(node, *rest)
+        except LoweringError:
+            raise
+        except Exception as e:  # the importer raises AssertionError/ValueError/TVMError on what it cannot take
+            path = node.meta.get("mpsearch_path") or module_path(node)
+            raise LoweringError(f"TVM's Relax importer failed on op {op} (node {node.name}"
+                                f"{' in module ' + path if path else ''}: {type(e).__name__}: "
+                                f"{' '.join(str(e).split())[:200]}); rewrite that computation with supported "
+                                "ops") from None
+    return converted
+
+
 def _importer_class() -> type:
     from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
 
@@ -298,6 +313,10 @@ def _importer_class() -> type:
 
         extra_vars: dict[str, relax.Var] = {}
 
+        def create_convert_map(self):  # noqa: ANN202
+            """TVM's converters, each failure one line naming the node and the module it computes."""
+            return {name: _naming_failures(name, fn) for name, fn in super().create_convert_map().items()}
+
         def create_input_vars(self, exported_program):  # noqa: ANN001, ANN202
             params, user_inputs, ranges = super().create_input_vars(exported_program)
             params.update(self.extra_vars)
@@ -305,34 +324,36 @@ def _importer_class() -> type:
 
         def _explicit(self, data: relax.Expr, indices: list, trailing: bool) -> list | None:
             """``indices`` (``None`` for a whole dim) as index tensors that broadcast the way PyTorch
-            indexes with sliced dims around one block of adjacent index tensors: the sliced dims before
-            it, the block's broadcast shape, then those after it (``trailing``: as index tensors too,
-            else left to the op). None where that is not the pattern, or there is nothing to fix."""
+            indexes: the index tensors' broadcast shape in place of the first one when they are adjacent
+            (the sliced dims before it stay before it), else first, with every sliced dim after it in
+            order. ``trailing``: sliced dims after the last index tensor as index tensors too (else left
+            to the op, which keeps them). None where TVM's importer gets it right already."""
             indices = list(indices)
             if not trailing:
                 while indices and indices[-1] is None:
                     indices.pop()
             given = [i for i, idx in enumerate(indices) if idx is not None]
-            if not given or given != list(range(given[0], given[-1] + 1)) or len(given) == len(indices):
+            if not given or len(given) == len(indices):
                 return None
-            lead, trail = given[0], len(indices) - 1 - given[-1]
-            if len(given) < 2 and trail == 0:
-                return None  # one index tensor after slices: TVM's importer takes it right
+            if given == list(range(given[0], given[-1] + 1)):  # adjacent
+                if len(given) == 1 and given[-1] == len(indices) - 1:
+                    return None  # one index tensor after slices: TVM's importer takes it right
+                before = list(range(given[0]))
+            else:
+                before = []
+            after = [i for i, idx in enumerate(indices) if idx is None and i not in before]
             ndim = max(indices[i].ty.ndim for i in given)
+            total = len(before) + ndim + len(after)
             shape = self.shape_of(data)
             bb = self.block_builder
-
-            def arange(dim: int, where: list) -> relax.Expr:
-                a = bb.emit(relax.op.arange(relax.prim_value(0), shape[dim], relax.prim_value(1), "int64"))
-                return bb.emit(relax.op.reshape(a, where))
-
-            out = [arange(k, [1] * k + [shape[k]] + [1] * (lead - 1 - k + ndim + trail)) for k in range(lead)]
-            for i in given:
-                idx = indices[i]
-                out.append(idx if not trail else bb.emit(relax.op.reshape(idx, [*idx.ty.shape] + [1] * trail)))
-            for j in range(trail):
-                dim = given[-1] + 1 + j
-                out.append(arange(dim, [1] * (lead + ndim + j) + [shape[dim]] + [1] * (trail - 1 - j)))
+            out = []
+            for i, idx in enumerate(indices):
+                if idx is not None:
+                    out.append(bb.emit(relax.op.reshape(idx, [*idx.ty.shape] + [1] * len(after))) if after else idx)
+                    continue
+                at = before.index(i) if i in before else len(before) + ndim + after.index(i)
+                a = bb.emit(relax.op.arange(relax.prim_value(0), shape[i], relax.prim_value(1), "int64"))
+                out.append(bb.emit(relax.op.reshape(a, [1] * at + [shape[i]] + [1] * (total - 1 - at))))
             return out
 
         def _index_tensor(self, node: fx.Node) -> relax.Var:
@@ -350,6 +371,8 @@ def _importer_class() -> type:
             :meth:`_index_tensor`, given to TVM's converter (which keeps ``index_put_``'s aliasing) as
             index tensors."""
             args = list(self.retrieve_args(node))
+            if len(args) > 1 and args[1]:  # dims past the last index: whole (``index_add`` along a middle dim)
+                args[1] = [*args[1], *[None] * (len(self.shape_of(args[0])) - len(args[1]))]
             explicit = self._explicit(args[0], args[1], trailing=True) if len(args) > 1 and args[1] else None
             if explicit is None:
                 return super()._index_put(node)

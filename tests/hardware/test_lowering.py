@@ -107,6 +107,32 @@ def test_unsupported_op_is_named() -> None:
     assert "\n" not in str(err.value)
 
 
+
+def test_a_converter_failure_names_the_op_node_and_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An op TVM has a converter for that fails on this use: one line naming it, its node and module."""
+    class Tanh(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.tanh(x)
+
+    class WithTanh(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 2)
+            self.act = Tanh()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.act(self.fc(x))
+
+    def refuse(*args, **kwargs):
+        raise ValueError("cannot take\nthis input")
+
+    prepared = prepare_model(WithTanh(), (1, 4))
+    monkeypatch.setattr(tvm.relax.op, "tanh", refuse)
+    with pytest.raises(LoweringError, match=r"failed on op tanh\.default \(node tanh in module act: ValueError: "
+                                            r"cannot take this input\); rewrite") as err:
+        lower(prepared, Candidate({"fc": (8, 8)}), {"fc": (-1.0, 1.0)})
+    assert "\n" not in str(err.value)
+
 @pytest.fixture(scope="module")
 def wide(tiny_batches):
     """The tiny CNN at 16 channels: conv1, conv2 and down tile into the blocked int8 dot layout."""
@@ -343,29 +369,33 @@ def test_a_per_sample_library_slices_every_input_and_joins_tuple_outputs() -> No
         per_sample(LoweredModel(bb.get(), []), 1, 3)
 
 
-class _Unfold(torch.nn.Module):
-    """``F.unfold`` (ConvBERT's span conv) decomposes to ``x[:, :, i, j]`` with 4-D index tensors,
-    ``F.fold`` (MobileViTV2) to an accumulating ``index_put`` with them; and two 1-D index tensors
-    after slices are zipped, not crossed."""
+class _Indexing(torch.nn.Module):
+    """Advanced indexing with sliced dims, as decompositions produce it: ``F.unfold`` (ConvBERT's span
+    conv) gives ``x[:, :, i, j]`` with 4-D index tensors, ``F.fold`` (MobileViTV2) an accumulating
+    ``index_put`` with them, ``index_add`` along a middle dim an ``index_put`` with fewer indices than
+    dims; two 1-D index tensors after slices are zipped, not crossed; index tensors apart put their
+    broadcast dims first."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = torch.nn.Conv2d(3, 3, 1)
-        self.fc = torch.nn.Linear(12, 4)
+        self.fc = torch.nn.Linear(26, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv(x)
+        h = self.conv(x)  # (B, 3, 4, 4)
         cols = torch.nn.functional.unfold(h, [3, 1], padding=[1, 0])  # (B, 9, 16)
         h = h + torch.nn.functional.fold(cols, (4, 4), [3, 1], padding=[1, 0])
+        h = h.index_add(2, torch.tensor([0, 0, 1, 3]), h)
         spans = cols.mean(-1)  # (B, 9)
         zipped = h[:, :, torch.tensor([0, 2, 3]), torch.tensor([1, 1, 0])].flatten(1)  # (B, 9)
-        return self.fc(torch.cat([spans, zipped], 1)[:, :12])
+        apart = h[:, torch.tensor([0, 1]), :, torch.tensor([1, 2])].transpose(0, 1).flatten(1)  # (2, B, 4) -> (B, 8)
+        return self.fc(torch.cat([spans, zipped, apart], 1))
 
 
 @pytest.mark.parametrize("pair", [(32, 32), (8, 8)])
 def test_indexing_after_sliced_dims_lowers_as_pytorch_computes_it(pair: tuple[int, int]) -> None:
     torch.manual_seed(0)
-    model = _Unfold().eval()
+    model = _Indexing().eval()
     prepared = prepare_model(model, (1, 3, 4, 4))
     x = torch.randn(2, 3, 4, 4)
     ranges = {n: (-3.0, 3.0) for n in prepared.layer_names}
