@@ -229,3 +229,15 @@ def test_roofline_holds_a_kernel_to_the_peak_of_the_dot_its_code_contains() -> N
     # a GEMV: 0.5 MFLOP over 300 KiB: 1.6 FLOP/B x 200 GB/s = 326 GFLOP/s, below the VNNI peak: L2-bound
     bound, by = roof(0.5e6, 300 << 10, 1000.0, levels, bw)
     assert by == "L2" and bound == pytest.approx(0.5e6 / (300 << 10) * 200.0)
+
+
+def test_trials_renders_each_models_ratio_and_a_skipped_model() -> None:
+    from benchmarks.trials import render
+
+    row = {"candidate": "W8A8", "low_ms": 0.2232, "high_ms": 0.2210, "low_over_high": 0.2232 / 0.2210}
+    data = {"low": 8, "high": 32, "strategy": "replay-spaces", "rounds": 7, "models": {
+        "default": {"title": "ResNet-20", "layers": 22, "tuning_s": {"low": 140.0, "high": 441.0}, "rows": [row]},
+        "efficientnet_lite0": {"skipped": "not installed: efficientnet_lite_pytorch"}}}
+    md = render(data)
+    assert "| W8A8 | 0.2232 | 0.2210 | 1.01 |" in md and "tuning took 140 s to 8 trials, then 441 s more to 32" in md
+    assert "Skipped: not installed: efficientnet_lite_pytorch" in md
