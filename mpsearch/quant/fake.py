@@ -220,12 +220,16 @@ class QuantLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act is not None:
             x = fake_quant_act(x, self.act)
-        layer = self.layer
-        if isinstance(layer, nn.Linear):
-            return F.linear(x, self.weight_q, self.bias_q)
-        if isinstance(layer, nn.Conv1d):
-            return F.conv1d(x, self.weight_q, self.bias_q, layer.stride, layer.padding, layer.dilation, layer.groups)
-        return F.conv2d(x, self.weight_q, self.bias_q, layer.stride, layer.padding, layer.dilation, layer.groups)
+        return layer_forward(self.layer, x, self.weight_q, self.bias_q)
+
+
+def layer_forward(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """What ``layer`` (a prepared layer: ``nn.Linear``, ``nn.Conv1d`` or ``nn.Conv2d``) computes, with
+    ``weight`` and ``bias`` in place of its own."""
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, weight, bias)
+    conv = F.conv1d if isinstance(layer, nn.Conv1d) else F.conv2d
+    return conv(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
 
 
 def act_quantizers(

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from mpsearch.candidate import FLOAT_BITS, HALF_BITS, Candidate
 from mpsearch.errors import ConfigError
-from mpsearch.quant.fake import ActQuant, act_quantizers, fake_quant_weight, weight_scale
+from mpsearch.quant.fake import ActQuant, act_quantizers, fake_quant_weight, layer_forward, weight_scale
 from mpsearch.quant.learned import Batches, LearnedModel, Learner
 from mpsearch.quant.lsq import LsqActQuant, fake_quant_act_ste
 from mpsearch.quant.prepare import PreparedModel
@@ -58,9 +58,7 @@ class _QatLayer(nn.Module):
             x = fake_quant_act_ste(x, self.act)
         layer = self.layer
         w = layer.weight if self.w_bits >= FLOAT_BITS else fake_quant_weight_ste(layer.weight, self.w_bits)
-        if isinstance(layer, nn.Linear):
-            return F.linear(x, w, layer.bias)
-        return F.conv2d(x, w, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+        return layer_forward(layer, x, w, layer.bias)
 
 
 @dataclass(frozen=True)

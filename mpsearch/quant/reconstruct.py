@@ -38,7 +38,7 @@ from torch.nn import functional as F
 from mpsearch.candidate import FLOAT_BITS, Candidate, is_integer_bits
 from mpsearch.errors import MPSearchError
 from mpsearch.quant.adaround import AdaRoundWeight, beta_schedule
-from mpsearch.quant.fake import ActQuant, QuantLayer, act_quantizers, fake_quant_weight, quantize_
+from mpsearch.quant.fake import ActQuant, QuantLayer, act_quantizers, fake_quant_weight, layer_forward, quantize_
 from mpsearch.quant.learned import Batches, LearnedModel, Learner, clone_layer
 from mpsearch.quant.lsq import LsqActQuant, LsqWeightStep, fake_quant_act_ste
 from mpsearch.quant.prepare import QUANTIZABLE, PreparedModel
@@ -170,11 +170,8 @@ class _LearnLayer(nn.Module):
             x = self.lsq(x)
         elif self.act_fixed is not None:
             x = fake_quant_act_ste(x, self.act_fixed)
-        layer, w = self.layer, self.weight()
-        if isinstance(layer, nn.Linear):
-            return F.linear(x, w, None if layer.bias is None else layer.bias.detach())
-        return F.conv2d(x, w, None if layer.bias is None else layer.bias.detach(), layer.stride, layer.padding,
-                        layer.dilation, layer.groups)
+        layer = self.layer
+        return layer_forward(layer, x, self.weight(), None if layer.bias is None else layer.bias.detach())
 
 
 @dataclass(frozen=True)
@@ -231,6 +228,8 @@ class _Capture(fx.Interpreter):
 
 
 def _sum_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if logits.dim() > 2:  # (N, T, V) logits, a label per position
+        return F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction="sum")
     return F.cross_entropy(logits, y, reduction="sum")
 
 
@@ -250,7 +249,8 @@ def output_fisher(gm: fx.GraphModule, names: list[str], batches: Batches,
     for x, y in batches:
         cap = _Capture(gm, wanted)
         with torch.enable_grad():
-            logits = cap.run(x.detach().clone().requires_grad_(True))
+            # token ids take no gradient: the embedding's weights carry it to the nodes
+            logits = cap.run(x.detach().clone().requires_grad_(True) if x.is_floating_point() else x)
             values = [cap.values[n] for n in names]
             grads = torch.autograd.grad(loss_fn(logits, y), values, allow_unused=True)
         for name, v, g in zip(names, values, grads):

@@ -142,3 +142,57 @@ def test_config_rejects_bad_learning_settings(field: str, value: object, message
     with pytest.raises(ConfigError, match=message) as err:
         validate(cfg)
     assert len(str(err.value).splitlines()) == 1
+
+
+class _Audio(torch.nn.Module):
+    """A 1-D conv front end (wav2vec2, Whisper), then a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv1d(1, 4, 5, stride=2)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)).mean(-1))
+
+
+class _Tokens(torch.nn.Module):
+    """Token ids in (no gradient to take), an embedding, a linear, one label per sample or per position."""
+
+    def __init__(self, per_position: bool) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(11, 8)
+        self.fc = torch.nn.Linear(8, 8)
+        self.head = torch.nn.Linear(8, 11)
+        self.per_position = per_position
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.head(torch.tanh(self.fc(self.embed(ids))))  # (N, T, 11)
+        return h if self.per_position else h.mean(1)
+
+
+def _learn_every_way(model: torch.nn.Module, inputs, x: torch.Tensor, y: torch.Tensor) -> None:
+    from mpsearch.quant.learners import make_learners
+
+    torch.manual_seed(0)
+    prepared = prepare_model(model.eval(), inputs)
+    ranges = calibrate(prepared.graph_module, prepared.layer_names, [(x, y)])
+    cand = Candidate.uniform(prepared.layer_names, 4, 8)
+    for ptq, fisher, epochs in (("adaround", False, 0), ("brecq", True, 0), ("none", False, 1)):
+        for learner in make_learners(ptq, iters=3, qat_epochs=epochs, fisher=fisher):
+            learned = learner.learn(prepared, cand, ranges, [(x, y)])
+            assert off_grid_layers(prepared, learned, cand) == []
+
+
+def test_learned_quantization_of_conv1d_layers() -> None:
+    x = torch.randn(16, 1, 40)
+    _learn_every_way(_Audio(), (1, 1, 40), x, torch.randint(0, 3, (16,)))
+
+
+@pytest.mark.parametrize("per_position", [False, True])
+def test_learned_quantization_of_a_token_id_model(per_position: bool) -> None:
+    from mpsearch.quant.prepare import InputSpec
+
+    ids = torch.randint(0, 11, (16, 6))
+    y = torch.randint(0, 11, (16, 6) if per_position else (16,))
+    _learn_every_way(_Tokens(per_position), (InputSpec((1, 6), "int64"),), ids, y)
