@@ -292,6 +292,23 @@ def rebuild(cfg: RunConfig) -> tuple[PreparedModel, dict[str, tuple[float, float
     return prepared, calibrate_for(prepared.graph_module, prepared.layer_names, calib, cfg.search)
 
 
+def learned_weights(run: RunFolder, label: str, candidate: Candidate, prepared: PreparedModel,
+                    ranges: Mapping[str, tuple[float, float]]) -> tuple[PreparedModel, dict, str]:
+    """The model the run measured for ``label``: with the weights and ranges learned for it
+    (``candidates/<label>.learned.pt``, learned PTQ / QAT-KD) where the run learned them, else as
+    rebuilt (round to nearest). Returns the model, its ranges and how its weights were quantized."""
+    from mpsearch.quant.learned import LearnedModel
+
+    path = run.path / "candidates" / f"{label}.learned.pt"
+    if not path.is_file():
+        return prepared, dict(ranges), "round to nearest"
+    learned = LearnedModel.from_bytes(path.read_bytes())
+    if learned.candidate_key != candidate.key():
+        raise ExportError(f"{run.path.name}/candidates/{path.name} was learned for another bit-config than "
+                          f"{label}'s; re-run mpsearch")
+    return learned.apply(prepared), dict(learned.ranges), learned.method
+
+
 def _check_reproduced(run: RunFolder, label: str, accuracy: float) -> None:
     """The rebuilt fake-quant model must score what the run recorded for ``label`` on the same split,
     or the model, data or calibration changed since the run and the export would not be what was measured."""
@@ -318,8 +335,10 @@ def export_run(run_dir: str | Path, label: str | None = None, budget_ms: float |
     profile = pipeline.configured_profile(cfg)
     prepared, ranges = rebuild(cfg)
     candidate = run.candidate(label).validate(prepared.layer_names)
+    # what the run reported for a candidate it learned PTQ / QAT-KD for is the learned model: export that
+    prepared, ranges, weights = learned_weights(run, label, candidate, prepared, ranges)
     out_dir = run.path / "export" / label
-    log.info("exporting %s (%s) of %s for %s", label, candidate.describe(), run.path.name, profile.name)
+    log.info("exporting %s (%s, %s) of %s for %s", label, candidate.describe(), weights, run.path.name, profile.name)
     test = pipeline.batches(pipeline.load_data(cfg, "test", limit if limit is not None else cfg.data.test_samples),
                             cfg.data.batch_size)
     fake_quant = quantize_(prepared.copy_module(), candidate, ranges).eval()
@@ -364,7 +383,8 @@ def export_run(run_dir: str | Path, label: str | None = None, budget_ms: float |
              for p in (built.library, built.params, out_dir / "bits.json", state_path)}
     manifest = {
         "run": run.path.name, "candidate": label, "candidate_key": candidate.key(),
-        "description": candidate.describe(), "model": cfg.model.display_name(), "input_shape": list(built.input_shape),
+        "description": candidate.describe(), "weights": weights, "model": cfg.model.display_name(),
+        "input_shape": list(built.input_shape),
         "inputs": input_records(prepared),
         "hw_profile": profile.name, "profile": profile.to_dict(), "target": _target_dict(built.target),
         "tvm": export_lib.tvm_version(), "threads": profile.resolved_threads(),

@@ -91,6 +91,33 @@ def test_a_changed_model_is_refused(table_run: RunFolder) -> None:
         _check_reproduced(table_run, "int8", recorded - 0.01)
 
 
+def test_a_candidate_the_run_learned_is_exported_with_its_learned_weights(table_run: RunFolder, tmp_path: Path) -> None:
+    """Learned PTQ / QAT-KD replaced a candidate's accuracy with the learned model's: the export is that
+    model (weights and ranges from candidates/<label>.learned.pt), not round to nearest."""
+    import shutil
+
+    from mpsearch.export import ExportError, learned_weights, rebuild
+    from mpsearch.quant.learned import LearnedModel
+
+    run = RunFolder.load(shutil.copytree(table_run.path, tmp_path / "run"))
+    prepared, ranges = rebuild(run.config)
+    cand = run.candidate("int8")
+    same = learned_weights(run, "int8", cand, prepared, ranges)
+    assert same[0] is prepared and same[1] == ranges and same[2] == "round to nearest"
+    name = f"{prepared.layer_names[0]}.weight"
+    weight = prepared.graph_module.state_dict()[name]
+    patch = LearnedModel("adaround", cand.key(), {name: weight + 0.01}, {n: (-2.0, 2.0) for n in ranges})
+    (run.path / "candidates" / "int8.learned.pt").write_bytes(patch.to_bytes())
+    model, learned_ranges, method = learned_weights(run, "int8", cand, prepared, ranges)
+    assert method == "adaround" and learned_ranges == patch.ranges
+    assert torch.equal(model.graph_module.state_dict()[name], weight + 0.01)
+    assert torch.equal(prepared.graph_module.state_dict()[name], weight)  # the rebuilt model is not changed
+    other = LearnedModel("adaround", "another", {name: weight}, dict(ranges))
+    (run.path / "candidates" / "int8.learned.pt").write_bytes(other.to_bytes())
+    with pytest.raises(ExportError, match="was learned for another bit-config than int8's; re-run mpsearch"):
+        learned_weights(run, "int8", cand, prepared, ranges)
+
+
 @pytest.mark.parametrize("corrected", [False, True])
 def test_quantized_state_dict_rebuilds_the_fake_quant_model(tiny_prepared, tiny_ranges, tiny_corrected, corrected: bool,
                                                            tmp_path: Path) -> None:
