@@ -197,7 +197,8 @@ def objective_loss(out: object, objective: str, target: Tensor, total: int) -> T
     number of samples; a chunk's share of the mean over all samples otherwise)."""
     out = output_tensor(out)
     if objective == "ce":
-        return F.cross_entropy(_class_logits(out, target), target, reduction="sum") / total
+        # in double, as kl: a measured loss change below fp32's resolution at the loss (~1e-7 of it) is not 0
+        return F.cross_entropy(_class_logits(out, target).double(), target, reduction="sum") / total
     if objective == "kl":
         return F.kl_div(F.log_softmax(out.double(), 1), target.double(), log_target=True, reduction="sum") / total
     if objective == "mse":

@@ -161,3 +161,15 @@ def test_curvature_through_hardswish_equals_the_clamped_model(estimator: str) ->
     for name in layers:
         assert hard.layers[name].weight_trace == pytest.approx(ref.layers[name].weight_trace, rel=1e-5)
         assert hard.layers[name].act_trace == pytest.approx(ref.layers[name].act_trace, rel=1e-5)
+
+
+def test_a_loss_change_below_float32_resolution_is_not_zero() -> None:
+    """Measured Δloss (delta_loss) of a layer that barely matters: the cross-entropy sums in double, so a
+    change of 1e-6 in one logit of 64 samples (a sum near 150) still shows."""
+    g = torch.Generator().manual_seed(0)
+    out = torch.randn(64, 10, generator=g)
+    target = torch.randint(0, 10, (64,), generator=g)
+    moved = out.clone()
+    moved[0, int(target[0])] += 1e-6
+    before, after = objective_loss(out, "ce", target, 64), objective_loss(moved, "ce", target, 64)
+    assert before.dtype == torch.float64 and after < before
