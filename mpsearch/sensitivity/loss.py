@@ -287,11 +287,11 @@ def layer_loss(model: nn.Module, layers: list[str], samples: Samples, total: int
                     for name, k in rows.items():
                         if k > 1 and name in runs[0] and name in runs[1]:
                             changed = (runs[0][name] != runs[1][name]).reshape(n * k, -1).any(1)
-                            if bool(changed.any()) and not bool(changed[k:].any()):
-                                continue  # (n, k): as assumed
-                            if bool(changed.any()) and not bool(changed.reshape(k, n)[:, 1:].any()):
+                            if not bool(changed.any()) or not bool(changed[k:].any()):
+                                continue  # (n, k): as assumed (or nothing to tell by)
+                            if not bool(changed.reshape(k, n)[:, 1:].any()):
                                 interleaved.add(name)
-                            elif bool(changed.any()):
+                            else:
                                 rows[name] = 0  # neither: not per sample (skipped below)
                     probe.clear()
                 shapes.update(kept)
@@ -315,10 +315,8 @@ def layer_loss(model: nn.Module, layers: list[str], samples: Samples, total: int
                                  "rows of one sample after another; sensitivities need per-sample layer inputs")
             else:
                 calls[name] = len(got)
-                per_sample[name] = tuple(got[0][1:])
-                if name in batch_axis:
-                    axis = batch_axis[name]
-                    per_sample[name] = (*got[0][:axis], *got[0][axis + 1:])
+                axis = batch_axis.get(name, 0)
+                per_sample[name] = (*got[0][:axis], *got[0][axis + 1:])
                 if rows.get(name, 1) > 1:
                     flat.add(name)
                     per_sample[name] = (rows[name], *per_sample[name])
