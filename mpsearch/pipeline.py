@@ -21,7 +21,7 @@ from mpsearch.stages import (
     BASELINES, AccuracyCache, BackendFactory, RunOutcome, StageTimer, accuracy_context, batches, build_model,
     StepBack, cached_accuracy, check_data, configured_profile, default_backend, estimate_sensitivity, evaluate,
     evaluate_accuracy, hardware_cost, learn, load, load_candidate, load_data, open_run_folder, preflight, report,
-    search, search_problem, search_settings, to_evaluate, validate_proxy, wants_learning,
+    search, search_problem, search_settings, skipped_note, to_evaluate, validate_proxy, wants_learning,
 )
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def _run(cfg: RunConfig, backend_factory: BackendFactory, run_dir: Path, tvm_log
         evaluation = evaluate(todo, accuracy, backend, prepared, ranges, table, sens.score, sens.joint,
                               s.max_failure_rate, cfg.progress,
                               StepBack(problem, s.accuracy_drop_pts, s.step_back, cfg.budget.weight_kib))
-    notes = evaluation.notes
+    notes = [n for n in [skipped_note(sens.result)] if n] + evaluation.notes
     if wants_learning(s):
         with timer.stage("learned quantization"):
             notes += learn(s, prepared, ranges, loaded.calib, loaded.test, evaluation.candidates, run_dir, cache_dir)

@@ -9,7 +9,7 @@ from mpsearch.sensitivity.base import (
 )
 from mpsearch.sensitivity.data import Samples, first_samples
 from mpsearch.sensitivity.cache import cache_key, cached_estimate
-from mpsearch.sensitivity.delta_loss import DeltaLossEstimator
+from mpsearch.sensitivity.delta_loss import DeltaLossEstimator, measure_skipped
 from mpsearch.sensitivity.eigen import EigenvalueEstimator
 from mpsearch.sensitivity.fisher import FisherEstimator
 from mpsearch.sensitivity.hessian import HutchinsonEstimator
@@ -44,6 +44,7 @@ __all__ = [
     "first_samples",
     "candidate_proxy",
     "make_estimator",
+    "measure_skipped",
     "random_candidates",
     "score_table",
     "signals",

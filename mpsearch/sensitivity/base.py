@@ -47,8 +47,9 @@ class LayerSensitivity:
         delta_loss: Measured increase of the mean loss when only this layer is quantized to each
             ``(w_bits, a_bits)`` pair; ``None`` for curvature estimators.
         skipped: Why the estimator could not assess the layer (never called by ``forward()``, no
-            gradient reaching it, ...), ``None`` when it did. A skipped layer has zero coefficients
-            (and zero measured changes), so it scores 0 at every precision; reports show the reason.
+            gradient reaching it, ...), ``None`` when it did. A skipped layer has zero coefficients;
+            it scores its ``delta_loss`` where that was measured in its place
+            (:func:`~mpsearch.sensitivity.delta_loss.measure_skipped`), else 0 at every precision.
     """
 
     name: str
@@ -254,19 +255,20 @@ def score_table(
             model.get_submodule(name)
         except AttributeError:
             raise ConfigError(f"layer {name!r} of the sensitivity result is not in the model; re-estimate") from None
-    skipped = sens.skipped()
-    for name, why in skipped.items():
-        log.warning("%s skipped layer %s (%s); it scores 0 at every precision", sens.estimator, name, why)
+    for name, why in sens.skipped().items():
+        then = "scored by its measured loss change" if sens.layers[name].delta_loss is not None else \
+            "it scores 0 at every precision"
+        log.warning("%s skipped layer %s (%s); %s", sens.estimator, name, why, then)
     curvature = [n for n in has_input if sens.layers[n].delta_loss is None]
     act_err = _input_error_per_element(model, curvature, ranges, a_bits, act_batches) if a_bits and curvature else {}
     table: dict[str, dict[tuple[int, int], float]] = {}
     for name in layers:
         s = sens.layers[name]
+        if s.delta_loss is not None:  # measured, by the estimator or in place of a layer it skipped
+            table[name] = _measured_row(s, pairs)
+            continue
         if s.skipped is not None:
             table[name] = {(w, a): 0.0 for w, a in pairs}
-            continue
-        if s.delta_loss is not None:
-            table[name] = _measured_row(s, pairs)
             continue
         weight = model.get_submodule(name).weight
         t_w = max(s.weight_trace, 0.0)

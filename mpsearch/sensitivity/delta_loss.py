@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -164,3 +165,27 @@ def _quantized_output(layer: nn.Module, w_bits: int, act: ActQuant | None) -> An
         finally:
             busy[0] = False
     return hook
+
+
+def measure_skipped(result: SensitivityResult, model: nn.Module, ranges: Mapping[str, tuple[float, float]],
+                    pairs: Sequence[Bits], batches: Sequence[Batch],
+                    estimate: Any = None) -> SensitivityResult:
+    """``result`` with each layer its estimator skipped for want of derivatives scored by its measured loss
+    change instead (:class:`DeltaLossEstimator` on ``batches``, the same objective), so that no layer the
+    model calls counts as free to quantize. The layer keeps its ``skipped`` reason beside the measurement;
+    layers ``forward()`` never calls stay at 0 (quantizing them changes nothing).
+
+    Args:
+        estimate: ``(estimator, layers) -> SensitivityResult``, e.g. a cached estimate; default: run it.
+    """
+    todo = [n for n, why in result.skipped().items() if why != NOT_CALLED and result.layers[n].delta_loss is None]
+    if not todo:
+        return result
+    est = DeltaLossEstimator(ranges, pairs, batch_size=result.samples or len(first_samples(batches, None)))
+    measured = estimate(est, todo) if estimate is not None else est.estimate(model, todo, batches)
+    layers = dict(result.layers)
+    for name in todo:
+        m = measured.layers[name]
+        if m.delta_loss is not None and m.skipped is None:
+            layers[name] = dataclasses.replace(layers[name], act_numel=m.act_numel, delta_loss=m.delta_loss)
+    return dataclasses.replace(result, layers=layers, seconds=result.seconds + measured.seconds)

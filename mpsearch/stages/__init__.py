@@ -16,7 +16,7 @@ from mpsearch.stages.learn import learn, wants_learning
 from mpsearch.stages.load import Loaded, batches, build_model, check_data, load, load_candidate, load_data, preflight
 from mpsearch.stages.report import RunOutcome, open_run_folder, report, report_notes, versions, write_artifacts
 from mpsearch.stages.search import Searched, search, search_settings
-from mpsearch.stages.sensitivity import Sensitivity, estimate_sensitivity, joint_proxy, sample_batch
+from mpsearch.stages.sensitivity import Sensitivity, estimate_sensitivity, joint_proxy, sample_batch, skipped_note
 from mpsearch.stages.timer import StageTimer
 from mpsearch.stages.validate import ProxyValidation, validate_proxy
 
@@ -26,6 +26,6 @@ __all__ = [
     "cached_accuracy", "check_data", "check_failure_rate", "configured_profile", "default_backend",
     "estimate_sensitivity", "evaluate", "evaluate_accuracy", "hardware_cost", "joint_proxy", "learn", "load",
     "load_candidate", "load_data", "open_run_folder", "preflight", "report", "report_notes", "sample_batch",
-    "search", "search_problem", "search_settings", "to_evaluate", "validate_proxy", "versions", "wants_learning",
-    "write_artifacts",
+    "search", "search_problem", "search_settings", "skipped_note", "to_evaluate", "validate_proxy", "versions",
+    "wants_learning", "write_artifacts",
 ]

@@ -14,7 +14,7 @@ from mpsearch.candidate import Bits
 from mpsearch.quant.prepare import PreparedModel
 from mpsearch.sensitivity import (
     ADDITIVE_FALLBACK, CandidateProxy, SensitivityResult, cached_estimate, first_samples, is_joint, make_estimator,
-    make_joint_estimator, score_table,
+    make_joint_estimator, measure_skipped, score_table,
 )
 
 Batch = tuple[Any, torch.Tensor]
@@ -68,6 +68,29 @@ def estimate_sensitivity(estimator: str, prepared: PreparedModel, ranges: Mappin
         if is_joint(estimator) else None
     est = make_estimator(ADDITIVE_FALLBACK if joint else estimator, samples=samples, seed=seed, ranges=ranges,
                          pairs=pairs)
-    result = cached_estimate(est, prepared.graph_module, prepared.layer_names, sens_batches, Path(cache_dir))
+    model = prepared.graph_module
+    result = cached_estimate(est, model, prepared.layer_names, sens_batches, Path(cache_dir))
+    # a layer the estimator skipped for want of derivatives is measured instead of counting as free
+    result = measure_skipped(result, model, ranges, pairs, sens_batches,
+                             lambda e, layers: cached_estimate(e, model, layers, sens_batches, Path(cache_dir)))
     score = score_table(prepared.graph_module, result, ranges, pairs, sens_batches)
     return Sensitivity(sens_batches, result, score, joint)
+
+
+def skipped_note(result: SensitivityResult, limit: int = 3) -> str | None:
+    """The report's note on the layers ``result``'s estimator could not assess, and what scored them
+    instead; None when it assessed every layer."""
+    skipped = result.skipped()
+    if not skipped:
+        return None
+    parts = []
+    for measured in (True, False):
+        names = [n for n in skipped if (result.layers[n].delta_loss is not None) == measured]
+        if not names:
+            continue
+        reasons = sorted({skipped[n] for n in names})
+        shown = ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+        then = "their scores are measured loss changes instead (one forward pass per layer and bit pair)" \
+            if measured else "they score 0 at every precision"
+        parts.append(f"{len(names)} layer{'s' if len(names) > 1 else ''} ({shown}): {'; '.join(reasons)}; {then}")
+    return f"The {result.estimator} sensitivity could not assess " + ". Also ".join(parts) + "."

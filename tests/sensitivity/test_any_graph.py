@@ -258,3 +258,42 @@ def test_cache_keys_several_inputs_and_no_labels(name: str, tmp_path):
     other = batches(case, seed=1)
     assert cache_key(FisherEstimator(), model, case.layers, other) != cache_key(FisherEstimator(), model,
                                                                                case.layers, data)
+
+
+def test_a_layer_without_second_derivatives_is_measured_not_free(tmp_path, caplog):
+    """The sensitivity stage measures the loss change of a layer its estimator skipped for want of
+    derivatives (here Hutchinson on ``a``, before an op with no double backward): its score at 4 bits
+    is that measurement (> 0, the same delta_loss measures it alone), not 0, and the report's note says
+    so; the unused layer of another graph still scores 0 (quantizing it changes nothing)."""
+    from types import SimpleNamespace
+
+    from mpsearch.quant.calibration import calibrate
+    from mpsearch.stages.sensitivity import estimate_sensitivity, skipped_note
+
+    torch.manual_seed(0)
+    data = [(torch.randn(64, 4), torch.randint(0, 3, (64,)))]
+    layers = ["a", "b"]
+    prepared = SimpleNamespace(graph_module=_NoDoubleBackward().eval(), layer_names=layers)  # what the stage reads
+    ranges = calibrate(prepared.graph_module, layers, data)
+    pairs = [(32, 32), (8, 8), (4, 8)]
+    with caplog.at_level(logging.WARNING):
+        sens = estimate_sensitivity("hutchinson", prepared, ranges, data, pairs, 64, 64, 0, tmp_path)
+    a, b = layers
+    assert "no second derivative" in sens.result.layers[a].skipped and sens.result.layers[b].skipped is None
+    alone = DeltaLossEstimator(ranges, pairs, batch_size=64).estimate(prepared.graph_module, [a], data)
+    assert sens.score[a][(4, 8)] == pytest.approx(max(alone.layers[a].delta_loss[(4, 8)], 0.0))
+    assert sens.score[a][(4, 8)] > 0 and sens.score[a][(32, 32)] == 0
+    assert "scored by its measured loss change" in caplog.text
+    note = skipped_note(sens.result)
+    assert note is not None and a in note and "measured loss changes instead" in note
+    # the merged result round-trips (sensitivity.json) with both the reason and the measurement
+    assert SensitivityResult.from_json(sens.result.to_json()) == sens.result
+    # the cached run gives the same scores
+    again = estimate_sensitivity("hutchinson", prepared, ranges, data, pairs, 64, 64, 0, tmp_path)
+    assert again.score == sens.score
+
+    case = next(c for c in CASES if c.name == "unused_layer")
+    unused = SimpleNamespace(graph_module=build(case), layer_names=case.layers)
+    r = input_ranges(unused.graph_module, case.layers, batches(case))
+    s = estimate_sensitivity("fisher", unused, r, batches(case), pairs, 12, 12, 0, tmp_path)
+    assert s.score["spare"] == {p: 0.0 for p in pairs} and "score 0" in skipped_note(s.result)
