@@ -61,7 +61,7 @@ def _run(cfg: RunConfig, backend_factory: BackendFactory, run_dir: Path, tvm_log
     pairs = bit_pairs(s.w_bits, s.a_bits, s.weight_only)
     profile.precisions.check(profile.name, pairs)  # e.g. fp16 on a profile without it: one line, before any work
     with timer.stage("load"):
-        loaded = load(cfg.model, cfg.data, s.groups, s.group_residual, cfg.candidate, s.ptq)
+        loaded = load(cfg.model, cfg.data, s.groups, s.group_residual, cfg.candidate)
         prepared = loaded.prepared
     with timer.stage("device"):  # before calibration and sensitivity: an unreachable board fails in seconds
         backend = backend_factory(profile, cache_dir, cfg.progress)

@@ -5,8 +5,10 @@ optionally LSQ activation steps, by reconstructing an output of the float model 
 *quantized* model feeds it (earlier units already learned and hard-rounded), on calibration data:
 
 * ``adaround``: the output of one layer (through its ReLU/GELU when that is its only user);
-* ``brecq``: the output of one block, a single-input single-output stretch of the graph between two
-  cut points (e.g. a residual block up to its final ReLU), all its layers learned jointly
+* ``brecq``: the output of one block, a stretch of the graph between two cut points where one value of
+  the quantized stream alone is live (e.g. a residual block up to its final ReLU), all its layers learned
+  jointly; values computed from the model's inputs alone (attention masks, rotary tables) are the same in
+  both models and cross cut points as they are, so models with several inputs split into blocks too
   (Li et al., "BRECQ: Pushing the Limit of Post-Training Quantization by Block Reconstruction", 2021),
   optionally (``fisher``) with their Fisher weighting: each element of the block output error is
   weighted by the squared gradient of the calibration loss (cross-entropy with the labels) of the FP32
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -55,10 +57,11 @@ GRANULARITIES = ("layer", "block")
 
 @dataclass(frozen=True)
 class Block:
-    """A single-input single-output stretch of the graph holding at least one quantizable layer."""
+    """A stretch of the graph holding at least one quantizable layer, entered by one value of the
+    quantized stream and left by one; it may also read side values (:func:`graph_blocks`)."""
 
-    input: str  # name of the fx node whose value enters the block
-    nodes: tuple[str, ...]  # names of the nodes it runs, in graph order; the last one is its output
+    input: str  # name of the fx node whose value enters the block (the first block's: a side value)
+    nodes: tuple[str, ...]  # names of the stream nodes it runs, in graph order; the last one is its output
     layers: tuple[str, ...]  # quantizable layers (module targets) inside, in graph order
 
 
@@ -74,31 +77,48 @@ def _quantizable(node: fx.Node, gm: fx.GraphModule) -> bool:
     return node.op == "call_module" and isinstance(gm.get_submodule(node.target), (*QUANTIZABLE, QuantLayer))
 
 
+def _compute(gm: fx.GraphModule) -> list[fx.Node]:
+    return [n for n in gm.graph.nodes if n.op in ("call_module", "call_function", "call_method")]
+
+
+def _stream(gm: fx.GraphModule) -> set[fx.Node]:
+    """The nodes downstream of a quantizable layer, the layers included: the values that differ between the
+    float and the quantized model. Everything else is a *side value*, the same in both: the inputs,
+    constants and what is computed from them alone (attention masks, rotary tables, token embeddings)."""
+    stream: set[fx.Node] = set()
+    for n in gm.graph.nodes:
+        if _quantizable(n, gm) or any(a in stream for a in n.all_input_nodes):
+            stream.add(n)
+    return stream
+
+
 def graph_blocks(gm: fx.GraphModule) -> list[Block]:
-    """Split the graph at cut points (where one value alone is live) into blocks with layers.
+    """Split the stream (:func:`_stream`) at cut points, where one stream value alone is live, into blocks
+    with layers. Side values may be live across cuts: a block reads them as they are (:func:`side_values`).
 
     A block ends at the first cut after a layer, extended through a following pointwise activation
     (so a residual block ends after its final ReLU). Nodes after the last layer are left out.
     """
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(placeholders) != 1:
-        raise MPSearchError(f"block reconstruction needs a single-input model, got {len(placeholders)} inputs")
-    compute = [n for n in gm.graph.nodes if n.op in ("call_module", "call_function", "call_method")]
+    compute = _compute(gm)
+    stream = _stream(gm)
+    first = next((n for n in compute if _quantizable(n, gm)), None)
+    if first is None:
+        return []
     order = {n: i for i, n in enumerate(compute)}
-    order[placeholders[0]] = -1
     end = len(compute)
-    last_use = {n: max((order.get(u, end) for u in n.users), default=order[n]) for n in order}
+    nodes = [n for n in compute if n in stream]
+    last_use = {n: max((order.get(u, end) for u in n.users), default=order[n]) for n in nodes}
     blocks: list[Block] = []
     current: list[fx.Node] = []
-    live_until = -1  # the furthest use of any value produced before the current position
-    inp = placeholders[0]
-    live_until = last_use[inp]
-    for i, node in enumerate(compute):
+    live_until = -1  # the furthest use of any stream value produced before the current position
+    inp: fx.Node = first.args[0]
+    for k, node in enumerate(nodes):
+        i = order[node]
         current.append(node)
         cut = live_until <= i
         live_until = max(live_until, last_use[node])
         layers = [n.target for n in current if _quantizable(n, gm)]
-        nxt = compute[i + 1] if i + 1 < end else None
+        nxt = nodes[k + 1] if k + 1 < len(nodes) else None
         extend = nxt is not None and _is_pointwise(nxt, gm) and nxt.args and nxt.args[0] is node
         if layers and cut and not extend:
             blocks.append(Block(inp.name, tuple(n.name for n in current), tuple(layers)))
@@ -106,11 +126,113 @@ def graph_blocks(gm: fx.GraphModule) -> list[Block]:
     return blocks
 
 
-def run_nodes(gm: fx.GraphModule, names: tuple[str, ...], inp: str, x: torch.Tensor,
-              modules: Mapping[str, nn.Module] | None = None) -> torch.Tensor:
-    """Evaluate the named nodes of ``gm`` on ``x`` (the value of node ``inp``); ``modules`` overrides targets."""
+@dataclass(frozen=True)
+class SideValues:
+    """The side values the blocks read, per calibration batch, and how each depends on the sample count.
+
+    Attributes:
+        batches: One ``{node name: value}`` per batch (the first block's input among them).
+        per_sample: The tensors with entries per sample on axis 0 (token embeddings, attention masks), by
+            their rows per sample (``(batch · tokens, features)`` rows: the tokens); the other tensors
+            (rotary tables, constants) are the same for every sample.
+        per_count: Integers proportional to the sample count (a batch size the graph reads off its input to
+            reshape with), by their value for one sample.
+        samples: Samples over all batches (axis 0 of the model's inputs).
+    """
+
+    batches: list[dict[str, Any]]
+    per_sample: Mapping[str, int]
+    per_count: Mapping[str, int]
+    samples: int
+
+    def joined(self) -> dict[str, Any]:
+        """The values over all batches: per-sample ones concatenated, the others from the first batch."""
+        if not self.batches:
+            return {}
+        first = self.batches[0]
+        return {k: torch.cat([b[k] for b in self.batches]) if k in self.per_sample else v for k, v in first.items()}
+
+    def at(self, joined: Mapping[str, Any], idx: torch.Tensor) -> dict[str, Any]:
+        """``joined`` at the samples ``idx`` (an index tensor)."""
+        return {k: take_samples(v, idx, self.per_sample[k]) if k in self.per_sample else
+                self.per_count[k] * len(idx) if k in self.per_count else v for k, v in joined.items()}
+
+
+def take_samples(t: torch.Tensor, idx: torch.Tensor, rows: int = 1) -> torch.Tensor:
+    """The samples ``idx`` of ``t``, whose axis 0 holds ``rows`` consecutive rows per sample."""
+    if rows == 1:
+        return t[idx]
+    return t.reshape(-1, rows, *t.shape[1:])[idx].flatten(0, 1)
+
+
+def _rows(t: torch.Tensor, samples: int) -> int:
+    rows = t.shape[0] // samples
+    if rows < 1 or rows * samples != t.shape[0]:
+        raise MPSearchError(f"block reconstruction cannot tell the samples of a {tuple(t.shape)} value from "
+                            f"{samples} samples (its batch is not on axis 0); set search.ptq=none")
+    return rows
+
+
+def _inputs(x: Any) -> tuple[torch.Tensor, ...]:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _side_env(gm: fx.GraphModule, names: set[str], stream: set[fx.Node], x: Any) -> dict[str, Any]:
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    inputs = _inputs(x)
+    if len(inputs) != len(placeholders):
+        raise MPSearchError(f"the model takes {len(placeholders)} inputs, the calibration batch has {len(inputs)}")
+    env: dict[str, Any] = {p.name: t for p, t in zip(placeholders, inputs)}
+    _run(gm, [n.name for n in _compute(gm) if n not in stream], env)
+    return {k: env[k] for k in names}
+
+
+def side_values(gm: fx.GraphModule, blocks: list[Block], inputs: list[Any]) -> SideValues:
+    """The side values ``blocks`` read, computed from each batch of model ``inputs`` (a Tensor or a tuple
+    of Tensors per batch). A tensor is per sample when its axis 0 doubles from a one- to a two-sample batch
+    (a row per sample, or ``(batch · tokens, features)`` rows), and shared when its shape does not change;
+    an integer doubles (a batch size the graph reshapes with) or stays; anything else (a batch on another
+    axis) is one :class:`MPSearchError` line."""
+    stream = _stream(gm)
+    inside = {name for b in blocks for name in b.nodes}
+    names = {a.name for n in gm.graph.nodes if n.name in inside for a in n.all_input_nodes
+             if a not in stream and a.op != "get_attr"}
+    names |= {b.input for b in blocks if b.input not in inside}
+    one = _side_env(gm, names, stream, tuple(t[:1] for t in _inputs(inputs[0])))
+    two = _side_env(gm, names, stream, tuple(torch.cat([t[:1], t[:1]]) for t in _inputs(inputs[0])))
+    per_sample: dict[str, int] = {}
+    per_count: dict[str, int] = {}
+    for name in sorted(names):
+        a, b = one[name], two[name]
+        if isinstance(a, torch.Tensor):
+            if a.shape == b.shape:
+                continue
+            if a.dim() == b.dim() and b.shape[0] == 2 * a.shape[0] and a.shape[1:] == b.shape[1:]:
+                per_sample[name] = a.shape[0]
+                continue
+        elif isinstance(a, int) and not isinstance(a, bool) and isinstance(b, int):
+            if a == b:
+                continue
+            if b == 2 * a:
+                per_count[name] = a
+                continue
+        else:
+            continue
+        raise MPSearchError(f"block reconstruction cannot tell the samples of graph value {name!r} (one sample: "
+                            f"{_described(a)}, two: {_described(b)}); set search.ptq=none")
+    return SideValues([_side_env(gm, names, stream, x) for x in inputs], per_sample, per_count,
+                      sum(len(_inputs(x)[0]) for x in inputs))
+
+
+def _described(v: Any) -> str:
+    return f"shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else repr(v)
+
+
+def _run(gm: fx.GraphModule, names: Sequence[str], env: dict[str, Any],
+         modules: Mapping[str, nn.Module] | None = None) -> dict[str, Any]:
+    """Evaluate the named nodes of ``gm`` in ``env`` (values by node name, added to); ``modules``
+    overrides call_module targets."""
     nodes = {n.name: n for n in gm.graph.nodes}
-    env: dict[str, Any] = {inp: x}
     modules = modules or {}
 
     def load(n: fx.Node) -> Any:
@@ -134,7 +256,16 @@ def run_nodes(gm: fx.GraphModule, names: tuple[str, ...], inp: str, x: torch.Ten
             env[name] = getattr(args[0], node.target)(*args[1:], **kwargs)
         else:
             raise MPSearchError(f"cannot run graph node {name!r} of kind {node.op!r} in a block")
-    return env[names[-1]]
+    return env
+
+
+def run_nodes(gm: fx.GraphModule, names: tuple[str, ...], inp: str, x: torch.Tensor,
+              modules: Mapping[str, nn.Module] | None = None, side: Mapping[str, Any] | None = None) -> torch.Tensor:
+    """Evaluate the named nodes of ``gm`` on ``x`` (the value of node ``inp``) and the ``side`` values they
+    read; ``modules`` overrides targets."""
+    env = dict(side or {})
+    env[inp] = x
+    return _run(gm, names, env, modules)[names[-1]]
 
 
 class _LearnLayer(nn.Module):
@@ -249,8 +380,9 @@ def output_fisher(gm: fx.GraphModule, names: list[str], batches: Batches,
     for x, y in batches:
         cap = _Capture(gm, wanted)
         with torch.enable_grad():
-            # token ids take no gradient: the embedding's weights carry it to the nodes
-            logits = cap.run(x.detach().clone().requires_grad_(True) if x.is_floating_point() else x)
+            # token ids and masks take no gradient: the embedding's weights carry it to the nodes
+            logits = cap.run(*(t.detach().clone().requires_grad_(True) if t.is_floating_point() else t
+                               for t in _inputs(x)))
             values = [cap.values[n] for n in names]
             grads = torch.autograd.grad(loss_fn(logits, y), values, allow_unused=True)
         for name, v, g in zip(names, values, grads):
@@ -289,10 +421,11 @@ class Reconstruction(Learner):
         params: dict[str, torch.Tensor] = {}
         units: list[dict[str, Any]] = []
         gen = torch.Generator().manual_seed(self.cfg.seed)
-        with torch.no_grad():
-            x_fp = [x for x, _ in batches]
-            x_q = [x for x, _ in batches]
         blocks = graph_blocks(fp)
+        with torch.no_grad():
+            side = side_values(fp, blocks, [x for x, _ in batches]) if blocks else SideValues([], {}, {}, 0)
+            x_fp = [b[blocks[0].input] for b in side.batches] if blocks else []
+            x_q = list(x_fp)
         fisher: dict[str, torch.Tensor] = {}
         if self.cfg.fisher:  # once, from the FP32 model on the calibration batches
             fisher = output_fisher(fp, [b.nodes[-1] for b in blocks], batches)
@@ -310,11 +443,11 @@ class Reconstruction(Learner):
                     mean = float(raw.float().mean())
                     weight = (raw.float() / mean) if mean > 0 else None
                 for group in groups:
-                    units.append(self._learn_unit(fp, q, block, group, candidate, acts, x_fp, x_q, gen,
+                    units.append(self._learn_unit(fp, q, block, group, candidate, acts, x_fp, x_q, side, gen,
                                                   params, new_ranges, weight))
             with torch.no_grad():
-                x_fp = [run_nodes(fp, block.nodes, block.input, x) for x in x_fp]
-                x_q = [run_nodes(q, block.nodes, block.input, x) for x in x_q]
+                x_fp = [run_nodes(fp, block.nodes, block.input, x, side=b) for x, b in zip(x_fp, side.batches)]
+                x_q = [run_nodes(q, block.nodes, block.input, x, side=b) for x, b in zip(x_q, side.batches)]
         stats = {"seconds": round(time.perf_counter() - start, 2), "units": units,
                  "flipped": sum(u["flipped"] for u in units),
                  "kept_rtn": sum(1 for u in units if u["kept_rtn"]), "fisher": self.cfg.fisher,
@@ -322,12 +455,19 @@ class Reconstruction(Learner):
         return LearnedModel(self.name, candidate.key(), params, new_ranges, stats)
 
     def _unit_data(self, fp: fx.GraphModule, q: fx.GraphModule, block: Block, group: tuple[str, ...],
-                   x_fp: list[torch.Tensor], x_q: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, Any]:
-        """(input from the quantized model, float target, function running the unit on an input)."""
+                   x_fp: list[torch.Tensor], x_q: list[torch.Tensor],
+                   side: SideValues) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """(input from the quantized model, float target, function running the unit on the input's samples
+        ``idx``: ``forward(x, mods, idx)``)."""
         if self.granularity == "block":
             with torch.no_grad():
-                target = torch.cat([run_nodes(fp, block.nodes, block.input, x) for x in x_fp])
-            return torch.cat(x_q), target, lambda x, mods: run_nodes(q, block.nodes, block.input, x, mods)
+                target = torch.cat([run_nodes(fp, block.nodes, block.input, x, side=b)
+                                    for x, b in zip(x_fp, side.batches)])
+            joined = side.joined()
+
+            def forward(x: torch.Tensor, mods: Mapping[str, nn.Module], idx: Any) -> torch.Tensor:
+                return run_nodes(q, block.nodes, block.input, x, mods, side.at(joined, idx))
+            return torch.cat(x_q), target, forward
         (name,) = group
         node = next(n for n in fp.graph.nodes if n.op == "call_module" and n.target == name)
         users = list(node.users)
@@ -338,10 +478,10 @@ class Reconstruction(Learner):
         h_out = fp.get_submodule(name).register_forward_hook(lambda _m, _a, o: seen["out"].append(o.detach()))
         try:
             with torch.no_grad():
-                for x in x_fp:
-                    run_nodes(fp, block.nodes, block.input, x)
-                for x in x_q:
-                    run_nodes(q, block.nodes, block.input, x)
+                for x, b in zip(x_fp, side.batches):
+                    run_nodes(fp, block.nodes, block.input, x, side=b)
+                for x, b in zip(x_q, side.batches):
+                    run_nodes(q, block.nodes, block.input, x, side=b)
         finally:
             h_in.remove()
             h_out.remove()
@@ -350,16 +490,16 @@ class Reconstruction(Learner):
             with torch.no_grad():
                 target = run_nodes(fp, (tail.name,), node.name, target)
         inp = node.args[0].name
-        return torch.cat(seen["in"]), target, lambda x, mods: run_nodes(q, names, inp, x, mods)
+        return torch.cat(seen["in"]), target, lambda x, mods, _idx: run_nodes(q, names, inp, x, mods)
 
     def _learn_unit(self, fp: fx.GraphModule, q: fx.GraphModule, block: Block, group: tuple[str, ...],
                     candidate: Candidate, acts: Mapping[str, ActQuant | None], x_fp: list[torch.Tensor],
-                    x_q: list[torch.Tensor], gen: torch.Generator, params: dict[str, torch.Tensor],
+                    x_q: list[torch.Tensor], side: SideValues, gen: torch.Generator, params: dict[str, torch.Tensor],
                     new_ranges: dict[str, tuple[float, float]], weight: torch.Tensor | None = None,
                     ) -> dict[str, Any]:
         cfg = self.cfg
         start = time.perf_counter()
-        inp, target, forward = self._unit_data(fp, q, block, group, x_fp, x_q)
+        inp, target, forward = self._unit_data(fp, q, block, group, x_fp, x_q, side)
         mods = {n: _LearnLayer(fp.get_submodule(n), candidate[n][0], acts[n], cfg.lsq, cfg.lsq_weights)
                 for n in group}
         roundings = [m.rounding for m in mods.values() if m.rounding is not None]
@@ -369,10 +509,16 @@ class Reconstruction(Learner):
         groups += [{"params": [s.step], "lr": cfg.lsq_lr * float(s.step.detach())} for s in steps]
         groups += [{"params": [w.u for w in wsteps], "lr": cfg.lsq_lr}] if wsteps else []
         opt = torch.optim.Adam(groups)
-        n = len(inp)
+        n = side.samples  # a value may hold several rows of each sample (token rows)
+        r_in, r_out = _rows(inp, n), _rows(target, n)
+
+        def loss_at(idx: torch.Tensor) -> torch.Tensor:
+            out = forward(take_samples(inp, idx, r_in), mods, idx)
+            return _rec_loss(out, take_samples(target, idx, r_out),
+                             None if weight is None else take_samples(weight, idx, r_out))
+
         for step in range(cfg.iters):
-            idx = torch.randint(n, (min(cfg.batch_size, n),), generator=gen)
-            loss = _rec_loss(forward(inp[idx], mods), target[idx], None if weight is None else weight[idx])
+            loss = loss_at(torch.randint(n, (min(cfg.batch_size, n),), generator=gen))
             beta = beta_schedule(step, cfg.iters, cfg.warmup)
             if beta is not None and roundings:
                 loss = loss + cfg.reg_weight * sum(r.regularizer(beta) for r in roundings)
@@ -384,9 +530,7 @@ class Reconstruction(Learner):
             for m in mods.values():
                 m.mode = mode
             with torch.no_grad():
-                total = sum(float(_rec_loss(forward(inp[i:i + 256], mods), target[i:i + 256],
-                                            None if weight is None else weight[i:i + 256]) * len(target[i:i + 256]))
-                            for i in range(0, n, 256))
+                total = sum(float(loss_at(idx)) * len(idx) * r_out for idx in torch.arange(n).split(256))
             return total / target.numel()
 
         mse_rtn, mse_learned = mse("rtn"), mse("hard")
@@ -424,7 +568,7 @@ def reconstruction_mse(prepared: PreparedModel, learned: LearnedModel | None, ca
     total = count = 0.0
     with torch.no_grad():
         for x, _ in batches:
-            diff = q(x) - prepared.graph_module(x)
+            diff = q(*_inputs(x)) - prepared.graph_module(*_inputs(x))
             total += float(diff.pow(2).sum())
             count += diff.numel()
     return total / max(count, 1)
@@ -447,20 +591,24 @@ def unit_mse(prepared: PreparedModel, learned: LearnedModel | None, candidate: C
         acc[0] += float((a - b).pow(2).sum())
         acc[1] += a.numel()
 
+    blocks = graph_blocks(fp)
     for x, _ in batches:
-        x_fp = x_q = x
-        for block in graph_blocks(fp):
+        if not blocks:
+            break
+        [side] = side_values(fp, blocks, [x]).batches
+        x_fp = x_q = side[blocks[0].input]
+        for block in blocks:
             outs: dict[str, dict[str, torch.Tensor]] = {"fp": {}, "q": {}}
             hooks = []
             if granularity == "layer":
-                for gm, side in ((fp, "fp"), (q, "q")):
+                for gm, which in ((fp, "fp"), (q, "q")):
                     for name in block.layers:
                         hooks.append(gm.get_submodule(name).register_forward_hook(
-                            lambda _m, _a, o, name=name, side=side: outs[side].__setitem__(name, o)))
+                            lambda _m, _a, o, name=name, which=which: outs[which].__setitem__(name, o)))
             try:
                 with torch.no_grad():
-                    y_fp = run_nodes(fp, block.nodes, block.input, x_fp)
-                    y_q = run_nodes(q, block.nodes, block.input, x_q)
+                    y_fp = run_nodes(fp, block.nodes, block.input, x_fp, side=side)
+                    y_q = run_nodes(q, block.nodes, block.input, x_q, side=side)
             finally:
                 for h in hooks:
                     h.remove()
@@ -478,5 +626,5 @@ def unit_mse(prepared: PreparedModel, learned: LearnedModel | None, candidate: C
     return {k: v[0] / max(v[1], 1) for k, v in sums.items()}
 
 
-__all__ = ["Block", "GRANULARITIES", "Reconstruction", "ReconstructionSettings", "graph_blocks", "output_fisher",
-           "reconstruction_mse", "run_nodes", "unit_mse"]
+__all__ = ["Block", "GRANULARITIES", "Reconstruction", "ReconstructionSettings", "SideValues", "graph_blocks",
+           "output_fisher", "reconstruction_mse", "run_nodes", "side_values", "unit_mse"]

@@ -129,7 +129,7 @@ def load_candidate(path: str, layers: list[str], groups: list[list[str]] = ()) -
 
 
 def load(model_cfg: ModelConfig, data_cfg: DataConfig, groups: Sequence[Sequence[str]] = (),
-         group_residual: bool = False, candidate: str | None = None, ptq: str = "none") -> Loaded:
+         group_residual: bool = False, candidate: str | None = None) -> Loaded:
     """Build the model, load both splits, prepare the graph and check data, ops and ``candidate`` against it.
 
     Args:
@@ -138,7 +138,6 @@ def load(model_cfg: ModelConfig, data_cfg: DataConfig, groups: Sequence[Sequence
         groups: ``search.groups``, layers the user ties to one precision.
         group_residual: ``search.group_residual``.
         candidate: ``cfg.candidate``, a bit-config JSON to evaluate beside the front, or None.
-        ptq: ``search.ptq``; block reconstruction takes one-input models only, refused here, before the search.
     """
     model = _build(model_cfg)
     calib = batches(_split(data_cfg, "calib", data_cfg.calib_samples), data_cfg.batch_size)
@@ -146,9 +145,6 @@ def load(model_cfg: ModelConfig, data_cfg: DataConfig, groups: Sequence[Sequence
     prepared = prepare_model(model, as_inputs(model_cfg.input_specs()))
     check_data(prepared, calib[0], data_cfg.factory)
     check_data(prepared, test[0], data_cfg.factory)
-    if len(prepared.inputs) > 1 and ptq != "none":
-        raise ConfigError(f"search.ptq={ptq} reconstructs one-input models; this model takes "
-                          f"{len(prepared.inputs)} inputs: set search.ptq=none (search.qat_epochs works)")
     preflight(prepared)
     layers = prepared.layer_names
     # Layers that take one precision: tied weights (found on the user's model), search.groups, residual adds.
