@@ -61,12 +61,14 @@ class JsonLines:
     Each record is appended with one ``write`` and fsynced; on open, lines a killed writer left
     unfinished, or that are otherwise corrupt (not JSON, not UTF-8, not an object with a ``"key"``,
     or lacking one of ``required``), are dropped (with a warning) and the file is rewritten atomically
-    without them, so the values they held are recomputed.
+    without them, so the values they held are recomputed. :meth:`get` answers a key's latest record;
+    :meth:`history` all of them, oldest first (the file keeps every record it was given).
     """
 
     def __init__(self, path: str | Path, required: tuple[str, ...] = ()) -> None:
         self.path = Path(path)
         self.records: dict[str, dict[str, Any]] = {}
+        self._history: dict[str, list[dict[str, Any]]] = {}
         if self.path.exists():
             bad = 0
             data = self.path.read_bytes()
@@ -77,18 +79,24 @@ class JsonLines:
                             or any(k not in rec for k in required):
                         raise TypeError("not a record")
                     self.records[rec["key"]] = rec
+                    self._history.setdefault(rec["key"], []).append(rec)
                 except (ValueError, KeyError, TypeError):
                     bad += 1
             if bad or (data and not data.endswith(b"\n")):
                 if bad:
                     log.warning("%s: dropped %d corrupt line(s); they will be recomputed", self.path, bad)
-                atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records.values()))
+                atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for h in self._history.values() for r in h))
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self.records.get(key)
 
+    def history(self, key: str) -> list[dict[str, Any]]:
+        """Every record of ``key``, oldest first."""
+        return list(self._history.get(key, ()))
+
     def put(self, rec: dict[str, Any]) -> None:
         self.records[rec["key"]] = rec
+        self._history.setdefault(rec["key"], []).append(rec)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")

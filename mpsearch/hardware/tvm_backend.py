@@ -51,6 +51,7 @@ TUNED_SHARE = 0.75  # a kernel with this share of tuning.trials_per_task in vali
 # untuned, it takes at least this share of the model's time (see tune_model_ops)
 MODEL_OP_SHARE = 0.01
 COST_FIELDS = ("latency_s", "std_s", "samples")  # a costs.jsonl record lacking one is recomputed
+_NO_CALL = object()  # measure_many: no earlier call timed every candidate
 
 # TVM is imported lazily (in __init__) so that importing this module's names stays cheap.
 tvm: Any = None
@@ -909,30 +910,34 @@ class TVMBackend(Backend):
         and the median over all samples is reported. Results are cached by the lowered module's hash.
 
         One call, one machine state: a call whose candidates were all timed before, in one earlier call,
-        answers from the cache; a call with any candidate to time, or whose cached timings come from
-        different calls, times them all again in the same rounds (and caches the new timings under this
-        call's tag). The speed of a machine can change for minutes at a time (a 2-vCPU VM ran every
-        2-thread TVM model 2x slower for such spells, 1-thread runs unchanged), and a timing cached in
-        one spell compared with one taken in another is a wrong ratio."""
+        answers from that call's timings (the latest such call; a candidate timed again since, beside
+        others, keeps its earlier timings too); a call with any candidate to time, or whose cached timings
+        come from different calls only, times them all again in the same rounds (and caches the new
+        timings under this call's tag). The speed of a machine can change for minutes at a time (a 2-vCPU
+        VM ran every 2-thread TVM model 2x slower for such spells, 1-thread runs unchanged), and a timing
+        cached in one spell compared with one taken in another is a wrong ratio."""
         results: dict[int, Measurement] = {}
-        todo, cached, calls = [], [], set()
+        todo, cached = [], []
         for i, cand in enumerate(candidates):
             try:
                 lowered = self.lower(prepared, cand, ranges)
             except Exception as e:  # noqa: BLE001 - a candidate that does not lower is a value (Backend contract)
                 results[i] = Measurement(error=f"build failed: {type(e).__name__}: {_last_line(e)}")
                 continue
-            record = self.costs.get(self._e2e_key(lowered))
-            if record is not None:
-                cached.append((i, Measurement(_latency(record), record["std_s"], None, tuple(record["samples"]))))
-                calls.add(record.get("call"))  # records from before tags share None: one call
+            # records from before tags share the call None
+            by_call = {r.get("call"): r for r in self.costs.history(self._e2e_key(lowered))}
+            if by_call:
+                cached.append((i, by_call))
             todo.append((i, cand, lowered))
-        if len(cached) == len(todo) and len(calls) <= 1:
-            results.update(cached)
-            return [results[i] for i in range(len(candidates))]
-        if len(cached) == len(todo):
-            log.info("timing %d candidates again: their cached timings come from %d different calls",
-                     len(cached), len(calls))
+        if cached and len(cached) == len(todo):
+            latest = list(cached[0][1])[::-1]  # the first candidate's calls, latest first
+            call = next((c for c in latest if all(c in by_call for _, by_call in cached)), _NO_CALL)
+            if call is not _NO_CALL:
+                for i, by_call in cached:
+                    r = by_call[call]
+                    results[i] = Measurement(_latency(r), r["std_s"], None, tuple(r["samples"]))
+                return [results[i] for i in range(len(candidates))]
+            log.info("timing %d candidates again: no earlier call timed them all", len(cached))
         elif cached:
             log.info("timing %d candidate(s) timed before again, in the same rounds as %d new one(s)",
                      len(cached), len(todo) - len(cached))
@@ -941,7 +946,9 @@ class TVMBackend(Backend):
         else:
             with self.session() as session:
                 self._measure_interleaved(session, prepared, candidates, ranges, todo, results, rounds)
-        for i, before in cached:  # timed once already: a failure now does not lose that timing
+        for i, by_call in cached:  # timed once already: a failure now does not lose the latest timing
+            r = list(by_call.values())[-1]
+            before = Measurement(_latency(r), r["std_s"], None, tuple(r["samples"]))
             if not results[i].ok:
                 log.warning("%s: timing it again failed (%s); its earlier timing is kept",
                             candidates[i].describe(), results[i].error)

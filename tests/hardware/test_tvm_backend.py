@@ -101,8 +101,12 @@ def test_a_kernel_timed_far_slower_than_when_tuned_is_timed_again(tuned, tiny_pr
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A burst of load over one kernel's first rounds (injected: 50x slower) is not priced: the kernel
     is timed again, and its price stays near its tuning measurement."""
+    import shutil
+
     cache, _, table = tuned
-    again = TVMBackend(tiny_profile(), cache, progress=False)
+    copy = tmp_path / "cache"  # its re-ranking may promote a runner-up in the tuning database: not the shared one
+    shutil.copytree(cache, copy)
+    again = TVMBackend(tiny_profile(), copy, progress=False)
     again.record_timings_in(tmp_path / "costs.jsonl")
     calls, real = {}, Session.time
 
@@ -274,6 +278,27 @@ def test_cached_timings_from_different_calls_are_timed_again_together(tuned, tin
     again = backend.measure_many(tiny_prepared, [a, b], tiny_ranges)
     assert [m.samples for m in again] == [m.samples for m in together]  # one call's timings: from the cache
     assert len((tmp_path / "costs.jsonl").read_text().splitlines()) == 4
+
+def test_a_set_one_earlier_call_timed_is_answered_from_it_though_a_member_was_timed_again_since(
+        tuned, tiny_prepared, tiny_ranges, tmp_path: Path) -> None:
+    """[a, b] timed together, then a again beside c: [a, b] is still one call's timings (the first), so it
+    is answered from the cache; a second backend on the same cache prices its calibration set the same
+    though other measurements re-timed some of its candidates."""
+    cache, _, _ = tuned
+    backend = TVMBackend(tiny_profile(), cache, progress=False)
+    backend.record_timings_in(tmp_path / "costs.jsonl")
+    names = tiny_prepared.layer_names
+    a, b, c = (Candidate({n: PAIRS[(i + k) % len(PAIRS)] for i, n in enumerate(names)}) for k in (0, 1, 2))
+    ab = backend.measure_many(tiny_prepared, [a, b], tiny_ranges, rounds=2)
+    ac = backend.measure_many(tiny_prepared, [a, c], tiny_ranges, rounds=2)
+    assert ac[0].samples != ab[0].samples  # b not cached with c: timed again
+    assert len((tmp_path / "costs.jsonl").read_text().splitlines()) == 4
+    again = TVMBackend(tiny_profile(), cache, progress=False)  # reads the history from the file
+    again.record_timings_in(tmp_path / "costs.jsonl")
+    assert [m.samples for m in again.measure_many(tiny_prepared, [a, b], tiny_ranges)] == [m.samples for m in ab]
+    assert [m.samples for m in again.measure_many(tiny_prepared, [c, a], tiny_ranges)] == [m.samples for m in ac[::-1]]
+    assert len((tmp_path / "costs.jsonl").read_text().splitlines()) == 4
+
 
 def _same(a, b) -> bool:
     import tvm_ffi

@@ -46,6 +46,20 @@ def test_json_lines_store_drops_corrupt_lines_and_keeps_the_rest(tmp_path: Path,
     assert not leftovers(tmp_path)
 
 
+def test_json_lines_store_keeps_every_record_of_a_key_through_a_repair(tmp_path: Path) -> None:
+    """``get`` is a key's latest record, ``history`` all of them in order, also after a reopen that drops
+    a corrupt line and rewrites the file."""
+    path = tmp_path / "costs.jsonl"
+    store = JsonLines(path, required=("latency_s",))
+    for i, key in enumerate(["a", "b", "a", "a"]):
+        store.put({"key": key, "latency_s": float(i)})
+    assert store.get("a")["latency_s"] == 3.0 and [r["latency_s"] for r in store.history("a")] == [0.0, 2.0, 3.0]
+    path.write_text(path.read_text() + '{"key": "a", "lat')
+    again = JsonLines(path, required=("latency_s",))
+    assert [r["latency_s"] for r in again.history("a")] == [0.0, 2.0, 3.0] and again.history("zz") == []
+    assert len(path.read_text().splitlines()) == 4
+
+
 def test_truncated_journal_is_cut_to_its_complete_operations(tmp_path: Path) -> None:
     path = tmp_path / "study.journal"
     path.write_bytes(b'{"op": 1}\n{"op": 2}\n{"op": 3, "half')
