@@ -160,6 +160,8 @@ class RunConfig:
     cache_dir: str = ".mpsearch-cache"
     progress: bool = True
     verbose: bool = False  # TVM's own logs on the console instead of <run folder>/tvm.log
+    # PyTorch and ONNX Runtime timed beside the pick on this machine, in the report (mpsearch/stages/peers.py)
+    peers: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -187,7 +189,7 @@ class RunConfig:
     def content_hash(self) -> str:
         """Hash of everything that determines the run's results (not where they go)."""
         d = self.to_dict()
-        for k in ("results_dir", "run_name", "cache_dir", "progress", "verbose"):
+        for k in ("results_dir", "run_name", "cache_dir", "progress", "verbose", "peers"):
             d.pop(k)
         if d["model"].get("inputs") is None:  # unset: the same hash as before the field existed
             d["model"].pop("inputs", None)

@@ -7,6 +7,7 @@ benchmarks and :mod:`mpsearch.export` import from here are re-exported.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from mpsearch.stages import (
     evaluate_accuracy, hardware_cost, learn, load, load_candidate, load_data, open_run_folder, preflight, report,
     search, search_problem, search_settings, skipped_note, to_evaluate, validate_proxy, wants_learning,
 )
+from mpsearch.stages.peers import run_peers
+from mpsearch.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,14 @@ def _run(cfg: RunConfig, backend_factory: BackendFactory, run_dir: Path, tvm_log
     if wants_learning(s):
         with timer.stage("learned quantization"):
             notes += learn(s, prepared, ranges, loaded.calib, loaded.test, evaluation.candidates, run_dir, cache_dir)
+    if cfg.peers:
+        with timer.stage("peers"):
+            peers = run_peers(backend, loaded.model, prepared, ranges, loaded.calib, loaded.test,
+                              evaluation.candidates, s.accuracy_drop_pts)
+        if peers is not None:
+            notes.append(peers.note())
+            log.info("%s", notes[-1])
+            atomic_write_text(run_dir / "peers.json", json.dumps(peers.to_dict(), indent=1))
     with timer.stage("report"):
         outcome = report(run_dir, cfg.to_dict(), cfg.model.display_name(), s, profile, backend, table, prepared,
                          sens.result, sens.joint, searched, proxy, problem.groups, evaluation.candidates, notes,

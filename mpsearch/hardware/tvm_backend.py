@@ -18,7 +18,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from mpsearch.candidate import Bits, Candidate, random_candidates
 from mpsearch.errors import ConfigError, HardwareError
 from mpsearch.hardware.base import Backend, LayerCostTable, Measurement
 from mpsearch.hardware.cpu import host_llvm_cpu
+from mpsearch.hardware.fpenv import flush_denormals
 from mpsearch.hardware.profile import HwProfile
 from mpsearch.hardware.session import LoopbackDevice, Session, make_device
 from mpsearch.hashing import content_hash
@@ -1070,6 +1071,26 @@ class TVMBackend(Backend):
             outs = [vm["main"](*[s.tensor(a[i:i + 1]) for a in arrays], *params).numpy()
                     for i in range(len(arrays[0]))]
         return np.concatenate(outs)
+
+
+    @property
+    def runs_here(self) -> bool:
+        """Whether the profile's code runs on this machine's CPU (no board over RPC, no GPU)."""
+        return self.profile.device == "local" and not self.profile.is_gpu
+
+    def library(self, prepared: PreparedModel, candidate: Candidate,
+                ranges: Mapping[str, tuple[float, float]]) -> Callable[[], Any]:
+        """One batch-1 inference of ``candidate``'s tuned executable in a Relax VM of this process, inputs
+        and parameters bound (as the exported library runs): for timing it beside other runtimes in the
+        same rounds. Only where :attr:`runs_here`."""
+        if not self.runs_here:
+            raise HardwareError(f"profile {self.profile.name!r} runs its code on another device, not in this process")
+        exe, lowered, _ = self._compile(prepared, candidate, ranges)
+        flush_denormals()  # this process's thread runs the kernels as they were measured (fpenv.py)
+        dev = tvm.cpu(0)
+        vm = tvm.relax.VirtualMachine(exe, dev)
+        vm.set_input("main", *[tvm.runtime.tensor(a, dev) for a in [*prepared.random_inputs(), *lowered.params]])
+        return lambda: vm.invoke_stateful("main")
 
 
 def _schedule_identity(record: Any) -> str:

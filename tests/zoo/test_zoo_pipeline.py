@@ -88,6 +88,12 @@ def test_whole_pipeline_with_tvm_measurements_then_export(tmp_path: Path, name: 
         summary = json.loads((run_dir / "summary.json").read_text())
         measured = [c for c in summary["candidates"] if c["accuracy"] is not None and c["measured_latency_ms"]]
         assert measured
+        # PyTorch (and ONNX Runtime, where it takes the model) timed beside the pick, on its own typed inputs
+        peers = json.loads((run_dir / "peers.json").read_text())
+        rows = {r["key"]: r for r in peers["rows"]}
+        assert rows["pytorch_fp32"]["latency_ms"] > 0 and rows["pytorch_fp32"]["accuracy"] == 1.0  # own labels
+        assert all((r["latency_ms"] or 0) > 0 or r["error"] for r in rows.values()) and peers["pick_ms"] > 0
+        assert any(n.startswith("Peers on this machine") for n in summary["notes"])
         layers = summary["layers"]
         cand = Candidate({n: [(4, 8), (8, 8)][i % 2] for i, n in enumerate(layers)})
         (run_dir / "candidates" / "mixed.json").write_text(cand.to_json())

@@ -1,0 +1,271 @@
+"""Stage ``peers``: what a user would run instead, timed beside the run's pick on this machine.
+
+The rows: PyTorch eager FP32 (the user's own model), and, where ``onnxruntime`` and ``onnx`` are installed
+(``pip install 'mpsearch[bench]'``), ONNX Runtime FP32, INT8 static (QDQ, per-channel weights, min-max
+calibration on the run's calibration batches) and, for a model with integer (token) inputs, INT8 dynamic.
+Each peer's accuracy is taken on the run's test split, as the candidates' is; each peer is timed at batch 1
+with the profile's threads, in the same interleaved rounds as the pick's compiled library (this process,
+the run's tuned kernels), so a drift of the machine hits them alike. Only where the run measures on this
+machine's CPU: a board over RPC or a GPU has no peer here, and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mpsearch.hardware.fpenv import denormals_flushed, flush_denormals
+from mpsearch.quant.prepare import call_model
+from mpsearch.scoring import top1_hits
+
+log = logging.getLogger(__name__)
+
+ROUNDS = 7
+LABELS = {"pytorch_fp32": "PyTorch FP32 (eager)", "ort_fp32": "ONNX Runtime FP32",
+          "ort_int8_static": "ONNX Runtime INT8 static (QDQ, per-channel)",
+          "ort_int8_dynamic": "ONNX Runtime INT8 dynamic (per-channel)"}
+
+
+@dataclass
+class PeerRow:
+    """One way to run the model: its latency at batch 1 (median ms) and test accuracy, or why it has none."""
+
+    key: str
+    latency_ms: float | None = None
+    accuracy: float | None = None
+    error: str | None = None
+
+    @property
+    def method(self) -> str:
+        return LABELS.get(self.key, self.key)
+
+
+@dataclass
+class Peers:
+    """The peers and the pick, timed in the same rounds (``pick_ms``); ``skipped``: why there are none."""
+
+    rows: list[PeerRow] = field(default_factory=list)
+    pick: str | None = None
+    pick_ms: float | None = None
+    pick_accuracy: float | None = None
+    device: str = ""
+    threads: int = 0
+    skipped: str | None = None
+
+    def fastest(self) -> PeerRow | None:
+        timed = [r for r in self.rows if r.latency_ms is not None]
+        return min(timed, key=lambda r: r.latency_ms) if timed else None
+
+    def note(self) -> str:
+        """The report's sentence: the pick against the fastest peer, then every peer."""
+        if self.skipped:
+            return f"No peer runtime was timed: {self.skipped}."
+        best = self.fastest()
+
+        def acc(a: float | None) -> str:
+            return "" if a is None else f", {100 * a:.2f}%"
+        rows = "; ".join(f"{r.method} {r.latency_ms:.3f} ms{acc(r.accuracy)}" if r.latency_ms is not None
+                         else f"{r.method}: not run ({r.error})" for r in self.rows)
+        head = f"Peers on this machine ({self.device}; batch 1, {ROUNDS} rounds interleaved with the pick's " \
+               "library in one process)"
+        if best is None or self.pick_ms is None:
+            return f"{head}: {rows}."
+        ratio = self.pick_ms / best.latency_ms
+        return (f"{head}: the pick, {self.pick} ({self.pick_ms:.3f} ms{acc(self.pick_accuracy)}), takes "
+                f"{ratio:.2f}x the time of the fastest peer, {best.method} "
+                f"({'faster' if ratio < 1 else 'slower'} than it). {rows}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        best = self.fastest()
+        return {"pick": self.pick, "pick_ms": self.pick_ms, "pick_accuracy": self.pick_accuracy,
+                "device": self.device, "threads": self.threads, "skipped": self.skipped,
+                "fastest_peer": best.key if best else None,
+                "pick_over_fastest_peer": (self.pick_ms / best.latency_ms) if best and self.pick_ms else None,
+                "rows": [{"key": r.key, "method": r.method, "latency_ms": r.latency_ms, "accuracy": r.accuracy,
+                          "error": r.error} for r in self.rows]}
+
+
+def pick_label(candidates: Sequence[Any], drop_pts: float) -> str | None:
+    """The fastest measured candidate within ``drop_pts`` accuracy points of FP32 (FP32 itself where none
+    is): what a user deploys at FP32's accuracy."""
+    fp32 = next((c for c in candidates if c.label == "fp32"), None)
+    if fp32 is None or fp32.accuracy is None:
+        return None
+    floor = fp32.accuracy - drop_pts / 100 - 1e-12
+    ok = [c for c in candidates if c.accuracy is not None and c.accuracy >= floor and c.measured_latency_ms]
+    return min(ok, key=lambda c: c.measured_latency_ms).label if ok else None
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _inputs(x: Any) -> tuple[torch.Tensor, ...]:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _accuracy(predict: Callable[..., Any], data: Sequence[tuple[Any, torch.Tensor]]) -> float:
+    correct = total = 0
+    for x, y in data:
+        hits, n = top1_hits(torch.as_tensor(np.asarray(predict(*_inputs(x)))), y)
+        correct += hits
+        total += n
+    return correct / total
+
+
+def _onnx_sessions(model: nn.Module, example: tuple[torch.Tensor, ...], calib: Sequence[tuple[torch.Tensor, ...]],
+                   workdir: Path, threads: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """ONNX Runtime sessions of ``model``: FP32, static INT8 and (token inputs) dynamic INT8; and the error
+    of each that could not be made."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, \
+        quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    names = ["x"] if len(example) == 1 else [f"x{i}" for i in range(len(example))]
+    fp32, pre = workdir / "model.onnx", workdir / "model.pre.onnx"
+    torch.onnx.export(model, example, str(fp32), dynamo=False, input_names=names, output_names=["y"],
+                      dynamic_axes={**{n: {0: "n"} for n in names}, "y": {0: "n"}}, opset_version=17)
+    quant_pre_process(str(fp32), str(pre))
+    paths: dict[str, Path] = {"ort_fp32": fp32}
+    errors: dict[str, str] = {}
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{n: t.numpy() for n, t in zip(names, xs)} for xs in calib])
+
+        def get_next(self):  # noqa: ANN201 - ONNX Runtime's interface
+            return next(self.it, None)
+
+    quantizers = {"ort_int8_static": lambda out: quantize_static(
+        str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)}
+    if any(not t.is_floating_point() for t in example):
+        quantizers["ort_int8_dynamic"] = lambda out: quantize_dynamic(str(pre), str(out), per_channel=True,
+                                                                      weight_type=QuantType.QInt8)
+    for key, quantize in quantizers.items():
+        try:
+            quantize(workdir / f"{key}.onnx")
+            paths[key] = workdir / f"{key}.onnx"
+        except Exception as e:  # noqa: BLE001 - one peer that cannot be built is a row saying why
+            errors[key] = _one_line(e)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.set_denormal_as_zero", "1")  # as the TVM kernels run (fpenv.py)
+    sessions = {}
+    with denormals_flushed():  # a session turns the flush on for this thread: left as it was
+        for key, path in paths.items():
+            s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            sessions[key] = lambda *xs, s=s: s.run(None, {n: x.numpy() for n, x in zip(names, xs)})[0]
+    return sessions, errors
+
+
+def _ms_per_call(fn: Callable[[], Any], calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls * 1e3
+
+
+def time_interleaved(fns: Mapping[str, Callable[[], Any]], rounds: int = ROUNDS,
+                     budget_s: float = 0.05) -> dict[str, float]:
+    """Median milliseconds per call of each function, each timed once per round, rounds interleaved (a
+    round calls a function about ``budget_s`` seconds' worth, counted from a first, warm-up call)."""
+    calls = {}
+    for name, fn in fns.items():
+        start = time.perf_counter()
+        fn()
+        calls[name] = max(1, min(1000, int(budget_s / max(time.perf_counter() - start, 1e-6))))
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                samples[name].append(_ms_per_call(fn, calls[name]))
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def measure_peers(model: nn.Module, calib: Sequence[tuple[Any, torch.Tensor]],
+                  test: Sequence[tuple[Any, torch.Tensor]], pick: str | None, pick_accuracy: float | None,
+                  pick_call: Callable[[], Any] | None, example: tuple[torch.Tensor, ...], threads: int,
+                  device: str, rounds: int = ROUNDS) -> Peers:
+    """Every peer of ``model`` on this machine, and ``pick_call`` (one batch-1 call of the pick's library),
+    timed in the same interleaved rounds on ``example`` (one sample of every input).
+
+    Args:
+        calib: The run's calibration batches (ONNX Runtime's static calibration: the first four).
+        test: The run's test batches (every peer's accuracy).
+    """
+    out = Peers(pick=pick, pick_accuracy=pick_accuracy, device=device, threads=threads)
+    model = model.eval()
+    calls: dict[str, Callable[..., Any]] = {"pytorch_fp32": lambda *xs: model(*xs)}
+    errors: dict[str, str] = {}
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    ort_log = logging.getLogger("onnxruntime")
+    ort_level = ort_log.level
+    ort_log.setLevel(logging.WARNING)  # its quantization tools log each step at INFO: not the run's console
+    try:
+        with tempfile.TemporaryDirectory(prefix="mpsearch-peers-") as tmp:
+            try:
+                import onnx  # noqa: F401 - torch.onnx.export needs it
+                import onnxruntime  # noqa: F401
+            except ImportError as e:
+                errors["ort_fp32"] = f"{e.name} is not installed: pip install 'mpsearch[bench]'"
+            else:
+                try:
+                    with torch.no_grad():
+                        sessions, errors = _onnx_sessions(model, example, [_inputs(x) for x, _ in calib][:4],
+                                                          Path(tmp), threads)
+                    calls.update(sessions)
+                except Exception as e:  # noqa: BLE001 - a model ONNX cannot take: the row says why
+                    errors["ort_fp32"] = _one_line(e)
+            with torch.no_grad():
+                accuracy = {key: _accuracy(fn, test) for key, fn in calls.items()}
+            fns = {key: (lambda fn=fn: fn(*example)) for key, fn in calls.items()}
+            if pick_call is not None:
+                fns["_pick"] = pick_call
+            flush_denormals()  # as the run timed its candidates (ONNX Runtime's tools may turn it off)
+            ms = time_interleaved(fns, rounds)
+    finally:
+        torch.set_num_threads(before)
+        ort_log.setLevel(ort_level)
+    out.rows = [PeerRow(key, ms[key], accuracy[key]) for key in calls]
+    out.rows += [PeerRow(key, error=err) for key, err in errors.items()]
+    out.pick_ms = ms.get("_pick")
+    return out
+
+
+def run_peers(backend: Any, model: nn.Module, prepared: Any, ranges: Mapping[str, tuple[float, float]],
+              calib: Sequence[tuple[Any, torch.Tensor]], test: Sequence[tuple[Any, torch.Tensor]],
+              candidates: Sequence[Any], drop_pts: float) -> Peers | None:
+    """The stage: the peers of the run's model beside its pick (:func:`pick_label`), or None for a backend
+    that times nothing on a device (estimated costs, the test backends). A failure here is the report's
+    note, not the run's end: everything before it is computed and kept."""
+    if not hasattr(backend, "runs_here") or getattr(backend, "estimated", False):
+        return None
+    threads = backend.profile.resolved_threads()
+    if not backend.runs_here:
+        return Peers(skipped=f"profile {backend.profile.name!r} runs its code on another device (a board over RPC "
+                             "or a GPU); peers run on this machine's CPU only", threads=threads)
+    label = pick_label(candidates, drop_pts)
+    by_label = {c.label: c for c in candidates}
+    try:
+        pick_call = backend.library(prepared, by_label[label].candidate, ranges) if label else None
+        example = tuple(t[:1] for t in _inputs(test[0][0]))
+        return measure_peers(model, calib, test, label, by_label[label].accuracy if label else None, pick_call,
+                             example, threads, backend.describe())
+    except Exception as e:  # noqa: BLE001 - the run's results stand without its peers
+        log.warning("peers: %s", _one_line(e))
+        return Peers(skipped=f"timing them failed ({_one_line(e)})", threads=threads)

@@ -1,0 +1,99 @@
+"""The peers stage: PyTorch and ONNX Runtime beside the pick, their accuracy on the test split, one
+note for the report; without onnxruntime the rows say how to get it; no device, no peers."""
+
+from __future__ import annotations
+
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from mpsearch.stages.peers import Peers, PeerRow, measure_peers, pick_label, run_peers, time_interleaved
+
+
+def _data(n: int = 64) -> list:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 8, generator=g)
+    return [(x[i:i + 16], (x[i:i + 16, 0] > 0).long()) for i in range(0, n, 16)]
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    with torch.no_grad():
+        m[0].weight[0].fill_(0)
+        m[0].weight[0, 0] = 4.0  # hidden unit 0 reads the label's feature: accuracy well above chance
+        m[2].weight.zero_()
+        m[2].weight[1, 0], m[2].weight[0, 0] = 1.0, -1.0
+    return m.eval()
+
+
+def _ev(label: str, accuracy: float | None, ms: float | None) -> SimpleNamespace:
+    return SimpleNamespace(label=label, accuracy=accuracy, measured_latency_ms=ms, candidate=label)
+
+
+def test_the_pick_is_the_fastest_measured_candidate_within_the_band() -> None:
+    evs = [_ev("fp32", 0.90, 1.0), _ev("int8", 0.885, 0.4), _ev("pareto-0", 0.895, 0.5), _ev("pareto-1", 0.8, 0.1),
+           _ev("pareto-2", 0.9, None)]
+    assert pick_label(evs, 1.0) == "pareto-0" and pick_label(evs, 2.0) == "int8"
+    assert pick_label([_ev("int8", 0.9, 0.1)], 1.0) is None  # no FP32 reference: no pick
+
+
+def test_interleaved_timing_ranks_a_slower_function_slower() -> None:
+    ms = time_interleaved({"fast": lambda: None, "slow": lambda: time.sleep(0.002)}, rounds=3, budget_s=0.01)
+    assert ms["slow"] >= 1.5 and ms["fast"] < ms["slow"] / 10
+
+
+def test_peers_are_timed_beside_the_pick_with_their_accuracy() -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    data = _data()
+    model = _model()
+    peers = measure_peers(model, data, data, "pareto-0", 0.97, lambda: model(data[0][0][:1]), (data[0][0][:1],),
+                          threads=1, device="this CPU", rounds=2)
+    rows = {r.key: r for r in peers.rows}
+    assert set(rows) == {"pytorch_fp32", "ort_fp32", "ort_int8_static"}  # no token input: no dynamic INT8
+    expect = sum(int((model(x).argmax(1) == y).sum()) for x, y in data) / 64
+    assert expect > 0.9 and rows["pytorch_fp32"].accuracy == expect == rows["ort_fp32"].accuracy
+    assert all(r.latency_ms > 0 and r.error is None for r in rows.values()) and peers.pick_ms > 0
+    note = peers.note()
+    assert note.startswith("Peers on this machine (this CPU; batch 1") and "the pick, pareto-0" in note
+    assert f"{peers.pick_ms / peers.fastest().latency_ms:.2f}x the time of the fastest peer" in note
+    d = peers.to_dict()
+    assert d["fastest_peer"] == peers.fastest().key and len(d["rows"]) == 3
+
+
+def test_without_onnxruntime_the_row_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import raises ImportError(name="onnxruntime")
+    data = _data(32)
+    peers = measure_peers(_model(), data, data, None, None, None, (data[0][0][:1],), threads=1, device="x", rounds=1)
+    rows = {r.key: r for r in peers.rows}
+    assert rows["pytorch_fp32"].latency_ms > 0 and rows["ort_fp32"].latency_ms is None
+    assert rows["ort_fp32"].error == "onnxruntime is not installed: pip install 'mpsearch[bench]'"
+    assert "ONNX Runtime FP32: not run (onnxruntime is not installed" in peers.note() and peers.pick_ms is None
+
+
+def test_a_backend_that_times_nothing_here_has_no_peers_or_says_why() -> None:
+    data = _data(16)
+    args = (_model(), None, {}, data, data, [_ev("fp32", 1.0, 1.0)], 1.0)
+    assert run_peers(SimpleNamespace(), *args) is None  # the test backends: nothing timed on a device
+    assert run_peers(SimpleNamespace(runs_here=True, estimated=True), *args) is None
+    board = SimpleNamespace(runs_here=False, estimated=False,
+                            profile=SimpleNamespace(name="rpi4", resolved_threads=lambda: 4))
+    out = run_peers(board, *args)
+    assert out.rows == [] and out.note().startswith("No peer runtime was timed: profile 'rpi4' runs its code on")
+
+
+def test_a_failure_while_timing_peers_is_a_note_not_the_end_of_the_run() -> None:
+    data = _data(16)
+
+    def broken(*_a, **_k):
+        raise RuntimeError("no library\nsecond line")
+    backend = SimpleNamespace(runs_here=True, estimated=False, library=broken, describe=lambda: "cpu",
+                              profile=SimpleNamespace(name="host_cpu", resolved_threads=lambda: 1))
+    out = run_peers(backend, _model(), None, {}, data, data, [_ev("fp32", 1.0, 1.0)], 1.0)
+    assert out.note() == "No peer runtime was timed: timing them failed (RuntimeError: no library)."
+    assert Peers(rows=[PeerRow("ort_fp32", error="e")]).fastest() is None
