@@ -37,7 +37,9 @@ import numpy as np
 import torch
 
 from benchmarks.common import BenchmarkResult, median_time_s
-from mpsearch.hardware.fpenv import denormals_flushed, flush_denormals
+from mpsearch.hardware.fpenv import flush_denormals
+from mpsearch.stages.peers import input_names, ort_session
+from mpsearch.stages.peers import onnx_models as peer_models
 from mpsearch.report.markdown import markdown_table
 
 NAME = "baselines"
@@ -75,62 +77,16 @@ def _accuracy(predict: Callable[..., Any], data: list) -> float:
     return correct / total
 
 
-def input_names(n: int) -> list[str]:
-    return ["x"] if n == 1 else [f"x{i}" for i in range(n)]
-
-
 def onnx_models(model: torch.nn.Module, example: tuple[torch.Tensor, ...], calib: list[tuple[torch.Tensor, ...]],
                 workdir: Path) -> dict[str, Path]:
     """The model as ONNX (FP32) and quantized by ONNX Runtime: static QDQ INT8 (per-channel weights,
-    calibrated on ``calib``) and, for integer (token) inputs, dynamic INT8."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    names = input_names(len(example))
-    fp32 = workdir / "model.onnx"
-    torch.onnx.export(model, example, str(fp32), dynamo=False, input_names=names, output_names=["y"],
-                      dynamic_axes={**{n: {0: "n"} for n in names}, "y": {0: "n"}}, opset_version=17)
-    pre = workdir / "model.pre.onnx"
-    quant_pre_process(str(fp32), str(pre))
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter([{n: t.numpy() for n, t in zip(names, xs)} for xs in calib])
-
-        def get_next(self):  # noqa: ANN201 - ORT's interface
-            return next(self.it, None)
-
-    paths = {"ort_fp32": fp32, "ort_int8_static": workdir / "model.int8.onnx"}
-    quantize_static(str(pre), str(paths["ort_int8_static"]), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
-    if any(not t.is_floating_point() for t in example):
-        paths["ort_int8_dynamic"] = workdir / "model.int8dyn.onnx"
-        quantize_dynamic(str(pre), str(paths["ort_int8_dynamic"]), per_channel=True, weight_type=QuantType.QInt8)
+    calibrated on ``calib``) and, for integer (token) inputs, dynamic INT8 (:func:`mpsearch.stages.peers.onnx_models`;
+    a benchmark row that cannot be made stops the benchmark)."""
+    paths, errors = peer_models(model, example, calib, workdir)
+    if errors:
+        key, error = next(iter(errors.items()))
+        raise RuntimeError(f"ONNX Runtime could not make {key}: {error}")
     return paths
-
-
-def ort_session(path: Path, threads: int, profile_prefix: str | None = None) -> Any:
-    """An ONNX Runtime CPU session on ``threads`` threads, every graph optimization on, denormals flushed; with
-    ``profile_prefix``, its profiler writes there (``end_profiling()`` names the file)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # denormals flushed, as mpsearch runs TVM's kernels (mpsearch/hardware/fpenv.py); left at its default,
-    # creating the session would also turn the flush off on this thread, under the TVM rows timed after it
-    so.add_session_config_entry("session.set_denormal_as_zero", "1")
-    if profile_prefix is not None:
-        so.enable_profiling, so.profile_file_prefix = True, profile_prefix
-    with denormals_flushed():  # the session sets the flush on this thread: as it was after (a test's thread)
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def tvm_vm(backend: Any, prepared: Any, candidate: Any, ranges: Any, batch: int, xs: list[np.ndarray],

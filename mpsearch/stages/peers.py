@@ -1,8 +1,9 @@
 """Stage ``peers``: what a user would run instead, timed beside the run's pick on this machine.
 
-The rows: PyTorch eager FP32 (the user's own model), and, where ``onnxruntime`` and ``onnx`` are installed
-(``pip install 'mpsearch[bench]'``), ONNX Runtime FP32, INT8 static (QDQ, per-channel weights, min-max
-calibration on the run's calibration batches) and, for a model with integer (token) inputs, INT8 dynamic.
+The rows: PyTorch eager FP32 (the user's own model), and, with ``onnxruntime`` and ``onnx`` (dependencies
+of mpsearch; a row says so where an install left them out), ONNX Runtime FP32, INT8 static (QDQ,
+per-channel weights, min-max calibration on the run's calibration batches) and, for a model with integer
+(token) inputs, INT8 dynamic.
 Each peer's accuracy is taken on the run's test split, as the candidates' is; each peer is timed at batch 1
 with the profile's threads, in the same interleaved rounds as the pick's compiled library (this process,
 the run's tuned kernels), so a drift of the machine hits them alike. Only where the run measures on this
@@ -124,16 +125,22 @@ def _accuracy(predict: Callable[..., Any], data: Sequence[tuple[Any, torch.Tenso
     return correct / total
 
 
-def _onnx_sessions(model: nn.Module, example: tuple[torch.Tensor, ...], calib: Sequence[tuple[torch.Tensor, ...]],
-                   workdir: Path, threads: int) -> tuple[dict[str, Any], dict[str, str]]:
-    """ONNX Runtime sessions of ``model``: FP32, static INT8 and (token inputs) dynamic INT8; and the error
-    of each that could not be made."""
-    import onnxruntime as ort
+def input_names(n: int) -> list[str]:
+    """The ONNX graph's input names for ``n`` inputs."""
+    return ["x"] if n == 1 else [f"x{i}" for i in range(n)]
+
+
+def onnx_models(model: nn.Module, example: tuple[torch.Tensor, ...], calib: Sequence[tuple[torch.Tensor, ...]],
+                workdir: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """``model`` as ONNX (FP32, ``ort_fp32``) and quantized by ONNX Runtime as a user would: static INT8
+    (``ort_int8_static``: QDQ, per-channel weights, calibrated on ``calib``) and, for integer (token)
+    inputs, dynamic INT8 (``ort_int8_dynamic``). Returns the model files, and the error of each
+    quantized one that could not be made."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, \
         quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    names = ["x"] if len(example) == 1 else [f"x{i}" for i in range(len(example))]
+    names = input_names(len(example))
     fp32, pre = workdir / "model.onnx", workdir / "model.pre.onnx"
     torch.onnx.export(model, example, str(fp32), dynamo=False, input_names=names, output_names=["y"],
                       dynamic_axes={**{n: {0: "n"} for n in names}, "y": {0: "n"}}, opset_version=17)
@@ -156,20 +163,40 @@ def _onnx_sessions(model: nn.Module, example: tuple[torch.Tensor, ...], calib: S
                                                                       weight_type=QuantType.QInt8)
     for key, quantize in quantizers.items():
         try:
-            quantize(workdir / f"{key}.onnx")
-            paths[key] = workdir / f"{key}.onnx"
+            quantize(workdir / f"model.{key}.onnx")
+            paths[key] = workdir / f"model.{key}.onnx"
         except Exception as e:  # noqa: BLE001 - one peer that cannot be built is a row saying why
             errors[key] = _one_line(e)
+    return paths, errors
+
+
+def ort_session(path: Path, threads: int, profile_prefix: str | None = None) -> Any:
+    """An ONNX Runtime CPU session on ``threads`` threads, every graph optimization on, denormals flushed
+    as mpsearch runs TVM's kernels (:mod:`mpsearch.hardware.fpenv`); with ``profile_prefix``, its
+    profiler writes there (``end_profiling()`` names the file)."""
+    import onnxruntime as ort
+
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.add_session_config_entry("session.set_denormal_as_zero", "1")  # as the TVM kernels run (fpenv.py)
-    sessions = {}
-    with denormals_flushed():  # a session turns the flush on for this thread: left as it was
-        for key, path in paths.items():
-            s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-            sessions[key] = lambda *xs, s=s: s.run(None, {n: x.numpy() for n, x in zip(names, xs)})[0]
-    return sessions, errors
+    # left at its default, creating the session would also turn the flush off on this thread
+    so.add_session_config_entry("session.set_denormal_as_zero", "1")
+    if profile_prefix is not None:
+        so.enable_profiling, so.profile_file_prefix = True, profile_prefix
+    with denormals_flushed():  # the session sets the flush on this thread: as it was after
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _onnx_sessions(model: nn.Module, example: tuple[torch.Tensor, ...], calib: Sequence[tuple[torch.Tensor, ...]],
+                   workdir: Path, threads: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """Callables running each :func:`onnx_models` model, and the error of each that could not be made."""
+    paths, errors = onnx_models(model, example, calib, workdir)
+    names = input_names(len(example))
+    calls = {}
+    for key, path in paths.items():
+        s = ort_session(path, threads)
+        calls[key] = lambda *xs, s=s: s.run(None, {n: x.numpy() for n, x in zip(names, xs)})[0]
+    return calls, errors
 
 
 def _ms_per_call(fn: Callable[[], Any], calls: int) -> float:
@@ -222,7 +249,7 @@ def measure_peers(model: nn.Module, calib: Sequence[tuple[Any, torch.Tensor]],
                 import onnx  # noqa: F401 - torch.onnx.export needs it
                 import onnxruntime  # noqa: F401
             except ImportError as e:
-                errors["ort_fp32"] = f"{e.name} is not installed: pip install 'mpsearch[bench]'"
+                errors["ort_fp32"] = f"{e.name} is not installed (pip install onnxruntime onnx)"
             else:
                 try:
                     with torch.no_grad():

@@ -72,7 +72,7 @@ def test_without_onnxruntime_the_row_says_how_to_get_it(monkeypatch: pytest.Monk
     peers = measure_peers(_model(), data, data, None, None, None, (data[0][0][:1],), threads=1, device="x", rounds=1)
     rows = {r.key: r for r in peers.rows}
     assert rows["pytorch_fp32"].latency_ms > 0 and rows["ort_fp32"].latency_ms is None
-    assert rows["ort_fp32"].error == "onnxruntime is not installed: pip install 'mpsearch[bench]'"
+    assert rows["ort_fp32"].error == "onnxruntime is not installed (pip install onnxruntime onnx)"
     assert "ONNX Runtime FP32: not run (onnxruntime is not installed" in peers.note() and peers.pick_ms is None
 
 
