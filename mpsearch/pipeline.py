@@ -24,7 +24,7 @@ from mpsearch.stages import (
     evaluate_accuracy, hardware_cost, learn, load, load_candidate, load_data, open_run_folder, preflight, report,
     search, search_problem, search_settings, skipped_note, to_evaluate, validate_proxy, wants_learning,
 )
-from mpsearch.stages.peers import run_peers
+from mpsearch.stages.peers import has_peers, run_peers
 from mpsearch.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def _run(cfg: RunConfig, backend_factory: BackendFactory, run_dir: Path, tvm_log
     if wants_learning(s):
         with timer.stage("learned quantization"):
             notes += learn(s, prepared, ranges, loaded.calib, loaded.test, evaluation.candidates, run_dir, cache_dir)
-    if cfg.peers:
+    if cfg.peers and has_peers(backend):
         with timer.stage("peers"):
             peers = run_peers(backend, loaded.model, prepared, ranges, loaded.calib, loaded.test,
                               evaluation.candidates, s.accuracy_drop_pts)

@@ -274,13 +274,19 @@ def measure_peers(model: nn.Module, calib: Sequence[tuple[Any, torch.Tensor]],
     return out
 
 
+def has_peers(backend: Any) -> bool:
+    """Whether ``backend`` times on a device, so that its run has peers (or a note on why not here): not
+    estimated costs, not the test backends."""
+    return hasattr(backend, "runs_here") and not getattr(backend, "estimated", False)
+
+
 def run_peers(backend: Any, model: nn.Module, prepared: Any, ranges: Mapping[str, tuple[float, float]],
               calib: Sequence[tuple[Any, torch.Tensor]], test: Sequence[tuple[Any, torch.Tensor]],
               candidates: Sequence[Any], drop_pts: float) -> Peers | None:
     """The stage: the peers of the run's model beside its pick (:func:`pick_label`), or None for a backend
     that times nothing on a device (estimated costs, the test backends). A failure here is the report's
     note, not the run's end: everything before it is computed and kept."""
-    if not hasattr(backend, "runs_here") or getattr(backend, "estimated", False):
+    if not has_peers(backend):
         return None
     threads = backend.profile.resolved_threads()
     if not backend.runs_here:
