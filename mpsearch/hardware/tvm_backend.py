@@ -30,7 +30,6 @@ from mpsearch.candidate import Bits, Candidate, random_candidates
 from mpsearch.errors import ConfigError, HardwareError
 from mpsearch.hardware.base import Backend, LayerCostTable, Measurement
 from mpsearch.hardware.cpu import host_llvm_cpu
-from mpsearch.hardware.fpenv import flush_denormals
 from mpsearch.hardware.profile import HwProfile
 from mpsearch.hardware.session import LoopbackDevice, Session, make_device
 from mpsearch.hashing import content_hash
@@ -1082,11 +1081,11 @@ class TVMBackend(Backend):
                 ranges: Mapping[str, tuple[float, float]]) -> Callable[[], Any]:
         """One batch-1 inference of ``candidate``'s tuned executable in a Relax VM of this process, inputs
         and parameters bound (as the exported library runs): for timing it beside other runtimes in the
-        same rounds. Only where :attr:`runs_here`."""
+        same rounds (within :func:`~mpsearch.hardware.fpenv.denormals_flushed`, as the run times its
+        candidates). Only where :attr:`runs_here`."""
         if not self.runs_here:
             raise HardwareError(f"profile {self.profile.name!r} runs its code on another device, not in this process")
         exe, lowered, _ = self._compile(prepared, candidate, ranges)
-        flush_denormals()  # this process's thread runs the kernels as they were measured (fpenv.py)
         dev = tvm.cpu(0)
         vm = tvm.relax.VirtualMachine(exe, dev)
         vm.set_input("main", *[tvm.runtime.tensor(a, dev) for a in [*prepared.random_inputs(), *lowered.params]])

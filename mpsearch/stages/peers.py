@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mpsearch.hardware.fpenv import denormals_flushed, flush_denormals
+from mpsearch.hardware.fpenv import denormals_flushed
 from mpsearch.quant.prepare import call_model
 from mpsearch.scoring import top1_hits
 
@@ -244,7 +244,9 @@ def measure_peers(model: nn.Module, calib: Sequence[tuple[Any, torch.Tensor]],
     ort_level = ort_log.level
     ort_log.setLevel(logging.WARNING)  # its quantization tools log each step at INFO: not the run's console
     try:
-        with tempfile.TemporaryDirectory(prefix="mpsearch-peers-") as tmp:
+        # every peer runs, and is timed, with denormals flushed as the run timed its candidates (an ONNX
+        # Runtime session sets the flush on the calling thread too); this thread's state as it was after
+        with denormals_flushed(), tempfile.TemporaryDirectory(prefix="mpsearch-peers-") as tmp:
             try:
                 import onnx  # noqa: F401 - torch.onnx.export needs it
                 import onnxruntime  # noqa: F401
@@ -263,7 +265,6 @@ def measure_peers(model: nn.Module, calib: Sequence[tuple[Any, torch.Tensor]],
             fns = {key: (lambda fn=fn: fn(*example)) for key, fn in calls.items()}
             if pick_call is not None:
                 fns["_pick"] = pick_call
-            flush_denormals()  # as the run timed its candidates (ONNX Runtime's tools may turn it off)
             ms = time_interleaved(fns, rounds)
     finally:
         torch.set_num_threads(before)
