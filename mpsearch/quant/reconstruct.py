@@ -592,10 +592,8 @@ def unit_mse(prepared: PreparedModel, learned: LearnedModel | None, candidate: C
         acc[1] += a.numel()
 
     blocks = graph_blocks(fp)
-    for x, _ in batches:
-        if not blocks:
-            break
-        [side] = side_values(fp, blocks, [x]).batches
+    sides = side_values(fp, blocks, [x for x, _ in batches]).batches if blocks else []
+    for side in sides:
         x_fp = x_q = side[blocks[0].input]
         for block in blocks:
             outs: dict[str, dict[str, torch.Tensor]] = {"fp": {}, "q": {}}
