@@ -97,18 +97,18 @@ def _run(cfg: RunConfig, backend_factory: BackendFactory, run_dir: Path, tvm_log
     if wants_learning(s):
         with timer.stage("learned quantization"):
             notes += learn(s, prepared, ranges, loaded.calib, loaded.test, evaluation.candidates, run_dir, cache_dir)
+    peers = None
     if cfg.peers and has_peers(backend):
         with timer.stage("peers"):
             peers = run_peers(backend, loaded.model, prepared, ranges, loaded.calib, loaded.test,
                               evaluation.candidates, s.accuracy_drop_pts)
-        if peers is not None:
-            notes.append(peers.note())
-            log.info("%s", notes[-1])
+        if peers is not None:  # the report's Peers section; peers.json kept should the report fail
+            log.info("%s", peers.note())
             atomic_write_text(run_dir / "peers.json", json.dumps(peers.to_dict(), indent=1))
     with timer.stage("report"):
         outcome = report(run_dir, cfg.to_dict(), cfg.model.display_name(), s, profile, backend, table, prepared,
                          sens.result, sens.joint, searched, proxy, problem.groups, evaluation.candidates, notes,
-                         timer.timings)
+                         timer.timings, peers=None if peers is None else peers.to_dict())
     outcome.summary.timings_s = timer.timings
     log.info("report: %s", outcome.files.get("report_md"))
     return outcome

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
 import pandas as pd
 
-from mpsearch.report.document import baseline_name, is_missing, recommendation_sentences, summary_recommendation
+from mpsearch.report.document import (
+    baseline_name, is_missing, peers_sentence, plain_text, recommendation_sentences, summary_recommendation,
+)
 from mpsearch.report.tables import RunSummary, candidates_frame
-
-_MARKS = re.compile(r"\*\*|\*|`")
-
-
-def _plain(text: str) -> str:
-    return _MARKS.sub("", text)
-
 
 def summary_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows the console shows: the baselines, the Pareto candidates on the measured front, the ILP picks.
@@ -60,4 +53,5 @@ def recommendation_lines(summary: RunSummary) -> list[str]:
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
              for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return lines + [_plain(s) for s in recommendation_sentences(summary_recommendation(summary, frame))]
+    sentences = recommendation_sentences(summary_recommendation(summary, frame)) + [peers_sentence(summary.peers)]
+    return lines + [plain_text(s) for s in sentences if s]

@@ -8,6 +8,7 @@ HTML never disagree. Paragraph and cell text may use three inline markdown marks
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
@@ -85,6 +86,14 @@ class Code:
 
 
 Block = Heading | Paragraph | Bullets | Table | Image | Code
+
+
+_MARKS = re.compile(r"\*\*|\*|`")
+
+
+def plain_text(text: str) -> str:
+    """``text`` without its inline markdown marks (the console's form of a report sentence)."""
+    return _MARKS.sub("", text)
 
 
 def is_missing(value: object) -> bool:
@@ -326,6 +335,61 @@ def _recommendation(rec: Recommendation | None) -> list[Block]:
     return out
 
 
+def _timed_peers(peers: dict | None) -> list[dict]:
+    return [r for r in (peers or {}).get("rows", []) if not is_missing(r.get("latency_ms"))]
+
+
+def peers_sentence(peers: dict | None) -> str | None:
+    """The pick's batch-1 time against the fastest peer's (:attr:`RunSummary.peers`), in words; None
+    where the run timed no peer. Shared by the report and the console summary."""
+    if peers is None:
+        return None
+    if peers.get("skipped"):
+        return f"No peer runtime was timed: {peers['skipped']}."
+    timed = _timed_peers(peers)
+    if not timed:
+        return "No peer runtime could be run on this machine (see the table for why)."
+    best = min(timed, key=lambda r: r["latency_ms"])
+    if is_missing(peers.get("pick_ms")):
+        return (f"No candidate is within the accuracy band of FP32, so no pick was timed; the fastest peer is "
+                f"{best['method']} ({best['latency_ms']:.3f} ms).")
+    ratio = peers["pick_ms"] / best["latency_ms"]
+    return (f"The pick, **{peers['pick']}** ({peers['pick_ms']:.3f} ms at batch {peers.get('batch', 1)}), takes "
+            f"**{ratio:.2f}×** the time of the fastest peer on this machine, {best['method']} "
+            f"({best['latency_ms']:.3f} ms): {'faster' if ratio < 1 else 'slower'} than what a user would run "
+            "instead.")
+
+
+def _peers(peers: dict | None) -> list[Block]:
+    if peers is None:
+        return [Paragraph("No peers were timed in this run (`peers=false`, or latencies not measured on a device).")]
+    out: list[Block] = [Paragraph(peers_sentence(peers) or "")]
+    if peers.get("skipped"):
+        return out
+    best = min((r["latency_ms"] for r in _timed_peers(peers)), default=None)
+
+    def ratio(ms: object) -> object:
+        return MISSING if best is None or is_missing(ms) else f"{float(ms) / best:.2f}"
+
+    def acc(a: object) -> object:
+        return MISSING if is_missing(a) else f"{100 * float(a):.2f}"
+    rows = [[r["method"], acc(r.get("accuracy")),
+             MISSING if is_missing(r.get("latency_ms")) else f"{r['latency_ms']:.3f}",
+             ratio(r.get("latency_ms")) if not r.get("error") else f"not run: {r['error']}"]
+            for r in peers["rows"]]
+    if not is_missing(peers.get("pick_ms")):
+        rows.append([f"**mpsearch pick** ({peers['pick']})", acc(peers.get("pick_accuracy")),
+                     f"{peers['pick_ms']:.3f}", ratio(peers["pick_ms"])])
+    out.append(Paragraph(
+        f"What a user would run instead, on {peers.get('device', 'this machine')}: each timed at batch "
+        f"{peers.get('batch', 1)} with {peers.get('threads', '?')} thread(s), median of "
+        f"{peers.get('rounds', '?')} rounds interleaved with the pick's compiled library in one process; "
+        "top-1 on the run's test split. The pick is the fastest evaluated candidate within the run's accuracy "
+        "band of FP32."))
+    out.append(Table(["method", "top-1 %", "latency (ms)", "÷ fastest peer"], rows, ["l", "r", "r", "r"]))
+    return out
+
+
 def _ilp(frame: pd.DataFrame, estimated: bool = False) -> list[Block]:
     ilp = frame[frame["kind"] == "ilp"]
     if ilp.empty:
@@ -473,6 +537,7 @@ def build_document(
         ]),
         Heading("Recommendation"), *_recommendation(rec),
         Heading("Baselines"), *_baselines(frame, est),
+        Heading("Peers"), *_peers(summary.peers),
         Heading("Pareto front"), *dominated, *_pareto(frame, figures, est),
         Heading("Exact-ILP picks"), *_ilp(frame, est),
         Heading("Layers"), *_layers(summary, figures),

@@ -109,11 +109,22 @@ def summary_to_dict(summary: RunSummary) -> dict[str, Any]:
         "search_fronts": to_plain(summary.search_fronts),
         "latency_source": summary.latency_source,
         "layer_groups": [list(g) for g in summary.layer_groups],
+        "peers": to_plain(summary.peers),
     }
 
 
 def _float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _peers(data: Any) -> dict[str, Any] | None:
+    """The stored peers (:attr:`RunSummary.peers`), checked for the fields the report reads."""
+    if data is None:
+        return None
+    if not isinstance(data, Mapping) or not isinstance(data.get("rows"), list) \
+            or not all(isinstance(r, Mapping) and "method" in r for r in data["rows"]):
+        raise ValueError("peers must be an object with a list of rows, each with a method")
+    return dict(data)
 
 
 def summary_from_dict(data: Mapping[str, Any], run_dir: str | Path) -> RunSummary:
@@ -172,6 +183,7 @@ def summary_from_dict(data: Mapping[str, Any], run_dir: str | Path) -> RunSummar
             search_fronts={str(k): list(v) for k, v in (data.get("search_fronts") or {}).items()},
             latency_source=str(data.get("latency_source") or "measured"),
             layer_groups=[[str(n) for n in g] for g in data.get("layer_groups") or []],
+            peers=_peers(data.get("peers")),
         )
     except KeyError as e:
         raise ReportError(f"summary lacks the field {e.args[0]!r}; re-run the search to rewrite it") from None

@@ -111,6 +111,10 @@ class RunSummary:
             (e.g. the Optuna front and the exact-ILP front on the proxy); empty when none.
         latency_source: ``"measured"`` (end-to-end latencies timed on the device) or ``"estimated"``
             (roofline from the profile's peak rates, nothing timed); every table and plot says which.
+        peers: What a user would run instead, timed beside the pick (``Peers.to_dict()`` of
+            :mod:`mpsearch.stages.peers`: ``{"pick", "pick_ms", "pick_accuracy", "device", "threads",
+            "skipped", "rows": [{"key", "method", "latency_ms", "accuracy", "error"}, ...]}``); None when
+            the run timed none (``peers=false``, or a backend that times nothing).
     """
 
     run_dir: Path
@@ -131,6 +135,7 @@ class RunSummary:
     search_fronts: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     latency_source: str = "measured"
     layer_groups: list[list[str]] = field(default_factory=list)  # layers sharing one precision (2+ members each)
+    peers: dict[str, Any] | None = None
 
     @property
     def estimated(self) -> bool:

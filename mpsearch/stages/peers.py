@@ -27,6 +27,7 @@ from torch import nn
 
 from mpsearch.hardware.fpenv import denormals_flushed
 from mpsearch.quant.prepare import call_model
+from mpsearch.report.document import peers_sentence, plain_text
 from mpsearch.scoring import top1_hits
 
 log = logging.getLogger(__name__)
@@ -62,34 +63,29 @@ class Peers:
     device: str = ""
     threads: int = 0
     skipped: str | None = None
+    rounds: int = ROUNDS
 
     def fastest(self) -> PeerRow | None:
         timed = [r for r in self.rows if r.latency_ms is not None]
         return min(timed, key=lambda r: r.latency_ms) if timed else None
 
     def note(self) -> str:
-        """The report's sentence: the pick against the fastest peer, then every peer."""
+        """The console's line: the pick against the fastest peer (the report's Peers section in words),
+        then every peer."""
+        head = plain_text(peers_sentence(self.to_dict()) or "")
         if self.skipped:
-            return f"No peer runtime was timed: {self.skipped}."
-        best = self.fastest()
+            return head
 
         def acc(a: float | None) -> str:
             return "" if a is None else f", {100 * a:.2f}%"
         rows = "; ".join(f"{r.method} {r.latency_ms:.3f} ms{acc(r.accuracy)}" if r.latency_ms is not None
                          else f"{r.method}: not run ({r.error})" for r in self.rows)
-        head = f"Peers on this machine ({self.device}; batch 1, {ROUNDS} rounds interleaved with the pick's " \
-               "library in one process)"
-        if best is None or self.pick_ms is None:
-            return f"{head}: {rows}."
-        ratio = self.pick_ms / best.latency_ms
-        return (f"{head}: the pick, {self.pick} ({self.pick_ms:.3f} ms{acc(self.pick_accuracy)}), takes "
-                f"{ratio:.2f}x the time of the fastest peer, {best.method} "
-                f"({'faster' if ratio < 1 else 'slower'} than it). {rows}.")
+        return f"{head} Peers on this machine ({self.device}; batch 1, {self.rounds} interleaved rounds): {rows}."
 
     def to_dict(self) -> dict[str, Any]:
         best = self.fastest()
         return {"pick": self.pick, "pick_ms": self.pick_ms, "pick_accuracy": self.pick_accuracy,
-                "device": self.device, "threads": self.threads, "skipped": self.skipped,
+                "device": self.device, "threads": self.threads, "batch": 1, "rounds": self.rounds, "skipped": self.skipped,
                 "fastest_peer": best.key if best else None,
                 "pick_over_fastest_peer": (self.pick_ms / best.latency_ms) if best and self.pick_ms else None,
                 "rows": [{"key": r.key, "method": r.method, "latency_ms": r.latency_ms, "accuracy": r.accuracy,
@@ -234,7 +230,7 @@ def measure_peers(model: nn.Module, calib: Sequence[tuple[Any, torch.Tensor]],
         calib: The run's calibration batches (ONNX Runtime's static calibration: the first four).
         test: The run's test batches (every peer's accuracy).
     """
-    out = Peers(pick=pick, pick_accuracy=pick_accuracy, device=device, threads=threads)
+    out = Peers(pick=pick, pick_accuracy=pick_accuracy, device=device, threads=threads, rounds=rounds)
     model = model.eval()
     calls: dict[str, Callable[..., Any]] = {"pytorch_fp32": lambda *xs: model(*xs)}
     errors: dict[str, str] = {}

@@ -112,9 +112,10 @@ def report(run_dir: Path, config: dict[str, Any], model_name: str, search_cfg: S
            backend: Backend, table: LayerCostTable, prepared: PreparedModel, sensitivity: SensitivityResult,
            joint: CandidateProxy | None, searched: Searched, proxy: ProxyValidation,
            groups: list[list[str]] | None, evaluated: list[EvaluatedCandidate], notes: list[str],
-           timings: dict[str, float]) -> RunOutcome:
+           timings: dict[str, float], peers: dict[str, Any] | None = None) -> RunOutcome:
     """Write the run folder's artifacts and report; ``notes`` (from the evaluation and learned
-    quantization) come first, ``timings`` is the run's live per-stage dict.
+    quantization) come first, ``timings`` is the run's live per-stage dict, ``peers`` the peers stage's
+    rows (:attr:`~mpsearch.report.tables.RunSummary.peers`).
 
     Args:
         config: The composed config as a plain dict (``RunConfig.to_dict``).
@@ -133,6 +134,6 @@ def report(run_dir: Path, config: dict[str, Any], model_name: str, search_cfg: S
         layer_latency_ms=layer_latency, config=config, timings_s=timings,
         versions=versions(), notes=notes + [searched.comparison.note()], proxy_validation=proxy.validation,
         search_fronts=searched.comparison.fronts, latency_source=backend.latency_source, layer_groups=groups,
-        sensitivity={k: v for r in proxy.results.values() for k, v in signals(r).items()})
+        sensitivity={k: v for r in proxy.results.values() for k, v in signals(r).items()}, peers=peers)
     files = write_report(summary)
     return RunOutcome(run_dir, summary, table, files)

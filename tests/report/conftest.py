@@ -68,8 +68,20 @@ def predicted_only(tmp_path: Path) -> RunSummary:
     return s
 
 
+def make_peers() -> dict:
+    """The peers stage's rows: ONNX Runtime FP32 the fastest peer, its INT8 not made, the pick faster."""
+    return {"pick": "pareto-1", "pick_ms": 1.2, "pick_accuracy": 0.905, "device": "Test CPU", "threads": 1,
+            "batch": 1, "rounds": 7, "skipped": None, "fastest_peer": "ort_fp32", "pick_over_fastest_peer": 0.5,
+            "rows": [{"key": "pytorch_fp32", "method": "PyTorch FP32 (eager)", "latency_ms": 6.0, "accuracy": 0.915,
+                      "error": None},
+                     {"key": "ort_fp32", "method": "ONNX Runtime FP32", "latency_ms": 2.4, "accuracy": 0.915,
+                      "error": None},
+                     {"key": "ort_int8_static", "method": "ONNX Runtime INT8 static (QDQ, per-channel)",
+                      "latency_ms": None, "accuracy": None, "error": "ValueError: no calibration"}]}
+
+
 def add_optional_data(s: RunSummary) -> RunSummary:
-    """Fill every optional section: sensitivity, proxy validation, search fronts and an exact-ILP pick."""
+    """Fill every optional section: sensitivity, proxy validation, search fronts, peers and an exact-ILP pick."""
     s.sensitivity = {
         "hessian_trace": {"conv1": 10.0, "layer1.conv": 2.0, "layer2.conv": 0.5, "fc": 0.05},
         "activation_trace": {"conv1": 1.0, "layer1.conv": 0.3, "layer2.conv": 0.2},  # fc missing
@@ -91,6 +103,7 @@ def add_optional_data(s: RunSummary) -> RunSummary:
         "ilp": [{"proxy": 0.15, "latency_ms": 1.0, "weight_kib": 4.0},
                 {"proxy": 0.04, "latency_ms": 1.5, "weight_kib": 6.5}],
     }
+    s.peers = make_peers()
     s.candidates.append(EvaluatedCandidate(
         "ilp-1.5ms", bits((8, 8), (4, 8), (8, 8), (4, 8)), "ilp", 0.04, 1.5, 1.55, 0.03, 6500, 0.907, None))
     return s

@@ -50,7 +50,7 @@ def test_round_trip(full, tmp_path):
     assert back.layer_latency_ms.index.name == "layer"
     assert math.isnan(back.candidates[0].proxy)
     for name in ("model", "hw_profile", "device", "layers", "layer_macs", "layer_params", "timings_s",
-                 "versions", "notes", "search_fronts", "proxy_validation"):
+                 "versions", "notes", "search_fronts", "proxy_validation", "peers"):
         assert getattr(back, name) == getattr(full, name), name
     assert back.sensitivity["activation_trace"] == full.sensitivity["activation_trace"]
     # The config is stored as plain data: tuples become lists, paths strings.

@@ -65,8 +65,9 @@ def test_peers_are_timed_beside_the_pick_with_their_accuracy() -> None:
     assert expect > 0.9 and rows["pytorch_fp32"].accuracy == expect == rows["ort_fp32"].accuracy
     assert all(r.latency_ms > 0 and r.error is None for r in rows.values()) and peers.pick_ms > 0
     note = peers.note()
-    assert note.startswith("Peers on this machine (this CPU; batch 1") and "the pick, pareto-0" in note
-    assert f"{peers.pick_ms / peers.fastest().latency_ms:.2f}x the time of the fastest peer" in note
+    assert note.startswith("The pick, pareto-0 (") and "**" not in note
+    assert f"{peers.pick_ms / peers.fastest().latency_ms:.2f}× the time of the fastest peer" in note
+    assert "Peers on this machine (this CPU; batch 1, 2 interleaved rounds): PyTorch FP32 (eager)" in note
     d = peers.to_dict()
     assert d["fastest_peer"] == peers.fastest().key and len(d["rows"]) == 3
 

@@ -93,7 +93,7 @@ def test_whole_pipeline_with_tvm_measurements_then_export(tmp_path: Path, name: 
         rows = {r["key"]: r for r in peers["rows"]}
         assert rows["pytorch_fp32"]["latency_ms"] > 0 and rows["pytorch_fp32"]["accuracy"] == 1.0  # own labels
         assert all((r["latency_ms"] or 0) > 0 or r["error"] for r in rows.values()) and peers["pick_ms"] > 0
-        assert any(n.startswith("Peers on this machine") for n in summary["notes"])
+        assert summary["peers"] == peers and "## Peers" in (run_dir / "report.md").read_text()
         layers = summary["layers"]
         cand = Candidate({n: [(4, 8), (8, 8)][i % 2] for i, n in enumerate(layers)})
         (run_dir / "candidates" / "mixed.json").write_text(cand.to_json())
