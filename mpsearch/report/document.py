@@ -380,12 +380,13 @@ def _peers(peers: dict | None) -> list[Block]:
     if not is_missing(peers.get("pick_ms")):
         rows.append([f"**mpsearch pick** ({peers['pick']})", acc(peers.get("pick_accuracy")),
                      f"{peers['pick_ms']:.3f}", ratio(peers["pick_ms"])])
+    threads = peers.get("threads", "?")
     out.append(Paragraph(
         f"What a user would run instead, on {peers.get('device', 'this machine')}: each timed at batch "
-        f"{peers.get('batch', 1)} with {peers.get('threads', '?')} thread(s), median of "
-        f"{peers.get('rounds', '?')} rounds interleaved with the pick's compiled library in one process; "
-        "top-1 on the run's test split. The pick is the fastest evaluated candidate within the run's accuracy "
-        "band of FP32."))
+        f"{peers.get('batch', 1)} on {threads} thread{'' if threads == 1 else 's'}, the pick's compiled "
+        f"library too (in one process, runtimes' thread pools would take each other's cores), median of "
+        f"{peers.get('rounds', '?')} interleaved rounds; top-1 on the run's test split. The pick is the fastest "
+        "evaluated candidate within the run's accuracy band of FP32."))
     out.append(Table(["method", "top-1 %", "latency (ms)", "÷ fastest peer"], rows, ["l", "r", "r", "r"]))
     return out
 

@@ -5,18 +5,19 @@ of mpsearch; a row says so where an install left them out), ONNX Runtime FP32, I
 per-channel weights, min-max calibration on the run's calibration batches) and, for a model with integer
 (token) inputs, INT8 dynamic.
 Each peer's accuracy is taken on the run's test split, as the candidates' is; each peer is timed at batch 1
-with the profile's threads, in the same interleaved rounds as the pick's compiled library (this process,
-the run's tuned kernels), so a drift of the machine hits them alike. Only where the run measures on this
+on one thread (``PEER_THREADS``), in the same interleaved rounds as the pick's compiled library (this
+process, the run's tuned kernels, also on one thread), so a drift of the machine hits them alike. Only where the run measures on this
 machine's CPU: a board over RPC or a GPU has no peer here, and says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,12 @@ from mpsearch.scoring import top1_hits
 log = logging.getLogger(__name__)
 
 ROUNDS = 7
+# Every peer and the pick run on one thread. Three runtimes in one process each keep a thread pool (TVM's,
+# ONNX Runtime's, PyTorch's OpenMP one), and on the cores of a small machine they take them from each
+# other: at two threads on a 2-core EPYC, ResNet-20's ONNX Runtime FP32 timed 0.46-1.58 ms and PyTorch
+# 3.8-58 ms from one run to the next beside the others' pools, against 0.59 and 2.1-2.2 ms (within 2%)
+# at one thread. (The run's own latencies are timed at the profile's threads, TVM's pool the only one busy.)
+PEER_THREADS = 1
 LABELS = {"pytorch_fp32": "PyTorch FP32 (eager)", "ort_fp32": "ONNX Runtime FP32",
           "ort_int8_static": "ONNX Runtime INT8 static (QDQ, per-channel)",
           "ort_int8_dynamic": "ONNX Runtime INT8 dynamic (per-channel)"}
@@ -285,17 +292,36 @@ def run_peers(backend: Any, model: nn.Module, prepared: Any, ranges: Mapping[str
     note, not the run's end: everything before it is computed and kept."""
     if not has_peers(backend):
         return None
-    threads = backend.profile.resolved_threads()
     if not backend.runs_here:
         return Peers(skipped=f"profile {backend.profile.name!r} runs its code on another device (a board over RPC "
-                             "or a GPU); peers run on this machine's CPU only", threads=threads)
+                             "or a GPU); peers run on this machine's CPU only", threads=PEER_THREADS)
     label = pick_label(candidates, drop_pts)
     by_label = {c.label: c for c in candidates}
     try:
         pick_call = backend.library(prepared, by_label[label].candidate, ranges) if label else None
         example = tuple(t[:1] for t in _inputs(test[0][0]))
-        return measure_peers(model, calib, test, label, by_label[label].accuracy if label else None, pick_call,
-                             example, threads, backend.describe())
+        with _tvm_threads(PEER_THREADS, backend.profile.resolved_threads()):
+            return measure_peers(model, calib, test, label, by_label[label].accuracy if label else None, pick_call,
+                                 example, PEER_THREADS, _host())
     except Exception as e:  # noqa: BLE001 - the run's results stand without its peers
         log.warning("peers: %s", _one_line(e))
-        return Peers(skipped=f"timing them failed ({_one_line(e)})", threads=threads)
+        return Peers(skipped=f"timing them failed ({_one_line(e)})", threads=PEER_THREADS)
+
+
+def _host() -> str:
+    """This machine (its CPU and cores), without the run's thread count: the peers use their own."""
+    from mpsearch.hardware.tvm_backend import host_description
+
+    return host_description()
+
+
+@contextlib.contextmanager
+def _tvm_threads(threads: int, after: int) -> Iterator[None]:
+    """This process's TVM thread pool at ``threads``, then at ``after``."""
+    from mpsearch.hardware.export_lib import use_threads
+
+    use_threads(threads)
+    try:
+        yield
+    finally:
+        use_threads(after)

@@ -103,3 +103,26 @@ def test_a_failure_while_timing_peers_is_a_note_not_the_end_of_the_run() -> None
     out = run_peers(backend, _model(), None, {}, data, data, [_ev("fp32", 1.0, 1.0)], 1.0)
     assert out.note() == "No peer runtime was timed: timing them failed (RuntimeError: no library)."
     assert Peers(rows=[PeerRow("ort_fp32", error="e")]).fastest() is None
+
+
+def test_peers_and_the_pick_are_timed_on_one_thread_and_the_pool_is_given_back() -> None:
+    """Three runtimes' thread pools in one process take each other's cores: every peer and the pick run on
+    one thread; TVM's pool is back at the run's size after."""
+    import tvm
+
+    data = _data(16)
+    before = tvm.runtime.num_threads()
+    seen: list[int] = []
+    backend = SimpleNamespace(runs_here=True, estimated=False,
+                              library=lambda *_a: (lambda: seen.append(tvm.runtime.num_threads())),
+                              profile=SimpleNamespace(name="host_cpu", resolved_threads=lambda: before))
+    out = run_peers(backend, _model(), None, {}, data, data, [_ev("fp32", 1.0, 1.0)], 1.0)
+    assert out.skipped is None and out.threads == 1 and out.pick == "fp32" and out.pick_ms > 0
+    assert seen and set(seen) == {1} and tvm.runtime.num_threads() == before
+    assert "at batch 1 on 1 thread, the pick's compiled library too" in " ".join(b.text for b in _peer_blocks(out))
+
+
+def _peer_blocks(peers: Peers) -> list:
+    from mpsearch.report.document import Paragraph, _peers
+
+    return [b for b in _peers(peers.to_dict()) if isinstance(b, Paragraph)]
