@@ -198,6 +198,7 @@ def side_values(gm: fx.GraphModule, blocks: list[Block], inputs: list[Any]) -> S
     names = {a.name for n in gm.graph.nodes if n.name in inside for a in n.all_input_nodes
              if a not in stream and a.op != "get_attr"}
     names |= {b.input for b in blocks if b.input not in inside}
+    _check_sample_major(gm, blocks, inputs[0])
     one = _side_env(gm, names, stream, tuple(t[:1] for t in _inputs(inputs[0])))
     two = _side_env(gm, names, stream, tuple(torch.cat([t[:1], t[:1]]) for t in _inputs(inputs[0])))
     per_sample: dict[str, int] = {}
@@ -222,6 +223,40 @@ def side_values(gm: fx.GraphModule, blocks: list[Block], inputs: list[Any]) -> S
                             f"{_described(a)}, two: {_described(b)}); set search.ptq=none")
     return SideValues([_side_env(gm, names, stream, x) for x in inputs], per_sample, per_count,
                       sum(len(_inputs(x)[0]) for x in inputs))
+
+
+def _check_sample_major(gm: fx.GraphModule, blocks: list[Block], x: Any) -> None:
+    """Refuse a graph whose blocks read or write a value with its samples interleaved on axis 0 (a
+    sequence-first model's ``(tokens · batch, features)`` rows): reconstruction takes a sample's rows as
+    one consecutive run (:func:`take_samples`), so those would mix samples silently. Probed with the
+    model on the batch's first sample and on it and the first sample unlike it: a value whose axis 0
+    doubles must start with the one-sample value. (Equal samples tell nothing: a batch of copies is not
+    probed.)"""
+    inputs = _inputs(x)
+    other = next((j for j in range(1, len(inputs[0])) if not all(torch.equal(t[0], t[j]) for t in inputs)), None)
+    if other is None:
+        return
+    checked = {name for b in blocks for name in (b.input, *b.nodes)}
+    checked |= {a.name for n in gm.graph.nodes if n.name in checked for a in n.all_input_nodes}
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    envs = []
+    for rows in ([0], [0, other]):
+        env: dict[str, Any] = {p.name: t[rows] for p, t in zip(placeholders, inputs)}
+        with torch.no_grad():
+            _run(gm, [n.name for n in _compute(gm)], env)
+        envs.append(env)
+    for name in sorted(checked):
+        a, b = envs[0].get(name), envs[1].get(name)
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.dim() == 0 or a.numel() == 0 \
+                or b.shape[0] != 2 * a.shape[0] or b.shape[1:] != a.shape[1:]:
+            continue
+        head = b[:a.shape[0]]
+        same = torch.allclose(head, a, rtol=1e-3, atol=1e-4 * float(a.abs().max())) if a.is_floating_point() \
+            else torch.equal(head, a)
+        if not same:
+            raise MPSearchError(f"block reconstruction cannot take the samples of graph value {name!r} "
+                                f"{tuple(b.shape)}: its rows interleave the samples (a sequence-first layout); "
+                                "set search.ptq=none")
 
 
 def _described(v: Any) -> str:

@@ -133,3 +133,28 @@ def test_transformers_split_into_blocks_and_learn(name: str) -> None:
     assert len(learned.stats["units"]) == len(blocks)
     assert reconstruction_mse(prepared, learned, cand, ranges, data) < reconstruction_mse(prepared, None, cand,
                                                                                           ranges, data)
+
+
+class _TokenMajor(nn.Module):
+    """``(B, T, D)`` in, the layers on ``(T · B, D)`` rows token after token (a sequence-first model): the
+    rows of a sample are not consecutive, and a gate computed from the input alone is read the same way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(D, D), nn.Linear(D, D), nn.Linear(D, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.transpose(0, 1).reshape(-1, D)
+        h = torch.relu(self.b(torch.relu(self.a(rows)))) * torch.sigmoid(rows)
+        return self.c(h).reshape(T, -1, 3).mean(0)
+
+
+def test_rows_that_interleave_the_samples_are_refused_not_mixed() -> None:
+    prepared = prepare_model(_TokenMajor().eval(), [InputSpec((1, T, D))])
+    blocks = graph_blocks(prepared.graph_module)
+    assert len(blocks) >= 2
+    with pytest.raises(MPSearchError, match=r"graph value '.*' \(12, 8\): its rows interleave the samples \(a "
+                                            r"sequence-first layout\); set search.ptq=none$"):
+        side_values(prepared.graph_module, blocks, [torch.randn(4, T, D)])
+    # a batch of copies tells nothing apart: not probed (the layout check needs two different samples)
+    side_values(prepared.graph_module, blocks, [torch.randn(1, T, D).expand(4, T, D)])
