@@ -213,12 +213,14 @@ class Backend(ABC):
         """Compile ``candidate`` end to end and time one inference (batch 1)."""
 
     def measure_many(
-        self, prepared: PreparedModel, candidates: Sequence[Candidate], ranges: Mapping[str, tuple[float, float]]
+        self, prepared: PreparedModel, candidates: Sequence[Candidate], ranges: Mapping[str, tuple[float, float]],
+        fresh: bool = False,
     ) -> list[Measurement]:
         """Measure several candidates; implementations interleave them so drift hits all alike.
 
         A measurement that raises instead of returning its error is still a value here: one
-        candidate's failure never loses the others' timings.
+        candidate's failure never loses the others' timings. ``fresh``: time them now, even where an
+        implementation could answer from timings it cached (this one caches none).
         """
         out = []
         for c in candidates:

@@ -902,7 +902,7 @@ class TVMBackend(Backend):
 
     def measure_many(
         self, prepared: PreparedModel, candidates: Sequence[Candidate], ranges: Mapping[str, tuple[float, float]],
-        rounds: int = 5,
+        rounds: int = 5, fresh: bool = False,
     ) -> list[Measurement]:
         """Compile each candidate, then time them interleaved: ``rounds`` rounds, each timing every
         candidate once (``measure.number`` calls x ``ceil(repeat / rounds)`` repeats). On a shared
@@ -915,7 +915,8 @@ class TVMBackend(Backend):
         come from different calls only, times them all again in the same rounds (and caches the new
         timings under this call's tag). The speed of a machine can change for minutes at a time (a 2-vCPU
         VM ran every 2-thread TVM model 2x slower for such spells, 1-thread runs unchanged), and a timing
-        cached in one spell compared with one taken in another is a wrong ratio."""
+        cached in one spell compared with one taken in another is a wrong ratio. ``fresh``: time them all
+        again whatever is cached (the evaluation's re-timing of a set timed in such a spell)."""
         results: dict[int, Measurement] = {}
         todo, cached = [], []
         for i, cand in enumerate(candidates):
@@ -929,7 +930,7 @@ class TVMBackend(Backend):
             if by_call:
                 cached.append((i, by_call))
             todo.append((i, cand, lowered))
-        if cached and len(cached) == len(todo):
+        if cached and len(cached) == len(todo) and not fresh:
             latest = list(cached[0][1])[::-1]  # the first candidate's calls, latest first
             call = next((c for c in latest if all(c in by_call for _, by_call in cached)), _NO_CALL)
             if call is not _NO_CALL:
@@ -938,7 +939,7 @@ class TVMBackend(Backend):
                     results[i] = Measurement(_latency(r), r["std_s"], None, tuple(r["samples"]))
                 return [results[i] for i in range(len(candidates))]
             log.info("timing %d candidates again: no earlier call timed them all", len(cached))
-        elif cached:
+        elif cached and not fresh:
             log.info("timing %d candidate(s) timed before again, in the same rounds as %d new one(s)",
                      len(cached), len(todo) - len(cached))
         if self.loopback is not None:

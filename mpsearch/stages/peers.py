@@ -6,8 +6,8 @@ per-channel weights, min-max calibration on the run's calibration batches) and, 
 (token) inputs, INT8 dynamic.
 Each peer's accuracy is taken on the run's test split, as the candidates' is; each peer is timed at batch 1
 on one thread (``PEER_THREADS``), in the same interleaved rounds as the pick's compiled library (this
-process, the run's tuned kernels, also on one thread), so a drift of the machine hits them alike. Only where the run measures on this
-machine's CPU: a board over RPC or a GPU has no peer here, and says so.
+process, the run's tuned kernels, also on one thread), so a drift of the machine hits them alike. Only
+where the run measures on this machine's CPU: a board over RPC or a GPU has no peer here, and says so.
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ class Peers:
     def to_dict(self) -> dict[str, Any]:
         best = self.fastest()
         return {"pick": self.pick, "pick_ms": self.pick_ms, "pick_accuracy": self.pick_accuracy,
-                "device": self.device, "threads": self.threads, "batch": 1, "rounds": self.rounds, "skipped": self.skipped,
+                "device": self.device, "threads": self.threads, "batch": 1, "rounds": self.rounds,
+                "skipped": self.skipped,
                 "fastest_peer": best.key if best else None,
                 "pick_over_fastest_peer": (self.pick_ms / best.latency_ms) if best and self.pick_ms else None,
                 "rows": [{"key": r.key, "method": r.method, "latency_ms": r.latency_ms, "accuracy": r.accuracy,

@@ -278,6 +278,11 @@ def test_cached_timings_from_different_calls_are_timed_again_together(tuned, tin
     again = backend.measure_many(tiny_prepared, [a, b], tiny_ranges)
     assert [m.samples for m in again] == [m.samples for m in together]  # one call's timings: from the cache
     assert len((tmp_path / "costs.jsonl").read_text().splitlines()) == 4
+    fresh = backend.measure_many(tiny_prepared, [a, b], tiny_ranges, rounds=2, fresh=True)  # timed anew, cached
+    assert all(m.ok and m.samples != t.samples for m, t in zip(fresh, together))
+    lines = [json.loads(line) for line in (tmp_path / "costs.jsonl").read_text().splitlines()]
+    assert len(lines) == 6 and lines[4]["call"] == lines[5]["call"] != lines[3]["call"]
+    assert [m.samples for m in backend.measure_many(tiny_prepared, [a, b], tiny_ranges)] == [m.samples for m in fresh]
 
 def test_a_set_one_earlier_call_timed_is_answered_from_it_though_a_member_was_timed_again_since(
         tuned, tiny_prepared, tiny_ranges, tmp_path: Path) -> None:
