@@ -177,14 +177,17 @@ def _inputs(x: Any) -> tuple[torch.Tensor, ...]:
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
-def _side_env(gm: fx.GraphModule, names: set[str], stream: set[fx.Node], x: Any) -> dict[str, Any]:
+def _side_env(gm: fx.GraphModule, names: set[str], stream: set[fx.Node] | None, x: Any) -> dict[str, Any]:
+    """The values ``names`` of ``gm`` on the batch ``x``, computing the nodes outside ``stream`` (None: every
+    node, ``names`` too)."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     inputs = _inputs(x)
     if len(inputs) != len(placeholders):
         raise MPSearchError(f"the model takes {len(placeholders)} inputs, the calibration batch has {len(inputs)}")
     env: dict[str, Any] = {p.name: t for p, t in zip(placeholders, inputs)}
-    _run(gm, [n.name for n in _compute(gm) if n not in stream], env)
-    return {k: env[k] for k in names}
+    with torch.no_grad():
+        _run(gm, [n.name for n in _compute(gm) if stream is None or n not in stream], env)
+    return {k: env[k] for k in names if k in env}
 
 
 def side_values(gm: fx.GraphModule, blocks: list[Block], inputs: list[Any]) -> SideValues:
@@ -192,15 +195,21 @@ def side_values(gm: fx.GraphModule, blocks: list[Block], inputs: list[Any]) -> S
     of Tensors per batch). A tensor is per sample when its axis 0 doubles from a one- to a two-sample batch
     (a row per sample, or ``(batch · tokens, features)`` rows), and shared when its shape does not change;
     an integer doubles (a batch size the graph reshapes with) or stays; anything else (a batch on another
-    axis) is one :class:`MPSearchError` line."""
+    axis) is one :class:`MPSearchError` line. The one- and two-sample batches also check that the blocks'
+    values hold each sample's rows as one run (:func:`_check_sample_major`)."""
     stream = _stream(gm)
     inside = {name for b in blocks for name in b.nodes}
     names = {a.name for n in gm.graph.nodes if n.name in inside for a in n.all_input_nodes
              if a not in stream and a.op != "get_attr"}
     names |= {b.input for b in blocks if b.input not in inside}
-    _check_sample_major(gm, blocks, inputs[0])
-    one = _side_env(gm, names, stream, tuple(t[:1] for t in _inputs(inputs[0])))
-    two = _side_env(gm, names, stream, tuple(torch.cat([t[:1], t[:1]]) for t in _inputs(inputs[0])))
+    checked = {name for b in blocks for name in (b.input, *b.nodes)}
+    checked |= {a.name for n in gm.graph.nodes if n.name in checked for a in n.all_input_nodes}
+    first = _inputs(inputs[0])
+    # the first sample, and it beside the first sample unlike it (a copy of it where all are alike)
+    other = next((j for j in range(1, len(first[0])) if not all(torch.equal(t[0], t[j]) for t in first)), None)
+    one, two = (_side_env(gm, names | checked, None, tuple(t[rows] for t in first)) for rows in ([0], [0, other or 0]))
+    if other is not None:
+        _check_sample_major(one, two, checked)
     per_sample: dict[str, int] = {}
     per_count: dict[str, int] = {}
     for name in sorted(names):
@@ -225,28 +234,14 @@ def side_values(gm: fx.GraphModule, blocks: list[Block], inputs: list[Any]) -> S
                       sum(len(_inputs(x)[0]) for x in inputs))
 
 
-def _check_sample_major(gm: fx.GraphModule, blocks: list[Block], x: Any) -> None:
+def _check_sample_major(one: Mapping[str, Any], two: Mapping[str, Any], checked: set[str]) -> None:
     """Refuse a graph whose blocks read or write a value with its samples interleaved on axis 0 (a
     sequence-first model's ``(tokens · batch, features)`` rows): reconstruction takes a sample's rows as
-    one consecutive run (:func:`take_samples`), so those would mix samples silently. Probed with the
-    model on the batch's first sample and on it and the first sample unlike it: a value whose axis 0
-    doubles must start with the one-sample value. (Equal samples tell nothing: a batch of copies is not
-    probed.)"""
-    inputs = _inputs(x)
-    other = next((j for j in range(1, len(inputs[0])) if not all(torch.equal(t[0], t[j]) for t in inputs)), None)
-    if other is None:
-        return
-    checked = {name for b in blocks for name in (b.input, *b.nodes)}
-    checked |= {a.name for n in gm.graph.nodes if n.name in checked for a in n.all_input_nodes}
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    envs = []
-    for rows in ([0], [0, other]):
-        env: dict[str, Any] = {p.name: t[rows] for p, t in zip(placeholders, inputs)}
-        with torch.no_grad():
-            _run(gm, [n.name for n in _compute(gm)], env)
-        envs.append(env)
+    one consecutive run (:func:`take_samples`), so those would mix samples silently. ``one`` and ``two``:
+    the graph's values on a sample and on it beside a different one; a value whose axis 0 doubles must
+    start with the one-sample value."""
     for name in sorted(checked):
-        a, b = envs[0].get(name), envs[1].get(name)
+        a, b = one.get(name), two.get(name)
         if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.dim() == 0 or a.numel() == 0 \
                 or b.shape[0] != 2 * a.shape[0] or b.shape[1:] != a.shape[1:]:
             continue

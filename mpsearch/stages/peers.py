@@ -296,6 +296,8 @@ def run_peers(backend: Any, model: nn.Module, prepared: Any, ranges: Mapping[str
     if not backend.runs_here:
         return Peers(skipped=f"profile {backend.profile.name!r} runs its code on another device (a board over RPC "
                              "or a GPU); peers run on this machine's CPU only", threads=PEER_THREADS)
+    from mpsearch.hardware.tvm_backend import host_description  # this machine, not the run's thread count
+
     label = pick_label(candidates, drop_pts)
     by_label = {c.label: c for c in candidates}
     try:
@@ -303,17 +305,10 @@ def run_peers(backend: Any, model: nn.Module, prepared: Any, ranges: Mapping[str
         example = tuple(t[:1] for t in _inputs(test[0][0]))
         with _tvm_threads(PEER_THREADS, backend.profile.resolved_threads()):
             return measure_peers(model, calib, test, label, by_label[label].accuracy if label else None, pick_call,
-                                 example, PEER_THREADS, _host())
+                                 example, PEER_THREADS, host_description())
     except Exception as e:  # noqa: BLE001 - the run's results stand without its peers
         log.warning("peers: %s", _one_line(e))
         return Peers(skipped=f"timing them failed ({_one_line(e)})", threads=PEER_THREADS)
-
-
-def _host() -> str:
-    """This machine (its CPU and cores), without the run's thread count: the peers use their own."""
-    from mpsearch.hardware.tvm_backend import host_description
-
-    return host_description()
 
 
 @contextlib.contextmanager
