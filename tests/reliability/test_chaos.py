@@ -12,6 +12,7 @@ tests/reliability/test_corrupt_caches.py).
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from pathlib import Path
@@ -27,6 +28,12 @@ KILLS = ["sensitivity", "search", "search", "proxy validation", "evaluation", "l
 ARGV = [a for a in TINY if not a.startswith(("search.n_trials", "search.proxy_validation"))] + [
     "search.n_trials=150", "search.proxy_validation=6", "search.proxy_validation_samples=32",
     "search.ptq=adaround", "search.ptq_iters=30"]
+#: The seeded moments of each chaos test. Each seed is a whole chain of kills (40-90 s on 2 cores); CI runs
+#: one per test, MPSEARCH_CHAOS_ALL=1 both (the second seeds were kept for the moments they once caught:
+#: seed 8's kill after the evaluation's compile and timing ended, 2026-12-05).
+ALL_SEEDS = os.environ.get("MPSEARCH_CHAOS_ALL") == "1"
+STAGE_SEEDS = [19, 20] if ALL_SEEDS else [19]
+TUNING_SEEDS = [7, 8] if ALL_SEEDS else [8]
 #: A resumed run may take this much longer than the uninterrupted one before it counts as a hang.
 HANG_FACTOR = 3.0
 
@@ -49,7 +56,7 @@ def report_content(run_dir: Path) -> Any:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [19, 20])  # two seeded moments in each stage
+@pytest.mark.parametrize("seed", STAGE_SEEDS)  # a seeded moment in each stage
 def test_kill_9_in_every_stage_then_rerun_gives_the_uninterrupted_report(tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
     (tmp_path / "ref").mkdir()
@@ -94,7 +101,7 @@ def test_kill_9_in_every_stage_then_rerun_gives_the_uninterrupted_report(tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.tvm
-@pytest.mark.parametrize("seed", [7, 8])  # two seeded moments in each
+@pytest.mark.parametrize("seed", TUNING_SEEDS)  # a seeded moment in each
 def test_kill_9_while_tuning_and_timing_kernels_then_rerun_loses_nothing(tmp_path: Path, seed: int) -> None:
     """Real MetaSchedule tuning (1 trial a kernel), kernel timing and end-to-end timing, killed at seeded
     moments of each (the first two in the hardware-cost stage, the last within the first 0.3 s of
