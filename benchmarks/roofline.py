@@ -19,6 +19,12 @@ pinned threads: with ``--threads 1``, one core and no parallel region):
   its output, both fp32 (integer kernels quantize their fp32 input inside and write fp32).
 
 A kernel's roofline bound is the lower of the two; its share is achieved / bound.
+
+Where an integer conv's time goes besides its dots: its input staging (the fp32 input quantized and
+zero-padded into the dot's channel-group layout, :func:`~mpsearch.hardware.kernels.integer.conv_input_codes`)
+is compiled alone, scheduled as the hand-built recipe schedules it, and timed the same way; its share of
+the kernel's latency is the ``staging`` column. That pass is what passing integer codes between layers
+(the producer's epilogue writing the consumer's layout) would remove.
 """
 
 from __future__ import annotations
@@ -88,6 +94,33 @@ def kernel_code(backend: Any, mod: Any) -> str:
     return tvm.compile(sch.mod, target=backend.target).mod.inspect_source("asm")
 
 
+def staging_us(spec: Any, target: Any, number: int = 200, repeat: int = 9) -> float | None:
+    """Microseconds the input staging of the blocked integer conv ``spec`` takes alone on ``target`` (the
+    module docstring), within :func:`~mpsearch.hardware.fpenv.denormals_flushed` as the kernels are timed;
+    None for other kernels."""
+    import tvm
+    from tvm import s_tir, te
+
+    from mpsearch.hardware.fpenv import denormals_flushed
+    from mpsearch.hardware.kernels.integer import conv_input_codes
+    from mpsearch.hardware.kernels.schedules import schedule_input_codes
+
+    if not spec.packed or spec.op != "conv2d":
+        return None
+    qp_shape = next(shape for name, shape, _ in spec.inputs() if name == "qp")
+    x, qp = te.placeholder(spec.x_shape, "float32", name="x"), te.placeholder(qp_shape, "float32", name="qp")
+    codes = conv_input_codes(spec, x, qp)
+    sch = s_tir.Schedule(te.create_prim_func([x, qp, codes]))
+    schedule_input_codes(sch, parallel=int(target.attrs.get("num-cores", 0)) != 1)
+    mod = tvm.compile(sch.mod, target=target).mod
+    rng = np.random.default_rng(0)
+    args = [tvm.runtime.tensor(rng.standard_normal(spec.x_shape).astype("float32")),
+            tvm.runtime.tensor(np.array([10.0, 0.0, 255.0, 0.1, 7.0][: qp_shape[0]], np.float32)),
+            tvm.runtime.tensor(np.zeros([int(d) for d in codes.shape], str(codes.dtype)))]
+    with denormals_flushed():
+        return 1e6 * min(mod.time_evaluator("main", tvm.cpu(), number=number, repeat=repeat)(*args).results)
+
+
 def vendor_int8_gops(threads: int, n: int = 2048) -> float | None:
     """``torch._int_mm`` (s8 x s8 -> s32 GEMM, oneDNN: AMX where the host has it) at ``n``^3, GOP/s; None
     where this PyTorch has no CPU kernel for it. A vendor library's rate, for reference only."""
@@ -127,13 +160,15 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
         backend.record_timings_in(Path(tempfile.mkdtemp(prefix="mpsearch-bench-")) / "costs.jsonl")
     table = backend.cost_table(case.prepared, case.ranges, pairs)
     code: dict[str, str] = {}  # kernel key -> the roof its tuned code is held to
+    staged: dict[str, float | None] = {}  # kernel key -> its input staging alone, us (integer convs)
     rows, points = [], []
     for pair in pairs:
-        _, per_layer = backend.layer_kernels(case.prepared, Candidate.uniform(layers, *pair), case.ranges)
+        lowered, per_layer = backend.layer_kernels(case.prepared, Candidate.uniform(layers, *pair), case.ranges)
         for li in case.prepared.layers:
             key, _, mod = per_layer[li.name]
             if key not in code:
                 code[key] = kernel_instruction(kernel_code(backend, mod))
+                staged[key] = staging_us(lowered.kernels[li.name], backend.target)
             t = table.latency_s[li.name][pair]
             flops = 2 * li.macs
             by_compute, peak = compute_roof(code[key], peaks)
@@ -146,22 +181,29 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
                            "intensity_flop_per_byte": flops / traffic, "compute_roof": by_compute,
                            "compute_peak_gflops": peak, "memory_level": level,
                            "memory_roof_gflops": flops / traffic * bandwidth[level],
-                           "roofline_gflops": bound, "bound_by": by, "pct_of_roofline": 100 * achieved / bound})
+                           "roofline_gflops": bound, "bound_by": by, "pct_of_roofline": 100 * achieved / bound,
+                           "staging_us": staged[key],
+                           "staging_pct": None if staged[key] is None else 100 * staged[key] / (t * 1e6)})
     by_pair = {}
     for pair in pairs:
         ps = [p for p in points if p["pair"] == pair_label(pair)]
+        staging = [p["staging_pct"] for p in ps if p["staging_pct"] is not None]
         roofs = sorted({p["compute_roof"] for p in ps}, key=lambda r: -sum(p["compute_roof"] == r for p in ps))
         stats = {"median_pct_of_roofline": float(np.median([p["pct_of_roofline"] for p in ps])),
                  "best_gflops": max(p["achieved_gflops"] for p in ps),
                  "total_latency_us": sum(p["latency_us"] for p in ps),
                  "compute_roofs": {r: sum(p["compute_roof"] == r for p in ps) for r in roofs},
-                 "compute_bound_kernels": sum(p["bound_by"] == "compute" for p in ps), "kernels": len(ps)}
+                 "compute_bound_kernels": sum(p["bound_by"] == "compute" for p in ps), "kernels": len(ps),
+                 "median_staging_pct": float(np.median(staging)) if staging else None}
         by_pair[pair_label(pair)] = stats
         rows.append([pair_label(pair), f"{stats['total_latency_us']:.0f}", f"{stats['best_gflops']:.1f}",
                      ", ".join(f"{r} {n}" for r, n in stats["compute_roofs"].items()),
                      f"{stats['compute_bound_kernels']} of {stats['kernels']}",
-                     f"{stats['median_pct_of_roofline']:.1f}"])
-    detail = sorted(points, key=lambda p: -p["flops"])[: 3 * len(pairs)]
+                     f"{stats['median_pct_of_roofline']:.1f}",
+                     "—" if not staging else f"{stats['median_staging_pct']:.0f} ({len(staging)} convs)"])
+    overall = float(np.median([p["pct_of_roofline"] for p in points]))
+    detail = [p for pair in pairs  # each precision's three largest kernels
+              for p in sorted((q for q in points if q["pair"] == pair_label(pair)), key=lambda q: -q["flops"])[:3]]
     ordered = list(bandwidth.values()) == sorted(bandwidth.values(), reverse=True)
     features = cpu_features()
     vendor = "" if vendor_int8 is None else (
@@ -179,15 +221,18 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
         + ("" if ordered else " The bandwidths do not fall level by level: a disturbed measurement.") + vendor,
         "", f"Model: {case.description}.", "",
         markdown_table(["precision", "Σ kernel µs", "best GFLOP/s", "compute roofs (kernels)", "compute-bound",
-                        "median % of roofline"], rows),
-        "", "Largest kernels:", "",
+                        "median % of roofline", "median staging % (integer convs)"], rows),
+        "", f"All {len(points)} kernels: median **{overall:.1f}%** of the roofline.",
+        "", "Largest kernels of each precision:", "",
         markdown_table(["layer", "precision", "MFLOP", "µs", "GFLOP/s", "FLOP/B", "compute roof", "memory level",
-                        "bound by", "% of roofline"],
+                        "bound by", "% of roofline", "staging µs"],
                        [[p["layer"], p["pair"], f"{p['flops'] / 1e6:.2f}", f"{p['latency_us']:.1f}",
                          f"{p['achieved_gflops']:.2f}", f"{p['intensity_flop_per_byte']:.1f}", p["compute_roof"],
-                         p["memory_level"], p["bound_by"], f"{p['pct_of_roofline']:.1f}"] for p in detail]), ""])
+                         p["memory_level"], p["bound_by"], f"{p['pct_of_roofline']:.1f}",
+                         "—" if p["staging_us"] is None else f"{p['staging_us']:.1f}"] for p in detail]), ""])
     data = {"model": case.name, "peaks": peaks, "one_core_peaks": core, "one_core_bandwidth_gbps": core_bandwidth,
             "bandwidth_gbps": bandwidth, "bandwidth_falls_by_level": ordered, "cache_levels": dict(levels),
             "blas_fp32_gflops": blas, "torch_int_mm_gops": vendor_int8, "dot_isa": backend.dot_isa,
-            "cpu_features": features, "by_precision": by_pair, "kernels": points, "device": backend.describe()}
+            "cpu_features": features, "by_precision": by_pair, "median_pct_of_roofline": overall, "kernels": points,
+            "device": backend.describe()}
     return BenchmarkResult(NAME, TITLE, data, text)

@@ -105,13 +105,46 @@ def quantize_words(spec: KernelSpec, x: te.Tensor, qp: te.Tensor) -> te.Tensor:
     return te.compute((n, spec.k_padded // KQUAD, *spec.padded_hw), word, name="quantize")
 
 
+def conv_input_codes(spec: KernelSpec, x: te.Tensor, qp: te.Tensor) -> te.Tensor:
+    """The input of a blocked integer conv (:attr:`KernelSpec.packed`) staged for its dot: quantized and
+    zero-padded into channel groups of ``spec.kgroup``, as uint32 words of four codes
+    (:func:`quantize_words`, :attr:`KernelSpec.word_input`) or as bytes ``[n, C/g, rows, cols, g]``. The
+    one pass over the fp32 input every such kernel makes before its dot (``benchmarks/roofline.py``
+    times it alone)."""
+    if spec.word_input:
+        return quantize_words(spec, x, qp)
+    off, g, kp = spec.a_offset, spec.kgroup, spec.k_padded
+    dtype = _code_dtype(spec)
+    own = {"schedule_rule": UNPACK_RULE} if spec.dot_isa in ARM_DOT_ISAS else None  # see packed_dot
+    n, c, h, wd = spec.x_shape
+    ph, pw = spec.padding
+
+    def quantize_pad(b: tirx.Var, c2: tirx.Var, i: tirx.Var, j: tirx.Var, ci: tirx.Var) -> tirx.PrimExpr:
+        inside = tirx.all(i >= ph, i < h + ph, j >= pw, j < wd + pw)
+        if kp != c:  # padded input channels (zero weights) read as the border code
+            inside = tirx.all(inside, c2 * g + ci < c)
+        v = quantize(x[b, c2 * g + ci, i - ph, j - pw], qp, dtype, off)
+        # z8: the border is the code of 0.0, the zero point (the accumulator offset -z·rowsum(w) counts it);
+        # shifted codes (a_offset): the code of 0.0 shifted too
+        zero = (qp[4] - float(off)).astype(dtype) if spec.a_mode == "z8" else tirx.const(-off, dtype)
+        return tirx.if_then_else(inside, v, zero)
+
+    return te.compute((n, kp // g, *spec.padded_hw, g), quantize_pad, name="quantize", attrs=own)
+
+
+def _code_dtype(spec: KernelSpec) -> str:
+    """The dtype of a packed kernel's activation codes: u8 / z8 codes as they are, or s8 ones shifted up
+    (VNNI); u8 shifted down (sdot, tensor cores), s8: int8."""
+    off = spec.a_offset
+    return "uint8" if (spec.a_mode in ("u8", "z8") and not off) or off < 0 else "int8"
+
+
 def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> tuple[te.Tensor, Callable[..., tirx.PrimExpr]]:
     """Quantize the input into channel groups of ``spec.kgroup`` (2, 4 or 8) and reduce against the
     blocked weights; the int32 accumulator has the 16 output lanes innermost. Returns it and
     ``(n, o, ...) -> acc value``."""
     off = spec.a_offset
-    # u8 / z8 codes as they are, or s8 ones shifted up (VNNI); u8 shifted down (sdot, tensor cores), s8: int8
-    dtype = "uint8" if (spec.a_mode in ("u8", "z8") and not off) or off < 0 else "int8"
+    dtype = _code_dtype(spec)
     # On ARM the quantized input stays a block of its own (UNPACK_RULE's custom rule): MetaSchedule's
     # AutoInline would fold it into the dot, whose reads then no longer match any dot intrinsic, and
     # RewriteTensorize leaves such a sketch untensorized with only a warning. (x86 kernels keep their
@@ -158,30 +191,18 @@ def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> t
                                      axis=[k2, ki]),
             name="dot")
         return acc, lambda b, o: acc[b, tirx.floordiv(o, LANES), tirx.floormod(o, LANES)]
-    n, c, h, wd = spec.x_shape
-    (ph, pw), (sh, sw), (dh, dw) = spec.padding, spec.stride, spec.dilation
+    n = spec.x_shape[0]
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
     _, _, kh, kw = spec.w_shape
-
-    def quantize_pad(b: tirx.Var, c2: tirx.Var, i: tirx.Var, j: tirx.Var, ci: tirx.Var) -> tirx.PrimExpr:
-        inside = tirx.all(i >= ph, i < h + ph, j >= pw, j < wd + pw)
-        if kp != c:  # padded input channels (zero weights) read as the border code
-            inside = tirx.all(inside, c2 * g + ci < c)
-        v = quantize(x[b, c2 * g + ci, i - ph, j - pw], qp, dtype, off)
-        # z8: the border is the code of 0.0, the zero point (the accumulator offset -z·rowsum(w) counts it);
-        # shifted codes (a_offset): the code of 0.0 shifted too
-        zero = (qp[4] - float(off)).astype(dtype) if spec.a_mode == "z8" else tirx.const(-off, dtype)
-        return tirx.if_then_else(inside, v, zero)
-
     c2 = te.reduce_axis((0, kp // g), name="c2")
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
     ci = te.reduce_axis((0, g), name="ci")
     _, _, oh, ow = spec.out_shape
+    xq = conv_input_codes(spec, x, qp)
     if spec.word_input:
-        xw = quantize_words(spec, x, qp)
-        code_at = lambda b, c, i, j, k: word_byte(xw[b, c, i, j], k)  # noqa: E731
+        code_at = lambda b, c, i, j, k: word_byte(xq[b, c, i, j], k)  # noqa: E731
     else:
-        xq = te.compute((n, kp // g, *spec.padded_hw, g), quantize_pad, name="quantize", attrs=own)
         code_at = lambda b, c, i, j, k: xq[b, c, i, j, k].astype("int32")  # noqa: E731
     acc = te.compute(
         (n, tiles, oh, ow, LANES),
@@ -347,5 +368,5 @@ def int_compute(spec: KernelSpec, t: dict[str, te.Tensor]) -> te.Tensor:
     return epilogue(spec, t, acc)
 
 
-__all__ = ["depthwise_dot", "float_blocked_conv", "int_compute", "quantize", "quantize_words", "unpack_plain", "word_byte",
-           "zero_point_input"]
+__all__ = ["conv_input_codes", "depthwise_dot", "float_blocked_conv", "int_compute", "quantize", "quantize_words",
+           "unpack_plain", "word_byte", "zero_point_input"]

@@ -43,7 +43,12 @@ from collections.abc import Callable
 from typing import Any
 
 from mpsearch.hardware.kernels.intrinsics import (
-    DOT4_INTRINSICS, DOT4_WORD_INTRINSICS, DOT_INTRINSICS, unblock_intrinsic, unpack_intrinsic,
+    DOT4_INTRINSICS,
+    DOT4_WORD_INTRINSICS,
+    DOT_INTRINSICS,
+    register_intrinsics,
+    unblock_intrinsic,
+    unpack_intrinsic,
 )
 from mpsearch.hardware.kernels.spec import KQUAD, LANES
 
@@ -209,13 +214,20 @@ def _tensorize_tile(sch: Any, lanes: Any, reduction: Any, tile: Any, intrinsic: 
     sch.decompose_reduction(dots, reduction)
     sch.tensorize(dots, intrinsic)
     sch.unroll(tile)
-    quantize = sch.get_sblock("quantize")  # (..., column or channel groups, group), or (..., column) of words
-    _parallel_vectorized(sch, quantize, 1 if str(sch.get(quantize).writes[0].source.dtype) == "uint32" else 2, parallel)
+    schedule_input_codes(sch, parallel)
     if _has_block(sch, "unpack_int4"):  # int4 weights: each 16-lane tile unpacked in registers
         unpack = sch.get_sblock("unpack_int4")
         *outer, lanes, group = sch.get_loops(unpack)
         _spread(sch, sch.fuse(*outer), parallel)
         sch.tensorize(lanes, unpack_intrinsic(int(sch.get(group).extent)))
+
+
+def schedule_input_codes(sch: Any, parallel: bool = True) -> None:
+    """The input staging of a blocked integer kernel (its ``quantize`` block: the fp32 input quantized into
+    the dot's channel-group layout, :func:`~.integer.conv_input_codes`) in one pass, vectorized over the
+    innermost column of words (or column and group of bytes), the outer loops in parallel."""
+    quantize = sch.get_sblock("quantize")  # (..., column or channel groups, group), or (..., column) of words
+    _parallel_vectorized(sch, quantize, 1 if str(sch.get(quantize).writes[0].source.dtype) == "uint32" else 2, parallel)
 
 
 def row_tiles(height: int) -> list[int]:
@@ -382,7 +394,11 @@ def conv_space(dot_isa: str, parallel: bool = True) -> Callable[[Any], list[Any]
     ``parallel`` off (a target of one core, ``num-cores`` 1): no loop is handed to TVM's thread pool.
     With one thread the pool runs the loop on the calling thread anyway, and each parallel region still
     cost a launch: ResNet-20's 16 -> 16 int8 conv at 28x28 (three regions: quantize, int4 unpack, the
-    tiles) ran 12.7 us parallel, 11.1 us plain (one thread of a Sapphire Rapids Xeon)."""
+    tiles) ran 12.7 us parallel, 11.1 us plain (one thread of a Sapphire Rapids Xeon).
+
+    The intrinsics the recipes tensorize with (dots, int4 unpacks, the tiles' transposes) are registered
+    here: a space built before anything else had registered them lost every copy, silently empty."""
+    register_intrinsics()
 
     def space(sch: Any) -> list[Any]:
         if all(_has_block(sch, name) for name in SOFTMAX_BLOCKS):
@@ -422,6 +438,6 @@ def conv_space(dot_isa: str, parallel: bool = True) -> Callable[[Any], list[Any]
     return space
 
 
-__all__ = ["channel_blocks", "conv_space", "most_pixels", "pixel_tiles", "row_tiles", "schedule_conv", "schedule_depthwise",
-           "schedule_float_conv", "schedule_softmax"]
+__all__ = ["channel_blocks", "conv_space", "most_pixels", "pixel_tiles", "row_tiles", "schedule_conv",
+           "schedule_depthwise", "schedule_float_conv", "schedule_input_codes", "schedule_softmax"]
 
