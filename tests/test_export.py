@@ -249,3 +249,26 @@ def test_an_export_killed_at_a_random_moment_is_never_taken_for_finished(tvm_swe
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=tvm_sweep.env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert _export_consistent(out) is True
+
+
+@pytest.mark.tvm
+def test_a_one_thread_backend_built_first_leaves_the_pool_able_to_grow(tmp_path: Path) -> None:
+    """A sweep's host_cpu_1t job first, then a host_cpu one, in one process: the first backend starts
+    TVM's pool with every core and sizes it down, so the second can size it back up (TVM's pool, once
+    started with one thread, never grows: the order-dependent failure of the test above, 2026-12-06)."""
+    tvm = pytest.importorskip("tvm")
+    from mpsearch.hardware.export_lib import use_threads
+    from mpsearch.hardware.profile import load_profile
+    from mpsearch.hardware.tvm_backend import TVMBackend
+
+    cores = os.cpu_count() or 1
+    if cores < 2:
+        pytest.skip("needs 2 cores")
+    before = os.environ.get("TVM_NUM_THREADS")
+    try:
+        TVMBackend(load_profile("host_cpu_1t"), tmp_path, progress=False)
+        assert tvm.runtime.num_threads() == 1 and os.environ["TVM_NUM_THREADS"] == "1"
+        use_threads(cores)
+        assert tvm.runtime.num_threads() == cores
+    finally:
+        use_threads(int(before) if before else cores)

@@ -30,6 +30,7 @@ from mpsearch.candidate import Bits, Candidate, random_candidates
 from mpsearch.errors import ConfigError, HardwareError
 from mpsearch.hardware.base import Backend, LayerCostTable, Measurement
 from mpsearch.hardware.cpu import host_llvm_cpu
+from mpsearch.hardware.export_lib import use_threads
 from mpsearch.hardware.profile import HwProfile
 from mpsearch.hardware.session import LoopbackDevice, Session, make_device
 from mpsearch.hashing import content_hash
@@ -389,6 +390,9 @@ class TVMBackend(Backend):
         threads = profile.resolved_threads()
         os.environ["TVM_NUM_THREADS"] = str(threads)
         _import_tvm()
+        # started with every core, then sized to the profile: a pool TVM started at 1 thread (a host_cpu_1t
+        # backend's first run) could never grow again for a later profile in this process (use_threads)
+        use_threads(threads)
         self.target = resolve_target(profile)
         from mpsearch.hardware.kernels import dot_isa
 
