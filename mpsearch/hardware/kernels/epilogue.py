@@ -32,9 +32,18 @@ def _apply(op: str, v: tirx.PrimExpr, residual: Callable[[], tirx.PrimExpr]) -> 
     return v
 
 
+def requantize(v: tirx.PrimExpr, qp_out: te.Tensor, codes: str) -> tirx.PrimExpr:
+    """The consumer's activation code of the fp32 value ``v`` (:attr:`KernelSpec.codes_out`): what its own
+    input staging computes from that value, ``clip(floor(v * inv_scale + 0.5))``, as uint8 (``u8``) or int8."""
+    from mpsearch.hardware.kernels.integer import quantize
+
+    return quantize(v, qp_out, "uint8" if codes == "u8" else "int8")
+
+
 def epilogue(spec: KernelSpec, t: dict[str, te.Tensor], acc_at: Callable[..., tirx.PrimExpr]) -> te.Tensor:
     """Add the int32 ``offset`` (:attr:`KernelSpec.acc_offset`), dequantize (integer kernels), add the bias,
-    then the fused ops of ``spec.epilogue`` in order."""
+    then the fused ops of ``spec.epilogue`` in order; where :attr:`KernelSpec.codes_out`, quantize for the
+    consumer (:func:`requantize`)."""
     residuals = [t[f"res{i}"] for i, e in enumerate(spec.epilogue) if e == "add"]
 
     def value(*i: tirx.Var) -> tirx.PrimExpr:
@@ -49,9 +58,9 @@ def epilogue(spec: KernelSpec, t: dict[str, te.Tensor], acc_at: Callable[..., ti
         res = iter(residuals)
         for op in spec.epilogue:
             v = _apply(op, v, lambda: next(res)(*i))
-        return v
+        return requantize(v, t["qp_out"], spec.codes_out) if spec.codes_out else v
 
     return te.compute(spec.out_shape, value, name="epilogue")
 
 
-__all__ = ["epilogue"]
+__all__ = ["epilogue", "requantize"]

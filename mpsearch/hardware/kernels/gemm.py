@@ -75,7 +75,7 @@ def gemm_compute(spec: KernelSpec, t: dict[str, te.Tensor]) -> te.Tensor:
     if spec.integer:
         qp, off = t["qp"], spec.a_offset
         zero = (qp[4] - float(off)).astype("int8") if spec.a_mode == "z8" else tirx.const(-off, "int8")
-        rows = im2col(spec, lambda *i: quantize(x(*i), qp, "int8", off), zero, "quantize")
+        rows = im2col(spec, lambda *i: quantize(x(*i), qp, "int8", off, spec.codes_in), zero, "quantize")
         # int4: unpacked once per call into an int8 buffer of its own (UNPACK_RULE): inlined into the
         # GEMM's shared-memory copy, no sample of the tensor-core space lowers
         w = unpack_plain(spec, t["w"], {"schedule_rule": UNPACK_RULE}) if spec.w_mode == "i4p" else t["w"]

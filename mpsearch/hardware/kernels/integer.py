@@ -24,8 +24,12 @@ from mpsearch.hardware.kernels.spec import (
 )
 
 
-def quantize(x: tirx.PrimExpr, qp: te.Tensor, dtype: str, offset: int = 0) -> tirx.PrimExpr:
-    """The activation code of ``x`` (``offset``: subtracted after clipping, :attr:`KernelSpec.a_offset`)."""
+def quantize(x: tirx.PrimExpr, qp: te.Tensor, dtype: str, offset: int = 0, codes: bool = False) -> tirx.PrimExpr:
+    """The activation code of ``x`` (``offset``: subtracted after clipping, :attr:`KernelSpec.a_offset`).
+    ``codes``: ``x`` already is that code, clipped (:attr:`KernelSpec.codes_in`: the producer's epilogue
+    quantized it, :func:`~.epilogue.requantize`), and only the offset is taken."""
+    if codes:
+        return (x.astype("int32") - offset if offset else x).astype(dtype)
     v = tirx.floor(x * qp[0] + 0.5)
     if int(qp.shape[0]) == 5:  # z8: unsigned codes around the zero point qp[4] (u8/s8 code unchanged)
         v = v + qp[4]
@@ -39,17 +43,19 @@ def zero_point_input(spec: KernelSpec, x: te.Tensor, qp: te.Tensor) -> tuple[te.
     so that the accumulator offset ``-z·rowsum(w)`` (:attr:`KernelSpec.acc_offset`) holds at the borders too. Against float weights: dequantized,
     ``(q - z) · scale``, whose zero padding is then exact."""
     if spec.w_mode not in ("i8", "i4p"):
-        xq = te.compute(x.shape, lambda *i: quantize(x(*i), qp, "uint8"), name="quantize")
+        xq = te.compute(x.shape, lambda *i: quantize(x(*i), qp, "uint8", codes=spec.codes_in), name="quantize")
         return te.compute(xq.shape, lambda *i: (xq(*i).astype("float32") - qp[4]) * qp[3],
                           name="dequantize_x"), spec.pads
     if spec.op == "linear" or not any(spec.pads):
-        return te.compute(x.shape, lambda *i: quantize(x(*i), qp, "uint8"), name="quantize"), spec.pads
+        return te.compute(x.shape, lambda *i: quantize(x(*i), qp, "uint8", codes=spec.codes_in),
+                          name="quantize"), spec.pads
     n, c, h, wd = spec.x_shape
     ph, pw = spec.padding
 
     def quantize_pad(b: tirx.Var, ch: tirx.Var, i: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
         inside = tirx.all(i >= ph, i < h + ph, j >= pw, j < wd + pw)
-        return tirx.if_then_else(inside, quantize(x[b, ch, i - ph, j - pw], qp, "uint8"), qp[4].astype("uint8"))
+        code = quantize(x[b, ch, i - ph, j - pw], qp, "uint8", codes=spec.codes_in)
+        return tirx.if_then_else(inside, code, qp[4].astype("uint8"))
 
     return te.compute((n, c, *spec.padded_hw), quantize_pad, name="quantize"), (0, 0, 0, 0)
 
@@ -87,7 +93,8 @@ def quantize_words(spec: KernelSpec, x: te.Tensor, qp: te.Tensor) -> te.Tensor:
     n, c, h, wd = spec.x_shape
     ph, pw = spec.padding
     off = spec.a_offset
-    zero = tirx.const(-off, "float32")
+    value = "int32" if spec.codes_in else "float32"
+    zero = tirx.const(-off, value)
 
     def word(b: tirx.Var, c2: tirx.Var, i: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
         inside, row = clamped_read(i - ph, j - pw, h, wd)
@@ -96,7 +103,7 @@ def quantize_words(spec: KernelSpec, x: te.Tensor, qp: te.Tensor) -> te.Tensor:
         for k in range(KQUAD):
             ch = c2 * KQUAD + k
             ok = tirx.all(inside, ch < c) if spec.k_padded != c else inside
-            v = quantize(x[b, te.min(ch, c - 1), row, col], qp, "float32", off)
+            v = quantize(x[b, te.min(ch, c - 1), row, col], qp, value, off, spec.codes_in)
             code = tirx.Select(ok, v, zero).astype("uint32")
             code = code if k == 0 else tirx.shift_left(code, tirx.const(8 * k, "uint32"))
             packed = code if packed is None else tirx.bitwise_or(packed, code)
@@ -123,7 +130,7 @@ def conv_input_codes(spec: KernelSpec, x: te.Tensor, qp: te.Tensor) -> te.Tensor
         inside = tirx.all(i >= ph, i < h + ph, j >= pw, j < wd + pw)
         if kp != c:  # padded input channels (zero weights) read as the border code
             inside = tirx.all(inside, c2 * g + ci < c)
-        v = quantize(x[b, c2 * g + ci, i - ph, j - pw], qp, dtype, off)
+        v = quantize(x[b, c2 * g + ci, i - ph, j - pw], qp, dtype, off, spec.codes_in)
         # z8: the border is the code of 0.0, the zero point (the accumulator offset -z·rowsum(w) counts it);
         # shifted codes (a_offset): the code of 0.0 shifted too
         zero = (qp[4] - float(off)).astype(dtype) if spec.a_mode == "z8" else tirx.const(-off, dtype)
@@ -170,7 +177,7 @@ def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> t
         n, k = spec.x_shape
 
         def code(b: tirx.Var, kk: tirx.PrimExpr) -> tirx.PrimExpr:  # padded inputs: code 0, zero weights
-            v = quantize(x[b, kk], qp, dtype, off)
+            v = quantize(x[b, kk], qp, dtype, off, spec.codes_in)
             return v if kp == k else tirx.if_then_else(kk < k, v, tirx.const(0, dtype))
 
         k2 = te.reduce_axis((0, kp // g), name="k2")
@@ -268,7 +275,7 @@ def depthwise_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor | 
         # fp32 sums stage the codes' integer values as fp32 too
         dtype = acc if spec.depthwise_in_float else "int8" if spec.a_mode == "s8" else "uint8"
         zero = qp[4].astype(dtype) if spec.a_mode == "z8" else tirx.const(0, dtype)
-        code = lambda v: quantize(v, qp, dtype)  # noqa: E731
+        code = lambda v: quantize(v, qp, dtype, codes=spec.codes_in)  # noqa: E731
     rows, cols = spec.padded_hw[0], -(-spec.padded_hw[1] // sw)
 
     def quantize_pad(b: tirx.Var, ch: tirx.Var, i: tirx.Var, p: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
@@ -340,11 +347,7 @@ def int_compute(spec: KernelSpec, t: dict[str, te.Tensor]) -> te.Tensor:
     elif spec.a_mode != "f32":
         qp = t["qp"]
         dtype = "uint8" if spec.a_mode == "u8" else "int8"
-        xq = te.compute(
-            x.shape,
-            lambda *i: te.max(te.min(tirx.floor(x(*i) * qp[0] + 0.5), qp[2]), qp[1]).astype(dtype),
-            name="quantize",
-        )
+        xq = te.compute(x.shape, lambda *i: quantize(x(*i), qp, dtype, codes=spec.codes_in), name="quantize")
         x = xq if spec.w_mode != "f32" else te.compute(
             xq.shape, lambda *i: xq(*i).astype("float32") * qp[3], name="dequantize_x")
     if spec.w_mode == "i4p":

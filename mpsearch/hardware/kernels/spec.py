@@ -44,6 +44,19 @@ class KernelSpec:
     # zero rows and columns after the input beyond ``padding`` (bottom, right): TF-style "same" padding
     # before a stride-2 conv pads one more at the end than at the start (lowering._folded_pad)
     pad_end: tuple[int, int] = (0, 0)
+    # Integer codes between layers. ``codes_in``: the input ``x`` already holds this kernel's activation
+    # codes (uint8; int8 for s8), clipped, as its producer's epilogue quantized them, so the kernel does
+    # not quantize; ``qp`` still gives the scale. ``codes_out`` ("u8" | "s8"): the epilogue's fp32 value is
+    # quantized with the runtime ``qp_out`` (inv_scale, qmin, qmax: the consumer's quantizer) and written
+    # as those codes, a quarter of the fp32 output's bytes.
+    codes_in: bool = False
+    codes_out: str = ""
+
+    def __post_init__(self) -> None:
+        if self.codes_in and not (self.integer and self.a_mode in ("u8", "s8", "z8") and not self.bitserial):
+            raise ValueError(f"codes_in needs an integer kernel with u8, s8 or z8 activations, not {self}")
+        if self.codes_out not in ("", "u8", "s8"):
+            raise ValueError(f"codes_out is 'u8', 's8' or '', not {self.codes_out!r}")
 
     @property
     def pads(self) -> tuple[int, int, int, int]:
@@ -334,7 +347,8 @@ class KernelSpec:
         o = self.w_shape[0]
         w_dtype = {"f32": "float32", "f16": "float16", "i8": "int8", "i4p": "uint8",
                    "b2": f"uint{bitserial_word_bits(self.w_shape[1])}"}[self.w_mode]
-        args = [("x", self.x_shape, "float32"), ("w", self.stored_weight_shape(), w_dtype)]
+        x_dtype = ("int8" if self.a_mode == "s8" else "uint8") if self.codes_in else "float32"
+        args = [("x", self.x_shape, x_dtype), ("w", self.stored_weight_shape(), w_dtype)]
         if self.w_mode in ("i8", "i4p", "b2"):
             args.append(("scale", (o,), "float32"))
         args.append(("bias", (o,), "float32"))
@@ -345,6 +359,8 @@ class KernelSpec:
         elif self.a_mode == "z8":
             args.append(("qp", (5,), "float32"))  # inv_scale, qmin, qmax, scale, zero point
         args += [(f"res{i}", self.out_shape, "float32") for i, e in enumerate(self.epilogue) if e == "add"]
+        if self.codes_out:
+            args.append(("qp_out", (3,), "float32"))  # the consumer's inv_scale, qmin, qmax
         return args
 
     def flops(self) -> int:
