@@ -194,23 +194,28 @@ def test_export_reproduces_the_fake_quant_model(tvm_sweep) -> None:
     assert (bad.argmax(1) == good.argmax(1)).mean() < 0.9
 
 
+def _in_a_fresh_process(code: str) -> None:
+    """Run ``code`` in a new Python process: TVM's thread pool starts once per process, so what an earlier
+    test in this one started would decide the outcome (both tests below failed in CI's random order)."""
+    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 @pytest.mark.tvm
 def test_use_threads_resizes_a_started_tvm_thread_pool() -> None:
     """A sweep runs host_cpu and host_cpu_1t jobs in one process: TVM_NUM_THREADS alone is read once."""
-    tvm = pytest.importorskip("tvm")
-    from mpsearch.hardware.export_lib import use_threads
-
-    cores = os.cpu_count() or 1
-    if cores < 2:
+    pytest.importorskip("tvm")
+    if (os.cpu_count() or 1) < 2:
         pytest.skip("needs 2 cores")
-    before = os.environ.get("TVM_NUM_THREADS")
-    try:
-        use_threads(1)  # e.g. host_cpu_1t first ...
-        assert tvm.runtime.num_threads() == 1 and os.environ["TVM_NUM_THREADS"] == "1"
-        use_threads(cores)  # ... then host_cpu: the pool grows back
-        assert tvm.runtime.num_threads() == cores
-    finally:
-        use_threads(int(before) if before else cores)
+    _in_a_fresh_process(
+        "import os, tvm\n"
+        "from mpsearch.hardware.threads import use_threads\n"
+        "cores = os.cpu_count()\n"
+        "use_threads(1)  # e.g. host_cpu_1t first ...\n"
+        "assert tvm.runtime.num_threads() == 1 and os.environ['TVM_NUM_THREADS'] == '1'\n"
+        "use_threads(cores)  # ... then host_cpu: the pool grows back\n"
+        "assert tvm.runtime.num_threads() == cores, tvm.runtime.num_threads()\n")
 
 
 def _export_consistent(out: Path) -> bool | None:
@@ -252,23 +257,20 @@ def test_an_export_killed_at_a_random_moment_is_never_taken_for_finished(tvm_swe
 
 
 @pytest.mark.tvm
-def test_a_one_thread_backend_built_first_leaves_the_pool_able_to_grow(tmp_path: Path) -> None:
+def test_a_one_thread_backend_built_first_leaves_the_pool_able_to_grow() -> None:
     """A sweep's host_cpu_1t job first, then a host_cpu one, in one process: the first backend starts
     TVM's pool with every core and sizes it down, so the second can size it back up (TVM's pool, once
-    started with one thread, never grows: the order-dependent failure of the test above, 2026-12-06)."""
-    tvm = pytest.importorskip("tvm")
-    from mpsearch.hardware.export_lib import use_threads
-    from mpsearch.hardware.profile import load_profile
-    from mpsearch.hardware.tvm_backend import TVMBackend
-
-    cores = os.cpu_count() or 1
-    if cores < 2:
+    started with one thread, never grows)."""
+    pytest.importorskip("tvm")
+    if (os.cpu_count() or 1) < 2:
         pytest.skip("needs 2 cores")
-    before = os.environ.get("TVM_NUM_THREADS")
-    try:
-        TVMBackend(load_profile("host_cpu_1t"), tmp_path, progress=False)
-        assert tvm.runtime.num_threads() == 1 and os.environ["TVM_NUM_THREADS"] == "1"
-        use_threads(cores)
-        assert tvm.runtime.num_threads() == cores
-    finally:
-        use_threads(int(before) if before else cores)
+    _in_a_fresh_process(
+        "import os, tempfile, tvm\n"
+        "from pathlib import Path\n"
+        "from mpsearch.hardware.profile import load_profile\n"
+        "from mpsearch.hardware.threads import use_threads\n"
+        "from mpsearch.hardware.tvm_backend import TVMBackend\n"
+        "TVMBackend(load_profile('host_cpu_1t'), Path(tempfile.mkdtemp()), progress=False)\n"
+        "assert tvm.runtime.num_threads() == 1 and os.environ['TVM_NUM_THREADS'] == '1'\n"
+        "use_threads(os.cpu_count())\n"
+        "assert tvm.runtime.num_threads() == os.cpu_count(), tvm.runtime.num_threads()\n")

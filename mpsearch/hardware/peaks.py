@@ -349,7 +349,7 @@ def peak_key(profile: HwProfile) -> str:
 def measure_peaks(profile: HwProfile, iterations: int = ITERATIONS) -> tuple[PeakRates, dict[str, Any]]:
     """Measure ``profile``'s peaks on this machine (see the module docstring): the rates and a record of
     every micro-kernel's rate, the buffer read, and the seconds the measurement took."""
-    from mpsearch.hardware.export_lib import use_threads
+    from mpsearch.hardware.threads import use_threads
     from mpsearch.hardware.kernels import dot_isa
     from mpsearch.hardware.tvm_backend import resolve_target
 

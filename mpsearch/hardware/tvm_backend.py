@@ -30,7 +30,7 @@ from mpsearch.candidate import Bits, Candidate, random_candidates
 from mpsearch.errors import ConfigError, HardwareError
 from mpsearch.hardware.base import Backend, LayerCostTable, Measurement
 from mpsearch.hardware.cpu import host_llvm_cpu
-from mpsearch.hardware.export_lib import use_threads
+from mpsearch.hardware.threads import use_threads
 from mpsearch.hardware.profile import HwProfile
 from mpsearch.hardware.session import LoopbackDevice, Session, make_device
 from mpsearch.hashing import content_hash

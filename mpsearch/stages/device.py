@@ -37,7 +37,7 @@ def default_backend(profile: HwProfile, cache_dir: Path, progress: bool) -> Back
 
     backend = TVMBackend(profile, cache_dir, progress=progress)
     if profile.device == "local":
-        from mpsearch.hardware.export_lib import use_threads
+        from mpsearch.hardware.threads import use_threads
 
         use_threads(profile.resolved_threads())  # a sweep's jobs share one process and its TVM thread pool
     return backend

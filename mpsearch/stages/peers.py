@@ -314,7 +314,7 @@ def run_peers(backend: Any, model: nn.Module, prepared: Any, ranges: Mapping[str
 @contextlib.contextmanager
 def _tvm_threads(threads: int, after: int) -> Iterator[None]:
     """This process's TVM thread pool at ``threads``, then at ``after``."""
-    from mpsearch.hardware.export_lib import use_threads
+    from mpsearch.hardware.threads import use_threads
 
     use_threads(threads)
     try:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from tvm import te, tirx
 
+from mpsearch.hardware.kernels.codes import quantize
 from mpsearch.hardware.kernels.spec import KernelSpec, clamp_bounds
 
 
@@ -35,8 +36,6 @@ def _apply(op: str, v: tirx.PrimExpr, residual: Callable[[], tirx.PrimExpr]) -> 
 def requantize(v: tirx.PrimExpr, qp_out: te.Tensor, codes: str) -> tirx.PrimExpr:
     """The consumer's activation code of the fp32 value ``v`` (:attr:`KernelSpec.codes_out`): what its own
     input staging computes from that value, ``clip(floor(v * inv_scale + 0.5))``, as uint8 (``u8``) or int8."""
-    from mpsearch.hardware.kernels.integer import quantize
-
     return quantize(v, qp_out, "uint8" if codes == "u8" else "int8")
 
 

@@ -31,7 +31,8 @@ from collections.abc import Callable
 from tvm import te, tirx
 
 from mpsearch.hardware.kernels.epilogue import epilogue
-from mpsearch.hardware.kernels.integer import quantize, unpack_plain
+from mpsearch.hardware.kernels.codes import quantize
+from mpsearch.hardware.kernels.integer import unpack_plain
 from mpsearch.hardware.kernels.spec import UNPACK_RULE, KernelSpec
 
 #: the name of the GEMM block, by which ``cuda_schedule.space_generator`` gives it the tensor-core rules

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from tvm import te, tirx, topi
 
+from mpsearch.hardware.kernels.codes import quantize
 from mpsearch.hardware.kernels.epilogue import epilogue
 from mpsearch.hardware.kernels.spec import (
     ARM_DOT_ISAS,
@@ -22,19 +23,6 @@ from mpsearch.hardware.kernels.spec import (
     UNPACK_RULE,
     KernelSpec,
 )
-
-
-def quantize(x: tirx.PrimExpr, qp: te.Tensor, dtype: str, offset: int = 0, codes: bool = False) -> tirx.PrimExpr:
-    """The activation code of ``x`` (``offset``: subtracted after clipping, :attr:`KernelSpec.a_offset`).
-    ``codes``: ``x`` already is that code, clipped (:attr:`KernelSpec.codes_in`: the producer's epilogue
-    quantized it, :func:`~.epilogue.requantize`), and only the offset is taken."""
-    if codes:
-        return (x.astype("int32") - offset if offset else x).astype(dtype)
-    v = tirx.floor(x * qp[0] + 0.5)
-    if int(qp.shape[0]) == 5:  # z8: unsigned codes around the zero point qp[4] (u8/s8 code unchanged)
-        v = v + qp[4]
-    v = te.max(te.min(v, qp[2]), qp[1])
-    return (v - float(offset) if offset else v).astype(dtype)
 
 
 def zero_point_input(spec: KernelSpec, x: te.Tensor, qp: te.Tensor) -> tuple[te.Tensor, tuple[int, ...]]:
