@@ -79,7 +79,7 @@ def kernel_bytes(spec: Any) -> int:
     """Bytes a layer kernel reads and writes: every input at its storage size plus the output, fp32 or
     a byte a code (:attr:`~mpsearch.hardware.kernels.KernelSpec.codes_out`)."""
     moved = sum(math.prod(shape) * _DTYPE_BYTES[dtype] for _, shape, dtype in spec.inputs())
-    return int(moved + (1 if getattr(spec, "codes_out", "") else 4) * math.prod(spec.out_shape))
+    return int(moved + (1 if spec.codes_out else 4) * math.prod(spec.out_shape))
 
 
 def kernel_arithmetic(spec: Any) -> str:

@@ -388,7 +388,6 @@ class TVMBackend(Backend):
     def __init__(self, profile: HwProfile, cache_dir: Path, progress: bool = True) -> None:
         self.profile = profile
         threads = profile.resolved_threads()
-        os.environ["TVM_NUM_THREADS"] = str(threads)
         _import_tvm()
         # started with every core, then sized to the profile: a pool TVM started at 1 thread (a host_cpu_1t
         # backend's first run) could never grow again for a later profile in this process (use_threads)

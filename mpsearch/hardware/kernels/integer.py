@@ -359,5 +359,5 @@ def int_compute(spec: KernelSpec, t: dict[str, te.Tensor]) -> te.Tensor:
     return epilogue(spec, t, acc)
 
 
-__all__ = ["conv_input_codes", "depthwise_dot", "float_blocked_conv", "int_compute", "quantize", "quantize_words",
-           "unpack_plain", "word_byte", "zero_point_input"]
+__all__ = ["conv_input_codes", "depthwise_dot", "float_blocked_conv", "int_compute", "quantize_words", "unpack_plain",
+           "word_byte", "zero_point_input"]
