@@ -14,7 +14,8 @@ written by hand:
 - the epilogue (dequantize, bias, ReLU, residual add) runs per tile, vectorized, straight from those
   accumulators, so the blocked accumulator is never stored whole;
 - the input is quantized once per call into the channel-group layout, vectorized, and the packed
-  int4 weights (if any) are unpacked once per call, vectorized;
+  int4 weights (if any) are unpacked once per call, vectorized (one thread: each channel block's just
+  before its rows, so the dots read them back from L1);
 - output rows (and channel blocks) are the parallel loop.
 
 Integer linear layers take it too, their rows as the pixels (a tile of rows x 16 lanes of int32
@@ -166,9 +167,14 @@ def schedule_conv(sch: Any, intrinsic: str, blocks: int = 1, tile: int | None = 
     oc, ob = sch.split(oc, [None, blocks])
     sch.reorder(b, oc, y, xo, c2, ry, rx, xi, ob, oi, ci)
     _epilogue_at(sch, xo, "int32")
-    _spread(sch, sch.fuse(b, oc, y), parallel)
+    unpack_at = None
+    if parallel:
+        _spread(sch, sch.fuse(b, oc, y), parallel)
+    elif _has_block(sch, "unpack_int4"):  # one thread: each channel block's int4 weights unpacked (once)
+        sch.reorder(oc, b)  # just before its rows, and read back from L1 rather than from a whole-layer pass
+        unpack_at = oc
     sch.unroll(ob)
-    _tensorize_tile(sch, oi, c2, xi, intrinsic, parallel)
+    _tensorize_tile(sch, oi, c2, xi, intrinsic, parallel, unpack_at)
 
 
 def _epilogue_at(sch: Any, tile: Any, dtype: str) -> None:
@@ -207,9 +213,11 @@ def _schedule_linear(sch: Any, dot: Any, intrinsic: str, blocks: int, tile: int 
     _tensorize_tile(sch, oi, k2, mi, intrinsic, parallel)
 
 
-def _tensorize_tile(sch: Any, lanes: Any, reduction: Any, tile: Any, intrinsic: str, parallel: bool) -> None:
+def _tensorize_tile(sch: Any, lanes: Any, reduction: Any, tile: Any, intrinsic: str, parallel: bool,
+                    unpack_at: Any = None) -> None:
     """The dot under ``lanes`` as one ``intrinsic`` call, its zeroing outside ``reduction``, the tile's
-    pixels (rows) unrolled; the input quantized (and int4 weights unpacked) once, vectorized."""
+    pixels (rows) unrolled; the input quantized once, vectorized; int4 weights unpacked once, vectorized,
+    in one pass, or (``unpack_at``: a loop over channel blocks) each block's before its rows."""
     dots = sch.blockize(lanes)
     sch.decompose_reduction(dots, reduction)
     sch.tensorize(dots, intrinsic)
@@ -217,7 +225,13 @@ def _tensorize_tile(sch: Any, lanes: Any, reduction: Any, tile: Any, intrinsic: 
     schedule_input_codes(sch, parallel)
     if _has_block(sch, "unpack_int4"):  # int4 weights: each 16-lane tile unpacked in registers
         unpack = sch.get_sblock("unpack_int4")
-        *outer, lanes, group = sch.get_loops(unpack)
+        loops = sch.get_loops(unpack)
+        if unpack_at is not None:
+            sch.compute_at(unpack, unpack_at, preserve_unit_loops=True)
+            loops = sch.get_loops(unpack)
+            at = sch.get(unpack_at)
+            loops = loops[1 + next(i for i, loop in enumerate(loops) if sch.get(loop).same_as(at)):]
+        *outer, lanes, group = loops
         _spread(sch, sch.fuse(*outer), parallel)
         sch.tensorize(lanes, unpack_intrinsic(int(sch.get(group).extent)))
 
