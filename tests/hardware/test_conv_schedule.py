@@ -4,6 +4,7 @@ space wherever a target has them."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -343,28 +344,38 @@ def test_a_one_core_target_hands_no_loop_to_the_thread_pool(cores):
         np.testing.assert_array_equal(_run(tvm.compile(sch.mod, target=_host()).jit(), arrays), want)
 
 
-def test_one_thread_unpacks_each_channel_blocks_int4_weights_once_just_before_its_rows():
+ONE_THREAD_INT4 = [
+    KernelSpec("conv2d", (2, 16, 6, 6), (64, 16, 3, 3), "i4p", "u8", (1, 1), (1, 1), epilogue=("relu",)),  # a batch
+    KernelSpec("linear", (24, 64), (48, 64), "i4p", "u8", epilogue=("relu",)),  # token rows
+]
+
+
+@pytest.mark.parametrize("case", range(len(ONE_THREAD_INT4)))
+def test_one_thread_unpacks_each_channel_blocks_int4_weights_once_just_before_its_rows(case):
     """One thread (``parallel`` off): each channel block's int4 weights are unpacked right before that
-    block's rows (all samples of a batch), not in one pass over the whole layer first, so the dots read
-    them back from L1 (a 64 -> 64 3x3 W4A8 conv at 7x7, one thread of a Sapphire Rapids Xeon: 6.85-7.01
-    -> 6.68-6.69 us, the W8A8 one 6.2); each block is unpacked once, and every split stays exact."""
+    block's rows (all samples of a batch; all row tiles of a linear layer), not in one pass over the whole
+    layer first, so the dots read them back from L1 (a 64 -> 64 3x3 W4A8 conv at 7x7, one thread of a
+    Sapphire Rapids Xeon: 6.85-7.01 -> 6.68-6.69 us, the W8A8 one 6.2); each block is unpacked once, and
+    every split stays exact."""
     isa = _host_isa()
     register_intrinsics()
-    spec = KernelSpec("conv2d", (2, 16, 6, 6), (64, 16, 3, 3), "i4p", "u8", (1, 1), (1, 1), epilogue=("relu",),
-                      dot_isa=isa)
+    spec = dataclasses.replace(ONE_THREAD_INT4[case], dot_isa=isa)
     mod = _mod(spec)
     arrays = _args(spec, np.random.default_rng(11))
     want = _run(tvm.compile(mod, target=_host()).jit(), arrays)
     intrinsic = _intrinsic(s_tir.Schedule(mod), isa)
+    width = spec.x_shape[0] if spec.op == "linear" else spec.out_shape[-1]
     for blocks in channel_blocks(spec.o_tiles):
-        for tile in pixel_tiles(spec.out_shape[-1], most_pixels(blocks)):
+        for tile in pixel_tiles(width, most_pixels(blocks)):
             sch = s_tir.Schedule(mod)
             schedule_conv(sch, intrinsic, blocks=blocks, tile=tile, parallel=False)
             unpack = sch.get_loops(sch.get_sblock("unpack_int4_o"))
             dot = sch.get_loops(sch.get_sblock("dot_o_update"))
             assert sch.get(unpack[0]).same_as(sch.get(dot[0])), "the unpack is not under the channel-block loop"
-            assert int(sch.get(unpack[0]).extent) == spec.o_tiles // blocks
-            assert int(sch.get(dot[1]).extent) == spec.x_shape[0]  # the batch inside it: unpacked once a block
+            assert int(sch.get(unpack[0]).extent) == spec.o_tiles // blocks  # once a block: nothing inside
+            rows = spec.x_shape[0] if spec.op == "conv2d" else spec.x_shape[0] // tile  # samples, or row tiles
+            assert int(sch.get(dot[1]).extent) == rows
+            assert not any(sch.get(dot[1]).same_as(sch.get(loop)) for loop in unpack)
             got = _run(tvm.compile(sch.mod, target=_host()).jit(), arrays)
             np.testing.assert_array_equal(got, want, err_msg=f"{blocks} blocks x {tile} pixels")
 

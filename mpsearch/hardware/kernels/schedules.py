@@ -200,7 +200,10 @@ def _epilogue_at(sch: Any, tile: Any, dtype: str) -> None:
 
 def _schedule_linear(sch: Any, dot: Any, intrinsic: str, blocks: int, tile: int | None, parallel: bool) -> None:
     """:func:`schedule_conv` for a linear layer: tiles of rows x ``blocks`` x 16 output lanes of int32
-    accumulators across the whole reduction, lane tiles and row tiles in parallel."""
+    accumulators across the whole reduction, lane tiles and row tiles in parallel (one thread: int4
+    weights unpacked a block of lane tiles at a time, just before its rows, as :func:`schedule_conv` does;
+    128 token rows, one thread of a Sapphire Rapids Xeon, median of five alternating runs: 384 -> 1536
+    220 -> 206 us, 1536 -> 384 240 -> 233 us, W8A8 about 200 and 225)."""
     m, oc, oi, k2, ki = sch.get_loops(dot)
     mo, mi = sch.split(m, [None, _tile_of(sch, m, blocks, tile)])
     oc, ob = sch.split(oc, [None, blocks])
@@ -208,9 +211,11 @@ def _schedule_linear(sch: Any, dot: Any, intrinsic: str, blocks: int, tile: int 
     out = sch.get_sblock("epilogue")
     sch.reverse_compute_at(out, mo, preserve_unit_loops=True)
     sch.vectorize(sch.get_loops(out)[-1])
-    _spread(sch, sch.fuse(oc, mo), parallel)
+    unpack_at = oc if not parallel and _has_block(sch, "unpack_int4") else None
+    if unpack_at is None:
+        _spread(sch, sch.fuse(oc, mo), parallel)
     sch.unroll(ob)
-    _tensorize_tile(sch, oi, k2, mi, intrinsic, parallel)
+    _tensorize_tile(sch, oi, k2, mi, intrinsic, parallel, unpack_at)
 
 
 def _tensorize_tile(sch: Any, lanes: Any, reduction: Any, tile: Any, intrinsic: str, parallel: bool,
