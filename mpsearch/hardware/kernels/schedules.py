@@ -167,12 +167,13 @@ def schedule_conv(sch: Any, intrinsic: str, blocks: int = 1, tile: int | None = 
     oc, ob = sch.split(oc, [None, blocks])
     sch.reorder(b, oc, y, xo, c2, ry, rx, xi, ob, oi, ci)
     _epilogue_at(sch, xo, "int32")
-    unpack_at = None
-    if parallel:
+    # one thread: each channel block's int4 weights unpacked (once) just before its rows, all samples of
+    # the batch, and read back from L1 rather than from a whole-layer pass
+    unpack_at = oc if not parallel and _has_block(sch, "unpack_int4") else None
+    if unpack_at is None:
         _spread(sch, sch.fuse(b, oc, y), parallel)
-    elif _has_block(sch, "unpack_int4"):  # one thread: each channel block's int4 weights unpacked (once)
-        sch.reorder(oc, b)  # just before its rows, and read back from L1 rather than from a whole-layer pass
-        unpack_at = oc
+    else:
+        sch.reorder(oc, b)
     sch.unroll(ob)
     _tensorize_tile(sch, oi, c2, xi, intrinsic, parallel, unpack_at)
 
@@ -230,10 +231,10 @@ def _tensorize_tile(sch: Any, lanes: Any, reduction: Any, tile: Any, intrinsic: 
     schedule_input_codes(sch, parallel)
     if _has_block(sch, "unpack_int4"):  # int4 weights: each 16-lane tile unpacked in registers
         unpack = sch.get_sblock("unpack_int4")
-        loops = sch.get_loops(unpack)
         if unpack_at is not None:
             sch.compute_at(unpack, unpack_at, preserve_unit_loops=True)
-            loops = sch.get_loops(unpack)
+        loops = sch.get_loops(unpack)
+        if unpack_at is not None:  # only the unpack's own loops, below the channel-block loop
             at = sch.get(unpack_at)
             loops = loops[1 + next(i for i, loop in enumerate(loops) if sch.get(loop).same_as(at)):]
         *outer, lanes, group = loops
