@@ -50,11 +50,14 @@ def test_report_says_what_the_accuracy_column_is() -> None:
               "kernels_measured": 5, "models_compiled": 2}
     text = bench.render({
         "cnn": {**common, "model": "CNN", "labels": "fp32_top1", "rows": [row, {**row, "label": "int8", "latency_ms": 1.0}]},
-        "enc": {**common, "model": "Encoder", "labels": "true", "rows": [row]},
+        "enc": {**common, "model": "Encoder", "labels": "true", "metric": "topic top-1 %", "rows": [row]},
+        "img": {**common, "model": "Lite", "labels": "true", "metric": "ImageNet top-1 %",
+                "label_note": "Labels are real: ImageNet classes.", "rows": [row]},
         "gone": {"skipped": "not installed: x"},
     }, quick=False)
     assert "top-1 agreement with FP32 %" in text and "not ImageNet accuracy" in text
     assert "topic top-1 %" in text and "agreement with FP32 %" in text
+    assert "ImageNet top-1 %" in text and "Labels are real: ImageNet classes." in text
     assert "| int8 | W32A32x2 | 100.0 | 1.00 ± 0.10 | 2.00 |" in text  # speedup over FP32 in its own column
     assert "hardware cost 2 s" in text and "Kernels tuned: 5" in text and "Skipped: not installed: x" in text
 
@@ -84,6 +87,25 @@ def test_photo_views_come_from_packaged_photos() -> None:
     assert views.std() > 0.1 and not torch.equal(views[0], views[1])  # real content; the mirror differs
     with torch.no_grad():
         assert bench.efficientnet_lite0()(views[:2]).shape == (2, 1000)
+
+
+def test_the_efficientnet_test_split_is_labelled_imagenet_photos_apart_from_calibration() -> None:
+    case = bench.CASES["efficientnet_lite0"]
+    _need(case)
+    assert case.labels == "true" and case.data_factory == "benchmarks.models:imagenet_split"
+    photos = bench.imagenet_photos()
+    assert len(photos) == 20 and not set(photos) & set(bench.CALIB_PHOTOS)
+    classes = [bench.imagenet_class(p) for p in photos]
+    assert all(0 <= c < 1000 for c in classes) and bench.imagenet_class("foolbox:imagenet_07_609.jpg") == 609
+    test = bench.imagenet_split("test", 40)
+    x, y = test.tensors
+    assert x.shape == (40, 3, bench.IMAGE, bench.IMAGE) and y.tolist() == classes + classes  # round-robin
+    assert len(bench.imagenet_split("test", None)) == bench.VIEWS_PER_PHOTO * 20
+    calib = bench.imagenet_split("calib", 8).tensors[0]
+    assert torch.equal(calib, bench.photo_split("calib", 8).tensors[0])  # the unlabelled photos calibrate
+    with torch.no_grad():  # real labels: the pretrained model gets most of the centre crops right
+        first = bench.efficientnet_lite0()(x[:20]).argmax(-1)
+    assert (first == y[:20]).float().mean() >= 0.7
 
 
 def test_the_wider_photo_split_is_every_other_packaged_image_in_repeatable_random_crops() -> None:
