@@ -33,8 +33,14 @@ def main(argv: list[str]) -> int:
 
 
 def _is_value(argv: list[str], arg: str) -> bool:
-    i = argv.index(arg)
-    return i > 0 and argv[i - 1].startswith("--") and "=" not in argv[i - 1] and argv[i - 1] != "--quick"
+    """Whether ``arg`` is a value of the option before it: the nearest option token to its left takes
+    values (``--batches 1 8``: both are values), with no benchmark name in between."""
+    for prev in reversed(argv[:argv.index(arg)]):
+        if prev.startswith("-"):
+            return prev.startswith("--") and "=" not in prev and prev != "--quick"
+        if prev in available():
+            return False
+    return False
 
 
 if __name__ == "__main__":

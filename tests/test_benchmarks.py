@@ -38,6 +38,14 @@ def test_runner_lists_and_rejects_unknown_benchmarks() -> None:
     assert "unknown benchmark 'no_such_bench'" in line and "cost_model" in line and len(line.splitlines()) == 1
 
 
+def test_runner_takes_every_value_of_a_many_valued_option() -> None:
+    from benchmarks.__main__ import _is_value
+
+    argv = ["baselines", "--threads", "1", "--batches", "1", "8", "--quick"]
+    assert all(_is_value(argv, a) for a in ("1", "8")) and not _is_value(argv, "baselines")
+    assert not _is_value(["--quick", "stray"], "stray") and not _is_value(["stray"], "stray")
+
+
 def test_runner_lists_only_benchmarks() -> None:
     import importlib
 
