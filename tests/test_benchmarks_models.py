@@ -133,6 +133,14 @@ def test_photo_band_table_names_the_band_and_the_views() -> None:
     text = photo_band.render({"model": "M", "layers": 50, "proxy": "delta_kl", "splits": {"s": split}})
     assert "150 views of 2 photos (75 each)" in text and "One view = 0.67 points" in text
     assert "within 1 point of FP32: **3**" in text and "| top-3 fp32 | 3 | 99.33 | 0 1 |" in text
+    # a labelled split: the band is top-1 within 1 point of FP32's, whatever the agreement
+    labelled = {**split, "fp32_accuracy": 0.8250, "fewest_fp32_layers_in_band": 0,
+                "rows": [{**rows[0], "accuracy": 0.8533}, {**rows[1], "accuracy": 0.8150}]}
+    assert [photo_band.in_band(r, labelled) for r in labelled["rows"]] == [True, True]
+    assert not photo_band.in_band({**rows[1], "accuracy": 0.8149}, labelled)
+    assert [photo_band.in_band(r, split) for r in rows] == [False, True]
+    text = photo_band.render({"model": "M", "layers": 50, "proxy": "delta_kl", "splits": {"s": labelled}})
+    assert "FP32 ImageNet top-1 82.50%" in text and "| top-0 fp32 | 0 | 97.33 | 85.33 | 1 3 |" in text
 
 @pytest.mark.slow
 def test_quick_run_writes_both_tables(tmp_path: Path) -> None:
