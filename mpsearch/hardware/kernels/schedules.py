@@ -212,11 +212,17 @@ def _schedule_linear(sch: Any, dot: Any, intrinsic: str, blocks: int, tile: int 
     out = sch.get_sblock("epilogue")
     sch.reverse_compute_at(out, mo, preserve_unit_loops=True)
     sch.vectorize(sch.get_loops(out)[-1])
-    unpack_at = oc if not parallel and _has_block(sch, "unpack_int4") else None
+    # int4 weights unpacked a block at a time under the block's loop: with one thread, and for a GEMV
+    # (one row: each weight is read once, so a whole-matrix unpack pass would triple its traffic), whose
+    # blocks are then the parallel loop, the input quantized and each block unpacked by its own thread
+    gemv = int(sch.get(mo).extent) == 1
+    unpack_at = oc if (not parallel or gemv) and _has_block(sch, "unpack_int4") else None
     if unpack_at is None:
         _spread(sch, sch.fuse(oc, mo), parallel)
+    elif parallel:
+        sch.parallel(oc)
     sch.unroll(ob)
-    _tensorize_tile(sch, oi, k2, mi, intrinsic, parallel, unpack_at)
+    _tensorize_tile(sch, oi, k2, mi, intrinsic, parallel and unpack_at is None, unpack_at)
 
 
 def _tensorize_tile(sch: Any, lanes: Any, reduction: Any, tile: Any, intrinsic: str, parallel: bool,

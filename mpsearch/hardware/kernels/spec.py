@@ -223,13 +223,18 @@ class KernelSpec:
         (:attr:`tensor_core`), which read the weights in their logical order."""
         if not self.integer or self.groups != 1 or self.bitserial or self.tensor_core:
             return False
-        if self.w_mode == "i4p" and self.op == "linear" and (self.x_shape[0] == 1 or self.dot_isa in CUDA_DOT_ISAS):
-            # a GEMV reads each weight once: unpacking the whole int4 matrix into an int8 buffer for
-            # the dot costs more than it saves (measured 0.37x of fp32 vs 0.87x unpacked in the loop;
-            # through the 16x4 dot still 0.79x vs 0.93x: 1024x1024, one thread, 8 trials each, x86).
-            # Rows share the unpack: token rows and batches take the blocked dot (x86: 32 x 384 -> 1536,
-            # 3.2 ms in the plain layout against 0.1 for int8 blocked; ARM: i8mm's smmla pairs the rows).
-            # CUDA's dp4a int4 linears keep the plain layout (never built blocked; tensor cores: tensor_core)
+        gemv = self.x_shape[0] == 1 and self.dot_isa not in X86_DOT_ISAS
+        if self.w_mode == "i4p" and self.op == "linear" and (gemv or self.dot_isa in CUDA_DOT_ISAS):
+            # An int4 GEMV reads each weight once. AVX-512 x86 blocks it, each thread unpacking one
+            # block of 16-lane tiles at a time into L1 just before the dot reads it
+            # (:func:`~.schedules.schedule_conv`): one thread of a Sapphire Rapids Xeon, 8 trials,
+            # 1024 -> 1024 27 us against 260 in the plain layout (W8A8 7.8, fp32 155), 1280 -> 1000
+            # 33 against 338, 4096 -> 4096 573 us against 4,085 (W8A8 642: the weight-bound size
+            # where int4 wins). Elsewhere a GEMV keeps the plain layout, unpacked in the loop (not
+            # measured blocked: aarch64's dots, AVX2-only x86). Rows share the unpack: token rows and
+            # batches take the blocked dot (x86: 32 x 384 -> 1536, 3.2 ms in the plain layout against
+            # 0.1 for int8 blocked; ARM: i8mm's smmla pairs the rows). CUDA's dp4a int4 linears keep
+            # the plain layout (never built blocked; tensor cores: tensor_core)
             return False
         if self.dot_isa in CUDA_DOT_ISAS:
             return self.w_shape[0] % LANES == 0 and self.w_shape[1] % KGROUP == 0
