@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -67,19 +66,3 @@ def test_verbose_keeps_tvm_output_on_the_console(capfd) -> None:
     with run_log(None) as log:
         os.write(2, b"native line\n")
     assert log is None and "native line" in capfd.readouterr().err
-
-
-def test_library_warnings_go_to_the_file_not_the_console(tmp_path: Path, capfd) -> None:
-    """torch.export's and Optuna's deprecation / experimental notices raised during a run (seen in the
-    default run's console, 2026-12-06) are written to the log file; the console keeps mpsearch's lines."""
-    path = tmp_path / "tvm.log"
-    before = warnings.showwarning
-    with RunLog(path):
-        # (the LeafSpec one itself is filtered out in pytest's configuration; Optuna's is a UserWarning)
-        warnings.warn_explicit("set_metric_names is experimental", UserWarning, "optuna_search.py", 309)
-        print("stage: search", file=sys.stderr)
-    assert warnings.showwarning is before
-    out, err = capfd.readouterr()
-    text = path.read_text()
-    assert "UserWarning: set_metric_names is experimental" in text and "py.warnings" in text
-    assert "experimental" not in out + err and "stage: search" in err
