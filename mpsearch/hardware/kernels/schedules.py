@@ -213,8 +213,9 @@ def _schedule_linear(sch: Any, dot: Any, intrinsic: str, blocks: int, tile: int 
     sch.reverse_compute_at(out, mo, preserve_unit_loops=True)
     sch.vectorize(sch.get_loops(out)[-1])
     # int4 weights unpacked a block at a time under the block's loop: with one thread, and for a GEMV
-    # (one row: each weight is read once, so a whole-matrix unpack pass would triple its traffic), whose
-    # blocks are then the parallel loop, the input quantized and each block unpacked by its own thread
+    # (one tile of rows: each weight is read once, so a whole-matrix unpack pass would triple its
+    # traffic), whose blocks are then the parallel loop, each unpacked by the thread that runs it (the
+    # input, a few kilobytes, is quantized once outside the thread pool)
     gemv = int(sch.get(mo).extent) == 1
     unpack_at = oc if (not parallel or gemv) and _has_block(sch, "unpack_int4") else None
     if unpack_at is None:
