@@ -433,7 +433,7 @@ def test_an_int4_gemv_unpacks_each_block_in_the_parallel_block_loop():
     thread that runs it, under the parallel block loop, just before its dot (a whole-layer unpack pass
     first would read and write every weight twice more than the dot needs; the plain layout ran ten
     times slower: 1024 -> 1024, 260 against 27 us, one thread of a Sapphire Rapids Xeon). Every block
-    and tile choice stays exact."""
+    choice stays exact (one row: one tile)."""
     isa = _host_isa()
     if isa not in X86_DOT_ISAS:
         pytest.skip(f"int4 GEMVs take the blocked dot on AVX-512 x86 only (this host: {isa})")

@@ -223,8 +223,8 @@ class KernelSpec:
         (:attr:`tensor_core`), which read the weights in their logical order."""
         if not self.integer or self.groups != 1 or self.bitserial or self.tensor_core:
             return False
-        gemv = self.x_shape[0] == 1 and self.dot_isa not in X86_DOT_ISAS
-        if self.w_mode == "i4p" and self.op == "linear" and (gemv or self.dot_isa in CUDA_DOT_ISAS):
+        plain_gemv = self.x_shape[0] == 1 and self.dot_isa not in X86_DOT_ISAS
+        if self.w_mode == "i4p" and self.op == "linear" and (plain_gemv or self.dot_isa in CUDA_DOT_ISAS):
             # An int4 GEMV reads each weight once. AVX-512 x86 blocks it, each thread unpacking one
             # block of 16-lane tiles at a time into L1 just before the dot reads it
             # (:func:`~.schedules.schedule_conv`): one thread of a Sapphire Rapids Xeon, 8 trials,
