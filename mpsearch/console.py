@@ -3,8 +3,10 @@
 TVM talks a lot: MetaSchedule's task scheduler logs every round through Python's ``logging`` (the
 ``tvm`` logger tree), and its C++ runtime writes warnings straight to file descriptor 2 (e.g.
 ``rewrite_tensorize.cc: Warning: Tensorize failed``), as do the builder processes it starts. Left on the
-console, hundreds of such lines bury the progress bars. :class:`RunLog` sends all of it to a log file
-and leaves mpsearch's own output (its log lines, tqdm bars, ``sys.stderr``) on the console.
+console, hundreds of such lines bury the progress bars. :class:`RunLog` sends all of it to a log file,
+with the Python warnings the libraries raise meanwhile (torch.export's and Optuna's deprecation and
+experimental notices), and leaves mpsearch's own output (its log lines, tqdm bars, ``sys.stderr``) on the
+console.
 
 The log file of a run lives in its run folder (``tvm.log``). The run folder is made only once the inputs
 are known to be usable, so until then the log is written to a pending file in the cache folder and moved
@@ -19,6 +21,7 @@ import logging
 import os
 import shutil
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,8 @@ class RunLog:
     """Redirects TVM's output to a log file for as long as it is open (use it as a context manager).
 
     * The ``tvm`` logger tree gets a file handler and stops propagating to the application's handlers.
+    * Python warnings (:func:`warnings.showwarning`) are written to the file, as ``logging.captureWarnings``
+      would write them, instead of to ``sys.stderr``.
     * File descriptor 2 is pointed at the file, so C++ ``LOG(WARNING)`` lines and the output of worker
       processes started meanwhile land there; ``sys.stderr`` and the logging handlers and progress bars
       that wrote to descriptor 2 are moved onto a duplicate of the console's descriptor, so mpsearch's
@@ -62,6 +67,9 @@ class RunLog:
         self._moved: list[tuple[logging.StreamHandler, Any]] = []
         self._handler: logging.FileHandler | None = None
         self._tvm_state: tuple[bool, int] | None = None
+        self._showwarning: Any = None
+        #: Bytes of the file that are Python warnings (see :attr:`holds_only_warnings`).
+        self.warning_bytes = 0
 
     def __enter__(self) -> RunLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,6 +80,7 @@ class RunLog:
         tvm_logger.addHandler(self._handler)
         tvm_logger.propagate = False
         tvm_logger.setLevel(logging.INFO)
+        self._showwarning, warnings.showwarning = warnings.showwarning, self._warning_to_log
 
         for s in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
@@ -108,9 +117,35 @@ class RunLog:
         tvm_logger = logging.getLogger("tvm")
         tvm_logger.removeHandler(self._handler)
         self._handler.close()
+        warnings.showwarning, self._showwarning = self._showwarning, None
         assert self._tvm_state is not None
         tvm_logger.propagate, level = self._tvm_state
         tvm_logger.setLevel(level)
+
+    def _warning_to_log(self, message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                        file: Any = None, line: str | None = None) -> None:
+        text = warnings.formatwarning(message, category, filename, lineno, line).rstrip()
+        assert self._handler is not None
+        before = self._size()
+        self._handler.handle(logging.makeLogRecord(
+            {"name": "py.warnings", "levelno": logging.WARNING, "levelname": "WARNING", "msg": text}))
+        self._handler.flush()
+        self.warning_bytes += max(0, self._size() - before)
+
+    def _size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except OSError:
+            return 0
+
+    @property
+    def holds_only_warnings(self) -> bool:
+        """Whether the file holds nothing but the Python warnings written to it (or nothing at all): no TVM
+        output. A run that stops before its run folder exists drops such a pending log (bad input leaves
+        nothing behind); the warnings were about a run that did not happen."""
+        if self._handler is not None:
+            self._handler.flush()
+        return self._size() <= self.warning_bytes
 
     def move_to(self, path: Path) -> None:
         """Continue the log at ``path`` (appended to what is there: a re-run keeps the earlier runs' log)."""

@@ -43,13 +43,14 @@ def run(cfg: RunConfig, backend_factory: BackendFactory = default_backend) -> Ru
             return _run(cfg, backend_factory, run_dir, tvm_log)
         finally:
             if tvm_log is not None and pending is not None and tvm_log.path == pending:
-                _drop_or_point_at(pending)  # stopped before the run folder was made
+                _drop_or_point_at(pending, tvm_log.holds_only_warnings)  # stopped before the run folder was made
 
 
-def _drop_or_point_at(log_path: Path) -> None:
-    """A run that stopped before it had a run folder: its TVM log is removed if empty (bad input leaves
-    nothing behind), else kept where it is, and said where."""
-    if log_path.exists() and log_path.stat().st_size == 0:
+def _drop_or_point_at(log_path: Path, nothing_from_tvm: bool) -> None:
+    """A run that stopped before it had a run folder: its TVM log is removed if TVM wrote nothing to it
+    (bad input leaves nothing behind; library warnings alone are not worth a file), else kept where it is,
+    and said where."""
+    if log_path.exists() and nothing_from_tvm:
         log_path.unlink()
         with contextlib.suppress(OSError):
             log_path.parent.rmdir()
