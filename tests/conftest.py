@@ -30,6 +30,21 @@ settings.load_profile("mpsearch")
 DEFAULT_SWEEP_PAIRS = [(32, 32), (8, 8)]
 
 
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep each test class's tests together, in the order the random-order plugin (which runs before this
+    hook) drew for them and at the place its first test was drawn: the plugin shuffles a module's tests
+    across its classes, and every time the order leaves a class and comes back its class-scoped fixtures
+    are built again (tests/hardware/test_backend_suite.py's tuned TVM backend five times in one CI run,
+    27 s each)."""
+    groups: dict[object, list[pytest.Item]] = {}
+    for i, item in enumerate(items):
+        cls = getattr(item, "cls", None)
+        groups.setdefault((item.nodeid.split("::")[0], cls.__name__) if cls is not None else i, []).append(item)
+    items[:] = [item for group in groups.values() for item in group]
+
+
 #: What ``peak: measure`` profiles (host_cpu, host_cpu_1t) price ``cost: estimated`` with in tests: fixed
 #: rates, so that no test measures this machine on the side (seconds each, and rates that vary by host).
 #: tests/hardware/test_peaks.py measures for real, in a cache folder of its own.
