@@ -33,9 +33,11 @@ from tests.hardware.kernel_helpers import assert_runs_as_simulated, tensorized  
 SKYLAKE = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"}
 CASCADELAKE = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake"}
 #: (label, w_mode, a_bits, weight codes at the ends of their range)
-FULL_RANGE = [("W4A8", "i4p", 8, (-8, 7, -7, 0, 1)), ("W8A4", "i8", 4, (-128, -127, 127, 0, 1))]
+FULL_RANGE = [("W4A8", "i4p", 8, (-8, 7, -7, 0, 1)), ("W8A4", "i8", 4, (-128, -127, 127, 0, 1)),
+              ("W8A7", "i8", 7, (-128, -127, 127, 0, 1))]  # 2 * 127 * -128 = -32512: the int16 pair sum's edge
 #: (op, pair) that take the 16x4 dot (W4A8 linear stays unpacked in the loop: see KernelSpec.packed)
-DOT4_CASES = [("conv2d", FULL_RANGE[0]), ("conv2d", FULL_RANGE[1]), ("linear", FULL_RANGE[1])]
+DOT4_CASES = [("conv2d", FULL_RANGE[0]), ("conv2d", FULL_RANGE[1]), ("linear", FULL_RANGE[1]),
+              ("conv2d", FULL_RANGE[2]), ("linear", FULL_RANGE[2])]
 
 
 def _spec(op: str, w_mode: str, a_bits: int, isa: str = "avx512bw") -> KernelSpec:
@@ -80,6 +82,7 @@ def test_16x4_layout_only_where_the_target_runs_it_exactly() -> None:
     # AVX-512BW (vpmaddubsw): exact only with a 4-bit operand
     assert with_(conv, dot_isa="avx512bw").kgroup == 2  # W8A8: 2 * 255 * 127 saturates int16
     assert with_(conv, dot_isa="avx512bw", a_bits=4).kgroup == 4  # W8A4
+    assert with_(conv, dot_isa="avx512bw", a_bits=7).kgroup == 4  # W8A7: 2 * 127 * 128 = 32512 fits int16
     assert with_(conv, dot_isa="avx512bw", w_mode="i4p").kgroup == 4  # W4A8
     assert with_(conv, dot_isa="avx512bw", a_bits=4, a_mode="s8").kgroup == 2  # u8 x s8 instruction only
     # 6 channels: padded to 8 for the 16x4 dot (zero weights)
@@ -116,6 +119,8 @@ def test_kernel_spec_takes_the_activation_bits() -> None:
     assert (spec.a_bits, spec.kgroup) == (4, 4)
     spec = kernel_spec(conv, (1, 16, 8, 8), 8, ActQuant(8, 0.1, False), (), "avx512bw")
     assert (spec.a_bits, spec.kgroup) == (8, 2)
+    spec = kernel_spec(conv, (1, 16, 8, 8), 8, ActQuant(7, 0.1, False), (), "avx512bw")
+    assert (spec.a_bits, spec.kgroup) == (7, 4)
 
 
 @pytest.mark.parametrize("op,pair", DOT4_CASES, ids=[f"{op}-{pair[0]}" for op, pair in DOT4_CASES])
@@ -196,7 +201,7 @@ def test_16x4_tuned_kernels_are_tensorized_and_exact(tmp_path: Path) -> None:
     isa = backend.dot_isa
     if not isa:
         pytest.skip("host CPU has no AVX-512BW")
-    (_, w4, a8, w4_values), (_, w8, a4, w8_values) = FULL_RANGE  # the other two pairs: fast tests above
+    (_, w4, a8, w4_values), (_, w8, a4, w8_values) = FULL_RANGE[:2]  # the other pairs: fast tests above
     specs = {"conv2d_W4A8": (_spec("conv2d", w4, a8, isa), w4_values, a8),
              "linear_W8A4": (_spec("linear", w8, a4, isa), w8_values, a4),
              "conv2d_W8A8": (_spec("conv2d", "i8", 8, isa), (-128, 127, -127), 8)}

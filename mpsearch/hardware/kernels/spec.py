@@ -92,8 +92,9 @@ class KernelSpec:
         x86: the 16x4 dot multiplies u8 activations by s8 weights. VNNI's ``vpdpbusd`` adds the four
         products straight into int32: exact for any u8 activation, and for s8 ones shifted into u8
         (:attr:`a_offset`; a LayerNorm's signed outputs feeding a transformer's linear layers). AVX-512BW's ``vpmaddubsw`` first adds
-        product pairs into int16 with saturation, exact only while 2 * amax * |wmax| <= 32767: 4-bit
-        activations (2 * 15 * 128 = 3840) or 4-bit weights (2 * 255 * 8 = 4080).
+        product pairs into int16 with saturation, exact only while 2 * amax * |wmax| <= 32767: activations
+        of up to 7 bits (2 * 127 * 128 = 32512, the "reduced range" FBGEMM quantizes activations to on such
+        CPUs) or 4-bit weights (2 * 255 * 8 = 4080); 8-bit codes against 8-bit weights (65280) saturate.
 
         aarch64 (:func:`_arm_kgroup`): ``sdot`` adds four s8 x s8 products into each int32 lane, exact
         with no saturation, so s8 activations take it, u8 / z8 ones whose codes fit in s8 (``a_bits`` <=
@@ -115,7 +116,7 @@ class KernelSpec:
         if self.a_mode == "s8":  # VNNI: shifted into u8 (a_offset), exact; vpmaddubsw would saturate on them
             return KQUAD if self.dot_isa == "avx512vnni" and self.w_mode in ("i8", "i4p") else KGROUP
         exact = self.dot_isa == "avx512vnni" or (
-            self.dot_isa == "avx512bw" and (self.a_bits <= 4 or self.w_mode == "i4p"))
+            self.dot_isa == "avx512bw" and (self.a_bits <= 7 or self.w_mode == "i4p"))
         return KQUAD if exact else KGROUP
 
     def _arm_kgroup(self) -> int:
