@@ -81,7 +81,8 @@ DOTS = {"vpdpbusd": ("vpdpbusd",), "vpmaddubsw": ("vpmaddubsw",), "vpmaddwd": ("
 FMA = "fma"
 #: The dot 8-bit activations run through on each x86 dot ISA (``KernelSpec.kgroup``): VNNI's exact 16x4
 #: ``vpdpbusd``; without VNNI the exact 16x2 ``vpmaddwd`` (``vpmaddubsw`` saturates at int16 on 8-bit
-#: codes, so only 4-bit activations take the 16x4 dot there).
+#: codes against 8-bit weights, so only activations of up to 7 bits, or 4-bit weights, take the 16x4
+#: dot there).
 INT8_DOT = {"avx512vnni": "vpdpbusd", "avx512bw": "vpmaddwd"}
 DOT_NAMES = {FMA: "fp32 FMA", "vpdpbusd": "int8 16x4 vpdpbusd (VNNI)",
              "vpmaddubsw": "int8 16x4 vpmaddubsw + vpmaddwd", "vpmaddwd": "int8 16x2 vpmaddwd (+ add)"}
