@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
                               dot_isa=backend.dot_isa)
             dot = f"16x{spec.kgroup}" if spec.packed else "plain"
             rec = backend.kernel_cost(spec, f"bench_{op}_{prec.replace(' ', '')}_{'x'.join(map(str, w_shape))}")
-            results.append({"shape": label, "precision": prec, "dot": dot, "latency_us": rec["latency_s"] * 1e6,
-                            "std_us": rec["std_s"] * 1e6})
+            results.append({"shape": label, "precision": prec, "dot": dot, "split_int4": spec.split_int4,
+                            "latency_us": rec["latency_s"] * 1e6, "std_us": rec["std_s"] * 1e6})
     rows = []
     for label, *_ in shapes:
         by = {r["precision"]: r for r in results if r["shape"] == label}
@@ -74,6 +74,9 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
         f"({profile.tuning.strategy}, {trials} trials) and timed alone on {backend.describe()}.", "",
         markdown_table(["shape"] + [p for p, *_ in PRECISIONS], rows), "",
         "Integer dot layout where the shape tiles (16 output channels, channel pairs or quads): "
-        + ", ".join(f"{p} {d}" for p, d in dots.items()) + f" (target ISA: {backend.dot_isa or 'none'}).", ""])
+        + ", ".join(f"{p} {d}" for p, d in dots.items()) + f" (target ISA: {backend.dot_isa or 'none'})."
+        + (" " + ", ".join(sorted({r["precision"] for r in results if r["split_int4"]}))
+           + " on the one-row linear shapes (int4 GEMVs): nibble pairs of two 16x4 tiles, split in registers"
+           " by the dot itself (KernelSpec.split_int4)." if any(r["split_int4"] for r in results) else ""), ""])
     data = {"trials": trials, "device": backend.describe(), "results": results}
     return BenchmarkResult(NAME, TITLE, data, text)

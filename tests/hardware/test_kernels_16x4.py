@@ -21,6 +21,7 @@ from mpsearch.hardware.kernels import (  # noqa: E402
     DOT4_INTRINSICS,
     DOT4_WORD_INTRINSICS,
     DOT_INTRINSICS,
+    SPLIT_DOT_INTRINSICS,
     KernelSpec,
     dot_intrinsics_for,
     dot_isa,
@@ -35,7 +36,7 @@ CASCADELAKE = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadela
 #: (label, w_mode, a_bits, weight codes at the ends of their range)
 FULL_RANGE = [("W4A8", "i4p", 8, (-8, 7, -7, 0, 1)), ("W8A4", "i8", 4, (-128, -127, 127, 0, 1)),
               ("W8A7", "i8", 7, (-128, -127, 127, 0, 1))]  # 2 * 127 * -128 = -32512: the int16 pair sum's edge
-#: (op, pair) that take the 16x4 dot (W4A8 linear stays unpacked in the loop: see KernelSpec.packed)
+#: (op, pair) that take the 16x4 dot (two rows: a one-row int4 linear takes nibble pairs, split_int4)
 DOT4_CASES = [("conv2d", FULL_RANGE[0]), ("conv2d", FULL_RANGE[1]), ("linear", FULL_RANGE[1]),
               ("conv2d", FULL_RANGE[2]), ("linear", FULL_RANGE[2])]
 
@@ -101,6 +102,14 @@ def test_16x4_layout_only_where_the_target_runs_it_exactly() -> None:
     # the loop where the blocked one was not measured (aarch64, AVX2-only x86)
     assert with_(lin, dot_isa="avx512bw").packed and with_(lin, dot_isa="avx512bw", w_mode="i8", a_bits=4).packed
     assert not with_(lin, dot_isa="sdot").packed and not with_(lin, dot_isa="").packed
+    # ... as nibble pairs of two tiles (split_int4): a GEMV only, its reduction padded to 8
+    assert with_(lin, dot_isa="avx512bw").split_int4 and with_(lin, dot_isa="avx512vnni").split_int4
+    assert with_(lin, dot_isa="avx512vnni").stored_weight_shape() == (2, 8, 16, 4)
+    assert with_(lin, dot_isa="avx512bw", w_shape=(32, 60), x_shape=(1, 60)).k_padded == 64
+    assert not with_(lin, dot_isa="avx512vnni", x_shape=(2, 64)).split_int4  # rows share the buffered unpack
+    assert not with_(lin, dot_isa="avx512vnni", w_mode="i8").split_int4
+    assert not with_(lin, dot_isa="avx512bw", a_mode="s8").split_int4  # s8 stays 16x2 there
+    assert not with_(lin, dot_isa="sdot").split_int4 and not with_(conv, dot_isa="avx512vnni", w_mode="i4p").split_int4
     spec = with_(conv, dot_isa="avx512bw", w_mode="i4p")  # int4 16x4 tiles: a lane's quad in two bytes
     assert spec.stored_weight_shape() == (2, 4, 3, 3, 16, 2)
     assert np.prod(spec.stored_weight_shape()) * 2 == np.prod(spec.w_shape)  # exact packed bytes
@@ -138,6 +147,31 @@ def test_16x4_vpmaddubsw_is_exact_at_the_full_code_range(op, pair) -> None:
         pytest.skip("host CPU has no AVX-512BW: the tensorized kernel compiled but cannot run")
     exact, amax = _run_exact(lib, spec, codes, 2**a_bits - 1)
     assert exact and amax > 2**12  # a real accumulation over the quads, at the range's ends
+
+
+@pytest.mark.parametrize("isa", ["avx512bw", "avx512vnni"])
+def test_split_int4_gemv_is_exact_at_the_full_code_range(isa) -> None:
+    """An int4 GEMV's nibble-pair tiles, split in registers by the dot intrinsic, give the exact integer
+    dot at codes -8..7 against activation codes 0 and 255 (an odd K of 60: padded to 64 with code 0
+    against zero weights), untuned and tensorized; the packing is the plain int4 codes' (round trip)."""
+    spec = KernelSpec("linear", (1, 60), (40, 60), "i4p", "u8", a_bits=8, dot_isa=isa)
+    assert spec.split_int4 and spec.packed and spec.k_padded == 64
+    codes = np.random.default_rng(2).choice(np.array(FULL_RANGE[0][3], np.int8), spec.w_shape)
+    packed = pack_weight(spec, codes)
+    assert packed.shape == spec.stored_weight_shape() and packed.dtype == np.uint8
+    tiles = np.stack([(packed & 15).astype(np.int16) - 8, (packed >> 4).astype(np.int16) - 8], axis=2)
+    logical = tiles.reshape(3, 16, 16, 4).transpose(0, 2, 1, 3).reshape(48, 64)  # (O, K) padded
+    assert np.array_equal(logical[:40, :60], codes) and not logical[40:].any() and not logical[:, 60:].any()
+    untuned = tvm.compile(tvm.IRModule({"main": make_kernel(spec).with_attr("global_symbol", "main")}),
+                          target="llvm")
+    assert _run_exact(untuned, spec, codes, 255)[0]
+    target = CASCADELAKE if isa == "avx512vnni" else SKYLAKE
+    lib = tvm.compile(tensorized(spec, SPLIT_DOT_INTRINSICS[isa]), target=target)
+    assert ("vpdpbusd" if isa == "avx512vnni" else "vpmaddubsw") in lib.mod.inspect_source("asm")
+    if not _host_has(isa):
+        pytest.skip(f"host CPU has no {isa}: the tensorized kernel compiled but cannot run")
+    exact, amax = _run_exact(lib, spec, codes, 255)
+    assert exact and amax > 2**12
 
 
 def test_vpmaddubsw_would_saturate_w8a8_which_is_why_it_stays_16x2() -> None:

@@ -14,6 +14,7 @@ from mpsearch.hardware.kernels.intrinsics import (
     DOT4_WORD_INTRINSICS,
     DOT_INTRINSICS,
     MMLA_INTRINSICS,
+    SPLIT_DOT_INTRINSICS,
     dot_intrinsics_for,
     dot_isa,
     register_intrinsics,
@@ -24,6 +25,6 @@ from mpsearch.hardware.kernels.spec import KGROUP, KOCT, KQUAD, LANES, OPAQUE, U
 
 __all__ = [
     "ARM_DOT4_INTRINSICS", "DOT4_INTRINSICS", "DOT4_WORD_INTRINSICS", "DOT_INTRINSICS", "KGROUP", "KOCT", "KQUAD", "KernelSpec", "LANES",
-    "MMLA_INTRINSICS", "OPAQUE", "UNPACK_RULE",
+    "MMLA_INTRINSICS", "OPAQUE", "SPLIT_DOT_INTRINSICS", "UNPACK_RULE",
     "dot_intrinsics_for", "dot_isa", "make_kernel", "pack_int4", "pack_weight", "register_intrinsics", "unpack_int4",
 ]

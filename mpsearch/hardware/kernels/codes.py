@@ -1,5 +1,6 @@
 """Activation codes: the one quantizer every integer kernel applies to its input, and a producer's
-epilogue to its output for an integer consumer (imports TVM: load lazily)."""
+epilogue to its output for an integer consumer; int4 weight codes out of a nibble (imports TVM: load
+lazily)."""
 
 from __future__ import annotations
 
@@ -19,4 +20,11 @@ def quantize(x: tirx.PrimExpr, qp: te.Tensor, dtype: str, offset: int = 0, codes
     return (v - float(offset) if offset else v).astype(dtype)
 
 
-__all__ = ["quantize"]
+def nibble_code(byte: tirx.PrimExpr, half: tirx.PrimExpr) -> tirx.PrimExpr:
+    """The signed int4 code (int8) in nibble ``half`` (0: low, 1: high) of a uint8 ``byte`` that stores
+    codes + 8. One expression for the kernels' compute and the dot intrinsic's description, which
+    tensorize matches structurally."""
+    return (tirx.bitwise_and(tirx.shift_right(byte.astype("int32"), half * 4), 15) - 8).astype("int8")
+
+
+__all__ = ["nibble_code", "quantize"]

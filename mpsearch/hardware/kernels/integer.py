@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from tvm import te, tirx, topi
 
-from mpsearch.hardware.kernels.codes import quantize
+from mpsearch.hardware.kernels.codes import nibble_code, quantize
 from mpsearch.hardware.kernels.epilogue import epilogue
 from mpsearch.hardware.kernels.spec import (
     ARM_DOT_ISAS,
@@ -146,7 +146,7 @@ def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> t
     # code of before, so their tuning records stay valid.)
     own = {"schedule_rule": UNPACK_RULE} if spec.dot_isa in ARM_DOT_ISAS else None
     g = spec.kgroup  # g == 2 builds exactly the 16x2 dot's code of before: its tuning records stay valid
-    if spec.w_mode == "i4p":  # unpacked next to the dot (MetaSchedule places the unpack per tile)
+    if spec.w_mode == "i4p" and not spec.split_int4:  # unpacked next to the dot (MetaSchedule: per tile)
         packed = w
 
         def unpack(*i: tirx.Var) -> tirx.PrimExpr:
@@ -168,6 +168,17 @@ def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> t
             v = quantize(x[b, kk], qp, dtype, off, spec.codes_in)
             return v if kp == k else tirx.if_then_else(kk < k, v, tirx.const(0, dtype))
 
+        if spec.split_int4:  # each byte tile two tiles of codes: 8 inputs per step, their halves' nibbles
+            xq = te.compute((n, kp // (2 * g), 2 * g), lambda b, k2, ki: code(b, k2 * 2 * g + ki), name="quantize")
+            k2 = te.reduce_axis((0, kp // (2 * g)), name="k2")
+            half = te.reduce_axis((0, 2), name="half")
+            ki = te.reduce_axis((0, g), name="ki")
+            acc = te.compute(
+                (n, tiles, LANES),
+                lambda b, oc, oi: te.sum(xq[b, k2, half * g + ki].astype("int32")
+                                         * nibble_code(w[oc, k2, oi, ki], half).astype("int32"), axis=[k2, half, ki]),
+                name="dot")
+            return acc, lambda b, o: acc[b, tirx.floordiv(o, LANES), tirx.floormod(o, LANES)]
         k2 = te.reduce_axis((0, kp // g), name="k2")
         ki = te.reduce_axis((0, g), name="ki")
         if g == KOCT:  # smmla pairs two batch rows: next to the lanes in the output ([O/16, N, 16]) and

@@ -7,6 +7,7 @@ from typing import Any
 
 from tvm import tirx
 
+from mpsearch.hardware.kernels.codes import nibble_code
 from mpsearch.hardware.kernels.spec import CUDA_DOT_ISAS, KGROUP, KOCT, KQUAD, LANES, UNPACK_RULE
 
 # -- the int8 dot product as a tensor intrinsic ---------------------------------------------------
@@ -26,6 +27,9 @@ DOT4_INTRINSICS = {"avx512bw": "mpsearch_dot_16x4_u8s8_avx512", "avx512vnni": "m
 # The same dots reading their four codes as one uint32 word (KernelSpec.word_input: the blocked convs'
 # input, quantized a row of words at a time), its byte k the code of channel 4c + k.
 DOT4_WORD_INTRINSICS = {"avx512bw": "mpsearch_dot_16x4w_u8s8_avx512", "avx512vnni": "mpsearch_dot_16x4w_u8s8_vnni"}
+# An x86 int4 GEMV's dot (KernelSpec.split_int4): 16 lanes x 8 reduction elements, one 64-byte load of
+# nibble pairs split in registers into the two 16x4 tiles of int8 codes, then the 16x4 dot on each.
+SPLIT_DOT_INTRINSICS = {"avx512bw": "mpsearch_dot_16x8n_u8i4_avx512", "avx512vnni": "mpsearch_dot_16x8n_u8i4_vnni"}
 # aarch64 (KernelSpec._arm_kgroup says which kernels take which): the 16x4 dot as four 4-lane
 # ``sdot``s / ``usdot``s over the same [16, 4] tiles as x86, and i8mm's 2x16x8 tile as eight 2x2
 # ``smmla``s / ``usmmla``s. "u7" is the sdot on uint8 codes <= 127 (a_bits <= 7), read as int8 bytes;
@@ -120,6 +124,78 @@ def _dot4_intrinsic(isa: str, word: bool = False) -> tuple[tirx.PrimFunc, tirx.P
                 dtype="int32x16")
 
     return _dot4_word_desc() if word else _dot_desc(KQUAD, "uint8"), vnni if isa == "avx512vnni" else avx512
+
+
+def _split_dot_intrinsic(isa: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+    """The 16x4 dot of ``isa`` on nibble pairs (:data:`SPLIT_DOT_INTRINSICS`): ``C[i] += sum_h sum_k
+    A[4h + k] * code(B[i, k], nibble h)``. One load of the 64 packed bytes, ``& 15`` and ``>> 4`` give
+    the two tiles' codes + 8, ``- 8`` the int8 codes, and each tile goes through the dot with its own
+    broadcast quad: VNNI's ``vpdpbusd`` twice; AVX-512BW's ``vpmaddubsw`` twice (u8 x int4 pair sums
+    are at most 2 * 255 * 8 = 4080, so neither they nor the two tiles' sum saturate int16), then one
+    ``vpmaddwd`` into int32."""
+    from tvm.script import tirx as T
+    from tvm.target import codegen
+
+    operand = "int8x64" if codegen.llvm_version_major() >= 21 else "int32x16"  # see _dot4_intrinsic
+    n = LANES * KQUAD
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (2 * KQUAD,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (LANES, KQUAD), "uint8", offset_factor=1)
+        C = T.match_buffer(c, (LANES,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:LANES], A[0:2 * KQUAD], B[0:LANES, 0:KQUAD])
+            T.writes(C[0:LANES])
+            for i, h, j in T.grid(LANES, 2, KQUAD):
+                with T.sblock("update"):
+                    vi, vh, vj = T.axis.remap("SRR", [i, h, j])
+                    C[vi] = C[vi] + T.Cast("int32", A[vh * KQUAD + vj]) * T.Cast("int32", nibble_code(B[vi, vj], vh))
+
+    def tiles(B: Any) -> tuple[Any, Any]:  # the two tiles' int8 codes
+        v = B.vload([0, 0], dtype=f"uint8x{n}")
+        lo = tirx.bitwise_and(v, tirx.Broadcast(tirx.const(15, "uint8"), n))
+        hi = tirx.shift_right(v, tirx.Broadcast(tirx.const(4, "uint8"), n))
+        eight = tirx.Broadcast(tirx.const(8, "int8"), n)
+        return tuple(tirx.call_intrin(f"int8x{n}", "tirx.reinterpret", t) - eight for t in (lo, hi))
+
+    def quad(A: Any, h: int) -> Any:  # the broadcast input quad of tile h
+        return tirx.Broadcast(tirx.call_intrin("int32", "tirx.reinterpret", A.vload([h * KQUAD], "uint8x4")), LANES)
+
+    @T.prim_func(s_tir=True)
+    def vnni(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (2 * KQUAD,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (LANES, KQUAD), "uint8", offset_factor=1)
+        C = T.match_buffer(c, (LANES,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:LANES], A[0:2 * KQUAD], B[0:LANES, 0:KQUAD])
+            T.writes(C[0:LANES])
+            w0, w1 = tiles(B)
+            acc = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), C.vload([0], dtype="int32x16"),
+                T.reinterpret(quad(A, 0), dtype=operand), T.reinterpret(w0, dtype=operand), dtype="int32x16")
+            C[T.ramp(T.int32(0), 1, LANES)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), acc,
+                T.reinterpret(quad(A, 1), dtype=operand), T.reinterpret(w1, dtype=operand), dtype="int32x16")
+
+    @T.prim_func(s_tir=True)
+    def avx512(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (2 * KQUAD,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (LANES, KQUAD), "uint8", offset_factor=1)
+        C = T.match_buffer(c, (LANES,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:LANES], A[0:2 * KQUAD], B[0:LANES, 0:KQUAD])
+            T.writes(C[0:LANES])
+            w0, w1 = tiles(B)
+            p0 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddubs.w.512"),
+                                         T.reinterpret(quad(A, 0), dtype="uint8x64"), w0, dtype="int16x32")
+            p1 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddubs.w.512"),
+                                         T.reinterpret(quad(A, 1), dtype="uint8x64"), w1, dtype="int16x32")
+            C[T.ramp(T.int32(0), 1, LANES)] += T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddw.d.512"), p0 + p1, T.int16x32(1),
+                dtype="int32x16")
+
+    return desc, vnni if isa == "avx512vnni" else avx512
 
 
 def _dot4_word_desc() -> tirx.PrimFunc:
@@ -345,6 +421,9 @@ def register_intrinsics() -> None:
     for isa, name in DOT4_WORD_INTRINSICS.items():
         if TensorIntrin.get(name, allow_missing=True) is None:
             TensorIntrin.register(name, *_dot4_intrinsic(isa, word=True))
+    for isa, name in SPLIT_DOT_INTRINSICS.items():
+        if TensorIntrin.get(name, allow_missing=True) is None:
+            TensorIntrin.register(name, *_split_dot_intrinsic(isa))
     for group in (KGROUP, KQUAD, KOCT):
         if TensorIntrin.get(unpack_intrinsic(group), allow_missing=True) is None:
             TensorIntrin.register(unpack_intrinsic(group), *_unpack_intrinsic(group))
@@ -462,5 +541,6 @@ def register_unpack_rule() -> None:
 
 
 __all__ = ["ARM_DOT4_INTRINSICS", "DOT4_INTRINSICS", "DOT4_WORD_INTRINSICS", "DOT_INTRINSICS", "MMLA_INTRINSICS",
+           "SPLIT_DOT_INTRINSICS",
            "dot_intrinsics_for", "dot_isa", "import_tensor_intrinsics", "register_intrinsics",
            "register_unpack_rule", "unblock_intrinsic", "unpack_intrinsic"]

@@ -1,5 +1,5 @@
-"""Weight arrays in the layouts the kernels take: int4 two per byte, int8 blocked into dot tiles,
-2-bit bit-planes (numpy only)."""
+"""Weight arrays in the layouts the kernels take: int4 two per byte, int8 blocked into dot tiles (an
+x86 int4 GEMV's two tiles in one: :attr:`KernelSpec.split_int4`), 2-bit bit-planes (numpy only)."""
 
 from __future__ import annotations
 
@@ -49,6 +49,9 @@ def pack_weight(spec: KernelSpec, codes: np.ndarray) -> np.ndarray:
     else:
         _, _, kh, kw = spec.w_shape
         tiles = codes.reshape(o // LANES, LANES, k // g, g, kh, kw).transpose(0, 2, 4, 5, 1, 3)
+    if spec.split_int4:  # tiles 2j (low nibbles) and 2j + 1 (high) in one byte tile, codes + 8
+        tiles = tiles.astype(np.int16).reshape(tiles.shape[0], -1, 2, *tiles.shape[2:]) + 8
+        return np.ascontiguousarray((tiles[:, :, 0] | (tiles[:, :, 1] << 4)).astype(np.uint8))
     if spec.w_mode == "i4p":  # code pairs of one lane in one byte: low nibble first, stored as code + 8
         tiles = tiles.astype(np.int16) + 8
         pairs = (tiles[..., 0::2] | (tiles[..., 1::2] << 4)).astype(np.uint8)

@@ -226,12 +226,11 @@ class KernelSpec:
             return False
         plain_gemv = self.x_shape[0] == 1 and self.dot_isa not in X86_DOT_ISAS
         if self.w_mode == "i4p" and self.op == "linear" and (plain_gemv or self.dot_isa in CUDA_DOT_ISAS):
-            # An int4 GEMV reads each weight once. AVX-512 x86 blocks it, each thread unpacking one
-            # block of 16-lane tiles at a time into L1 just before the dot reads it
-            # (:func:`~.schedules.schedule_conv`): one thread of a Sapphire Rapids Xeon, 8 trials,
-            # 1024 -> 1024 27 us against 260 in the plain layout (W8A8 7.8, fp32 155), 1280 -> 1000
-            # 33 against 338, 4096 -> 4096 573 us against 4,085 (W8A8 642: the weight-bound size
-            # where int4 wins). Elsewhere a GEMV keeps the plain layout, unpacked in the loop (not
+            # An int4 GEMV reads each weight once. AVX-512 x86 blocks it as nibble pairs split in
+            # registers by the dot (split_int4; before, each thread unpacked a block of tiles into L1
+            # just before its dot: one thread of a Sapphire Rapids Xeon, 8 trials, 1024 -> 1024 27 us
+            # against 260 in the plain layout, W8A8 7.8, fp32 155; 4096 -> 4096 573 against 4,085,
+            # W8A8 642). Elsewhere a GEMV keeps the plain layout, unpacked in the loop (not
             # measured blocked: aarch64's dots, AVX2-only x86). Rows share the unpack: token rows and
             # batches take the blocked dot (x86: 32 x 384 -> 1536, 3.2 ms in the plain layout against
             # 0.1 for int8 blocked; ARM: i8mm's smmla pairs the rows). CUDA's dp4a int4 linears keep
@@ -296,9 +295,23 @@ class KernelSpec:
     @property
     def k_padded(self) -> int:
         """The reduction length (input channels of a conv, K of a linear) of a ``packed`` kernel, rounded up
-        to :attr:`kgroup`: the padded inputs are read as code 0 against zero weights."""
-        g = self.kgroup
+        to :attr:`kgroup` (two of them for :attr:`split_int4`): the padded inputs are read as code 0
+        against zero weights."""
+        g = self.kgroup * (2 if self.split_int4 else 1)
         return -(-self.w_shape[1] // g) * g
+
+    @property
+    def split_int4(self) -> bool:
+        """An int4 GEMV (one row) on an AVX-512 x86 target, its weights stored as nibble pairs of two
+        16x4 tiles: byte ``(t, j, i, k)`` holds lane ``16t + i``'s codes of inputs ``8j + k`` (low nibble)
+        and ``8j + 4 + k`` (high), each + 8. One 64-byte load is then both tiles, split in registers
+        (``& 15``, ``>> 4``, ``- 8``) by the dot intrinsic itself (:func:`~.intrinsics.split_dot_intrinsic`):
+        nothing is unpacked to memory. A GEMV reads each weight once, so its int4 kernel is bound by
+        the unpack, not by the halved weight traffic, when the unpacked tiles go through a buffer (one
+        thread of a Sapphire Rapids Xeon: 4096 -> 4096 W4A8 573 us, W8A8 642). Batches and token rows
+        keep the buffered unpack: there each unpacked tile serves every row."""
+        return (self.w_mode == "i4p" and self.op == "linear" and self.x_shape[0] == 1 and self.integer
+                and not self.bitserial and self.dot_isa in X86_DOT_ISAS and self.kgroup == KQUAD)
 
     @property
     def weight_padding_bytes(self) -> int:
@@ -315,6 +328,8 @@ class KernelSpec:
     def dot_tile_shape(self) -> tuple[int, ...]:
         """The blocked int8 weight layout of a ``packed`` kernel."""
         g = self.kgroup
+        if self.split_int4:  # two tiles' codes in the two nibbles of one byte tile
+            return (self.o_tiles, self.k_padded // (2 * g), LANES, g)
         if self.op == "linear":
             return (self.o_tiles, self.k_padded // g, LANES, g)
         _, _, kh, kw = self.w_shape
@@ -329,7 +344,7 @@ class KernelSpec:
             return (self.o_tiles, *self.w_shape[1:], LANES)
         if self.packed:
             tiles = self.dot_tile_shape()
-            if self.w_mode == "i4p":
+            if self.w_mode == "i4p" and not self.split_int4:
                 return tiles[:-1] if tiles[-1] == KGROUP else (*tiles[:-1], tiles[-1] // 2)
             return tiles
         if self.w_mode == "i4p":
