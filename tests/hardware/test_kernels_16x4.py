@@ -174,6 +174,26 @@ def test_split_int4_gemv_is_exact_at_the_full_code_range(isa) -> None:
     assert exact and amax > 2**12
 
 
+def test_split_int4_gemvs_of_a_lowered_model_match_simulation_signed_inputs_too() -> None:
+    """A one-row model's int4 linear layers take nibble pairs on x86 (KernelSpec.split_int4), a
+    LayerNorm's signed codes shifted into u8 on VNNI (``a_offset``, the accumulator taking
+    ``128 * rowsum(w)`` back off), a ReLU's unsigned ones as they are; a 3-output head keeps the plain
+    layout. The lowered model (its kernels' own loops, on any CPU) equals the fake-quant simulation."""
+    from tests.hardware.test_lowering_transformer import _prepared
+    from mpsearch.testing import synthetic_split
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 64), torch.nn.LayerNorm(64),
+                                torch.nn.Linear(64, 48), torch.nn.ReLU(), torch.nn.Linear(48, 40),
+                                torch.nn.ReLU(), torch.nn.Linear(40, 3))
+    prepared, ranges = _prepared(model, seed=3)
+    cand = Candidate.uniform(prepared.layer_names, 4, 8)
+    lowered = lower(prepared, cand, ranges, batch=1, dot_isa="avx512vnni")
+    split = {n: s for n, s in lowered.kernels.items() if s.split_int4}
+    assert {s.a_offset for s in split.values()} == {-128, 0} and len(split) == 3
+    assert not any(s.packed for n, s in lowered.kernels.items() if n not in split)  # the 3-class head
+    assert_runs_as_simulated(lowered, prepared, cand, ranges, synthetic_split("test", 1).tensors[0])
+
+
 def test_vpmaddubsw_would_saturate_w8a8_which_is_why_it_stays_16x2() -> None:
     """Negative control: the same tensorized 16x4 kernel at W8A8 codes (255 x -128 pairs) is wrong on
     AVX-512BW, so the full-range checks above can fail, and W8A8 must not take this path there."""

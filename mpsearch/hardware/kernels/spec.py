@@ -297,7 +297,7 @@ class KernelSpec:
         """The reduction length (input channels of a conv, K of a linear) of a ``packed`` kernel, rounded up
         to :attr:`kgroup` (two of them for :attr:`split_int4`): the padded inputs are read as code 0
         against zero weights."""
-        g = self.kgroup * (2 if self.split_int4 else 1)
+        g = self.kgroup * (2 if self._nibble_pairs else 1)
         return -(-self.w_shape[1] // g) * g
 
     @property
@@ -305,11 +305,16 @@ class KernelSpec:
         """An int4 GEMV (one row) on an AVX-512 x86 target, its weights stored as nibble pairs of two
         16x4 tiles: byte ``(t, j, i, k)`` holds lane ``16t + i``'s codes of inputs ``8j + k`` (low nibble)
         and ``8j + 4 + k`` (high), each + 8. One 64-byte load is then both tiles, split in registers
-        (``& 15``, ``>> 4``, ``- 8``) by the dot intrinsic itself (:func:`~.intrinsics.split_dot_intrinsic`):
+        (``& 15``, ``>> 4``, ``- 8``) by the dot intrinsic itself (:data:`~.intrinsics.SPLIT_DOT_INTRINSICS`):
         nothing is unpacked to memory. A GEMV reads each weight once, so its int4 kernel is bound by
         the unpack, not by the halved weight traffic, when the unpacked tiles go through a buffer (one
         thread of a Sapphire Rapids Xeon: 4096 -> 4096 W4A8 573 us, W8A8 642). Batches and token rows
         keep the buffered unpack: there each unpacked tile serves every row."""
+        return self._nibble_pairs and self.packed
+
+    @property
+    def _nibble_pairs(self) -> bool:
+        """:attr:`split_int4` but for :attr:`packed`, which depends on :attr:`k_padded`, which depends on this."""
         return (self.w_mode == "i4p" and self.op == "linear" and self.x_shape[0] == 1 and self.integer
                 and not self.bitserial and self.dot_isa in X86_DOT_ISAS and self.kgroup == KQUAD)
 
