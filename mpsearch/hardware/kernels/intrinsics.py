@@ -133,6 +133,7 @@ def _split_dot_intrinsic(isa: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
     broadcast quad: VNNI's ``vpdpbusd`` twice; AVX-512BW's ``vpmaddubsw`` twice (u8 x int4 pair sums
     are at most 2 * 255 * 8 = 4080, so neither they nor the two tiles' sum saturate int16), then one
     ``vpmaddwd`` into int32."""
+    from tvm.s_tir import SBlock, SBlockRealize
     from tvm.script import tirx as T
     from tvm.target import codegen
 
@@ -162,40 +163,25 @@ def _split_dot_intrinsic(isa: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
     def quad(A: Any, h: int) -> Any:  # the broadcast input quad of tile h
         return tirx.Broadcast(tirx.call_intrin("int32", "tirx.reinterpret", A.vload([h * KQUAD], "uint8x4")), LANES)
 
-    @T.prim_func(s_tir=True)
-    def vnni(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (2 * KQUAD,), "uint8", offset_factor=1)
-        B = T.match_buffer(b, (LANES, KQUAD), "uint8", offset_factor=1)
-        C = T.match_buffer(c, (LANES,), "int32", offset_factor=1)
-        with T.sblock("root"):
-            T.reads(C[0:LANES], A[0:2 * KQUAD], B[0:LANES, 0:KQUAD])
-            T.writes(C[0:LANES])
-            w0, w1 = tiles(B)
-            acc = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), C.vload([0], dtype="int32x16"),
-                T.reinterpret(quad(A, 0), dtype=operand), T.reinterpret(w0, dtype=operand), dtype="int32x16")
-            C[T.ramp(T.int32(0), 1, LANES)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), acc,
-                T.reinterpret(quad(A, 1), dtype=operand), T.reinterpret(w1, dtype=operand), dtype="int32x16")
+    def update(A: Any, B: Any, C: Any) -> Any:  # the lanes' new int32 values
+        w0, w1 = tiles(B)
+        acc = C.vload([0], dtype="int32x16")
+        if isa == "avx512vnni":  # vpdpbusd: the four products of each lane into int32
+            for h, w in enumerate((w0, w1)):
+                acc = tirx.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", acc,
+                                                 tirx.call_intrin(operand, "tirx.reinterpret", quad(A, h)),
+                                                 tirx.call_intrin(operand, "tirx.reinterpret", w))
+            return acc
+        pairs = [tirx.call_llvm_pure_intrin("int16x32", "llvm.x86.avx512.pmaddubs.w.512",
+                                            tirx.call_intrin("uint8x64", "tirx.reinterpret", quad(A, h)), w)
+                 for h, w in enumerate((w0, w1))]
+        return acc + tirx.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.pmaddw.d.512", pairs[0] + pairs[1],
+                                                tirx.Broadcast(tirx.const(1, "int16"), 32))
 
-    @T.prim_func(s_tir=True)
-    def avx512(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (2 * KQUAD,), "uint8", offset_factor=1)
-        B = T.match_buffer(b, (LANES, KQUAD), "uint8", offset_factor=1)
-        C = T.match_buffer(c, (LANES,), "int32", offset_factor=1)
-        with T.sblock("root"):
-            T.reads(C[0:LANES], A[0:2 * KQUAD], B[0:LANES, 0:KQUAD])
-            T.writes(C[0:LANES])
-            w0, w1 = tiles(B)
-            p0 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddubs.w.512"),
-                                         T.reinterpret(quad(A, 0), dtype="uint8x64"), w0, dtype="int16x32")
-            p1 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddubs.w.512"),
-                                         T.reinterpret(quad(A, 1), dtype="uint8x64"), w1, dtype="int16x32")
-            C[T.ramp(T.int32(0), 1, LANES)] += T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddw.d.512"), p0 + p1, T.int16x32(1),
-                dtype="int32x16")
-
-    return desc, vnni if isa == "avx512vnni" else avx512
+    root = desc.body.block
+    C, A, B = (region.source for region in root.reads)  # the description's own buffers
+    store = tirx.BufferStore(C, update(A, B, C), [tirx.Ramp(0, 1, LANES)])
+    return desc, desc.with_body(SBlockRealize([], True, SBlock([], root.reads, root.writes, root.name_hint, store)))
 
 
 def _dot4_word_desc() -> tirx.PrimFunc:
