@@ -319,24 +319,23 @@ def fuse_for_database(mod: Any, target: Any) -> Any:
         return tvm.transform.Sequential(passes)(mod)
 
 
-def fused_functions(mod: Any, target: Any) -> dict[str, tuple[str, Any, int]]:
-    """The TIR functions the Relax module ``mod`` compiles to (:func:`fuse_for_database`), keyed as
+def fused_functions(fused: Any, target: Any) -> dict[str, tuple[str, Any, int]]:
+    """The TIR functions of ``fused`` (a Relax module as :func:`fuse_for_database` leaves it), keyed as
     the database knows them: ``{hash: (name, IRModule, calls)}``."""
     out: dict[str, tuple[str, Any, int]] = {}
-    for task in ms.relax_integration.extract_tasks(fuse_for_database(mod, target), target):
+    for task in ms.relax_integration.extract_tasks(fused, target):
         func_mod = task.dispatched[0]
         out[_hash_mod(func_mod)] = (str(task.task_name), func_mod, int(task.weight))
     return out
 
 
-def reshape_views(mod: Any, target: Any) -> set[str]:
-    """Names of the fused functions of ``mod`` (:func:`fuse_for_database`) that only reshape: the build's
-    ``RewriteDataflowReshape`` turns their calls into views of their input, so they never run (a
-    transformer's head split and merge: MiniLM's 30 at 128 tokens, timed alone, came to 0.2 ms a
-    model call, a cost the compiled model never pays)."""
+def reshape_views(fused: Any) -> set[str]:
+    """Names of the functions of ``fused`` (as :func:`fuse_for_database` leaves a module) that only
+    reshape: the build's ``RewriteDataflowReshape`` turns their calls into views of their input, so they
+    never run (a transformer's head split and merge: MiniLM's 30 at 128 tokens, timed alone, came to
+    0.2 ms a model call, a cost the compiled model never pays)."""
     from tvm import relax
 
-    fused = fuse_for_database(mod, target)
     kept = relax.transform.DeadCodeElimination()(relax.transform.RewriteDataflowReshape()(fused))
 
     def prim_funcs(m: Any) -> set[str]:
@@ -763,8 +762,9 @@ class TVMBackend(Backend):
         key = _hash_mod(lowered.mod)
         if key not in self._model_ops:
             layers = {_hash_mod(self._kernel_mod(spec)) for spec in lowered.kernels.values()}
-            views = reshape_views(lowered.mod, self.target)
-            self._model_ops[key] = {h: op for h, op in fused_functions(lowered.mod, self.target).items()
+            fused = fuse_for_database(lowered.mod, self.target)
+            views = reshape_views(fused)
+            self._model_ops[key] = {h: op for h, op in fused_functions(fused, self.target).items()
                                     if h not in layers and op[0] not in views}
         return self._model_ops[key]
 

@@ -315,8 +315,8 @@ class KernelSpec:
     @property
     def _nibble_pairs(self) -> bool:
         """:attr:`split_int4` but for :attr:`packed`, which depends on :attr:`k_padded`, which depends on this."""
-        return (self.w_mode == "i4p" and self.op == "linear" and self.x_shape[0] == 1 and self.integer
-                and not self.bitserial and self.dot_isa in X86_DOT_ISAS and self.kgroup == KQUAD)
+        return (self.w_mode == "i4p" and self.op == "linear" and self.x_shape[0] == 1
+                and self.dot_isa in X86_DOT_ISAS and self.kgroup == KQUAD)  # x86 KQUAD: integer kernels only
 
     @property
     def weight_padding_bytes(self) -> int:
