@@ -32,9 +32,11 @@ SHAPES = [
     ("conv 256x8x8, 3x3 -> 256", "conv2d", (1, 256, 8, 8), (256, 256, 3, 3), (1, 1), (1, 1)),
     ("conv 16x28x28, 3x3 -> 16 (ResNet-20 stage 1)", "conv2d", (1, 16, 28, 28), (16, 16, 3, 3), (1, 1), (1, 1)),
 ]
-#: (label, w_mode, a_mode, a_bits); unsigned (post-ReLU) activations with a 4-bit operand take the 16x4 dot
+#: (label, w_mode, a_mode, a_bits); unsigned (post-ReLU) activations with a 4-bit operand take the 16x4 dot;
+#: 2-bit weights ("i2p") are stored four a byte where the kernel takes the split layout (x86 GEMVs), else as
+#: int4 codes, as the lowering does (mpsearch.hardware.lowering.kernel_spec)
 PRECISIONS = [("FP32", "f32", "f32", 8), ("W8A8", "i8", "s8", 8), ("W4A8", "i4p", "s8", 8),
-              ("W4A8 u8", "i4p", "u8", 8), ("W8A4 u8", "i8", "u8", 4),
+              ("W4A8 u8", "i4p", "u8", 8), ("W2A8 u8", "i2p", "u8", 8), ("W8A4 u8", "i8", "u8", 4),
               ("W8 weight-only", "i8", "f32", 8), ("W4 weight-only", "i4p", "f32", 8)]
 
 
@@ -56,11 +58,14 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
     results: list[dict] = []
     for label, op, x_shape, w_shape, stride, padding in shapes:
         for prec, w_mode, a_mode, a_bits in PRECISIONS:
-            spec = KernelSpec(op, x_shape, w_shape, w_mode, a_mode, stride, padding, a_bits=a_bits,
-                              dot_isa=backend.dot_isa)
+            spec = KernelSpec(op, x_shape, w_shape, "i4p" if w_mode == "i2p" else w_mode, a_mode, stride, padding,
+                              a_bits=a_bits, dot_isa=backend.dot_isa)
+            if w_mode == "i2p" and spec.split_codes:
+                spec = replace(spec, w_mode="i2p")
             dot = f"16x{spec.kgroup}" if spec.packed else "plain"
             rec = backend.kernel_cost(spec, f"bench_{op}_{prec.replace(' ', '')}_{'x'.join(map(str, w_shape))}")
-            results.append({"shape": label, "precision": prec, "dot": dot, "split_int4": spec.split_int4,
+            results.append({"shape": label, "precision": prec, "dot": dot, "w_mode": spec.w_mode,
+                            "split_codes": spec.split_codes,
                             "latency_us": rec["latency_s"] * 1e6, "std_us": rec["std_s"] * 1e6})
     rows = []
     for label, *_ in shapes:
@@ -75,8 +80,9 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
         markdown_table(["shape"] + [p for p, *_ in PRECISIONS], rows), "",
         "Integer dot layout where the shape tiles (16 output channels, channel pairs or quads): "
         + ", ".join(f"{p} {d}" for p, d in dots.items()) + f" (target ISA: {backend.dot_isa or 'none'})."
-        + (" " + ", ".join(sorted({r["precision"] for r in results if r["split_int4"]}))
-           + " on the one-row linear shapes (int4 GEMVs): nibble pairs of two 16x4 tiles, split in registers"
-           " by the dot itself (KernelSpec.split_int4)." if any(r["split_int4"] for r in results) else ""), ""])
+        + (" " + ", ".join(sorted({r["precision"] for r in results if r["split_codes"]}))
+           + " on the one-row linear shapes (GEMVs): two int4 or four int2 16x4 tiles in the bit fields of one"
+           " byte tile, split in registers by the dot itself (KernelSpec.split_codes); W2A8 elsewhere runs"
+           " the int4 kernel on 2-bit codes." if any(r["split_codes"] for r in results) else ""), ""])
     data = {"trials": trials, "device": backend.describe(), "results": results}
     return BenchmarkResult(NAME, TITLE, data, text)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,7 @@ from mpsearch.hardware.fast_math import fast_math
 from mpsearch.hardware.kernels import KernelSpec, make_kernel, pack_weight
 from mpsearch.hardware.kernels.spec import clamp_op
 from mpsearch.hardware.kernels.bitserial import route as bitserial_route
-from mpsearch.hardware.memory import weight_mode
+from mpsearch.hardware.memory import CRUMB_MAX_BITS, weight_mode
 from mpsearch.quant.fake import ActQuant, QuantLayer, act_quantizers, corrected_bias, quantize_weight
 from mpsearch.quant.prepare import PreparedModel, module_path
 
@@ -66,8 +66,11 @@ def kernel_spec(
         ("z8" if act.asymmetric else "s8" if act.signed else "u8")
     a_bits = act.bits if act is not None and not act.half else 8
     if isinstance(module, nn.Linear):
-        return KernelSpec("linear", x_shape, tuple(module.weight.shape), weight_mode(w_bits), a_mode,
+        spec = KernelSpec("linear", x_shape, tuple(module.weight.shape), weight_mode(w_bits), a_mode,
                           epilogue=epilogue, a_bits=a_bits, dot_isa=dot_isa)
+        # 2-bit codes four a byte where the layer's int4 would take the split layout (an x86 GEMV);
+        # elsewhere they stay int4 codes two a byte
+        return replace(spec, w_mode="i2p") if w_bits <= CRUMB_MAX_BITS and spec.split_codes else spec
     if module.padding_mode != "zeros" or isinstance(module.padding, str):
         raise LoweringError(f"conv padding {module.padding!r}/{module.padding_mode} is not supported; "
                             "use integer zero padding")

@@ -7,6 +7,8 @@ import math
 from mpsearch.candidate import FLOAT_BITS, HALF_BITS, is_integer_bits
 
 PACKED_MAX_BITS = 4  # weights of <= 4 bits are packed two per byte
+# ... and four per byte where their kernel takes the split layout (KernelSpec.split_codes: x86 GEMVs)
+CRUMB_MAX_BITS = 2
 BITSERIAL_MAX_BITS = 2  # weights and activations of <= 2 bits may run bit-serial (profile flag)
 BITSERIAL_WORDS = (64, 32, 16, 8)  # bit-plane word widths, widest first
 

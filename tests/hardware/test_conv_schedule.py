@@ -147,11 +147,14 @@ def _linear_cases(isa: str) -> list[KernelSpec]:
         KernelSpec("linear", (6, 64), (16, 64), "i8", "z8", epilogue=("silu",), dot_isa=isa),  # zero point
         KernelSpec("linear", (1, 96), (32, 96), "i8", "u8", dot_isa=isa),  # one row (a GEMV)
         KernelSpec("linear", (1, 100), (48, 100), "i4p", "u8", epilogue=("add",), dot_isa=isa),  # an int4
-        # GEMV: nibble pairs split in the dot on AVX-512 (split_int4), 100 inputs padded to 104
+        # GEMV: nibble pairs split in the dot on AVX-512 (split_codes 2), 100 inputs padded to 104
+        KernelSpec("linear", (1, 100), (48, 100), "i2p" if isa in X86_DOT_ISAS else "i4p", "u8",
+                   epilogue=("relu",), dot_isa=isa),  # an int2 GEMV: four 2-bit fields a byte on AVX-512
+        # (split_codes 4), padded to 112; int4 codes elsewhere
     ]
 
 
-@pytest.mark.parametrize("case", range(6))
+@pytest.mark.parametrize("case", range(7))
 def test_every_linear_tile_is_exact_and_runs_the_int8_dot(case):
     """The int8 linear recipe (a tile of rows x 16 lanes -- or a few 16-lane blocks -- of int32
     accumulators in registers across the whole reduction) at every row tile it offers is the kernel's
@@ -432,25 +435,29 @@ def test_unpack_intrinsic_unpacks_every_code_with_vector_byte_ops(group):
     assert "vpinsrb" not in asm and "vpextrb" not in asm and "movzbl" not in asm
 
 
-def test_an_int4_gemv_splits_its_nibble_pairs_in_the_dot_under_the_parallel_block_loop():
-    """An int4 GEMV (one row) on AVX-512 x86 is blocked as nibble pairs of two tiles
-    (KernelSpec.split_int4): its dot intrinsic splits them in registers, so there is no unpack stage
-    at all (the buffered unpack it replaces bounded the kernel: 4096 -> 4096, two threads of a Sapphire
-    Rapids Xeon, 16 trials, 174 us against 303 before, W8A8 312), and the channel blocks are the
-    parallel loop. Every block choice stays exact (one row: one tile)."""
+@pytest.mark.parametrize("w_mode", ["i4p", "i2p"])
+def test_a_low_bit_gemv_splits_its_codes_in_the_dot_under_the_parallel_block_loop(w_mode):
+    """An int4 (int2) GEMV (one row) on AVX-512 x86 is blocked as two (four) tiles in the bit fields of
+    one byte tile (KernelSpec.split_codes): its dot intrinsic splits them in registers, so there is no
+    unpack stage at all (the buffered unpack it replaces bounded the kernel: 4096 -> 4096, two threads
+    of a Sapphire Rapids Xeon, 16 trials, 174 us against 303 before, W8A8 312), and the channel blocks
+    are the parallel loop. Every block choice stays exact (one row: one tile)."""
     isa = _host_isa()
     if isa not in X86_DOT_ISAS:
-        pytest.skip(f"int4 GEMVs take the blocked dot on AVX-512 x86 only (this host: {isa})")
+        pytest.skip(f"low-bit GEMVs take the blocked dot on AVX-512 x86 only (this host: {isa})")
     register_intrinsics()
-    spec = KernelSpec("linear", (1, 96), (64, 96), "i4p", "u8", epilogue=("relu",), dot_isa=isa)
-    assert spec.packed and spec.split_int4 and not dataclasses.replace(spec, dot_isa="sdot").packed
-    assert not dataclasses.replace(spec, dot_isa="").packed  # AVX2-only x86: the plain layout, not measured
-    assert dataclasses.replace(spec, x_shape=(2, 96), dot_isa="sdot").packed  # rows share the unpack
+    spec = KernelSpec("linear", (1, 96), (64, 96), w_mode, "u8", epilogue=("relu",), dot_isa=isa)
+    codes = {"i4p": 2, "i2p": 4}[w_mode]
+    assert spec.packed and spec.split_codes == codes and spec.k_padded == 96  # whole groups of 4 x codes
+    if w_mode == "i4p":
+        assert not dataclasses.replace(spec, dot_isa="sdot").packed
+        assert not dataclasses.replace(spec, dot_isa="").packed  # AVX2-only x86: the plain layout, not measured
+        assert dataclasses.replace(spec, x_shape=(2, 96), dot_isa="sdot").packed  # rows share the unpack
     mod = _mod(spec)
     arrays = _args(spec, np.random.default_rng(12))
     want = _run(tvm.compile(mod, target=_host()).jit(), arrays)
     intrinsic = _intrinsic(s_tir.Schedule(mod), isa)
-    assert intrinsic == SPLIT_DOT_INTRINSICS[isa]
+    assert intrinsic == SPLIT_DOT_INTRINSICS[isa, codes]
     for blocks in channel_blocks(spec.o_tiles):
         sch = s_tir.Schedule(mod)
         schedule_conv(sch, intrinsic, blocks=blocks, parallel=True)

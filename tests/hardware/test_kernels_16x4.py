@@ -102,8 +102,15 @@ def test_16x4_layout_only_where_the_target_runs_it_exactly() -> None:
     # the loop where the blocked one was not measured (aarch64, AVX2-only x86)
     assert with_(lin, dot_isa="avx512bw").packed and with_(lin, dot_isa="avx512bw", w_mode="i8", a_bits=4).packed
     assert not with_(lin, dot_isa="sdot").packed and not with_(lin, dot_isa="").packed
-    # ... as nibble pairs of two tiles (split_int4): a GEMV only, its reduction padded to 8
+    # ... as nibble pairs of two tiles (split_codes 2): a GEMV only, its reduction padded to 8; 2-bit
+    # codes in four fields (split_codes 4), padded to 16, and nowhere else
     assert with_(lin, dot_isa="avx512bw").split_int4 and with_(lin, dot_isa="avx512vnni").split_int4
+    assert with_(lin, dot_isa="avx512vnni", w_mode="i2p").split_codes == 4
+    assert with_(lin, dot_isa="avx512bw", w_shape=(32, 60), x_shape=(1, 60), w_mode="i2p").k_padded == 64
+    assert with_(lin, dot_isa="avx512bw", w_shape=(32, 20), x_shape=(1, 20), w_mode="i2p").k_padded == 32
+    for where in ({"x_shape": (2, 64)}, {"dot_isa": "sdot"}, {"a_mode": "f32"}):
+        with pytest.raises(ValueError, match="i2p weights"):
+            with_(lin, w_mode="i2p", **{"dot_isa": "avx512vnni", **where})
     assert with_(lin, dot_isa="avx512vnni").stored_weight_shape() == (2, 8, 16, 4)
     assert with_(lin, dot_isa="avx512bw", w_shape=(32, 60), x_shape=(1, 60)).k_padded == 64
     assert not with_(lin, dot_isa="avx512vnni", x_shape=(2, 64)).split_int4  # rows share the buffered unpack
@@ -149,36 +156,48 @@ def test_16x4_vpmaddubsw_is_exact_at_the_full_code_range(op, pair) -> None:
     assert exact and amax > 2**12  # a real accumulation over the quads, at the range's ends
 
 
+#: (w_mode, weight codes over their whole field) of the split GEMV layouts
+SPLIT_CODES = [("i4p", (-8, 7, -7, 0, 1)), ("i2p", (-2, 1, -1, 0))]
+
+
 @pytest.mark.parametrize("isa", ["avx512bw", "avx512vnni"])
-def test_split_int4_gemv_is_exact_at_the_full_code_range(isa) -> None:
-    """An int4 GEMV's nibble-pair tiles, split in registers by the dot intrinsic, give the exact integer
-    dot at codes -8..7 against activation codes 0 and 255 (an odd K of 60: padded to 64 with code 0
-    against zero weights), untuned and tensorized; the packing is the plain int4 codes' (round trip)."""
-    spec = KernelSpec("linear", (1, 60), (40, 60), "i4p", "u8", a_bits=8, dot_isa=isa)
-    assert spec.split_int4 and spec.packed and spec.k_padded == 64
-    codes = np.random.default_rng(2).choice(np.array(FULL_RANGE[0][3], np.int8), spec.w_shape)
+@pytest.mark.parametrize("w_mode,values", SPLIT_CODES, ids=[m for m, _ in SPLIT_CODES])
+def test_split_gemv_is_exact_at_the_full_code_range(isa, w_mode, values) -> None:
+    """An int4 (int2) GEMV's tiles in the two (four) bit fields of one byte tile, split in registers by
+    the dot intrinsic, give the exact integer dot at every code against activation codes 0 and 255 (an
+    odd K of 60: padded to 64 with code 0 against zero weights), untuned and tensorized; the packing
+    holds the logical codes (round trip)."""
+    spec = KernelSpec("linear", (1, 60), (40, 60), w_mode, "u8", a_bits=8, dot_isa=isa)
+    c = {"i4p": 2, "i2p": 4}[w_mode]
+    bits = 8 // c
+    assert spec.split_codes == c and spec.packed and spec.k_padded == 64
+    assert spec.stored_weight_shape() == (3, 64 // (4 * c), 16, 4)  # 16 lanes x 4 bytes, c tiles each
+    codes = np.random.default_rng(2).choice(np.array(values, np.int8), spec.w_shape)
     packed = pack_weight(spec, codes)
     assert packed.shape == spec.stored_weight_shape() and packed.dtype == np.uint8
-    tiles = np.stack([(packed & 15).astype(np.int16) - 8, (packed >> 4).astype(np.int16) - 8], axis=2)
+    tiles = np.stack([((packed >> (bits * h)) & ((1 << bits) - 1)).astype(np.int16) - (1 << (bits - 1))
+                      for h in range(c)], axis=2)
     logical = tiles.reshape(3, 16, 16, 4).transpose(0, 2, 1, 3).reshape(48, 64)  # (O, K) padded
     assert np.array_equal(logical[:40, :60], codes) and not logical[40:].any() and not logical[:, 60:].any()
     untuned = tvm.compile(tvm.IRModule({"main": make_kernel(spec).with_attr("global_symbol", "main")}),
                           target="llvm")
     assert _run_exact(untuned, spec, codes, 255)[0]
     target = CASCADELAKE if isa == "avx512vnni" else SKYLAKE
-    lib = tvm.compile(tensorized(spec, SPLIT_DOT_INTRINSICS[isa]), target=target)
+    lib = tvm.compile(tensorized(spec, SPLIT_DOT_INTRINSICS[isa, c]), target=target)
     assert ("vpdpbusd" if isa == "avx512vnni" else "vpmaddubsw") in lib.mod.inspect_source("asm")
     if not _host_has(isa):
         pytest.skip(f"host CPU has no {isa}: the tensorized kernel compiled but cannot run")
     exact, amax = _run_exact(lib, spec, codes, 255)
-    assert exact and amax > 2**12
+    assert exact and amax > 2**10
 
 
-def test_split_int4_gemvs_of_a_lowered_model_match_simulation_signed_inputs_too() -> None:
-    """A one-row model's int4 linear layers take nibble pairs on x86 (KernelSpec.split_int4), a
-    LayerNorm's signed codes shifted into u8 on VNNI (``a_offset``, the accumulator taking
-    ``128 * rowsum(w)`` back off), a ReLU's unsigned ones as they are; a 3-output head keeps the plain
-    layout. The lowered model (its kernels' own loops, on any CPU) equals the fake-quant simulation."""
+@pytest.mark.parametrize("w_bits", [4, 2])
+def test_split_gemvs_of_a_lowered_model_match_simulation_signed_inputs_too(w_bits) -> None:
+    """A one-row model's int4 (int2) linear layers take the split layout on x86
+    (KernelSpec.split_codes: two nibbles, four 2-bit fields a byte), a LayerNorm's signed codes shifted
+    into u8 on VNNI (``a_offset``, the accumulator taking ``128 * rowsum(w)`` back off), a ReLU's
+    unsigned ones as they are; a 3-output head keeps the plain layout (2-bit weights: int4 codes). The
+    lowered model (its kernels' own loops, on any CPU) equals the fake-quant simulation."""
     from tests.hardware.test_lowering_transformer import _prepared
     from mpsearch.testing import synthetic_split
 
@@ -186,11 +205,13 @@ def test_split_int4_gemvs_of_a_lowered_model_match_simulation_signed_inputs_too(
                                 torch.nn.Linear(64, 48), torch.nn.ReLU(), torch.nn.Linear(48, 40),
                                 torch.nn.ReLU(), torch.nn.Linear(40, 3))
     prepared, ranges = _prepared(model, seed=3)
-    cand = Candidate.uniform(prepared.layer_names, 4, 8)
+    cand = Candidate.uniform(prepared.layer_names, w_bits, 8)
     lowered = lower(prepared, cand, ranges, batch=1, dot_isa="avx512vnni")
-    split = {n: s for n, s in lowered.kernels.items() if s.split_int4}
+    split = {n: s for n, s in lowered.kernels.items() if s.split_codes}
     assert {s.a_offset for s in split.values()} == {-128, 0} and len(split) == 3
-    assert not any(s.packed for n, s in lowered.kernels.items() if n not in split)  # the 3-class head
+    assert {s.w_mode for s in split.values()} == {"i4p" if w_bits == 4 else "i2p"}
+    assert [s.w_mode for n, s in lowered.kernels.items() if n not in split] == ["i4p"]  # the 3-class head
+    assert not any(s.packed for n, s in lowered.kernels.items() if n not in split)
     assert_runs_as_simulated(lowered, prepared, cand, ranges, synthetic_split("test", 1).tensors[0])
 
 

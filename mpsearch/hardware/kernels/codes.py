@@ -1,6 +1,6 @@
 """Activation codes: the one quantizer every integer kernel applies to its input, and a producer's
-epilogue to its output for an integer consumer; int4 weight codes out of a nibble (imports TVM: load
-lazily)."""
+epilogue to its output for an integer consumer; int4 / int2 weight codes out of a byte's bit field
+(imports TVM: load lazily)."""
 
 from __future__ import annotations
 
@@ -20,11 +20,13 @@ def quantize(x: tirx.PrimExpr, qp: te.Tensor, dtype: str, offset: int = 0, codes
     return (v - float(offset) if offset else v).astype(dtype)
 
 
-def nibble_code(byte: tirx.PrimExpr, half: tirx.PrimExpr) -> tirx.PrimExpr:
-    """The signed int4 code (int8) in nibble ``half`` (0: low, 1: high) of a uint8 ``byte`` that stores
-    codes + 8. One expression for the kernels' compute and the dot intrinsic's description, which
-    tensorize matches structurally."""
-    return (tirx.bitwise_and(tirx.shift_right(byte.astype("int32"), half * 4), 15) - 8).astype("int8")
+def field_code(byte: tirx.PrimExpr, field: tirx.PrimExpr, bits: int) -> tirx.PrimExpr:
+    """The signed ``bits``-bit code (int8) in bit field ``field`` (0: the lowest ``bits`` bits) of a uint8
+    ``byte`` that stores codes + ``2**(bits - 1)``: int4 nibbles (``bits`` 4) or 2-bit fields (2). One
+    expression for the kernels' compute and the dot intrinsic's description, which tensorize matches
+    structurally."""
+    fields = tirx.bitwise_and(tirx.shift_right(byte.astype("int32"), field * bits), (1 << bits) - 1)
+    return (fields - (1 << (bits - 1))).astype("int8")
 
 
-__all__ = ["nibble_code", "quantize"]
+__all__ = ["field_code", "quantize"]

@@ -12,10 +12,11 @@ from collections.abc import Callable
 
 from tvm import te, tirx, topi
 
-from mpsearch.hardware.kernels.codes import nibble_code, quantize
+from mpsearch.hardware.kernels.codes import field_code, quantize
 from mpsearch.hardware.kernels.epilogue import epilogue
 from mpsearch.hardware.kernels.spec import (
     ARM_DOT_ISAS,
+    INT_WEIGHT_MODES,
     KGROUP,
     KOCT,
     KQUAD,
@@ -30,7 +31,7 @@ def zero_point_input(spec: KernelSpec, x: te.Tensor, qp: te.Tensor) -> tuple[te.
     uint8 codes, a conv's padding filled here with the code of 0.0 (the zero point ``qp[4]``, not code 0),
     so that the accumulator offset ``-z·rowsum(w)`` (:attr:`KernelSpec.acc_offset`) holds at the borders too. Against float weights: dequantized,
     ``(q - z) · scale``, whose zero padding is then exact."""
-    if spec.w_mode not in ("i8", "i4p"):
+    if spec.w_mode not in INT_WEIGHT_MODES:
         xq = te.compute(x.shape, lambda *i: quantize(x(*i), qp, "uint8", codes=spec.codes_in), name="quantize")
         return te.compute(xq.shape, lambda *i: (xq(*i).astype("float32") - qp[4]) * qp[3],
                           name="dequantize_x"), spec.pads
@@ -146,7 +147,7 @@ def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> t
     # code of before, so their tuning records stay valid.)
     own = {"schedule_rule": UNPACK_RULE} if spec.dot_isa in ARM_DOT_ISAS else None
     g = spec.kgroup  # g == 2 builds exactly the 16x2 dot's code of before: its tuning records stay valid
-    if spec.w_mode == "i4p" and not spec.split_int4:  # unpacked next to the dot (MetaSchedule: per tile)
+    if spec.w_mode == "i4p" and not spec.split_codes:  # unpacked next to the dot (MetaSchedule: per tile)
         packed = w
 
         def unpack(*i: tirx.Var) -> tirx.PrimExpr:
@@ -168,15 +169,17 @@ def packed_dot(spec: KernelSpec, x: te.Tensor, w: te.Tensor, qp: te.Tensor) -> t
             v = quantize(x[b, kk], qp, dtype, off, spec.codes_in)
             return v if kp == k else tirx.if_then_else(kk < k, v, tirx.const(0, dtype))
 
-        if spec.split_int4:  # each byte tile two tiles of codes: 8 inputs per step, their halves' nibbles
-            xq = te.compute((n, kp // (2 * g), 2 * g), lambda b, k2, ki: code(b, k2 * 2 * g + ki), name="quantize")
-            k2 = te.reduce_axis((0, kp // (2 * g)), name="k2")
-            half = te.reduce_axis((0, 2), name="half")
+        if spec.split_codes:  # each byte tile c tiles of codes: c x 4 inputs per step, one bit field each
+            c, bits = spec.split_codes, 8 // spec.split_codes
+            xq = te.compute((n, kp // (c * g), c * g), lambda b, k2, ki: code(b, k2 * c * g + ki), name="quantize")
+            k2 = te.reduce_axis((0, kp // (c * g)), name="k2")
+            half = te.reduce_axis((0, c), name="half")
             ki = te.reduce_axis((0, g), name="ki")
             acc = te.compute(
                 (n, tiles, LANES),
                 lambda b, oc, oi: te.sum(xq[b, k2, half * g + ki].astype("int32")
-                                         * nibble_code(w[oc, k2, oi, ki], half).astype("int32"), axis=[k2, half, ki]),
+                                         * field_code(w[oc, k2, oi, ki], half, bits).astype("int32"),
+                                         axis=[k2, half, ki]),
                 name="dot")
             return acc, lambda b, o: acc[b, tirx.floordiv(o, LANES), tirx.floormod(o, LANES)]
         k2 = te.reduce_axis((0, kp // g), name="k2")

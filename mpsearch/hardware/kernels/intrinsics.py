@@ -7,7 +7,7 @@ from typing import Any
 
 from tvm import tirx
 
-from mpsearch.hardware.kernels.codes import nibble_code
+from mpsearch.hardware.kernels.codes import field_code
 from mpsearch.hardware.kernels.spec import CUDA_DOT_ISAS, KGROUP, KOCT, KQUAD, LANES, UNPACK_RULE
 
 # -- the int8 dot product as a tensor intrinsic ---------------------------------------------------
@@ -27,9 +27,11 @@ DOT4_INTRINSICS = {"avx512bw": "mpsearch_dot_16x4_u8s8_avx512", "avx512vnni": "m
 # The same dots reading their four codes as one uint32 word (KernelSpec.word_input: the blocked convs'
 # input, quantized a row of words at a time), its byte k the code of channel 4c + k.
 DOT4_WORD_INTRINSICS = {"avx512bw": "mpsearch_dot_16x4w_u8s8_avx512", "avx512vnni": "mpsearch_dot_16x4w_u8s8_vnni"}
-# An x86 int4 GEMV's dot (KernelSpec.split_int4): 16 lanes x 8 reduction elements, one 64-byte load of
-# nibble pairs split in registers into the two 16x4 tiles of int8 codes, then the 16x4 dot on each.
-SPLIT_DOT_INTRINSICS = {"avx512bw": "mpsearch_dot_16x8n_u8i4_avx512", "avx512vnni": "mpsearch_dot_16x8n_u8i4_vnni"}
+# An x86 int4 / int2 GEMV's dot (KernelSpec.split_codes c = 2 / 4), keyed (dot_isa, c): 16 lanes x 4c
+# reduction elements, one 64-byte load of c bit fields split in registers into c 16x4 tiles of int8 codes,
+# then the 16x4 dot on each.
+SPLIT_DOT_INTRINSICS = {("avx512bw", 2): "mpsearch_dot_16x8n_u8i4_avx512", ("avx512vnni", 2): "mpsearch_dot_16x8n_u8i4_vnni",
+                        ("avx512bw", 4): "mpsearch_dot_16x16c_u8i2_avx512", ("avx512vnni", 4): "mpsearch_dot_16x16c_u8i2_vnni"}
 # aarch64 (KernelSpec._arm_kgroup says which kernels take which): the 16x4 dot as four 4-lane
 # ``sdot``s / ``usdot``s over the same [16, 4] tiles as x86, and i8mm's 2x16x8 tile as eight 2x2
 # ``smmla``s / ``usmmla``s. "u7" is the sdot on uint8 codes <= 127 (a_bits <= 7), read as int8 bytes;
@@ -126,56 +128,60 @@ def _dot4_intrinsic(isa: str, word: bool = False) -> tuple[tirx.PrimFunc, tirx.P
     return _dot4_word_desc() if word else _dot_desc(KQUAD, "uint8"), vnni if isa == "avx512vnni" else avx512
 
 
-def _split_dot_intrinsic(isa: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
-    """The 16x4 dot of ``isa`` on nibble pairs (:data:`SPLIT_DOT_INTRINSICS`): ``C[i] += sum_h sum_k
-    A[4h + k] * code(B[i, k], nibble h)``. One load of the 64 packed bytes, ``& 15`` and ``>> 4`` give
-    the two tiles' codes + 8, ``- 8`` the int8 codes, and each tile goes through the dot with its own
-    broadcast quad: VNNI's ``vpdpbusd`` twice; AVX-512BW's ``vpmaddubsw`` twice (u8 x int4 pair sums
-    are at most 2 * 255 * 8 = 4080, so neither they nor the two tiles' sum saturate int16), then one
-    ``vpmaddwd`` into int32."""
+def _split_dot_intrinsic(isa: str, codes: int) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+    """The 16x4 dot of ``isa`` on ``codes`` tiles in the bit fields of one byte tile
+    (:data:`SPLIT_DOT_INTRINSICS`): ``C[i] += sum_h sum_k A[4h + k] * code(B[i, k], field h)``. One load of
+    the 64 packed bytes; shifts and ``&`` give each tile's codes + ``2**(bits - 1)``, ``-`` the int8 codes,
+    and each tile goes through the dot with its own broadcast quad: VNNI's ``vpdpbusd`` ``codes`` times;
+    AVX-512BW's ``vpmaddubsw`` ``codes`` times (u8 x int4 pair sums are at most 2 * 255 * 8 = 4080, four
+    tiles' u8 x int2 ones 4 * 2 * 255 * 2 = 4080, so neither they nor their sum saturate int16), then one
+    ``vpmaddwd`` into int32. (Taking the offset off once per row with the sum of the row's input codes
+    instead, and extracting the 2-bit fields with GFNI's ``vgf2p8affineqb``, measured no faster on a
+    Zen 4: the dots themselves bound these kernels there.)"""
     from tvm.s_tir import SBlock, SBlockRealize
     from tvm.script import tirx as T
     from tvm.target import codegen
 
     operand = "int8x64" if codegen.llvm_version_major() >= 21 else "int32x16"  # see _dot4_intrinsic
-    n = LANES * KQUAD
+    n, bits = LANES * KQUAD, 8 // codes
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (2 * KQUAD,), "uint8", offset_factor=1)
+        A = T.match_buffer(a, (codes * KQUAD,), "uint8", offset_factor=1)
         B = T.match_buffer(b, (LANES, KQUAD), "uint8", offset_factor=1)
         C = T.match_buffer(c, (LANES,), "int32", offset_factor=1)
         with T.sblock("root"):
-            T.reads(C[0:LANES], A[0:2 * KQUAD], B[0:LANES, 0:KQUAD])
+            T.reads(C[0:LANES], A[0:codes * KQUAD], B[0:LANES, 0:KQUAD])
             T.writes(C[0:LANES])
-            for i, h, j in T.grid(LANES, 2, KQUAD):
+            for i, h, j in T.grid(LANES, codes, KQUAD):
                 with T.sblock("update"):
                     vi, vh, vj = T.axis.remap("SRR", [i, h, j])
-                    C[vi] = C[vi] + T.Cast("int32", A[vh * KQUAD + vj]) * T.Cast("int32", nibble_code(B[vi, vj], vh))
+                    C[vi] = C[vi] + T.Cast("int32", A[vh * KQUAD + vj]) * T.Cast("int32", field_code(B[vi, vj], vh, bits))
 
-    def tiles(B: Any) -> tuple[Any, Any]:  # the two tiles' int8 codes
+    def tiles(B: Any) -> list[Any]:  # the tiles' int8 codes
         v = B.vload([0, 0], dtype=f"uint8x{n}")
-        lo = tirx.bitwise_and(v, tirx.Broadcast(tirx.const(15, "uint8"), n))
-        hi = tirx.shift_right(v, tirx.Broadcast(tirx.const(4, "uint8"), n))
-        eight = tirx.Broadcast(tirx.const(8, "int8"), n)
-        return tuple(tirx.call_intrin(f"int8x{n}", "tirx.reinterpret", t) - eight for t in (lo, hi))
+        mask = tirx.Broadcast(tirx.const((1 << bits) - 1, "uint8"), n)
+        offset = tirx.Broadcast(tirx.const(1 << (bits - 1), "int8"), n)
+        fields = [tirx.bitwise_and(v, mask)]
+        fields += [tirx.shift_right(v, tirx.Broadcast(tirx.const(bits * h, "uint8"), n)) for h in range(1, codes)]
+        fields[1:-1] = [tirx.bitwise_and(f, mask) for f in fields[1:-1]]  # the top field needs no mask
+        return [tirx.call_intrin(f"int8x{n}", "tirx.reinterpret", f) - offset for f in fields]
 
     def quad(A: Any, h: int) -> Any:  # the broadcast input quad of tile h
         return tirx.Broadcast(tirx.call_intrin("int32", "tirx.reinterpret", A.vload([h * KQUAD], "uint8x4")), LANES)
 
     def update(A: Any, B: Any, C: Any) -> Any:  # the lanes' new int32 values
-        w0, w1 = tiles(B)
         acc = C.vload([0], dtype="int32x16")
         if isa == "avx512vnni":  # vpdpbusd: the four products of each lane into int32
-            for h, w in enumerate((w0, w1)):
+            for h, w in enumerate(tiles(B)):
                 acc = tirx.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", acc,
                                                  tirx.call_intrin(operand, "tirx.reinterpret", quad(A, h)),
                                                  tirx.call_intrin(operand, "tirx.reinterpret", w))
             return acc
         pairs = [tirx.call_llvm_pure_intrin("int16x32", "llvm.x86.avx512.pmaddubs.w.512",
                                             tirx.call_intrin("uint8x64", "tirx.reinterpret", quad(A, h)), w)
-                 for h, w in enumerate((w0, w1))]
-        return acc + tirx.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.pmaddw.d.512", pairs[0] + pairs[1],
+                 for h, w in enumerate(tiles(B))]
+        return acc + tirx.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.pmaddw.d.512", sum(pairs[1:], pairs[0]),
                                                 tirx.Broadcast(tirx.const(1, "int16"), 32))
 
     root = desc.body.block
@@ -407,9 +413,9 @@ def register_intrinsics() -> None:
     for isa, name in DOT4_WORD_INTRINSICS.items():
         if TensorIntrin.get(name, allow_missing=True) is None:
             TensorIntrin.register(name, *_dot4_intrinsic(isa, word=True))
-    for isa, name in SPLIT_DOT_INTRINSICS.items():
+    for (isa, codes), name in SPLIT_DOT_INTRINSICS.items():
         if TensorIntrin.get(name, allow_missing=True) is None:
-            TensorIntrin.register(name, *_split_dot_intrinsic(isa))
+            TensorIntrin.register(name, *_split_dot_intrinsic(isa, codes))
     for group in (KGROUP, KQUAD, KOCT):
         if TensorIntrin.get(unpack_intrinsic(group), allow_missing=True) is None:
             TensorIntrin.register(unpack_intrinsic(group), *_unpack_intrinsic(group))

@@ -1,5 +1,6 @@
 """Weight arrays in the layouts the kernels take: int4 two per byte, int8 blocked into dot tiles (an
-x86 int4 GEMV's two tiles in one: :attr:`KernelSpec.split_int4`), 2-bit bit-planes (numpy only)."""
+x86 int4 / int2 GEMV's two / four tiles in one: :attr:`KernelSpec.split_codes`), 2-bit bit-planes
+(numpy only)."""
 
 from __future__ import annotations
 
@@ -49,9 +50,12 @@ def pack_weight(spec: KernelSpec, codes: np.ndarray) -> np.ndarray:
     else:
         _, _, kh, kw = spec.w_shape
         tiles = codes.reshape(o // LANES, LANES, k // g, g, kh, kw).transpose(0, 2, 4, 5, 1, 3)
-    if spec.split_int4:  # tiles 2j (low nibbles) and 2j + 1 (high) in one byte tile, codes + 8
-        tiles = tiles.astype(np.int16).reshape(tiles.shape[0], -1, 2, *tiles.shape[2:]) + 8
-        return np.ascontiguousarray((tiles[:, :, 0] | (tiles[:, :, 1] << 4)).astype(np.uint8))
+    if spec.split_codes:  # tiles cj + h in bit field h of one byte tile (the low field first), codes + 2**(bits-1)
+        c = spec.split_codes
+        bits = 8 // c
+        tiles = tiles.astype(np.int16).reshape(tiles.shape[0], -1, c, *tiles.shape[2:]) + (1 << (bits - 1))
+        fields = [tiles[:, :, h] << (bits * h) for h in range(c)]
+        return np.ascontiguousarray(np.bitwise_or.reduce(fields).astype(np.uint8))
     if spec.w_mode == "i4p":  # code pairs of one lane in one byte: low nibble first, stored as code + 8
         tiles = tiles.astype(np.int16) + 8
         pairs = (tiles[..., 0::2] | (tiles[..., 1::2] << 4)).astype(np.uint8)

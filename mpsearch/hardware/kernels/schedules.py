@@ -77,7 +77,7 @@ def _dot_block(sch: Any) -> Any | None:
     block = sch.get_sblock("dot")
     iters = sch.get(block).iter_vars
     kinds = [int(v.iter_type) for v in iters]  # 0: data parallel, 2: reduction
-    for spatial, reduction in ((5, 4), (3, 2), (3, 3)):  # (3, 3): KernelSpec.split_int4's dot
+    for spatial, reduction in ((5, 4), (3, 2), (3, 3)):  # (3, 3): the dot of KernelSpec.split_codes
         if kinds == [0] * spatial + [2] * reduction and int(iters[spatial - 1].dom.extent) == LANES:
             return block
     return None
@@ -99,8 +99,8 @@ def _intrinsic(sch: Any, dot_isa: str) -> str | None:
         return DOT4_WORD_INTRINSICS.get(dot_isa)
     iters = sch.get(sch.get_sblock("dot")).iter_vars
     group = int(iters[-1].dom.extent)
-    if len(iters) == 6:  # rows, lane tiles, lanes; byte tiles, nibble, group: KernelSpec.split_int4
-        return SPLIT_DOT_INTRINSICS.get(dot_isa) if dtype == "uint8" else None
+    if len(iters) == 6:  # rows, lane tiles, lanes; byte tiles, bit field, group: KernelSpec.split_codes
+        return SPLIT_DOT_INTRINSICS.get((dot_isa, int(iters[4].dom.extent))) if dtype == "uint8" else None
     if group == KQUAD:
         return DOT4_INTRINSICS.get(dot_isa) if dtype == "uint8" else None
     return DOT_INTRINSICS["u8" if dtype == "uint8" else "s8"]
@@ -163,7 +163,7 @@ def schedule_conv(sch: Any, intrinsic: str, blocks: int = 1, tile: int | None = 
     each broadcast of four input codes. One thread of a Sapphire Rapids Xeon, the best tile at each:
     192 -> 1152 at 7x7 64 -> 49 us (2 blocks), 1152 -> 192 82 -> 69 us, 24 -> 144 at 56x56 182 -> 162 us."""
     dot = sch.get_sblock("dot")
-    if len(sch.get_loops(dot)) in (5, 6):  # a linear layer (6: KernelSpec.split_int4's nibble loop too)
+    if len(sch.get_loops(dot)) in (5, 6):  # a linear layer (6: KernelSpec.split_codes's bit-field loop too)
         _schedule_linear(sch, dot, intrinsic, blocks, tile, parallel)
         return
     b, oc, y, x, oi, c2, ry, rx, ci = sch.get_loops(dot)
@@ -209,7 +209,7 @@ def _schedule_linear(sch: Any, dot: Any, intrinsic: str, blocks: int, tile: int 
     weights unpacked a block of lane tiles at a time, just before its rows, as :func:`schedule_conv` does;
     128 token rows, one thread of a Sapphire Rapids Xeon, median of five alternating runs: 384 -> 1536
     220 -> 206 us, 1536 -> 384 240 -> 233 us, W8A8 about 200 and 225)."""
-    m, oc, oi, k2, *group = sch.get_loops(dot)  # group: the lane's inputs (nibble halves, then quad)
+    m, oc, oi, k2, *group = sch.get_loops(dot)  # group: the lane's inputs (bit fields, then quad)
     mo, mi = sch.split(m, [None, _tile_of(sch, m, blocks, tile)])
     oc, ob = sch.split(oc, [None, blocks])
     sch.reorder(oc, mo, k2, mi, ob, oi, *group)

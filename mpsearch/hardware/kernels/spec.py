@@ -20,6 +20,7 @@ CUDA_DOT_ISAS = ("dp4a", "wmma")
 MMA_TILE = 16  # the wmma m16n16k16 tile: output channels and reduction of a tensor-core kernel are multiples of it
 MAX_PADDING = 2  # the most a packed kernel's zero padding may multiply its weight codes by (KernelSpec.packed)
 UNPACK_RULE = "mpsearch_unpack_int4"  # MetaSchedule custom rule of the in-kernel int4 unpack (tvm_backend)
+INT_WEIGHT_MODES = ("i8", "i4p", "i2p")  # integer weight codes: int8, two 4-bit or four 2-bit codes a byte
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class KernelSpec:
     op: str  # "conv2d" | "linear"
     x_shape: tuple[int, ...]
     w_shape: tuple[int, ...]  # logical weight shape (O, I/groups, kh, kw) or (O, K)
-    w_mode: str  # "f32" | "f16" | "i8" | "i4p" | "b2"
+    w_mode: str  # "f32" | "f16" | "i8" | "i4p" | "i2p" | "b2"   (i2p: only in the split layout, split_codes)
     a_mode: str  # "f32" | "f16" | "u8" | "s8" | "z8" | "b2"   (f16: fp16.py; b2 bit-serial: bitserial.py)
     # z8: asymmetric activations, uint8 codes around a runtime zero point (qp[4]); integer kernels take
     # the correction -z·scale·rowsum(w) folded into their bias (lowering.kernel_arrays)
@@ -57,6 +58,9 @@ class KernelSpec:
             raise ValueError(f"codes_in needs an integer kernel with u8, s8 or z8 activations, not {self}")
         if self.codes_out not in ("", "u8", "s8"):
             raise ValueError(f"codes_out is 'u8', 's8' or '', not {self.codes_out!r}")
+        if self.w_mode == "i2p" and not self.split_codes:
+            raise ValueError(f"i2p weights (four 2-bit codes a byte) need the split layout of an x86 integer GEMV, "
+                             f"not {self}; use i4p")
 
     @property
     def pads(self) -> tuple[int, int, int, int]:
@@ -72,7 +76,7 @@ class KernelSpec:
 
     @property
     def integer(self) -> bool:
-        return (self.w_mode in ("i8", "i4p") and self.a_mode in ("u8", "s8", "z8")) or self.bitserial
+        return (self.w_mode in INT_WEIGHT_MODES and self.a_mode in ("u8", "s8", "z8")) or self.bitserial
 
     @property
     def bitserial(self) -> bool:
@@ -114,9 +118,9 @@ class KernelSpec:
         if not self.integer or self.groups != 1 or self.a_mode not in ("u8", "s8"):
             return KGROUP
         if self.a_mode == "s8":  # VNNI: shifted into u8 (a_offset), exact; vpmaddubsw would saturate on them
-            return KQUAD if self.dot_isa == "avx512vnni" and self.w_mode in ("i8", "i4p") else KGROUP
+            return KQUAD if self.dot_isa == "avx512vnni" and self.w_mode in INT_WEIGHT_MODES else KGROUP
         exact = self.dot_isa == "avx512vnni" or (
-            self.dot_isa == "avx512bw" and (self.a_bits <= 7 or self.w_mode == "i4p"))
+            self.dot_isa == "avx512bw" and (self.a_bits <= 7 or self.w_mode in ("i4p", "i2p")))
         return KQUAD if exact else KGROUP
 
     def _arm_kgroup(self) -> int:
@@ -295,27 +299,39 @@ class KernelSpec:
     @property
     def k_padded(self) -> int:
         """The reduction length (input channels of a conv, K of a linear) of a ``packed`` kernel, rounded up
-        to :attr:`kgroup` (two of them for :attr:`split_int4`): the padded inputs are read as code 0
-        against zero weights."""
-        g = self.kgroup * (2 if self._nibble_pairs else 1)
+        to :attr:`kgroup` (:attr:`split_codes` of them for a split layout): the padded inputs are read as
+        code 0 against zero weights."""
+        g = self.kgroup * (self._codes_per_byte if self._split_shape else 1)
         return -(-self.w_shape[1] // g) * g
 
     @property
-    def split_int4(self) -> bool:
-        """An int4 GEMV (one row) on an AVX-512 x86 target, its weights stored as nibble pairs of two
-        16x4 tiles: byte ``(t, j, i, k)`` holds lane ``16t + i``'s codes of inputs ``8j + k`` (low nibble)
-        and ``8j + 4 + k`` (high), each + 8. One 64-byte load is then both tiles, split in registers
-        (``& 15``, ``>> 4``, ``- 8``) by the dot intrinsic itself (:data:`~.intrinsics.SPLIT_DOT_INTRINSICS`):
-        nothing is unpacked to memory. A GEMV reads each weight once, so its int4 kernel is bound by
-        the unpack, not by the halved weight traffic, when the unpacked tiles go through a buffer (one
-        thread of a Sapphire Rapids Xeon: 4096 -> 4096 W4A8 573 us, W8A8 642). Batches and token rows
-        keep the buffered unpack: there each unpacked tile serves every row."""
-        return self._nibble_pairs and self.packed
+    def split_codes(self) -> int:
+        """Codes a weight byte holds in the split layout of an int4 (2) or int2 (4) GEMV (one row) on
+        an AVX-512 x86 target; 0 where the kernel does not take it. Byte ``(t, j, i, k)`` holds lane
+        ``16t + i``'s codes of inputs ``4(cj + h) + k`` in its bit field ``h`` (of ``8 / c`` bits, the
+        low field first), each code stored + ``2**(bits - 1)``: ``c`` 16x4 tiles in one. One 64-byte
+        load is then all ``c`` tiles, split in registers (shift, ``&``, ``-``) by the dot intrinsic
+        itself (:data:`~.intrinsics.SPLIT_DOT_INTRINSICS`): nothing is unpacked to memory. A GEMV reads
+        each weight once, so it is bound by the weight traffic when nothing else is in its way: with
+        the unpacked tiles going through a buffer, the int4 unpack was the bound (one thread of a
+        Sapphire Rapids Xeon: 4096 -> 4096 W4A8 573 us, W8A8 642). Batches and token rows keep the
+        buffered unpack of packed int4 (each unpacked tile then serves every row), and 2-bit weights
+        there stay int4 codes (``i4p``)."""
+        return self._codes_per_byte if self._split_shape and self.packed else 0
 
     @property
-    def _nibble_pairs(self) -> bool:
-        """:attr:`split_int4` but for :attr:`packed`, which depends on :attr:`k_padded`, which depends on this."""
-        return (self.w_mode == "i4p" and self.op == "linear" and self.x_shape[0] == 1
+    def split_int4(self) -> bool:
+        """An int4 GEMV in the split layout (:attr:`split_codes` 2: nibble pairs of two 16x4 tiles)."""
+        return self.split_codes == 2
+
+    @property
+    def _codes_per_byte(self) -> int:
+        return {"i4p": 2, "i2p": 4}.get(self.w_mode, 0)
+
+    @property
+    def _split_shape(self) -> bool:
+        """:attr:`split_codes` but for :attr:`packed`, which depends on :attr:`k_padded`, which depends on this."""
+        return (self._codes_per_byte > 0 and self.op == "linear" and self.x_shape[0] == 1
                 and self.dot_isa in X86_DOT_ISAS and self.kgroup == KQUAD)  # x86 KQUAD: integer kernels only
 
     @property
@@ -327,14 +343,14 @@ class KernelSpec:
         if not self.packed:
             return 0
         per_ch = math.prod(self.w_shape[1:])
-        codes = self.w_shape[0] * (per_ch if self.w_mode == "i8" else -(-per_ch // 2))
+        codes = self.w_shape[0] * -(-per_ch // max(self._codes_per_byte, 1))
         return math.prod(self.stored_weight_shape()) - codes
 
     def dot_tile_shape(self) -> tuple[int, ...]:
         """The blocked int8 weight layout of a ``packed`` kernel."""
         g = self.kgroup
-        if self.split_int4:  # two tiles' codes in the two nibbles of one byte tile
-            return (self.o_tiles, self.k_padded // (2 * g), LANES, g)
+        if self.split_codes:  # split_codes tiles' codes in the bit fields of one byte tile
+            return (self.o_tiles, self.k_padded // (self.split_codes * g), LANES, g)
         if self.op == "linear":
             return (self.o_tiles, self.k_padded // g, LANES, g)
         _, _, kh, kw = self.w_shape
@@ -349,7 +365,7 @@ class KernelSpec:
             return (self.o_tiles, *self.w_shape[1:], LANES)
         if self.packed:
             tiles = self.dot_tile_shape()
-            if self.w_mode == "i4p" and not self.split_int4:
+            if self.w_mode == "i4p" and not self.split_codes:
                 return tiles[:-1] if tiles[-1] == KGROUP else (*tiles[:-1], tiles[-1] // 2)
             return tiles
         if self.w_mode == "i4p":
@@ -371,11 +387,11 @@ class KernelSpec:
     def inputs(self) -> list[tuple[str, tuple[int, ...], str]]:
         """``(name, shape, dtype)`` of the kernel's inputs, in call order (output excluded)."""
         o = self.w_shape[0]
-        w_dtype = {"f32": "float32", "f16": "float16", "i8": "int8", "i4p": "uint8",
+        w_dtype = {"f32": "float32", "f16": "float16", "i8": "int8", "i4p": "uint8", "i2p": "uint8",
                    "b2": f"uint{bitserial_word_bits(self.w_shape[1])}"}[self.w_mode]
         x_dtype = ("int8" if self.a_mode == "s8" else "uint8") if self.codes_in else "float32"
         args = [("x", self.x_shape, x_dtype), ("w", self.stored_weight_shape(), w_dtype)]
-        if self.w_mode in ("i8", "i4p", "b2"):
+        if self.w_mode in (*INT_WEIGHT_MODES, "b2"):
             args.append(("scale", (o,), "float32"))
         args.append(("bias", (o,), "float32"))
         if self.acc_offset:
@@ -409,5 +425,5 @@ def clamp_bounds(op: str) -> tuple[float | None, float | None]:
     return (float(lo) if lo else None), (float(hi) if hi else None)
 
 
-__all__ = ["ARM_DOT_ISAS", "CUDA_DOT_ISAS", "KGROUP", "KOCT", "KQUAD", "KernelSpec", "LANES", "MMA_TILE", "OPAQUE",
+__all__ = ["ARM_DOT_ISAS", "CUDA_DOT_ISAS", "INT_WEIGHT_MODES", "KGROUP", "KOCT", "KQUAD", "KernelSpec", "LANES", "MMA_TILE", "OPAQUE",
            "UNPACK_RULE", "X86_DOT_ISAS", "clamp_bounds", "clamp_op"]
