@@ -1,4 +1,10 @@
-"""Fashion-MNIST as shipped inside the package: a calibration subset and the full test split."""
+"""Fashion-MNIST as shipped inside the package: a calibration subset and the full test split.
+
+The full training split is not shipped, so a model trained from the package alone (the embedded MLP,
+:mod:`mpsearch.models.train_mlp`) uses the *held-out* split scheme: it trains on ``heldout_train`` (the
+2,000 calibration images and test images 0..7,999) and is evaluated on ``heldout`` (test images
+8,000..9,999), which no training image equals.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +23,9 @@ CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
-SPLITS = ("calib", "test")
+#: Test images from this index on form the ``heldout`` split; those before it train the embedded MLP.
+HELDOUT_START = 8000
+SPLITS = ("calib", "test", "heldout", "heldout_train")
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -36,13 +44,31 @@ def normalize(images_u8: np.ndarray) -> torch.Tensor:
     return x.sub_(MEAN).div_(STD).unsqueeze(1)
 
 
+def _read(asset_split: str) -> tuple[np.ndarray, np.ndarray]:
+    asset = resources.files("mpsearch.models") / "assets" / f"fmnist_{asset_split}.npz"
+    with resources.as_file(asset) as path, np.load(path) as npz:
+        return npz["images"], npz["labels"]
+
+
 def load_split(split: str, limit: int | None = None) -> TensorDataset:
-    """Load an embedded split (``calib``: 2,000 training images; ``test``: the 10,000 test images)."""
+    """Load an embedded split, its first ``limit`` images when given.
+
+    Splits: ``calib``, 2,000 images of the training split; ``test``, the 10,000 test images;
+    ``heldout``, test images 8,000..9,999 (2,000); ``heldout_train``, ``calib`` followed by test images
+    0..7,999 (10,000), the images the embedded MLP was trained on.
+    """
     if split not in SPLITS:
         raise ConfigError(f"unknown data split {split!r}; use one of {', '.join(SPLITS)}")
-    asset = resources.files("mpsearch.models") / "assets" / f"fmnist_{split}.npz"
-    with resources.as_file(asset) as path, np.load(path) as npz:
-        images, labels = npz["images"], npz["labels"]
+    if split in ("calib", "test"):
+        images, labels = _read(split)
+    else:
+        test_images, test_labels = _read("test")
+        if split == "heldout":
+            images, labels = test_images[HELDOUT_START:], test_labels[HELDOUT_START:]
+        else:
+            calib_images, calib_labels = _read("calib")
+            images = np.concatenate([calib_images, test_images[:HELDOUT_START]])
+            labels = np.concatenate([calib_labels, test_labels[:HELDOUT_START]])
     if limit is not None:
         if limit <= 0:
             raise ConfigError(f"data limit must be positive, got {limit}; set it to null for all")

@@ -13,6 +13,7 @@ from torch import nn
 
 from mpsearch.errors import ConfigError
 from mpsearch.models.fmnist import load_split
+from mpsearch.models.mlp import MLP
 from mpsearch.models.resnet import resnet18, resnet20
 
 
@@ -60,6 +61,15 @@ def resnet20_fmnist() -> nn.Module:
         return load_state_dict(model, path).eval()
 
 
+def mlp_fmnist() -> nn.Module:
+    """The embedded weight-bound MLP (:class:`~mpsearch.models.mlp.MLP`), its weights stored in float16 and
+    loaded into a float32 model. Trained on the ``heldout_train`` images (see :func:`fmnist_heldout_split`)."""
+    model = MLP()
+    asset = resources.files("mpsearch.models") / "assets" / "mlp_fmnist.pt"
+    with resources.as_file(asset) as path:
+        return load_state_dict(model, path).eval()
+
+
 def resnet18_random(seed: int = 0) -> nn.Module:
     """ResNet-18 (3x32x32 input) with seeded random weights: a larger CNN for latency benchmarks,
     where the weights' values do not matter (its accuracy is meaningless)."""
@@ -69,3 +79,18 @@ def resnet18_random(seed: int = 0) -> nn.Module:
 
 def fmnist_split(split: str, limit: int | None = None) -> torch.utils.data.Dataset:
     return load_split(split, limit)
+
+
+#: The pipeline's split names -> the embedded splits of the held-out scheme.
+_HELDOUT_SPLITS = {"calib": "calib", "test": "heldout"}
+
+
+def fmnist_heldout_split(split: str, limit: int | None = None) -> torch.utils.data.Dataset:
+    """Fashion-MNIST for a model trained on the embedded images (``mlp_fmnist``): ``calib`` is the 2,000
+    calibration images, ``test`` the 2,000 held-out test images 8,000..9,999. Both its training images
+    (calib and test images 0..7,999) and the held-out ones come from the package; the full training split
+    is not shipped."""
+    if split not in _HELDOUT_SPLITS:
+        raise ConfigError(f"unknown data split {split!r} for fmnist_heldout; use one of "
+                          f"{', '.join(_HELDOUT_SPLITS)}")
+    return load_split(_HELDOUT_SPLITS[split], limit)
