@@ -296,9 +296,13 @@ def recommendation_sentences(rec: Recommendation | None) -> list[str]:
                    + "; see the table for the other goals.")
     if rec.front_accuracy_pct is not None and rec.front_latency_ms is not None:
         (a_lo, a_hi), (t_lo, t_hi) = rec.front_accuracy_pct, rec.front_latency_ms
-        out.append(f"The {rec.latency} front spans {a_hi - a_lo:.2f} points of accuracy ({a_lo:.2f}–{a_hi:.2f}%) "
-                   f"and {t_hi / t_lo:.1f}× in latency ({t_lo:.3f}–{t_hi:.3f} ms)"
-                   + (": bits barely matter for accuracy here." if a_hi - a_lo < 0.5 else "."))
+        if a_lo == a_hi and t_lo == t_hi:
+            out.append(f"The {rec.latency} front is a single point ({a_hi:.2f}%, {t_lo:.3f} ms): the most accurate "
+                       "Pareto candidate evaluated is also the fastest.")
+        else:
+            out.append(f"The {rec.latency} front spans {a_hi - a_lo:.2f} points of accuracy ({a_lo:.2f}–{a_hi:.2f}%) "
+                       f"and {t_hi / t_lo:.1f}× in latency ({t_lo:.3f}–{t_hi:.3f} ms)"
+                       + (": bits barely matter for accuracy here." if a_hi - a_lo < 0.5 else "."))
     for label in rec.dominating:
         name, kib, smallest = baseline_name(label), rec.weight_kib.get(label), rec.front_min_weight_kib
         if kib is not None and smallest is not None and smallest < kib:
@@ -354,7 +358,9 @@ def peers_sentence(peers: dict | None) -> str | None:
         return (f"No candidate is within the accuracy band of FP32, so no pick was timed; the fastest peer is "
                 f"{best['method']} ({best['latency_ms']:.3f} ms).")
     ratio = peers["pick_ms"] / best["latency_ms"]
-    return (f"The pick, **{peers['pick']}** ({peers['pick_ms']:.3f} ms at batch {peers.get('batch', 1)}), takes "
+    threads = peers.get("threads") or 0  # the peers' threads, which the pick is timed on too (stages/peers.py)
+    on = f", {threads} thread{'' if threads == 1 else 's'} like the peers" if threads else ""
+    return (f"The pick, **{peers['pick']}** ({peers['pick_ms']:.3f} ms at batch {peers.get('batch', 1)}{on}), takes "
             f"**{ratio:.2f}×** the time of the fastest peer on this machine, {best['method']} "
             f"({best['latency_ms']:.3f} ms): {'faster' if ratio < 1 else 'slower'} than what a user would run "
             "instead.")

@@ -23,8 +23,8 @@ def test_the_section_rates_every_peer_and_the_pick_against_the_fastest_peer(summ
     summary.peers = make_peers()
     blocks = _section(summary)
     assert blocks[0] == Paragraph(
-        "The pick, **pareto-1** (1.200 ms at batch 1), takes **0.50×** the time of the fastest peer on this machine, "
-        "ONNX Runtime FP32 (2.400 ms): faster than what a user would run instead.")
+        "The pick, **pareto-1** (1.200 ms at batch 1, 1 thread like the peers), takes **0.50×** the time of the "
+        "fastest peer on this machine, ONNX Runtime FP32 (2.400 ms): faster than what a user would run instead.")
     table = next(b for b in blocks if isinstance(b, Table))
     assert table.header == ["method", "top-1 %", "latency (ms)", "÷ fastest peer"]
     assert table.rows == [
@@ -33,8 +33,9 @@ def test_the_section_rates_every_peer_and_the_pick_against_the_fastest_peer(summ
         ["ONNX Runtime INT8 static (QDQ, per-channel)", "–", "–", "not run: ValueError: no calibration"],
         ["**mpsearch pick** (pareto-1)", "90.50", "1.200", "0.50"]]
     lines = recommendation_lines(summary)
-    assert lines[-1] == ("The pick, pareto-1 (1.200 ms at batch 1), takes 0.50× the time of the fastest peer on "
-                         "this machine, ONNX Runtime FP32 (2.400 ms): faster than what a user would run instead.")
+    assert lines[-1] == ("The pick, pareto-1 (1.200 ms at batch 1, 1 thread like the peers), takes 0.50× the time of "
+                         "the fastest peer on this machine, ONNX Runtime FP32 (2.400 ms): faster than what a user would "
+                         "run instead.")
     md = render_markdown(summary, figures=[])
     assert "## Peers" in md and "| **mpsearch pick** (pareto-1) | 90.50 | 1.200 | 0.50 |" in md
 

@@ -213,9 +213,8 @@ def test_the_span_of_the_measured_front(summary):
     assert rec.front_latency_ms == pytest.approx((1.25, 2.2))
     assert ("The measured front spans 3.20 points of accuracy (88.00–91.20%) and 1.8× in latency "
             "(1.250–2.200 ms).") in render_markdown(summary)
-    for ev in summary.candidates:
-        if ev.kind == "pareto":
-            ev.accuracy = 0.911
+    for ev in summary.candidates:  # the slower, the more accurate, by a tenth of a point each
+        ev.accuracy = {"pareto-0": 0.913, "pareto-1": 0.912, "pareto-2": 0.911}.get(ev.label, ev.accuracy)
     assert "bits barely matter for accuracy here" in render_markdown(summary)
 
 
@@ -232,3 +231,15 @@ def test_latencies_within_two_percent_tie(summary):
     ev.measured_latency_ms = 1.30  # 4% slower than pareto-2: no longer a tie
     rec = summary_recommendation(summary)
     assert rec.dominating == [] and _goal(rec, "fastest within 1 point of FP32") == "pareto-2"
+
+
+def test_a_front_of_one_point_is_said_so(summary):
+    """When one Pareto candidate is both the most accurate and the fastest, the front is that point, not a
+    "span" of zero points and 1.0x."""
+    best = next(ev for ev in summary.candidates if ev.label == "pareto-0")
+    best.accuracy, best.measured_latency_ms, best.weight_bytes = 0.95, 0.5, 1
+    rec = summary_recommendation(summary)
+    assert rec.front_accuracy_pct == pytest.approx((95.0, 95.0)) and rec.front_latency_ms == pytest.approx((0.5, 0.5))
+    md = render_markdown(summary)
+    assert ("The measured front is a single point (95.00%, 0.500 ms): the most accurate Pareto candidate evaluated "
+            "is also the fastest.") in md and "front spans" not in md
