@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from mpsearch.models.fmnist import HELDOUT_START, load_split
 from mpsearch.models.mlp import MLP
 from mpsearch.models.registry import load_state_dict, resnet20_fmnist
+from mpsearch.models.train_default import accuracy
 
 log = logging.getLogger(__name__)
 ASSETS = Path(__file__).parent / "assets"
@@ -51,13 +51,6 @@ def distill_loss(logits: torch.Tensor, teacher: torch.Tensor, temperature: float
     t = temperature
     return F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(teacher / t, 1), log_target=True,
                     reduction="batchmean") * t * t
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    model.eval()
-    correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(1000), y.split(1000)))
-    return correct / len(y)
 
 
 def main() -> None:
