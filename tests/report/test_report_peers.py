@@ -33,9 +33,9 @@ def test_the_section_rates_every_peer_and_the_pick_against_the_fastest_peer(summ
         ["ONNX Runtime INT8 static (QDQ, per-channel)", "–", "–", "not run: ValueError: no calibration"],
         ["**mpsearch pick** (pareto-1)", "90.50", "1.200", "0.50"]]
     lines = recommendation_lines(summary)
-    assert lines[-1] == ("The pick, pareto-1 (1.200 ms at batch 1, 1 thread like the peers), takes 0.50× the time of "
-                         "the fastest peer on this machine, ONNX Runtime FP32 (2.400 ms): faster than what a user would "
-                         "run instead.")
+    assert lines[-1] == ("The pick, pareto-1 (1.200 ms at batch 1, 1 thread like the peers), takes 0.50× the time "
+                         "of the fastest peer on this machine, ONNX Runtime FP32 (2.400 ms): faster than what a user "
+                         "would run instead.")
     md = render_markdown(summary, figures=[])
     assert "## Peers" in md and "| **mpsearch pick** (pareto-1) | 90.50 | 1.200 | 0.50 |" in md
 

@@ -30,8 +30,9 @@ DOT4_WORD_INTRINSICS = {"avx512bw": "mpsearch_dot_16x4w_u8s8_avx512", "avx512vnn
 # An x86 int4 / int2 GEMV's dot (KernelSpec.split_codes c = 2 / 4), keyed (dot_isa, c): 16 lanes x 4c
 # reduction elements, one 64-byte load of c bit fields split in registers into c 16x4 tiles of int8 codes,
 # then the 16x4 dot on each.
-SPLIT_DOT_INTRINSICS = {("avx512bw", 2): "mpsearch_dot_16x8n_u8i4_avx512", ("avx512vnni", 2): "mpsearch_dot_16x8n_u8i4_vnni",
-                        ("avx512bw", 4): "mpsearch_dot_16x16c_u8i2_avx512", ("avx512vnni", 4): "mpsearch_dot_16x16c_u8i2_vnni"}
+SPLIT_DOT_INTRINSICS = {
+    ("avx512bw", 2): "mpsearch_dot_16x8n_u8i4_avx512", ("avx512vnni", 2): "mpsearch_dot_16x8n_u8i4_vnni",
+    ("avx512bw", 4): "mpsearch_dot_16x16c_u8i2_avx512", ("avx512vnni", 4): "mpsearch_dot_16x16c_u8i2_vnni"}
 # aarch64 (KernelSpec._arm_kgroup says which kernels take which): the 16x4 dot as four 4-lane
 # ``sdot``s / ``usdot``s over the same [16, 4] tiles as x86, and i8mm's 2x16x8 tile as eight 2x2
 # ``smmla``s / ``usmmla``s. "u7" is the sdot on uint8 codes <= 127 (a_bits <= 7), read as int8 bytes;
@@ -156,7 +157,8 @@ def _split_dot_intrinsic(isa: str, codes: int) -> tuple[tirx.PrimFunc, tirx.Prim
             for i, h, j in T.grid(LANES, codes, KQUAD):
                 with T.sblock("update"):
                     vi, vh, vj = T.axis.remap("SRR", [i, h, j])
-                    C[vi] = C[vi] + T.Cast("int32", A[vh * KQUAD + vj]) * T.Cast("int32", field_code(B[vi, vj], vh, bits))
+                    C[vi] = C[vi] + T.Cast("int32", A[vh * KQUAD + vj]) * T.Cast(
+                        "int32", field_code(B[vi, vj], vh, bits))
 
     def tiles(B: Any) -> list[Any]:  # the tiles' int8 codes
         v = B.vload([0, 0], dtype=f"uint8x{n}")

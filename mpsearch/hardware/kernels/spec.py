@@ -425,5 +425,5 @@ def clamp_bounds(op: str) -> tuple[float | None, float | None]:
     return (float(lo) if lo else None), (float(hi) if hi else None)
 
 
-__all__ = ["ARM_DOT_ISAS", "CUDA_DOT_ISAS", "INT_WEIGHT_MODES", "KGROUP", "KOCT", "KQUAD", "KernelSpec", "LANES", "MMA_TILE", "OPAQUE",
-           "UNPACK_RULE", "X86_DOT_ISAS", "clamp_bounds", "clamp_op"]
+__all__ = ["ARM_DOT_ISAS", "CUDA_DOT_ISAS", "INT_WEIGHT_MODES", "KGROUP", "KOCT", "KQUAD", "KernelSpec", "LANES",
+           "MMA_TILE", "OPAQUE", "UNPACK_RULE", "X86_DOT_ISAS", "clamp_bounds", "clamp_op"]
