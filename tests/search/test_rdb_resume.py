@@ -4,6 +4,7 @@ heartbeat, not left RUNNING."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import sqlite3
@@ -133,9 +134,15 @@ def test_a_trial_killed_before_its_first_heartbeat_is_failed_on_resume(tmp_path:
     settings = SearchSettings("nsga2", 4, 0, storage=url)
     study = optuna_search.open_study(make_problem(), settings, None)
     dead = study.ask()  # RUNNING, never a heartbeat: what a kill right after create_new_trial leaves
-    monkeypatch.setattr(optuna_search, "GRACE_S", 1)
-    time.sleep(1.2)
-    young = optuna_search.open_study(make_problem(), settings, None).ask()  # fails `dead`, older than 1 s
+    # Age `dead` past the grace period in the database rather than by sleeping: a sleep just over the
+    # period also ages `young` past it whenever the machine is slow between the two opens.
+    monkeypatch.setattr(optuna_search, "GRACE_S", 30)
+    started = datetime.datetime.now() - datetime.timedelta(seconds=31)
+    con = sqlite3.connect(tmp_path / "study.db")
+    with con:
+        con.execute("UPDATE trials SET datetime_start = ? WHERE number = ?", (str(started), dead.number))
+    con.close()
+    young = optuna_search.open_study(make_problem(), settings, None).ask()  # fails `dead`, older than 30 s
     optuna_search.open_study(make_problem(), settings, None)  # a live worker's fresh trial stays RUNNING
     assert _trials(url, (RUNNING,)).keys() == {young.number}
     assert _trials(url, (optuna.trial.TrialState.FAIL,)).keys() == {dead.number}
