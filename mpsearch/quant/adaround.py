@@ -1,10 +1,11 @@
 """AdaRound learned rounding: each weight rounds up or down, learned, on the kernels' own grid.
 
 The grid is the one :func:`mpsearch.quant.fake.quantize_weight` and the TVM lowering use:
-per-output-channel symmetric, ``scale = max|w| / qmax``. A learned weight is ``scale * code`` with
+per-output-channel symmetric, ``scale = weight_scale(w)`` (``max|w| / qmax``; at 2 bits the least-error
+clipped step, at most that). A learned weight is ``scale * code`` with
 ``code = floor(w / scale) + r``, ``r ∈ {0, 1}``, clipped to ``±qmax``. Each channel's max-|w|
-element is pinned to its round-to-nearest code ``±qmax``, so the snapped weight keeps that
-channel's maximum, ``quantize_weight`` recovers the same scale, and the learned codes survive
+element is pinned to its round-to-nearest code ``±qmax``, so the snapped weight's channel maximum is
+``scale · qmax``, ``quantize_weight`` recovers the same scale (a grid's own step is its least-error one), and the learned codes survive
 unchanged into the fake-quant simulation and the compiled kernels (Nagel et al., "Up or Down?
 Adaptive Rounding for Post-Training Quantization", ICML 2020). With ``scale`` given (an LSQ step
 ``≤ max|w| / qmax``, a clipped grid), the max-|w| element still codes to ``±qmax``, so the same holds
@@ -18,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from mpsearch.quant.fake import quantize_weight, weight_scale
+from mpsearch.quant.fake import no_clip_weight_scale, quantize_weight, weight_scale
 
 # Stretch of the rectified sigmoid h(V) = clip(sigmoid(V) * (ZETA - GAMMA) + GAMMA, 0, 1) (AdaRound's values).
 GAMMA, ZETA = -0.1, 1.1
@@ -62,7 +63,7 @@ class AdaRoundWeight(nn.Module):
             scale = weight_scale(w, bits)
             rtn, _ = quantize_weight(w, bits)
         else:  # a clipped grid (LSQ's step, at most max|w| / qmax: the max-|w| element still codes to ±qmax)
-            scale = torch.minimum(scale.detach().float(), weight_scale(w, bits))
+            scale = torch.minimum(scale.detach().float(), no_clip_weight_scale(w, bits))
             rtn = torch.clamp(torch.round(w / scale.view(shape)), -self.qmax, self.qmax)
         w_over_s = w / scale.view(shape)
         floor = torch.floor(w_over_s)

@@ -1,6 +1,13 @@
 """Fake quantization that mirrors, operation for operation, the integer kernels mpsearch compiles.
 
-Weights: per-output-channel symmetric, ``q = round(w / s)`` clipped to ``±(2^(b-1) - 1)``.
+Weights: per-output-channel symmetric, ``q = round(w / s)`` clipped to ``±(2^(b-1) - 1)``, with
+``s = max|w| / qmax`` (no clipping) above :data:`CLIPPED_GRID_MAX_BITS` bits. At 2 bits (ternary codes)
+that step leaves every weight under half the channel's maximum at 0, so there ``s`` is the one among
+``f · max|w| / qmax``, ``f ∈ [0.05, 1]``, with the least rounding error (:func:`mse_weight_step`; Banner
+et al., "Post-training 4-bit quantization of convolution networks for rapid-deployment", NeurIPS 2019,
+clip the same way). Either step is a function of the weight alone, so every consumer (simulation,
+sensitivity, lowering, export) computes the same one; on weights already on such a grid (``s · codes``
+with a code at ``±qmax``, what AdaRound and LSQ hand back) it is ``f = 1``, the grid itself.
 Activations: per-tensor, from a calibrated range; unsigned ``[0, 2^b - 1]`` when the range is
 non-negative (after ReLU), else signed symmetric. ``q = clip(floor(x * inv_scale + 0.5))`` with
 ``inv_scale`` rounded to float32 once, which is exactly what the TVM kernels compute.
@@ -27,7 +34,7 @@ a layer's input channels (:func:`~mpsearch.quant.calibration.record_input_means`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -151,10 +158,50 @@ def fake_quant_act(x: torch.Tensor, q: ActQuant) -> torch.Tensor:
     return codes * np.float32(q.scale)
 
 
-def weight_scale(w: torch.Tensor, bits: int) -> torch.Tensor:
-    """Per-output-channel symmetric scale, float32, shape ``(out_channels,)``."""
+#: Weights at this many bits or fewer take a clipped grid (the module docstring).
+CLIPPED_GRID_MAX_BITS = 2
+#: Names the weight grid in cache keys of quantized results: change it when :func:`weight_scale` changes.
+WEIGHT_GRID = "weight-grid/2"
+
+
+def no_clip_weight_scale(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """``max|w| / qmax`` per output channel, float32, shape ``(out_channels,)``: the largest weight codes
+    to ``±qmax`` exactly."""
     qmax = 2 ** (bits - 1) - 1
     return (w.detach().abs().flatten(1).amax(1) / qmax).clamp_min(_EPS).float()
+
+
+def mse_weight_step(w: torch.Tensor, bits: int, grid: int = 80, low: float = 0.2) -> torch.Tensor:
+    """Per-output-channel step minimising ``‖s · clip(round(w / s)) − w‖²`` over ``s = f · max|w| / qmax``,
+    ``f`` on a grid in ``[low, 1]`` (1 included and kept on ties, so never worse than no clipping).
+    Shape ``(out_channels,)``."""
+    w = w.detach().float()
+    qmax = 2 ** (bits - 1) - 1
+    flat = w.flatten(1)
+    smax = (flat.abs().amax(1) / qmax).clamp_min(_EPS)
+    best_err = torch.full_like(smax, float("inf"))
+    best = smax.clone()
+    for f in torch.linspace(low, 1.0, grid).tolist():
+        s = smax * f
+        err = (torch.clamp(torch.round(flat / s[:, None]), -qmax, qmax) * s[:, None] - flat).pow(2).sum(1)
+        better = err < best_err if f < 1.0 else err <= best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, s, best)
+    return best
+
+
+def weight_grid_tag(w_bits: Iterable[int]) -> str:
+    """Suffix for the cache key of a result that quantizes weights to ``w_bits``: empty unless one is at or
+    below :data:`CLIPPED_GRID_MAX_BITS`, so results at wider weights keep their keys."""
+    return f"-{WEIGHT_GRID}" if any(b <= CLIPPED_GRID_MAX_BITS for b in w_bits) else ""
+
+
+def weight_scale(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """The kernels' per-output-channel symmetric step, float32, shape ``(out_channels,)``: no clipping
+    above :data:`CLIPPED_GRID_MAX_BITS` bits, the least-error clipped step at or below it."""
+    if bits <= CLIPPED_GRID_MAX_BITS:
+        return mse_weight_step(w, bits, grid=96, low=0.05)
+    return no_clip_weight_scale(w, bits)
 
 
 def quantize_weight(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,7 +2,7 @@
 
 A learned model is a patch to the prepared (BN-folded) model: new float weights and biases for some
 layers and, with LSQ, new activation ranges. Every weight of a layer quantized below 32 bits lies
-exactly on the kernels' grid (``scale · codes`` with ``scale = max|w| / qmax``; with learned LSQ weight
+exactly on the kernels' grid (``scale · codes`` with the kernels' ``scale``, ``max|w| / qmax`` or at 2 bits a clipped step; with learned LSQ weight
 steps, ``scale`` is the step and every channel keeps a ``±qmax`` code, so the same holds), so the unchanged
 :func:`mpsearch.quant.fake.quantize_` and the TVM lowering derive exactly the learned codes from it:
 deployment is exact and latency does not change (same kernels, same shapes, only array values).
@@ -25,7 +25,7 @@ import torch
 from mpsearch.candidate import Candidate, is_integer_bits
 from mpsearch.errors import MPSearchError
 from mpsearch.hashing import content_hash
-from mpsearch.quant.fake import quantize_weight
+from mpsearch.quant.fake import quantize_weight, weight_grid_tag
 from mpsearch.quant.prepare import PreparedModel
 from mpsearch.storage import atomic_write_bytes
 
@@ -124,7 +124,8 @@ def learn_key(learner: Learner, prepared: PreparedModel, candidate: Candidate,
               ranges: Mapping[str, tuple[float, float]], batches: Batches) -> str:
     """Content key of a learned result: learner settings, model weights, ranges, data, candidate."""
     return content_hash(learner.name, learner.settings(), prepared.graph_module.state_dict(), dict(ranges),
-                        [x for x, _ in batches], [y for _, y in batches], candidate.key(), length=20)
+                        [x for x, _ in batches], [y for _, y in batches],
+                        candidate.key() + weight_grid_tag(w for w, _ in candidate.values()), length=20)
 
 
 def cached_learn(learner: Learner, prepared: PreparedModel, candidate: Candidate,

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mpsearch.quant.fake import ActQuant
+from mpsearch.quant.fake import ActQuant, mse_weight_step
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -71,24 +71,6 @@ class LsqActQuant(nn.Module):
 
 def _channel_view(t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return t.view((-1,) + (1,) * (w.dim() - 1))
-
-
-def mse_weight_step(w: torch.Tensor, bits: int, grid: int = 80, low: float = 0.2) -> torch.Tensor:
-    """Per-output-channel step minimising ``‖s · clip(round(w / s)) − w‖²`` over ``s = f · max|w| / qmax``,
-    ``f`` on a grid in ``[low, 1]`` (1 included, so never worse than max scaling). Shape ``(out_channels,)``."""
-    w = w.detach().float()
-    qmax = 2 ** (bits - 1) - 1
-    flat = w.flatten(1)
-    smax = (flat.abs().amax(1) / qmax).clamp_min(1e-12)
-    best_err = torch.full_like(smax, float("inf"))
-    best = smax.clone()
-    for f in torch.linspace(low, 1.0, grid).tolist():
-        s = smax * f
-        err = (torch.clamp(torch.round(flat / s[:, None]), -qmax, qmax) * s[:, None] - flat).pow(2).sum(1)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best = torch.where(better, s, best)
-    return best
 
 
 class LsqWeightStep(nn.Module):

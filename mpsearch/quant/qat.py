@@ -1,7 +1,7 @@
 """Quantization-aware fine-tuning with knowledge distillation (FP32 teacher), then snapped to the grid.
 
 The student is the candidate's fake-quantized model with straight-through estimators: weights are
-quantized per output channel with the kernels' own step ``max|w| / qmax`` (recomputed from the
+quantized per output channel with the kernels' own step (``weight_scale``, recomputed from the
 current weights every step), inputs with the calibrated activation quantizers (or LSQ steps). It
 is trained on the calibration split with ``α · T² · KL(teacher_T ‖ student_T) + (1 − α) · CE``.
 At the end each quantized weight is replaced by its round-to-nearest value ``scale · codes``, which

@@ -309,7 +309,7 @@ class _LearnLayer(nn.Module):
         self.wstep = LsqWeightStep(layer.weight, w_bits) if (quantized and lsq_weights) else None
         start = None if self.wstep is None else self.wstep.step().detach()
         self.rounding = AdaRoundWeight(layer.weight, w_bits, start) if quantized else None
-        if quantized:  # round-to-nearest on the kernels' max|w| / qmax grid: the baseline a unit may keep
+        if quantized:  # round-to-nearest on the kernels' own grid: the baseline a unit may keep
             self.register_buffer("rtn_weight", fake_quant_weight(layer.weight.detach(), w_bits))
         self.act_fixed = act
         self.lsq = LsqActQuant(act) if (act is not None and not act.half and lsq) else None

@@ -14,7 +14,15 @@ from torch.func import functional_call
 
 from mpsearch.candidate import FLOAT_BITS, Bits, check_bits
 from mpsearch.errors import ConfigError
-from mpsearch.quant.fake import INPUT_MEAN, ActQuant, corrected_bias, fake_quant_act, fake_quant_weight
+from mpsearch.quant.fake import (
+    INPUT_MEAN,
+    WEIGHT_GRID,
+    ActQuant,
+    corrected_bias,
+    fake_quant_act,
+    fake_quant_weight,
+    weight_grid_tag,
+)
 from mpsearch.sensitivity.base import Batch, LayerSensitivity, SensitivityEstimator, SensitivityResult
 from mpsearch.sensitivity.data import Samples, first_samples, objective_loss, with_objective
 from mpsearch.sensitivity.loss import NOT_CALLED, check_layers, planned, resolved
@@ -70,6 +78,8 @@ class DeltaLossEstimator(SensitivityEstimator):
                "pairs": [list(p) for p in self.pairs], "batch_size": self.batch_size}
         if self.metric != "loss":  # keeps the cache keys of earlier delta_loss results
             key["metric"] = self.metric
+        if weight_grid_tag(w for w, _ in self.pairs):  # likewise: only results with clipped-grid weights moved
+            key["weight_grid"] = WEIGHT_GRID
         return key
 
     def resolve(self, model: nn.Module, layers: Sequence[str], batches: Sequence[Batch]) -> DeltaLossEstimator:

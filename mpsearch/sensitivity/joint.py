@@ -33,7 +33,14 @@ from torch.func import grad, jvp
 from mpsearch.candidate import FLOAT_BITS, Bits, Candidate
 from mpsearch.errors import ConfigError
 from mpsearch.hashing import ContentHasher
-from mpsearch.quant.fake import ACT_SCHEME_KEY, ActQuant, fake_quant_act, fake_quant_weight, quantize_
+from mpsearch.quant.fake import (
+    ACT_SCHEME_KEY,
+    ActQuant,
+    fake_quant_act,
+    fake_quant_weight,
+    quantize_,
+    weight_grid_tag,
+)
 from mpsearch.sensitivity.base import Batch
 from mpsearch.sensitivity.data import Samples, first_samples, objective_loss, with_objective
 from mpsearch.sensitivity.loss import (
@@ -262,7 +269,7 @@ class CandidateProxy:
         cand = candidate if isinstance(candidate, Candidate) else Candidate(candidate)
         if cand in self._memo:
             return self._memo[cand]
-        key = f"{self.estimator.context_key()}-{cand.key()}"
+        key = f"{self.estimator.context_key()}-{cand.key()}{weight_grid_tag(w for w, _ in cand.values())}"
         rec = self._store.get(key) if self._store is not None else None
         if rec is not None:
             value = float(rec["value"])

@@ -10,7 +10,7 @@ import torch
 
 from mpsearch.candidate import Candidate
 from mpsearch.hashing import content_hash
-from mpsearch.quant.fake import quantize_
+from mpsearch.quant.fake import quantize_, weight_grid_tag
 from mpsearch.quant.prepare import PreparedModel, call_model
 from mpsearch.scoring import top1_hits
 from mpsearch.storage import JsonLines
@@ -31,11 +31,14 @@ class AccuracyCache:
         self.context = context_key
 
     def get(self, cand: Candidate) -> float | None:
-        rec = self.store.get(f"{self.context}-{cand.key()}")
+        rec = self.store.get(self._key(cand))
         return None if rec is None else rec["accuracy"]
 
     def put(self, cand: Candidate, acc: float) -> None:
-        self.store.put({"key": f"{self.context}-{cand.key()}", "accuracy": acc})
+        self.store.put({"key": self._key(cand), "accuracy": acc})
+
+    def _key(self, cand: Candidate) -> str:
+        return f"{self.context}-{cand.key()}{weight_grid_tag(w for w, _ in cand.values())}"
 
 
 @torch.no_grad()

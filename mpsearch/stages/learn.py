@@ -55,8 +55,8 @@ def learn(search_cfg: SearchConfig, prepared: PreparedModel, ranges: Mapping[str
         return []
     what = ", ".join(lr.describe() for lr in learners)
     n_calib = sum(len(y) for _, y in calib)
-    grid = ("scale = max|w|/qmax, or a learned LSQ step ≤ it whose codes keep ±qmax" if s.lsq_weights
-            else "scale = max|w|/qmax")
+    grid = ("scale = max|w|/qmax (2 bits: a clipped step), or a learned LSQ step ≤ max|w|/qmax whose codes keep "
+            "±qmax" if s.lsq_weights else "scale = max|w|/qmax; 2 bits: the least-error clipped step")
     return [f"Learned quantization ({what}) of the front candidates on the {n_calib} calibration images: "
             f"weights are snapped onto the kernels' own per-channel grid ({grid}) and LSQ steps map "
             "onto the activation ranges, so latency and weight memory are unchanged (the same compiled kernels, "

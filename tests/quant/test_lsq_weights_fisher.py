@@ -13,7 +13,7 @@ from mpsearch.config import RunConfig, validate
 from mpsearch.errors import ConfigError, MPSearchError
 from mpsearch.models.registry import fmnist_split, resnet20_fmnist
 from mpsearch.quant.calibration import calibrate
-from mpsearch.quant.fake import fake_quant_weight, quantize_weight, weight_scale
+from mpsearch.quant.fake import no_clip_weight_scale, quantize_weight
 from mpsearch.quant.learned import off_grid_layers
 from mpsearch.quant.learners import make_learners
 from mpsearch.quant.lsq import LsqWeightStep, mse_weight_step
@@ -48,10 +48,12 @@ def test_mse_step_lowers_the_weight_error_of_a_real_layer_and_round_trips(defaul
     w = default_model.graph_module.get_submodule(REAL_LAYER).weight.detach()
     q = LsqWeightStep(w, bits)
     step = q.step().detach()
-    smax = weight_scale(w, bits)
+    smax = no_clip_weight_scale(w, bits)
     assert torch.all(step <= smax) and torch.any(step < smax * 0.99)  # a clipped grid, never wider than max
     learned = q.fake_quant(w).detach()
-    err_lsq, err_max = float((learned - w).pow(2).sum()), float((fake_quant_weight(w, bits) - w).pow(2).sum())
+    qmax, view = 2 ** (bits - 1) - 1, smax.view(-1, 1, 1, 1)
+    on_max = torch.clamp(torch.round(w / view), -qmax, qmax) * view
+    err_lsq, err_max = float((learned - w).pow(2).sum()), float((on_max - w).pow(2).sum())
     assert err_lsq < 0.9 * err_max  # clearly lower than max scaling at 4 and at 2 bits
     # The kernels' quantizer recovers exactly the learned codes and (to an ulp) the learned step.
     codes, scale = quantize_weight(learned, bits)
@@ -93,9 +95,11 @@ def test_learned_weight_steps_lower_the_reconstruction_error_of_a_real_layer(def
             assert learned.stats["units"][0]["weight_step_ratio"][REAL_LAYER] < 1.0
             assert learner.describe() == "adaround (LSQ weight)"
     rtn = unit_mse(default_model, None, cand, ranges, held, "layer")[REAL_LAYER]
-    # held-out calibration images: learned steps beat max-step AdaRound (which at 2 bits and so few steps
-    # may keep round-to-nearest) and clearly beat round-to-nearest
-    assert results[True] < min(results[False], 0.9 * rtn)
+    # held-out calibration images: learned steps clearly beat round-to-nearest; at 4 bits they also beat
+    # AdaRound on the unclipped step; at 2 bits AdaRound starts from the clipped step too, and the learned
+    # step has about as little to add (within 2%)
+    assert results[True] < 0.9 * rtn
+    assert results[True] < results[False] if bits == 4 else results[True] < 1.02 * results[False]
 
 
 def test_fisher_is_the_squared_loss_gradient_per_sample(tiny_prepared: PreparedModel, tiny_batches: list) -> None:
@@ -121,7 +125,9 @@ def test_fisher_is_the_squared_loss_gradient_per_sample(tiny_prepared: PreparedM
 
 def test_fisher_weighting_changes_what_brecq_learns(tiny_prepared: PreparedModel, tiny_ranges: dict,
                                                     tiny_batches: list) -> None:
-    cand = Candidate.uniform(tiny_prepared.layer_names, 2, 8)
+    # 4 bits: at 2 bits, 30 steps learn no rounding better than round-to-nearest on the clipped grid,
+    # so both runs keep it
+    cand = Candidate.uniform(tiny_prepared.layer_names, 4, 8)
     plain = Reconstruction("block", ReconstructionSettings(iters=30)).learn(tiny_prepared, cand, tiny_ranges,
                                                                            tiny_batches)
     learner = Reconstruction("block", ReconstructionSettings(iters=30, fisher=True))
@@ -189,7 +195,7 @@ def test_learned_steps_and_codes_reach_the_tvm_kernels_exactly(tiny_prepared: Pr
         # every channel keeps a ±qmax code, so the kernels' max|w|/qmax is the learned step
         assert torch.equal(codes.abs().flatten(1).amax(1).float(), torch.full((w.shape[0],), 2.0 ** (w_bits - 1) - 1))
         orig = tiny_prepared.graph_module.get_submodule(name).weight.detach()
-        clipped += int((scale < weight_scale(orig, w_bits) * 0.999).sum())
+        clipped += int((scale < no_clip_weight_scale(orig, w_bits) * 0.999).sum())
     assert clipped > 0  # learned steps below max scaling reached the weights the lowering reads
     x = tiny_batches[0][0][:8]
     lowered = lower(model, cand, learned.ranges, batch=8)
