@@ -2,8 +2,9 @@
 
 A learned model is a patch to the prepared (BN-folded) model: new float weights and biases for some
 layers and, with LSQ, new activation ranges. Every weight of a layer quantized below 32 bits lies
-exactly on the kernels' grid (``scale · codes`` with the kernels' ``scale``, ``max|w| / qmax`` or at 2 bits a clipped step; with learned LSQ weight
-steps, ``scale`` is the step and every channel keeps a ``±qmax`` code, so the same holds), so the unchanged
+exactly on the kernels' grid (``scale · codes`` with the kernels' ``scale``: ``max|w| / qmax``, at 2 bits a
+clipped step; with learned LSQ weight steps, ``scale`` is the step and every channel keeps a ``±qmax``
+code, so the same holds), so the unchanged
 :func:`mpsearch.quant.fake.quantize_` and the TVM lowering derive exactly the learned codes from it:
 deployment is exact and latency does not change (same kernels, same shapes, only array values).
 """
@@ -63,7 +64,8 @@ class LearnedModel:
         with torch.no_grad():
             for name, value in self.params.items():
                 state[name].copy_(value)
-        return replace(prepared, graph_module=gm, layers=list(prepared.layers), float_layers=dict(prepared.float_layers))
+        return replace(prepared, graph_module=gm, layers=list(prepared.layers),
+                       float_layers=dict(prepared.float_layers))
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()

@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from mpsearch.hardware.fpenv import denormals_flushed
-from mpsearch.quant.prepare import call_model
 from mpsearch.report.document import peers_sentence, plain_text
 from mpsearch.scoring import top1_hits
 
