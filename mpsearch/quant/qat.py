@@ -6,7 +6,9 @@ current weights every step), inputs with the calibrated activation quantizers (o
 is trained on the calibration split with ``α · T² · KL(teacher_T ‖ student_T) + (1 − α) · CE``.
 At the end each quantized weight is replaced by its round-to-nearest value ``scale · codes``, which
 is what the student computed in its last forward pass, so the deployed kernels run exactly the
-trained model. Biases (and the weights of float layers) stay float, as the kernels take them.
+trained model. Biases (and the weights of float layers) stay float, as the kernels take them; a
+quantized layer's bias starts bias-corrected (:func:`~mpsearch.quant.fake.corrected_bias`), as the
+round-to-nearest model it starts from computes it (on trained, on-grid weights the correction is 0).
 """
 
 from __future__ import annotations
@@ -24,7 +26,15 @@ from torch.nn import functional as F
 
 from mpsearch.candidate import FLOAT_BITS, HALF_BITS, Candidate
 from mpsearch.errors import ConfigError
-from mpsearch.quant.fake import ActQuant, act_quantizers, fake_quant_weight, layer_forward, weight_scale
+from mpsearch.quant.fake import (
+    CLIPPED_GRID_MAX_BITS,
+    ActQuant,
+    act_quantizers,
+    corrected_bias,
+    fake_quant_weight,
+    layer_forward,
+    weight_scale,
+)
 from mpsearch.quant.learned import Batches, LearnedModel, Learner
 from mpsearch.quant.lsq import LsqActQuant, fake_quant_act_ste
 from mpsearch.quant.prepare import PreparedModel
@@ -34,13 +44,18 @@ log = logging.getLogger(__name__)
 
 
 def fake_quant_weight_ste(w: torch.Tensor, bits: int) -> torch.Tensor:
-    """:func:`mpsearch.quant.fake.fake_quant_weight` with a straight-through gradient."""
+    """:func:`mpsearch.quant.fake.fake_quant_weight` with a straight-through gradient for the rounding and
+    none for weights the grid clips (only 2-bit grids clip: elsewhere the step is ``max|w| / qmax``). A
+    clipped weight passed the gradient straight through would drift on a push that changes nothing."""
     if bits == HALF_BITS:  # fp16: round to half, gradient straight through
         return w + (w.detach().half().float() - w.detach())
     qmax = 2 ** (bits - 1) - 1
     scale = weight_scale(w, bits).view((-1,) + (1,) * (w.dim() - 1))
-    q = torch.clamp(torch.round(w.detach() / scale), -qmax, qmax) * scale
-    return w + (q - w).detach()
+    if bits > CLIPPED_GRID_MAX_BITS:  # nothing clips (max|w| / scale is qmax up to an ulp): all straight through
+        q = torch.clamp(torch.round(w.detach() / scale), -qmax, qmax) * scale
+        return w + (q - w).detach()
+    x = torch.clamp(w / scale, -qmax, qmax)  # round(clip(x)) = clip(round(x)) on an integer range
+    return (x + (torch.round(x) - x).detach()) * scale
 
 
 class _QatLayer(nn.Module):
@@ -106,7 +121,11 @@ class QatKd(Learner):
         acts = act_quantizers(candidate, ranges)
         wrapped: dict[str, _QatLayer] = {}
         for name, (w_bits, _) in candidate.items():
-            wrapped[name] = _QatLayer(student.get_submodule(name), w_bits, acts[name], cfg.lsq)
+            layer = student.get_submodule(name)
+            if layer.bias is not None and w_bits < FLOAT_BITS:  # start where round-to-nearest is: bias-corrected
+                with torch.no_grad():
+                    layer.bias.copy_(corrected_bias(layer, w_bits))
+            wrapped[name] = _QatLayer(layer, w_bits, acts[name], cfg.lsq)
             student.set_submodule(name, wrapped[name])
         student.train()
         # every model input concatenated over the batches (a batch holds a Tensor or a tuple of them)

@@ -210,7 +210,7 @@ def candidates_frame(summary: RunSummary) -> pd.DataFrame:
     Pareto rows come first, sorted by latency (measured, then predicted), then the exact-ILP picks
     (same order), then the baselines in input order. ``acc_drop_pts`` and ``speedup_vs_fp32`` compare with the baseline labelled ``"fp32"`` and
     are NaN without it; ``pareto_measured`` marks pareto rows non-dominated on (accuracy, measured
-    latency).
+    latency, weight bytes).
 
     Args:
         summary: The run summary.

@@ -13,7 +13,7 @@ from mpsearch.quant.learned import LearnedModel, merge, off_grid_layers
 from mpsearch.quant.learners import make_learners
 from mpsearch.quant.prepare import PreparedModel
 from mpsearch.quant.qat import QatKd, QatSettings, fake_quant_weight_ste
-from mpsearch.quant.fake import fake_quant_weight
+from mpsearch.quant.fake import INPUT_MEAN, fake_quant_weight, quantize_
 from mpsearch.quant.reconstruct import Reconstruction, reconstruction_mse
 from mpsearch.testing import synthetic_split
 
@@ -41,6 +41,25 @@ def test_qat_kd_moves_toward_the_teacher_and_snaps_to_the_grid(tiny_prepared: Pr
         reconstruction_mse(tiny_prepared, None, cand, ranges, held)
     again = QatKd(settings).learn(tiny_prepared, cand, ranges, train)  # seeded: the same result
     assert all(torch.equal(learned.params[k], again.params[k]) for k in learned.params)
+
+
+def test_qat_starts_from_the_bias_corrected_round_to_nearest_model(tiny_corrected: tuple, tiny_batches: list) -> None:
+    """Layers that carry their input means run round-to-nearest with corrected biases; QAT starts from
+    that model, not from the uncorrected one (at 2 bits the correction is most of the accuracy)."""
+    prepared, ranges = tiny_corrected
+    cand = Candidate({n: (2, 8) for n in prepared.layer_names} | {"fc": (32, 8)})
+    # a step too small to move anything: the learned model is the starting point
+    learned = QatKd(QatSettings(epochs=1, lr=1e-12)).learn(prepared, cand, ranges, tiny_batches)
+    x = tiny_batches[0][0]
+    with torch.no_grad():
+        rtn = quantize_(prepared.copy_module(), cand, ranges)(x)
+        start = quantize_(learned.apply(prepared).copy_module(), cand, learned.ranges)(x)
+        uncorrected = prepared.copy_module()
+        for name in prepared.layer_names:
+            delattr(uncorrected.get_submodule(name), INPUT_MEAN)
+        plain = quantize_(uncorrected, cand, ranges)(x)
+    torch.testing.assert_close(start, rtn, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(plain, rtn, rtol=1e-3, atol=1e-4)  # the correction is not a no-op here
 
 
 def test_learners_chain_into_one_patch(tiny_prepared: PreparedModel, tiny_ranges: dict, tiny_batches: list) -> None:

@@ -86,8 +86,12 @@ def test_an_lsq_step_is_capped_at_the_unclipped_step_not_the_clipped_one() -> No
     torch.testing.assert_close(ada.scale, between, rtol=0, atol=0)
 
 
-def test_qat_trains_on_the_grid_the_export_uses() -> None:
+def test_qat_trains_on_the_grid_the_export_uses_and_leaves_clipped_weights_alone() -> None:
     w = _gaussian(seed=6).requires_grad_(True)
+    fake_quant_weight_ste(w, 2).sum().backward()
+    clipped = w.detach().abs() > weight_scale(w, 2)[:, None] * 1.0001
+    assert clipped.any() and (~clipped).any()
+    assert torch.all(w.grad[clipped] == 0) and torch.all(w.grad[~clipped] == 1)
     # w + (q - w) in float32: equal to q up to rounding
     torch.testing.assert_close(fake_quant_weight_ste(w, 2), fake_quant_weight(w.detach(), 2), rtol=1e-6, atol=1e-9)
 
