@@ -300,9 +300,16 @@ def recommendation_sentences(rec: Recommendation | None) -> list[str]:
             out.append(f"The {rec.latency} front is a single point ({a_hi:.2f}%, {t_lo:.3f} ms): the most accurate "
                        "Pareto candidate evaluated is also the fastest.")
         else:
-            out.append(f"The {rec.latency} front spans {a_hi - a_lo:.2f} points of accuracy ({a_lo:.2f}–{a_hi:.2f}%) "
-                       f"and {t_hi / t_lo:.1f}× in latency ({t_lo:.3f}–{t_hi:.3f} ms)"
+            memory = ""
+            if rec.front_weight_kib is not None and rec.front_weight_kib[0] > 0:
+                w_lo, w_hi = rec.front_weight_kib
+                memory = f" and {w_hi / w_lo:.1f}× in weight memory ({w_lo:.1f}–{w_hi:.1f} KiB)"
+            out.append(f"The {rec.latency} front spans {a_hi - a_lo:.2f} points of accuracy ({a_lo:.2f}–{a_hi:.2f}%), "
+                       f"{t_hi / t_lo:.1f}× in latency ({t_lo:.3f}–{t_hi:.3f} ms){memory}"
                        + (": bits barely matter for accuracy here." if a_hi - a_lo < 0.5 else "."))
+            two_d = _front_2d_text(rec)
+            if two_d:
+                out.append(two_d)
     for label in rec.dominating:
         name, kib, smallest = baseline_name(label), rec.weight_kib.get(label), rec.front_min_weight_kib
         if kib is not None and smallest is not None and smallest < kib:
@@ -315,6 +322,21 @@ def recommendation_sentences(rec: Recommendation | None) -> list[str]:
             f"({rec.latency} latency) as every one of the {rec.front_size} Pareto candidates evaluated, so on "
             f"accuracy and latency the search found nothing better than this baseline. Deploy {name}{memory}.")
     return out
+
+
+def _front_2d_text(rec: Recommendation) -> str:
+    """A sentence for a front that is wider with weight memory than on accuracy and latency alone ("" if not)."""
+    if rec.front_2d_accuracy_pct is None or rec.front_2d_latency_ms is None:
+        return ""
+    (a_lo, a_hi), (t_lo, t_hi) = rec.front_2d_accuracy_pct, rec.front_2d_latency_ms
+    if (a_lo, a_hi) == rec.front_accuracy_pct and (t_lo, t_hi) == rec.front_latency_ms:
+        return ""
+    if a_lo == a_hi and t_lo == t_hi:
+        alone = f"it is a single point ({a_hi:.2f}%, {t_lo:.3f} ms)"
+    else:
+        alone = f"it spans {a_hi - a_lo:.2f} points and {t_hi / t_lo:.1f}× ({t_lo:.3f}–{t_hi:.3f} ms)"
+    return (f"On accuracy and latency alone {alone}: the other candidates are on the front only for their "
+            "smaller weights.")
 
 
 def _recommendation(rec: Recommendation | None) -> list[Block]:

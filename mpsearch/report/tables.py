@@ -530,6 +530,11 @@ class Recommendation:
         front_accuracy_pct: (lowest, highest) accuracy on the front: the Pareto candidates non-dominated on
             accuracy, latency and weight memory (``pareto_measured``; all of them when nothing was measured).
         front_latency_ms: (lowest, highest) latency on that front.
+        front_weight_kib: (lowest, highest) weight memory on that front.
+        front_2d_accuracy_pct, front_2d_latency_ms: the same spans over the front's candidates that no other
+            one dominates on accuracy and latency alone (weight memory left out; latencies within
+            :data:`LATENCY_TIE` tie): where they are narrower, candidates are on the front only for their
+            smaller weights.
         weight_kib: Weight memory of each dominating baseline.
         front_min_weight_kib: The smallest weight memory among the Pareto candidates compared with.
     """
@@ -545,6 +550,9 @@ class Recommendation:
     front_latency_ms: tuple[float, float] | None = None
     weight_kib: dict[str, float] = field(default_factory=dict)
     front_min_weight_kib: float | None = None
+    front_weight_kib: tuple[float, float] | None = None
+    front_2d_accuracy_pct: tuple[float, float] | None = None
+    front_2d_latency_ms: tuple[float, float] | None = None
 
     def row(self, goal: str) -> pd.Series:
         """The table row of ``goal`` (e.g. ``"fastest within 1 point of FP32"``)."""
@@ -664,11 +672,20 @@ def recommend(
         str(b["label"]) for _, b in pts[pts["kind"] == "baseline"].iterrows()
         if all(_dominates(b, p) for _, p in front.iterrows())
     ]
-    spans: dict[str, tuple[float, float] | None] = {"accuracy_pct": None, "latency_ms": None}
     measured_front = pts[(pts["kind"] == "pareto") & on_front.reindex(pts.index).to_numpy()]
-    if not measured_front.empty:
-        spans = {c: (float(measured_front[c].min()), float(measured_front[c].max())) for c in spans}
+    spans = _spans(measured_front, ("accuracy_pct", "latency_ms", "weight_kib"))
+    two_d = measured_front[[not any(_dominates(q, r) for _, q in measured_front.iterrows())
+                            for _, r in measured_front.iterrows()]]  # latencies within LATENCY_TIE tie
+    spans_2d = _spans(two_d, ("accuracy_pct", "latency_ms"))
     weights = {str(b["label"]): float(b["weight_kib"]) for _, b in pts.iterrows() if str(b["label"]) in dominating}
     return Recommendation(table, headline, reference, ref_acc, source, dominating, len(front),
                           spans["accuracy_pct"], spans["latency_ms"], weights,
-                          float(front["weight_kib"].min()) if not front.empty else None)
+                          float(front["weight_kib"].min()) if not front.empty else None,
+                          spans["weight_kib"], spans_2d["accuracy_pct"], spans_2d["latency_ms"])
+
+
+def _spans(points: pd.DataFrame, columns: tuple[str, ...]) -> dict[str, tuple[float, float] | None]:
+    """(lowest, highest) of each column over ``points`` (None for each when there are none)."""
+    if points.empty:
+        return dict.fromkeys(columns)
+    return {c: (float(points[c].min()), float(points[c].max())) for c in columns}

@@ -211,11 +211,25 @@ def test_the_span_of_the_measured_front(summary):
     # pareto-3 is dominated once measured; the front is pareto-2 (88%, 1.25 ms) .. pareto-0 (91.2%, 2.2 ms).
     assert rec.front_accuracy_pct == pytest.approx((88.0, 91.2))
     assert rec.front_latency_ms == pytest.approx((1.25, 2.2))
-    assert ("The measured front spans 3.20 points of accuracy (88.00–91.20%) and 1.8× in latency "
-            "(1.250–2.200 ms).") in render_markdown(summary)
+    assert ("The measured front spans 3.20 points of accuracy (88.00–91.20%), 1.8× in latency "
+            "(1.250–2.200 ms) and 2.2× in weight memory (3.9–8.8 KiB).") in render_markdown(summary)
+    assert "On accuracy and latency alone" not in render_markdown(summary)  # the same front without memory
     for ev in summary.candidates:  # the slower, the more accurate, by a tenth of a point each
         ev.accuracy = {"pareto-0": 0.913, "pareto-1": 0.912, "pareto-2": 0.911}.get(ev.label, ev.accuracy)
     assert "bits barely matter for accuracy here" in render_markdown(summary)
+
+
+def test_a_front_wider_for_weight_memory_says_what_it_is_on_accuracy_and_latency(summary):
+    """A candidate slower and less accurate than another, but with smaller weights, is on the front only
+    for its weights: the report gives the span on accuracy and latency alone too."""
+    small = next(ev for ev in summary.candidates if ev.label == "pareto-2")  # 88%, the smallest weights
+    small.measured_latency_ms = 2.3  # now slower than pareto-0 (91.2%, 2.2 ms)
+    rec = summary_recommendation(summary)
+    assert rec.front_accuracy_pct == pytest.approx((88.0, 91.2))
+    assert rec.front_2d_accuracy_pct == pytest.approx((90.5, 91.2))
+    assert rec.front_2d_latency_ms == pytest.approx((1.6, 2.2))
+    assert ("On accuracy and latency alone it spans 0.70 points and 1.4× (1.600–2.200 ms): the other candidates "
+            "are on the front only for their smaller weights.") in render_markdown(summary)
 
 
 def test_latencies_within_two_percent_tie(summary):
