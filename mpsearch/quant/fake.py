@@ -3,9 +3,9 @@
 Weights: per-output-channel symmetric, ``q = round(w / s)`` clipped to ``±(2^(b-1) - 1)``, with
 ``s = max|w| / qmax`` (no clipping) above :data:`CLIPPED_GRID_MAX_BITS` bits. At 2 bits (ternary codes)
 that step leaves every weight under half the channel's maximum at 0, so there ``s`` is the one among
-``f · max|w| / qmax``, ``f ∈ [0.05, 1]``, with the least rounding error (:func:`mse_weight_step`; Banner
-et al., "Post-training 4-bit quantization of convolution networks for rapid-deployment", NeurIPS 2019,
-clip the same way). Either step is a function of the weight alone, so every consumer (simulation,
+``f · max|w| / qmax``, ``f ∈ [0.05, 1]``, with the least rounding error (:func:`mse_weight_step`; the
+per-channel MSE clipping of Choukroun et al., "Low-bit Quantization of Neural Networks for Efficient
+Inference", ICCV Workshops 2019). Either step is a function of the weight alone, so every consumer (simulation,
 sensitivity, lowering, export) computes the same one; on weights already on such a grid (``s · codes``
 with a code at ``±qmax``, what AdaRound and LSQ hand back) it is ``f = 1``, the grid itself.
 Activations: per-tensor, from a calibrated range; unsigned ``[0, 2^b - 1]`` when the range is
