@@ -7,9 +7,9 @@ clipped step, at most that). A learned weight is ``scale * code`` with
 element is pinned to its round-to-nearest code ``±qmax``, so the snapped weight's channel maximum is
 ``scale · qmax``, ``quantize_weight`` recovers the same scale (a grid's own step is its least-error
 one), and the learned codes survive unchanged into the fake-quant simulation and the compiled
-kernels (Nagel et al., "Up or Down? Adaptive Rounding for Post-Training Quantization", ICML 2020). With ``scale`` given (an LSQ step
-``≤ max|w| / qmax``, a clipped grid), the max-|w| element still codes to ``±qmax``, so the same holds
-for ``s · codes`` with any learned positive step ``s``.
+kernels (Nagel et al., "Up or Down? Adaptive Rounding for Post-Training Quantization", ICML 2020).
+With ``scale`` given (an LSQ step ``≤ max|w| / qmax``, a clipped grid), the max-|w| element still
+codes to ``±qmax``, so the same holds for ``s · codes`` with any learned positive step ``s``.
 """
 
 from __future__ import annotations

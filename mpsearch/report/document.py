@@ -304,7 +304,8 @@ def recommendation_sentences(rec: Recommendation | None) -> list[str]:
             if rec.front_weight_kib is not None and rec.front_weight_kib[0] > 0:
                 w_lo, w_hi = rec.front_weight_kib
                 memory = f" and {w_hi / w_lo:.1f}× in weight memory ({w_lo:.1f}–{w_hi:.1f} KiB)"
-            out.append(f"The {rec.latency} front spans {a_hi - a_lo:.2f} points of accuracy ({a_lo:.2f}–{a_hi:.2f}%), "
+            out.append(f"The {rec.latency} front spans {a_hi - a_lo:.2f} points of accuracy "
+                       f"({a_lo:.2f}–{a_hi:.2f}%), "
                        f"{t_hi / t_lo:.1f}× in latency ({t_lo:.3f}–{t_hi:.3f} ms){memory}"
                        + (": bits barely matter for accuracy here." if a_hi - a_lo < 0.5 else "."))
             two_d = _front_2d_text(rec)
@@ -318,7 +319,8 @@ def recommendation_sentences(rec: Recommendation | None) -> list[str]:
         else:
             memory = ", which is no larger in weights either"
         out.append(
-            f"**{name[:1].upper() + name[1:]} dominates the searched front**: it is at least as accurate and at least as fast "
+            f"**{name[:1].upper() + name[1:]} dominates the searched front**: it is at least as accurate and at "
+            "least as fast "
             f"({rec.latency} latency) as every one of the {rec.front_size} Pareto candidates evaluated, so on "
             f"accuracy and latency the search found nothing better than this baseline. Deploy {name}{memory}.")
     return out

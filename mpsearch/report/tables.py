@@ -208,9 +208,9 @@ def candidates_frame(summary: RunSummary) -> pd.DataFrame:
     """One row per candidate: metrics, derived comparisons and one ``"W{w}A{a}"`` column per layer.
 
     Pareto rows come first, sorted by latency (measured, then predicted), then the exact-ILP picks
-    (same order), then the baselines in input order. ``acc_drop_pts`` and ``speedup_vs_fp32`` compare with the baseline labelled ``"fp32"`` and
-    are NaN without it; ``pareto_measured`` marks pareto rows non-dominated on (accuracy, measured
-    latency, weight bytes).
+    (same order), then the baselines in input order. ``acc_drop_pts`` and ``speedup_vs_fp32`` compare with
+    the baseline labelled ``"fp32"`` and are NaN without it; ``pareto_measured`` marks pareto rows
+    non-dominated on (accuracy, measured latency, weight bytes).
 
     Args:
         summary: The run summary.
@@ -525,7 +525,8 @@ class Recommendation:
         latency: ``"measured"``, ``"estimated"`` or ``"predicted"``: which latency the goals rank by.
         dominating: Labels of baselines (uniform INT8, FP32, a given candidate) that dominate every Pareto
             candidate with an accuracy and a latency: at least as accurate and at least as fast as each
-            (latencies within :data:`LATENCY_TIE` tie), and strictly better on one of the two. The searched front then adds nothing on those two axes.
+            (latencies within :data:`LATENCY_TIE` tie), and strictly better on one of the two. The searched
+            front then adds nothing on those two axes.
         front_size: Pareto candidates with both an accuracy and a latency (what ``dominating`` compares with).
         front_accuracy_pct: (lowest, highest) accuracy on the front: the Pareto candidates non-dominated on
             accuracy, latency and weight memory (``pareto_measured``; all of them when nothing was measured).
