@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from mpsearch.quant.fake import no_clip_weight_scale, quantize_weight, weight_scale
+from mpsearch.quant.fake import no_clip_weight_scale, quantize_weight
 
 # Stretch of the rectified sigmoid h(V) = clip(sigmoid(V) * (ZETA - GAMMA) + GAMMA, 0, 1) (AdaRound's values).
 GAMMA, ZETA = -0.1, 1.1
@@ -60,8 +60,7 @@ class AdaRoundWeight(nn.Module):
         self.qmax = qmax_of(bits)
         shape = _channel_shape(w)
         if scale is None:  # the kernels' own step
-            scale = weight_scale(w, bits)
-            rtn, _ = quantize_weight(w, bits)
+            rtn, scale = quantize_weight(w, bits)
         else:  # a clipped grid (LSQ's step, at most max|w| / qmax: the max-|w| element still codes to ±qmax)
             scale = torch.minimum(scale.detach().float(), no_clip_weight_scale(w, bits))
             rtn = torch.clamp(torch.round(w / scale.view(shape)), -self.qmax, self.qmax)

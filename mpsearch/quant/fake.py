@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mpsearch.candidate import FLOAT_BITS, HALF_BITS, Candidate
+from mpsearch.candidate import FLOAT_BITS, HALF_BITS, Bits, Candidate
 from mpsearch.errors import CandidateError, ConfigError
 
 _EPS = 1e-12
@@ -175,10 +175,9 @@ def mse_weight_step(w: torch.Tensor, bits: int, grid: int = 80, low: float = 0.2
     """Per-output-channel step minimising ``‖s · clip(round(w / s)) − w‖²`` over ``s = f · max|w| / qmax``,
     ``f`` on a grid in ``[low, 1]`` (1 included and kept on ties, so never worse than no clipping).
     Shape ``(out_channels,)``."""
-    w = w.detach().float()
+    flat = w.detach().float().flatten(1)
     qmax = 2 ** (bits - 1) - 1
-    flat = w.flatten(1)
-    smax = (flat.abs().amax(1) / qmax).clamp_min(_EPS)
+    smax = no_clip_weight_scale(flat, bits)
     best_err = torch.full_like(smax, float("inf"))
     best = smax.clone()
     for f in torch.linspace(low, 1.0, grid).tolist():
@@ -190,10 +189,11 @@ def mse_weight_step(w: torch.Tensor, bits: int, grid: int = 80, low: float = 0.2
     return best
 
 
-def weight_grid_tag(w_bits: Iterable[int]) -> str:
-    """Suffix for the cache key of a result that quantizes weights to ``w_bits``: empty unless one is at or
-    below :data:`CLIPPED_GRID_MAX_BITS`, so results at wider weights keep their keys."""
-    return f"-{WEIGHT_GRID}" if any(b <= CLIPPED_GRID_MAX_BITS for b in w_bits) else ""
+def weight_grid_tag(pairs: Iterable[Bits]) -> str:
+    """Suffix for the cache key of a result computed at these ``(w_bits, a_bits)`` pairs (a candidate's
+    values): empty unless a weight width is at or below :data:`CLIPPED_GRID_MAX_BITS`, so results at wider
+    weights keep their keys."""
+    return f"-{WEIGHT_GRID}" if any(w <= CLIPPED_GRID_MAX_BITS for w, _ in pairs) else ""
 
 
 def weight_scale(w: torch.Tensor, bits: int) -> torch.Tensor:

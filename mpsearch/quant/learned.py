@@ -127,7 +127,7 @@ def learn_key(learner: Learner, prepared: PreparedModel, candidate: Candidate,
     """Content key of a learned result: learner settings, model weights, ranges, data, candidate."""
     return content_hash(learner.name, learner.settings(), prepared.graph_module.state_dict(), dict(ranges),
                         [x for x, _ in batches], [y for _, y in batches],
-                        candidate.key() + weight_grid_tag(w for w, _ in candidate.values()), length=20)
+                        candidate.key() + weight_grid_tag(candidate.values()), length=20)
 
 
 def cached_learn(learner: Learner, prepared: PreparedModel, candidate: Candidate,

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mpsearch.quant.fake import ActQuant, mse_weight_step
+from mpsearch.quant.fake import ActQuant, mse_weight_step, no_clip_weight_scale
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -87,7 +87,7 @@ class LsqWeightStep(nn.Module):
         w = weight.detach().float()
         self.bits = bits
         self.qmax = 2 ** (bits - 1) - 1
-        smax = (w.abs().flatten(1).amax(1) / self.qmax).clamp_min(1e-12)
+        smax = no_clip_weight_scale(w, bits)
         if init not in ("mse", "max"):
             raise ValueError(f"unknown LSQ weight-step init {init!r}; use mse or max")
         start = mse_weight_step(w, bits) if init == "mse" else smax.clone()

@@ -78,7 +78,7 @@ class DeltaLossEstimator(SensitivityEstimator):
                "pairs": [list(p) for p in self.pairs], "batch_size": self.batch_size}
         if self.metric != "loss":  # keeps the cache keys of earlier delta_loss results
             key["metric"] = self.metric
-        if weight_grid_tag(w for w, _ in self.pairs):  # likewise: only results with clipped-grid weights moved
+        if weight_grid_tag(self.pairs):  # likewise: only results with clipped-grid weights moved
             key["weight_grid"] = WEIGHT_GRID
         return key
 

@@ -269,7 +269,7 @@ class CandidateProxy:
         cand = candidate if isinstance(candidate, Candidate) else Candidate(candidate)
         if cand in self._memo:
             return self._memo[cand]
-        key = f"{self.estimator.context_key()}-{cand.key()}{weight_grid_tag(w for w, _ in cand.values())}"
+        key = f"{self.estimator.context_key()}-{cand.key()}{weight_grid_tag(cand.values())}"
         rec = self._store.get(key) if self._store is not None else None
         if rec is not None:
             value = float(rec["value"])

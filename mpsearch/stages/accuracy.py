@@ -38,7 +38,7 @@ class AccuracyCache:
         self.store.put({"key": self._key(cand), "accuracy": acc})
 
     def _key(self, cand: Candidate) -> str:
-        return f"{self.context}-{cand.key()}{weight_grid_tag(w for w, _ in cand.values())}"
+        return f"{self.context}-{cand.key()}{weight_grid_tag(cand.values())}"
 
 
 @torch.no_grad()
