@@ -83,7 +83,7 @@ FMA = "fma"
 #: ``vpdpbusd``; without VNNI the exact 16x2 ``vpmaddwd`` (``vpmaddubsw`` saturates at int16 on 8-bit
 #: codes against 8-bit weights, so only activations of up to 7 bits, or 4-bit weights, take the 16x4
 #: dot there).
-INT8_DOT = {"avx512vnni": "vpdpbusd", "avx512bw": "vpmaddwd"}
+INT8_DOT = {"avx512vnni": "vpdpbusd", "avx512bw": "vpmaddwd", "avx2": "vpmaddwd"}
 DOT_NAMES = {FMA: "fp32 FMA", "vpdpbusd": "int8 16x4 vpdpbusd (VNNI)",
              "vpmaddubsw": "int8 16x4 vpmaddubsw + vpmaddwd", "vpmaddwd": "int8 16x2 vpmaddwd (+ add)"}
 
@@ -218,7 +218,15 @@ def compute_peaks(target: Any, dot_isa: str, iterations: int = ITERATIONS, threa
         "vpmaddwd": ((32, "int16"), (32, "int16"), "int32", lambda c, x, y: c + llvm(
             madd, "int32x16", T.reinterpret(c, dtype="int16x32"), y), 2, 16),
     }
-    have = {"avx512vnni": [FMA, *DOTS], "avx512bw": [FMA, "vpmaddubsw", "vpmaddwd"]}.get(dot_isa, [FMA])
+    if dot_isa == "avx2":  # the same two dots at 256 bits (intrinsics.py: an AVX2 dot runs in two halves)
+        madd2 = "llvm.x86.avx2.pmadd.wd"
+        kinds["vpmaddubsw"] = ((32, "uint8"), (32, "int8"), "int32", lambda c, x, y: c + llvm(madd2, "int32x8", llvm(
+            "llvm.x86.avx2.pmadd.ub.sw", "int16x16", T.reinterpret(c, dtype="uint8x32"), y),
+            T.broadcast(T.int16(1), 16)), 4, 8)
+        kinds["vpmaddwd"] = ((16, "int16"), (16, "int16"), "int32", lambda c, x, y: c + llvm(
+            madd2, "int32x8", T.reinterpret(c, dtype="int16x16"), y), 2, 8)
+    dots = [FMA, "vpmaddubsw", "vpmaddwd"]
+    have = {"avx512vnni": [FMA, *DOTS], "avx512bw": dots, "avx2": dots}.get(dot_isa, [FMA])
     peaks = {}
     for name in have:
         a, b, acc_dtype, step, macs, width = kinds[name]

@@ -110,9 +110,9 @@ def _task_loggers(log_dir: Path, names: Sequence[str]) -> Iterator[list[logging.
 
 def space_generator(target: Any, mod: Any = None) -> Any:
     """MetaSchedule's design space for kernel ``mod`` on ``target``. CUDA: ``cuda_schedule.space_generator``
-    (dp4a and tensor-core tiling). CPUs: the default post-order space, plus, on AVX-512BW
-    CPUs, multi-level tiling that tensorizes int8 reductions with mpsearch's exact 16x2 dot
-    (``kernels.DOT_INTRINSICS``) and the 16x4 dot of the target's ISA (``kernels.DOT4_INTRINSICS``:
+    (dp4a and tensor-core tiling). CPUs: the default post-order space, plus, on x86 CPUs with AVX2
+    or AVX-512BW, multi-level tiling that tensorizes int8 reductions with mpsearch's exact 16x2 dot
+    (``kernels.dot16x2_intrinsics``) and the 16x4 dot of the target's ISA (``kernels.DOT4_INTRINSICS``:
     VNNI vpdpbusd, or vpmaddubsw on the kernels where it cannot saturate, ``KernelSpec.kgroup``). TVM's
     own x86 rule tries only ``dot_16x4_avx512``, whose ``vpmaddubsw`` saturates at int16 on 8-bit x 8-bit
     codes, and which our kernels' NCHW reductions never matched anyway. On aarch64 with dotprod / i8mm

@@ -106,7 +106,7 @@ def test_blocked_convs_pass_u8_codes():
 def test_blocked_convs_pass_codes_under_the_hand_built_recipe():
     isa = _isa()
     if not isa:
-        pytest.skip("this CPU has no AVX-512BW: the blocked recipe is not used here")
+        pytest.skip("this CPU has no x86 int8 dot (AVX2 or AVX-512BW): the blocked recipe is not used here")
     register_intrinsics()
     producer = KernelSpec("conv2d", (1, 16, 8, 8), (32, 16, 3, 3), "i4p", "u8", (1, 1), (1, 1),
                           epilogue=("relu",), dot_isa=isa)

@@ -47,7 +47,7 @@ def _host() -> tvm.target.Target:
 def _host_isa() -> str:
     isa = dot_isa(_host())
     if not isa:
-        pytest.skip("this CPU has no AVX-512BW: the blocked int8 kernels and their space are not used here")
+        pytest.skip("this CPU has no x86 int8 dot (AVX2 or AVX-512BW): the blocked int8 kernels and their space are not used here")
     return isa
 
 
@@ -74,7 +74,7 @@ def _args(spec: KernelSpec, rng: np.random.Generator) -> list[np.ndarray]:
     arrays = []
     for name, shape, dtype in spec.inputs():
         if name == "qp":
-            lo, hi = (-128, 127) if spec.a_mode == "s8" else (0, 255)
+            lo, hi = (-128, 127) if spec.a_mode == "s8" else (0, 2**spec.a_bits - 1)
             arrays.append(np.array([10.0, lo, hi, 0.1, 7.0][:shape[0]], np.float32))
         elif dtype.startswith("float"):
             arrays.append(rng.standard_normal(shape).astype(dtype) * (3 if name == "x" else 1))
@@ -108,15 +108,17 @@ def test_pixel_tiles_keep_enough_accumulators_and_fit_the_registers():
     assert row_tiles(7) == [1, 7] and row_tiles(14) == [1, 2, 7] and row_tiles(56) == [1, 2, 4, 7, 8]
 
 
-def _each_block_and_tile(spec: KernelSpec, mod: tvm.IRModule, recipe, arrays: list[np.ndarray], want: np.ndarray):
+def _each_block_and_tile(spec: KernelSpec, mod: tvm.IRModule, recipe, arrays: list[np.ndarray], want: np.ndarray,
+                         target=None):
     """``recipe`` at every channel-block split (``blocks=``) and tile width (``tile=``) of the kernel the
-    space offers, each library checked bit-exact against ``want`` and yielded."""
+    space offers, each library (built for ``target``, default this CPU) checked bit-exact against
+    ``want`` and yielded."""
     width = spec.x_shape[0] if spec.op == "linear" else spec.out_shape[-1]  # a linear layer tiles its rows
     for blocks in channel_blocks(spec.o_tiles):
         for tile in pixel_tiles(width, most_pixels(blocks)):
             sch = s_tir.Schedule(mod)
             recipe(sch, blocks=blocks, tile=tile)
-            lib = tvm.compile(sch.mod, target=_host())
+            lib = tvm.compile(sch.mod, target=target or _host())
             np.testing.assert_array_equal(_run(lib.jit(), arrays), want, err_msg=f"{spec} at {blocks} x {tile}")
             yield lib
 
@@ -135,6 +137,42 @@ def test_every_tile_is_exact_and_runs_the_int8_dot(case):
         asm = lib.mod.inspect_source("s")
         # vpmaddwd + vpaddd become one vpdpwssd where the CPU has VNNI
         assert any(op in asm for op in ("vpdpbusd", "vpmaddwd", "vpdpwssd")), "no int8 dot instructions"
+
+
+ZNVER3 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver3"}  # AVX2, no AVX-512 (AMD Zen 3)
+#: (kind, case, a_bits) on AVX2: convs and linear layers on the 16x2 dot (W8A8, s8 codes) and the 16x4
+#: one (7-bit activations, int4 weights), the split int4 / int2 GEMVs, and an fp32 conv (FMAs)
+AVX2_CASES = [("conv", 0, 8), ("conv", 0, 7), ("conv", 1, 8), ("linear", 2, 8), ("linear", 5, 8), ("linear", 6, 8),
+              ("float", 0, 8)]
+
+
+@pytest.mark.parametrize("kind,case,a_bits", AVX2_CASES)
+def test_avx2_tiles_are_exact_and_run_256_bit_dots(kind, case, a_bits):
+    """On an AVX2-only x86 (AMD Zen 2 / 3, Intel before AVX-512) the blocked layouts and the hand-built
+    recipes are the AVX-512 ones, each 16-lane vector run as two 256-bit halves: every tile bit-exact,
+    the dot instructions (fp32: FMAs) in the code, no 512-bit register."""
+    from mpsearch.hardware.kernels.schedules import schedule_float_conv
+
+    if "avx2" not in tvm.target.codegen.llvm_get_cpu_features(_host()):
+        pytest.skip("this CPU has no AVX2")
+    register_intrinsics()
+    cases = {"conv": _cases("avx2"), "linear": _linear_cases("avx2"), "float": FLOAT}[kind]
+    spec = dataclasses.replace(cases[case], a_bits=a_bits, dot_isa="avx2")
+    mod = _mod(spec)
+    arrays = _args(spec, np.random.default_rng(case))
+    want = _run(tvm.compile(mod, target=ZNVER3).jit(), arrays)
+    if kind == "float":
+        assert spec.float_blocked
+        recipe, ops = schedule_float_conv, ("vfmadd",)
+    else:
+        assert spec.kgroup == (2 if a_bits == 8 and spec.w_mode == "i8" else 4)
+        intrinsic = _intrinsic(s_tir.Schedule(mod), "avx2")
+        assert intrinsic.endswith("_avx2")
+        recipe = functools.partial(schedule_conv, intrinsic=intrinsic)
+        ops = ("vpmaddwd", "vpmaddubsw") if spec.kgroup == 4 else ("vpmaddwd",)
+    for lib in list(_each_block_and_tile(spec, mod, recipe, arrays, want, target=ZNVER3)):
+        asm = lib.mod.inspect_source("s")
+        assert all(op in asm for op in ops) and "zmm" not in asm
 
 
 def _linear_cases(isa: str) -> list[KernelSpec]:
@@ -250,7 +288,7 @@ FLOAT = [
 def test_every_fp32_tile_sums_in_the_kernels_order(case):
     """The fp32 recipes (a tile of pixels -- a linear layer's rows -- x 16 channels of accumulators,
     broadcast FMAs; the depthwise one on float values) at every tile width they offer add the same products in the same order as the
-    kernel's own loops: equal to the bit, with vector FMAs in the code. On a CPU without AVX-512 the
+    kernel's own loops: equal to the bit, with vector FMAs in the code. On a CPU without AVX2 the
     kernels are not used (topi's conv runs) but their code is the same: the test builds for the host."""
     from mpsearch.hardware.kernels.schedules import schedule_depthwise, schedule_float_conv
 
@@ -336,8 +374,9 @@ def test_a_one_core_target_hands_no_loop_to_the_thread_pool(cores):
     compute the kernel exactly. (The generic space keeps MetaSchedule's parallel rule: see
     ``space_generator``.)"""
     register_intrinsics()
-    target = tvm.target.Target({**SKYLAKE, "num-cores": cores})
-    spec = _cases("avx512bw")[1]  # int4 weights: the quantize, unpack and tile loops are all parallel at 2
+    isa = _host_isa()  # the schedules run here: built for this CPU's dots
+    target = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": cores})
+    spec = _cases(isa)[1]  # int4 weights: the quantize, unpack and tile loops are all parallel at 2
     mod = _mod(spec)
     ctx = ms.TuneContext(mod=mod, target=target, space_generator=space_generator(target),
                          search_strategy="replay-trace", task_name="t", num_threads=1)

@@ -18,21 +18,26 @@ tvm = pytest.importorskip("tvm")
 pytestmark = pytest.mark.tvm
 
 from mpsearch.hardware.kernels import (  # noqa: E402
+    AVX2_DOT_INTRINSICS,
     DOT4_INTRINSICS,
     DOT4_WORD_INTRINSICS,
     DOT_INTRINSICS,
     SPLIT_DOT_INTRINSICS,
     KernelSpec,
+    dot16x2_intrinsics,
     dot_intrinsics_for,
     dot_isa,
     make_kernel,
     pack_weight,
 )
+from mpsearch.hardware.kernels.spec import SATURATING_DOT_ISAS, X86_DOT_ISAS  # noqa: E402
 from mpsearch.hardware.lowering import kernel_spec, lower  # noqa: E402
 from tests.hardware.kernel_helpers import assert_runs_as_simulated, tensorized  # noqa: E402
 
 SKYLAKE = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"}
 CASCADELAKE = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake"}
+ZNVER3 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver3"}  # AVX2, no AVX-512 (AMD Zen 3)
+TARGETS = {"avx2": ZNVER3, "avx512bw": SKYLAKE, "avx512vnni": CASCADELAKE}
 #: (label, w_mode, a_bits, weight codes at the ends of their range)
 FULL_RANGE = [("W4A8", "i4p", 8, (-8, 7, -7, 0, 1)), ("W8A4", "i8", 4, (-128, -127, 127, 0, 1)),
               ("W8A7", "i8", 7, (-128, -127, 127, 0, 1))]  # 2 * 127 * -128 = -32512: the int16 pair sum's edge
@@ -54,8 +59,9 @@ def _dot4(spec: KernelSpec, isa: str) -> str:
 
 
 def _host_has(isa: str) -> bool:
+    """Whether this CPU runs code built for ``isa`` (each x86 dot ISA a superset of the one before)."""
     host = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
-    return dot_isa(host) in ((isa, "avx512vnni") if isa == "avx512bw" else (isa,))
+    return dot_isa(host) in X86_DOT_ISAS[X86_DOT_ISAS.index(isa):] if isa in X86_DOT_ISAS else dot_isa(host) == isa
 
 
 def _run_exact(lib, spec: KernelSpec, codes: np.ndarray, qmax: int, seed: int = 0) -> tuple[bool, float]:
@@ -90,6 +96,8 @@ def test_16x4_layout_only_where_the_target_runs_it_exactly() -> None:
     six = with_(conv, dot_isa="avx512bw", a_bits=4, w_shape=(32, 6, 3, 3), x_shape=(1, 6, 8, 8))
     assert six.kgroup == 4 and six.k_padded == 8
     assert with_(conv, dot_isa="avx512bw", a_bits=4, a_mode="f32").kgroup == 2  # weight-only: no dot
+    # AVX2 (vpmaddubsw at 256 bits): the same rules
+    assert [with_(conv, dot_isa="avx2", **k).kgroup for k in ({}, {"a_bits": 7}, {"w_mode": "i4p"})] == [2, 4, 4]
     # VNNI (vpdpbusd, int32 accumulation): any unsigned activation; no ISA: the portable 16x2 layout
     assert with_(conv, dot_isa="avx512vnni").kgroup == 4
     # x86 16x4 convs read their input as words of four codes; linear layers' codes are contiguous already
@@ -123,10 +131,14 @@ def test_16x4_layout_only_where_the_target_runs_it_exactly() -> None:
     # the ISA of each profile's target
     assert dot_isa(tvm.target.Target(CASCADELAKE)) == "avx512vnni"
     assert dot_isa(tvm.target.Target(SKYLAKE)) == "avx512bw"
+    assert dot_isa(tvm.target.Target(ZNVER3)) == "avx2"
+    assert dot_isa(tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "sandybridge"})) == ""
     assert dot_isa(tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"})) == ""
     assert DOT4_INTRINSICS["avx512bw"] not in dot_intrinsics_for(tvm.target.Target(CASCADELAKE))
     assert dot_intrinsics_for(tvm.target.Target(SKYLAKE)) == [DOT4_WORD_INTRINSICS["avx512bw"], DOT4_INTRINSICS["avx512bw"],
                                                               *DOT_INTRINSICS.values()]
+    assert dot_intrinsics_for(tvm.target.Target(ZNVER3)) == [DOT4_WORD_INTRINSICS["avx2"], DOT4_INTRINSICS["avx2"],
+                                                             *AVX2_DOT_INTRINSICS.values()]
 
 
 def test_kernel_spec_takes_the_activation_bits() -> None:
@@ -139,19 +151,21 @@ def test_kernel_spec_takes_the_activation_bits() -> None:
     assert (spec.a_bits, spec.kgroup) == (7, 4)
 
 
+@pytest.mark.parametrize("isa", SATURATING_DOT_ISAS)
 @pytest.mark.parametrize("op,pair", DOT4_CASES, ids=[f"{op}-{pair[0]}" for op, pair in DOT4_CASES])
-def test_16x4_vpmaddubsw_is_exact_at_the_full_code_range(op, pair) -> None:
+def test_16x4_vpmaddubsw_is_exact_at_the_full_code_range(op, pair, isa) -> None:
     _, w_mode, a_bits, values = pair
-    spec = _spec(op, w_mode, a_bits)
+    spec = _spec(op, w_mode, a_bits, isa)
     assert spec.packed and spec.kgroup == 4
     codes = np.random.default_rng(1).choice(np.array(values, np.int8), spec.w_shape)
     untuned = tvm.compile(tvm.IRModule({"main": make_kernel(spec).with_attr("global_symbol", "main")}),
                           target="llvm")
     assert _run_exact(untuned, spec, codes, 2**a_bits - 1)[0]  # the blocked layout and the int4 packing
-    lib = tvm.compile(tensorized(spec, _dot4(spec, "avx512bw")), target=SKYLAKE)
-    assert "vpmaddubsw" in lib.mod.inspect_source("asm")
-    if not _host_has("avx512bw"):
-        pytest.skip("host CPU has no AVX-512BW: the tensorized kernel compiled but cannot run")
+    lib = tvm.compile(tensorized(spec, _dot4(spec, isa)), target=TARGETS[isa])
+    asm = lib.mod.inspect_source("asm")
+    assert "vpmaddubsw" in asm and ("zmm" not in asm) == (isa == "avx2")  # AVX2: 256-bit halves only
+    if not _host_has(isa):
+        pytest.skip(f"host CPU has no {isa}: the tensorized kernel compiled but cannot run")
     exact, amax = _run_exact(lib, spec, codes, 2**a_bits - 1)
     assert exact and amax > 2**12  # a real accumulation over the quads, at the range's ends
 
@@ -160,7 +174,7 @@ def test_16x4_vpmaddubsw_is_exact_at_the_full_code_range(op, pair) -> None:
 SPLIT_CODES = [("i4p", (-8, 7, -7, 0, 1)), ("i2p", (-2, 1, -1, 0))]
 
 
-@pytest.mark.parametrize("isa", ["avx512bw", "avx512vnni"])
+@pytest.mark.parametrize("isa", X86_DOT_ISAS)
 @pytest.mark.parametrize("w_mode,values", SPLIT_CODES, ids=[m for m, _ in SPLIT_CODES])
 def test_split_gemv_is_exact_at_the_full_code_range(isa, w_mode, values) -> None:
     """An int4 (int2) GEMV's tiles in the two (four) bit fields of one byte tile, split in registers by
@@ -182,8 +196,7 @@ def test_split_gemv_is_exact_at_the_full_code_range(isa, w_mode, values) -> None
     untuned = tvm.compile(tvm.IRModule({"main": make_kernel(spec).with_attr("global_symbol", "main")}),
                           target="llvm")
     assert _run_exact(untuned, spec, codes, 255)[0]
-    target = CASCADELAKE if isa == "avx512vnni" else SKYLAKE
-    lib = tvm.compile(tensorized(spec, SPLIT_DOT_INTRINSICS[isa, c]), target=target)
+    lib = tvm.compile(tensorized(spec, SPLIT_DOT_INTRINSICS[isa, c]), target=TARGETS[isa])
     assert ("vpdpbusd" if isa == "avx512vnni" else "vpmaddubsw") in lib.mod.inspect_source("asm")
     if not _host_has(isa):
         pytest.skip(f"host CPU has no {isa}: the tensorized kernel compiled but cannot run")
@@ -215,15 +228,16 @@ def test_split_gemvs_of_a_lowered_model_match_simulation_signed_inputs_too(w_bit
     assert_runs_as_simulated(lowered, prepared, cand, ranges, synthetic_split("test", 1).tensors[0])
 
 
-def test_vpmaddubsw_would_saturate_w8a8_which_is_why_it_stays_16x2() -> None:
+@pytest.mark.parametrize("isa", SATURATING_DOT_ISAS)
+def test_vpmaddubsw_would_saturate_w8a8_which_is_why_it_stays_16x2(isa) -> None:
     """Negative control: the same tensorized 16x4 kernel at W8A8 codes (255 x -128 pairs) is wrong on
-    AVX-512BW, so the full-range checks above can fail, and W8A8 must not take this path there."""
-    if not _host_has("avx512bw"):
-        pytest.skip("host CPU has no AVX-512BW")
+    AVX-512BW and on AVX2, so the full-range checks above can fail, and W8A8 must not take this path there."""
+    if not _host_has(isa):
+        pytest.skip(f"host CPU has no {isa}")
     spec = _spec("conv2d", "i8", 8, isa="avx512vnni")  # blocked 16x4, as for a VNNI target
-    assert spec.kgroup == 4 and dataclasses.replace(spec, dot_isa="avx512bw").kgroup == 2
+    assert spec.kgroup == 4 and dataclasses.replace(spec, dot_isa=isa).kgroup == 2
     codes = np.random.default_rng(1).choice(np.array([-128, 127, -127], np.int8), spec.w_shape)
-    lib = tvm.compile(tensorized(spec, _dot4(spec, "avx512bw")), target=SKYLAKE)
+    lib = tvm.compile(tensorized(spec, _dot4(spec, isa)), target=TARGETS[isa])
     assert not _run_exact(lib, spec, codes, 255)[0]
 
 
@@ -275,7 +289,7 @@ def test_16x4_tuned_kernels_are_tensorized_and_exact(tmp_path: Path) -> None:
     backend = TVMBackend(tiny_profile(), tmp_path, progress=False)
     isa = backend.dot_isa
     if not isa:
-        pytest.skip("host CPU has no AVX-512BW")
+        pytest.skip("host CPU has no x86 int8 dot (AVX2 or AVX-512BW)")
     (_, w4, a8, w4_values), (_, w8, a4, w8_values) = FULL_RANGE[:2]  # the other pairs: fast tests above
     specs = {"conv2d_W4A8": (_spec("conv2d", w4, a8, isa), w4_values, a8),
              "linear_W8A4": (_spec("linear", w8, a4, isa), w8_values, a4),
@@ -287,9 +301,9 @@ def test_16x4_tuned_kernels_are_tensorized_and_exact(tmp_path: Path) -> None:
         # timing noise decides: an AMD EPYC Zen 4 ranked a plain loop first), so each is checked, the dot's too.
         schedules = [backend.record_schedule(mods[name], r) for r in backend._top_records(mods[name], 16)]
         traces = [str(sch.trace) for sch in schedules]
-        if name.endswith("W8A8") and isa == "avx512bw":
-            assert spec.kgroup == 2 and not any(DOT4_INTRINSICS["avx512bw"] in t for t in traces)
-            assert any(DOT_INTRINSICS["u8"] in t for t in traces)
+        if name.endswith("W8A8") and isa in SATURATING_DOT_ISAS:
+            assert spec.kgroup == 2 and not any(DOT4_INTRINSICS[isa] in t for t in traces)
+            assert any(dot16x2_intrinsics(isa)["u8"] in t for t in traces)
         else:
             assert spec.kgroup == 4 and any(_dot4(spec, isa) in t for t in traces), name
         codes = np.random.default_rng(2).choice(np.array(values, np.int8), spec.w_shape)

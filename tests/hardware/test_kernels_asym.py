@@ -144,7 +144,7 @@ def test_z8_dot_is_tensorized_and_exact(tmp_path) -> None:
     (uint8 codes), and the tuned kernel stays exact, zero-point borders included."""
     import dataclasses
 
-    from mpsearch.hardware.kernels import KernelSpec, dot_intrinsics_for, pack_weight
+    from mpsearch.hardware.kernels import KernelSpec, dot16x2_intrinsics, dot_intrinsics_for, pack_weight
     from mpsearch.hardware.profile import load_profile
     from mpsearch.hardware.tvm_backend import TVMBackend, _hash_mod
 
@@ -153,13 +153,13 @@ def test_z8_dot_is_tensorized_and_exact(tmp_path) -> None:
                                   tuning=dataclasses.replace(p.tuning, trials_per_task=2, trials_per_iter=2))
     backend = TVMBackend(profile, tmp_path, progress=False)
     if not dot_intrinsics_for(backend.target):
-        pytest.skip("host CPU has no AVX-512BW")
+        pytest.skip("host CPU has no x86 int8 dot (AVX2 or AVX-512BW)")
     spec = KernelSpec("conv2d", (1, 8, 6, 6), (16, 8, 3, 3), "i8", "z8", (1, 1), (1, 1))
     assert spec.packed
     mod = backend._kernel_mod(spec)
     backend.tune({_hash_mod(mod): ("dot_z8", mod)})
     sch = backend.db.query_schedule(mod, backend.target, workload_name="main")
-    assert "mpsearch_dot_16x2_u8s8_avx512" in str(sch.trace)
+    assert dot16x2_intrinsics(backend.dot_isa)["u8"] in str(sch.trace)
     rng = np.random.default_rng(0)
     codes = rng.integers(-128, 128, spec.w_shape).astype(np.int8)
     act = ActQuant.from_range(-3.0, 22.5, 8, "asymmetric")  # z = 30

@@ -353,12 +353,12 @@ def test_int8_dot_is_tensorized_and_exact(tmp_path: Path) -> None:
     the tuned kernel still computes the exact integer result (W4A8: unpacked next to the dot)."""
     import tvm
 
-    from mpsearch.hardware.kernels import KernelSpec, dot_intrinsics_for, pack_weight
+    from mpsearch.hardware.kernels import KernelSpec, dot16x2_intrinsics, dot_intrinsics_for, pack_weight
     from mpsearch.hardware.tvm_backend import _hash_mod
 
     backend = TVMBackend(tiny_profile(), tmp_path, progress=False)
     if not dot_intrinsics_for(backend.target):
-        pytest.skip("host CPU has no AVX-512BW")
+        pytest.skip("host CPU has no x86 int8 dot (AVX2 or AVX-512BW)")
     specs = {w_mode: KernelSpec("conv2d", (1, 8, 6, 6), (16, 8, 3, 3), w_mode, "u8", (1, 1), (1, 1),
                                 epilogue=("relu",)) for w_mode in ("i8", "i4p")}
     mods = {w_mode: backend._kernel_mod(spec) for w_mode, spec in specs.items()}
@@ -367,7 +367,7 @@ def test_int8_dot_is_tensorized_and_exact(tmp_path: Path) -> None:
     for w_mode, spec in specs.items():
         assert spec.packed
         sch = backend.db.query_schedule(mods[w_mode], backend.target, workload_name="main")
-        assert "mpsearch_dot_16x2_u8s8_avx512" in str(sch.trace)  # tensorized, not a plain int32 loop nest
+        assert dot16x2_intrinsics(backend.dot_isa)["u8"] in str(sch.trace)  # tensorized, not a plain int32 loop nest
         lo, hi = (-8, 8) if w_mode == "i4p" else (-128, 128)
         codes = rng.integers(lo, hi, spec.w_shape).astype(np.int8)
         x = rng.uniform(-5, 30, spec.x_shape).astype(np.float32)

@@ -10,11 +10,13 @@ spec) and :mod:`.intrinsics` (mpsearch's int8 dot tensor intrinsics). The names 
 
 from mpsearch.hardware.kernels.intrinsics import (
     ARM_DOT4_INTRINSICS,
+    AVX2_DOT_INTRINSICS,
     DOT4_INTRINSICS,
     DOT4_WORD_INTRINSICS,
     DOT_INTRINSICS,
     MMLA_INTRINSICS,
     SPLIT_DOT_INTRINSICS,
+    dot16x2_intrinsics,
     dot_intrinsics_for,
     dot_isa,
     register_intrinsics,
@@ -24,7 +26,7 @@ from mpsearch.hardware.kernels.primfunc import make_kernel
 from mpsearch.hardware.kernels.spec import KGROUP, KOCT, KQUAD, LANES, OPAQUE, UNPACK_RULE, KernelSpec
 
 __all__ = [
-    "ARM_DOT4_INTRINSICS", "DOT4_INTRINSICS", "DOT4_WORD_INTRINSICS", "DOT_INTRINSICS", "KGROUP", "KOCT", "KQUAD", "KernelSpec", "LANES",
+    "ARM_DOT4_INTRINSICS", "AVX2_DOT_INTRINSICS", "DOT4_INTRINSICS", "DOT4_WORD_INTRINSICS", "DOT_INTRINSICS", "KGROUP", "KOCT", "KQUAD", "KernelSpec", "LANES",
     "MMLA_INTRINSICS", "OPAQUE", "SPLIT_DOT_INTRINSICS", "UNPACK_RULE",
-    "dot_intrinsics_for", "dot_isa", "make_kernel", "pack_int4", "pack_weight", "register_intrinsics", "unpack_int4",
+    "dot16x2_intrinsics", "dot_intrinsics_for", "dot_isa", "make_kernel", "pack_int4", "pack_weight", "register_intrinsics", "unpack_int4",
 ]

@@ -1,7 +1,7 @@
 """Integer layer kernels (imports TVM: load lazily): quantize the float input in the kernel, then an
 int8 x int8 -> int32 convolution / matmul (packed int4 weights unpacked in the kernel; the blocked dot of
 :attr:`KernelSpec.packed`), dequantize and the shared epilogue. The same code with a float accumulator
-builds the fp32 and weight-only kernels; on AVX-512 hosts fp32 convs and linear layers take a blocked
+builds the fp32 and weight-only kernels; on x86 hosts (AVX2 or AVX-512) fp32 convs and linear layers take a blocked
 layout of their own (:func:`float_blocked_conv`) and fp32 depthwise convs the phase-split input of
 :func:`depthwise_dot`.
 """

@@ -19,20 +19,26 @@ from mpsearch.hardware.kernels.spec import CUDA_DOT_ISAS, KGROUP, KOCT, KQUAD, L
 # weights, and signed activations need no zero-point compensation.
 
 DOT_INTRINSICS = {"u8": "mpsearch_dot_16x2_u8s8_avx512", "s8": "mpsearch_dot_16x2_s8s8_avx512"}
+# The same 16x2 dot on AVX2-only x86 (AMD Zen 2 / 3, Intel before AVX-512): the 16 lanes as two 256-bit
+# halves, ``vpmaddwd`` on each (AVX-512 has the one 512-bit instruction).
+AVX2_DOT_INTRINSICS = {"u8": "mpsearch_dot_16x2_u8s8_avx2", "s8": "mpsearch_dot_16x2_s8s8_avx2"}
 # 16 lanes x 4 reduction elements (u8 x s8 only), used where KernelSpec.kgroup says it is exact. TVM's
 # dot_16x4_avx512 / dot_16x4_vnni (description and code; vpdpbusd's operands retyped for LLVM >= 21),
 # registered under mpsearch's names so that replaying a tuned schedule needs no import of
 # tvm.s_tir.tensor_intrin (~60 s: every target's intrinsics) and keeps working with TVM's VNNI one broken.
-DOT4_INTRINSICS = {"avx512bw": "mpsearch_dot_16x4_u8s8_avx512", "avx512vnni": "mpsearch_dot_16x4_u8s8_vnni"}
+DOT4_INTRINSICS = {"avx512bw": "mpsearch_dot_16x4_u8s8_avx512", "avx512vnni": "mpsearch_dot_16x4_u8s8_vnni",
+                   "avx2": "mpsearch_dot_16x4_u8s8_avx2"}
 # The same dots reading their four codes as one uint32 word (KernelSpec.word_input: the blocked convs'
 # input, quantized a row of words at a time), its byte k the code of channel 4c + k.
-DOT4_WORD_INTRINSICS = {"avx512bw": "mpsearch_dot_16x4w_u8s8_avx512", "avx512vnni": "mpsearch_dot_16x4w_u8s8_vnni"}
+DOT4_WORD_INTRINSICS = {"avx512bw": "mpsearch_dot_16x4w_u8s8_avx512", "avx512vnni": "mpsearch_dot_16x4w_u8s8_vnni",
+                        "avx2": "mpsearch_dot_16x4w_u8s8_avx2"}
 # An x86 int4 / int2 GEMV's dot (KernelSpec.split_codes c = 2 / 4), keyed (dot_isa, c): 16 lanes x 4c
 # reduction elements, one 64-byte load of c bit fields split in registers into c 16x4 tiles of int8 codes,
 # then the 16x4 dot on each.
 SPLIT_DOT_INTRINSICS = {
     ("avx512bw", 2): "mpsearch_dot_16x8n_u8i4_avx512", ("avx512vnni", 2): "mpsearch_dot_16x8n_u8i4_vnni",
-    ("avx512bw", 4): "mpsearch_dot_16x16c_u8i2_avx512", ("avx512vnni", 4): "mpsearch_dot_16x16c_u8i2_vnni"}
+    ("avx512bw", 4): "mpsearch_dot_16x16c_u8i2_avx512", ("avx512vnni", 4): "mpsearch_dot_16x16c_u8i2_vnni",
+    ("avx2", 2): "mpsearch_dot_16x8n_u8i4_avx2", ("avx2", 4): "mpsearch_dot_16x16c_u8i2_avx2"}
 # aarch64 (KernelSpec._arm_kgroup says which kernels take which): the 16x4 dot as four 4-lane
 # ``sdot``s / ``usdot``s over the same [16, 4] tiles as x86, and i8mm's 2x16x8 tile as eight 2x2
 # ``smmla``s / ``usmmla``s. "u7" is the sdot on uint8 codes <= 127 (a_bits <= 7), read as int8 bytes;
@@ -83,6 +89,62 @@ def _dot_intrinsic(a_dtype: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddw.d.512"), b16, a16, dtype="int32x16")
 
     return _dot_desc(KGROUP, a_dtype), impl
+
+
+HALF = LANES // 2  # int32 lanes of a 256-bit vector: an AVX2 dot updates its 16 lanes in two halves
+
+
+def _in_halves(desc: tirx.PrimFunc, half: Any) -> tirx.PrimFunc:
+    """The AVX2 implementation of dot description ``desc`` (buffers read in the order C, A, B): lanes
+    ``8h .. 8h + 7`` of C set to ``half(A, B, C, h)`` for h = 0, 1, two 256-bit stores."""
+    from tvm.s_tir import SBlock, SBlockRealize
+
+    root = desc.body.block
+    C, A, B = (region.source for region in root.reads)  # the description's own buffers
+    stores = [tirx.BufferStore(C, half(A, B, C, h), [tirx.Ramp(h * HALF, 1, HALF)]) for h in range(2)]
+    block = SBlock([], root.reads, root.writes, root.name_hint, tirx.SeqStmt(stores))
+    return desc.with_body(SBlockRealize([], True, block))
+
+
+def _reinterpret(dtype: str, value: Any) -> Any:
+    return tirx.call_intrin(dtype, "tirx.reinterpret", value)
+
+
+def _avx2_madd(pairs: Any) -> Any:
+    """``vpmaddwd`` of 16 int16 pair sums against ones: their 8 int32 pair sums."""
+    return tirx.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", pairs,
+                                      tirx.Broadcast(tirx.const(1, "int16"), 2 * HALF))
+
+
+def _avx2_dot_intrinsic(a_dtype: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+    """:func:`_dot_intrinsic` on AVX2: each half's int8 weight pairs sign-extended to int16 and multiplied
+    against the broadcast activation pair by one 256-bit ``vpmaddwd``."""
+
+    def half(A: Any, B: Any, C: Any, h: int) -> Any:
+        pair = _reinterpret("int32", tirx.Cast("int16x2", A.vload([0], f"{a_dtype}x2")))
+        a16 = _reinterpret("int16x16", tirx.Broadcast(pair, HALF))
+        b16 = tirx.Cast("int16x16", B.vload([h * HALF, 0], "int8x16"))
+        return C.vload([h * HALF], "int32x8") + tirx.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd",
+                                                                            b16, a16)
+
+    desc = _dot_desc(KGROUP, a_dtype)
+    return desc, _in_halves(desc, half)
+
+
+def _avx2_dot4_intrinsic(word: bool) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+    """:func:`_dot4_intrinsic`'s vpmaddubsw dot on AVX2: per half, one 256-bit ``vpmaddubsw`` (u8 x s8
+    pairs into int16, saturating: exact where :attr:`~.spec.KernelSpec.kgroup` takes it) and one
+    ``vpmaddwd`` against ones into int32."""
+
+    def half(A: Any, B: Any, C: Any, h: int) -> Any:
+        quad = _reinterpret("int32", A.vload([0], "uint32") if word else A.vload([0], "uint8x4"))
+        a8 = _reinterpret("uint8x32", tirx.Broadcast(quad, HALF))
+        pairs = tirx.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw", a8,
+                                           B.vload([h * HALF, 0], "int8x32"))
+        return C.vload([h * HALF], "int32x8") + _avx2_madd(pairs)
+
+    desc = _dot4_word_desc() if word else _dot_desc(KQUAD, "uint8")
+    return desc, _in_halves(desc, half)
 
 
 def _dot4_intrinsic(isa: str, word: bool = False) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
@@ -160,8 +222,8 @@ def _split_dot_intrinsic(isa: str, codes: int) -> tuple[tirx.PrimFunc, tirx.Prim
                     C[vi] = C[vi] + T.Cast("int32", A[vh * KQUAD + vj]) * T.Cast(
                         "int32", field_code(B[vi, vj], vh, bits))
 
-    def tiles(B: Any) -> list[Any]:  # the tiles' int8 codes
-        v = B.vload([0, 0], dtype=f"uint8x{n}")
+    def tiles(B: Any, row: int = 0, n: int = n) -> list[Any]:  # the tiles' int8 codes, n bytes from lane row
+        v = B.vload([row, 0], dtype=f"uint8x{n}")
         mask = tirx.Broadcast(tirx.const((1 << bits) - 1, "uint8"), n)
         offset = tirx.Broadcast(tirx.const(1 << (bits - 1), "int8"), n)
         fields = [tirx.bitwise_and(v, mask)]
@@ -169,8 +231,14 @@ def _split_dot_intrinsic(isa: str, codes: int) -> tuple[tirx.PrimFunc, tirx.Prim
         fields[1:-1] = [tirx.bitwise_and(f, mask) for f in fields[1:-1]]  # the top field needs no mask
         return [tirx.call_intrin(f"int8x{n}", "tirx.reinterpret", f) - offset for f in fields]
 
-    def quad(A: Any, h: int) -> Any:  # the broadcast input quad of tile h
-        return tirx.Broadcast(tirx.call_intrin("int32", "tirx.reinterpret", A.vload([h * KQUAD], "uint8x4")), LANES)
+    def quad(A: Any, h: int, lanes: int = LANES) -> Any:  # the broadcast input quad of tile h
+        return tirx.Broadcast(tirx.call_intrin("int32", "tirx.reinterpret", A.vload([h * KQUAD], "uint8x4")), lanes)
+
+    def half(A: Any, B: Any, C: Any, r: int) -> Any:  # AVX2: lanes 8r .. 8r + 7, 256-bit vpmaddubsw / vpmaddwd
+        pairs = [tirx.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw",
+                                            _reinterpret("uint8x32", quad(A, h, HALF)), w)
+                 for h, w in enumerate(tiles(B, r * HALF, n // 2))]
+        return C.vload([r * HALF], "int32x8") + _avx2_madd(sum(pairs[1:], pairs[0]))
 
     def update(A: Any, B: Any, C: Any) -> Any:  # the lanes' new int32 values
         acc = C.vload([0], dtype="int32x16")
@@ -186,6 +254,8 @@ def _split_dot_intrinsic(isa: str, codes: int) -> tuple[tirx.PrimFunc, tirx.Prim
         return acc + tirx.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.pmaddw.d.512", sum(pairs[1:], pairs[0]),
                                                 tirx.Broadcast(tirx.const(1, "int16"), 32))
 
+    if isa == "avx2":
+        return desc, _in_halves(desc, half)
     root = desc.body.block
     C, A, B = (region.source for region in root.reads)  # the description's own buffers
     store = tirx.BufferStore(C, update(A, B, C), [tirx.Ramp(0, 1, LANES)])
@@ -409,12 +479,14 @@ def register_intrinsics() -> None:
     for a_mode, name in DOT_INTRINSICS.items():
         if TensorIntrin.get(name, allow_missing=True) is None:
             TensorIntrin.register(name, *_dot_intrinsic("uint8" if a_mode == "u8" else "int8"))
-    for isa, name in DOT4_INTRINSICS.items():
+    for a_mode, name in AVX2_DOT_INTRINSICS.items():
         if TensorIntrin.get(name, allow_missing=True) is None:
-            TensorIntrin.register(name, *_dot4_intrinsic(isa))
-    for isa, name in DOT4_WORD_INTRINSICS.items():
-        if TensorIntrin.get(name, allow_missing=True) is None:
-            TensorIntrin.register(name, *_dot4_intrinsic(isa, word=True))
+            TensorIntrin.register(name, *_avx2_dot_intrinsic("uint8" if a_mode == "u8" else "int8"))
+    for word, names in ((False, DOT4_INTRINSICS), (True, DOT4_WORD_INTRINSICS)):
+        for isa, name in names.items():
+            if TensorIntrin.get(name, allow_missing=True) is None:
+                TensorIntrin.register(name, *(_avx2_dot4_intrinsic(word) if isa == "avx2"
+                                              else _dot4_intrinsic(isa, word=word)))
     for (isa, codes), name in SPLIT_DOT_INTRINSICS.items():
         if TensorIntrin.get(name, allow_missing=True) is None:
             TensorIntrin.register(name, *_split_dot_intrinsic(isa, codes))
@@ -468,11 +540,12 @@ def import_tensor_intrinsics() -> None:
 def dot_isa(target: object) -> str:
     """The int8 dot instructions of ``target`` that the kernels use (:attr:`KernelSpec.dot_isa`):
     ``"avx512vnni"`` (vpdpbusd, e.g. mcpu cascadelake / icelake-server), ``"avx512bw"`` (vpmaddwd,
-    vpmaddubsw), ``"i8mm"`` (aarch64 with FEAT_I8MM: smmla, usmmla, usdot, and sdot), ``"sdot"``
+    vpmaddubsw), ``"avx2"`` (the same two at 256 bits: x86 with AVX2 but no AVX-512BW, e.g. znver3,
+    haswell), ``"i8mm"`` (aarch64 with FEAT_I8MM: smmla, usmmla, usdot, and sdot), ``"sdot"``
     (aarch64 with the dot-product extension), ``"wmma"`` (a CUDA GPU of sm_72 or later: ``__dp4a`` and
     the int8 / fp16 tensor cores, :attr:`KernelSpec.tensor_core`), ``"dp4a"`` (sm_61 to sm_70:
-    ``__dp4a``) or ``""`` (none: e.g. a Cortex-A72, a pre-AVX-512 x86, an older GPU). CPUs: read from LLVM's view of
-    the target (its mcpu and mattr together); a target LLVM cannot describe (unknown triple) has none."""
+    ``__dp4a``) or ``""`` (none: e.g. a Cortex-A72, an x86 before AVX2, an older GPU). CPUs: read from LLVM's
+    view of the target (its mcpu and mattr together); a target LLVM cannot describe (unknown triple) has none."""
     from tvm.target import codegen
 
     kind = getattr(getattr(target, "kind", None), "name", "")
@@ -491,13 +564,19 @@ def dot_isa(target: object) -> str:
     try:
         if arch != "aarch64":
             if not codegen.target_has_features(["avx512bw", "avx512f"], target):
-                return ""
+                return "avx2" if codegen.target_has_features(["avx2"], target) else ""
             return "avx512vnni" if codegen.target_has_features(["avx512vnni"], target) else "avx512bw"
         if not codegen.target_has_features(["neon", "dotprod"], target):
             return ""
         return "i8mm" if codegen.target_has_features(["i8mm"], target) else "sdot"
     except Exception:  # a target LLVM cannot describe: no intrinsic
         return ""
+
+
+def dot16x2_intrinsics(isa: str) -> dict[str, str]:
+    """The exact 16x2 dots of x86 dot ISA ``isa`` by activation mode (``"u8"``, ``"s8"``): the 256-bit
+    pair on AVX2, the 512-bit one on AVX-512."""
+    return AVX2_DOT_INTRINSICS if isa == "avx2" else DOT_INTRINSICS
 
 
 def dot_intrinsics_for(target: object) -> list[str]:
@@ -514,7 +593,7 @@ def dot_intrinsics_for(target: object) -> list[str]:
     if isa in ARM_DOT4_INTRINSICS:
         mmla = list(MMLA_INTRINSICS.values()) if isa == "i8mm" else []
         return [*mmla, *ARM_DOT4_INTRINSICS[isa].values()]
-    return [DOT4_WORD_INTRINSICS[isa], DOT4_INTRINSICS[isa], *DOT_INTRINSICS.values()] if isa else []  # denser first
+    return [DOT4_WORD_INTRINSICS[isa], DOT4_INTRINSICS[isa], *dot16x2_intrinsics(isa).values()] if isa else []  # denser first
 
 
 def register_unpack_rule() -> None:

@@ -23,7 +23,7 @@ accumulators across the whole reduction): MiniLM's 128 x 384 -> 384 W8A8 layer r
 generic space at 8 trials, 0.12 ms with this recipe untuned (fp32: 0.23 ms), its 384 -> 1536 one
 1.16 -> 0.45 ms (one thread of an AVX-512 VNNI Xeon).
 
-The fp32 convolutions of AVX-512 hosts take the same recipe with FMAs for the dot
+The fp32 convolutions of x86 hosts (AVX2 or AVX-512) take the same recipe with FMAs for the dot
 (:func:`schedule_float_conv`: weights prepacked by 16 output channels, each broadcast input feeding the
 FMAs of one to four of those channel tiles, the copies of the space split among those choices), and
 depthwise convs, integer or fp32, their own (:func:`schedule_depthwise`).
@@ -46,8 +46,8 @@ from typing import Any
 from mpsearch.hardware.kernels.intrinsics import (
     DOT4_INTRINSICS,
     DOT4_WORD_INTRINSICS,
-    DOT_INTRINSICS,
     SPLIT_DOT_INTRINSICS,
+    dot16x2_intrinsics,
     register_intrinsics,
     unblock_intrinsic,
     unpack_intrinsic,
@@ -103,7 +103,7 @@ def _intrinsic(sch: Any, dot_isa: str) -> str | None:
         return SPLIT_DOT_INTRINSICS.get((dot_isa, int(iters[4].dom.extent))) if dtype == "uint8" else None
     if group == KQUAD:
         return DOT4_INTRINSICS.get(dot_isa) if dtype == "uint8" else None
-    return DOT_INTRINSICS["u8" if dtype == "uint8" else "s8"]
+    return dot16x2_intrinsics(dot_isa)["u8" if dtype == "uint8" else "s8"]
 
 
 def pixel_tiles(width: int, most: int = MAX_PIXEL_TILE) -> list[int]:

@@ -14,7 +14,10 @@ KGROUP = 2  # reduction elements per lane per dot (one vpmaddwd pair)
 KQUAD = 4  # reduction elements per lane of the 16x4 dot (vpmaddubsw + vpmaddwd, VNNI vpdpbusd, ARM sdot/usdot)
 KOCT = 8  # reduction elements per lane of the i8mm layout (smmla / usmmla: 2x8 by 8x2 int8 -> 2x2 int32)
 ARM_DOT_ISAS = ("sdot", "i8mm")  # aarch64 dot_isa values (intrinsics.dot_isa)
-X86_DOT_ISAS = ("avx512bw", "avx512vnni")  # AVX-512 x86 dot_isa values: 16 fp32 lanes a vector too
+# x86 dot_isa values: the blocked 16-lane layouts (a 512-bit vector; two 256-bit halves on AVX2)
+X86_DOT_ISAS = ("avx2", "avx512bw", "avx512vnni")
+# x86 dot_isa values whose 16x4 dot is vpmaddubsw: its int16 pair sums saturate on 8-bit x 8-bit codes
+SATURATING_DOT_ISAS = ("avx2", "avx512bw")
 # CUDA dot_isa values: "dp4a" (sm_61 on: __dp4a only), "wmma" (sm_72 on: __dp4a and the int8 / fp16 tensor cores)
 CUDA_DOT_ISAS = ("dp4a", "wmma")
 MMA_TILE = 16  # the wmma m16n16k16 tile: output channels and reduction of a tensor-core kernel are multiples of it
@@ -40,7 +43,7 @@ class KernelSpec:
     groups: int = 1
     epilogue: tuple[str, ...] = ()  # fused ops in order: "relu" | "add" | "silu" | "hardswish" | "sigmoid" | clamp_op()
     a_bits: int = 8  # activation bit width of an integer kernel (u8 codes <= 2**a_bits - 1)
-    # int8 dot instructions of the target: "" | "avx512bw" | "avx512vnni" | "sdot" | "i8mm" | "dp4a" | "wmma"
+    # int8 dot instructions of the target: "" | "avx2" | "avx512bw" | "avx512vnni" | "sdot" | "i8mm" | "dp4a" | "wmma"
     dot_isa: str = ""
     # zero rows and columns after the input beyond ``padding`` (bottom, right): TF-style "same" padding
     # before a stride-2 conv pads one more at the end than at the start (lowering._folded_pad)
@@ -95,7 +98,8 @@ class KernelSpec:
 
         x86: the 16x4 dot multiplies u8 activations by s8 weights. VNNI's ``vpdpbusd`` adds the four
         products straight into int32: exact for any u8 activation, and for s8 ones shifted into u8
-        (:attr:`a_offset`; a LayerNorm's signed outputs feeding a transformer's linear layers). AVX-512BW's ``vpmaddubsw`` first adds
+        (:attr:`a_offset`; a LayerNorm's signed outputs feeding a transformer's linear layers). ``vpmaddubsw``
+        (AVX-512BW; AVX2 at 256 bits, two a dot) first adds
         product pairs into int16 with saturation, exact only while 2 * amax * |wmax| <= 32767: activations
         of up to 7 bits (2 * 127 * 128 = 32512, the "reduced range" FBGEMM quantizes activations to on such
         CPUs) or 4-bit weights (2 * 255 * 8 = 4080); 8-bit codes against 8-bit weights (65280) saturate.
@@ -120,7 +124,7 @@ class KernelSpec:
         if self.a_mode == "s8":  # VNNI: shifted into u8 (a_offset), exact; vpmaddubsw would saturate on them
             return KQUAD if self.dot_isa == "avx512vnni" and self.w_mode in INT_WEIGHT_MODES else KGROUP
         exact = self.dot_isa == "avx512vnni" or (
-            self.dot_isa == "avx512bw" and (self.a_bits <= 7 or self.w_mode in ("i4p", "i2p")))
+            self.dot_isa in SATURATING_DOT_ISAS and (self.a_bits <= 7 or self.w_mode in ("i4p", "i2p")))
         return KQUAD if exact else KGROUP
 
     def _arm_kgroup(self) -> int:
@@ -230,12 +234,12 @@ class KernelSpec:
             return False
         plain_gemv = self.x_shape[0] == 1 and self.dot_isa not in X86_DOT_ISAS
         if self.w_mode == "i4p" and self.op == "linear" and (plain_gemv or self.dot_isa in CUDA_DOT_ISAS):
-            # An int4 GEMV reads each weight once. AVX-512 x86 blocks it as nibble pairs split in
+            # An int4 GEMV reads each weight once. x86 blocks it as nibble pairs split in
             # registers by the dot (split_int4; before, each thread unpacked a block of tiles into L1
             # just before its dot: one thread of a Sapphire Rapids Xeon, 8 trials, 1024 -> 1024 27 us
             # against 260 in the plain layout, W8A8 7.8, fp32 155; 4096 -> 4096 573 against 4,085,
-            # W8A8 642). Elsewhere a GEMV keeps the plain layout, unpacked in the loop (not
-            # measured blocked: aarch64's dots, AVX2-only x86). Rows share the unpack: token rows and
+            # W8A8 642; AVX2-only x86 likewise, its dots in 256-bit halves). Elsewhere a GEMV keeps
+            # the plain layout, unpacked in the loop (not measured blocked: aarch64's dots). Rows share the unpack: token rows and
             # batches take the blocked dot (x86: 32 x 384 -> 1536, 3.2 ms in the plain layout against
             # 0.1 for int8 blocked; ARM: i8mm's smmla pairs the rows). CUDA's dp4a int4 linears keep
             # the plain layout (never built blocked; tensor cores: tensor_core)
@@ -271,7 +275,7 @@ class KernelSpec:
 
     @property
     def float_blocked(self) -> bool:
-        """An fp32 convolution (groups 1) or linear layer on an AVX-512 x86 target, run as
+        """An fp32 convolution (groups 1) or linear layer on an x86 target (AVX2 or AVX-512), run as
         :func:`~.integer.float_blocked_conv`: weights prepacked ``[O/16, C, kh, kw, 16]`` (linear:
         ``[O/16, K, 16]``, its rows playing the pixels; output channels padded with zero weights to whole
         16-lane tiles where that at most doubles them, ``MAX_PADDING``), so that the hand-built schedule
@@ -285,7 +289,7 @@ class KernelSpec:
 
     @property
     def float_depthwise(self) -> bool:
-        """An fp32 depthwise conv on an AVX-512 x86 target: the phase-split input of
+        """An fp32 depthwise conv on an x86 target (AVX2 or AVX-512): the phase-split input of
         :func:`~.integer.depthwise_dot` (contiguous reads for every tap, any stride) with float values and
         the same hand-built schedule as the integer one."""
         return self.w_mode == "f32" and self.a_mode == "f32" and self._one_channel_per_group \
@@ -307,7 +311,7 @@ class KernelSpec:
     @property
     def split_codes(self) -> int:
         """Codes a weight byte holds in the split layout of an int4 (2) or int2 (4) GEMV (one row) on
-        an AVX-512 x86 target; 0 where the kernel does not take it. Byte ``(t, j, i, k)`` holds lane
+        an x86 target (AVX2 or AVX-512); 0 where the kernel does not take it. Byte ``(t, j, i, k)`` holds lane
         ``16t + i``'s codes of inputs ``4(cj + h) + k`` in its bit field ``h`` (of ``8 / c`` bits, the
         low field first), each code stored + ``2**(bits - 1)``: ``c`` 16x4 tiles in one. One 64-byte
         load is then all ``c`` tiles, split in registers (shift, ``&``, ``-``) by the dot intrinsic
@@ -426,4 +430,4 @@ def clamp_bounds(op: str) -> tuple[float | None, float | None]:
 
 
 __all__ = ["ARM_DOT_ISAS", "CUDA_DOT_ISAS", "INT_WEIGHT_MODES", "KGROUP", "KOCT", "KQUAD", "KernelSpec", "LANES",
-           "MMA_TILE", "OPAQUE", "UNPACK_RULE", "X86_DOT_ISAS", "clamp_bounds", "clamp_op"]
+           "MMA_TILE", "OPAQUE", "SATURATING_DOT_ISAS", "UNPACK_RULE", "X86_DOT_ISAS", "clamp_bounds", "clamp_op"]
