@@ -26,7 +26,7 @@ from mpsearch.config import RunConfig
 from mpsearch.pipeline import batches, build_model, cached_accuracy, load_data
 from mpsearch.quant.calibration import calibrate_for
 from mpsearch.quant.prepare import prepare_model
-from mpsearch.search import bit_pairs
+from mpsearch.search import activation_bits, bit_pairs
 from mpsearch.sensitivity import (
     ESTIMATORS, JOINT_ESTIMATORS, CalibKLEstimator, CandidateProxy, DeltaLossEstimator, EigenvalueEstimator,
     FisherEstimator, HutchinsonEstimator, LayerSensitivity, SecondOrderEstimator,
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
     prepared = prepare_model(model, tuple(cfg.model.input_shape))
     gm, layers = prepared.graph_module, prepared.layer_names
     ranges = calibrate_for(gm, layers, calib, s)
-    pairs = bit_pairs(s.w_bits, s.a_bits, s.weight_only)
+    pairs = bit_pairs(s.w_bits, activation_bits(s.a_bits), s.weight_only)
     x = torch.cat([b[0] for b in calib])[:s.sensitivity_samples]
     y = torch.cat([b[1] for b in calib])[:s.sensitivity_samples]
     sens_batches = [(x, y)]

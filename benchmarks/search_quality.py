@@ -37,7 +37,7 @@ from mpsearch.pipeline import BASELINES, batches, build_model, configured_profil
 from mpsearch.quant.calibration import calibrate_for
 from mpsearch.quant.prepare import prepare_model
 from mpsearch.search import (
-    SearchProblem, SearchSettings, bit_pairs, compare_fronts, exact_front_bounds, feasible_front, feasible_points,
+    SearchProblem, SearchSettings, activation_bits, bit_pairs, compare_fronts, exact_front_bounds, feasible_front, feasible_points,
     ilp_front, run_search, solve_ilp, spread, sweep_budgets,
 )
 from mpsearch.sensitivity import cached_estimate, make_estimator, score_table
@@ -71,7 +71,7 @@ def _problem(cfg: RunConfig, args: argparse.Namespace, test_samples: int | None)
     prepared = prepare_model(model, tuple(cfg.model.input_shape))
     gm, layers = prepared.graph_module, prepared.layer_names
     ranges = calibrate_for(gm, layers, calib, s)
-    pairs = bit_pairs(s.w_bits, s.a_bits, s.weight_only)
+    pairs = bit_pairs(s.w_bits, activation_bits(s.a_bits), s.weight_only)
     x = torch.cat([b[0] for b in calib])[:s.sensitivity_samples]
     y = torch.cat([b[1] for b in calib])[:s.sensitivity_samples]
     est = make_estimator(s.sensitivity, samples=s.sensitivity_samples, seed=s.seed, ranges=ranges, pairs=pairs)

@@ -81,7 +81,9 @@ class SearchConfig:
     n_trials: int = 400
     seed: int = 0
     w_bits: list[int] = field(default_factory=lambda: [4, 8, 32])
-    a_bits: list[int] = field(default_factory=lambda: [4, 8, 32])
+    # None: 4, 8 and 32, and 7 where the target runs 7-bit activations on a faster dot than 8-bit ones
+    # (x86 without VNNI: FBGEMM's reduced range; search.space.activation_bits); a list: exactly those
+    a_bits: Optional[list[int]] = None
     weight_only: bool = False  # also allow (w < 32, a = 32) pairs
     memory_objective: bool = True  # weight memory as a third objective (budgets are constraints either way)
     calibration: str = "minmax"  # minmax | percentile | mse
@@ -279,7 +281,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if not 0 <= s.step_back <= MAX_STEP_BACK or not 0 < s.accuracy_drop_pts <= 100:
         raise ConfigError(f"search.step_back={s.step_back} must be between 0 and {MAX_STEP_BACK} and "
                           f"search.accuracy_drop_pts={s.accuracy_drop_pts} between 0 (excluded) and 100 points")
-    if not s.w_bits or not s.a_bits:
+    if not s.w_bits or s.a_bits == []:
         raise ConfigError("search.w_bits and search.a_bits must each list at least one bit-width")
     for name, value in (("budget.latency_ms", b.latency_ms), ("budget.weight_kib", b.weight_kib),
                         ("budget.activation_kib", b.activation_kib), ("budget.bops_g", b.bops_g)):

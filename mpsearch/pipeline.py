@@ -17,7 +17,7 @@ from mpsearch.config import RunConfig, validate
 from mpsearch.console import RunLog, run_log
 from mpsearch.quant.calibration import calibrate, calibrate_for
 from mpsearch.quant.prepare import prepare_model
-from mpsearch.search import bit_pairs
+from mpsearch.search import activation_bits, bit_pairs
 from mpsearch.stages import (
     BASELINES, AccuracyCache, BackendFactory, RunOutcome, StageTimer, accuracy_context, batches, build_model,
     StepBack, cached_accuracy, check_data, configured_profile, default_backend, estimate_sensitivity, evaluate,
@@ -62,13 +62,18 @@ def _run(cfg: RunConfig, backend_factory: BackendFactory, run_dir: Path, tvm_log
     s, timer, cache_dir = cfg.search, StageTimer(), Path(cfg.cache_dir)
     torch.manual_seed(s.seed)
     profile = configured_profile(cfg.hw_profile)
-    pairs = bit_pairs(s.w_bits, s.a_bits, s.weight_only)
+    pairs = bit_pairs(s.w_bits, activation_bits(s.a_bits), s.weight_only)
     profile.precisions.check(profile.name, pairs)  # e.g. fp16 on a profile without it: one line, before any work
     with timer.stage("load"):
         loaded = load(cfg.model, cfg.data, s.groups, s.group_residual, cfg.candidate)
         prepared = loaded.prepared
     with timer.stage("device"):  # before calibration and sensitivity: an unreachable board fails in seconds
         backend = backend_factory(profile, cache_dir, cfg.progress)
+    a_bits = activation_bits(s.a_bits, backend.dot_isa, profile.precisions.a_bits)
+    if a_bits != activation_bits(s.a_bits):  # the default menu, widened for this target
+        pairs = bit_pairs(s.w_bits, a_bits, s.weight_only)
+        log.info("activation widths %s: 8-bit activations take a slower dot than 7-bit ones on this target's "
+                 "%s kernels (set search.a_bits to choose them yourself)", ", ".join(map(str, a_bits)), backend.dot_isa)
     with timer.stage("calibration"):
         ranges = calibrate_for(prepared.graph_module, loaded.layers, loaded.calib, s)
     with timer.stage("sensitivity"):

@@ -66,6 +66,7 @@ def test_model_inputs_compose_typed_and_keep_old_hashes() -> None:
     before = RunConfig()
     before.search.bias_correction = False  # the behaviour of every earlier run: its folder's hash
     before.search.step_back = 0
+    before.search.a_bits = [4, 8, 32]  # the menu every earlier run wrote into its config.json
     assert before.content_hash() == "6d737995"  # as before model.inputs existed
     before.search.accuracy_drop_pts = 2.0  # without a step back the tolerance changes nothing
     assert before.content_hash() == "6d737995"

@@ -41,6 +41,26 @@ def test_end_to_end_with_table_backend(tmp_path: Path) -> None:
     assert json.loads((out.run_dir / "candidates/int8.json").read_text())["fc"] == [8, 8]
 
 
+@pytest.mark.parametrize("isa,a_bits,seven", [("avx2", None, True), ("avx512vnni", None, False),
+                                              ("avx512bw", [4, 8, 32], False)])
+def test_default_activation_widths_follow_the_targets_dots(tmp_path: Path, caplog, isa, a_bits, seven) -> None:
+    """On a target whose 8-bit activations take a slower dot than 7-bit ones (x86 without VNNI) the
+    default search offers 7-bit activations too, and says so; a VNNI target, or a menu the user gave,
+    keeps its widths."""
+    def make(profile, cache_dir, progress):
+        backend = TableBackend()
+        backend.dot_isa = isa
+        return backend
+
+    with caplog.at_level("INFO", logger="mpsearch.pipeline"):
+        out = run(tiny_run_config(tmp_path, search__a_bits=a_bits, search__n_trials=20), make)
+    pairs = json.loads((out.run_dir / "cost_table.json").read_text())["pairs"]
+    assert [8, 8] in pairs and ([8, 7] in pairs) == seven and ([4, 7] in pairs) == seven
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("activation widths")]
+    assert said == ([f"activation widths 4, 7, 8, 32: 8-bit activations take a slower dot than 7-bit ones on this "
+                     f"target's {isa} kernels (set search.a_bits to choose them yourself)"] if seven else [])
+
+
 def test_rerun_resumes_and_reuses_caches(tmp_path: Path) -> None:
     first = run(tiny_config(tmp_path), factory([]))
     second = run(tiny_config(tmp_path), factory([]))

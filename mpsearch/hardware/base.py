@@ -185,6 +185,10 @@ class Backend(ABC):
     name: ClassVar[str] = "backend"
     #: Labels every latency the backend returns, in the report, ``pareto.csv`` and ``summary.json``.
     latency_source: ClassVar[LatencySource] = MEASURED
+    #: The int8 dot instructions of the target's kernels (:func:`~mpsearch.hardware.kernels.dot_isa`; ""
+    #: where the backend builds none): the default activation widths depend on it
+    #: (:func:`~mpsearch.search.space.activation_bits`).
+    dot_isa: str = ""
 
     @property
     def estimated(self) -> bool:

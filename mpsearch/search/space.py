@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from mpsearch.candidate import FLOAT_BITS, Bits, check_bits
 from mpsearch.errors import ConfigError, InfeasibleBudgetError
+from mpsearch.hardware.kernels.spec import SATURATING_DOT_ISAS
 from mpsearch.search.groups import check_candidate, merge_groups
 
 
@@ -25,6 +26,24 @@ def bit_pairs(w_bits: Sequence[int], a_bits: Sequence[int], weight_only: bool = 
             continue
         pairs.append((w, a))
     return pairs
+
+
+DEFAULT_A_BITS = (4, 8, 32)  # search.a_bits unset: the activation widths every target's search offers
+REDUCED_A_BITS = 7  # ... and this one where 8-bit activations take a slower dot (activation_bits)
+
+
+def activation_bits(a_bits: Sequence[int] | None, dot_isa: str = "", supported: Sequence[int] = ()) -> list[int]:
+    """The activation widths the search offers: ``a_bits`` (``search.a_bits``) as given, else
+    :data:`DEFAULT_A_BITS`, plus :data:`REDUCED_A_BITS` where ``dot_isa`` (the target's int8 dots,
+    :func:`~mpsearch.hardware.kernels.dot_isa`) runs 8-bit activations on a slower dot than 7-bit ones
+    and the profile ``supported`` 7. ``vpmaddubsw`` saturates at int16 on 8-bit codes against 8-bit
+    weights, so x86 CPUs without VNNI (AVX2, AVX-512BW) run those on the 16x2 ``vpmaddwd`` dot and up
+    to 7 bits on the 16x4 one: the reduced range FBGEMM quantizes activations to on such CPUs
+    (ResNet-20's 3x3 convs ran 1.2-1.8x faster at 7 bits than at 8 on AVX2 code, README)."""
+    if a_bits is not None:
+        return list(a_bits)
+    reduced = dot_isa in SATURATING_DOT_ISAS and REDUCED_A_BITS in supported
+    return sorted({*DEFAULT_A_BITS, *([REDUCED_A_BITS] if reduced else [])})
 
 
 def pair_label(pair: Bits) -> str:

@@ -15,7 +15,7 @@ import pytest
 from mpsearch.candidate import Candidate
 from mpsearch.errors import CandidateError, InfeasibleBudgetError
 from mpsearch.search import (
-    SearchProblem, SearchSettings, bit_pairs, compare_fronts, exact_latency_front, feasible_front, feasible_points,
+    SearchProblem, SearchSettings, activation_bits, bit_pairs, compare_fronts, exact_latency_front, feasible_front, feasible_points,
     run_search, solve_ilp, spread,
 )
 from mpsearch.search.optuna_search import candidate_from_params, open_study, warm_start_candidates
@@ -42,6 +42,18 @@ def test_bit_pairs_drop_dominated_and_opt_in_weight_only() -> None:
     assert (8, 32) in bit_pairs([8, 32], [8, 32], weight_only=True)
     with pytest.raises(CandidateError):
         bit_pairs([12], [8])
+
+
+def test_default_activation_widths_add_7_where_8_bits_take_a_slower_dot() -> None:
+    """search.a_bits unset: 4, 8, 32, and 7 on x86 without VNNI (vpmaddubsw saturates on 8-bit codes,
+    so those take the 16x2 dot) where the profile supports 7; a list given is taken as it is."""
+    everything = [2, 3, 4, 5, 6, 7, 8, 32]
+    assert activation_bits(None) == [4, 8, 32]
+    assert activation_bits(None, "avx2", everything) == activation_bits(None, "avx512bw", everything) == [4, 7, 8, 32]
+    for isa in ("avx512vnni", "sdot", "i8mm", "dp4a", "wmma", ""):  # 8-bit codes as fast as 7-bit ones
+        assert activation_bits(None, isa, everything) == [4, 8, 32], isa
+    assert activation_bits(None, "avx2", [4, 8, 32]) == [4, 8, 32]  # the profile has no 7-bit activations
+    assert activation_bits([8, 32], "avx2", everything) == [8, 32]  # the user's own menu
 
 
 def test_evaluate_is_additive() -> None:
