@@ -37,8 +37,8 @@ from mpsearch.pipeline import BASELINES, batches, build_model, configured_profil
 from mpsearch.quant.calibration import calibrate_for
 from mpsearch.quant.prepare import prepare_model
 from mpsearch.search import (
-    SearchProblem, SearchSettings, activation_bits, bit_pairs, compare_fronts, exact_front_bounds, feasible_front, feasible_points,
-    ilp_front, run_search, solve_ilp, spread, sweep_budgets,
+    SearchProblem, SearchSettings, activation_bits, bit_pairs, compare_fronts, exact_front_bounds, feasible_front,
+    feasible_points, ilp_front, run_search, solve_ilp, spread, sweep_budgets,
 )
 from mpsearch.sensitivity import cached_estimate, make_estimator, score_table
 

@@ -24,7 +24,8 @@ from mpsearch.search.space import (
 
 __all__ = [
     "FrontComparison", "HypervolumeComparison", "IlpSolution", "Objectives", "SAMPLERS", "SearchProblem", "SearchSettings",
-    "FrontBounds", "activation_bits", "bit_pairs", "compare_fronts", "exact_front_bounds", "exact_latency_front", "feasible_front", "feasible_points", "front_comparison", "ilp_front", "ilp_pick",
+    "FrontBounds", "activation_bits", "bit_pairs", "compare_fronts", "exact_front_bounds", "exact_latency_front",
+    "feasible_front", "feasible_points", "front_comparison", "ilp_front", "ilp_pick",
     "pair_label", "require_ilp", "run_search", "solve_ilp", "spread", "sweep_budgets", "warm_start_candidates",
     "OBJECTIVES", "check_candidate", "layer_groups", "merge_groups", "objective_names", "residual_groups",
     "tied_weight_groups", "FlockJournalLock", "journal_storage",

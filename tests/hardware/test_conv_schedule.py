@@ -47,7 +47,8 @@ def _host() -> tvm.target.Target:
 def _host_isa() -> str:
     isa = dot_isa(_host())
     if not isa:
-        pytest.skip("this CPU has no x86 int8 dot (AVX2 or AVX-512BW): the blocked int8 kernels and their space are not used here")
+        pytest.skip("this CPU has no x86 int8 dot (AVX2 or AVX-512BW): the blocked int8 kernels and their space "
+                    "are not used here")
     return isa
 
 

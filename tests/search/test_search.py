@@ -15,7 +15,8 @@ import pytest
 from mpsearch.candidate import Candidate
 from mpsearch.errors import CandidateError, InfeasibleBudgetError
 from mpsearch.search import (
-    SearchProblem, SearchSettings, activation_bits, bit_pairs, compare_fronts, exact_latency_front, feasible_front, feasible_points,
+    SearchProblem, SearchSettings, activation_bits, bit_pairs, compare_fronts, exact_latency_front, feasible_front,
+    feasible_points,
     run_search, solve_ilp, spread,
 )
 from mpsearch.search.optuna_search import candidate_from_params, open_study, warm_start_candidates

@@ -26,7 +26,9 @@ from mpsearch.hardware.kernels.primfunc import make_kernel
 from mpsearch.hardware.kernels.spec import KGROUP, KOCT, KQUAD, LANES, OPAQUE, UNPACK_RULE, KernelSpec
 
 __all__ = [
-    "ARM_DOT4_INTRINSICS", "AVX2_DOT_INTRINSICS", "DOT4_INTRINSICS", "DOT4_WORD_INTRINSICS", "DOT_INTRINSICS", "KGROUP", "KOCT", "KQUAD", "KernelSpec", "LANES",
+    "ARM_DOT4_INTRINSICS", "AVX2_DOT_INTRINSICS", "DOT4_INTRINSICS", "DOT4_WORD_INTRINSICS", "DOT_INTRINSICS",
+    "KGROUP", "KOCT", "KQUAD", "KernelSpec", "LANES",
     "MMLA_INTRINSICS", "OPAQUE", "SPLIT_DOT_INTRINSICS", "UNPACK_RULE",
-    "dot16x2_intrinsics", "dot_intrinsics_for", "dot_isa", "make_kernel", "pack_int4", "pack_weight", "register_intrinsics", "unpack_int4",
+    "dot16x2_intrinsics", "dot_intrinsics_for", "dot_isa", "make_kernel", "pack_int4", "pack_weight",
+    "register_intrinsics", "unpack_int4",
 ]

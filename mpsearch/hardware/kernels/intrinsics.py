@@ -593,7 +593,9 @@ def dot_intrinsics_for(target: object) -> list[str]:
     if isa in ARM_DOT4_INTRINSICS:
         mmla = list(MMLA_INTRINSICS.values()) if isa == "i8mm" else []
         return [*mmla, *ARM_DOT4_INTRINSICS[isa].values()]
-    return [DOT4_WORD_INTRINSICS[isa], DOT4_INTRINSICS[isa], *dot16x2_intrinsics(isa).values()] if isa else []  # denser first
+    if not isa:
+        return []
+    return [DOT4_WORD_INTRINSICS[isa], DOT4_INTRINSICS[isa], *dot16x2_intrinsics(isa).values()]  # denser first
 
 
 def register_unpack_rule() -> None:

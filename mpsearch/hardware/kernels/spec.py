@@ -234,14 +234,13 @@ class KernelSpec:
             return False
         plain_gemv = self.x_shape[0] == 1 and self.dot_isa not in X86_DOT_ISAS
         if self.w_mode == "i4p" and self.op == "linear" and (plain_gemv or self.dot_isa in CUDA_DOT_ISAS):
-            # An int4 GEMV reads each weight once. x86 blocks it as nibble pairs split in
-            # registers by the dot (split_int4; before, each thread unpacked a block of tiles into L1
-            # just before its dot: one thread of a Sapphire Rapids Xeon, 8 trials, 1024 -> 1024 27 us
-            # against 260 in the plain layout, W8A8 7.8, fp32 155; 4096 -> 4096 573 against 4,085,
-            # W8A8 642; AVX2-only x86 likewise, its dots in 256-bit halves). Elsewhere a GEMV keeps
-            # the plain layout, unpacked in the loop (not measured blocked: aarch64's dots). Rows share the unpack: token rows and
-            # batches take the blocked dot (x86: 32 x 384 -> 1536, 3.2 ms in the plain layout against
-            # 0.1 for int8 blocked; ARM: i8mm's smmla pairs the rows). CUDA's dp4a int4 linears keep
+            # An int4 GEMV reads each weight once. x86 blocks it as nibble pairs split in registers by the dot
+            # (split_int4; before, each thread unpacked a block of tiles into L1 just before its dot: one thread of a
+            # Sapphire Rapids Xeon, 8 trials, 1024 -> 1024 27 us against 260 in the plain layout, W8A8 7.8, fp32 155;
+            # 4096 -> 4096 573 against 4,085, W8A8 642; AVX2-only x86 likewise, its dots in 256-bit halves). Elsewhere
+            # a GEMV keeps the plain layout, unpacked in the loop (not measured blocked: aarch64's dots). Rows share
+            # the unpack: token rows and batches take the blocked dot (x86: 32 x 384 -> 1536, 3.2 ms in the plain
+            # layout against 0.1 for int8 blocked; ARM: i8mm's smmla pairs the rows). CUDA's dp4a int4 linears keep
             # the plain layout (never built blocked; tensor cores: tensor_core)
             return False
         if self.dot_isa in CUDA_DOT_ISAS:
