@@ -100,10 +100,12 @@ def test_unknown_profile_lists_known_ones() -> None:
 @pytest.mark.parametrize("name", sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
 def test_default_search_bits_fit_every_shipped_profile(name: str) -> None:
     from mpsearch.config import SearchConfig
-    from mpsearch.search.space import bit_pairs
+    from mpsearch.search.space import activation_bits, bit_pairs
 
-    s = SearchConfig()
-    load_profile(name).precisions.check(name, bit_pairs(s.w_bits, s.a_bits, True))
+    s, profile = SearchConfig(), load_profile(name)
+    for isa in ("", "avx2"):  # the default activation widths, and those of a target without VNNI
+        profile.precisions.check(name, bit_pairs(s.w_bits, activation_bits(s.a_bits, isa, profile.precisions.a_bits),
+                                                 True))
 
 
 def test_unsupported_precision_is_one_line_naming_profile_and_field() -> None:

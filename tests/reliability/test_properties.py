@@ -97,7 +97,7 @@ def test_validate_accepts_or_raises_one_config_error(case: tuple[RunConfig, list
     assert s.n_trials >= 1 and s.measure_front >= 1 and 1 <= s.workers <= 256 and 1 <= s.ilp_budgets <= 1000
     assert 0 <= s.seed < 2**32 and 0 < s.percentile <= 100 and 0 <= s.max_failure_rate <= 1
     assert 0 <= s.step_back <= 20 and 0 < s.accuracy_drop_pts <= 100
-    assert s.sensitivity_samples >= 1 and 2 <= s.calibration_bits <= 8 and s.w_bits and s.a_bits
+    assert s.sensitivity_samples >= 1 and 2 <= s.calibration_bits <= 8 and s.w_bits and (s.a_bits is None or s.a_bits)
     assert d.batch_size >= 1 and d.calib_samples >= 1 and (d.test_samples is None or d.test_samples >= 1)
     assert all(x >= 1 for x in cfg.model.input_shape) and math.prod(cfg.model.input_shape) <= 1 << 28
     for spec in cfg.model.input_specs():
