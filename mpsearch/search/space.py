@@ -39,7 +39,7 @@ def activation_bits(a_bits: Sequence[int] | None, dot_isa: str = "", supported: 
     and the profile ``supported`` 7. ``vpmaddubsw`` saturates at int16 on 8-bit codes against 8-bit
     weights, so x86 CPUs without VNNI (AVX2, AVX-512BW) run those on the 16x2 ``vpmaddwd`` dot and up
     to 7 bits on the 16x4 one: the reduced range FBGEMM quantizes activations to on such CPUs
-    (ResNet-20's 3x3 convs ran 1.2-1.8x faster at 7 bits than at 8 on AVX2 code, README)."""
+    (ResNet-20's 3x3 convs ran up to 1.8x faster at 7 bits than at 8 on AVX2 code, README)."""
     if a_bits is not None:
         return list(a_bits)
     reduced = dot_isa in SATURATING_DOT_ISAS and REDUCED_A_BITS in supported
