@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from mpsearch.hardware.kernels import (
 )
 from mpsearch.hardware.kernels.schedules import (
     MAX_PIXEL_TILE,
+    accumulators,
     _has_block,
     _intrinsic,
     channel_blocks,
@@ -33,6 +35,7 @@ from mpsearch.hardware.kernels.schedules import (
     pixel_tiles,
     row_tiles,
     schedule_conv,
+    tile_pairs,
 )
 from mpsearch.hardware.kernels.spec import X86_DOT_ISAS
 from mpsearch.hardware.tvm_backend import space_generator
@@ -105,23 +108,38 @@ def test_pixel_tiles_keep_enough_accumulators_and_fit_the_registers():
     assert pixel_tiles(3) == [3]  # no divisor of 4 or more: the whole row
     assert pixel_tiles(17) == [1]  # a prime wider than the maximum: one pixel at a time
     assert pixel_tiles(28, most_pixels(2)) == [4, 7, 14] and pixel_tiles(28, most_pixels(3)) == [4, 7]
+    assert tile_pairs(28, 4) == [(1, 4), (1, 7), (1, 14), (2, 4), (2, 7), (2, 14), (4, 4), (4, 7)]
+
+
+def test_avx2_int8_tiles_fit_its_sixteen_registers():
+    """AVX2's int8 dots keep at most seven 16-lane accumulators (two ymm registers each); its fp32
+    recipe and AVX-512's keep the 28 of 32 zmm registers."""
+    assert accumulators("mpsearch_dot_16x2_u8s8_avx2") == accumulators("mpsearch_dot_16x4w_u8s8_avx2") == 7
+    assert accumulators("mpsearch_dot_16x4_u8s8_avx512vnni") == accumulators(None) == 28
+    assert tile_pairs(28, 4, 7) == [(1, 4), (1, 7), (2, 2), (4, 1)]
+    assert tile_pairs(112, 1, 7) == [(1, 4), (1, 7)] and tile_pairs(1, 4, 7) == [(1, 1), (2, 1), (4, 1)]
+    assert all(b * t <= 7 for w in range(1, 130) for b, t in tile_pairs(w, 12, 7))
+    register_intrinsics()
+    spec = dataclasses.replace(_cases("avx2")[4], w_shape=(64, 32, 1, 1), x_shape=(1, 32, 28, 28))  # 1x1 32->64
+    spaces = conv_space("avx2")(s_tir.Schedule(_mod(spec)))
+    splits = [re.findall(r"factors=\[None, (\d+)\]", str(s.trace))[:2] for s in spaces]  # the tile's, the blocks'
+    assert {(int(b), int(t)) for t, b in splits} == {(1, 4), (1, 7), (2, 2), (4, 1)}
     assert channel_blocks(72) == [1, 2, 3, 4] and channel_blocks(7) == [1] and channel_blocks(9) == [1, 3]
     assert row_tiles(7) == [1, 7] and row_tiles(14) == [1, 2, 7] and row_tiles(56) == [1, 2, 4, 7, 8]
 
 
 def _each_block_and_tile(spec: KernelSpec, mod: tvm.IRModule, recipe, arrays: list[np.ndarray], want: np.ndarray,
-                         target=None):
+                         target=None, intrinsic: str | None = None):
     """``recipe`` at every channel-block split (``blocks=``) and tile width (``tile=``) of the kernel the
-    space offers, each library (built for ``target``, default this CPU) checked bit-exact against
-    ``want`` and yielded."""
+    space offers (under the register budget of the int8 dot ``intrinsic``; None: the fp32 recipe), each
+    library (built for ``target``, default this CPU) checked bit-exact against ``want`` and yielded."""
     width = spec.x_shape[0] if spec.op == "linear" else spec.out_shape[-1]  # a linear layer tiles its rows
-    for blocks in channel_blocks(spec.o_tiles):
-        for tile in pixel_tiles(width, most_pixels(blocks)):
-            sch = s_tir.Schedule(mod)
-            recipe(sch, blocks=blocks, tile=tile)
-            lib = tvm.compile(sch.mod, target=target or _host())
-            np.testing.assert_array_equal(_run(lib.jit(), arrays), want, err_msg=f"{spec} at {blocks} x {tile}")
-            yield lib
+    for blocks, tile in tile_pairs(width, spec.o_tiles, accumulators(intrinsic)):
+        sch = s_tir.Schedule(mod)
+        recipe(sch, blocks=blocks, tile=tile)
+        lib = tvm.compile(sch.mod, target=target or _host())
+        np.testing.assert_array_equal(_run(lib.jit(), arrays), want, err_msg=f"{spec} at {blocks} x {tile}")
+        yield lib
 
 
 @pytest.mark.parametrize("case", range(5))
@@ -134,7 +152,7 @@ def test_every_tile_is_exact_and_runs_the_int8_dot(case):
     want = _run(tvm.compile(mod, target=_host()).jit(), arrays)  # the kernel's own loops, unscheduled
     intrinsic = _intrinsic(s_tir.Schedule(mod), isa)
     recipe = functools.partial(schedule_conv, intrinsic=intrinsic)
-    for lib in _each_block_and_tile(spec, mod, recipe, arrays, want):
+    for lib in _each_block_and_tile(spec, mod, recipe, arrays, want, intrinsic=intrinsic):
         asm = lib.mod.inspect_source("s")
         # vpmaddwd + vpaddd become one vpdpwssd where the CPU has VNNI
         assert any(op in asm for op in ("vpdpbusd", "vpmaddwd", "vpdpwssd")), "no int8 dot instructions"
@@ -162,6 +180,7 @@ def test_avx2_tiles_are_exact_and_run_256_bit_dots(kind, case, a_bits):
     mod = _mod(spec)
     arrays = _args(spec, np.random.default_rng(case))
     want = _run(tvm.compile(mod, target=ZNVER3).jit(), arrays)
+    intrinsic = None
     if kind == "float":
         assert spec.float_blocked
         recipe, ops = schedule_float_conv, ("vfmadd",)
@@ -171,7 +190,7 @@ def test_avx2_tiles_are_exact_and_run_256_bit_dots(kind, case, a_bits):
         assert intrinsic.endswith("_avx2")
         recipe = functools.partial(schedule_conv, intrinsic=intrinsic)
         ops = ("vpmaddwd", "vpmaddubsw") if spec.kgroup == 4 else ("vpmaddwd",)
-    for lib in list(_each_block_and_tile(spec, mod, recipe, arrays, want, target=ZNVER3)):
+    for lib in list(_each_block_and_tile(spec, mod, recipe, arrays, want, target=ZNVER3, intrinsic=intrinsic)):
         asm = lib.mod.inspect_source("s")
         assert all(op in asm for op in ops) and "zmm" not in asm
 
@@ -206,7 +225,7 @@ def test_every_linear_tile_is_exact_and_runs_the_int8_dot(case):
     want = _run(tvm.compile(mod, target=_host()).jit(), arrays)
     intrinsic = _intrinsic(s_tir.Schedule(mod), isa)
     recipe = functools.partial(schedule_conv, intrinsic=intrinsic)
-    for lib in _each_block_and_tile(spec, mod, recipe, arrays, want):
+    for lib in _each_block_and_tile(spec, mod, recipe, arrays, want, intrinsic=intrinsic):
         asm = lib.mod.inspect_source("s")
         assert any(op in asm for op in ("vpdpbusd", "vpmaddwd", "vpdpwssd")), "no int8 dot instructions"
     assert conv_space(isa)(s_tir.Schedule(mod)), "the space offers no int8 linear design"
@@ -413,19 +432,18 @@ def test_one_thread_unpacks_each_channel_blocks_int4_weights_once_just_before_it
     want = _run(tvm.compile(mod, target=_host()).jit(), arrays)
     intrinsic = _intrinsic(s_tir.Schedule(mod), isa)
     width = spec.x_shape[0] if spec.op == "linear" else spec.out_shape[-1]
-    for blocks in channel_blocks(spec.o_tiles):
-        for tile in pixel_tiles(width, most_pixels(blocks)):
-            sch = s_tir.Schedule(mod)
-            schedule_conv(sch, intrinsic, blocks=blocks, tile=tile, parallel=False)
-            unpack = sch.get_loops(sch.get_sblock("unpack_int4_o"))
-            dot = sch.get_loops(sch.get_sblock("dot_o_update"))
-            assert sch.get(unpack[0]).same_as(sch.get(dot[0])), "the unpack is not under the channel-block loop"
-            assert int(sch.get(unpack[0]).extent) == spec.o_tiles // blocks  # once a block: nothing inside
-            rows = spec.x_shape[0] if spec.op == "conv2d" else spec.x_shape[0] // tile  # samples, or row tiles
-            assert int(sch.get(dot[1]).extent) == rows
-            assert not any(sch.get(dot[1]).same_as(sch.get(loop)) for loop in unpack)
-            got = _run(tvm.compile(sch.mod, target=_host()).jit(), arrays)
-            np.testing.assert_array_equal(got, want, err_msg=f"{blocks} blocks x {tile} pixels")
+    for blocks, tile in tile_pairs(width, spec.o_tiles, accumulators(intrinsic)):
+        sch = s_tir.Schedule(mod)
+        schedule_conv(sch, intrinsic, blocks=blocks, tile=tile, parallel=False)
+        unpack = sch.get_loops(sch.get_sblock("unpack_int4_o"))
+        dot = sch.get_loops(sch.get_sblock("dot_o_update"))
+        assert sch.get(unpack[0]).same_as(sch.get(dot[0])), "the unpack is not under the channel-block loop"
+        assert int(sch.get(unpack[0]).extent) == spec.o_tiles // blocks  # once a block: nothing inside
+        rows = spec.x_shape[0] if spec.op == "conv2d" else spec.x_shape[0] // tile  # samples, or row tiles
+        assert int(sch.get(dot[1]).extent) == rows
+        assert not any(sch.get(dot[1]).same_as(sch.get(loop)) for loop in unpack)
+        got = _run(tvm.compile(sch.mod, target=_host()).jit(), arrays)
+        np.testing.assert_array_equal(got, want, err_msg=f"{blocks} blocks x {tile} pixels")
 
 
 @pytest.mark.parametrize("dtype", ["int32", "float32"])

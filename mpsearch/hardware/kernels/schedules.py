@@ -58,6 +58,14 @@ MIN_PIXEL_TILE, MAX_PIXEL_TILE = 4, 16  # output pixels whose 16-lane int32 accu
 # accumulator vectors a tile of pixels x channel blocks keeps: 32 zmm registers, less the blocks' weight
 # vectors and the broadcast input
 MAX_ACCUMULATORS = 28
+# The int8 recipes' accumulators on AVX2 (:func:`accumulators`): 16 ymm registers, two a 16-lane int32
+# vector, and each dot two instructions (vpmaddwd or vpmaddubsw into a temporary, then vpaddd): seven
+# accumulators fill 14 registers, the broadcast input and the temporary the other two. Wider tiles spill:
+# znver3 code on one core of a Zen 4, every tile of ResNet-20's 3x3 convs (16@28, 32@14, 64@7; W8A8 and
+# W8A7), a tile of at most 7 was the fastest at all six, of 14 or 28 1.2-3.0x slower; at 64 output
+# channels (16@28, 32@14, 64@7, a 1x1 96 -> 24 at 56x56, 8 rows of a 256 -> 256 linear layer) no tile of
+# more than 7 was faster than the best within 7 by more than the 10-15% the timings varied.
+AVX2_INT_ACCUMULATORS = 7
 MAX_CHANNEL_BLOCKS = 4  # 16-lane output-channel tiles one tile of pixels spans
 MAX_DEPTHWISE_ROWS = 8  # output rows one depthwise tile spans: a vector accumulator each
 # The template's share of a replay-trace budget: replay-trace draws each trial's design space uniformly,
@@ -120,19 +128,37 @@ def channel_blocks(o_tiles: int) -> list[int]:
     return [b for b in range(1, MAX_CHANNEL_BLOCKS + 1) if o_tiles % b == 0]
 
 
-def most_pixels(blocks: int) -> int:
-    """The widest tile of pixels (a linear layer's rows) at ``blocks`` channel blocks: ``MAX_PIXEL_TILE``
-    for one, else as many as keep ``MAX_ACCUMULATORS`` vectors in registers."""
-    return MAX_ACCUMULATORS // blocks if blocks > 1 else MAX_PIXEL_TILE
+def most_pixels(blocks: int, budget: int = MAX_ACCUMULATORS) -> int:
+    """The widest tile of pixels (a linear layer's rows) at ``blocks`` channel blocks: as many as keep
+    ``budget`` accumulator vectors in registers (:func:`accumulators`), at most ``MAX_PIXEL_TILE``."""
+    return min(budget // blocks, MAX_PIXEL_TILE)
 
 
-def _tile_of(sch: Any, loop: Any, blocks: int, tile: int | None) -> int:
-    """``tile`` (checked against :func:`pixel_tiles` of ``loop``'s extent), or None: the widest one.
+def accumulators(intrinsic: str | None) -> int:
+    """The accumulator vectors a tile of a blocked recipe may keep in registers: ``AVX2_INT_ACCUMULATORS``
+    for an int8 one whose dot ``intrinsic`` is an AVX2 one (:mod:`.intrinsics` names them ``*_avx2``),
+    else ``MAX_ACCUMULATORS`` (AVX-512's 32 registers; the fp32 recipe's FMAs, ``intrinsic`` None, keep
+    it on AVX2 too: there 14 accumulators of 32 channels at 14x14 ran 1.3x faster than 7)."""
+    return AVX2_INT_ACCUMULATORS if intrinsic is not None and intrinsic.endswith("_avx2") else MAX_ACCUMULATORS
+
+
+def tile_pairs(width: int, o_tiles: int, budget: int = MAX_ACCUMULATORS) -> list[tuple[int, int]]:
+    """The (channel blocks, tile width) pairs of a blocked recipe (:func:`conv_space` makes a copy of the
+    space for each) at a row of ``width`` pixels (a linear layer's rows) and ``o_tiles`` 16-lane
+    output-channel tiles: every :func:`channel_blocks` choice with each of its :func:`pixel_tiles` under
+    ``budget`` accumulators (:func:`accumulators`). At AVX2's 7 that includes two blocks of two pixels
+    (a 1x1 96 -> 24 conv at 56x56, one core: 285 us against 336 at one block of four)."""
+    return [(b, t) for b in channel_blocks(o_tiles) for t in pixel_tiles(width, most_pixels(b, budget))]
+
+
+def _tile_of(sch: Any, loop: Any, blocks: int, tile: int | None, budget: int = MAX_ACCUMULATORS) -> int:
+    """``tile`` (checked against :func:`pixel_tiles` of ``loop``'s extent under ``budget`` accumulators),
+    or None: the widest one.
 
     A fixed value, not a sampled decision: the tile's transpose (:func:`_epilogue_at`) is an intrinsic
     per tile width, named in the trace, so a replay that drew another width failed to apply (three in
     four replays of the space did); :func:`conv_space` gives each width its own copy instead."""
-    tiles = pixel_tiles(int(sch.get(loop).extent), most_pixels(blocks))
+    tiles = pixel_tiles(int(sch.get(loop).extent), most_pixels(blocks, budget))
     if tile is None:
         return tiles[-1]
     if tile not in tiles:
@@ -167,7 +193,7 @@ def schedule_conv(sch: Any, intrinsic: str, blocks: int = 1, tile: int | None = 
         _schedule_linear(sch, dot, intrinsic, blocks, tile, parallel)
         return
     b, oc, y, x, oi, c2, ry, rx, ci = sch.get_loops(dot)
-    xo, xi = sch.split(x, [None, _tile_of(sch, x, blocks, tile)])
+    xo, xi = sch.split(x, [None, _tile_of(sch, x, blocks, tile, accumulators(intrinsic))])
     oc, ob = sch.split(oc, [None, blocks])
     sch.reorder(b, oc, y, xo, c2, ry, rx, xi, ob, oi, ci)
     _epilogue_at(sch, xo, "int32")
@@ -210,7 +236,7 @@ def _schedule_linear(sch: Any, dot: Any, intrinsic: str, blocks: int, tile: int 
     128 token rows, one thread of a Sapphire Rapids Xeon, median of five alternating runs: 384 -> 1536
     220 -> 206 us, 1536 -> 384 240 -> 233 us, W8A8 about 200 and 225)."""
     m, oc, oi, k2, *group = sch.get_loops(dot)  # group: the lane's inputs (bit fields, then quad)
-    mo, mi = sch.split(m, [None, _tile_of(sch, m, blocks, tile)])
+    mo, mi = sch.split(m, [None, _tile_of(sch, m, blocks, tile, accumulators(intrinsic))])
     oc, ob = sch.split(oc, [None, blocks])
     sch.reorder(oc, mo, k2, mi, ob, oi, *group)
     out = sch.get_sblock("epilogue")
@@ -453,8 +479,8 @@ def conv_space(dot_isa: str, parallel: bool = True) -> Callable[[Any], list[Any]
             o_tiles = int(iters[1].dom.extent)  # the 16-lane output-channel tiles
             linear = sum(int(v.iter_type) == 0 for v in iters) == 3  # rows, lane tiles, lanes
             width = int(iters[0 if linear else 3].dom.extent)  # a linear layer's rows, or a row's pixels
-            recipes = [functools.partial(recipe, blocks=b, tile=t)
-                       for b in channel_blocks(o_tiles) for t in pixel_tiles(width, most_pixels(b))]
+            budget = accumulators(None if _has_block(sch, "fdot") else intrinsic)
+            recipes = [functools.partial(recipe, blocks=b, tile=t) for b, t in tile_pairs(width, o_tiles, budget)]
         spaces = []
         for i in range(max(COPIES, len(recipes))):
             copy = sch.copy()
@@ -469,6 +495,6 @@ def conv_space(dot_isa: str, parallel: bool = True) -> Callable[[Any], list[Any]
     return space
 
 
-__all__ = ["channel_blocks", "conv_space", "most_pixels", "pixel_tiles", "row_tiles", "schedule_conv",
-           "schedule_depthwise", "schedule_float_conv", "schedule_input_codes", "schedule_softmax"]
+__all__ = ["accumulators", "channel_blocks", "conv_space", "most_pixels", "pixel_tiles", "row_tiles",
+           "schedule_conv", "schedule_depthwise", "schedule_float_conv", "schedule_input_codes", "schedule_softmax", "tile_pairs"]
 
