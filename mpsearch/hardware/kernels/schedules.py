@@ -496,5 +496,6 @@ def conv_space(dot_isa: str, parallel: bool = True) -> Callable[[Any], list[Any]
 
 
 __all__ = ["accumulators", "channel_blocks", "conv_space", "most_pixels", "pixel_tiles", "row_tiles",
-           "schedule_conv", "schedule_depthwise", "schedule_float_conv", "schedule_input_codes", "schedule_softmax", "tile_pairs"]
+           "schedule_conv", "schedule_depthwise", "schedule_float_conv", "schedule_input_codes", "schedule_softmax",
+           "tile_pairs"]
 
