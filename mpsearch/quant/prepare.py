@@ -97,10 +97,13 @@ def input_arrays(specs: Sequence[InputSpec], inputs: Any) -> list[Any]:
     return out
 
 
-def as_inputs(inputs: Sequence[int] | Sequence[InputSpec] | InputSpec) -> tuple[InputSpec, ...]:
-    """``(1, 3, 32, 32)`` (one float input, the legacy ``model.input_shape``) or a list of specs."""
-    if isinstance(inputs, InputSpec):
-        return (inputs,)
+def as_inputs(inputs: Sequence[int] | Sequence[InputSpec] | InputSpec | torch.Tensor | Sequence[torch.Tensor],
+              ) -> tuple[InputSpec, ...]:
+    """``(1, 3, 32, 32)`` (one float input, the legacy ``model.input_shape``), a list of specs
+    (:class:`InputSpec` or ``{shape, dtype}``), or example tensors, as ``torch.export`` takes them: their
+    shapes and dtypes."""
+    if isinstance(inputs, (InputSpec, torch.Tensor)):
+        inputs = (inputs,)
     items = list(inputs)
     if items and all(isinstance(d, int) for d in items):
         return (InputSpec(tuple(int(d) for d in items)),)
@@ -110,9 +113,12 @@ def as_inputs(inputs: Sequence[int] | Sequence[InputSpec] | InputSpec) -> tuple[
             out.append(item)
         elif isinstance(item, dict):
             out.append(InputSpec(tuple(int(d) for d in item["shape"]), str(item.get("dtype", "float32"))))
+        elif isinstance(item, torch.Tensor):
+            out.append(InputSpec(tuple(item.shape), str(item.dtype).removeprefix("torch.")))
         else:
-            raise ConfigError(f"model input {item!r} is neither a shape nor {{shape, dtype}}; write "
-                              "model.inputs=[{shape: [1, 3, 224, 224], dtype: float32}]")
+            shown = repr(item) if "\n" not in repr(item) and len(repr(item)) <= 60 else f"of type {type(item).__name__}"
+            raise ConfigError(f"model input {shown} is neither a shape, {{shape, dtype}} nor an example tensor; "
+                              "write model.inputs=[{shape: [1, 3, 224, 224], dtype: float32}]")
     if not out:
         raise ConfigError("the model has no inputs; set model.input_shape or model.inputs")
     return tuple(out)
@@ -524,7 +530,7 @@ def _is_layer_op(node: fx.Node) -> bool:
 
 
 def prepare_model(
-    model: nn.Module, inputs: Sequence[int] | Sequence[InputSpec] | InputSpec,
+    model: nn.Module, inputs: Sequence[int] | Sequence[InputSpec] | InputSpec | torch.Tensor | Sequence[torch.Tensor],
 ) -> PreparedModel:
     """Export ``model`` with ``torch.export``, fold BatchNorm into convolutions, turn every conv/linear
     computation into a named layer module, record layer shapes at the declared inputs' batch. The global
@@ -533,7 +539,7 @@ def prepare_model(
         return _prepare(model, inputs)
 
 
-def _prepare(model: nn.Module, inputs: Sequence[int] | Sequence[InputSpec] | InputSpec) -> PreparedModel:
+def _prepare(model: nn.Module, inputs: Any) -> PreparedModel:
     specs = as_inputs(inputs)
     model = copy.deepcopy(model).eval()
     ep = export_model(model, specs)

@@ -3,6 +3,7 @@ what stays float says why; typed and several inputs."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -137,6 +138,24 @@ def test_token_ids_and_mask_inputs_are_probed_with_their_dtypes() -> None:
 def test_bad_input_dtype_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="dtype 'float64' is not one of"):
         as_inputs([{"shape": [1, 4], "dtype": "float64"}])
+    with pytest.raises(ConfigError, match="dtype 'float64' is not one of"):
+        as_inputs(torch.zeros(1, 4, dtype=torch.float64))
+
+
+def test_example_tensors_declare_the_inputs_as_torch_export_takes_them() -> None:
+    ids, mask = torch.randint(0, 20, (1, 6)), torch.ones(1, 6, dtype=torch.int64)
+    assert as_inputs((ids, mask)) == (InputSpec((1, 6), "int64"),) * 2
+    assert as_inputs(torch.zeros(1, 3, 8, 8)) == (InputSpec((1, 3, 8, 8)),)
+    prepared = prepare_model(TokenClassifier().eval(), (ids, mask))
+    assert prepared.layer_names == ["fc"] and prepared.inputs == (InputSpec((1, 6), "int64"),) * 2
+
+
+def test_an_input_that_is_no_declaration_is_named_in_one_short_line() -> None:
+    with pytest.raises(ConfigError) as err:
+        as_inputs([np.zeros((64, 64))])  # an array, not a tensor: its repr is many lines long
+    assert "\n" not in str(err.value) and "of type ndarray" in str(err.value) and "model.inputs=" in str(err.value)
+    with pytest.raises(ConfigError, match="model input 'x' is neither"):
+        as_inputs(["x"])
 
 
 def test_input_arrays_cast_to_the_declared_dtypes_or_name_the_mismatch() -> None:
