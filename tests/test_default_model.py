@@ -65,3 +65,28 @@ def test_tvm_build_agrees_with_simulation_on_the_test_split(default_setup, defau
         ref = quantize_(prepared.copy_module(), cand, ranges)(images).numpy()
     agreement = float((out.argmax(1) == ref.argmax(1)).mean())
     assert len(out) == 2000 and agreement >= 0.99, agreement
+
+
+@pytest.mark.slow
+@pytest.mark.tvm
+def test_the_picks_library_is_timed_in_a_process_of_its_own(default_model_tuned, tmp_path) -> None:
+    """The peers stage at more than one thread: the pick's tuned library exported with its arguments
+    (``TVMBackend.library_runner``, the kernels the run tuned) loads and is timed in a spawned process at
+    two threads."""
+    import shutil
+
+    from mpsearch.candidate import Candidate
+    from mpsearch.hardware.tvm_backend import TVMBackend
+    from mpsearch.stages.peer_processes import time_in_processes
+
+    prepared, ranges = default_model_tuned.prepared, default_model_tuned.ranges
+    profile = load_profile("host_cpu_1t")
+    profile = dataclasses.replace(profile, tuning=dataclasses.replace(profile.tuning, trials_per_task=1,
+                                                                      trials_per_iter=1))
+    shutil.copytree(default_model_tuned.root / "tvm", tmp_path / "tvm")
+    backend = TVMBackend(profile, tmp_path, progress=False)
+    cand = Candidate.uniform(prepared.layer_names, 8, 8)
+    runner = backend.library_runner(prepared, cand, ranges, tmp_path)
+    assert backend.stats["tuned_kernels"] == 0 and runner.kind == "tvm"
+    ms, errors = time_in_processes({"pick": runner}, threads=2, rounds=3)
+    assert not errors and 0 < ms["pick"] < 50

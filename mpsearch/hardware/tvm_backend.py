@@ -1113,6 +1113,18 @@ class TVMBackend(Backend):
         vm.set_input("main", *[tvm.runtime.tensor(a, dev) for a in [*prepared.random_inputs(), *lowered.params]])
         return lambda: vm.invoke_stateful("main")
 
+    def library_runner(self, prepared: PreparedModel, candidate: Candidate,
+                       ranges: Mapping[str, tuple[float, float]], folder: str | Path) -> Any:
+        """:meth:`library` for a process of its own (a :class:`~mpsearch.stages.peer_processes.Runner`):
+        ``candidate``'s tuned executable exported into ``folder``, its inputs and parameters saved beside it.
+        Only where :attr:`runs_here`."""
+        from mpsearch.stages.peer_processes import tvm_runner
+
+        if not self.runs_here:
+            raise HardwareError(f"profile {self.profile.name!r} runs its code on another device, not on this CPU")
+        exe, lowered, _ = self._compile(prepared, candidate, ranges)
+        return tvm_runner(exe, [*prepared.random_inputs(), *lowered.params], str(folder), self.profile)
+
 
 def _schedule_identity(record: Any) -> str:
     """A tuning record's schedule (its trace), whatever run time it was committed with."""

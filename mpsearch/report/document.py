@@ -411,10 +411,12 @@ def _peers(peers: dict | None) -> list[Block]:
         rows.append([f"**mpsearch pick** ({peers['pick']})", acc(peers.get("pick_accuracy")),
                      f"{peers['pick_ms']:.3f}", ratio(peers["pick_ms"])])
     threads = peers.get("threads", "?")
+    where = ("each runtime in a process of its own, one at a time (in one process, their thread pools take "
+             "each other's cores)" if peers.get("isolated") else "all in one process")
     out.append(Paragraph(
         f"What a user would run instead, on {peers.get('device', 'this machine')}: each timed at batch "
-        f"{peers.get('batch', 1)} on {threads} thread{'' if threads == 1 else 's'}, the pick's compiled "
-        f"library too (in one process, runtimes' thread pools would take each other's cores), median of "
+        f"{peers.get('batch', 1)} on {threads} thread{'' if threads == 1 else 's'}, the run's profile's, the pick's "
+        f"compiled library too, {where}; median of "
         f"{peers.get('rounds', '?')} interleaved rounds; top-1 on the run's test split. The pick is the fastest "
         "evaluated candidate within the run's accuracy band of FP32."))
     out.append(Table(["method", "top-1 %", "latency (ms)", "÷ fastest peer"], rows, ["l", "r", "r", "r"]))

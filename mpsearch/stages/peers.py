@@ -5,14 +5,17 @@ of mpsearch; a row says so where an install left them out), ONNX Runtime FP32, I
 per-channel weights, min-max calibration on the run's calibration batches) and, for a model with integer
 (token) inputs, INT8 dynamic.
 Each peer's accuracy is taken on the run's test split, as the candidates' is; each peer is timed at batch 1
-on one thread (``PEER_THREADS``), in the same interleaved rounds as the pick's compiled library (this
-process, the run's tuned kernels, also on one thread), so a drift of the machine hits them alike. Only
-where the run measures on this machine's CPU: a board over RPC or a GPU has no peer here, and says so.
+on the profile's threads, in the same interleaved rounds as the pick's compiled library (the run's tuned
+kernels), so a drift of the machine hits them alike. At one thread they all run in this process; at more,
+each runtime runs in a process of its own, one at a time (:mod:`mpsearch.stages.peer_processes`: in one
+process their thread pools take each other's cores). Only where the run measures on this machine's CPU: a
+board over RPC or a GPU has no peer here, and says so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import statistics
 import tempfile
@@ -29,15 +32,12 @@ from torch import nn
 from mpsearch.hardware.fpenv import denormals_flushed
 from mpsearch.report.document import peers_sentence, plain_text
 from mpsearch.scoring import top1_hits
+from mpsearch.stages.peer_processes import Runner, RunnerError, time_in_processes
 
 log = logging.getLogger(__name__)
 
 ROUNDS = 7
-# Every peer and the pick run on one thread. Three runtimes in one process each keep a thread pool (TVM's,
-# ONNX Runtime's, PyTorch's OpenMP one), and on the cores of a small machine they take them from each
-# other: at two threads on a 2-core EPYC, ResNet-20's ONNX Runtime FP32 timed 0.46-1.58 ms and PyTorch
-# 3.8-58 ms from one run to the next beside the others' pools, against 0.59 and 2.1-2.2 ms (within 2%)
-# at one thread. (The run's own latencies are timed at the profile's threads, TVM's pool the only one busy.)
+# The threads of a skipped stage's note (a board or GPU profile: nothing timed here).
 PEER_THREADS = 1
 LABELS = {"pytorch_fp32": "PyTorch FP32 (eager)", "ort_fp32": "ONNX Runtime FP32",
           "ort_int8_static": "ONNX Runtime INT8 static (QDQ, per-channel)",
@@ -70,6 +70,7 @@ class Peers:
     threads: int = 0
     skipped: str | None = None
     rounds: int = ROUNDS
+    isolated: bool = False  # each runtime timed in a process of its own (more than one thread)
 
     def fastest(self) -> PeerRow | None:
         timed = [r for r in self.rows if r.latency_ms is not None]
@@ -86,13 +87,14 @@ class Peers:
             return "" if a is None else f", {100 * a:.2f}%"
         rows = "; ".join(f"{r.method} {r.latency_ms:.3f} ms{acc(r.accuracy)}" if r.latency_ms is not None
                          else f"{r.method}: not run ({r.error})" for r in self.rows)
-        return f"{head} Peers on this machine ({self.device}; batch 1, {self.rounds} interleaved rounds): {rows}."
+        own = ", each runtime in a process of its own" if self.isolated else ""
+        return f"{head} Peers on this machine ({self.device}; batch 1, {self.rounds} interleaved rounds{own}): {rows}."
 
     def to_dict(self) -> dict[str, Any]:
         best = self.fastest()
         return {"pick": self.pick, "pick_ms": self.pick_ms, "pick_accuracy": self.pick_accuracy,
                 "device": self.device, "threads": self.threads, "batch": 1, "rounds": self.rounds,
-                "skipped": self.skipped,
+                "isolated": self.isolated, "skipped": self.skipped,
                 "fastest_peer": best.key if best else None,
                 "pick_over_fastest_peer": (self.pick_ms / best.latency_ms) if best and self.pick_ms else None,
                 "rows": [{"key": r.key, "method": r.method, "latency_ms": r.latency_ms, "accuracy": r.accuracy,
@@ -190,16 +192,14 @@ def ort_session(path: Path, threads: int, profile_prefix: str | None = None) -> 
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def _onnx_sessions(model: nn.Module, example: tuple[torch.Tensor, ...], calib: Sequence[tuple[torch.Tensor, ...]],
-                   workdir: Path, threads: int) -> tuple[dict[str, Any], dict[str, str]]:
-    """Callables running each :func:`onnx_models` model, and the error of each that could not be made."""
-    paths, errors = onnx_models(model, example, calib, workdir)
-    names = input_names(len(example))
+def _onnx_sessions(paths: Mapping[str, Path], n_inputs: int, threads: int) -> dict[str, Any]:
+    """Callables running each :func:`onnx_models` model on ``threads`` threads."""
+    names = input_names(n_inputs)
     calls = {}
     for key, path in paths.items():
         s = ort_session(path, threads)
         calls[key] = lambda *xs, s=s: s.run(None, {n: x.numpy() for n, x in zip(names, xs)})[0]
-    return calls, errors
+    return calls
 
 
 def _ms_per_call(fn: Callable[[], Any], calls: int) -> float:
@@ -229,20 +229,25 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], rounds: int = ROUNDS,
 def measure_peers(model: nn.Module, calib: Sequence[tuple[Any, torch.Tensor]],
                   test: Sequence[tuple[Any, torch.Tensor]], pick: str | None, pick_accuracy: float | None,
                   pick_call: Callable[[], Any] | None, example: tuple[torch.Tensor, ...], threads: int,
-                  device: str, rounds: int = ROUNDS) -> Peers:
-    """Every peer of ``model`` on this machine, and ``pick_call`` (one batch-1 call of the pick's library),
-    timed in the same interleaved rounds on ``example`` (one sample of every input).
+                  device: str, rounds: int = ROUNDS, pick_runner: Runner | None = None) -> Peers:
+    """Every peer of ``model`` on this machine, and the pick, timed in the same interleaved rounds on
+    ``example`` (one sample of every input) at ``threads`` threads: at one, in this process, the pick as
+    ``pick_call`` (one batch-1 call of its library); at more, each runtime in a process of its own
+    (:func:`~mpsearch.stages.peer_processes.time_in_processes`), the pick as ``pick_runner``.
 
     Args:
         calib: The run's calibration batches (ONNX Runtime's static calibration: the first four).
         test: The run's test batches (every peer's accuracy).
     """
-    out = Peers(pick=pick, pick_accuracy=pick_accuracy, device=device, threads=threads, rounds=rounds)
+    isolated = threads > 1
+    out = Peers(pick=pick, pick_accuracy=pick_accuracy, device=device, threads=threads, rounds=rounds,
+                isolated=isolated)
     model = model.eval()
     calls: dict[str, Callable[..., Any]] = {"pytorch_fp32": lambda *xs: model(*xs)}
+    paths: dict[str, Path] = {}
     errors: dict[str, str] = {}
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1 if isolated else threads)  # here: accuracy only, where the runtimes time elsewhere
     ort_log = logging.getLogger("onnxruntime")
     ort_level = ort_log.level
     ort_log.setLevel(logging.WARNING)  # its quantization tools log each step at INFO: not the run's console
@@ -258,24 +263,49 @@ def measure_peers(model: nn.Module, calib: Sequence[tuple[Any, torch.Tensor]],
             else:
                 try:
                     with torch.no_grad():
-                        sessions, errors = _onnx_sessions(model, example, [_inputs(x) for x, _ in calib][:4],
-                                                          Path(tmp), threads)
-                    calls.update(sessions)
+                        paths, errors = onnx_models(model, example, [_inputs(x) for x, _ in calib][:4], Path(tmp))
+                    calls.update(_onnx_sessions(paths, len(example), 1 if isolated else threads))
                 except Exception as e:  # noqa: BLE001 - a model ONNX cannot take: the row says why
                     errors["ort_fp32"] = _one_line(e)
             with torch.no_grad():
                 accuracy = {key: _accuracy(fn, test) for key, fn in calls.items()}
-            fns = {key: (lambda fn=fn: fn(*example)) for key, fn in calls.items()}
-            if pick_call is not None:
-                fns["_pick"] = pick_call
-            ms = time_interleaved(fns, rounds)
+            if isolated:
+                ms = _time_isolated(model, paths, example, pick_runner, threads, rounds, errors)
+            else:
+                fns = {key: (lambda fn=fn: fn(*example)) for key, fn in calls.items()}
+                if pick_call is not None:
+                    fns["_pick"] = pick_call
+                ms = time_interleaved(fns, rounds)
     finally:
         torch.set_num_threads(before)
         ort_log.setLevel(ort_level)
-    out.rows = [PeerRow(key, ms[key], accuracy[key]) for key in calls]
+    out.rows = [PeerRow(key, ms.get(key), accuracy[key], errors.pop(key, None)) for key in calls]
     out.rows += [PeerRow(key, error=err) for key, err in errors.items()]
     out.pick_ms = ms.get("_pick")
     return out
+
+
+def _time_isolated(model: nn.Module, paths: Mapping[str, Path], example: tuple[torch.Tensor, ...],
+                   pick_runner: Runner | None, threads: int, rounds: int, errors: dict[str, str]) -> dict[str, float]:
+    """The milliseconds per call of PyTorch, each ONNX Runtime model of ``paths`` and the pick, each in a
+    process of its own (:func:`~mpsearch.stages.peer_processes.time_in_processes`); a runtime that could
+    not be timed gets its reason in ``errors``. The pick's failure is raised (:class:`RunnerError`)."""
+    xs = tuple(t.numpy() for t in example)
+    runners: dict[str, Runner] = {}
+    try:
+        saved = io.BytesIO()
+        torch.save(model, saved)
+        runners["pytorch_fp32"] = Runner("torch", model=saved.getvalue(), inputs=xs)
+    except Exception as e:  # noqa: BLE001 - e.g. a class defined inside a function: it cannot be pickled
+        errors["pytorch_fp32"] = f"not timed: the model cannot be saved for a process of its own ({_one_line(e)})"
+    runners.update({key: Runner("onnx", str(path), inputs=xs) for key, path in paths.items()})
+    if pick_runner is not None:
+        runners["_pick"] = pick_runner
+    ms, failed = time_in_processes(runners, threads, rounds)
+    if "_pick" in failed:
+        raise RunnerError(f"the pick's library: {failed.pop('_pick')}")
+    errors.update({key: f"not timed: {err}" for key, err in failed.items()})
+    return ms
 
 
 def has_peers(backend: Any) -> bool:
@@ -299,15 +329,21 @@ def run_peers(backend: Any, model: nn.Module, prepared: Any, ranges: Mapping[str
 
     label = pick_label(candidates, drop_pts)
     by_label = {c.label: c for c in candidates}
+    threads = backend.profile.resolved_threads()
     try:
-        pick_call = backend.library(prepared, by_label[label].candidate, ranges) if label else None
         example = tuple(t[:1] for t in _inputs(test[0][0]))
-        with _tvm_threads(PEER_THREADS, backend.profile.resolved_threads()):
-            return measure_peers(model, calib, test, label, by_label[label].accuracy if label else None, pick_call,
-                                 example, PEER_THREADS, host_description())
+        accuracy = by_label[label].accuracy if label else None
+        if threads > 1:  # each runtime in a process of its own: the pick as an exported library
+            with tempfile.TemporaryDirectory(prefix="mpsearch-pick-") as tmp:
+                runner = backend.library_runner(prepared, by_label[label].candidate, ranges, tmp) if label else None
+                return measure_peers(model, calib, test, label, accuracy, None, example, threads,
+                                     host_description(), pick_runner=runner)
+        pick_call = backend.library(prepared, by_label[label].candidate, ranges) if label else None
+        with _tvm_threads(1, threads):
+            return measure_peers(model, calib, test, label, accuracy, pick_call, example, 1, host_description())
     except Exception as e:  # noqa: BLE001 - the run's results stand without its peers
         log.warning("peers: %s", _one_line(e))
-        return Peers(skipped=f"timing them failed ({_one_line(e)})", threads=PEER_THREADS)
+        return Peers(skipped=f"timing them failed ({_one_line(e)})", threads=threads)
 
 
 @contextlib.contextmanager

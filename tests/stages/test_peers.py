@@ -3,6 +3,8 @@ note for the report; without onnxruntime the rows say how to get it; no device, 
 
 from __future__ import annotations
 
+import io
+import os
 import sys
 import time
 from types import SimpleNamespace
@@ -29,6 +31,20 @@ def _model() -> nn.Module:
         m[2].weight.zero_()
         m[2].weight[1, 0], m[2].weight[0, 0] = 1.0, -1.0
     return m.eval()
+
+
+class DiesOnItsSecondCall(nn.Module):
+    """A model whose process ends mid-timing (module level: a spawned process can unpickle it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == 2:
+            os._exit(3)
+        return x
 
 
 def _ev(label: str, accuracy: float | None, ms: float | None) -> SimpleNamespace:
@@ -105,21 +121,89 @@ def test_a_failure_while_timing_peers_is_a_note_not_the_end_of_the_run() -> None
     assert Peers(rows=[PeerRow("ort_fp32", error="e")]).fastest() is None
 
 
-def test_peers_and_the_pick_are_timed_on_one_thread_and_the_pool_is_given_back() -> None:
-    """Three runtimes' thread pools in one process take each other's cores: every peer and the pick run on
-    one thread; TVM's pool is back at the run's size after."""
+def test_on_a_one_thread_profile_peers_and_the_pick_share_this_process_and_the_pool_is_given_back() -> None:
+    """A one-thread profile: every peer and the pick run here, on one thread; TVM's pool is back at the
+    run's size after."""
     import tvm
+
+    from mpsearch.hardware.threads import use_threads
 
     data = _data(16)
     before = tvm.runtime.num_threads()
     seen: list[int] = []
     backend = SimpleNamespace(runs_here=True, estimated=False,
                               library=lambda *_a: (lambda: seen.append(tvm.runtime.num_threads())),
-                              profile=SimpleNamespace(name="host_cpu", resolved_threads=lambda: before))
-    out = run_peers(backend, _model(), None, {}, data, data, [_ev("fp32", 1.0, 1.0)], 1.0)
-    assert out.skipped is None and out.threads == 1 and out.pick == "fp32" and out.pick_ms > 0
-    assert seen and set(seen) == {1} and tvm.runtime.num_threads() == before
-    assert "at batch 1 on 1 thread, the pick's compiled library too" in " ".join(b.text for b in _peer_blocks(out))
+                              profile=SimpleNamespace(name="host_cpu_1t", resolved_threads=lambda: 1))
+    try:
+        out = run_peers(backend, _model(), None, {}, data, data, [_ev("fp32", 1.0, 1.0)], 1.0)
+        assert tvm.runtime.num_threads() == 1  # the run's size
+    finally:
+        use_threads(before)
+    assert out.skipped is None and out.threads == 1 and not out.isolated and out.pick == "fp32" and out.pick_ms > 0
+    assert seen and set(seen) == {1}
+    text = " ".join(b.text for b in _peer_blocks(out))
+    assert "at batch 1 on 1 thread, the run's profile's, the pick's compiled library too, all in one process" in text
+
+
+def test_at_more_threads_each_runtime_is_timed_in_a_process_of_its_own() -> None:
+    """A two-thread profile: PyTorch, ONNX Runtime and the pick each run in a process of their own at two
+    threads (the pick here a saved PyTorch model standing in for the exported library)."""
+    pytest.importorskip("onnxruntime")
+    from mpsearch.stages.peer_processes import Runner
+
+    data = _data()
+    model = _model()
+    saved = io.BytesIO()
+    torch.save(model, saved)
+    example = (data[0][0][:1],)
+    pick = Runner("torch", model=saved.getvalue(), inputs=(example[0].numpy(),))
+    peers = measure_peers(model, data, data, "pareto-0", 0.97, None, example, threads=2, device="this CPU",
+                          rounds=2, pick_runner=pick)
+    rows = {r.key: r for r in peers.rows}
+    assert set(rows) == {"pytorch_fp32", "ort_fp32", "ort_int8_static"} and peers.isolated and peers.threads == 2
+    assert all(r.latency_ms > 0 and r.error is None and r.accuracy > 0.9 for r in rows.values()) and peers.pick_ms > 0
+    assert "2 interleaved rounds, each runtime in a process of its own" in peers.note()
+    assert peers.to_dict()["isolated"] is True
+    text = " ".join(b.text for b in _peer_blocks(peers))
+    assert "on 2 threads, the run's profile's, the pick's compiled library too, each runtime in a process" in text
+
+
+def test_a_model_that_cannot_be_saved_keeps_its_accuracy_and_says_why_it_was_not_timed() -> None:
+    pytest.importorskip("onnxruntime")
+
+    class Local(nn.Module):  # defined in a function: pickle cannot find it by name
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x)
+
+    data = _data(32)
+    torch.manual_seed(0)
+    peers = measure_peers(Local().eval(), data, data, None, None, None, (data[0][0][:1],), threads=2, device="x",
+                          rounds=1)
+    rows = {r.key: r for r in peers.rows}
+    assert rows["pytorch_fp32"].latency_ms is None and rows["pytorch_fp32"].accuracy is not None
+    assert rows["pytorch_fp32"].error.startswith("not timed: the model cannot be saved for a process of its own")
+    assert rows["ort_fp32"].latency_ms > 0 and peers.fastest().key in {"ort_fp32", "ort_int8_static"}
+
+
+def test_a_runner_that_cannot_load_is_its_error_and_the_others_are_timed(tmp_path) -> None:
+    from mpsearch.stages.peer_processes import Runner, time_in_processes
+
+    saved = io.BytesIO()
+    torch.save(_model(), saved)
+    x = _data(16)[0][0][:1].numpy()
+    ms, errors = time_in_processes({"ok": Runner("torch", model=saved.getvalue(), inputs=(x,)),
+                                    "missing": Runner("onnx", str(tmp_path / "none.onnx"), inputs=(x,))},
+                                   threads=1, rounds=2, gap_s=0.0)
+    assert set(ms) == {"ok"} and ms["ok"] > 0 and set(errors) == {"missing"} and "\n" not in errors["missing"]
+    saved = io.BytesIO()
+    torch.save(DiesOnItsSecondCall(), saved)
+    ms, errors = time_in_processes({"ok": Runner("torch", model=saved.getvalue(), inputs=(x,))}, threads=1, rounds=2,
+                                   gap_s=0.0)
+    assert ms == {} and errors == {"ok": "its process ended (exit code 3)"}
 
 
 def _peer_blocks(peers: Peers) -> list:

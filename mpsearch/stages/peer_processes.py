@@ -1,0 +1,204 @@
+"""Time runtimes in processes of their own, interleaved: the peers stage's timing at more than one thread.
+
+Three runtimes in one process each keep a thread pool (TVM's, ONNX Runtime's, PyTorch's OpenMP one), and
+on the cores of a small machine they take them from each other: in one process at two threads on a 2-core
+EPYC, ResNet-20's int8 library timed 35-43 ms against 0.2-0.3 ms alone, and with a pause before each
+runtime's turn still 0.24-0.43 ms from one round to the next (TVM pins its worker threads to cores; the
+other pools' threads then share them). Here each runtime runs in a spawned process of its own, set to
+``threads`` before it imports anything that starts a pool; the parent asks one process at a time to run a
+round of calls, after a pause (``GAP_S``) in which the previous process's spinning threads go to sleep, so
+only one runtime's pool is awake while it is timed.
+
+A runner is described by files and arrays (picklable), never by a live object:
+
+- ``Runner("onnx", path)``: an ONNX model, timed in an ONNX Runtime CPU session
+  (:func:`mpsearch.stages.peers.ort_session`);
+- ``Runner("torch", model=bytes)``: a PyTorch module saved with ``torch.save`` (its class must be importable
+  in the child, as for any pickle);
+- ``Runner("tvm", path, args=path)``: an exported library (``export_library``) run by the Relax VM with
+  ``main``'s arguments (inputs, then parameters) from an ``.npz`` of ``arg0``, ``arg1``, ...
+
+Every runner is timed on ``inputs`` (the model's inputs, batch 1) with denormals flushed, as mpsearch
+times its own kernels (:mod:`mpsearch.hardware.fpenv`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import statistics
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+GAP_S = 0.05  # the pause before each runtime's turn: the previous one's pool threads stop spinning
+START_TIMEOUT_S = 300.0  # a runner that has not loaded its model by then is an error row
+ROUND_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class Runner:
+    """What one process runs (see the module docstring): ``kind`` ``onnx`` / ``torch`` / ``tvm``."""
+
+    kind: str
+    path: str = ""
+    model: bytes = b""
+    args: str = ""
+    inputs: tuple[np.ndarray, ...] = field(default=(), compare=False)
+
+
+class RunnerError(RuntimeError):
+    """A runner's process could not load or run its model (the message is its one-line reason)."""
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _threads_env(threads: int) -> None:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TVM_NUM_THREADS"):
+        os.environ[var] = str(threads)
+
+
+def _callable(runner: Runner, threads: int) -> Callable[[], Any]:
+    """The child's batch-1 call of ``runner`` on its inputs."""
+    if runner.kind == "onnx":
+        from mpsearch.stages.peers import input_names, ort_session
+
+        session = ort_session(runner.path, threads)
+        feed = dict(zip(input_names(len(runner.inputs)), runner.inputs))
+        return lambda: session.run(None, feed)
+    if runner.kind == "torch":
+        import io
+
+        import torch
+
+        torch.set_num_threads(threads)
+        model = torch.load(io.BytesIO(runner.model), weights_only=False).eval()
+        xs = tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in runner.inputs)
+
+        def call() -> Any:
+            with torch.inference_mode():
+                return model(*xs)
+        return call
+    if runner.kind == "tvm":
+        import tvm
+
+        from mpsearch.hardware.threads import use_threads
+
+        use_threads(threads)
+        dev = tvm.cpu(0)
+        vm = tvm.relax.VirtualMachine(tvm.runtime.load_module(runner.path), dev)
+        with np.load(runner.args, allow_pickle=False) as data:
+            args = [tvm.runtime.tensor(np.ascontiguousarray(data[f"arg{i}"]), dev) for i in range(len(data.files))]
+        vm.set_input("main", *args)
+        return lambda: vm.invoke_stateful("main")
+    raise ValueError(f"unknown runner kind {runner.kind!r}")
+
+
+def _serve(conn: Any, runner: Runner, threads: int) -> None:
+    """The child: load ``runner``, answer its first call's seconds, then for each ``n`` received run one
+    untimed call and ``n`` timed ones and answer the milliseconds per call; ``None`` ends it."""
+    _threads_env(threads)
+    from mpsearch.hardware.fpenv import denormals_flushed
+
+    try:
+        with denormals_flushed():
+            call = _callable(runner, threads)
+            start = time.perf_counter()
+            call()
+            first = time.perf_counter() - start
+        conn.send(("ready", first))
+    except BaseException as e:  # noqa: BLE001 - the parent turns it into the runner's error row
+        conn.send(("error", _one_line(e), traceback.format_exc()))
+        return
+    with denormals_flushed():
+        while (n := conn.recv()) is not None:
+            call()
+            start = time.perf_counter()
+            for _ in range(n):
+                call()
+            conn.send((time.perf_counter() - start) / n * 1e3)
+
+
+def time_in_processes(runners: Mapping[str, Runner], threads: int, rounds: int,
+                      budget_s: float = 0.05, gap_s: float = GAP_S) -> tuple[dict[str, float], dict[str, str]]:
+    """Median milliseconds per call of each runner, each in a process of its own at ``threads`` threads,
+    timed once per round (about ``budget_s`` seconds of calls, counted from its first call), rounds
+    interleaved, one process at a time after a pause of ``gap_s``; and the one-line error of each runner
+    whose process could not load or run it."""
+    ctx = multiprocessing.get_context("spawn")
+    procs: dict[str, tuple[Any, Any]] = {}
+    errors: dict[str, str] = {}
+    calls: dict[str, int] = {}
+    try:
+        for key, runner in runners.items():
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_serve, args=(child, runner, threads), daemon=True,
+                               name=f"mpsearch-peer-{key}")
+            proc.start()
+            child.close()
+            procs[key] = (proc, parent)
+        for key, (proc, conn) in procs.items():  # loading in parallel; answers in order
+            reply = _answer(proc, conn, START_TIMEOUT_S, "did not load in time")
+            if reply[0] == "ready":
+                calls[key] = max(1, min(1000, int(budget_s / max(reply[1], 1e-6))))
+            else:
+                errors[key] = reply[1]
+        samples: dict[str, list[float]] = {key: [] for key in calls}
+        for _ in range(rounds):
+            for key in calls:
+                if key in errors:
+                    continue
+                time.sleep(gap_s)
+                proc, conn = procs[key]
+                conn.send(calls[key])
+                reply = _answer(proc, conn, ROUND_TIMEOUT_S, f"a round of {calls[key]} calls took over "
+                                                             f"{ROUND_TIMEOUT_S:.0f} s")
+                if isinstance(reply, tuple):
+                    errors[key] = reply[1]
+                else:
+                    samples[key].append(reply)
+    finally:
+        for proc, conn in procs.values():
+            try:
+                conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    return {key: statistics.median(s) for key, s in samples.items() if s and key not in errors}, errors
+
+
+def _answer(proc: Any, conn: Any, timeout_s: float, late: str) -> Any:
+    """The child's next answer, or ``("error", reason)`` if it sent none within ``timeout_s`` or died."""
+    try:
+        if conn.poll(timeout_s):
+            return conn.recv()
+    except (EOFError, OSError):
+        proc.join(timeout=5)
+        return ("error", f"its process ended (exit code {proc.exitcode})")
+    return ("error", late)
+
+
+def tvm_runner(exe: Any, args: Sequence[np.ndarray], folder: str, profile: Any,
+               inputs: Sequence[np.ndarray] = ()) -> Runner:
+    """A :class:`Runner` of a compiled Relax executable: the library exported into ``folder`` (for
+    ``profile``: its cross compiler, if any) and ``main``'s arguments saved beside it."""
+    from mpsearch.hardware.session import export_library
+
+    library = export_library(exe, Path(folder) / "pick.so", profile)
+    path = os.path.join(folder, "pick_args.npz")
+    np.savez(path, **{f"arg{i}": np.ascontiguousarray(a) for i, a in enumerate(args)})
+    return Runner("tvm", str(library), args=path, inputs=tuple(inputs))
+
+
+__all__ = ["GAP_S", "Runner", "RunnerError", "time_in_processes", "tvm_runner"]
