@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import statistics
 import time
 import traceback
@@ -104,7 +105,9 @@ def _callable(runner: Runner, threads: int) -> Callable[[], Any]:
 
 def _serve(conn: Any, runner: Runner, threads: int) -> None:
     """The child: load ``runner``, answer its first call's seconds, then for each ``n`` received run one
-    untimed call and ``n`` timed ones and answer the milliseconds per call; ``None`` ends it."""
+    untimed call and ``n`` timed ones and answer the milliseconds per call; ``None`` ends it. Ctrl-C is
+    the parent's to handle (its one-line message): the child ends when the parent closes the pipe."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _threads_env(threads)
     from mpsearch.hardware.fpenv import denormals_flushed
 
@@ -115,16 +118,24 @@ def _serve(conn: Any, runner: Runner, threads: int) -> None:
             call()
             first = time.perf_counter() - start
         conn.send(("ready", first))
-    except BaseException as e:  # noqa: BLE001 - the parent turns it into the runner's error row
-        conn.send(("error", _one_line(e), traceback.format_exc()))
+    except (EOFError, BrokenPipeError):
         return
-    with denormals_flushed():
-        while (n := conn.recv()) is not None:
-            call()
-            start = time.perf_counter()
-            for _ in range(n):
+    except BaseException as e:  # noqa: BLE001 - the parent turns it into the runner's error row
+        try:
+            conn.send(("error", _one_line(e), traceback.format_exc()))
+        except (EOFError, BrokenPipeError):
+            pass
+        return
+    try:
+        with denormals_flushed():
+            while (n := conn.recv()) is not None:
                 call()
-            conn.send((time.perf_counter() - start) / n * 1e3)
+                start = time.perf_counter()
+                for _ in range(n):
+                    call()
+                conn.send((time.perf_counter() - start) / n * 1e3)
+    except (EOFError, BrokenPipeError):  # the parent is gone (killed): nothing to answer
+        return
 
 
 def time_in_processes(runners: Mapping[str, Runner], threads: int, rounds: int,
