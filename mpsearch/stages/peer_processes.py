@@ -4,15 +4,14 @@ Three runtimes in one process each keep a thread pool (TVM's, ONNX Runtime's, Py
 on the cores of a small machine they take them from each other: in one process at two threads on a 2-core
 EPYC, ResNet-20's int8 library timed 35-43 ms against 0.2-0.3 ms alone, and with a pause before each
 runtime's turn still 0.24-0.43 ms from one round to the next (TVM pins its worker threads to cores; the
-other pools' threads then share them). Here each runtime runs in a spawned process of its own, set to
-``threads`` before it imports anything that starts a pool; the parent asks one process at a time to run a
-round of calls, after a pause (``GAP_S``) in which the previous process's spinning threads go to sleep, so
-only one runtime's pool is awake while it is timed.
+other pools' threads then share them). Here each runtime runs in a spawned process of its own, on
+``threads`` threads (its own setting: PyTorch's, the session's, TVM's pool); the parent asks one process
+at a time to run a round of calls, after a pause (``GAP_S``) in which the previous process's spinning
+threads go to sleep, so only one runtime's pool is awake while it is timed.
 
 A runner is described by files and arrays (picklable), never by a live object:
 
-- ``Runner("onnx", path)``: an ONNX model, timed in an ONNX Runtime CPU session
-  (:func:`mpsearch.stages.peers.ort_session`);
+- ``Runner("onnx", path)``: an ONNX model, timed in an ONNX Runtime CPU session (:func:`ort_session`);
 - ``Runner("torch", model=bytes)``: a PyTorch module saved with ``torch.save`` (its class must be importable
   in the child, as for any pickle);
 - ``Runner("tvm", path, args=path)``: an exported library (``export_library``) run by the Relax VM with
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mpsearch.hardware.fpenv import denormals_flushed
 
 GAP_S = 0.05  # the pause before each runtime's turn: the previous one's pool threads stop spinning
 START_TIMEOUT_S = 300.0  # a runner that has not loaded its model by then is an error row
@@ -62,6 +63,28 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
+def input_names(n: int) -> list[str]:
+    """The ONNX graph's input names for ``n`` inputs."""
+    return ["x"] if n == 1 else [f"x{i}" for i in range(n)]
+
+
+def ort_session(path: Path, threads: int, profile_prefix: str | None = None) -> Any:
+    """An ONNX Runtime CPU session on ``threads`` threads, every graph optimization on, denormals flushed
+    as mpsearch runs TVM's kernels (:mod:`mpsearch.hardware.fpenv`); with ``profile_prefix``, its
+    profiler writes there (``end_profiling()`` names the file)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # left at its default, creating the session would also turn the flush off on this thread
+    so.add_session_config_entry("session.set_denormal_as_zero", "1")
+    if profile_prefix is not None:
+        so.enable_profiling, so.profile_file_prefix = True, profile_prefix
+    with denormals_flushed():  # the session sets the flush on this thread: as it was after
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
 def _threads_env(threads: int) -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TVM_NUM_THREADS"):
         os.environ[var] = str(threads)
@@ -70,8 +93,6 @@ def _threads_env(threads: int) -> None:
 def _callable(runner: Runner, threads: int) -> Callable[[], Any]:
     """The child's batch-1 call of ``runner`` on its inputs."""
     if runner.kind == "onnx":
-        from mpsearch.stages.peers import input_names, ort_session
-
         session = ort_session(runner.path, threads)
         feed = dict(zip(input_names(len(runner.inputs)), runner.inputs))
         return lambda: session.run(None, feed)
@@ -109,8 +130,6 @@ def _serve(conn: Any, runner: Runner, threads: int) -> None:
     the parent's to handle (its one-line message): the child ends when the parent closes the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _threads_env(threads)
-    from mpsearch.hardware.fpenv import denormals_flushed
-
     try:
         with denormals_flushed():
             call = _callable(runner, threads)
@@ -212,4 +231,4 @@ def tvm_runner(exe: Any, args: Sequence[np.ndarray], folder: str, profile: Any,
     return Runner("tvm", str(library), args=path, inputs=tuple(inputs))
 
 
-__all__ = ["GAP_S", "Runner", "RunnerError", "time_in_processes", "tvm_runner"]
+__all__ = ["GAP_S", "Runner", "RunnerError", "input_names", "ort_session", "time_in_processes", "tvm_runner"]

@@ -32,7 +32,7 @@ from torch import nn
 from mpsearch.hardware.fpenv import denormals_flushed
 from mpsearch.report.document import peers_sentence, plain_text
 from mpsearch.scoring import top1_hits
-from mpsearch.stages.peer_processes import Runner, RunnerError, time_in_processes
+from mpsearch.stages.peer_processes import Runner, RunnerError, input_names, ort_session, time_in_processes
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +130,6 @@ def _accuracy(predict: Callable[..., Any], data: Sequence[tuple[Any, torch.Tenso
     return correct / total
 
 
-def input_names(n: int) -> list[str]:
-    """The ONNX graph's input names for ``n`` inputs."""
-    return ["x"] if n == 1 else [f"x{i}" for i in range(n)]
-
-
 def onnx_models(model: nn.Module, example: tuple[torch.Tensor, ...], calib: Sequence[tuple[torch.Tensor, ...]],
                 workdir: Path) -> tuple[dict[str, Path], dict[str, str]]:
     """``model`` as ONNX (FP32, ``ort_fp32``) and quantized by ONNX Runtime as a user would: static INT8
@@ -173,23 +168,6 @@ def onnx_models(model: nn.Module, example: tuple[torch.Tensor, ...], calib: Sequ
         except Exception as e:  # noqa: BLE001 - one peer that cannot be built is a row saying why
             errors[key] = _one_line(e)
     return paths, errors
-
-
-def ort_session(path: Path, threads: int, profile_prefix: str | None = None) -> Any:
-    """An ONNX Runtime CPU session on ``threads`` threads, every graph optimization on, denormals flushed
-    as mpsearch runs TVM's kernels (:mod:`mpsearch.hardware.fpenv`); with ``profile_prefix``, its
-    profiler writes there (``end_profiling()`` names the file)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # left at its default, creating the session would also turn the flush off on this thread
-    so.add_session_config_entry("session.set_denormal_as_zero", "1")
-    if profile_prefix is not None:
-        so.enable_profiling, so.profile_file_prefix = True, profile_prefix
-    with denormals_flushed():  # the session sets the flush on this thread: as it was after
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def _onnx_sessions(paths: Mapping[str, Path], n_inputs: int, threads: int) -> dict[str, Any]:
