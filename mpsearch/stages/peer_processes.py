@@ -9,11 +9,12 @@ other pools' threads then share them). Here each runtime runs in a spawned proce
 at a time to run a round of calls, after a pause (``GAP_S``) in which the previous process's spinning
 threads go to sleep, so only one runtime's pool is awake while it is timed.
 
-A runner is described by files and arrays (picklable), never by a live object:
+A runner is described by files and arrays, or a module multiprocessing can pickle:
 
 - ``Runner("onnx", path)``: an ONNX model, timed in an ONNX Runtime CPU session (:func:`ort_session`);
-- ``Runner("torch", model=bytes)``: a PyTorch module saved with ``torch.save`` (its class must be importable
-  in the child, as for any pickle);
+- ``Runner("torch", model=module)``: a PyTorch module, carried to the child by multiprocessing's own
+  pickling when the process starts (parent to child, never through a file; a class defined inside a
+  function cannot travel, and that runner is an error);
 - ``Runner("tvm", path, args=path)``: an exported library (``export_library``) run by the Relax VM with
   ``main``'s arguments (inputs, then parameters) from an ``.npz`` of ``arg0``, ``arg1``, ...
 
@@ -38,7 +39,10 @@ import numpy as np
 
 from mpsearch.hardware.fpenv import denormals_flushed
 
-GAP_S = 0.05  # the pause before each runtime's turn: the previous one's pool threads stop spinning
+# The pause before each runtime's turn, for the previous one's pool threads to stop spinning: at 50 ms, with
+# ONNX Runtime FP32's turn right after the pick's, ONNX Runtime timed 1.2-1.5 ms instead of 0.35-0.46 (2 threads,
+# 2-core Zen 4; at 300 ms it did not), TVM's workers still spinning on both cores.
+GAP_S = 0.2
 START_TIMEOUT_S = 300.0  # a runner that has not loaded its model by then is an error row
 ROUND_TIMEOUT_S = 120.0
 
@@ -49,7 +53,7 @@ class Runner:
 
     kind: str
     path: str = ""
-    model: bytes = b""
+    model: Any = field(default=None, compare=False)
     args: str = ""
     inputs: tuple[np.ndarray, ...] = field(default=(), compare=False)
 
@@ -97,12 +101,10 @@ def _callable(runner: Runner, threads: int) -> Callable[[], Any]:
         feed = dict(zip(input_names(len(runner.inputs)), runner.inputs))
         return lambda: session.run(None, feed)
     if runner.kind == "torch":
-        import io
-
         import torch
 
         torch.set_num_threads(threads)
-        model = torch.load(io.BytesIO(runner.model), weights_only=False).eval()
+        model = runner.model.eval()
         xs = tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in runner.inputs)
 
         def call() -> Any:
@@ -172,8 +174,14 @@ def time_in_processes(runners: Mapping[str, Runner], threads: int, rounds: int,
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_serve, args=(child, runner, threads), daemon=True,
                                name=f"mpsearch-peer-{key}")
-            proc.start()
-            child.close()
+            try:
+                proc.start()  # pickles the runner for the child
+            except Exception as e:  # noqa: BLE001 - e.g. a model class defined inside a function
+                errors[key] = f"cannot be sent to a process of its own ({_one_line(e)})"
+                parent.close()
+                continue
+            finally:
+                child.close()
             procs[key] = (proc, parent)
         for key, (proc, conn) in procs.items():  # loading in parallel; answers in order
             reply = _answer(proc, conn, START_TIMEOUT_S, "did not load in time")

@@ -15,7 +15,6 @@ board over RPC or a GPU has no peer here, and says so.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import statistics
 import tempfile
@@ -269,13 +268,7 @@ def _time_isolated(model: nn.Module, paths: Mapping[str, Path], example: tuple[t
     process of its own (:func:`~mpsearch.stages.peer_processes.time_in_processes`); a runtime that could
     not be timed gets its reason in ``errors``. The pick's failure is raised (:class:`RunnerError`)."""
     xs = tuple(t.numpy() for t in example)
-    runners: dict[str, Runner] = {}
-    try:
-        saved = io.BytesIO()
-        torch.save(model, saved)
-        runners["pytorch_fp32"] = Runner("torch", model=saved.getvalue(), inputs=xs)
-    except Exception as e:  # noqa: BLE001 - e.g. a class defined inside a function: it cannot be pickled
-        errors["pytorch_fp32"] = f"not timed: the model cannot be saved for a process of its own ({_one_line(e)})"
+    runners: dict[str, Runner] = {"pytorch_fp32": Runner("torch", model=model, inputs=xs)}
     runners.update({key: Runner("onnx", str(path), inputs=xs) for key, path in paths.items()})
     if pick_runner is not None:
         runners["_pick"] = pick_runner
