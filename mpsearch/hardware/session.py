@@ -24,7 +24,7 @@ import platform
 import socket
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -512,3 +512,20 @@ def make_device(profile: HwProfile) -> Device:
 def _last_line(e: Exception) -> str:
     text = str(e).strip()
     return text.splitlines()[-1] if text else type(e).__name__
+
+
+def saved_call(library: str, args: str, threads: int) -> Callable[[], Any]:
+    """One batch-1 call of an exported ``library`` on ``main``'s arguments saved in ``args`` (an ``.npz`` of
+    ``arg0``, ``arg1``, ...: inputs, then parameters; :meth:`~.tvm_backend.TVMBackend.library_runner`),
+    bound once, on ``threads`` of TVM's pool: what a peer process times (:mod:`mpsearch.stages.peer_processes`)."""
+    import tvm
+
+    from mpsearch.hardware.threads import use_threads
+
+    use_threads(threads)
+    dev = tvm.cpu(0)
+    vm = tvm.relax.VirtualMachine(tvm.runtime.load_module(library), dev)
+    with np.load(args, allow_pickle=False) as data:
+        arrays = [tvm.runtime.tensor(np.ascontiguousarray(data[f"arg{i}"]), dev) for i in range(len(data.files))]
+    vm.set_input("main", *arrays)
+    return lambda: vm.invoke_stateful("main")

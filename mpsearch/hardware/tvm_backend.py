@@ -1118,12 +1118,17 @@ class TVMBackend(Backend):
         """:meth:`library` for a process of its own (a :class:`~mpsearch.stages.peer_processes.Runner`):
         ``candidate``'s tuned executable exported into ``folder``, its inputs and parameters saved beside it.
         Only where :attr:`runs_here`."""
-        from mpsearch.stages.peer_processes import tvm_runner
+        from mpsearch.hardware.session import export_library
+        from mpsearch.stages.peer_processes import Runner
 
         if not self.runs_here:
             raise HardwareError(f"profile {self.profile.name!r} runs its code on another device, not on this CPU")
         exe, lowered, _ = self._compile(prepared, candidate, ranges)
-        return tvm_runner(exe, [*prepared.random_inputs(), *lowered.params], str(folder), self.profile)
+        library = export_library(exe, Path(folder) / "pick.so", self.profile)
+        args = Path(folder) / "pick_args.npz"
+        np.savez(args, **{f"arg{i}": np.ascontiguousarray(a)
+                          for i, a in enumerate([*prepared.random_inputs(), *lowered.params])})
+        return Runner("tvm", str(library), args=str(args))
 
 
 def _schedule_identity(record: Any) -> str:

@@ -15,8 +15,10 @@ A runner is described by files and arrays, or a module multiprocessing can pickl
 - ``Runner("torch", model=module)``: a PyTorch module, carried to the child by multiprocessing's own
   pickling when the process starts (parent to child, never through a file; a class defined inside a
   function cannot travel, and that runner is an error);
-- ``Runner("tvm", path, args=path)``: an exported library (``export_library``) run by the Relax VM with
-  ``main``'s arguments (inputs, then parameters) from an ``.npz`` of ``arg0``, ``arg1``, ...
+- ``Runner("tvm", path, args=path)``: an exported library run by the Relax VM with ``main``'s arguments
+  (inputs, then parameters) from an ``.npz`` of ``arg0``, ``arg1``, ... (both written by
+  :meth:`~mpsearch.hardware.tvm_backend.TVMBackend.library_runner`, run by
+  :func:`~mpsearch.hardware.session.saved_call`)
 
 Every runner is timed on ``inputs`` (the model's inputs, batch 1) with denormals flushed, as mpsearch
 times its own kernels (:mod:`mpsearch.hardware.fpenv`).
@@ -30,7 +32,7 @@ import signal
 import statistics
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +64,8 @@ class RunnerError(RuntimeError):
     """A runner's process could not load or run its model (the message is its one-line reason)."""
 
 
-def _one_line(e: BaseException) -> str:
+def error_line(e: BaseException) -> str:
+    """An exception as one line: its type and its message's first line."""
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
@@ -112,17 +115,9 @@ def _callable(runner: Runner, threads: int) -> Callable[[], Any]:
                 return model(*xs)
         return call
     if runner.kind == "tvm":
-        import tvm
+        from mpsearch.hardware.session import saved_call
 
-        from mpsearch.hardware.threads import use_threads
-
-        use_threads(threads)
-        dev = tvm.cpu(0)
-        vm = tvm.relax.VirtualMachine(tvm.runtime.load_module(runner.path), dev)
-        with np.load(runner.args, allow_pickle=False) as data:
-            args = [tvm.runtime.tensor(np.ascontiguousarray(data[f"arg{i}"]), dev) for i in range(len(data.files))]
-        vm.set_input("main", *args)
-        return lambda: vm.invoke_stateful("main")
+        return saved_call(runner.path, runner.args, threads)
     raise ValueError(f"unknown runner kind {runner.kind!r}")
 
 
@@ -143,7 +138,7 @@ def _serve(conn: Any, runner: Runner, threads: int) -> None:
         return
     except BaseException as e:  # noqa: BLE001 - the parent turns it into the runner's error row
         try:
-            conn.send(("error", _one_line(e), traceback.format_exc()))
+            conn.send(("error", error_line(e), traceback.format_exc()))
         except (EOFError, BrokenPipeError):
             pass
         return
@@ -177,7 +172,7 @@ def time_in_processes(runners: Mapping[str, Runner], threads: int, rounds: int,
             try:
                 proc.start()  # pickles the runner for the child
             except Exception as e:  # noqa: BLE001 - e.g. a model class defined inside a function
-                errors[key] = f"cannot be sent to a process of its own ({_one_line(e)})"
+                errors[key] = f"cannot be sent to a process of its own ({error_line(e)})"
                 parent.close()
                 continue
             finally:
@@ -227,16 +222,4 @@ def _answer(proc: Any, conn: Any, timeout_s: float, late: str) -> Any:
     return ("error", late)
 
 
-def tvm_runner(exe: Any, args: Sequence[np.ndarray], folder: str, profile: Any,
-               inputs: Sequence[np.ndarray] = ()) -> Runner:
-    """A :class:`Runner` of a compiled Relax executable: the library exported into ``folder`` (for
-    ``profile``: its cross compiler, if any) and ``main``'s arguments saved beside it."""
-    from mpsearch.hardware.session import export_library
-
-    library = export_library(exe, Path(folder) / "pick.so", profile)
-    path = os.path.join(folder, "pick_args.npz")
-    np.savez(path, **{f"arg{i}": np.ascontiguousarray(a) for i, a in enumerate(args)})
-    return Runner("tvm", str(library), args=path, inputs=tuple(inputs))
-
-
-__all__ = ["GAP_S", "Runner", "RunnerError", "input_names", "ort_session", "time_in_processes", "tvm_runner"]
+__all__ = ["GAP_S", "Runner", "RunnerError", "error_line", "input_names", "ort_session", "time_in_processes"]

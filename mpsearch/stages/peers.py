@@ -31,7 +31,8 @@ from torch import nn
 from mpsearch.hardware.fpenv import denormals_flushed
 from mpsearch.report.document import peers_sentence, plain_text
 from mpsearch.scoring import top1_hits
-from mpsearch.stages.peer_processes import Runner, RunnerError, input_names, ort_session, time_in_processes
+from mpsearch.stages.peer_processes import (Runner, RunnerError, error_line, input_names, ort_session,
+                                            time_in_processes)
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +112,6 @@ def pick_label(candidates: Sequence[Any], drop_pts: float) -> str | None:
     return min(ok, key=lambda c: c.measured_latency_ms).label if ok else None
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
-
-
 def _inputs(x: Any) -> tuple[torch.Tensor, ...]:
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
@@ -165,7 +161,7 @@ def onnx_models(model: nn.Module, example: tuple[torch.Tensor, ...], calib: Sequ
             quantize(workdir / f"model.{key}.onnx")
             paths[key] = workdir / f"model.{key}.onnx"
         except Exception as e:  # noqa: BLE001 - one peer that cannot be built is a row saying why
-            errors[key] = _one_line(e)
+            errors[key] = error_line(e)
     return paths, errors
 
 
@@ -243,7 +239,7 @@ def measure_peers(model: nn.Module, calib: Sequence[tuple[Any, torch.Tensor]],
                         paths, errors = onnx_models(model, example, [_inputs(x) for x, _ in calib][:4], Path(tmp))
                     calls.update(_onnx_sessions(paths, len(example), 1 if isolated else threads))
                 except Exception as e:  # noqa: BLE001 - a model ONNX cannot take: the row says why
-                    errors["ort_fp32"] = _one_line(e)
+                    errors["ort_fp32"] = error_line(e)
             with torch.no_grad():
                 accuracy = {key: _accuracy(fn, test) for key, fn in calls.items()}
             if isolated:
@@ -313,8 +309,8 @@ def run_peers(backend: Any, model: nn.Module, prepared: Any, ranges: Mapping[str
         with _tvm_threads(1, threads):
             return measure_peers(model, calib, test, label, accuracy, pick_call, example, 1, host_description())
     except Exception as e:  # noqa: BLE001 - the run's results stand without its peers
-        log.warning("peers: %s", _one_line(e))
-        return Peers(skipped=f"timing them failed ({_one_line(e)})", threads=threads)
+        log.warning("peers: %s", error_line(e))
+        return Peers(skipped=f"timing them failed ({error_line(e)})", threads=threads)
 
 
 @contextlib.contextmanager
