@@ -1,7 +1,11 @@
 """Is the pick the fastest way to run the model here? mpsearch beside what users would pick instead.
 
 Per model and batch size, one row per way of running it, all timed in the same rounds (every row once
-per round, rounds interleaved, so the machine's drift hits all rows alike), threads pinned:
+per round, rounds interleaved, so the machine's drift hits all rows alike), on ``--threads`` threads. At
+one thread every row runs in the benchmark's process; at more, each row runs in a process of its own, one
+at a time (as the run's peers stage does: in one process the runtimes' thread pools take each other's
+cores), the TVM rows as exported libraries; results go to ``baselines.*`` at one thread and
+``baselines_<n>t.*`` at ``n``:
 
 - PyTorch FP32 eager; ONNX Runtime FP32; ONNX Runtime INT8 static (QDQ, per-channel weights, min-max
   calibration on the search's calibration samples) and, for models with integer (token) inputs, ONNX
@@ -48,6 +52,7 @@ ISO_POINTS = 1.0  # accuracy points within FP32 that count as iso-accuracy
 TRIALS = 32  # per kernel, for all TVM rows alike (the host profile's default, 8, is for a quick first run)
 BATCHES = (1, 8)
 PER_SAMPLE = "_per_sample"  # the row's library run a sample at a time (batch > 1)
+PROCESS_ROUND_S = 0.3  # seconds of calls per row and round when each runtime runs in a process of its own
 PEERS = tuple(f"{k}{way}" for k in ("ort_fp32", "ort_int8_static", "ort_int8_dynamic") for way in ("", PER_SAMPLE))
 
 
@@ -86,32 +91,40 @@ def onnx_models(model: torch.nn.Module, example: tuple[torch.Tensor, ...], calib
     return paths
 
 
-def tvm_vm(backend: Any, prepared: Any, candidate: Any, ranges: Any, batch: int, xs: list[np.ndarray],
-           per_sample: bool = False) -> Any:
-    """``candidate``'s compiled library at ``batch`` (its kernels, and at batch > 1 the model's other ops
-    that matter, tuned for that batch first) in a Relax VM, inputs and parameters bound, as the exported
-    library runs it (``invoke_stateful("main")``). ``per_sample``: the batch-1 library run once per
-    sample inside one call (:func:`~mpsearch.hardware.lowering.per_sample`; the search's batch-1 kernels)."""
-    import tvm
-
+def tvm_executable(backend: Any, prepared: Any, candidate: Any, ranges: Any, batch: int, n_inputs: int,
+                   per_sample: bool = False) -> tuple[Any, Any]:
+    """``candidate``'s compiled executable at ``batch`` and its lowered model (whose ``params`` follow the
+    inputs): its kernels, and at batch > 1 the model's other ops that matter, tuned for that batch first.
+    ``per_sample``: the batch-1 library run once per sample inside one call (the model has ``n_inputs``
+    inputs; :func:`~mpsearch.hardware.lowering.per_sample`; the search's batch-1 kernels)."""
     from mpsearch.hardware.lowering import per_sample as per_sample_module
     from mpsearch.hardware.tvm_backend import _hash_mod, _latency
 
     if per_sample:
-        lowered = per_sample_module(backend.lower(prepared, candidate, ranges, batch=1), len(xs), batch)
+        lowered = per_sample_module(backend.lower(prepared, candidate, ranges, batch=1), n_inputs, batch)
         exe, lowered, _ = backend._compile(prepared, candidate, ranges, batch=1, keep=64, lowered=lowered)
-    else:
-        lowered = backend.lower(prepared, candidate, ranges, batch=batch)
-        kernels = {}
-        for name, spec in lowered.kernels.items():
-            mod = backend._kernel_mod(spec)
-            kernels[_hash_mod(mod)] = (f"{name.replace('.', '_')}_b{batch}", mod)
-        backend.tune(kernels)  # a no-op at batch 1: the search tuned them
-        if batch > 1:  # the ops outside the layer kernels (attention's matmuls, softmax, LayerNorm), as the
-            # search's cost table tunes them at batch 1: TVM runs an op its database lacks with a serial loop
-            layers_s = sum(_latency(r) for r in backend.measure_kernels(kernels).values())
-            backend.tune_model_ops([lowered], layers_s)
-        exe, lowered, _ = backend._compile(prepared, candidate, ranges, batch=batch, keep=64, lowered=lowered)
+        return exe, lowered
+    lowered = backend.lower(prepared, candidate, ranges, batch=batch)
+    kernels = {}
+    for name, spec in lowered.kernels.items():
+        mod = backend._kernel_mod(spec)
+        kernels[_hash_mod(mod)] = (f"{name.replace('.', '_')}_b{batch}", mod)
+    backend.tune(kernels)  # a no-op at batch 1: the search tuned them
+    if batch > 1:  # the ops outside the layer kernels (attention's matmuls, softmax, LayerNorm), as the
+        # search's cost table tunes them at batch 1: TVM runs an op its database lacks with a serial loop
+        layers_s = sum(_latency(r) for r in backend.measure_kernels(kernels).values())
+        backend.tune_model_ops([lowered], layers_s)
+    exe, lowered, _ = backend._compile(prepared, candidate, ranges, batch=batch, keep=64, lowered=lowered)
+    return exe, lowered
+
+
+def tvm_vm(backend: Any, prepared: Any, candidate: Any, ranges: Any, batch: int, xs: list[np.ndarray],
+           per_sample: bool = False) -> Any:
+    """:func:`tvm_executable`'s library in a Relax VM of this process, inputs and parameters bound, as the
+    exported library runs it (``invoke_stateful("main")``)."""
+    import tvm
+
+    exe, lowered = tvm_executable(backend, prepared, candidate, ranges, batch, len(xs), per_sample)
     # for good in a benchmark's process, whose kernels run as mpsearch measures them (fpenv.py); again after
     # ONNX Runtime's quantization tools, whose sessions turn it off
     flush_denormals()
@@ -245,6 +258,10 @@ def measure_case(args: argparse.Namespace, work: Path, cfg: Any, name: str, accu
     for batch in batch_sizes:
         xs = [rng.standard_normal((batch, *r.shape[1:])).astype("float32") if r.is_floating_point()
               else r[np.arange(batch) % len(r)].numpy() for r in rows]
+        if args.threads > 1:
+            per_batch[batch] = _timed_in_processes(args, backend, prepared, ranges, model, onnx, tvm_rows, xs, batch,
+                                                   work / name)
+            continue
         xts = [torch.from_numpy(x) for x in xs]
         feed = dict(zip(names, xs))
         fns: dict[str, Callable[[], Any]] = {"pytorch_fp32": lambda xts=xts: model(*xts)}
@@ -265,7 +282,36 @@ def measure_case(args: argparse.Namespace, work: Path, cfg: Any, name: str, accu
             "test_images": sum(len(y) for _, y in test),
             "device": backend.describe(), "strategy": backend.profile.tuning.strategy,
             "trials_per_kernel": cfg.hw_profile.trials_per_task, "batches": batch_sizes,
+            "threads": args.threads, "isolated": args.threads > 1,
             "stage_s": dict(outcome.summary.timings_s)}
+
+
+def _timed_in_processes(args: argparse.Namespace, backend: Any, prepared: Any, ranges: Any, model: torch.nn.Module,
+                        onnx: dict[str, Path], tvm_rows: dict[str, Any], xs: list[np.ndarray], batch: int,
+                        folder: Path) -> dict[str, list[float]]:
+    """Every row of one batch size timed in a process of its own at ``args.threads`` threads, rounds
+    interleaved (:func:`~mpsearch.stages.peer_processes.round_times_in_processes`; in one process, the
+    runtimes' thread pools take each other's cores): PyTorch's model sent to its process, ONNX Runtime's
+    sessions on the ONNX files, the TVM rows as exported libraries with their arguments. A row that cannot
+    be timed stops the benchmark, as in one process."""
+    from mpsearch.stages.peer_processes import Runner, round_times_in_processes
+
+    inputs = tuple(xs)
+    runners = {"pytorch_fp32": Runner("torch", model=model, inputs=inputs)}
+    for per_sample in (False, True) if batch > 1 else (False,):
+        way = PER_SAMPLE if per_sample else ""
+        runners.update({f"{key}{way}": Runner("onnx", str(path), inputs=inputs, per_sample=per_sample)
+                        for key, path in onnx.items()})
+        for row, cand in tvm_rows.items():
+            exe, lowered = tvm_executable(backend, prepared, cand, ranges, batch, len(xs), per_sample)
+            runners[f"{row}{way}"] = backend.executable_runner(exe, [*xs, *lowered.params], folder,
+                                                               f"{row}{way}_b{batch}")
+    samples, errors = round_times_in_processes(runners, args.threads, args.rounds, budget_s=PROCESS_ROUND_S)
+    if errors:
+        key, error = next(iter(errors.items()))
+        raise RuntimeError(f"baselines: {LABELS[key.removesuffix(PER_SAMPLE)]} (batch {batch}) could not be timed "
+                           f"in a process of its own: {error}")
+    return {key: samples[key] for key in runners}
 
 
 LABELS = {
@@ -310,7 +356,9 @@ def summarize(cases: list[dict[str, Any]], rounds: int) -> tuple[dict, str]:
                  f"Pick: the fastest candidate within {ISO_POINTS:g} point of FP32, of the front and the "
                  "uniform FP32 and INT8 baselines "
                  f"({case['pick'] or 'none'}: {case['pick_candidate'] or 'no candidate qualified'}). "
-                 f"Median of {rounds} interleaved rounds.")
+                 f"Median of {rounds} interleaved rounds"
+                 + (f", each runtime in a process of its own on {case['threads']} threads." if case.get("isolated")
+                    else "."))
         lines += [f"## {case['model']}", "", intro, ""]
         for batch in case["batches"]:
             rows = _rows(case, batch)
@@ -345,4 +393,9 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
         cases.append(measure_case(args, work, cfg, cfg.model.display_name() if key != "default" else cfg.model.name,
                                   note, list(args.batches or sizes or BATCHES)))
     data, text = summarize(cases, args.rounds)
-    return BenchmarkResult(NAME, TITLE, data, text)
+    return BenchmarkResult(result_name(args.threads), TITLE, data, text)
+
+
+def result_name(threads: int) -> str:
+    """The result files' name: ``baselines`` at one thread, ``baselines_<n>t`` at ``n`` > 1 (both kept)."""
+    return NAME if threads == 1 else f"{NAME}_{threads}t"

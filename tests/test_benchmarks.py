@@ -111,6 +111,45 @@ def test_at_batch_8_every_library_also_runs_a_sample_at_a_time_and_the_pick_take
     assert summarize([case], rounds=3)[0]["models"][0]["batches"]["8"]["pick_over_fastest_peer"] == 7.0 / 5.0
 
 
+class _Doubles(torch.nn.Module):
+    """A stand-in for a library timed in a process of its own (module level: a spawned process unpickles it)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+
+def test_at_more_threads_each_baselines_row_runs_in_a_process_of_its_own(tmp_path: Path, monkeypatch) -> None:
+    """At two threads every row of a batch (PyTorch, ONNX Runtime, the TVM libraries, and at batch > 1
+    each also a sample at a time) is timed in a process of its own, one figure a round, rows in the
+    one-process order; a row that cannot be timed stops the benchmark with its reason; the result files
+    of a many-thread run do not overwrite the one-thread ones."""
+    import argparse
+    from types import SimpleNamespace
+
+    import benchmarks.baselines as baselines
+    from mpsearch.stages.peer_processes import Runner
+
+    built = []
+
+    class Backend:
+        def executable_runner(self, exe, args, folder, name):
+            built.append(name)
+            return Runner("torch", model=_Doubles(), inputs=(np.ones((2, 3), "float32"),))
+
+    monkeypatch.setattr(baselines, "tvm_executable", lambda *a: (None, SimpleNamespace(params=[])))
+    onnx = {"ort_fp32": tmp_path / "missing.onnx"}  # no such file: its process cannot load it
+    args = argparse.Namespace(threads=2, rounds=2)
+    rows = {"tvm_int8": "W8A8", "pick": "pareto-0"}
+    x = np.ones((2, 3), "float32")
+    with pytest.raises(RuntimeError, match=r"ONNX Runtime FP32 \(batch 2\) could not be timed in a process of its own"):
+        baselines._timed_in_processes(args, Backend(), None, None, _Doubles(), onnx, rows, [x], 2, tmp_path)
+    assert built == ["tvm_int8_b2", "pick_b2", "tvm_int8_per_sample_b2", "pick_per_sample_b2"]
+    samples = baselines._timed_in_processes(args, Backend(), None, None, _Doubles(), {}, rows, [x], 2, tmp_path)
+    assert list(samples) == ["pytorch_fp32", "tvm_int8", "pick", "tvm_int8_per_sample", "pick_per_sample"]
+    assert all(len(s) == 2 and min(s) > 0 for s in samples.values())
+    assert baselines.result_name(1) == "baselines" and baselines.result_name(2) == "baselines_2t"
+
+
 def test_token_models_get_onnx_runtimes_dynamic_int8_row_too(tmp_path: Path) -> None:
     """A model with integer (token) inputs is exported with one ONNX input each, and ONNX Runtime's
     dynamic INT8 (its usual choice for transformers) joins FP32 and static QDQ as a peer; every one runs

@@ -515,8 +515,8 @@ def _last_line(e: Exception) -> str:
 
 
 def saved_call(library: str, args: str, threads: int) -> Callable[[], Any]:
-    """One batch-1 call of an exported ``library`` on ``main``'s arguments saved in ``args`` (an ``.npz`` of
-    ``arg0``, ``arg1``, ...: inputs, then parameters; :meth:`~.tvm_backend.TVMBackend.library_runner`),
+    """One call of an exported ``library`` on ``main``'s arguments saved in ``args`` (an ``.npz`` of
+    ``arg0``, ``arg1``, ...: inputs, then parameters; :meth:`~.tvm_backend.TVMBackend.executable_runner`),
     bound once, on ``threads`` of TVM's pool: what a peer process times (:mod:`mpsearch.stages.peer_processes`)."""
     import tvm
 

@@ -1105,8 +1105,7 @@ class TVMBackend(Backend):
         and parameters bound (as the exported library runs): for timing it beside other runtimes in the
         same rounds (within :func:`~mpsearch.hardware.fpenv.denormals_flushed`, as the run times its
         candidates). Only where :attr:`runs_here`."""
-        if not self.runs_here:
-            raise HardwareError(f"profile {self.profile.name!r} runs its code on another device, not in this process")
+        self._check_runs_here()
         exe, lowered, _ = self._compile(prepared, candidate, ranges)
         dev = tvm.cpu(0)
         vm = tvm.relax.VirtualMachine(exe, dev)
@@ -1116,19 +1115,29 @@ class TVMBackend(Backend):
     def library_runner(self, prepared: PreparedModel, candidate: Candidate,
                        ranges: Mapping[str, tuple[float, float]], folder: str | Path) -> Any:
         """:meth:`library` for a process of its own (a :class:`~mpsearch.stages.peer_processes.Runner`):
-        ``candidate``'s tuned executable exported into ``folder``, its inputs and parameters saved beside it.
-        Only where :attr:`runs_here`."""
+        ``candidate``'s tuned executable exported into ``folder`` with its batch-1 inputs and parameters
+        (:meth:`executable_runner`). Only where :attr:`runs_here`."""
+        self._check_runs_here()
+        exe, lowered, _ = self._compile(prepared, candidate, ranges)
+        return self.executable_runner(exe, [*prepared.random_inputs(), *lowered.params], folder)
+
+    def executable_runner(self, executable: Any, args: Sequence[np.ndarray], folder: str | Path,
+                          name: str = "pick") -> Any:
+        """A compiled executable as a :class:`~mpsearch.stages.peer_processes.Runner`: exported into ``folder``
+        as ``<name>.so``, ``main``'s arguments ``args`` (inputs, then parameters) saved beside it as
+        ``<name>_args.npz`` (run by :func:`~mpsearch.hardware.session.saved_call`). Only where :attr:`runs_here`."""
         from mpsearch.hardware.session import export_library
         from mpsearch.stages.peer_processes import Runner
 
+        self._check_runs_here()
+        library = export_library(executable, Path(folder) / f"{name}.so", self.profile)
+        saved = Path(folder) / f"{name}_args.npz"
+        np.savez(saved, **{f"arg{i}": np.ascontiguousarray(a) for i, a in enumerate(args)})
+        return Runner("tvm", str(library), args=str(saved))
+
+    def _check_runs_here(self) -> None:
         if not self.runs_here:
             raise HardwareError(f"profile {self.profile.name!r} runs its code on another device, not on this CPU")
-        exe, lowered, _ = self._compile(prepared, candidate, ranges)
-        library = export_library(exe, Path(folder) / "pick.so", self.profile)
-        args = Path(folder) / "pick_args.npz"
-        np.savez(args, **{f"arg{i}": np.ascontiguousarray(a)
-                          for i, a in enumerate([*prepared.random_inputs(), *lowered.params])})
-        return Runner("tvm", str(library), args=str(args))
 
 
 def _schedule_identity(record: Any) -> str:

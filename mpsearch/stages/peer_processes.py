@@ -12,6 +12,7 @@ threads go to sleep, so only one runtime's pool is awake while it is timed.
 A runner is described by files and arrays, or a module multiprocessing can pickle:
 
 - ``Runner("onnx", path)``: an ONNX model, timed in an ONNX Runtime CPU session (:func:`ort_session`);
+  ``per_sample``: one session call per sample of the inputs' batch, in one timed call;
 - ``Runner("torch", model=module)``: a PyTorch module, carried to the child by multiprocessing's own
   pickling when the process starts (parent to child, never through a file; a class defined inside a
   function cannot travel, and that runner is an error);
@@ -20,8 +21,9 @@ A runner is described by files and arrays, or a module multiprocessing can pickl
   :meth:`~mpsearch.hardware.tvm_backend.TVMBackend.library_runner`, run by
   :func:`~mpsearch.hardware.session.saved_call`)
 
-Every runner is timed on ``inputs`` (the model's inputs, batch 1) with denormals flushed, as mpsearch
-times its own kernels (:mod:`mpsearch.hardware.fpenv`).
+Every runner is timed on ``inputs`` (the model's inputs: batch 1 in the peers stage, any batch in the
+``baselines`` benchmark) with denormals flushed, as mpsearch times its own kernels
+(:mod:`mpsearch.hardware.fpenv`).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class Runner:
     model: Any = field(default=None, compare=False)
     args: str = ""
     inputs: tuple[np.ndarray, ...] = field(default=(), compare=False)
+    per_sample: bool = False
 
 
 class RunnerError(RuntimeError):
@@ -98,10 +101,14 @@ def _threads_env(threads: int) -> None:
 
 
 def _callable(runner: Runner, threads: int) -> Callable[[], Any]:
-    """The child's batch-1 call of ``runner`` on its inputs."""
+    """The child's call of ``runner`` on its inputs."""
     if runner.kind == "onnx":
         session = ort_session(runner.path, threads)
-        feed = dict(zip(input_names(len(runner.inputs)), runner.inputs))
+        names = input_names(len(runner.inputs))
+        if runner.per_sample:
+            feeds = [{n: x[i:i + 1] for n, x in zip(names, runner.inputs)} for i in range(len(runner.inputs[0]))]
+            return lambda: [session.run(None, f) for f in feeds]
+        feed = dict(zip(names, runner.inputs))
         return lambda: session.run(None, feed)
     if runner.kind == "torch":
         import torch
@@ -156,10 +163,18 @@ def _serve(conn: Any, runner: Runner, threads: int) -> None:
 
 def time_in_processes(runners: Mapping[str, Runner], threads: int, rounds: int,
                       budget_s: float = 0.05, gap_s: float = GAP_S) -> tuple[dict[str, float], dict[str, str]]:
-    """Median milliseconds per call of each runner, each in a process of its own at ``threads`` threads,
-    timed once per round (about ``budget_s`` seconds of calls, counted from its first call), rounds
-    interleaved, one process at a time after a pause of ``gap_s``; and the one-line error of each runner
-    whose process could not load or run it."""
+    """Median milliseconds per call of each runner (:func:`round_times_in_processes`) and the one-line error
+    of each runner whose process could not load or run it."""
+    samples, errors = round_times_in_processes(runners, threads, rounds, budget_s, gap_s)
+    return {key: statistics.median(s) for key, s in samples.items()}, errors
+
+
+def round_times_in_processes(runners: Mapping[str, Runner], threads: int, rounds: int, budget_s: float = 0.05,
+                             gap_s: float = GAP_S) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Milliseconds per call of each runner in every round, each runner in a process of its own at
+    ``threads`` threads, timed once per round (about ``budget_s`` seconds of calls, counted from its first
+    call), rounds interleaved, one process at a time after a pause of ``gap_s``; and the one-line error of
+    each runner whose process could not load or run it (it has no samples)."""
     ctx = multiprocessing.get_context("spawn")
     procs: dict[str, tuple[Any, Any]] = {}
     errors: dict[str, str] = {}
@@ -208,7 +223,7 @@ def time_in_processes(runners: Mapping[str, Runner], threads: int, rounds: int,
             if proc.is_alive():
                 proc.kill()
                 proc.join()
-    return {key: statistics.median(s) for key, s in samples.items() if s and key not in errors}, errors
+    return {key: s for key, s in samples.items() if s and key not in errors}, errors
 
 
 def _answer(proc: Any, conn: Any, timeout_s: float, late: str) -> Any:
@@ -222,4 +237,5 @@ def _answer(proc: Any, conn: Any, timeout_s: float, late: str) -> Any:
     return ("error", late)
 
 
-__all__ = ["GAP_S", "Runner", "RunnerError", "error_line", "input_names", "ort_session", "time_in_processes"]
+__all__ = ["GAP_S", "Runner", "RunnerError", "error_line", "input_names", "ort_session", "round_times_in_processes",
+           "time_in_processes"]

@@ -199,6 +199,30 @@ def test_a_runner_that_cannot_load_is_its_error_and_the_others_are_timed(tmp_pat
     assert ms == {} and errors == {"ok": "its process ended (exit code 3)"}
 
 
+def test_round_times_keep_every_rounds_figure_and_an_onnx_runner_can_call_a_sample_at_a_time(tmp_path) -> None:
+    """``round_times_in_processes`` answers one figure a round for each runner (the ``baselines``
+    benchmark's rows at more than one thread); a per-sample ONNX runner calls its session once per sample
+    of the batch, each call on one sample, their outputs those of the batched call."""
+    pytest.importorskip("onnxruntime")
+    from mpsearch.stages.peer_processes import Runner, _callable, round_times_in_processes
+    from mpsearch.stages.peers import onnx_models
+
+    model = _model()
+    x = _data(16)[0][0][:4].numpy()
+    paths, errors = onnx_models(model, (torch.from_numpy(x[:1]),), [(torch.from_numpy(x),)], tmp_path)
+    assert not errors
+    batched = _callable(Runner("onnx", str(paths["ort_fp32"]), inputs=(x,)), 1)()[0]
+    per_sample = _callable(Runner("onnx", str(paths["ort_fp32"]), inputs=(x,), per_sample=True), 1)()
+    assert len(per_sample) == 4 and all(out[0].shape == (1, 2) for out in per_sample)
+    torch.testing.assert_close(torch.from_numpy(batched), torch.cat([torch.from_numpy(o[0]) for o in per_sample]))
+    samples, errors = round_times_in_processes(
+        {"batched": Runner("onnx", str(paths["ort_fp32"]), inputs=(x,)),
+         "per_sample": Runner("onnx", str(paths["ort_fp32"]), inputs=(x,), per_sample=True)},
+        threads=1, rounds=3, gap_s=0.0)
+    assert not errors and {k: len(v) for k, v in samples.items()} == {"batched": 3, "per_sample": 3}
+    assert all(ms > 0 for v in samples.values() for ms in v)
+
+
 def _peer_blocks(peers: Peers) -> list:
     from mpsearch.report.document import Paragraph, _peers
 
