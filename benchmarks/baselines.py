@@ -393,7 +393,8 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
         cases.append(measure_case(args, work, cfg, cfg.model.display_name() if key != "default" else cfg.model.name,
                                   note, list(args.batches or sizes or BATCHES)))
     data, text = summarize(cases, args.rounds)
-    return BenchmarkResult(result_name(args.threads), TITLE, data, text)
+    return BenchmarkResult(result_name(args.threads), TITLE, data, text,
+                           command=f"python -m benchmarks baselines --threads {args.threads} --models {args.models}")
 
 
 def result_name(threads: int) -> str:
