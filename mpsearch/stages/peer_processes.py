@@ -6,8 +6,11 @@ EPYC, ResNet-20's int8 library timed 35-43 ms against 0.2-0.3 ms alone, and with
 runtime's turn still 0.24-0.43 ms from one round to the next (TVM pins its worker threads to cores; the
 other pools' threads then share them). Here each runtime runs in a spawned process of its own, on
 ``threads`` threads (its own setting: PyTorch's, the session's, TVM's pool); the parent asks one process
-at a time to run a round of calls, after a pause (``GAP_S``) in which the previous process's spinning
-threads go to sleep, so only one runtime's pool is awake while it is timed.
+at a time to run a round of calls, once every runner's process and its own have been quiet for a moment
+(their threads together ran less than ``QUIET_CPU_S`` of CPU in ``QUIET_WINDOW_S``: a pool that spins
+after its last call has gone to sleep; :func:`wait_quiet`), so only one runtime's pool is awake while it
+is timed.
+Where the processes' CPU time cannot be read (no ``/proc``), a fixed pause (``GAP_S``) stands in.
 
 A runner is described by files and arrays, or a module multiprocessing can pickle:
 
@@ -32,6 +35,7 @@ import multiprocessing
 import os
 import signal
 import statistics
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -43,10 +47,15 @@ import numpy as np
 
 from mpsearch.hardware.fpenv import denormals_flushed
 
-# The pause before each runtime's turn, for the previous one's pool threads to stop spinning: at 50 ms, with
-# ONNX Runtime FP32's turn right after the pick's, ONNX Runtime timed 1.2-1.5 ms instead of 0.35-0.46 (2 threads,
-# 2-core Zen 4; at 300 ms it did not), TVM's workers still spinning on both cores.
+# The pause before each runtime's turn where the processes' CPU time cannot be read, for the previous one's pool
+# threads to stop spinning: at 50 ms, with ONNX Runtime FP32's turn right after the pick's, ONNX Runtime timed
+# 1.2-1.5 ms instead of 0.35-0.46 (2 threads, 2-core Zen 4; at 300 ms it did not), TVM's workers still spinning.
 GAP_S = 0.2
+# Quiet: every runner process's threads together ran less than QUIET_CPU_S in the last QUIET_WINDOW_S (read from
+# /proc/<pid>/task/*/schedstat, nanoseconds); waited for at most QUIET_LIMIT_S before a turn.
+QUIET_WINDOW_S = 0.02
+QUIET_CPU_S = 0.001
+QUIET_LIMIT_S = 2.0
 START_TIMEOUT_S = 300.0  # a runner that has not loaded its model by then is an error row
 ROUND_TIMEOUT_S = 120.0
 
@@ -161,6 +170,45 @@ def _serve(conn: Any, runner: Runner, threads: int) -> None:
         return
 
 
+def cpu_seconds(pids: list[int], skip: frozenset[int] = frozenset()) -> float | None:
+    """CPU time run so far by every thread of the processes ``pids`` but the threads ``skip`` (Linux's
+    per-thread ``schedstat``); None where it cannot be read (no ``/proc``). A thread that ends while it is
+    read counts nothing."""
+    total = 0
+    for pid in pids:
+        try:
+            tasks = [t for t in os.scandir(f"/proc/{pid}/task") if int(t.name) not in skip]
+        except OSError:
+            return None
+        for task in tasks:
+            try:
+                with open(os.path.join(task.path, "schedstat")) as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return total / 1e9
+
+
+def wait_quiet(pids: list[int], window_s: float = QUIET_WINDOW_S, cpu_s: float = QUIET_CPU_S,
+               limit_s: float = QUIET_LIMIT_S, fallback_s: float = GAP_S) -> float:
+    """Wait until the processes ``pids`` ran less than ``cpu_s`` of CPU in a window of ``window_s`` (their
+    thread pools asleep; the calling thread, which waits, not counted), at most ``limit_s``; where their
+    CPU time cannot be read, ``fallback_s``. Returns the seconds waited."""
+    skip = frozenset({threading.get_native_id()})
+    start = time.perf_counter()
+    before = cpu_seconds(pids, skip)
+    if before is None:
+        time.sleep(fallback_s)
+        return time.perf_counter() - start
+    while True:
+        time.sleep(window_s)
+        now = cpu_seconds(pids, skip)
+        waited = time.perf_counter() - start
+        if now is None or now - before < cpu_s or waited >= limit_s:
+            return waited
+        before = now
+
+
 def time_in_processes(runners: Mapping[str, Runner], threads: int, rounds: int,
                       budget_s: float = 0.05, gap_s: float = GAP_S) -> tuple[dict[str, float], dict[str, str]]:
     """Median milliseconds per call of each runner (:func:`round_times_in_processes`) and the one-line error
@@ -173,8 +221,9 @@ def round_times_in_processes(runners: Mapping[str, Runner], threads: int, rounds
                              gap_s: float = GAP_S) -> tuple[dict[str, list[float]], dict[str, str]]:
     """Milliseconds per call of each runner in every round, each runner in a process of its own at
     ``threads`` threads, timed once per round (about ``budget_s`` seconds of calls, counted from its first
-    call), rounds interleaved, one process at a time after a pause of ``gap_s``; and the one-line error of
-    each runner whose process could not load or run it (it has no samples)."""
+    call), rounds interleaved, one process at a time once all of them are quiet (:func:`wait_quiet`, its
+    fallback pause ``gap_s``; ``gap_s`` 0: no wait at all); and the one-line error of each runner whose
+    process could not load or run it (it has no samples)."""
     ctx = multiprocessing.get_context("spawn")
     procs: dict[str, tuple[Any, Any]] = {}
     errors: dict[str, str] = {}
@@ -204,7 +253,8 @@ def round_times_in_processes(runners: Mapping[str, Runner], threads: int, rounds
             for key in calls:
                 if key in errors:
                     continue
-                time.sleep(gap_s)
+                if gap_s > 0:  # this process's pools too (PyTorch's, ONNX Runtime's: the peers' accuracy)
+                    wait_quiet([os.getpid(), *(p.pid for p, _ in procs.values() if p.is_alive())], fallback_s=gap_s)
                 proc, conn = procs[key]
                 conn.send(calls[key])
                 reply = _answer(proc, conn, ROUND_TIMEOUT_S, f"a round of {calls[key]} calls took over "
@@ -237,5 +287,5 @@ def _answer(proc: Any, conn: Any, timeout_s: float, late: str) -> Any:
     return ("error", late)
 
 
-__all__ = ["GAP_S", "Runner", "RunnerError", "error_line", "input_names", "ort_session", "round_times_in_processes",
-           "time_in_processes"]
+__all__ = ["GAP_S", "Runner", "RunnerError", "cpu_seconds", "error_line", "input_names", "ort_session",
+           "round_times_in_processes", "time_in_processes", "wait_quiet"]

@@ -220,7 +220,9 @@ def measure_peers(model: nn.Module, calib: Sequence[tuple[Any, torch.Tensor]],
     paths: dict[str, Path] = {}
     errors: dict[str, str] = {}
     before = torch.get_num_threads()
-    torch.set_num_threads(1 if isolated else threads)  # here: accuracy only, where the runtimes time elsewhere
+    # accuracy on the test split at the run's threads too; where the runtimes are timed in processes of their
+    # own, each turn waits for this process's pools to sleep as well (peer_processes.wait_quiet)
+    torch.set_num_threads(threads)
     ort_log = logging.getLogger("onnxruntime")
     ort_level = ort_log.level
     ort_log.setLevel(logging.WARNING)  # its quantization tools log each step at INFO: not the run's console
@@ -237,7 +239,7 @@ def measure_peers(model: nn.Module, calib: Sequence[tuple[Any, torch.Tensor]],
                 try:
                     with torch.no_grad():
                         paths, errors = onnx_models(model, example, [_inputs(x) for x, _ in calib][:4], Path(tmp))
-                    calls.update(_onnx_sessions(paths, len(example), 1 if isolated else threads))
+                    calls.update(_onnx_sessions(paths, len(example), threads))
                 except Exception as e:  # noqa: BLE001 - a model ONNX cannot take: the row says why
                     errors["ort_fp32"] = error_line(e)
             with torch.no_grad():

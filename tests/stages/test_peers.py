@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -221,6 +222,45 @@ def test_round_times_keep_every_rounds_figure_and_an_onnx_runner_can_call_a_samp
         threads=1, rounds=3, gap_s=0.0)
     assert not errors and {k: len(v) for k, v in samples.items()} == {"batched": 3, "per_sample": 3}
     assert all(ms > 0 for v in samples.values() for ms in v)
+
+
+def test_a_turn_waits_until_the_other_processes_threads_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before a runtime's turn the parent waits for every runner's process to go quiet (a pool that spins
+    after its last call, here a process spinning for 0.4 s, then asleep), reading their threads' CPU
+    time; where that cannot be read, a fixed pause stands in."""
+    import subprocess
+
+    from mpsearch.stages import peer_processes
+    from mpsearch.stages.peer_processes import cpu_seconds, wait_quiet
+
+    if cpu_seconds([os.getpid()]) is None:
+        pytest.skip("no /proc/<pid>/task/*/schedstat on this system: the fixed pause is used")
+    spin = "import time\nt = time.perf_counter()\nwhile time.perf_counter() - t < 0.4: pass\ntime.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        time.sleep(0.05)  # started and spinning
+        busy = wait_quiet([proc.pid])
+        assert 0.2 < busy < 1.5, busy
+        idle = wait_quiet([proc.pid])  # asleep now: one window
+        assert idle < 0.15, idle
+        assert cpu_seconds([proc.pid]) > 0.2  # its spin, read from its threads
+    finally:
+        proc.kill()
+        proc.wait()
+    assert cpu_seconds([proc.pid]) is None  # gone
+
+    def spin() -> None:
+        t = time.perf_counter()
+        while time.perf_counter() - t < 0.3:
+            pass
+
+    other = threading.Thread(target=spin)
+    other.start()
+    assert wait_quiet([os.getpid()]) > 0.2  # this process's other threads count, the waiting one does not
+    other.join()
+    assert wait_quiet([os.getpid()]) < 0.15
+    monkeypatch.setattr(peer_processes, "cpu_seconds", lambda pids, skip=frozenset(): None)
+    assert 0.1 <= wait_quiet([os.getpid()], fallback_s=0.1) < 0.5
 
 
 def _peer_blocks(peers: Peers) -> list:
