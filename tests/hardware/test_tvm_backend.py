@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,28 @@ def tuned(tmp_path_factory, tiny_prepared, tiny_ranges):
     backend = TVMBackend(tiny_profile(), cache, progress=False)
     table = backend.cost_table(tiny_prepared, tiny_ranges, PAIRS)
     return cache, backend, table
+
+
+@pytest.fixture(autouse=True)
+def _shared_database_untouched(request: pytest.FixtureRequest):
+    """The tests share one tuned cache; a test that changes its tuning database (a re-ranking promotes a
+    runner-up whenever one times faster) would make the cached prices stale for the tests after it, so it
+    fails here, in any order, instead of them failing by chance: such a test works on :func:`private_copy`."""
+    if "tuned" not in request.fixturenames:
+        yield
+        return
+    folder = request.getfixturevalue("tuned")[1].dir
+    before = {f.name: f.read_bytes() for f in sorted(folder.glob("database_*.json"))}
+    yield
+    after = {f.name: f.read_bytes() for f in sorted(folder.glob("database_*.json"))}
+    assert after == before, "this test changed the shared tuning database; give it private_copy(cache, tmp_path)"
+
+
+def private_copy(cache: Path, tmp_path: Path) -> Path:
+    """A copy of the shared tuned cache for a test that may change it."""
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    return copy
 
 
 def test_cost_table_is_measured_for_every_layer_and_pair(tuned, tiny_prepared) -> None:
@@ -77,7 +100,7 @@ def test_kernels_are_timed_in_interleaved_rounds(tuned, tiny_prepared, tiny_rang
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Every kernel is timed once per round, all kernels in each round, so drift hits them alike."""
     cache, _, table = tuned
-    again = TVMBackend(tiny_profile(), cache, progress=False)
+    again = TVMBackend(tiny_profile(), private_copy(cache, tmp_path), progress=False)  # its re-ranking may promote
     again.record_timings_in(tmp_path / "costs.jsonl")
     order, real = [], Session.time
 
@@ -101,11 +124,9 @@ def test_a_kernel_timed_far_slower_than_when_tuned_is_timed_again(tuned, tiny_pr
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A burst of load over one kernel's first rounds (injected: 50x slower) is not priced: the kernel
     is timed again, and its price stays near its tuning measurement."""
-    import shutil
 
     cache, _, table = tuned
-    copy = tmp_path / "cache"  # its re-ranking may promote a runner-up in the tuning database: not the shared one
-    shutil.copytree(cache, copy)
+    copy = private_copy(cache, tmp_path)  # its re-ranking may promote a runner-up in the tuning database
     again = TVMBackend(tiny_profile(), copy, progress=False)
     again.record_timings_in(tmp_path / "costs.jsonl")
     calls, real = {}, Session.time
@@ -135,11 +156,9 @@ def test_a_price_not_timed_with_the_current_schedule_is_timed_again(tuned, tiny_
     """A price cached by an older version (no schedule recorded: timed one after another, unchecked) or
     timed with a schedule that further tuning has since replaced is timed again, once; others are kept."""
     import json
-    import shutil
 
     cache, backend, table = tuned
-    copy = tmp_path / "cache"
-    shutil.copytree(cache, copy)
+    copy = private_copy(cache, tmp_path)
     again = TVMBackend(tiny_profile(), copy, progress=False)
     layer = tiny_prepared.layer_names[0]
     key = table.kernel_of[layer][PAIRS[0]]
@@ -165,14 +184,12 @@ def test_a_schedule_ranked_first_but_timed_slower_loses_its_rank(tuned, tiny_pre
     """MetaSchedule's ranking is checked by timing: a slow schedule the database ranks first (injected:
     committed again with a time just under the best's) is timed beside the runner-ups, a faster one is
     priced, and the database ranks that one first again, so the compiled model runs what was priced."""
-    import shutil
 
     from mpsearch.hardware.tvm_backend import _mean_run_s
     from mpsearch.hashing import content_hash
 
     cache, _, _ = tuned
-    copy = tmp_path / "cache"
-    shutil.copytree(cache, copy)
+    copy = private_copy(cache, tmp_path)
     # one thread: a 2-thread kernel of ~2 us is mostly its parallel launch, which a VM's spells double (README,
     # limitations), enough to reorder the records between tuning and this re-timing
     backend = TVMBackend(dataclasses.replace(tiny_profile(8), threads=1), copy, progress=False)
@@ -194,11 +211,9 @@ def test_a_schedule_ranked_first_but_timed_slower_loses_its_rank(tuned, tiny_pre
 
 def test_a_raised_trial_budget_tunes_cached_kernels_further(tuned, tiny_prepared, tiny_ranges, tmp_path: Path) -> None:
     """``trials_per_task`` is a level: kernels tuned with 2 trials get 2 more at 4, none at 2 or 4 again."""
-    import shutil
 
     cache, _, _ = tuned
-    copy = tmp_path / "cache"
-    shutil.copytree(cache, copy)
+    copy = private_copy(cache, tmp_path)
     low = TVMBackend(tiny_profile(2), copy, progress=False)
     _, per_layer = low.layer_kernels(tiny_prepared, Candidate.uniform(tiny_prepared.layer_names, 8, 8), tiny_ranges)
     key, label, mod = next(iter(per_layer.values()))
