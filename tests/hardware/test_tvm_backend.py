@@ -209,6 +209,52 @@ def test_a_schedule_ranked_first_but_timed_slower_loses_its_rank(tuned, tiny_pre
     assert price["latency_s"] < 0.75 * _mean_run_s(slow)
 
 
+def test_each_family_of_schedules_is_timed_again_however_slow_tuning_timed_it(tuned, tiny_prepared, tiny_ranges,
+                                                                            tmp_path: Path) -> None:
+    """Tuned beside another process's load, a whole family of schedules can time 1000x slow (injected: the
+    best family's records rewritten 1000x slower in the database file, so the runner-ups within reach are
+    all of the other family); pricing times that family's best again beside them, and keeps the faster."""
+    from mpsearch.hardware.tvm_backend import _schedule_family, _schedule_identity
+
+    cache, _, _ = tuned
+    copy = private_copy(cache, tmp_path)
+    profile = dataclasses.replace(tiny_profile(8), threads=1)
+    backend = TVMBackend(profile, copy, progress=False)
+    _, per_layer = backend.layer_kernels(tiny_prepared, Candidate.uniform(tiny_prepared.layer_names, 8, 8),
+                                         tiny_ranges)
+    backend.tune({k: (label, mod) for k, label, mod in per_layer.values()})
+    both = [(k, label, mod) for k, label, mod in per_layer.values()
+            if {_schedule_family(r) for r in backend._top_records(mod, 1 << 20)} == {"fixed", "generic"}]
+    assert both, "no kernel has schedules of both families"
+    key, label, mod = both[0]
+    records = backend._top_records(mod, 1 << 20)
+    family = _schedule_family(records[0])
+    db = backend.dir / "database_tuning_record.json"
+    lines = []
+    for line in db.read_text().splitlines():
+        workload, (trace, run_secs, *rest) = json.loads(line)
+        sampled = any(inst[0] == "SamplePerfectTile" for inst in trace[0])
+        if ("generic" if sampled else "fixed") == family:
+            run_secs = [t * 1000 for t in run_secs]
+        lines.append(json.dumps([workload, [trace, run_secs, *rest]]))
+    db.write_text("\n".join(lines) + "\n")
+
+    again = TVMBackend(profile, copy, progress=False)
+    ranked = again._top_records(mod, 1 << 20)
+    assert all(_schedule_family(r) != family for r in ranked[:3])  # out of the runner-ups' reach
+    timed, real = [], TVMBackend.record_schedule
+
+    def spy(self, mod_, record):
+        timed.append(record)
+        return real(self, mod_, record)
+
+    again.record_schedule = spy.__get__(again)
+    price = again.measure_kernels({key: (label, mod)})[key]
+    assert family in {_schedule_family(r) for r in timed}
+    assert len({_schedule_identity(r) for r in timed}) == len(timed)  # no schedule built twice
+    assert price["schedule"] == again.schedule_id(mod) and price["schedule"] in {_schedule_identity(r) for r in timed}
+
+
 def test_a_raised_trial_budget_tunes_cached_kernels_further(tuned, tiny_prepared, tiny_ranges, tmp_path: Path) -> None:
     """``trials_per_task`` is a level: kernels tuned with 2 trials get 2 more at 4, none at 2 or 4 again."""
 
