@@ -30,6 +30,7 @@ from mpsearch.candidate import Bits, Candidate, random_candidates
 from mpsearch.errors import ConfigError, HardwareError
 from mpsearch.hardware.base import Backend, LayerCostTable, Measurement
 from mpsearch.hardware.cpu import host_llvm_cpu
+from mpsearch.hardware.cpu_load import OTHER_LOAD_CORES, OtherLoad
 from mpsearch.hardware.threads import use_threads
 from mpsearch.hardware.profile import HwProfile
 from mpsearch.hardware.session import LoopbackDevice, Session, make_device
@@ -593,7 +594,7 @@ class TVMBackend(Backend):
         further = sum(1 for k in pending if done[k])
         log.info("tuning %d kernel(s), %d trials each (%s)%s", len(contexts), trials, t.strategy,
                  f"; {further} of them tuned further, from {max(done[k] for k in pending)} trials" if further else "")
-        start = time.perf_counter()
+        start, load = time.perf_counter(), OtherLoad()
         # candidates compile on this machine whatever the target's thread count (a board's, or one thread)
         builder = make_persistent_builder(os.cpu_count() or 1, t.builder_timeout_s,
                                           export_compiler=self.device.export_compiler)
@@ -614,7 +615,14 @@ class TVMBackend(Backend):
         finally:
             builder.shutdown()
             progress.close()
-        log.info("tuned %d kernel(s) in %.0f s", len(pending), time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        log.info("tuned %d kernel(s) in %.0f s", len(pending), elapsed)
+        others = load.cores()
+        if others is not None and others > OTHER_LOAD_CORES and self.profile.device == "local":
+            log.warning("other processes used %.1f of this machine's %d core(s) while %d kernel(s) were tuned "
+                        "(%.0f s): tuning times schedules on those cores, and a busy core can make a multi-thread "
+                        "schedule time ~1000x slow; the cost table re-times each kernel's best schedules, but "
+                        "tune on a quiet machine for the best ones", others, len(load.cpus), len(pending), elapsed)
         return progress.errors
 
     def _random_args(self, func: Any, session: Session, seed: int = 0, int_high: int = 100) -> list[Any]:

@@ -274,6 +274,33 @@ def test_a_raised_trial_budget_tunes_cached_kernels_further(tuned, tiny_prepared
         assert again.stats["tuned_kernels"] == 0
 
 
+@pytest.mark.parametrize("others", [1.5, 0.05], ids=["busy", "quiet"])
+def test_tuning_beside_other_processes_says_so(tuned, tiny_prepared, tiny_ranges, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+                                               others: float) -> None:
+    """Other processes' CPU time over a tuning run (injected) above ``OTHER_LOAD_CORES`` is a warning that
+    its schedules were timed on busy cores; a quiet run says nothing."""
+    import logging
+
+    from mpsearch.hardware.cpu_load import OtherLoad
+
+    cache, _, _ = tuned
+    monkeypatch.setattr(OtherLoad, "cores", lambda self: others)
+    backend = TVMBackend(tiny_profile(3), private_copy(cache, tmp_path), progress=False)
+    _, per_layer = backend.layer_kernels(tiny_prepared, Candidate.uniform(tiny_prepared.layer_names, 8, 8),
+                                         tiny_ranges)
+    key, label, mod = next(iter(per_layer.values()))
+    with caplog.at_level(logging.WARNING, logger="mpsearch"):
+        backend.tune({key: (label, mod)})
+    assert backend.stats["tuned_kernels"] == 1
+    warned = [r.getMessage() for r in caplog.records if "other processes used" in r.getMessage()]
+    if others > 1:
+        assert len(warned) == 1 and warned[0].startswith(
+            f"other processes used 1.5 of this machine's {len(OtherLoad().cpus)} core(s) while 1 kernel(s) were tuned")
+    else:
+        assert warned == []
+
+
 def test_an_end_to_end_timing_is_kept_only_with_the_schedules_it_was_timed_with(
         tuned, tiny_prepared, tiny_ranges, monkeypatch: pytest.MonkeyPatch) -> None:
     """A model's timing is cached per schedule of its kernels: one improved kernel, and it is timed again."""
