@@ -68,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(128 tokens; these two need .[bench])")
     parser.add_argument("--model-trials", type=int, default=None,
                         help="trials per kernel for the pretrained models (default: the models benchmark's, 4)")
+    parser.add_argument("--name", default=None,
+                        help="the result files' name (default: baselines at one thread, baselines_<n>t at n), so "
+                             "that a run of some models keeps another run's file")
 
 
 def _inputs(x: Any) -> tuple[torch.Tensor, ...]:
@@ -393,10 +396,15 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
         cases.append(measure_case(args, work, cfg, cfg.model.display_name() if key != "default" else cfg.model.name,
                                   note, list(args.batches or sizes or BATCHES)))
     data, text = summarize(cases, args.rounds)
-    return BenchmarkResult(result_name(args.threads), TITLE, data, text,
-                           command=f"python -m benchmarks baselines --threads {args.threads} --models {args.models}")
+    name = getattr(args, "name", None)
+    return BenchmarkResult(result_name(args.threads, name), TITLE, data, text,
+                           command=f"python -m benchmarks baselines --threads {args.threads} --models {args.models}"
+                                   + (f" --name {name}" if name else ""))
 
 
-def result_name(threads: int) -> str:
-    """The result files' name: ``baselines`` at one thread, ``baselines_<n>t`` at ``n`` > 1 (both kept)."""
-    return NAME if threads == 1 else f"{NAME}_{threads}t"
+def result_name(threads: int, name: str | None = None) -> str:
+    """The result files' name: ``name`` where given, else ``baselines`` at one thread and ``baselines_<n>t``
+    at ``n`` > 1 (both kept)."""
+    if name is not None and (not name or not all(c.isalnum() or c in "_-." for c in name) or name.startswith(".")):
+        raise SystemExit(f"baselines: --name {name!r} is not a plain file name; use letters, digits, _ - or .")
+    return name or (NAME if threads == 1 else f"{NAME}_{threads}t")

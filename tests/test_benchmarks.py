@@ -148,6 +148,9 @@ def test_at_more_threads_each_baselines_row_runs_in_a_process_of_its_own(tmp_pat
     assert list(samples) == ["pytorch_fp32", "tvm_int8", "pick", "tvm_int8_per_sample", "pick_per_sample"]
     assert all(len(s) == 2 and min(s) > 0 for s in samples.values())
     assert baselines.result_name(1) == "baselines" and baselines.result_name(2) == "baselines_2t"
+    assert baselines.result_name(2, "baselines_2t_resnet20") == "baselines_2t_resnet20"
+    with pytest.raises(SystemExit, match="not a plain file name"):
+        baselines.result_name(2, "../elsewhere")
 
 
 def test_token_models_get_onnx_runtimes_dynamic_int8_row_too(tmp_path: Path) -> None:
