@@ -46,7 +46,7 @@ def cpus_busy_s(cpus: set[int]) -> float | None:
 def tree_cpu_s(root: int) -> float | None:
     """CPU seconds run by process ``root`` and its living descendants, each with the children it has
     reaped; None where ``root`` cannot be read."""
-    parents: dict[int, int] = {}
+    children: dict[int, list[int]] = {}
     times: dict[int, tuple[int, int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -57,16 +57,15 @@ def tree_cpu_s(root: int) -> float | None:
         except OSError:
             continue
         pid = int(entry.name)
-        parents[pid] = int(fields[1])
+        children.setdefault(int(fields[1]), []).append(pid)
         # utime, stime, cutime, cstime: fields 14-17 of the line, 12-15 after the comm
         times[pid] = (int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14]))
     if root not in times:
         return None
     tree, frontier = {root}, [root]
     while frontier:
-        pid = frontier.pop()
-        for child, parent in parents.items():
-            if parent == pid and child not in tree:
+        for child in children.get(frontier.pop(), ()):
+            if child not in tree:
                 tree.add(child)
                 frontier.append(child)
     return sum(sum(times[p]) for p in tree) / _clock_ticks()  # a reaped child's time is in its parent's

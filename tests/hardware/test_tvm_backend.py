@@ -124,7 +124,6 @@ def test_a_kernel_timed_far_slower_than_when_tuned_is_timed_again(tuned, tiny_pr
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A burst of load over one kernel's first rounds (injected: 50x slower) is not priced: the kernel
     is timed again, and its price stays near its tuning measurement."""
-
     cache, _, table = tuned
     copy = private_copy(cache, tmp_path)  # its re-ranking may promote a runner-up in the tuning database
     again = TVMBackend(tiny_profile(), copy, progress=False)
@@ -184,7 +183,6 @@ def test_a_schedule_ranked_first_but_timed_slower_loses_its_rank(tuned, tiny_pre
     """MetaSchedule's ranking is checked by timing: a slow schedule the database ranks first (injected:
     committed again with a time just under the best's) is timed beside the runner-ups, a faster one is
     priced, and the database ranks that one first again, so the compiled model runs what was priced."""
-
     from mpsearch.hardware.tvm_backend import _mean_run_s
     from mpsearch.hashing import content_hash
 
@@ -257,7 +255,6 @@ def test_each_family_of_schedules_is_timed_again_however_slow_tuning_timed_it(tu
 
 def test_a_raised_trial_budget_tunes_cached_kernels_further(tuned, tiny_prepared, tiny_ranges, tmp_path: Path) -> None:
     """``trials_per_task`` is a level: kernels tuned with 2 trials get 2 more at 4, none at 2 or 4 again."""
-
     cache, _, _ = tuned
     copy = private_copy(cache, tmp_path)
     low = TVMBackend(tiny_profile(2), copy, progress=False)
